@@ -1,0 +1,281 @@
+//! Invariant checks shared by the fuzz targets (`/fuzz`) and the corpus
+//! test. Each function panics when an invariant is violated and otherwise
+//! accepts any input.
+
+use bytes::BytesMut;
+
+use crate::headers::parse_cseq;
+use crate::interleaved;
+use crate::{
+    format_rtp_info, format_transport, parse_rtp_info, parse_transport, DecodeError, Decoder,
+    Frame, Limits, Message, Method, NptTime, Range, Request, Response, SessionHeader, StatusCode,
+    TransportSpec,
+};
+
+/// Small limits so that every limit error is reachable by a fuzzer.
+pub fn fuzz_limits() -> Limits {
+    Limits {
+        max_head_bytes: 2048,
+        max_headers: 32,
+        max_body_bytes: 8192,
+    }
+}
+
+/// Everything observable from decoding a stream to its end.
+#[derive(Debug, PartialEq)]
+pub struct Outcome {
+    /// Frames decoded, in order.
+    pub frames: Vec<Frame>,
+    /// The error that stopped decoding, if any.
+    pub error: Option<DecodeError>,
+    /// Bytes left undecoded when no error occurred.
+    pub rest: Option<Vec<u8>>,
+}
+
+/// Largest buffer the decoder may leave pending while asking for more.
+pub fn max_pending(limits: &Limits) -> usize {
+    limits
+        .max_head_bytes
+        .max(limits.max_body_bytes)
+        .max(4 + interleaved::MAX_PAYLOAD)
+}
+
+/// Feeds `chunks` one after another, decoding as much as possible after
+/// each, and checks that pending data never exceeds [`max_pending`].
+pub fn decode_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, limits: Limits) -> Outcome {
+    let mut decoder = Decoder::new(limits);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => {
+                    assert!(
+                        buf.len() <= max_pending(&limits),
+                        "decoder waits with {} bytes buffered",
+                        buf.len()
+                    );
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(decoder.decode(&mut buf), Err(e.clone()), "error not sticky");
+                    return Outcome {
+                        frames,
+                        error: Some(e),
+                        rest: None,
+                    };
+                }
+            }
+        }
+    }
+    Outcome {
+        frames,
+        error: None,
+        rest: Some(buf.to_vec()),
+    }
+}
+
+/// Encodes a frame back to wire format.
+pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
+    match frame {
+        Frame::Message(m) => m.encode(out),
+        Frame::Interleaved { channel, payload } => {
+            // Decoded payloads are at most 65535 bytes.
+            let res = interleaved::encode(*channel, payload, out);
+            assert!(res.is_ok(), "decoded payload too large");
+        }
+    }
+}
+
+/// Removes `Content-Length` headers, which encoding rewrites.
+fn without_content_length(frame: &Frame) -> Frame {
+    let mut frame = frame.clone();
+    if let Frame::Message(m) = &mut frame {
+        match m {
+            Message::Request(r) => r.headers.remove("Content-Length"),
+            Message::Response(r) => r.headers.remove("Content-Length"),
+        }
+    }
+    frame
+}
+
+/// Decoder target: the stream after the first byte must decode identically
+/// in one piece and split at a point chosen by the first byte; decoded frames
+/// must survive re-encoding.
+pub fn decoder_roundtrip(data: &[u8]) {
+    let Some((&first, stream)) = data.split_first() else {
+        return;
+    };
+    let limits = fuzz_limits();
+    let whole = decode_chunks([stream], limits);
+    let split = (usize::from(first) * stream.len() / 255).min(stream.len());
+    let (a, b) = stream.split_at(split);
+    let parts = decode_chunks([a, b], limits);
+    if whole.error.is_some() {
+        // The error may strike before the second chunk is appended.
+        assert_eq!(whole.frames, parts.frames);
+        assert_eq!(whole.error, parts.error);
+    } else {
+        assert_eq!(whole, parts);
+    }
+    let mut wire = BytesMut::new();
+    for frame in &whole.frames {
+        encode_frame(frame, &mut wire);
+    }
+    let again = decode_chunks([&wire[..]], Limits::default());
+    assert_eq!(again.error, None);
+    assert_eq!(again.rest.as_deref(), Some(&[][..]));
+    let norm = |v: &[Frame]| v.iter().map(without_content_length).collect::<Vec<_>>();
+    assert_eq!(norm(&again.frames), norm(&whole.frames));
+}
+
+/// Header target: every parser accepts or rejects without panicking, and
+/// accepted values survive writing and re-parsing.
+pub fn headers(data: &[u8]) {
+    let s = String::from_utf8_lossy(data);
+    if let Ok(specs) = parse_transport(&s) {
+        for spec in &specs {
+            assert_eq!(TransportSpec::parse(&spec.to_string()).as_ref(), Ok(spec));
+        }
+        assert_eq!(parse_transport(&format_transport(&specs)), Ok(specs));
+    }
+    let _ = TransportSpec::parse(&s);
+    if let Ok(range) = Range::parse(&s) {
+        let text = range.to_string();
+        let again = Range::parse(&text);
+        assert_eq!(again.as_ref().map(ToString::to_string), Ok(text));
+        if let Range::Other(_) = range {
+            assert_eq!(again, Ok(range));
+        }
+    }
+    if let Ok(t) = NptTime::parse(&s) {
+        assert_eq!(
+            NptTime::parse(&t.to_string()).map(|t| t.to_string()),
+            Ok(t.to_string())
+        );
+    }
+    if let Ok(session) = SessionHeader::parse(&s) {
+        assert_eq!(SessionHeader::parse(&session.to_string()), Ok(session));
+    }
+    if let Ok(entries) = parse_rtp_info(&s) {
+        assert_eq!(parse_rtp_info(&format_rtp_info(&entries)), Ok(entries));
+    }
+    if let Ok(n) = parse_cseq(&s) {
+        assert_eq!(parse_cseq(&n.to_string()), Ok(n));
+    }
+}
+
+/// Reads bytes from the front of a slice, yielding zeros when exhausted.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn take(&mut self, n: usize) -> &[u8] {
+        let (a, b) = self.0.split_at(n.min(self.0.len()));
+        self.0 = b;
+        a
+    }
+}
+
+const METHODS: [&str; 12] = [
+    "OPTIONS",
+    "DESCRIBE",
+    "ANNOUNCE",
+    "SETUP",
+    "PLAY",
+    "PAUSE",
+    "RECORD",
+    "TEARDOWN",
+    "GET_PARAMETER",
+    "SET_PARAMETER",
+    "REDIRECT",
+    "X-CUSTOM",
+];
+
+/// The frame a decoder yields for an encoded message: the message itself
+/// plus the `Content-Length` header the encoder adds for a non-empty body.
+fn expected_message(mut message: Message) -> Frame {
+    let (headers, len) = match &mut message {
+        Message::Request(r) => (&mut r.headers, r.body.len()),
+        Message::Response(r) => (&mut r.headers, r.body.len()),
+    };
+    if len > 0 {
+        headers.append("Content-Length", len.to_string());
+    }
+    Frame::Message(message)
+}
+
+/// Interleaved target: builds a stream of interleaved frames mixed with
+/// requests and responses from `data`, encodes it, and checks that decoding
+/// it in `data`-driven chunks yields exactly those frames.
+pub fn interleaved(data: &[u8]) {
+    let mut r = Reader(data);
+    let mut wire = BytesMut::new();
+    let mut expected = Vec::new();
+    while let Some(op) = r.byte() {
+        if op & 0x80 != 0 {
+            wire.extend_from_slice(b"\r\n");
+        }
+        let a = r.byte().unwrap_or(0);
+        let b = r.byte().unwrap_or(0);
+        match op % 4 {
+            0 | 1 => {
+                let len = usize::from(b) * (usize::from(op >> 2 & 7) + 1);
+                let payload = r.take(len).to_vec();
+                let res = interleaved::encode(a, &payload, &mut wire);
+                assert!(res.is_ok(), "small payload rejected");
+                expected.push(Frame::Interleaved {
+                    channel: a,
+                    payload: payload.into(),
+                });
+            }
+            2 => {
+                let method = METHODS.get(usize::from(a) % METHODS.len()).copied();
+                let mut req = Request::new(
+                    Method::parse(method.unwrap_or("OPTIONS")),
+                    format!("rtsp://example.com/media/{b}"),
+                );
+                req.headers.append("CSeq", b.to_string());
+                if a & 1 == 1 {
+                    req.headers
+                        .append("Session", format!("{a:02X}{b:02X};timeout=60"));
+                }
+                req.body = r.take(usize::from(b % 64)).to_vec().into();
+                req.encode(&mut wire);
+                expected.push(expected_message(Message::Request(req)));
+            }
+            _ => {
+                let status = StatusCode(200 + u16::from(a));
+                let mut resp = Response::new(status).with_header("CSeq", b.to_string());
+                if b & 1 == 1 {
+                    resp = resp.with_body("text/parameters", r.take(usize::from(a % 64)).to_vec());
+                }
+                resp.encode(&mut wire);
+                expected.push(expected_message(Message::Response(resp)));
+            }
+        }
+    }
+    // Chunk sizes cycle through the input bytes.
+    let mut chunks = Vec::new();
+    let mut rest = &wire[..];
+    let mut sizes = data.iter().cycle();
+    while !rest.is_empty() {
+        let size = sizes
+            .next()
+            .map_or(rest.len(), |s| usize::from(*s % 32) + 1);
+        let (chunk, tail) = rest.split_at(size.min(rest.len()));
+        chunks.push(chunk);
+        rest = tail;
+    }
+    let outcome = decode_chunks(chunks, Limits::default());
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.rest.as_deref(), Some(&[][..]));
+    assert_eq!(outcome.frames, expected);
+}

@@ -1,0 +1,24 @@
+//! Sans-IO RTSP/1.0 (RFC 2326) protocol core.
+//!
+//! This crate decodes and encodes RTSP messages and `$`-interleaved binary
+//! frames, and parses the typed headers a media server needs (`Transport`,
+//! `Range`, `RTP-Info`, `Session`, `CSeq`). It performs no I/O and reads no
+//! clocks: callers feed bytes in and take frames out.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod decoder;
+pub mod fuzzing;
+pub mod headers;
+pub mod interleaved;
+pub mod message;
+pub mod method;
+pub mod server_session;
+pub mod status;
+
+pub use decoder::*;
+pub use headers::{range::*, rtp_info::*, session::*, transport::*};
+pub use message::*;
+pub use method::Method;
+pub use status::StatusCode;

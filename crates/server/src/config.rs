@@ -1,0 +1,263 @@
+//! Server configuration: the TOML file's schema, its built-in defaults and its validation.
+//!
+//! Every table rejects unknown keys so that a typo is a start-up error naming the key,
+//! never a silently ignored setting.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file's path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys or bad values.
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// The values parse but do not make sense together.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The RTSP listener and its media transports.
+    pub rtsp: RtspConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// A media transport a reader or publisher may ask for in SETUP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// RTP over UDP unicast, server ports `rtp_port`/`rtp_port + 1`.
+    Udp,
+    /// RTP over UDP multicast, groups from `multicast_range` (readers only).
+    Multicast,
+    /// RTP interleaved in the RTSP TCP connection.
+    Tcp,
+}
+
+/// `[rtsp]`: the RTSP listener and its media transports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtspConfig {
+    /// Address of the RTSP (TCP) listener.
+    pub listen: SocketAddr,
+    /// Server UDP port for RTP; RTCP uses `rtp_port + 1`. Must be even.
+    pub rtp_port: u16,
+    /// IPv4 range multicast groups are handed out from, one group per path.
+    #[serde(deserialize_with = "de_ipv4net")]
+    pub multicast_range: Ipv4Net,
+    /// UDP port of a path's first track in its multicast group; track `i` uses
+    /// `multicast_rtp_port + 2*i` for RTP and one more for RTCP. Must be even.
+    pub multicast_rtp_port: u16,
+    /// IP TTL of multicast packets.
+    pub multicast_ttl: u8,
+    /// Transports offered to clients; others get 461 Unsupported Transport.
+    pub transports: Vec<TransportKind>,
+    /// A session with no request, RTCP (or, for publishers, RTP) for this long is ended.
+    #[serde(deserialize_with = "de_duration")]
+    pub session_timeout: Duration,
+    /// When true, a new publisher on a path that already has one replaces it;
+    /// when false it is refused with 455 (the path is busy).
+    pub override_publisher: bool,
+    /// Largest request head (request line + headers) accepted, in bytes.
+    pub max_head_bytes: usize,
+    /// Largest request body (e.g. ANNOUNCE SDP) accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Packets queued per reader before a slow reader loses packets (UDP) or is
+    /// disconnected (TCP, once the queue stays full for `slow_reader_timeout`).
+    pub reader_queue: usize,
+    /// How long a TCP reader's queue may stay full before it is disconnected.
+    #[serde(deserialize_with = "de_duration")]
+    pub slow_reader_timeout: Duration,
+}
+
+impl Default for RtspConfig {
+    fn default() -> Self {
+        RtspConfig {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8554)),
+            rtp_port: 8000,
+            multicast_range: Ipv4Net::new(Ipv4Addr::new(239, 255, 0, 0), 16)
+                .unwrap_or_else(|_| unreachable!("16 is a valid prefix length")),
+            multicast_rtp_port: 8002,
+            multicast_ttl: 1,
+            transports: vec![
+                TransportKind::Udp,
+                TransportKind::Multicast,
+                TransportKind::Tcp,
+            ],
+            session_timeout: Duration::from_secs(60),
+            override_publisher: false,
+            max_head_bytes: 64 * 1024,
+            max_body_bytes: 1024 * 1024,
+            reader_queue: 4096,
+            slow_reader_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `sluice_server=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration from TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Checks the relations between values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.rtsp;
+        if r.rtp_port % 2 != 0 || r.rtp_port == u16::MAX {
+            return Err(ConfigError::Invalid(format!(
+                "rtsp.rtp_port must be even and below 65535, got {}",
+                r.rtp_port
+            )));
+        }
+        if r.multicast_rtp_port % 2 != 0 || r.multicast_rtp_port > 65000 {
+            return Err(ConfigError::Invalid(format!(
+                "rtsp.multicast_rtp_port must be even and at most 65000, got {}",
+                r.multicast_rtp_port
+            )));
+        }
+        if !r.multicast_range.network().is_multicast() {
+            return Err(ConfigError::Invalid(format!(
+                "rtsp.multicast_range {} is not an IPv4 multicast range",
+                r.multicast_range
+            )));
+        }
+        if r.transports.is_empty() {
+            return Err(ConfigError::Invalid(
+                "rtsp.transports must list at least one of udp, multicast, tcp".into(),
+            ));
+        }
+        if r.session_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "rtsp.session_timeout must be at least 1s".into(),
+            ));
+        }
+        if r.reader_queue < 16 {
+            return Err(ConfigError::Invalid(
+                "rtsp.reader_queue must be at least 16".into(),
+            ));
+        }
+        if r.max_head_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "rtsp.max_head_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether clients may use `kind`.
+    pub fn allows(&self, kind: TransportKind) -> bool {
+        self.rtsp.transports.contains(&kind)
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}); use e.g. \"60s\" or \"1m\""
+        ))
+    })
+}
+
+fn de_ipv4net<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Net, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid IPv4 range {s:?} ({e}); use e.g. \"239.255.0.0/16\""
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.rtsp.listen.to_string(), "0.0.0.0:8554");
+        assert_eq!(c.rtsp.rtp_port, 8000);
+        assert_eq!(c.rtsp.multicast_rtp_port, 8002);
+        assert_eq!(c.rtsp.multicast_range.to_string(), "239.255.0.0/16");
+        assert_eq!(c.rtsp.session_timeout, Duration::from_secs(60));
+        assert_eq!(c.rtsp.transports.len(), 3);
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let c = Config::from_toml(
+            r#"
+            [rtsp]
+            listen = "0.0.0.0:8554"
+            rtp_port = 8000
+            multicast_range = "239.255.0.0/16"
+            multicast_rtp_port = 8002
+            transports = ["udp", "multicast", "tcp"]
+            session_timeout = "60s"
+            "#,
+        )
+        .unwrap();
+        assert!(c.allows(TransportKind::Multicast));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = Config::from_toml("[rtsp]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+        let e = Config::from_toml("[rtps]\n").unwrap_err();
+        assert!(e.to_string().contains("rtps"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Config::from_toml("[rtsp]\nrtp_port = 8001\n").is_err());
+        assert!(Config::from_toml("[rtsp]\nsession_timeout = \"soon\"\n").is_err());
+        assert!(Config::from_toml("[rtsp]\nmulticast_range = \"10.0.0.0/8\"\n").is_err());
+        assert!(Config::from_toml("[rtsp]\ntransports = [\"quic\"]\n").is_err());
+        assert!(Config::from_toml("[rtsp]\ntransports = []\n").is_err());
+    }
+}

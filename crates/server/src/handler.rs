@@ -1,0 +1,1034 @@
+//! Request handling for one RTSP connection: method dispatch, path and track
+//! resolution, transport negotiation and the session lifecycle.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_rtp::packet::looks_like_rtcp;
+use sluice_rtsp::server_session::{Role, ServerSession, State, Transition};
+use sluice_rtsp::{
+    format_rtp_info, parse_transport, Method, Range, Request, Response, RtpInfo, SessionHeader,
+    StatusCode, TransportMode, TransportSpec, Version,
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::TransportKind;
+use crate::conn::ConnHandle;
+use crate::ingest::Ingest;
+use crate::presentation::Presentation;
+use crate::reader::{run_sender_reports, run_udp_writer, Outbox, ReaderSink, Target, TcpOut};
+use crate::server::{PathEntry, Server, RTCP_INTERVAL};
+use crate::session::{Playing, Session, SessionInner, TrackTransport};
+use crate::stream::{EndReason, Stream};
+use crate::url::{base_url, request_path, split_track};
+
+/// The methods Sluice implements, for OPTIONS' Public header.
+pub const PUBLIC: &str =
+    "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+/// The Server header value.
+pub const SERVER_NAME: &str = concat!("Sluice/", env!("CARGO_PKG_VERSION"));
+
+/// Where an interleaved channel of this connection goes.
+#[derive(Debug, Clone)]
+enum Channel {
+    IngestRtp(Arc<Ingest>, usize),
+    IngestRtcp(Arc<Ingest>, usize),
+    ReaderRtcp(Weak<Session>, usize),
+    /// A reader's RTP channel: clients do not send on it; ignored.
+    ReaderRtp,
+}
+
+/// An error answer: a status plus a log-worthy reason.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn new(status: StatusCode, why: impl Into<String>) -> Refusal {
+        Refusal(status, why.into())
+    }
+}
+
+type Handled = Result<Response, Refusal>;
+
+/// The per-connection protocol state.
+pub struct Connection {
+    server: Arc<Server>,
+    handle: Arc<ConnHandle>,
+    announced: Option<Arc<Stream>>,
+    sessions: Vec<String>,
+    channels: HashMap<u8, Channel>,
+    /// A session whose PLAY was answered and whose delivery starts after the response is queued.
+    pending_play: Option<Arc<Session>>,
+}
+
+impl Connection {
+    /// Protocol state for a new connection.
+    pub fn new(server: Arc<Server>, handle: Arc<ConnHandle>) -> Connection {
+        Connection {
+            server,
+            handle,
+            announced: None,
+            sessions: Vec::new(),
+            channels: HashMap::new(),
+            pending_play: None,
+        }
+    }
+
+    /// The stream this connection announced, if any (its end closes the connection).
+    pub fn announced_stream(&self) -> Option<Arc<Stream>> {
+        self.announced.clone()
+    }
+
+    /// Bytes arrived: over TCP, a live connection keeps its sessions alive.
+    pub fn handle_input(&mut self) {
+        let now = Instant::now();
+        for id in &self.sessions {
+            if let Some(s) = self.server.session(id) {
+                if !s.is_udp_only() {
+                    s.touch(now);
+                }
+            }
+        }
+    }
+
+    /// The connection closed.
+    pub fn handle_closed(&mut self) {
+        self.server
+            .connection_closed(self.handle.id, &self.sessions);
+    }
+
+    /// An interleaved frame from the client.
+    pub fn handle_interleaved(&mut self, channel: u8, payload: Bytes) {
+        let now = Instant::now();
+        match self.channels.get(&channel) {
+            Some(Channel::IngestRtp(ingest, track)) => {
+                // Some publishers multiplex RTCP on the RTP channel (RFC 5761).
+                if looks_like_rtcp(&payload) {
+                    ingest.handle_rtcp(*track, &payload, now);
+                } else {
+                    ingest.handle_rtp(*track, payload, now);
+                }
+            }
+            Some(Channel::IngestRtcp(ingest, track)) => ingest.handle_rtcp(*track, &payload, now),
+            Some(Channel::ReaderRtcp(session, track)) => {
+                if let Some(s) = session.upgrade() {
+                    s.handle_reader_rtcp(*track, &payload, now);
+                }
+            }
+            Some(Channel::ReaderRtp) | None => {}
+        }
+    }
+
+    /// A request: answers it (and starts delivery after a PLAY answer is queued).
+    pub fn handle_request(&mut self, req: Request) {
+        let cseq = req.cseq();
+        let result = if req.version != Version::RTSP_1_0 {
+            Err(Refusal::new(
+                StatusCode::RTSP_VERSION_NOT_SUPPORTED,
+                format!("version {}", req.version),
+            ))
+        } else if cseq.is_none() {
+            Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "missing or invalid CSeq",
+            ))
+        } else {
+            self.dispatch(&req)
+        };
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(Refusal(status, why)) => {
+                warn!(conn = self.handle.id, method = %req.method, uri = %redact(&req.uri), status = status.0, why, "request refused");
+                Response::new(status)
+            }
+        };
+        if let Some(c) = cseq {
+            resp = resp.with_header("CSeq", c.to_string());
+        }
+        resp = resp.with_header("Server", SERVER_NAME);
+        self.handle.send_response(&resp);
+        if let Some(s) = self.pending_play.take() {
+            self.start_playing(&s);
+        }
+    }
+
+    fn dispatch(&mut self, req: &Request) -> Handled {
+        match req.method {
+            Method::Options => Ok(Response::new(StatusCode::OK).with_header("Public", PUBLIC)),
+            Method::Describe => self.describe(req),
+            Method::Announce => self.announce(req),
+            Method::Setup => self.setup(req),
+            Method::Play => self.play(req),
+            Method::Pause => self.pause(req),
+            Method::Record => self.record(req),
+            Method::Teardown => self.teardown(req),
+            Method::GetParameter | Method::SetParameter => self.parameter(req),
+            _ => Err(Refusal::new(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("method {}", req.method),
+            )),
+        }
+    }
+
+    fn path_of(req: &Request) -> Result<String, Refusal> {
+        request_path(&req.uri).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))
+    }
+
+    fn ready_stream(&self, path: &str) -> Option<Arc<Stream>> {
+        self.server
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .map(|e| e.stream.clone())
+            .filter(|s| s.is_ready())
+    }
+
+    /// The session a request names, if it was created on this connection.
+    fn own_session(&self, req: &Request) -> Result<Option<Arc<Session>>, Refusal> {
+        let Some(id) = req.session_id() else {
+            return Ok(None);
+        };
+        match self.server.session(id) {
+            Some(s) if s.conn.id == self.handle.id => {
+                s.touch(Instant::now());
+                Ok(Some(s))
+            }
+            // Sessions of other connections are never honoured, and never revealed.
+            _ => Err(Refusal::new(
+                StatusCode::SESSION_NOT_FOUND,
+                "unknown session or session of another connection",
+            )),
+        }
+    }
+
+    fn require_session(&self, req: &Request) -> Result<Arc<Session>, Refusal> {
+        self.own_session(req)?
+            .ok_or_else(|| Refusal::new(StatusCode::SESSION_NOT_FOUND, "no Session header"))
+    }
+
+    fn describe(&mut self, req: &Request) -> Handled {
+        let path = Self::path_of(req)?;
+        let stream = self.ready_stream(&path).ok_or_else(|| {
+            Refusal::new(StatusCode::NOT_FOUND, format!("no stream on path {path:?}"))
+        })?;
+        let sdp = stream.presentation().reader_sdp(stream.version());
+        info!(conn = self.handle.id, peer = %self.handle.peer, %path, "describe");
+        Ok(Response::new(StatusCode::OK)
+            .with_header("Content-Base", base_url(&req.uri, &path))
+            .with_body("application/sdp", sdp))
+    }
+
+    fn announce(&mut self, req: &Request) -> Handled {
+        let path = Self::path_of(req)?;
+        if path.is_empty() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "ANNOUNCE needs a path",
+            ));
+        }
+        let ctype = req.headers.get("Content-Type").unwrap_or("");
+        if !ctype.to_ascii_lowercase().starts_with("application/sdp") {
+            return Err(Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Type {ctype:?}, expected application/sdp"),
+            ));
+        }
+        let presentation = Presentation::from_sdp(&req.body)
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let stream = Arc::new(Stream::new(
+            path.clone(),
+            presentation,
+            self.server.next_version(),
+        ));
+        let replaced = {
+            let mut paths = self.server.paths.lock().unwrap_or_else(|e| e.into_inner());
+            let old = paths.get(&path).cloned();
+            if let Some(old) = &old {
+                if old.owner_conn != self.handle.id && !self.server.config().rtsp.override_publisher
+                {
+                    return Err(Refusal(
+                        StatusCode::METHOD_NOT_VALID_IN_THIS_STATE,
+                        format!("path {path:?} already has a publisher"),
+                    ));
+                }
+            }
+            paths.insert(
+                path.clone(),
+                PathEntry {
+                    stream: stream.clone(),
+                    owner_conn: self.handle.id,
+                },
+            );
+            old
+        };
+        if let Some(old) = replaced {
+            info!(conn = self.handle.id, %path, "new publisher replaces the old one");
+            let old_sessions: Vec<String> = self
+                .server
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter(|s| Arc::ptr_eq(&s.stream, &old.stream) && s.role() == Role::Recorder)
+                .map(|s| s.id.clone())
+                .collect();
+            old.stream.end(EndReason::Replaced);
+            for id in old_sessions {
+                self.server.end_session(&id, "replaced by a new publisher");
+            }
+        }
+        if let Some(prev) = self.announced.replace(stream.clone()) {
+            if !Arc::ptr_eq(&prev, &stream) && !prev.is_ready() {
+                self.server.remove_path_if(prev.path(), &prev);
+            }
+        }
+        info!(conn = self.handle.id, peer = %self.handle.peer, %path, tracks = stream.presentation().tracks().len(), "announce");
+        Ok(Response::new(StatusCode::OK))
+    }
+
+    fn setup(&mut self, req: &Request) -> Handled {
+        let path = Self::path_of(req)?;
+        let header = req.headers.get("Transport").ok_or_else(|| {
+            Refusal::new(StatusCode::UNSUPPORTED_TRANSPORT, "no Transport header")
+        })?;
+        let specs = parse_transport(header)
+            .map_err(|e| Refusal::new(StatusCode::UNSUPPORTED_TRANSPORT, e.to_string()))?;
+        let record = specs
+            .iter()
+            .any(|s| matches!(s.mode, Some(TransportMode::Record)));
+        let existing = self.own_session(req)?;
+        if record {
+            self.setup_record(req, &path, &specs, existing)
+        } else {
+            self.setup_play(req, &path, &specs, existing)
+        }
+    }
+
+    fn new_session_id() -> String {
+        format!("{:016X}", rand::random::<u64>())
+    }
+
+    fn session_header(&self, s: &Session) -> String {
+        SessionHeader {
+            id: s.id.clone(),
+            timeout: Some(self.server.config().rtsp.session_timeout.as_secs() as u32),
+        }
+        .to_string()
+    }
+
+    /// Interleaved channels for a track: the client's if free, else the first free pair.
+    fn channels_for(&self, spec: &TransportSpec, track: usize) -> Result<(u8, u8), Refusal> {
+        if let Some((a, b)) = spec.interleaved {
+            if self.channels.contains_key(&a) || self.channels.contains_key(&b) || a == b {
+                return Err(Refusal::new(
+                    StatusCode::UNSUPPORTED_TRANSPORT,
+                    format!("interleaved channels {a}-{b} already in use"),
+                ));
+            }
+            return Ok((a, b));
+        }
+        let start = (2 * track).min(254) as u8;
+        (start..=254)
+            .step_by(2)
+            .chain((0..start).step_by(2))
+            .map(|a| (a, a + 1))
+            .find(|(a, b)| !self.channels.contains_key(a) && !self.channels.contains_key(b))
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::UNSUPPORTED_TRANSPORT,
+                    "no free interleaved channels",
+                )
+            })
+    }
+
+    fn setup_record(
+        &mut self,
+        req: &Request,
+        path: &str,
+        specs: &[TransportSpec],
+        existing: Option<Arc<Session>>,
+    ) -> Handled {
+        let stream = self
+            .announced
+            .clone()
+            .filter(|s| path.starts_with(s.path()) && !s.is_ended())
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::METHOD_NOT_VALID_IN_THIS_STATE,
+                    "SETUP for record without ANNOUNCE of this path on this connection",
+                )
+            })?;
+        let rest = path[stream.path().len()..].trim_start_matches('/');
+        let presentation = stream.presentation();
+        let track = presentation
+            .publisher_track(&req.uri, rest)
+            .or_else(|| (rest.is_empty() && presentation.tracks().len() == 1).then_some(0))
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no announced track {rest:?}"),
+                )
+            })?;
+        let now = Instant::now();
+        let session = match existing {
+            Some(s) => {
+                if !Arc::ptr_eq(&s.stream, &stream) {
+                    return Err(Refusal::new(
+                        StatusCode::AGGREGATE_OPERATION_NOT_ALLOWED,
+                        "session belongs to another path",
+                    ));
+                }
+                s.lock()
+                    .machine
+                    .handle_setup(Role::Recorder, track, now)
+                    .map_err(|st| Refusal::new(st, "SETUP not valid now"))?;
+                s
+            }
+            None => self.create_session(&stream, Role::Recorder, track, now)?,
+        };
+        let server = self.server.clone();
+        let ingest = {
+            let mut inner = session.lock();
+            inner
+                .ingest
+                .get_or_insert_with(|| {
+                    Arc::new(Ingest::new(
+                        stream.clone(),
+                        rand::random(),
+                        self.server.epoch,
+                    ))
+                })
+                .clone()
+        };
+        let cfg = server.config();
+        let mut last_err = Refusal::new(
+            StatusCode::UNSUPPORTED_TRANSPORT,
+            "no acceptable transport offered",
+        );
+        for spec in specs {
+            if spec.multicast {
+                continue;
+            }
+            if spec.is_tcp() {
+                if !cfg.allows(TransportKind::Tcp) {
+                    continue;
+                }
+                let (rtp, rtcp) = match self.channels_for(spec, track) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last_err = e;
+                        continue;
+                    }
+                };
+                self.channels
+                    .insert(rtp, Channel::IngestRtp(ingest.clone(), track));
+                self.channels
+                    .insert(rtcp, Channel::IngestRtcp(ingest.clone(), track));
+                self.set_transport(&session, track, TrackTransport::Tcp { rtp, rtcp });
+                let t = format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp};mode=record");
+                info!(session = %session.id, conn = self.handle.id, %path, track, transport = %t, "setup (publish)");
+                return Ok(self.setup_response(&session, t));
+            }
+            let (Some(udp), true) = (&server.udp, cfg.allows(TransportKind::Udp)) else {
+                continue;
+            };
+            let Some((crtp, crtcp)) = spec.client_port else {
+                last_err = Refusal::new(
+                    StatusCode::UNSUPPORTED_TRANSPORT,
+                    "UDP transport without client_port",
+                );
+                continue;
+            };
+            let ip = self.handle.peer.ip();
+            let (rtp, rtcp) = (SocketAddr::new(ip, crtp), SocketAddr::new(ip, crtcp));
+            if !udp.add_ingest(rtp, rtcp, ingest.clone(), track) {
+                last_err = Refusal::new(
+                    StatusCode::UNSUPPORTED_TRANSPORT,
+                    format!("client ports {crtp}-{crtcp} already in use"),
+                );
+                continue;
+            }
+            self.set_transport(&session, track, TrackTransport::Udp { rtp, rtcp });
+            let sp = cfg.rtsp.rtp_port;
+            let t = format!(
+                "RTP/AVP;unicast;client_port={crtp}-{crtcp};server_port={sp}-{};mode=record",
+                sp + 1
+            );
+            info!(session = %session.id, conn = self.handle.id, %path, track, transport = %t, "setup (publish)");
+            return Ok(self.setup_response(&session, t));
+        }
+        Err(last_err)
+    }
+
+    fn create_session(
+        &mut self,
+        stream: &Arc<Stream>,
+        role: Role,
+        track: usize,
+        now: Instant,
+    ) -> Result<Arc<Session>, Refusal> {
+        let machine =
+            ServerSession::new(role, track, self.server.config().rtsp.session_timeout, now)
+                .map_err(|st| Refusal::new(st, "track index out of range"))?;
+        let tracks = stream.presentation().tracks().len();
+        let session = Arc::new(Session {
+            id: Self::new_session_id(),
+            conn: self.handle.clone(),
+            stream: stream.clone(),
+            inner: Mutex::new(SessionInner {
+                machine,
+                transports: vec![None; tracks],
+                playing: None,
+                udp_out: None,
+                ingest: None,
+                receiver_reports: None,
+                reader_reports: vec![None; tracks],
+                multicast_member: false,
+            }),
+        });
+        self.server
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session.id.clone(), session.clone());
+        self.sessions.push(session.id.clone());
+        Ok(session)
+    }
+
+    fn set_transport(&self, session: &Session, track: usize, t: TrackTransport) {
+        if let Some(slot) = session.lock().transports.get_mut(track) {
+            *slot = Some(t);
+        }
+    }
+
+    fn setup_response(&self, session: &Session, transport: String) -> Response {
+        Response::new(StatusCode::OK)
+            .with_header("Transport", transport)
+            .with_header("Session", self.session_header(session))
+    }
+
+    fn setup_play(
+        &mut self,
+        _req: &Request,
+        path: &str,
+        specs: &[TransportSpec],
+        existing: Option<Arc<Session>>,
+    ) -> Handled {
+        let (base, track) = split_track(path);
+        let (stream, track) = match track {
+            Some(t) => (self.ready_stream(base), t),
+            None => (self.ready_stream(path), 0),
+        };
+        let stream = stream.ok_or_else(|| {
+            Refusal::new(StatusCode::NOT_FOUND, format!("no stream on path {path:?}"))
+        })?;
+        let ntracks = stream.presentation().tracks().len();
+        if split_track(path).1.is_none() && ntracks != 1 {
+            return Err(Refusal::new(
+                StatusCode::AGGREGATE_OPERATION_NOT_ALLOWED,
+                "SETUP needs a track URL for a multi-track stream",
+            ));
+        }
+        if track >= ntracks {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("no track {track}"),
+            ));
+        }
+        let now = Instant::now();
+        let server = self.server.clone();
+        let cfg = server.config();
+        // Pick the first offered transport we support.
+        let mut chosen: Option<(TrackTransport, String)> = None;
+        let mut last_err = Refusal::new(
+            StatusCode::UNSUPPORTED_TRANSPORT,
+            "no acceptable transport offered",
+        );
+        let session_kind = existing.as_ref().and_then(|s| {
+            s.lock()
+                .transports
+                .iter()
+                .flatten()
+                .next()
+                .map(|t| match t {
+                    TrackTransport::Udp { .. } => TransportKind::Udp,
+                    TrackTransport::Tcp { .. } => TransportKind::Tcp,
+                    TrackTransport::Multicast { .. } => TransportKind::Multicast,
+                })
+        });
+        let ssrc = stream
+            .last_header(track)
+            .map(|h| format!(";ssrc={:08X}", h.ssrc))
+            .unwrap_or_default();
+        for spec in specs {
+            let kind = if spec.is_tcp() {
+                TransportKind::Tcp
+            } else if spec.multicast {
+                TransportKind::Multicast
+            } else {
+                TransportKind::Udp
+            };
+            if !cfg.allows(kind) || session_kind.is_some_and(|k| k != kind) {
+                continue;
+            }
+            match kind {
+                TransportKind::Tcp => match self.channels_for(spec, track) {
+                    Ok((rtp, rtcp)) => {
+                        chosen = Some((
+                            TrackTransport::Tcp { rtp, rtcp },
+                            format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp}{ssrc};mode=play"),
+                        ));
+                    }
+                    Err(e) => last_err = e,
+                },
+                TransportKind::Udp => {
+                    if self.server.udp.is_none() {
+                        continue;
+                    }
+                    let Some((crtp, crtcp)) = spec.client_port else {
+                        last_err = Refusal::new(
+                            StatusCode::UNSUPPORTED_TRANSPORT,
+                            "UDP transport without client_port",
+                        );
+                        continue;
+                    };
+                    // Media only ever goes to the address the request came from.
+                    if let Some(dest) = &spec.destination {
+                        if dest.parse::<std::net::IpAddr>().ok() != Some(self.handle.peer.ip()) {
+                            last_err = Refusal::new(
+                                StatusCode::UNSUPPORTED_TRANSPORT,
+                                "destination differs from the client's address",
+                            );
+                            continue;
+                        }
+                    }
+                    if crtp == 0 {
+                        last_err = Refusal::new(StatusCode::UNSUPPORTED_TRANSPORT, "client_port 0");
+                        continue;
+                    }
+                    let ip = self.handle.peer.ip();
+                    let sp = cfg.rtsp.rtp_port;
+                    chosen = Some((
+                        TrackTransport::Udp {
+                            rtp: SocketAddr::new(ip, crtp),
+                            rtcp: SocketAddr::new(ip, crtcp),
+                        },
+                        format!(
+                            "RTP/AVP;unicast;client_port={crtp}-{crtcp};server_port={sp}-{}{ssrc};mode=play",
+                            sp + 1
+                        ),
+                    ));
+                }
+                TransportKind::Multicast => {
+                    let Some(m) = &self.server.multicast else {
+                        continue;
+                    };
+                    // The group is acquired below, once per session.
+                    let already = existing.as_ref().is_some_and(|s| {
+                        s.lock()
+                            .transports
+                            .iter()
+                            .flatten()
+                            .any(|t| matches!(t, TrackTransport::Multicast { .. }))
+                    });
+                    let group = if already {
+                        existing.as_ref().and_then(|s| {
+                            s.lock().transports.iter().flatten().find_map(|t| match t {
+                                TrackTransport::Multicast { group, .. } => Some(*group),
+                                _ => None,
+                            })
+                        })
+                    } else {
+                        None
+                    };
+                    let group = match group {
+                        Some(g) => g,
+                        None => match m.acquire(stream.path()) {
+                            Ok(g) => g,
+                            Err(e) => {
+                                last_err =
+                                    Refusal::new(StatusCode::NOT_ENOUGH_BANDWIDTH, e.to_string());
+                                continue;
+                            }
+                        },
+                    };
+                    let port = m.port(track);
+                    let ttl = cfg.rtsp.multicast_ttl;
+                    chosen = Some((
+                        TrackTransport::Multicast { group, port },
+                        format!(
+                            "RTP/AVP;multicast;destination={group};port={port}-{};ttl={ttl}{ssrc};mode=play",
+                            port + 1
+                        ),
+                    ));
+                }
+            }
+            if chosen.is_some() {
+                break;
+            }
+        }
+        let Some((transport, header)) = chosen else {
+            return Err(last_err);
+        };
+        let release_group = |this: &Self| {
+            if let (TrackTransport::Multicast { .. }, Some(m)) = (transport, &this.server.multicast)
+            {
+                let fresh = existing.as_ref().is_none_or(|s| {
+                    !s.lock()
+                        .transports
+                        .iter()
+                        .flatten()
+                        .any(|t| matches!(t, TrackTransport::Multicast { .. }))
+                });
+                if fresh {
+                    m.release(stream.path());
+                }
+            }
+        };
+        let session = match &existing {
+            Some(s) => {
+                if !Arc::ptr_eq(&s.stream, &stream) {
+                    release_group(self);
+                    return Err(Refusal::new(
+                        StatusCode::AGGREGATE_OPERATION_NOT_ALLOWED,
+                        "session belongs to another path",
+                    ));
+                }
+                if let Err(st) = s.lock().machine.handle_setup(Role::Player, track, now) {
+                    release_group(self);
+                    return Err(Refusal::new(st, "SETUP not valid in this state"));
+                }
+                s.clone()
+            }
+            None => match self.create_session(&stream, Role::Player, track, now) {
+                Ok(s) => s,
+                Err(e) => {
+                    release_group(self);
+                    return Err(e);
+                }
+            },
+        };
+        match transport {
+            TrackTransport::Tcp { rtp, rtcp } => {
+                self.channels.insert(rtp, Channel::ReaderRtp);
+                self.channels
+                    .insert(rtcp, Channel::ReaderRtcp(Arc::downgrade(&session), track));
+            }
+            TrackTransport::Udp { rtcp, .. } => {
+                if let Some(udp) = &self.server.udp {
+                    udp.add_reader(rtcp, &session, track);
+                    let mut inner = session.lock();
+                    if inner.udp_out.is_none() {
+                        let (tx, rx) = mpsc::channel(cfg.rtsp.reader_queue);
+                        tokio::spawn(run_udp_writer(rx, udp.rtp.clone(), udp.rtcp.clone()));
+                        inner.udp_out = Some(tx);
+                    }
+                }
+            }
+            TrackTransport::Multicast { .. } => {}
+        }
+        self.set_transport(&session, track, transport);
+        info!(session = %session.id, conn = self.handle.id, peer = %self.handle.peer, path = %stream.path(), track, transport = %header, "setup (play)");
+        Ok(self.setup_response(&session, header))
+    }
+
+    /// Checks that a PLAY/PAUSE/RECORD/TEARDOWN URL names the session's stream (or one of
+    /// its tracks); returns the track if one is named.
+    fn session_url(&self, req: &Request, session: &Session) -> Result<Option<usize>, Refusal> {
+        let path = Self::path_of(req)?;
+        let stream_path = session.stream.path();
+        if path == stream_path || path.is_empty() {
+            return Ok(None);
+        }
+        match split_track(&path) {
+            (base, Some(t)) if base == stream_path => Ok(Some(t)),
+            _ if path.starts_with(stream_path) && session.role() == Role::Recorder => {
+                let rest = path[stream_path.len()..].trim_start_matches('/');
+                Ok(session
+                    .stream
+                    .presentation()
+                    .publisher_track(&req.uri, rest))
+            }
+            _ => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("URL does not match the session's path {stream_path:?}"),
+            )),
+        }
+    }
+
+    fn play(&mut self, req: &Request) -> Handled {
+        let session = self.require_session(req)?;
+        let track = self.session_url(req, &session)?;
+        let ntracks = session.lock().machine.tracks().count();
+        if track.is_some() && ntracks > 1 {
+            return Err(Refusal::new(
+                StatusCode::ONLY_AGGREGATE_OPERATION_ALLOWED,
+                "PLAY of one track of a multi-track session",
+            ));
+        }
+        if let Some(v) = req.headers.get("Range") {
+            Range::parse(v).map_err(|e| Refusal::new(StatusCode::INVALID_RANGE, e.to_string()))?;
+        }
+        if session.stream.is_ended() {
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "stream ended"));
+        }
+        let transition = session
+            .lock()
+            .machine
+            .handle_play(Instant::now())
+            .map_err(|st| Refusal::new(st, "PLAY not valid for this session"))?;
+        let base = base_url(&req.uri, session.stream.path());
+        let infos: Vec<RtpInfo> = session
+            .lock()
+            .machine
+            .tracks()
+            .map(|t| {
+                let last = session.stream.last_header(t);
+                RtpInfo {
+                    url: format!("{base}trackID={t}"),
+                    seq: last.map(|h| h.sequence.wrapping_add(1)),
+                    rtptime: last.map(|h| h.timestamp),
+                }
+            })
+            .collect();
+        if transition == Transition::Started {
+            self.pending_play = Some(session.clone());
+        }
+        info!(session = %session.id, conn = self.handle.id, path = %session.stream.path(), "play");
+        Ok(Response::new(StatusCode::OK)
+            .with_header("Session", session.id.clone())
+            .with_header("Range", "npt=now-")
+            .with_header("RTP-Info", format_rtp_info(&infos)))
+    }
+
+    /// Subscribes a session that just entered Playing (called after its PLAY answer is queued).
+    fn start_playing(&mut self, session: &Arc<Session>) {
+        let cfg = self.server.config();
+        let stream = session.stream.clone();
+        let mut inner = session.lock();
+        if inner.machine.state() != State::Playing || inner.playing.is_some() {
+            return;
+        }
+        let mut multicast = false;
+        let targets: Vec<Target> = inner
+            .transports
+            .iter()
+            .map(|t| match t {
+                Some(TrackTransport::Udp { rtp, rtcp }) => Target::Udp {
+                    rtp: *rtp,
+                    rtcp: *rtcp,
+                },
+                Some(TrackTransport::Tcp { rtp, rtcp }) => Target::Tcp {
+                    rtp: *rtp,
+                    rtcp: *rtcp,
+                },
+                Some(TrackTransport::Multicast { .. }) => {
+                    multicast = true;
+                    Target::None
+                }
+                None => Target::None,
+            })
+            .collect();
+        let outbox = match &inner.udp_out {
+            Some(tx) => Outbox::Udp(tx.clone()),
+            None => Outbox::Tcp(self.handle.media.clone()),
+        };
+        let conn = self.handle.clone();
+        let sink = Arc::new(ReaderSink::new(
+            session.id.clone(),
+            targets,
+            outbox,
+            cfg.rtsp.slow_reader_timeout,
+            Arc::new(move |why| conn.close(why)),
+        ));
+        let sink_id = stream.add_sink(sink.clone());
+        let reports = tokio::spawn(run_sender_reports(
+            sink.clone(),
+            stream.clone(),
+            RTCP_INTERVAL,
+        ));
+        inner.playing = Some(Playing {
+            sink_id,
+            sink,
+            reports,
+        });
+        if multicast && !inner.multicast_member {
+            if let Some(m) = &self.server.multicast {
+                m.join(stream.path(), &stream, RTCP_INTERVAL);
+                inner.multicast_member = true;
+            }
+        }
+    }
+
+    fn pause(&mut self, req: &Request) -> Handled {
+        let session = self.require_session(req)?;
+        self.session_url(req, &session)?;
+        let mut inner = session.lock();
+        if inner.machine.handle_pause(Instant::now()) == Transition::Paused {
+            if let Some(p) = inner.playing.take() {
+                session.stream.remove_sink(p.sink_id);
+                p.reports.abort();
+            }
+            if inner.multicast_member {
+                if let Some(m) = &self.server.multicast {
+                    m.leave(session.stream.path());
+                }
+                inner.multicast_member = false;
+            }
+        }
+        drop(inner);
+        info!(session = %session.id, conn = self.handle.id, path = %session.stream.path(), "pause");
+        Ok(Response::new(StatusCode::OK).with_header("Session", session.id.clone()))
+    }
+
+    fn record(&mut self, req: &Request) -> Handled {
+        let session = self.require_session(req)?;
+        self.session_url(req, &session)?;
+        let transition = session
+            .lock()
+            .machine
+            .handle_record(Instant::now())
+            .map_err(|st| Refusal::new(st, "RECORD not valid for this session"))?;
+        if transition == Transition::Started {
+            session.stream.set_ready();
+            let task = tokio::spawn(run_receiver_reports(
+                Arc::downgrade(&session),
+                self.server.udp.clone(),
+                self.handle.media.clone(),
+            ));
+            if let Some(old) = session.lock().receiver_reports.replace(task) {
+                old.abort();
+            }
+        }
+        info!(session = %session.id, conn = self.handle.id, peer = %self.handle.peer, path = %session.stream.path(), "record");
+        Ok(Response::new(StatusCode::OK).with_header("Session", session.id.clone()))
+    }
+
+    fn teardown(&mut self, req: &Request) -> Handled {
+        let session = self.require_session(req)?;
+        let track = self.session_url(req, &session)?;
+        let remaining = {
+            let inner = session.lock();
+            inner.machine.tracks().filter(|t| Some(*t) != track).count()
+        };
+        if let (Some(t), true) = (track, remaining > 0) {
+            // Tear down one track: the rest keeps playing.
+            let was_playing = {
+                let mut inner = session.lock();
+                if let Some(slot) = inner.transports.get_mut(t) {
+                    *slot = None;
+                }
+                inner.machine.remove_track(t);
+                let p = inner.playing.take();
+                if let Some(p) = &p {
+                    session.stream.remove_sink(p.sink_id);
+                    p.reports.abort();
+                }
+                p.is_some()
+            };
+            if was_playing {
+                self.start_playing(&session);
+            }
+            info!(session = %session.id, conn = self.handle.id, track = t, "teardown (track)");
+            return Ok(Response::new(StatusCode::OK).with_header("Session", session.id.clone()));
+        }
+        info!(session = %session.id, conn = self.handle.id, path = %session.stream.path(), "teardown");
+        self.server.end_session(&session.id, "teardown");
+        self.sessions.retain(|id| *id != session.id);
+        self.channels.retain(|_, c| match c {
+            Channel::ReaderRtcp(w, _) => w.strong_count() > 0,
+            Channel::IngestRtp(i, _) | Channel::IngestRtcp(i, _) => !i.stream().is_ended(),
+            Channel::ReaderRtp => true,
+        });
+        if session.role() == Role::Recorder {
+            self.announced = None;
+        }
+        Ok(Response::new(StatusCode::OK))
+    }
+
+    fn parameter(&mut self, req: &Request) -> Handled {
+        let session = self.own_session(req)?;
+        let body = String::from_utf8_lossy(&req.body);
+        if !body.trim().is_empty() {
+            return Err(Refusal::new(
+                StatusCode::PARAMETER_NOT_UNDERSTOOD,
+                format!(
+                    "parameters not supported: {:?}",
+                    body.chars().take(60).collect::<String>()
+                ),
+            ));
+        }
+        let mut resp = Response::new(StatusCode::OK);
+        if let Some(s) = session {
+            resp = resp.with_header("Session", s.id.clone());
+        }
+        Ok(resp)
+    }
+}
+
+/// Sends the publisher's Receiver Reports every [`RTCP_INTERVAL`] until its session ends.
+async fn run_receiver_reports(
+    session: Weak<Session>,
+    udp: Option<Arc<crate::udp::UdpHub>>,
+    media: mpsc::Sender<TcpOut>,
+) {
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        RTCP_INTERVAL,
+    );
+    loop {
+        tick.tick().await;
+        let Some(s) = session.upgrade() else {
+            return;
+        };
+        let Some(ingest) = s.lock().ingest.clone() else {
+            return;
+        };
+        let transports = s.lock().transports.clone();
+        let now = Instant::now();
+        for (track, t) in transports.iter().enumerate() {
+            let Some(t) = t else { continue };
+            let Some(rr) = ingest.receiver_report(track, now) else {
+                continue;
+            };
+            match t {
+                TrackTransport::Udp { rtcp, .. } => {
+                    if let Some(udp) = &udp {
+                        let _ = udp.rtcp.send_to(&rr, *rtcp).await;
+                    }
+                }
+                TrackTransport::Tcp { rtcp, .. } => {
+                    let _ = media.try_send(TcpOut::Frame {
+                        channel: *rtcp,
+                        data: rr,
+                    });
+                }
+                TrackTransport::Multicast { .. } => {}
+            }
+        }
+    }
+}
+
+/// A request URI with any `user:password@` removed, for logs.
+fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.find('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &uri[..s], &uri[at + 1..]),
+        _ => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact("rtsp://u:p@h/x"), "rtsp://***@h/x");
+        assert_eq!(redact("rtsp://h/x"), "rtsp://h/x");
+    }
+}

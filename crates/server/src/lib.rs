@@ -1,0 +1,23 @@
+//! Sluice's tokio layer: the RTSP listener and its connections, the UDP and multicast
+//! media sockets, the path registry, and the stream hub where each path's single source
+//! meets its many sinks.
+//!
+//! Protocol decisions live in the sans-IO crates (`sluice-rtsp`, `sluice-rtp`) and in
+//! the pure modules here ([`presentation`], [`url`]); the rest owns sockets, tasks and
+//! timers and stays thin.
+
+pub mod config;
+pub mod conn;
+pub mod handler;
+pub mod ingest;
+pub mod multicast;
+pub mod presentation;
+pub mod reader;
+pub mod server;
+pub mod session;
+pub mod stream;
+pub mod udp;
+pub mod url;
+
+pub use config::Config;
+pub use server::{Server, ServerError};

@@ -1,0 +1,330 @@
+//! The server: binds the listeners, owns the path registry and the session table, runs
+//! the accept loop and the session reaper, and ends sessions with all they hold.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_rtsp::server_session::Role;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, TransportKind};
+use crate::multicast::Multicast;
+use crate::reader::UdpOut;
+use crate::session::{Session, TrackTransport};
+use crate::stream::{EndReason, Stream};
+use crate::udp::UdpHub;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener or socket could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A published path.
+#[derive(Debug, Clone)]
+pub struct PathEntry {
+    /// Its stream (not ready until RECORD).
+    pub stream: Arc<Stream>,
+    /// The connection that announced it.
+    pub owner_conn: u64,
+}
+
+/// Interval between the Sender/Receiver Reports Sluice sends.
+pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A bound, not yet running server.
+pub struct Server {
+    config: Config,
+    listener: Mutex<Option<TcpListener>>,
+    local_addr: SocketAddr,
+    pub(crate) paths: Mutex<HashMap<String, PathEntry>>,
+    pub(crate) sessions: Mutex<HashMap<String, Arc<Session>>>,
+    pub(crate) udp: Option<Arc<UdpHub>>,
+    pub(crate) multicast: Option<Multicast>,
+    pub(crate) epoch: Instant,
+    next_conn: AtomicU64,
+    next_version: AtomicU64,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds the RTSP listener and the media sockets the configuration asks for.
+    pub async fn bind(config: Config) -> Result<Arc<Server>, ServerError> {
+        let r = &config.rtsp;
+        let listener = TcpListener::bind(r.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "RTSP listener",
+                addr: r.listen.to_string(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            what: "RTSP listener",
+            addr: r.listen.to_string(),
+            source,
+        })?;
+        let udp = if config.allows(TransportKind::Udp) {
+            let hub = UdpHub::bind(r.listen.ip(), r.rtp_port)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "RTP/RTCP UDP ports",
+                    addr: format!("{}:{}-{}", r.listen.ip(), r.rtp_port, r.rtp_port + 1),
+                    source,
+                })?;
+            Some(Arc::new(hub))
+        } else {
+            None
+        };
+        let multicast = if config.allows(TransportKind::Multicast) {
+            Some(
+                Multicast::new(
+                    r.multicast_range,
+                    r.multicast_rtp_port,
+                    r.multicast_ttl,
+                    r.reader_queue,
+                )
+                .map_err(|source| ServerError::Bind {
+                    what: "multicast sender",
+                    addr: "0.0.0.0:0".into(),
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
+        Ok(Arc::new(Server {
+            config,
+            listener: Mutex::new(Some(listener)),
+            local_addr,
+            paths: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            udp,
+            multicast,
+            epoch: Instant::now(),
+            next_conn: AtomicU64::new(1),
+            next_version: AtomicU64::new(1),
+        }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The RTSP listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Runs the accept loop, UDP receivers and session reaper until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            error!("Server::run called twice");
+            return;
+        };
+        if let Some(udp) = &self.udp {
+            tokio::spawn(udp.clone().run_receiver(false));
+            tokio::spawn(udp.clone().run_receiver(true));
+        }
+        tokio::spawn(self.clone().run_reaper());
+        info!(listen = %self.local_addr, "RTSP server listening");
+        loop {
+            match listener.accept().await {
+                Ok((socket, peer)) => {
+                    let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(crate::conn::run(self.clone(), socket, peer, id));
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// A fresh SDP version for a new stream.
+    pub(crate) fn next_version(&self) -> u64 {
+        self.next_version.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn run_reaper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let expired: Vec<(Arc<Session>, &'static str)> = self
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter_map(|s| {
+                    if s.stream.is_ended() {
+                        Some((s.clone(), "stream ended"))
+                    } else if s.is_expired(now) {
+                        Some((s.clone(), "timeout"))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            for (s, why) in expired {
+                self.end_session(&s.id, why);
+                s.conn.close(why);
+            }
+        }
+    }
+
+    /// Looks up a session by id.
+    pub(crate) fn session(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Ends a session and releases all it holds: its subscription, writer, UDP routes,
+    /// multicast membership and, for a publisher, the path's stream.
+    pub(crate) fn end_session(&self, id: &str, why: &str) {
+        let Some(s) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+        else {
+            return;
+        };
+        let path = s.stream.path().to_owned();
+        let (playing, udp_out, ingest, rr_task, transports, member) = {
+            let mut inner = s.lock();
+            (
+                inner.playing.take(),
+                inner.udp_out.take(),
+                inner.ingest.take(),
+                inner.receiver_reports.take(),
+                std::mem::take(&mut inner.transports),
+                std::mem::replace(&mut inner.multicast_member, false),
+            )
+        };
+        let mut sent = 0u64;
+        if let Some(p) = playing {
+            s.stream.remove_sink(p.sink_id);
+            p.reports.abort();
+            p.sink.send_bye();
+            sent = transports
+                .iter()
+                .enumerate()
+                .map(|(t, _)| u64::from(p.sink.packets_sent(t)))
+                .sum();
+        }
+        if let Some(tx) = udp_out {
+            let _ = tx.try_send(UdpOut::Close);
+        }
+        if let Some(task) = rr_task {
+            task.abort();
+        }
+        let mut uses_multicast = false;
+        for t in transports.iter().flatten() {
+            match t {
+                TrackTransport::Udp { rtp, rtcp } => {
+                    if let Some(udp) = &self.udp {
+                        let rtp = ingest.as_ref().map(|_| *rtp);
+                        udp.remove(rtp, *rtcp);
+                    }
+                }
+                TrackTransport::Multicast { .. } => uses_multicast = true,
+                TrackTransport::Tcp { .. } => {}
+            }
+        }
+        if let Some(m) = &self.multicast {
+            if member {
+                m.leave(&path);
+            }
+            if uses_multicast {
+                m.release(&path);
+            }
+        }
+        if let Some(ingest) = ingest {
+            let (received, lost) = ingest.totals();
+            s.stream.end(EndReason::SourceGone);
+            self.remove_path_if(&path, &s.stream);
+            info!(session = %s.id, conn = s.conn.id, %path, why, received, lost, bad = ingest.bad_packets(), "publisher session ended");
+        } else {
+            let (lost, jitter) = s.reader_report_summary();
+            info!(session = %s.id, conn = s.conn.id, %path, why, sent, reported_lost = lost, reported_jitter = jitter, "reader session ended");
+        }
+    }
+
+    /// Removes `path` from the registry if it still holds `stream`.
+    pub(crate) fn remove_path_if(&self, path: &str, stream: &Arc<Stream>) {
+        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        if paths
+            .get(path)
+            .is_some_and(|e| Arc::ptr_eq(&e.stream, stream))
+        {
+            paths.remove(path);
+        }
+    }
+
+    /// A connection closed: its TCP and publisher sessions end with it; UDP reader
+    /// sessions live on until their timeout (RTCP keeps them alive), as RFC 2326 allows.
+    pub(crate) fn connection_closed(&self, conn: u64, session_ids: &[String]) {
+        for id in session_ids {
+            let Some(s) = self.session(id) else {
+                continue;
+            };
+            if s.role() == Role::Player && s.is_udp_only() && !s.stream.is_ended() {
+                info!(session = %id, conn, "connection closed; UDP session kept until timeout");
+                continue;
+            }
+            self.end_session(id, "connection closed");
+        }
+        // Paths this connection announced but never recorded.
+        let stale: Vec<(String, Arc<Stream>)> = self
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, e)| e.owner_conn == conn && !e.stream.is_ready())
+            .map(|(p, e)| (p.clone(), e.stream.clone()))
+            .collect();
+        for (path, stream) in stale {
+            stream.end(EndReason::SourceGone);
+            self.remove_path_if(&path, &stream);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The stream model: one source feeds a per-path [`Stream`]; any number of [`Sink`]s
+//! subscribe to it.
+//!
+//! A source (an RTSP publisher today; pulls, files and recordings later) calls
+//! [`Stream::push_rtp`] with each packet as a shared [`Bytes`]; the stream hands the same
+//! buffer to every sink (a reference count, never a copy). Sinks must not block: each owns
+//! a bounded queue and decides itself what happens when it is full. Adding a kind of
+//! source or sink never touches another.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_rtp::clock::SrMapping;
+use sluice_rtp::packet::RtpHeader;
+use sluice_rtp::rtcp::SenderInfo;
+
+use crate::presentation::Presentation;
+
+/// One RTP packet of a track as relayed to sinks.
+#[derive(Debug, Clone)]
+pub struct MediaPacket {
+    /// Index of the track in the stream's presentation.
+    pub track: usize,
+    /// The whole RTP packet, shared by every sink.
+    pub data: Bytes,
+    /// Its parsed header.
+    pub header: RtpHeader,
+    /// When Sluice received it.
+    pub received_at: Instant,
+}
+
+/// Why a stream ended, as told to its sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The source left (TEARDOWN, closed connection, timeout).
+    SourceGone,
+    /// A new source replaced this one; readers must DESCRIBE again.
+    Replaced,
+}
+
+/// A consumer of a stream: an RTSP reader, a multicast group, later recorders and web outputs.
+pub trait Sink: Send + Sync {
+    /// Called for every RTP packet while the sink is subscribed. Must never block.
+    fn handle_packet(&self, packet: &MediaPacket);
+    /// The stream has ended; no more packets will come.
+    fn handle_end(&self, reason: EndReason);
+}
+
+/// Identifies a subscription, to remove it later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SinkId(u64);
+
+/// Per-track live state kept by the stream.
+#[derive(Debug, Default)]
+struct TrackState {
+    /// The last RTP header seen (for RTP-Info and SSRC).
+    last: Mutex<Option<RtpHeader>>,
+    /// NTP↔RTP mapping from the source's latest Sender Report.
+    sr: Mutex<Option<SrMapping>>,
+}
+
+/// The live stream of one path: its presentation, per-track state and its sinks.
+pub struct Stream {
+    path: String,
+    presentation: Presentation,
+    tracks: Vec<TrackState>,
+    sinks: RwLock<Vec<(SinkId, Arc<dyn Sink>)>>,
+    next_sink: AtomicU64,
+    ready: AtomicBool,
+    ended: AtomicBool,
+    ended_notify: tokio::sync::Notify,
+    version: u64,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("path", &self.path)
+            .field("tracks", &self.tracks.len())
+            .field("ready", &self.is_ready())
+            .field("ended", &self.is_ended())
+            .finish()
+    }
+}
+
+impl Stream {
+    /// A new, not yet ready stream for `path` carrying `presentation`'s tracks.
+    pub fn new(path: String, presentation: Presentation, version: u64) -> Stream {
+        let tracks = presentation
+            .tracks()
+            .iter()
+            .map(|_| TrackState::default())
+            .collect();
+        Stream {
+            path,
+            presentation,
+            tracks,
+            sinks: RwLock::new(Vec::new()),
+            next_sink: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            ended_notify: tokio::sync::Notify::new(),
+            version,
+        }
+    }
+
+    /// The path this stream is published on.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The announced presentation.
+    pub fn presentation(&self) -> &Presentation {
+        &self.presentation
+    }
+
+    /// A number that differs between successive streams on a path (the SDP version).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Marks the stream as readable (its source started sending).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether readers may DESCRIBE and PLAY it.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_ended()
+    }
+
+    /// Whether the stream has ended.
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Completes when the stream ends.
+    pub async fn ended(&self) {
+        let notified = self.ended_notify.notified();
+        if self.is_ended() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Subscribes a sink. A sink added to an ended stream is told so at once.
+    pub fn add_sink(&self, sink: Arc<dyn Sink>) -> SinkId {
+        let id = SinkId(self.next_sink.fetch_add(1, Ordering::Relaxed));
+        {
+            let mut sinks = self.sinks.write().unwrap_or_else(|e| e.into_inner());
+            if !self.is_ended() {
+                sinks.push((id, sink));
+                return id;
+            }
+        }
+        sink.handle_end(EndReason::SourceGone);
+        id
+    }
+
+    /// Unsubscribes a sink; unknown ids are ignored.
+    pub fn remove_sink(&self, id: SinkId) {
+        let mut sinks = self.sinks.write().unwrap_or_else(|e| e.into_inner());
+        sinks.retain(|(i, _)| *i != id);
+    }
+
+    /// Number of subscribed sinks.
+    pub fn sink_count(&self) -> usize {
+        self.sinks.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Hands one RTP packet of `track` to every sink (a shared buffer, no copies).
+    pub fn push_rtp(&self, packet: MediaPacket) {
+        let Some(state) = self.tracks.get(packet.track) else {
+            return;
+        };
+        *state.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(packet.header);
+        let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
+        for (_, sink) in sinks.iter() {
+            sink.handle_packet(&packet);
+        }
+    }
+
+    /// Records the source's Sender Report for `track`, so sinks can emit their own SRs
+    /// with the same NTP↔RTP mapping.
+    pub fn handle_sender_report(&self, track: usize, info: &SenderInfo, now: Instant) {
+        if let Some(state) = self.tracks.get(track) {
+            *state.sr.lock().unwrap_or_else(|e| e.into_inner()) = Some(SrMapping {
+                ntp: info.ntp,
+                rtp_timestamp: info.rtp_timestamp,
+                received_at: now,
+            });
+        }
+    }
+
+    /// The source's latest NTP↔RTP mapping for `track`, if it sent an SR.
+    pub fn sr_mapping(&self, track: usize) -> Option<SrMapping> {
+        *self
+            .tracks
+            .get(track)?
+            .sr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last RTP header seen on `track`.
+    pub fn last_header(&self, track: usize) -> Option<RtpHeader> {
+        *self
+            .tracks
+            .get(track)?
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the stream: every sink is told and dropped; `ended()` completes.
+    pub fn end(&self, reason: EndReason) {
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sinks = std::mem::take(&mut *self.sinks.write().unwrap_or_else(|e| e.into_inner()));
+        for (_, sink) in sinks {
+            sink.handle_end(reason);
+        }
+        self.ended_notify.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+
+    #[derive(Default)]
+    struct Counting {
+        packets: AtomicUsize,
+        ends: AtomicUsize,
+        last_ptr: Mutex<Option<usize>>,
+    }
+    impl Sink for Counting {
+        fn handle_packet(&self, p: &MediaPacket) {
+            self.packets.fetch_add(1, Ordering::SeqCst);
+            *self.last_ptr.lock().unwrap() = Some(p.data.as_ptr() as usize);
+        }
+        fn handle_end(&self, _: EndReason) {
+            self.ends.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn packet(data: &Bytes) -> MediaPacket {
+        MediaPacket {
+            track: 0,
+            data: data.clone(),
+            header: RtpHeader {
+                payload_type: 96,
+                marker: false,
+                sequence: 1,
+                timestamp: 2,
+                ssrc: 3,
+                payload_offset: 12,
+            },
+            received_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn fan_out_shares_one_buffer_and_end_reaches_every_sink() {
+        let s = Stream::new(
+            "p".into(),
+            Presentation::from_sdp(SDP.as_bytes()).unwrap(),
+            1,
+        );
+        let a = Arc::new(Counting::default());
+        let b = Arc::new(Counting::default());
+        let ida = s.add_sink(a.clone());
+        s.add_sink(b.clone());
+        let data = Bytes::from(vec![0x80u8; 100]);
+        s.push_rtp(packet(&data));
+        assert_eq!(a.packets.load(Ordering::SeqCst), 1);
+        // Same allocation, not a copy.
+        assert_eq!(*a.last_ptr.lock().unwrap(), Some(data.as_ptr() as usize));
+        assert_eq!(*b.last_ptr.lock().unwrap(), Some(data.as_ptr() as usize));
+        s.remove_sink(ida);
+        s.push_rtp(packet(&data));
+        assert_eq!(a.packets.load(Ordering::SeqCst), 1);
+        assert_eq!(b.packets.load(Ordering::SeqCst), 2);
+        assert_eq!(s.last_header(0).unwrap().sequence, 1);
+        s.end(EndReason::SourceGone);
+        s.end(EndReason::SourceGone);
+        assert_eq!(b.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(a.ends.load(Ordering::SeqCst), 0);
+        // Late subscribers are told at once.
+        let c = Arc::new(Counting::default());
+        s.add_sink(c.clone());
+        assert_eq!(c.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(s.sink_count(), 0);
+    }
+
+    #[test]
+    fn packets_for_unknown_tracks_are_ignored() {
+        let s = Stream::new(
+            "p".into(),
+            Presentation::from_sdp(SDP.as_bytes()).unwrap(),
+            1,
+        );
+        let a = Arc::new(Counting::default());
+        s.add_sink(a.clone());
+        let mut p = packet(&Bytes::from_static(&[0x80; 12]));
+        p.track = 7;
+        s.push_rtp(p);
+        assert_eq!(a.packets.load(Ordering::SeqCst), 0);
+    }
+}

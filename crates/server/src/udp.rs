@@ -1,0 +1,195 @@
+//! The server's UDP unicast sockets (RTP on `rtp_port`, RTCP on `rtp_port + 1`) and the
+//! demultiplexing of what arrives on them by sender address.
+//!
+//! Only addresses a session negotiated in SETUP are routed; datagrams from anyone else
+//! are counted and ignored.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::net::UdpSocket;
+use tracing::{debug, warn};
+
+use crate::ingest::Ingest;
+use crate::session::Session;
+
+/// What a datagram from a known address belongs to.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// A publisher's track.
+    Ingest {
+        /// The source.
+        ingest: Arc<Ingest>,
+        /// Track index.
+        track: usize,
+    },
+    /// A reader's RTCP for a track.
+    Reader {
+        /// The session.
+        session: Weak<Session>,
+        /// Track index.
+        track: usize,
+    },
+}
+
+/// The unicast UDP sockets and their routing tables.
+#[derive(Debug)]
+pub struct UdpHub {
+    /// Socket on `rtp_port`.
+    pub rtp: Arc<UdpSocket>,
+    /// Socket on `rtp_port + 1`.
+    pub rtcp: Arc<UdpSocket>,
+    rtp_routes: RwLock<HashMap<SocketAddr, Route>>,
+    rtcp_routes: RwLock<HashMap<SocketAddr, Route>>,
+    unknown: AtomicU64,
+}
+
+impl UdpHub {
+    /// Binds the RTP and RTCP sockets on `ip` at `rtp_port` and `rtp_port + 1`.
+    pub async fn bind(ip: std::net::IpAddr, rtp_port: u16) -> std::io::Result<UdpHub> {
+        let rtp = bind_udp(SocketAddr::new(ip, rtp_port))?;
+        let rtcp = bind_udp(SocketAddr::new(ip, rtp_port + 1))?;
+        Ok(UdpHub {
+            rtp: Arc::new(rtp),
+            rtcp: Arc::new(rtcp),
+            rtp_routes: RwLock::new(HashMap::new()),
+            rtcp_routes: RwLock::new(HashMap::new()),
+            unknown: AtomicU64::new(0),
+        })
+    }
+
+    /// Routes RTP from `rtp` and RTCP from `rtcp` to a publisher's track. Fails if another
+    /// session already receives from either address.
+    pub fn add_ingest(
+        &self,
+        rtp: SocketAddr,
+        rtcp: SocketAddr,
+        ingest: Arc<Ingest>,
+        track: usize,
+    ) -> bool {
+        let mut rtp_routes = self.rtp_routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut rtcp_routes = self.rtcp_routes.write().unwrap_or_else(|e| e.into_inner());
+        if rtp_routes.contains_key(&rtp) || rtcp_routes.contains_key(&rtcp) {
+            return false;
+        }
+        rtp_routes.insert(
+            rtp,
+            Route::Ingest {
+                ingest: ingest.clone(),
+                track,
+            },
+        );
+        rtcp_routes.insert(rtcp, Route::Ingest { ingest, track });
+        true
+    }
+
+    /// Routes RTCP from a reader's `rtcp` address to its session.
+    pub fn add_reader(&self, rtcp: SocketAddr, session: &Arc<Session>, track: usize) {
+        self.rtcp_routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                rtcp,
+                Route::Reader {
+                    session: Arc::downgrade(session),
+                    track,
+                },
+            );
+    }
+
+    /// Removes the routes of these addresses (a session's, at its end).
+    pub fn remove(&self, rtp: Option<SocketAddr>, rtcp: SocketAddr) {
+        if let Some(rtp) = rtp {
+            self.rtp_routes
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&rtp);
+        }
+        self.rtcp_routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rtcp);
+    }
+
+    /// Datagrams ignored because no session expects their sender.
+    pub fn unknown_datagrams(&self) -> u64 {
+        self.unknown.load(Ordering::Relaxed)
+    }
+
+    fn lookup(&self, rtcp: bool, from: &SocketAddr) -> Option<Route> {
+        let table = if rtcp {
+            &self.rtcp_routes
+        } else {
+            &self.rtp_routes
+        };
+        table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(from)
+            .cloned()
+    }
+
+    /// Receives on the RTP (`rtcp == false`) or RTCP socket forever, dispatching by sender.
+    pub async fn run_receiver(self: Arc<Self>, rtcp: bool) {
+        let socket = if rtcp {
+            self.rtcp.clone()
+        } else {
+            self.rtp.clone()
+        };
+        // One large buffer split per datagram: the Bytes handed on share its allocation,
+        // so receiving costs no allocation per packet once the buffer is warm.
+        let mut buf = BytesMut::with_capacity(256 * 1024);
+        loop {
+            if buf.capacity() - buf.len() < 65536 {
+                buf.reserve(256 * 1024);
+            }
+            let from = match socket.recv_buf_from(&mut buf).await {
+                Ok((_, from)) => from,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; they never stop the loop.
+                    debug!(error = %e, "UDP receive error");
+                    buf.clear();
+                    continue;
+                }
+            };
+            let data = buf.split().freeze();
+            let now = Instant::now();
+            match self.lookup(rtcp, &from) {
+                Some(Route::Ingest { ingest, track }) => {
+                    if rtcp {
+                        ingest.handle_rtcp(track, &data, now);
+                    } else {
+                        ingest.handle_rtp(track, data, now);
+                    }
+                }
+                Some(Route::Reader { session, track }) => {
+                    if let Some(s) = session.upgrade() {
+                        s.handle_reader_rtcp(track, &data, now);
+                    }
+                }
+                None => {
+                    if self.unknown.fetch_add(1, Ordering::Relaxed) == 0 {
+                        debug!(%from, "ignoring UDP datagram from an address no session negotiated");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A non-blocking UDP socket with large buffers, bound to `addr`.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(4 << 20) {
+        warn!(error = %e, "cannot enlarge UDP receive buffer");
+    }
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}

@@ -1,0 +1,58 @@
+//! Free-port allocation.
+//!
+//! Ports come from a per-process block (chosen from the pid) of the range
+//! 20000..32000, below Linux's ephemeral range (32768..), and advance with a
+//! process-wide counter, so concurrently running tests and test binaries
+//! rarely pick the same port. Each candidate is checked by binding it.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const RANGE_START: u32 = 20000;
+const BLOCK: u32 = 400;
+const BLOCKS: u32 = 30; // 20000..32000
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn next_even_candidate(width: u32) -> u16 {
+    let block = std::process::id() % BLOCKS;
+    let base = RANGE_START + block * BLOCK;
+    let off = NEXT.fetch_add(width.next_multiple_of(2), Ordering::Relaxed) % (BLOCK - width);
+    (base + off - off % 2) as u16
+}
+
+fn tcp_free(port: u16) -> bool {
+    TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok()
+        && TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).is_ok()
+}
+
+fn udp_free(port: u16) -> bool {
+    UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).is_ok()
+}
+
+/// A TCP port currently free on 127.0.0.1 and 0.0.0.0.
+pub fn free_tcp_port() -> u16 {
+    for _ in 0..2000 {
+        let p = next_even_candidate(1);
+        if tcp_free(p) {
+            return p;
+        }
+    }
+    panic!("no free TCP port found");
+}
+
+/// An even UDP port `p` with `p` and `p + 1` free (RTP + RTCP).
+pub fn free_udp_pair() -> u16 {
+    free_udp_block(2)
+}
+
+/// An even UDP port `p` with `p .. p + n` all free (e.g. multicast tracks).
+pub fn free_udp_block(n: u16) -> u16 {
+    for _ in 0..2000 {
+        let p = next_even_candidate(u32::from(n));
+        if (0..n).all(|i| udp_free(p + i)) {
+            return p;
+        }
+    }
+    panic!("no free UDP port block of {n} found");
+}

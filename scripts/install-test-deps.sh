@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# install-test-deps.sh — install the external peers Sluice's integration tests
+# drive (ffmpeg/ffprobe, GStreamer with the RTSP client/server plugins, iproute2
+# for `ip netns`, and the Python GStreamer RTSP server bindings used by the
+# pull-source tests).
+#
+# Idempotent and non-interactive: when every package is already installed it
+# is a fast no-op (no `apt-get update`). Needs root (or passwordless sudo) only
+# when something is missing. Safe under CI=true with no stdin.
+set -euo pipefail
+
+PACKAGES=(
+  ffmpeg
+  gstreamer1.0-tools
+  gstreamer1.0-plugins-base
+  gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly
+  gstreamer1.0-libav
+  gstreamer1.0-rtsp
+  iproute2
+  gir1.2-gst-rtsp-server-1.0
+  python3-gi
+  python3-gst-1.0
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$pkg")
+  fi
+done
+
+# Belt and braces: the binaries the tests exec must be on PATH.
+for cmd in ffmpeg ffprobe gst-launch-1.0 gst-inspect-1.0 ip; do
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    case "$cmd" in
+      ffmpeg|ffprobe) want=ffmpeg ;;
+      gst-*) want=gstreamer1.0-tools ;;
+      ip) want=iproute2 ;;
+    esac
+    [[ " ${missing[*]-} " == *" $want "* ]] || missing+=("$want")
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-test-deps: all test dependencies present"
+  exit 0
+fi
+
+echo "install-test-deps: installing: ${missing[*]}"
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo -n)
+  else
+    echo "install-test-deps: need root to install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+  -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+  "${missing[@]}" </dev/null
+echo "install-test-deps: done"
