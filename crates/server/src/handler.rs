@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_rtp::packet::looks_like_rtcp;
+use sluice_rtp::packet::{looks_like_rtcp, RtpHeader};
 use sluice_rtsp::server_session::{Role, ServerSession, State, Transition};
 use sluice_rtsp::{
     format_rtp_info, parse_transport, Method, Range, Request, Response, RtpInfo, SessionHeader,
@@ -61,8 +61,8 @@ pub struct Connection {
     announced: Option<Arc<Stream>>,
     sessions: Vec<String>,
     channels: HashMap<u8, Channel>,
-    /// A session whose PLAY was answered and whose delivery starts after the response is queued.
-    pending_play: Option<Arc<Session>>,
+    /// A sink subscribed by PLAY, opened once the PLAY answer is queued.
+    pending_open: Option<Arc<ReaderSink>>,
 }
 
 impl Connection {
@@ -74,7 +74,7 @@ impl Connection {
             announced: None,
             sessions: Vec::new(),
             channels: HashMap::new(),
-            pending_play: None,
+            pending_open: None,
         }
     }
 
@@ -151,8 +151,8 @@ impl Connection {
         }
         resp = resp.with_header("Server", SERVER_NAME);
         self.handle.send_response(&resp);
-        if let Some(s) = self.pending_play.take() {
-            self.start_playing(&s);
+        if let Some(sink) = self.pending_open.take() {
+            sink.open();
         }
     }
 
@@ -783,12 +783,25 @@ impl Connection {
             .handle_play(Instant::now())
             .map_err(|st| Refusal::new(st, "PLAY not valid for this session"))?;
         let base = base_url(&req.uri, session.stream.path());
-        let infos: Vec<RtpInfo> = session
-            .lock()
-            .machine
-            .tracks()
+        // The last header before the reader's first packet, per track: exact for a new
+        // subscription (taken atomically with it), the current one otherwise.
+        let last: Vec<Option<RtpHeader>> = match transition {
+            Transition::Started => match self.start_playing(&session) {
+                Some((sink, last)) => {
+                    self.pending_open = Some(sink);
+                    last
+                }
+                None => Vec::new(),
+            },
+            _ => (0..session.stream.presentation().tracks().len())
+                .map(|t| session.stream.last_header(t))
+                .collect(),
+        };
+        let tracks: Vec<usize> = session.lock().machine.tracks().collect();
+        let infos: Vec<RtpInfo> = tracks
+            .into_iter()
             .map(|t| {
-                let last = session.stream.last_header(t);
+                let last = last.get(t).copied().flatten();
                 RtpInfo {
                     url: format!("{base}trackID={t}"),
                     seq: last.map(|h| h.sequence.wrapping_add(1)),
@@ -796,9 +809,6 @@ impl Connection {
                 }
             })
             .collect();
-        if transition == Transition::Started {
-            self.pending_play = Some(session.clone());
-        }
         info!(session = %session.id, conn = self.handle.id, path = %session.stream.path(), "play");
         Ok(Response::new(StatusCode::OK)
             .with_header("Session", session.id.clone())
@@ -806,13 +816,18 @@ impl Connection {
             .with_header("RTP-Info", format_rtp_info(&infos)))
     }
 
-    /// Subscribes a session that just entered Playing (called after its PLAY answer is queued).
-    fn start_playing(&mut self, session: &Arc<Session>) {
+    /// Subscribes a session that just entered Playing with a gated sink (the caller opens
+    /// it once the PLAY answer is queued); returns the sink and the last header per track
+    /// before its first packet.
+    fn start_playing(
+        &mut self,
+        session: &Arc<Session>,
+    ) -> Option<(Arc<ReaderSink>, Vec<Option<RtpHeader>>)> {
         let cfg = self.server.config();
         let stream = session.stream.clone();
         let mut inner = session.lock();
         if inner.machine.state() != State::Playing || inner.playing.is_some() {
-            return;
+            return None;
         }
         let mut multicast = false;
         let targets: Vec<Target> = inner
@@ -846,7 +861,7 @@ impl Connection {
             cfg.rtsp.slow_reader_timeout,
             Arc::new(move |why| conn.close(why)),
         ));
-        let sink_id = stream.add_sink(sink.clone());
+        let (sink_id, last) = stream.subscribe(sink.clone());
         let reports = tokio::spawn(run_sender_reports(
             sink.clone(),
             stream.clone(),
@@ -854,7 +869,7 @@ impl Connection {
         ));
         inner.playing = Some(Playing {
             sink_id,
-            sink,
+            sink: sink.clone(),
             reports,
         });
         if multicast && !inner.multicast_member {
@@ -863,6 +878,7 @@ impl Connection {
                 inner.multicast_member = true;
             }
         }
+        Some((sink, last))
     }
 
     fn pause(&mut self, req: &Request) -> Handled {
@@ -932,7 +948,9 @@ impl Connection {
                 p.is_some()
             };
             if was_playing {
-                self.start_playing(&session);
+                if let Some((sink, _)) = self.start_playing(&session) {
+                    sink.open();
+                }
             }
             info!(session = %session.id, conn = self.handle.id, track = t, "teardown (track)");
             return Ok(Response::new(StatusCode::OK).with_header("Session", session.id.clone()));

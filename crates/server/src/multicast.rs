@@ -150,6 +150,7 @@ impl Multicast {
             Duration::MAX,
             Arc::new(|_| {}),
         ));
+        sink.open();
         let sink_id = stream.add_sink(sink.clone());
         let reports = tokio::spawn(run_sender_reports(sink, stream.clone(), sr_interval));
         info!(path, group = %g.addr, "multicast feed started");

@@ -103,7 +103,14 @@ pub struct ReaderSink {
     full_since: Mutex<Option<Instant>>,
     ended: AtomicBool,
     on_close: CloseFn,
+    /// Until opened, packets are held here (bounded) instead of queued, so that a
+    /// PLAY response is on the wire before the first packet it announces.
+    gate: Mutex<Option<Vec<MediaPacket>>>,
+    open: AtomicBool,
 }
+
+/// Most packets a closed gate holds (a PLAY answer is queued within microseconds).
+const GATE_CAPACITY: usize = 1024;
 
 impl std::fmt::Debug for ReaderSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,7 +144,20 @@ impl ReaderSink {
             full_since: Mutex::new(None),
             ended: AtomicBool::new(false),
             on_close,
+            gate: Mutex::new(Some(Vec::new())),
+            open: AtomicBool::new(false),
         }
+    }
+
+    /// Starts delivery: packets held since subscription go out first, in order.
+    pub fn open(&self) {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = gate.take() {
+            for p in &held {
+                self.deliver(p);
+            }
+        }
+        self.open.store(true, Ordering::Release);
     }
 
     /// Packets dropped because the queue was full.
@@ -258,8 +278,8 @@ impl ReaderSink {
     }
 }
 
-impl Sink for ReaderSink {
-    fn handle_packet(&self, packet: &MediaPacket) {
+impl ReaderSink {
+    fn deliver(&self, packet: &MediaPacket) {
         let Some(target) = self.targets.get(packet.track).copied() else {
             return;
         };
@@ -278,6 +298,23 @@ impl Sink for ReaderSink {
                 c.seen.store(true, Ordering::Relaxed);
             }
         }
+    }
+}
+
+impl Sink for ReaderSink {
+    fn handle_packet(&self, packet: &MediaPacket) {
+        if !self.open.load(Ordering::Acquire) {
+            let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(held) = gate.as_mut() {
+                if held.len() < GATE_CAPACITY {
+                    held.push(packet.clone());
+                } else {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
+        self.deliver(packet);
     }
 
     fn handle_end(&self, reason: EndReason) {

@@ -147,16 +147,26 @@ impl Stream {
 
     /// Subscribes a sink. A sink added to an ended stream is told so at once.
     pub fn add_sink(&self, sink: Arc<dyn Sink>) -> SinkId {
+        self.subscribe(sink).0
+    }
+
+    /// Subscribes a sink and returns, atomically with the subscription, the last RTP
+    /// header of each track before the sink's first packet (for RTP-Info: the sink's first
+    /// packet on a track is that header's sequence number + 1).
+    pub fn subscribe(&self, sink: Arc<dyn Sink>) -> (SinkId, Vec<Option<RtpHeader>>) {
         let id = SinkId(self.next_sink.fetch_add(1, Ordering::Relaxed));
         {
             let mut sinks = self.sinks.write().unwrap_or_else(|e| e.into_inner());
             if !self.is_ended() {
+                let last = (0..self.tracks.len())
+                    .map(|t| self.last_header(t))
+                    .collect();
                 sinks.push((id, sink));
-                return id;
+                return (id, last);
             }
         }
         sink.handle_end(EndReason::SourceGone);
-        id
+        (id, vec![None; self.tracks.len()])
     }
 
     /// Unsubscribes a sink; unknown ids are ignored.
@@ -175,8 +185,10 @@ impl Stream {
         let Some(state) = self.tracks.get(packet.track) else {
             return;
         };
-        *state.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(packet.header);
         let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
+        // Updated under the sinks lock so that `subscribe` sees, for every track, exactly
+        // the last packet its new sink will not get.
+        *state.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(packet.header);
         for (_, sink) in sinks.iter() {
             sink.handle_packet(&packet);
         }

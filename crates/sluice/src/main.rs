@@ -1,5 +1,6 @@
 //! `sluice`: the RTSP media server's command-line entry point.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -43,6 +44,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -57,7 +57,7 @@ fn gstreamer_multicast_reader() {
 fn two_multicast_readers_share_the_group() {
     let Some(ns) = Netns::new() else { return };
     let dir = test_dir("mcast-two");
-    let (_server, _publisher, url) = setup(&ns, &dir);
+    let (server, _publisher, url) = setup(&ns, &dir);
     let secs = READ_SECS.as_secs_f64() + 1.0;
     let a = FfmpegReader::spawn(&url, "udp_multicast", secs, &dir, Some(&ns));
     let b = FfmpegReader::spawn(&url, "udp_multicast", secs, &dir, Some(&ns));
@@ -92,4 +92,9 @@ fn two_multicast_readers_share_the_group() {
     if !ga.is_empty() && !gb.is_empty() {
         assert_eq!(ga[0], gb[0], "readers joined different multicast groups");
     }
+    // The server allocated one group for the path and fed it once, not once per reader.
+    let log = server.log();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("multicast group allocated"), 1, "{log}");
+    assert_eq!(count("multicast feed started"), 1, "{log}");
 }

@@ -1,0 +1,71 @@
+//! The command line a user meets first: --version, --help, config errors.
+
+use std::process::Command;
+
+fn sluice(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .expect("run sluice")
+}
+
+#[test]
+fn version_and_help_are_clean() {
+    let out = sluice(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sluice {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = sluice(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("serve"), "{help}");
+    let out = sluice(&["serve", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
+}
+
+#[test]
+fn unknown_config_key_is_an_error_naming_it() {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[rtsp]\nlisten = \"127.0.0.1:0\"\nsesion_timeout = \"5s\"\n",
+    )
+    .unwrap();
+    let out = sluice(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sesion_timeout"), "{err}");
+
+    let out = sluice(&[
+        "serve",
+        "--config",
+        dir.join("missing.toml").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("sluice-cli-busy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("busy.toml");
+    std::fs::write(
+        &cfg,
+        format!("[rtsp]\nlisten = \"127.0.0.1:{port}\"\ntransports = [\"tcp\"]\n"),
+    )
+    .unwrap();
+    let out = sluice(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot bind RTSP listener") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}
