@@ -130,9 +130,16 @@ pub async fn run(server: Arc<Server>, socket: TcpStream, peer: SocketAddr, id: u
     }
     conn.handle_closed();
     handle.close("connection ended");
-    // Let the writer flush what is queued (e.g. a final error response), briefly.
+    // Let the writer flush what is queued (e.g. a final error response), briefly; a
+    // writer stuck on a peer that does not read is aborted, which closes the socket.
     let _ = handle.media.try_send(TcpOut::Close);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     info!(conn = id, %peer, "disconnect");
 }
 

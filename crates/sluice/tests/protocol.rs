@@ -176,12 +176,29 @@ fn second_announce_on_busy_path_is_refused() {
 #[test]
 fn malformed_request_line_is_400_and_server_survives() {
     let mut server = Server::start("");
-    if let Some(r) = raw_exchange(&server, b"THIS IS NOT RTSP\r\n\r\n") {
-        assert_eq!(r.status, 400, "{r:?}");
-    }
-    if let Some(r) = raw_exchange(&server, b"\x00\x01\x02garbage\xff\xfe\r\n\r\n") {
-        assert_eq!(r.status, 400, "{r:?}");
-    }
+    let r = raw_exchange(&server, b"THIS IS NOT RTSP\r\n\r\n").expect("an answer");
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = raw_exchange(&server, b"\x00\x01\x02garbage\xff\xfe\r\n\r\n").expect("an answer");
+    assert_eq!(r.status, 400, "{r:?}");
+    // A request without CSeq.
+    let r =
+        raw_exchange(&server, b"OPTIONS rtsp://127.0.0.1/x RTSP/1.0\r\n\r\n").expect("an answer");
+    assert_eq!(r.status, 400, "{r:?}");
+    // A bad CSeq value.
+    let r = raw_exchange(
+        &server,
+        b"OPTIONS rtsp://127.0.0.1/x RTSP/1.0\r\nCSeq: one\r\n\r\n",
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 400, "{r:?}");
+    // A body over the limit is refused before it is read.
+    let r = raw_exchange(
+        &server,
+        b"ANNOUNCE rtsp://127.0.0.1/x RTSP/1.0\r\nCSeq: 7\r\nContent-Type: application/sdp\r\nContent-Length: 99999999\r\n\r\n",
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.header("CSeq"), Some("7"), "{r:?}");
     assert_serves(&mut server, "malformed request lines");
 }
 
