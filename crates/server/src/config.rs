@@ -3,8 +3,9 @@
 //! Every table rejects unknown keys so that a typo is a start-up error naming the key,
 //! never a silently ignored setting.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -37,6 +38,69 @@ pub struct Config {
     pub rtsp: RtspConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Stored media served on demand under `vod/`.
+    pub vod: VodConfig,
+    /// The built-in demo stream.
+    pub demo: DemoConfig,
+    /// Paths with a configured source, by name.
+    pub paths: BTreeMap<String, PathConfig>,
+}
+
+/// `[vod]`: files below `dir` are served at `rtsp://HOST:PORT/vod/<relative path>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VodConfig {
+    /// Serve files at all (needs `dir`).
+    pub enabled: bool,
+    /// The directory served; unset means no files are served.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for VodConfig {
+    fn default() -> Self {
+        VodConfig {
+            enabled: true,
+            dir: None,
+        }
+    }
+}
+
+/// `[demo]`: a short looping clip built into the binary, so a fresh install has a stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Offer the demo stream.
+    pub enabled: bool,
+    /// The path it is served at.
+    pub path: String,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            enabled: true,
+            path: "demo".to_owned(),
+        }
+    }
+}
+
+/// `[paths.NAME]`: a path fed by a configured source rather than by a publisher.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathConfig {
+    /// Where the media comes from: `file:///abs/path.mp4` (or `file://relative.mkv`,
+    /// relative to the working directory) plays a file as a live stream shared by all readers.
+    pub source: String,
+    /// For file sources: start again at the end, with continuous timestamps.
+    #[serde(rename = "loop", default)]
+    pub looping: bool,
+}
+
+impl PathConfig {
+    /// The file of a `file://` source.
+    pub fn file(&self) -> Option<PathBuf> {
+        self.source.strip_prefix("file://").map(PathBuf::from)
+    }
 }
 
 /// A media transport a reader or publisher may ask for in SETUP.
@@ -180,6 +244,51 @@ impl Config {
                 "rtsp.reader_queue must be at least 16".into(),
             ));
         }
+        if let (true, Some(dir)) = (self.vod.enabled, &self.vod.dir) {
+            if !dir.is_dir() {
+                return Err(ConfigError::Invalid(format!(
+                    "vod.dir {} is not a directory",
+                    dir.display()
+                )));
+            }
+        }
+        for (name, p) in &self.paths {
+            if crate::url::request_path(&format!("rtsp://h/{name}"))
+                .ok()
+                .as_deref()
+                != Some(name.as_str())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "paths.{name:?}: not a valid path name"
+                )));
+            }
+            if name == "vod" || name.starts_with("vod/") {
+                return Err(ConfigError::Invalid(format!(
+                    "paths.{name:?}: vod/ is reserved for stored files"
+                )));
+            }
+            match p.file() {
+                Some(f) if f.is_file() => {}
+                Some(f) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "paths.{name:?}: source file {} does not exist",
+                        f.display()
+                    )))
+                }
+                None => {
+                    return Err(ConfigError::Invalid(format!(
+                        "paths.{name:?}: unsupported source {:?}; supported: file://",
+                        p.source
+                    )))
+                }
+            }
+        }
+        if self.demo.enabled && self.paths.contains_key(&self.demo.path) {
+            return Err(ConfigError::Invalid(format!(
+                "demo.path {:?} is also configured under [paths]",
+                self.demo.path
+            )));
+        }
         if r.max_head_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "rtsp.max_head_bytes must be at least 1024".into(),
@@ -250,6 +359,32 @@ mod tests {
         assert!(e.to_string().contains("listen_addr"), "{e}");
         let e = Config::from_toml("[rtps]\n").unwrap_err();
         assert!(e.to_string().contains("rtps"), "{e}");
+    }
+
+    #[test]
+    fn paths_and_vod() {
+        let dir = std::env::temp_dir();
+        let file = dir.join(format!("sluice-cfg-{}.mp4", std::process::id()));
+        std::fs::write(&file, b"x").unwrap();
+        let c = Config::from_toml(&format!(
+            "[vod]\ndir = {:?}\n[paths.cam]\nsource = \"file://{}\"\nloop = true\n",
+            dir.display().to_string(),
+            file.display()
+        ))
+        .unwrap();
+        assert!(c.paths["cam"].looping);
+        assert_eq!(c.paths["cam"].file().unwrap(), file);
+        let e = Config::from_toml("[paths.cam]\nsource = \"rtmp://x\"\n").unwrap_err();
+        assert!(e.to_string().contains("unsupported source"), "{e}");
+        let e =
+            Config::from_toml("[paths.cam]\nsource = \"file:///nonexistent.mp4\"\n").unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e =
+            Config::from_toml("[paths.cam]\nsource = \"file:///x\"\nloops = true\n").unwrap_err();
+        assert!(e.to_string().contains("loops"), "{e}");
+        let e = Config::from_toml("[vod]\ndir = \"/nonexistent-dir\"\n").unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let _ = std::fs::remove_file(file);
     }
 
     #[test]

@@ -10,21 +10,23 @@ use bytes::Bytes;
 use sluice_rtp::packet::{looks_like_rtcp, RtpHeader};
 use sluice_rtsp::server_session::{Role, ServerSession, State, Transition};
 use sluice_rtsp::{
-    format_rtp_info, parse_transport, Method, Range, Request, Response, RtpInfo, SessionHeader,
-    StatusCode, TransportMode, TransportSpec, Version,
+    format_rtp_info, parse_transport, Method, NptTime, Range, Request, Response, RtpInfo,
+    SessionHeader, StatusCode, TransportMode, TransportSpec, Version,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::TransportKind;
 use crate::conn::ConnHandle;
+use crate::file_source::{FileSource, PlayError};
 use crate::ingest::Ingest;
 use crate::presentation::Presentation;
 use crate::reader::{run_sender_reports, run_udp_writer, Outbox, ReaderSink, Target, TcpOut};
 use crate::server::{PathEntry, Server, RTCP_INTERVAL};
 use crate::session::{Playing, Session, SessionInner, TrackTransport};
 use crate::stream::{EndReason, Stream};
-use crate::url::{base_url, request_path, split_track};
+use crate::url::{base_url, request_path, split_track, UrlError};
+use crate::vod::{self, OpenedMedia, VodError};
 
 /// The methods Sluice implements, for OPTIONS' Public header.
 pub const PUBLIC: &str =
@@ -175,7 +177,37 @@ impl Connection {
     }
 
     fn path_of(req: &Request) -> Result<String, Refusal> {
-        request_path(&req.uri).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))
+        request_path(&req.uri).map_err(|e| match e {
+            // No resource has such a name (traversal attempts, encoded names, ...).
+            UrlError::BadPath(_) => Refusal::new(StatusCode::NOT_FOUND, e.to_string()),
+            UrlError::NotRtsp(_) => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+        })
+    }
+
+    /// The file name a `vod/...` path asks for, when stored media is served.
+    fn vod_name<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let vod = &self.server.config().vod;
+        if !vod.enabled || vod.dir.is_none() {
+            return None;
+        }
+        path.strip_prefix("vod/")
+    }
+
+    /// Opens a stored file for DESCRIBE or a new session.
+    fn open_vod(&self, name: &str) -> Result<OpenedMedia, Refusal> {
+        let dir = self.server.config().vod.dir.clone().unwrap_or_default();
+        let file = vod::resolve(&dir, name)
+            .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, format!("vod/{name}: {e}")))?;
+        vod::open_path(&file).map_err(|e| {
+            let status = match e {
+                VodError::NotFound => StatusCode::NOT_FOUND,
+                VodError::Unsupported(_) | VodError::Malformed(_) => {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE
+                }
+                VodError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            Refusal::new(status, format!("{}: {e}", file.display()))
+        })
     }
 
     fn ready_stream(&self, path: &str) -> Option<Arc<Stream>> {
@@ -213,6 +245,13 @@ impl Connection {
 
     fn describe(&mut self, req: &Request) -> Handled {
         let path = Self::path_of(req)?;
+        if let Some(name) = self.vod_name(&path) {
+            let media = self.open_vod(name)?;
+            info!(conn = self.handle.id, peer = %self.handle.peer, %path, "describe (file)");
+            return Ok(Response::new(StatusCode::OK)
+                .with_header("Content-Base", base_url(&req.uri, &path))
+                .with_body("application/sdp", media.presentation.reader_sdp(1)));
+        }
         let stream = self.ready_stream(&path).ok_or_else(|| {
             Refusal::new(StatusCode::NOT_FOUND, format!("no stream on path {path:?}"))
         })?;
@@ -229,6 +268,12 @@ impl Connection {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "ANNOUNCE needs a path",
+            ));
+        }
+        if self.vod_name(&path).is_some() {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "vod/ serves stored files; publish elsewhere",
             ));
         }
         let ctype = req.headers.get("Content-Type").unwrap_or("");
@@ -249,6 +294,12 @@ impl Connection {
             let mut paths = self.server.paths.lock().unwrap_or_else(|e| e.into_inner());
             let old = paths.get(&path).cloned();
             if let Some(old) = &old {
+                if old.configured {
+                    return Err(Refusal(
+                        StatusCode::METHOD_NOT_VALID_IN_THIS_STATE,
+                        format!("path {path:?} has a configured source"),
+                    ));
+                }
                 if old.owner_conn != self.handle.id && !self.server.config().rtsp.override_publisher
                 {
                     return Err(Refusal(
@@ -262,6 +313,7 @@ impl Connection {
                 PathEntry {
                     stream: stream.clone(),
                     owner_conn: self.handle.id,
+                    configured: false,
                 },
             );
             old
@@ -389,7 +441,7 @@ impl Connection {
                     .map_err(|st| Refusal::new(st, "SETUP not valid now"))?;
                 s
             }
-            None => self.create_session(&stream, Role::Recorder, track, now)?,
+            None => self.create_session(&stream, Role::Recorder, track, now, None)?,
         };
         let server = self.server.clone();
         let ingest = {
@@ -471,6 +523,7 @@ impl Connection {
         role: Role,
         track: usize,
         now: Instant,
+        file: Option<FileSource>,
     ) -> Result<Arc<Session>, Refusal> {
         let machine =
             ServerSession::new(role, track, self.server.config().rtsp.session_timeout, now)
@@ -480,6 +533,7 @@ impl Connection {
             id: Self::new_session_id(),
             conn: self.handle.clone(),
             stream: stream.clone(),
+            file,
             inner: Mutex::new(SessionInner {
                 machine,
                 transports: vec![None; tracks],
@@ -520,9 +574,28 @@ impl Connection {
         existing: Option<Arc<Session>>,
     ) -> Handled {
         let (base, track) = split_track(path);
-        let (stream, track) = match track {
-            Some(t) => (self.ready_stream(base), t),
-            None => (self.ready_stream(path), 0),
+        let (lookup, track) = match track {
+            Some(t) => (base, t),
+            None => (path, 0),
+        };
+        // Stored files: each new session plays its own private stream.
+        let mut file = None;
+        let stream = match (self.vod_name(lookup), &existing) {
+            (Some(_), Some(s)) if s.stream.path() == lookup => Some(s.stream.clone()),
+            (Some(name), _) => {
+                let media = self.open_vod(name)?;
+                let stream = Arc::new(Stream::new(lookup.to_owned(), media.presentation, 1));
+                stream.set_ready();
+                file = Some(FileSource::new(
+                    media.demuxer,
+                    media.packetizers,
+                    stream.clone(),
+                    false,
+                    lookup.to_owned(),
+                ));
+                Some(stream)
+            }
+            (None, _) => self.ready_stream(lookup),
         };
         let stream = stream.ok_or_else(|| {
             Refusal::new(StatusCode::NOT_FOUND, format!("no stream on path {path:?}"))
@@ -705,7 +778,7 @@ impl Connection {
                 }
                 s.clone()
             }
-            None => match self.create_session(&stream, Role::Player, track, now) {
+            None => match self.create_session(&stream, Role::Player, track, now, file.take()) {
                 Ok(s) => s,
                 Err(e) => {
                     release_group(self);
@@ -771,8 +844,27 @@ impl Connection {
                 "PLAY of one track of a multi-track session",
             ));
         }
-        if let Some(v) = req.headers.get("Range") {
-            Range::parse(v).map_err(|e| Refusal::new(StatusCode::INVALID_RANGE, e.to_string()))?;
+        let range = match req.headers.get("Range") {
+            Some(v) => Some(
+                Range::parse(v)
+                    .map_err(|e| Refusal::new(StatusCode::INVALID_RANGE, e.to_string()))?,
+            ),
+            None => None,
+        };
+        let scale = match req.headers.get("Scale") {
+            Some(v) => Some(v.trim().parse::<f64>().map_err(|_| {
+                Refusal::new(StatusCode::HEADER_FIELD_NOT_VALID, format!("Scale {v:?}"))
+            })?),
+            None => None,
+        };
+        if session.file.is_some() {
+            return self.play_file(req, &session, range, scale);
+        }
+        if scale.is_some_and(|s| s != 1.0) {
+            return Err(Refusal::new(
+                StatusCode::HEADER_FIELD_NOT_VALID,
+                "live streams play at Scale 1 only",
+            ));
         }
         if session.stream.is_ended() {
             return Err(Refusal::new(StatusCode::NOT_FOUND, "stream ended"));
@@ -884,6 +976,9 @@ impl Connection {
     fn pause(&mut self, req: &Request) -> Handled {
         let session = self.require_session(req)?;
         self.session_url(req, &session)?;
+        if let Some(file) = &session.file {
+            file.pause();
+        }
         let mut inner = session.lock();
         if inner.machine.handle_pause(Instant::now()) == Transition::Paused {
             if let Some(p) = inner.playing.take() {
@@ -900,6 +995,99 @@ impl Connection {
         drop(inner);
         info!(session = %session.id, conn = self.handle.id, path = %session.stream.path(), "pause");
         Ok(Response::new(StatusCode::OK).with_header("Session", session.id.clone()))
+    }
+
+    /// PLAY of a stored file: seek (Range), resume (no Range), Scale; RTP-Info names each
+    /// track's first packet and the RTP time of the actual start.
+    fn play_file(
+        &mut self,
+        req: &Request,
+        session: &Arc<Session>,
+        range: Option<Range>,
+        scale: Option<f64>,
+    ) -> Handled {
+        let Some(file) = &session.file else {
+            return Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not a file session",
+            ));
+        };
+        let (start, end) = match range {
+            None => (None, None),
+            Some(Range::Npt { start, end }) => {
+                let secs = |t: Option<NptTime>| match t {
+                    Some(NptTime::Seconds(s)) => Some(s),
+                    _ => None,
+                };
+                (secs(start), secs(end))
+            }
+            Some(Range::Other(v)) => {
+                return Err(Refusal::new(
+                    StatusCode::INVALID_RANGE,
+                    format!("only npt ranges are supported, got {v:?}"),
+                ))
+            }
+        };
+        let now = Instant::now();
+        let transition = session
+            .lock()
+            .machine
+            .handle_play(now)
+            .map_err(|st| Refusal::new(st, "PLAY not valid for this session"))?;
+        if transition == Transition::Started {
+            if let Some((sink, _)) = self.start_playing(session) {
+                self.pending_open = Some(sink);
+            }
+        }
+        let applied = scale.unwrap_or(1.0);
+        let started = match file.play(start, end, applied, now) {
+            Ok(s) => s,
+            Err(e) => {
+                // Undo the state change: nothing plays.
+                file.pause();
+                let mut inner = session.lock();
+                inner.machine.handle_pause(now);
+                if let Some(p) = inner.playing.take() {
+                    session.stream.remove_sink(p.sink_id);
+                    p.reports.abort();
+                }
+                self.pending_open = None;
+                let status = match e {
+                    PlayError::InvalidRange(_) => StatusCode::INVALID_RANGE,
+                    PlayError::UnsupportedScale(_) => StatusCode::HEADER_FIELD_NOT_VALID,
+                    PlayError::Media(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                return Err(Refusal::new(status, e.to_string()));
+            }
+        };
+        let base = base_url(&req.uri, session.stream.path());
+        let tracks: Vec<usize> = session.lock().machine.tracks().collect();
+        let infos: Vec<RtpInfo> = tracks
+            .into_iter()
+            .filter_map(|t| {
+                let ts = started.tracks.get(t)?;
+                Some(RtpInfo {
+                    url: format!("{base}trackID={t}"),
+                    seq: Some(ts.seq),
+                    rtptime: Some(ts.rtptime),
+                })
+            })
+            .collect();
+        let end = started.end.unwrap_or_else(|| file.duration());
+        let range = if started.scale < 0.0 {
+            format!("npt={:.3}-{:.3}", started.start, started.end.unwrap_or(0.0))
+        } else {
+            format!("npt={:.3}-{end:.3}", started.start)
+        };
+        info!(session = %session.id, conn = self.handle.id, path = %session.stream.path(), start = started.start, scale = started.scale, "play (file)");
+        let mut resp = Response::new(StatusCode::OK)
+            .with_header("Session", session.id.clone())
+            .with_header("Range", range)
+            .with_header("RTP-Info", format_rtp_info(&infos));
+        if scale.is_some() {
+            resp = resp.with_header("Scale", format_scale(started.scale));
+        }
+        Ok(resp)
     }
 
     fn record(&mut self, req: &Request) -> Handled {
@@ -1029,6 +1217,15 @@ async fn run_receiver_reports(
                 TrackTransport::Multicast { .. } => {}
             }
         }
+    }
+}
+
+/// A Scale value as RTSP writes it: `2`, `-1`, `0.5`.
+fn format_scale(s: f64) -> String {
+    if s.fract() == 0.0 {
+        format!("{}", s as i64)
+    } else {
+        format!("{s}")
     }
 }
 

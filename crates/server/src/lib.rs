@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod file_source;
 pub mod handler;
 pub mod ingest;
 pub mod multicast;
@@ -18,6 +19,7 @@ pub mod session;
 pub mod stream;
 pub mod udp;
 pub mod url;
+pub mod vod;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -43,6 +43,7 @@ pub struct Track {
 pub struct Presentation {
     sdp: Session,
     tracks: Vec<Track>,
+    duration: Option<f64>,
 }
 
 impl Presentation {
@@ -81,7 +82,23 @@ impl Presentation {
                 }
             })
             .collect();
-        Ok(Presentation { sdp, tracks })
+        Ok(Presentation {
+            sdp,
+            tracks,
+            duration: None,
+        })
+    }
+
+    /// Marks the presentation as stored media of this length (seconds): readers' SDP gets
+    /// `a=range:npt=0-<duration>`; live presentations have none.
+    pub fn with_duration(mut self, seconds: f64) -> Presentation {
+        self.duration = Some(seconds);
+        self
+    }
+
+    /// The stored media's duration, None for live.
+    pub fn duration(&self) -> Option<f64> {
+        self.duration
     }
 
     /// The tracks in SDP order; a track's index is its id in Sluice's URLs (`trackID=N`).
@@ -116,6 +133,9 @@ impl Presentation {
         out.push_str("t=0 0\r\n");
         out.push_str("a=tool:sluice\r\n");
         out.push_str("a=control:*\r\n");
+        if let Some(d) = self.duration {
+            out.push_str(&format!("a=range:npt=0-{d:.3}\r\n"));
+        }
         for (i, m) in self.sdp.medias.iter().enumerate() {
             out.push_str(&format!("m={} 0 {} {}\r\n", m.media, m.proto, m.fmt));
             for b in &m.bandwidths {

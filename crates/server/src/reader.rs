@@ -317,6 +317,10 @@ impl Sink for ReaderSink {
         self.deliver(packet);
     }
 
+    fn handle_end_of_stream(&self) {
+        self.send_bye();
+    }
+
     fn handle_end(&self, reason: EndReason) {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;

@@ -12,11 +12,13 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, TransportKind};
+use crate::file_source::FileSource;
 use crate::multicast::Multicast;
 use crate::reader::UdpOut;
 use crate::session::{Session, TrackTransport};
 use crate::stream::{EndReason, Stream};
 use crate::udp::UdpHub;
+use crate::vod;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,15 +33,28 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A configured source could not be started.
+    #[error("cannot start the source of path {path:?}: {reason}")]
+    Source {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
+
+/// The embedded demo clip served at `demo.path` (regenerate with scripts/make-demo-clip.sh).
+pub static DEMO_CLIP: &[u8] = include_bytes!("../assets/demo.mp4");
 
 /// A published path.
 #[derive(Debug, Clone)]
 pub struct PathEntry {
     /// Its stream (not ready until RECORD).
     pub stream: Arc<Stream>,
-    /// The connection that announced it.
+    /// The connection that announced it (0 for configured sources).
     pub owner_conn: u64,
+    /// Fed by a configured source (file path, demo): publishers may not take it over.
+    pub configured: bool,
 }
 
 /// Interval between the Sender/Receiver Reports Sluice sends.
@@ -57,6 +72,8 @@ pub struct Server {
     pub(crate) epoch: Instant,
     next_conn: AtomicU64,
     next_version: AtomicU64,
+    /// Configured sources (file paths, the demo), kept alive with the server.
+    sources: Mutex<Vec<FileSource>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -112,7 +129,7 @@ impl Server {
         } else {
             None
         };
-        Ok(Arc::new(Server {
+        let server = Arc::new(Server {
             config,
             listener: Mutex::new(Some(listener)),
             local_addr,
@@ -123,7 +140,78 @@ impl Server {
             epoch: Instant::now(),
             next_conn: AtomicU64::new(1),
             next_version: AtomicU64::new(1),
-        }))
+            sources: Mutex::new(Vec::new()),
+        });
+        server.start_configured_sources()?;
+        Ok(server)
+    }
+
+    /// Starts the file paths of `[paths]` and the demo, each a looping live stream.
+    fn start_configured_sources(&self) -> Result<(), ServerError> {
+        let mut opened = Vec::new();
+        for (name, p) in &self.config.paths {
+            let Some(file) = p.file() else { continue };
+            let media = vod::open_path(&file).map_err(|e| ServerError::Source {
+                path: name.clone(),
+                reason: format!("{}: {e}", file.display()),
+            })?;
+            opened.push((name.clone(), media, p.looping));
+        }
+        if self.config.demo.enabled {
+            let media = vod::open_reader(std::io::Cursor::new(DEMO_CLIP)).map_err(|e| {
+                ServerError::Source {
+                    path: self.config.demo.path.clone(),
+                    reason: format!("built-in demo clip: {e}"),
+                }
+            })?;
+            opened.push((self.config.demo.path.clone(), media, true));
+        }
+        for (name, media, looping) in opened {
+            let version = self.next_version();
+            let stream = Arc::new(Stream::new(name.clone(), media.presentation, version));
+            stream.set_ready();
+            let source = FileSource::new(
+                media.demuxer,
+                media.packetizers,
+                stream.clone(),
+                looping,
+                name.clone(),
+            );
+            if let Err(e) = source.play(Some(0.0), None, 1.0, Instant::now()) {
+                return Err(ServerError::Source {
+                    path: name,
+                    reason: e.to_string(),
+                });
+            }
+            info!(path = %name, looping, "file source started");
+            self.paths.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                name,
+                PathEntry {
+                    stream,
+                    owner_conn: 0,
+                    configured: true,
+                },
+            );
+            self.sources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(source);
+        }
+        Ok(())
+    }
+
+    /// Paths with a configured source, for the start-up banner.
+    pub fn configured_paths(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, e)| e.configured)
+            .map(|(p, _)| p.clone())
+            .collect();
+        v.sort();
+        v
     }
 
     /// The configuration in force.
@@ -229,6 +317,9 @@ impl Server {
             return;
         };
         let path = s.stream.path().to_owned();
+        if let Some(file) = &s.file {
+            file.pause();
+        }
         let (playing, udp_out, ingest, rr_task, transports, member) = {
             let mut inner = s.lock();
             (

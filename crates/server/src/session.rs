@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::conn::ConnHandle;
+use crate::file_source::FileSource;
 use crate::ingest::Ingest;
 use crate::reader::{ReaderSink, UdpOut};
 use crate::stream::{SinkId, Stream};
@@ -80,8 +81,10 @@ pub struct Session {
     pub id: String,
     /// The connection that created it; only that connection may use it.
     pub conn: Arc<ConnHandle>,
-    /// The path's stream it plays or records.
+    /// The path's stream it plays or records (for stored files, a private stream).
     pub stream: Arc<Stream>,
+    /// For stored files: the source playing into the private stream.
+    pub file: Option<FileSource>,
     /// Mutable state.
     pub inner: Mutex<SessionInner>,
 }

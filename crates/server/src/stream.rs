@@ -46,6 +46,9 @@ pub trait Sink: Send + Sync {
     fn handle_packet(&self, packet: &MediaPacket);
     /// The stream has ended; no more packets will come.
     fn handle_end(&self, reason: EndReason);
+    /// The source reached the end of its media (a file's end or a PLAY range's end) but
+    /// the stream stays open: a new PLAY may start it again.
+    fn handle_end_of_stream(&self) {}
 }
 
 /// Identifies a subscription, to remove it later.
@@ -224,6 +227,14 @@ impl Stream {
             .last
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells every sink that the source's media ended (see [`Sink::handle_end_of_stream`]).
+    pub fn push_end_of_stream(&self) {
+        let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
+        for (_, sink) in sinks.iter() {
+            sink.handle_end_of_stream();
+        }
     }
 
     /// Ends the stream: every sink is told and dropped; `ended()` completes.

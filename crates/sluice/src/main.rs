@@ -39,7 +39,8 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         None => Config::default(),
     };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        // mp4-atom warns about every unknown metadata box (e.g. a title tag): keep it quiet.
+        .or_else(|_| EnvFilter::try_new(format!("{},mp4_atom=error", config.log.level)))
         .context("invalid log level")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -57,11 +58,15 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
             None => tracing::info!("no --config given: running on built-in defaults"),
         }
-        let addr = server.local_addr();
+        let host = display_host(server.local_addr());
+        for path in server.configured_paths() {
+            tracing::info!("stream ready: rtsp://{host}/{path}   (try: ffplay rtsp://{host}/{path})");
+        }
+        if let (true, Some(dir)) = (server.config().vod.enabled, &server.config().vod.dir) {
+            tracing::info!("files in {} are served at rtsp://{host}/vod/<file>", dir.display());
+        }
         tracing::info!(
-            "publish with: ffmpeg -re -i FILE -c copy -f rtsp rtsp://{}/mystream  — read with: ffplay rtsp://{}/mystream",
-            display_host(addr),
-            display_host(addr)
+            "publish with: ffmpeg -re -i FILE -c copy -f rtsp rtsp://{host}/mystream  — then read rtsp://{host}/mystream"
         );
         let run = tokio::spawn(server.run());
         tokio::select! {
