@@ -18,3 +18,4 @@ pub mod ntp;
 pub mod packet;
 pub mod rtcp;
 pub mod stats;
+pub mod timeline;

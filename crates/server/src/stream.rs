@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sluice_rtp::clock::SrMapping;
-use sluice_rtp::packet::RtpHeader;
+use sluice_rtp::packet::{rewrite_header, RtpHeader};
 use sluice_rtp::rtcp::SenderInfo;
+use sluice_rtp::timeline::Timeline;
 
 use crate::presentation::Presentation;
 
@@ -56,8 +57,10 @@ pub trait Sink: Send + Sync {
 pub struct SinkId(u64);
 
 /// Per-track live state kept by the stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TrackState {
+    /// Outgoing numbering, continuous across source changes.
+    timeline: Mutex<Timeline>,
     /// The last RTP header seen (for RTP-Info and SSRC).
     last: Mutex<Option<RtpHeader>>,
     /// NTP↔RTP mapping from the source's latest Sender Report.
@@ -94,7 +97,11 @@ impl Stream {
         let tracks = presentation
             .tracks()
             .iter()
-            .map(|_| TrackState::default())
+            .map(|t| TrackState {
+                timeline: Mutex::new(Timeline::new(t.clock_rate)),
+                last: Mutex::new(None),
+                sr: Mutex::new(None),
+            })
             .collect();
         Stream {
             path,
@@ -183,11 +190,42 @@ impl Stream {
         self.sinks.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Hands one RTP packet of `track` to every sink (a shared buffer, no copies).
-    pub fn push_rtp(&self, packet: MediaPacket) {
+    /// The source changed (e.g. a pull source reconnected) but the media did not: the
+    /// next packets continue the stream's numbering instead of jumping.
+    pub fn handle_source_change(&self) {
+        for t in &self.tracks {
+            t.timeline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .handle_source_change();
+        }
+    }
+
+    /// Hands one RTP packet of `track` to every sink (a shared buffer, no copies). Its
+    /// numbering is first mapped onto the stream's timeline, which changes nothing until
+    /// the source changes; then the header is rewritten once, here, for all sinks.
+    pub fn push_rtp(&self, mut packet: MediaPacket) {
         let Some(state) = self.tracks.get(packet.track) else {
             return;
         };
+        let mapped = state
+            .timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(&packet.header, packet.received_at);
+        let h = packet.header;
+        if (mapped.sequence, mapped.timestamp, mapped.ssrc) != (h.sequence, h.timestamp, h.ssrc) {
+            // A freshly received buffer is uniquely owned: rewrite in place, else copy once.
+            let mut buf = packet
+                .data
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            rewrite_header(&mut buf, mapped.sequence, mapped.timestamp, mapped.ssrc);
+            packet.data = buf.freeze();
+            packet.header.sequence = mapped.sequence;
+            packet.header.timestamp = mapped.timestamp;
+            packet.header.ssrc = mapped.ssrc;
+        }
         let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
         // Updated under the sinks lock so that `subscribe` sees, for every track, exactly
         // the last packet its new sink will not get.
@@ -201,9 +239,14 @@ impl Stream {
     /// with the same NTP↔RTP mapping.
     pub fn handle_sender_report(&self, track: usize, info: &SenderInfo, now: Instant) {
         if let Some(state) = self.tracks.get(track) {
+            let rtp_timestamp = state
+                .timeline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map_timestamp(info.rtp_timestamp);
             *state.sr.lock().unwrap_or_else(|e| e.into_inner()) = Some(SrMapping {
                 ntp: info.ntp,
-                rtp_timestamp: info.rtp_timestamp,
+                rtp_timestamp,
                 received_at: now,
             });
         }
@@ -320,6 +363,58 @@ mod tests {
         s.add_sink(c.clone());
         assert_eq!(c.ends.load(Ordering::SeqCst), 1);
         assert_eq!(s.sink_count(), 0);
+    }
+
+    #[test]
+    fn a_source_change_keeps_numbering_continuous_for_sinks() {
+        let s = Stream::new(
+            "p".into(),
+            Presentation::from_sdp(SDP.as_bytes()).unwrap(),
+            1,
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        struct Rec(Arc<Mutex<Vec<(u16, u32, u32, Vec<u8>)>>>);
+        impl Sink for Rec {
+            fn handle_packet(&self, p: &MediaPacket) {
+                let h = sluice_rtp::packet::parse_rtp(&p.data).unwrap();
+                assert_eq!(
+                    (h.sequence, h.timestamp, h.ssrc),
+                    (p.header.sequence, p.header.timestamp, p.header.ssrc)
+                );
+                self.0.lock().unwrap().push((
+                    h.sequence,
+                    h.timestamp,
+                    h.ssrc,
+                    p.data[12..].to_vec(),
+                ));
+            }
+            fn handle_end(&self, _: EndReason) {}
+        }
+        s.add_sink(Arc::new(Rec(seen.clone())));
+        let pkt = |seq: u16, ts: u32, ssrc: u32| {
+            let mut d = vec![0x80, 96];
+            d.extend_from_slice(&seq.to_be_bytes());
+            d.extend_from_slice(&ts.to_be_bytes());
+            d.extend_from_slice(&ssrc.to_be_bytes());
+            d.push(seq as u8);
+            let data = Bytes::from(d);
+            MediaPacket {
+                track: 0,
+                header: sluice_rtp::packet::parse_rtp(&data).unwrap(),
+                data,
+                received_at: Instant::now(),
+            }
+        };
+        s.push_rtp(pkt(10, 1000, 5));
+        s.push_rtp(pkt(11, 4000, 5));
+        s.handle_source_change();
+        s.push_rtp(pkt(30_000, 77, 9));
+        let v = seen.lock().unwrap();
+        assert_eq!(v[0].0, 10);
+        assert_eq!(v[2].0, 12, "sequence continues");
+        assert_eq!(v[2].2, 5, "SSRC kept");
+        assert!(v[2].1.wrapping_sub(4000) > 0 && v[2].1.wrapping_sub(4000) < 90_000);
+        assert_eq!(v[2].3, vec![(30_000u16) as u8], "payload untouched");
     }
 
     #[test]
