@@ -1,6 +1,7 @@
 //! Sans-IO codec helpers for Sluice.
 //!
 //! - [`params`]: what a container tells about a track ([`params::CodecParams`]).
+//! - [`depacketizer`]: reassembles RTP packets into access units and codec configuration records.
 //! - [`packetizer`]: turns a track's samples (access units) into RTP packets and describes them in SDP.
 //! - [`keyframe`]: keyframe detection on RTP payloads and SDP encoding-name lookup.
 //!
@@ -18,10 +19,12 @@ mod hvcc;
 mod nal;
 mod rtp;
 
+pub mod depacketizer;
 pub mod keyframe;
 pub mod packetizer;
 pub mod params;
 
+pub use depacketizer::{AccessUnit, DepacketizeError, Depacketizer};
 pub use keyframe::{codec_from_encoding, starts_keyframe};
 pub use packetizer::{PacketizeError, Packetizer};
 pub use params::{Codec, CodecParams};

@@ -1,6 +1,8 @@
 //! Demuxers for stored media files served on demand: MP4/MOV (regular and fragmented) and
 //! Matroska/WebM, read into timed [`Sample`]s with seeking and a keyframe index.
 //!
+//! [`mux`] writes fragmented MP4 (for recording and fMP4 segments).
+//!
 //! Files are untrusted: parsing never panics, every allocation is bounded by the file size, and
 //! only index tables are kept in memory — sample data is read on demand by offset.
 //!
@@ -27,6 +29,8 @@ mod media;
 mod mkv;
 mod mp4;
 mod source;
+
+pub mod mux;
 
 /// The codec description types, from `sluice-codec`.
 pub mod params {

@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod client;
 pub mod decoder;
 pub mod fuzzing;
 pub mod headers;

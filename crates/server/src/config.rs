@@ -85,21 +85,146 @@ impl Default for DemoConfig {
 }
 
 /// `[paths.NAME]`: a path fed by a configured source rather than by a publisher.
+///
+/// A name starting with `~` is a regular expression matched against requested paths;
+/// `$1`, `$name`, … in `source` are replaced by its captures (e.g.
+/// `[paths."~^relay/(.+)$"] source = "rtsp://origin:8554/$1"`). Regex paths are always
+/// started on demand. Exact names win over regexes; regexes are tried in name order.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathConfig {
     /// Where the media comes from: `file:///abs/path.mp4` (or `file://relative.mkv`,
-    /// relative to the working directory) plays a file as a live stream shared by all readers.
+    /// relative to the working directory) plays a file as a live stream shared by all
+    /// readers; `rtsp://[user:pass@]host[:port]/path` pulls from a camera or another server.
     pub source: String,
-    /// For file sources: start again at the end, with continuous timestamps.
+    /// File sources: start again at the end, with continuous timestamps.
     #[serde(rename = "loop", default)]
     pub looping: bool,
+    /// RTSP sources: user name (instead of, or overriding, one in the URL).
+    #[serde(default)]
+    pub source_user: Option<String>,
+    /// RTSP sources: password (instead of, or overriding, one in the URL).
+    #[serde(default)]
+    pub source_pass: Option<String>,
+    /// RTSP sources: connect only while readers want the path (default false; regex
+    /// paths are always on demand).
+    #[serde(default)]
+    pub source_on_demand: Option<bool>,
+    /// On-demand sources: how long a reader's DESCRIBE waits for the source to start.
+    #[serde(default = "default_start_timeout", deserialize_with = "de_duration")]
+    pub source_on_demand_start_timeout: Duration,
+    /// On-demand sources: how long after the last reader leaves the source is closed.
+    #[serde(default = "default_close_after", deserialize_with = "de_duration")]
+    pub source_on_demand_close_after: Duration,
+    /// RTSP sources: `auto` (UDP first, TCP when UDP is refused or no packet arrives
+    /// within 3 s), `udp` or `tcp`.
+    #[serde(default)]
+    pub source_transport: SourceTransport,
+    /// RTSP sources: the cap of the reconnect backoff (1 s doubling, with jitter).
+    #[serde(default = "default_reconnect_max", deserialize_with = "de_duration")]
+    pub source_reconnect_max: Duration,
+}
+
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_close_after() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// How a pull source asks its upstream for media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceTransport {
+    /// UDP first, TCP when UDP is refused or silent.
+    #[default]
+    Auto,
+    /// UDP only.
+    Udp,
+    /// TCP interleaved only.
+    Tcp,
+}
+
+/// What kind of source a path has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A file played as a live stream.
+    File(PathBuf),
+    /// An RTSP pull.
+    Rtsp(String),
 }
 
 impl PathConfig {
     /// The file of a `file://` source.
     pub fn file(&self) -> Option<PathBuf> {
         self.source.strip_prefix("file://").map(PathBuf::from)
+    }
+
+    /// The source's kind, or why it is not supported.
+    pub fn kind(&self) -> Result<SourceKind, String> {
+        if let Some(f) = self.file() {
+            return Ok(SourceKind::File(f));
+        }
+        if self.source.starts_with("rtsp://") {
+            return Ok(SourceKind::Rtsp(self.source.clone()));
+        }
+        Err(format!(
+            "unsupported source {:?}; supported: file://, rtsp://",
+            self.source
+        ))
+    }
+
+    /// Whether an RTSP source is started only on demand.
+    pub fn on_demand(&self, is_regex: bool) -> bool {
+        is_regex || self.source_on_demand.unwrap_or(false)
+    }
+}
+
+/// A configured path resolved for a requested name: regex captures substituted.
+#[derive(Debug, Clone)]
+pub struct ResolvedPath {
+    /// The configuration name it came from (the regex for regex paths).
+    pub name: String,
+    /// The configuration with `source` expanded.
+    pub config: PathConfig,
+    /// Whether it came from a regex path.
+    pub is_regex: bool,
+}
+
+impl Config {
+    /// The configured source for a requested path: the exact name, else the first
+    /// matching regex path (in name order) with its captures expanded into `source`.
+    pub fn resolve_path(&self, path: &str) -> Option<ResolvedPath> {
+        if let Some(p) = self.paths.get(path) {
+            return Some(ResolvedPath {
+                name: path.to_owned(),
+                config: p.clone(),
+                is_regex: false,
+            });
+        }
+        for (name, p) in &self.paths {
+            let Some(pattern) = name.strip_prefix('~') else {
+                continue;
+            };
+            let Ok(re) = regex::Regex::new(pattern) else {
+                continue;
+            };
+            if let Some(caps) = re.captures(path) {
+                let mut source = String::new();
+                caps.expand(&p.source, &mut source);
+                let mut config = p.clone();
+                config.source = source;
+                return Some(ResolvedPath {
+                    name: name.clone(),
+                    config,
+                    is_regex: true,
+                });
+            }
+        }
+        None
     }
 }
 
@@ -253,33 +378,48 @@ impl Config {
             }
         }
         for (name, p) in &self.paths {
-            if crate::url::request_path(&format!("rtsp://h/{name}"))
-                .ok()
-                .as_deref()
-                != Some(name.as_str())
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "paths.{name:?}: not a valid path name"
-                )));
-            }
-            if name == "vod" || name.starts_with("vod/") {
-                return Err(ConfigError::Invalid(format!(
-                    "paths.{name:?}: vod/ is reserved for stored files"
-                )));
-            }
-            match p.file() {
-                Some(f) if f.is_file() => {}
-                Some(f) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "paths.{name:?}: source file {} does not exist",
-                        f.display()
-                    )))
+            let is_regex = name.starts_with('~');
+            let bad = |why: String| Err(ConfigError::Invalid(format!("paths.{name:?}: {why}")));
+            if is_regex {
+                if let Err(e) = regex::Regex::new(&name[1..]) {
+                    return bad(format!("invalid regular expression: {e}"));
                 }
-                None => {
-                    return Err(ConfigError::Invalid(format!(
-                        "paths.{name:?}: unsupported source {:?}; supported: file://",
-                        p.source
-                    )))
+            } else {
+                if crate::url::request_path(&format!("rtsp://h/{name}"))
+                    .ok()
+                    .as_deref()
+                    != Some(name.as_str())
+                {
+                    return bad("not a valid path name".into());
+                }
+                if name == "vod" || name.starts_with("vod/") {
+                    return bad("vod/ is reserved for stored files".into());
+                }
+            }
+            match p.kind() {
+                Err(why) => return bad(why),
+                Ok(SourceKind::File(f)) => {
+                    if !is_regex && !f.is_file() {
+                        return bad(format!("source file {} does not exist", f.display()));
+                    }
+                    let rtsp_only = p.source_user.is_some()
+                        || p.source_pass.is_some()
+                        || p.source_on_demand.is_some()
+                        || p.source_transport != SourceTransport::Auto;
+                    if rtsp_only {
+                        return bad("source_user/source_pass/source_on_demand/source_transport apply to rtsp:// sources only".into());
+                    }
+                }
+                Ok(SourceKind::Rtsp(_)) => {
+                    if p.looping {
+                        return bad("loop applies to file:// sources only".into());
+                    }
+                    if is_regex && p.source_on_demand == Some(false) {
+                        return bad("regex paths are always on demand".into());
+                    }
+                    if p.source_reconnect_max < Duration::from_secs(1) {
+                        return bad("source_reconnect_max must be at least 1s".into());
+                    }
                 }
             }
         }
@@ -374,6 +514,27 @@ mod tests {
         .unwrap();
         assert!(c.paths["cam"].looping);
         assert_eq!(c.paths["cam"].file().unwrap(), file);
+        let c = Config::from_toml(
+            "[paths.cam1]\nsource = \"rtsp://u:p@10.0.0.5:554/s\"\nsource_on_demand = true\nsource_transport = \"tcp\"\n\
+             [paths.\"~^relay/(.+)$\"]\nsource = \"rtsp://origin:8554/$1\"\n",
+        )
+        .unwrap();
+        let r = c.resolve_path("relay/cam/a").unwrap();
+        assert!(r.is_regex && r.config.on_demand(true));
+        assert_eq!(r.config.source, "rtsp://origin:8554/cam/a");
+        assert_eq!(
+            c.resolve_path("cam1").unwrap().config.source_transport,
+            SourceTransport::Tcp
+        );
+        assert!(c.resolve_path("other").is_none());
+        assert_eq!(
+            c.paths["cam1"].source_on_demand_close_after,
+            Duration::from_secs(10)
+        );
+        let e = Config::from_toml("[paths.\"~^(\"]\nsource = \"rtsp://x/\"\n").unwrap_err();
+        assert!(e.to_string().contains("regular expression"), "{e}");
+        let e = Config::from_toml("[paths.a]\nsource = \"rtsp://x/\"\nloop = true\n").unwrap_err();
+        assert!(e.to_string().contains("file:// sources only"), "{e}");
         let e = Config::from_toml("[paths.cam]\nsource = \"rtmp://x\"\n").unwrap_err();
         assert!(e.to_string().contains("unsupported source"), "{e}");
         let e =

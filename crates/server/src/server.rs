@@ -11,7 +11,7 @@ use sluice_rtsp::server_session::Role;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, TransportKind};
+use crate::config::{Config, SourceKind, TransportKind};
 use crate::file_source::FileSource;
 use crate::multicast::Multicast;
 use crate::reader::UdpOut;
@@ -150,7 +150,12 @@ impl Server {
     fn start_configured_sources(&self) -> Result<(), ServerError> {
         let mut opened = Vec::new();
         for (name, p) in &self.config.paths {
-            let Some(file) = p.file() else { continue };
+            if name.starts_with('~') {
+                continue; // regex paths start on demand
+            }
+            let Ok(SourceKind::File(file)) = p.kind() else {
+                continue;
+            };
             let media = vod::open_path(&file).map_err(|e| ServerError::Source {
                 path: name.clone(),
                 reason: format!("{}: {e}", file.display()),

@@ -373,7 +373,8 @@ mod tests {
             1,
         );
         let seen = Arc::new(Mutex::new(Vec::new()));
-        struct Rec(Arc<Mutex<Vec<(u16, u32, u32, Vec<u8>)>>>);
+        type Seen = Vec<(u16, u32, u32, Vec<u8>)>;
+        struct Rec(Arc<Mutex<Seen>>);
         impl Sink for Rec {
             fn handle_packet(&self, p: &MediaPacket) {
                 let h = sluice_rtp::packet::parse_rtp(&p.data).unwrap();
