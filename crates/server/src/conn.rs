@@ -107,7 +107,7 @@ pub async fn run(server: Arc<Server>, socket: TcpStream, peer: SocketAddr, id: u
         conn.handle_input();
         loop {
             match decoder.decode(&mut buf) {
-                Ok(Some(Frame::Message(Message::Request(req)))) => conn.handle_request(req),
+                Ok(Some(Frame::Message(Message::Request(req)))) => conn.handle_request(req).await,
                 Ok(Some(Frame::Message(Message::Response(_)))) => {}
                 Ok(Some(Frame::Interleaved { channel, payload })) => {
                     conn.handle_interleaved(channel, payload)

@@ -126,7 +126,7 @@ impl Connection {
     }
 
     /// A request: answers it (and starts delivery after a PLAY answer is queued).
-    pub fn handle_request(&mut self, req: Request) {
+    pub async fn handle_request(&mut self, req: Request) {
         let cseq = req.cseq();
         let result = if req.version != Version::RTSP_1_0 {
             Err(Refusal::new(
@@ -139,7 +139,7 @@ impl Connection {
                 "missing or invalid CSeq",
             ))
         } else {
-            self.dispatch(&req)
+            self.dispatch(&req).await
         };
         let mut resp = match result {
             Ok(r) => r,
@@ -158,12 +158,12 @@ impl Connection {
         }
     }
 
-    fn dispatch(&mut self, req: &Request) -> Handled {
+    async fn dispatch(&mut self, req: &Request) -> Handled {
         match req.method {
             Method::Options => Ok(Response::new(StatusCode::OK).with_header("Public", PUBLIC)),
-            Method::Describe => self.describe(req),
+            Method::Describe => self.describe(req).await,
             Method::Announce => self.announce(req),
-            Method::Setup => self.setup(req),
+            Method::Setup => self.setup(req).await,
             Method::Play => self.play(req),
             Method::Pause => self.pause(req),
             Method::Record => self.record(req),
@@ -243,7 +243,33 @@ impl Connection {
             .ok_or_else(|| Refusal::new(StatusCode::SESSION_NOT_FOUND, "no Session header"))
     }
 
-    fn describe(&mut self, req: &Request) -> Handled {
+    /// The ready stream of `path`, starting its pull source (and waiting up to the
+    /// source's start timeout) when the path is configured with one.
+    async fn stream_for(&self, path: &str) -> Option<Arc<Stream>> {
+        if let Some(s) = self.ready_stream(path) {
+            if let Some(p) = self
+                .server
+                .pulls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(path)
+            {
+                p.touch();
+            }
+            return Some(s);
+        }
+        let pull = self.server.ensure_pull(path)?;
+        let timeout = self
+            .server
+            .config()
+            .resolve_path(path)
+            .map_or(Duration::from_secs(10), |r| {
+                r.config.source_on_demand_start_timeout
+            });
+        pull.wait_ready(timeout).await
+    }
+
+    async fn describe(&mut self, req: &Request) -> Handled {
         let path = Self::path_of(req)?;
         if let Some(name) = self.vod_name(&path) {
             let media = self.open_vod(name)?;
@@ -252,7 +278,7 @@ impl Connection {
                 .with_header("Content-Base", base_url(&req.uri, &path))
                 .with_body("application/sdp", media.presentation.reader_sdp(1)));
         }
-        let stream = self.ready_stream(&path).ok_or_else(|| {
+        let stream = self.stream_for(&path).await.ok_or_else(|| {
             Refusal::new(StatusCode::NOT_FOUND, format!("no stream on path {path:?}"))
         })?;
         let sdp = stream.presentation().reader_sdp(stream.version());
@@ -343,7 +369,7 @@ impl Connection {
         Ok(Response::new(StatusCode::OK))
     }
 
-    fn setup(&mut self, req: &Request) -> Handled {
+    async fn setup(&mut self, req: &Request) -> Handled {
         let path = Self::path_of(req)?;
         let header = req.headers.get("Transport").ok_or_else(|| {
             Refusal::new(StatusCode::UNSUPPORTED_TRANSPORT, "no Transport header")
@@ -357,7 +383,7 @@ impl Connection {
         if record {
             self.setup_record(req, &path, &specs, existing)
         } else {
-            self.setup_play(req, &path, &specs, existing)
+            self.setup_play(req, &path, &specs, existing).await
         }
     }
 
@@ -566,7 +592,7 @@ impl Connection {
             .with_header("Session", self.session_header(session))
     }
 
-    fn setup_play(
+    async fn setup_play(
         &mut self,
         _req: &Request,
         path: &str,
@@ -595,7 +621,7 @@ impl Connection {
                 ));
                 Some(stream)
             }
-            (None, _) => self.ready_stream(lookup),
+            (None, _) => self.stream_for(lookup).await,
         };
         let stream = stream.ok_or_else(|| {
             Refusal::new(StatusCode::NOT_FOUND, format!("no stream on path {path:?}"))

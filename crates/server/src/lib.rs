@@ -13,6 +13,7 @@ pub mod handler;
 pub mod ingest;
 pub mod multicast;
 pub mod presentation;
+pub mod pull;
 pub mod reader;
 pub mod server;
 pub mod session;

@@ -36,6 +36,8 @@ pub struct Track {
     pub encoding: String,
     /// RTP clock rate from `a=rtpmap`, or the static payload type's rate.
     pub clock_rate: u32,
+    /// The `a=fmtp` parameters of the payload type (without the payload type), if any.
+    pub fmtp: Option<String>,
 }
 
 /// A presentation: the announced SDP and its tracks.
@@ -69,7 +71,12 @@ impl Presentation {
                     .unwrap_or(96);
                 let (encoding, clock_rate) = rtpmap(m, payload_type)
                     .unwrap_or_else(|| static_payload(payload_type, &m.media));
+                let fmtp = m.get_attribute_values("fmtp").flatten().find_map(|v| {
+                    let (num, rest) = v.trim().split_once(' ')?;
+                    (num.parse::<u8>().ok()? == payload_type).then(|| rest.trim().to_owned())
+                });
                 Track {
+                    fmtp,
                     media: m.media.clone(),
                     publisher_control: m
                         .get_first_attribute_value("control")
@@ -99,6 +106,20 @@ impl Presentation {
     /// The stored media's duration, None for live.
     pub fn duration(&self) -> Option<f64> {
         self.duration
+    }
+
+    /// Whether `other` carries the same media: same tracks with the same encodings, clock
+    /// rates and format parameters. A source that reconnects with the same media continues
+    /// its stream; otherwise readers must DESCRIBE again.
+    pub fn same_media(&self, other: &Presentation) -> bool {
+        self.tracks.len() == other.tracks.len()
+            && self.tracks.iter().zip(&other.tracks).all(|(a, b)| {
+                a.media == b.media
+                    && a.encoding.eq_ignore_ascii_case(&b.encoding)
+                    && a.clock_rate == b.clock_rate
+                    && a.payload_type == b.payload_type
+                    && a.fmtp == b.fmtp
+            })
     }
 
     /// The tracks in SDP order; a track's index is its id in Sluice's URLs (`trackID=N`).
@@ -214,6 +235,14 @@ mod tests {
             Some(1)
         );
         assert_eq!(p.publisher_track("rtsp://h/live/x", "x"), None);
+        assert!(t[0]
+            .fmtp
+            .as_deref()
+            .unwrap()
+            .starts_with("packetization-mode=1;"));
+        assert!(p.same_media(&Presentation::from_sdp(FFMPEG_SDP.as_bytes()).unwrap()));
+        let changed = FFMPEG_SDP.replace("aMuMsg==", "aMuMsh==");
+        assert!(!p.same_media(&Presentation::from_sdp(changed.as_bytes()).unwrap()));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, SourceKind, TransportKind};
 use crate::file_source::FileSource;
 use crate::multicast::Multicast;
+use crate::pull::Pull;
 use crate::reader::UdpOut;
 use crate::session::{Session, TrackTransport};
 use crate::stream::{EndReason, Stream};
@@ -74,6 +75,8 @@ pub struct Server {
     next_version: AtomicU64,
     /// Configured sources (file paths, the demo), kept alive with the server.
     sources: Mutex<Vec<FileSource>>,
+    /// Running pull sources by path.
+    pub(crate) pulls: Mutex<HashMap<String, Arc<Pull>>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -141,6 +144,7 @@ impl Server {
             next_conn: AtomicU64::new(1),
             next_version: AtomicU64::new(1),
             sources: Mutex::new(Vec::new()),
+            pulls: Mutex::new(HashMap::new()),
         });
         server.start_configured_sources()?;
         Ok(server)
@@ -253,6 +257,12 @@ impl Server {
             tokio::spawn(udp.clone().run_receiver(true));
         }
         tokio::spawn(self.clone().run_reaper());
+        // Always-on pull sources start now; on-demand ones with their first reader.
+        for (name, p) in &self.config.paths {
+            if !name.starts_with('~') && p.source.starts_with("rtsp://") && !p.on_demand(false) {
+                self.ensure_pull(name);
+            }
+        }
         info!(listen = %self.local_addr, "RTSP server listening");
         loop {
             match listener.accept().await {
