@@ -11,3 +11,7 @@ mod connection;
 pub use connection::{Connection, ConnectionError, Options};
 pub use sluice_rtsp::auth::Credentials;
 pub use sluice_rtsp::client::{ClientEvent, ClientMode, PacketKind};
+
+pub mod probe;
+pub mod publish;
+pub mod record;

@@ -24,13 +24,196 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show what a stream offers: tracks, codecs, resolution or sample rate, SDP.
+    Probe {
+        /// rtsp://[user:pass@]host[:port]/path
+        url: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a stream to an MP4 file (fragmented; playable even if interrupted).
+    Record {
+        /// rtsp://[user:pass@]host[:port]/path
+        url: String,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Stop after this much media, e.g. 30s or 5m (default: until the stream ends or Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// RTP transport.
+        #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+        transport: Transport,
+    },
+    /// Publish a file to an RTSP server (ANNOUNCE/RECORD) at real-time pace.
+    Publish {
+        /// MP4/MOV/MKV/WebM file.
+        file: PathBuf,
+        /// rtsp://host[:port]/path to publish to.
+        url: String,
+        /// Start again at the end, forever.
+        #[arg(long = "loop")]
+        looping: bool,
+        /// RTP transport.
+        #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+        transport: Transport,
+    },
+}
+
+/// RTP transport for client commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    Tcp,
+    Udp,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Probe { url, json } => client_runtime()?.block_on(probe(url, json)),
+        Command::Record {
+            url,
+            output,
+            duration,
+            transport,
+        } => client_runtime()?.block_on(record(url, output, duration, transport)),
+        Command::Publish {
+            file,
+            url,
+            looping,
+            transport,
+        } => client_runtime()?.block_on(publish(file, url, looping, transport)),
     }
+}
+
+/// Runtime and logging (warnings to stderr) for the client commands.
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new("warn,mp4_atom=error"))
+        .context("invalid RUST_LOG")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn probe(url: String, json: bool) -> anyhow::Result<()> {
+    let report = sluice_client::probe::probe(&url, false, std::time::Duration::from_secs(10))
+        .await
+        .with_context(|| format!("probing {}", sluice_client::probe::redact(&url)))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
+}
+
+/// Writes a progress line: rewritten in place on a terminal, one line each 5 s otherwise.
+fn progress_line(line: &str, last_plain: &mut std::time::Instant) {
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r{line}\x1b[K");
+    } else if last_plain.elapsed() >= std::time::Duration::from_secs(5) {
+        *last_plain = std::time::Instant::now();
+        let _ = writeln!(err, "{line}");
+    }
+    let _ = err.flush();
+}
+
+fn ctrl_c() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn record(
+    url: String,
+    output: PathBuf,
+    duration: Option<std::time::Duration>,
+    transport: Transport,
+) -> anyhow::Result<()> {
+    let opts = sluice_client::record::RecordOptions {
+        url: url.clone(),
+        output: output.clone(),
+        duration,
+        udp: transport == Transport::Udp,
+    };
+    let mut last = std::time::Instant::now();
+    let stats = sluice_client::record::record(opts, ctrl_c(), |s| {
+        let secs = s.duration.as_secs_f64();
+        let mbit = if s.elapsed.as_secs_f64() > 0.0 {
+            s.bytes as f64 * 8.0 / s.elapsed.as_secs_f64() / 1e6
+        } else {
+            0.0
+        };
+        progress_line(
+            &format!(
+                "recording {}: {secs:.1} s, {:.2} MB, {mbit:.2} Mbit/s, {} packets, {} lost",
+                output.display(),
+                s.bytes as f64 / 1e6,
+                s.packets,
+                s.lost
+            ),
+            &mut last,
+        );
+    })
+    .await
+    .with_context(|| format!("recording {}", sluice_client::probe::redact(&url)))?;
+    eprintln!(
+        "\nwrote {}: {:.1} s, {} bytes, {} packets lost",
+        output.display(),
+        stats.duration.as_secs_f64(),
+        stats.bytes,
+        stats.lost
+    );
+    Ok(())
+}
+
+async fn publish(
+    file: PathBuf,
+    url: String,
+    looping: bool,
+    transport: Transport,
+) -> anyhow::Result<()> {
+    let opts = sluice_client::publish::PublishOptions {
+        file: file.clone(),
+        url: url.clone(),
+        looping,
+        udp: transport == Transport::Udp,
+    };
+    let mut last = std::time::Instant::now();
+    let stats = sluice_client::publish::publish(opts, ctrl_c(), |s| {
+        progress_line(
+            &format!(
+                "publishing {}: {:.1} s, {} packets, {:.2} MB, {} loops",
+                file.display(),
+                s.duration.as_secs_f64(),
+                s.packets,
+                s.bytes as f64 / 1e6,
+                s.loops
+            ),
+            &mut last,
+        );
+    })
+    .await
+    .with_context(|| format!("publishing to {}", sluice_client::probe::redact(&url)))?;
+    eprintln!(
+        "\npublished {:.1} s of {} ({} packets)",
+        stats.duration.as_secs_f64(),
+        file.display(),
+        stats.packets
+    );
+    Ok(())
 }
 
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
