@@ -130,10 +130,8 @@ fn progress_line(line: &str, last_plain: &mut std::time::Instant) {
     let _ = err.flush();
 }
 
-fn ctrl_c() -> impl std::future::Future<Output = ()> {
-    async {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn record(
