@@ -131,7 +131,9 @@ impl Packetizer {
                 if clock_rate == 0 {
                     return Err(bad_config(Codec::Aac, "unknown sample rate"));
                 }
-                channels = channels.filter(|&c| c > 0).or(p.channels());
+                // The AudioSpecificConfig is authoritative: MP4's stsd channelcount is
+                // written as 2 by many muxers (ffmpeg in ISO mode) even for mono.
+                channels = p.channels().or(channels.filter(|&c| c > 0));
                 Payloader::Aac(p)
             }
             Codec::Opus => {

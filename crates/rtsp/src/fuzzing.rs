@@ -279,3 +279,241 @@ pub fn interleaved(data: &[u8]) {
     assert_eq!(outcome.rest.as_deref(), Some(&[][..]));
     assert_eq!(outcome.frames, expected);
 }
+
+/// Response target: `data` (typically one or more responses) must decode
+/// identically in one piece and split in two at every point (every 64th
+/// point past the first 256 bytes) and fed byte by byte; decoded frames
+/// must survive re-encoding as in [`decoder_roundtrip`].
+pub fn responses(data: &[u8]) {
+    let limits = fuzz_limits();
+    let whole = decode_chunks([data], limits);
+    let step = |i: usize| if i < 256 { 1 } else { 64 };
+    let mut split = 0;
+    while split <= data.len() {
+        let (a, b) = data.split_at(split);
+        let parts = decode_chunks([a, b], limits);
+        if whole.error.is_some() {
+            assert_eq!(whole.frames, parts.frames, "split at {split}");
+            assert_eq!(whole.error, parts.error, "split at {split}");
+        } else {
+            assert_eq!(whole, parts, "split at {split}");
+        }
+        split += step(split);
+    }
+    // One byte at a time.
+    let bytes = decode_chunks(data.chunks(1), limits);
+    assert_eq!(whole.frames, bytes.frames);
+    assert_eq!(whole.error, bytes.error);
+    let mut wire = BytesMut::new();
+    for frame in &whole.frames {
+        encode_frame(frame, &mut wire);
+    }
+    let again = decode_chunks([&wire[..]], Limits::default());
+    assert_eq!(again.error, None);
+    assert_eq!(again.rest.as_deref(), Some(&[][..]));
+    let norm = |v: &[Frame]| v.iter().map(without_content_length).collect::<Vec<_>>();
+    assert_eq!(norm(&again.frames), norm(&whole.frames));
+}
+
+/// Authentication target. `data` is split at `\n` into: a header value,
+/// user name, password, method and URI (missing parts are empty).
+///
+/// * `parse_www_authenticate` / `parse_authorization` accept or reject the
+///   header without panicking; parsed challenges survive
+///   `format_challenge` and re-parsing.
+/// * For every parsed challenge, the client's `Authorization` answer parses
+///   on the server side and verifies with the same password (and, for the
+///   non-`-sess` algorithms, with the stored HA1), and not with another one.
+/// * An arbitrary `Authorization` is verified against the password without
+///   panicking.
+pub fn auth(data: &[u8]) {
+    use crate::auth::{
+        digest_ha1, format_challenge, parse_authorization, parse_www_authenticate, verify_basic,
+        verify_digest, Authorization, Challenge, ClientAuth, Credentials, Secret,
+    };
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.split('\n');
+    let header = parts.next().unwrap_or_default();
+    let username = parts.next().unwrap_or_default();
+    let password = parts.next().unwrap_or_default();
+    let method = parts.next().unwrap_or_default();
+    let uri = parts.next().unwrap_or_default();
+
+    if let Ok(a) = parse_authorization(header) {
+        let _ = verify_digest(&a, method, Secret::Password(password));
+        let _ = verify_digest(&a, method, Secret::Ha1(password));
+        let _ = verify_basic(&a, username, password);
+        let _ = format!("{a:?}");
+    }
+
+    let Ok(challenges) = parse_www_authenticate(header) else {
+        return;
+    };
+    for c in &challenges {
+        let text = format_challenge(c);
+        assert_eq!(
+            parse_www_authenticate(&text).as_deref(),
+            Ok(std::slice::from_ref(c)),
+            "{text:?}"
+        );
+    }
+    let creds = Credentials {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    };
+    for c in &challenges {
+        let Ok(client) = ClientAuth::new(creds.clone(), std::slice::from_ref(c)) else {
+            panic!("a parsed challenge was refused: {c:?}");
+        };
+        let mut client = client.with_cnonce_source(|| "0a4f113b".to_owned());
+        for _ in 0..2 {
+            let value = client.authorization(method, uri);
+            let parsed = match parse_authorization(&value) {
+                Ok(p) => p,
+                Err(e) => panic!("own Authorization {value:?} does not parse: {e}"),
+            };
+            match (c, &parsed) {
+                (Challenge::Basic { .. }, Authorization::Basic { .. }) => {
+                    // `user:pass` is ambiguous when the user name has a colon.
+                    if !username.contains(':') {
+                        assert!(verify_basic(&parsed, username, password), "{value:?}");
+                        assert!(!verify_basic(&parsed, username, &format!("{password}x")));
+                    }
+                }
+                (
+                    Challenge::Digest {
+                        realm, algorithm, ..
+                    },
+                    Authorization::Digest { .. },
+                ) => {
+                    assert!(
+                        verify_digest(&parsed, method, Secret::Password(password)),
+                        "{value:?}"
+                    );
+                    assert!(!verify_digest(
+                        &parsed,
+                        method,
+                        Secret::Password(&format!("{password}x"))
+                    ));
+                    let ha1 = digest_ha1(*algorithm, username, realm, password);
+                    assert!(
+                        verify_digest(&parsed, method, Secret::Ha1(&ha1)),
+                        "{value:?}"
+                    );
+                }
+                _ => panic!("challenge {c:?} answered with {value:?}"),
+            }
+        }
+    }
+    // The strongest of all challenges is chosen without panicking.
+    if let Ok(mut client) = ClientAuth::new(creds, &challenges) {
+        let _ = client.authorization(method, uri);
+        let _ = client.update(&challenges);
+    }
+}
+
+/// Client session target: a [`crate::client::ClientSession`] fed the
+/// server's bytes `data[2..]` in one piece and split in two at a point
+/// chosen by `data[0]` must emit the same events; `data[1]` picks the
+/// configuration (play/record, TCP/UDP, credentials). Afterwards timers,
+/// media sending and `close` run without panicking.
+pub fn client_session(data: &[u8]) {
+    use crate::client::{ClientConfig, ClientMode, ClientSession, ClientTransport};
+    use std::time::{Duration, Instant};
+
+    let [first, config, stream @ ..] = data else {
+        return;
+    };
+    let split = (usize::from(*first) * stream.len() / 255).min(stream.len());
+    let (a, b) = stream.split_at(split);
+    let now = Instant::now();
+    let make = || {
+        let mode = if config & 1 == 0 {
+            ClientMode::Play
+        } else {
+            ClientMode::Record {
+                sdp: "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
+                      m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:streamid=0\r\n\
+                      m=audio 0 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\na=control:streamid=1\r\n"
+                    .into(),
+            }
+        };
+        let transport = if config & 2 == 0 {
+            ClientTransport::Tcp
+        } else {
+            ClientTransport::Udp { rtp_port: 5000 }
+        };
+        let url = if config & 4 == 0 {
+            "rtsp://127.0.0.1:8554/live/cam"
+        } else {
+            "rtsp://user:p%40ss@127.0.0.1:8554/live/cam"
+        };
+        let session = ClientSession::new(
+            ClientConfig {
+                url: url.into(),
+                credentials: None,
+                transport,
+                user_agent: "fuzz".into(),
+                mode,
+            },
+            now,
+        );
+        match session {
+            Ok(s) => s,
+            Err(e) => panic!("valid config refused: {e}"),
+        }
+    };
+    let drain = |s: &mut ClientSession| {
+        let mut events = Vec::new();
+        let mut sent = 0usize;
+        while let Some(e) = s.poll_event() {
+            events.push(e);
+        }
+        while s.poll_transmit().is_some() {
+            sent += 1;
+        }
+        while s.poll_datagram().is_some() {
+            sent += 1;
+        }
+        (events, sent)
+    };
+    let mut whole = make();
+    let r_whole = whole.handle_input(stream, now);
+    let out_whole = drain(&mut whole);
+    let mut parts = make();
+    let r_a = parts.handle_input(a, now);
+    let r_parts = if r_a.is_err() {
+        r_a
+    } else {
+        parts.handle_input(b, now)
+    };
+    let out_parts = drain(&mut parts);
+    assert_eq!(r_whole, r_parts);
+    assert_eq!(out_whole, out_parts);
+    assert_eq!(whole.session_id(), parts.session_id());
+
+    // Media, timers and close on one of them.
+    let s = &mut whole;
+    for track in 0..3 {
+        s.send_rtp(track, &[0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]);
+        s.send_rtcp(track, &[0x81, 201, 0, 1, 0, 0, 0, 1]);
+    }
+    let _ = s.url();
+    let _ = s.session_timeout();
+    let _ = s.ssrc(0);
+    let mut t = now;
+    for _ in 0..4 {
+        if let Some(deadline) = s.poll_timeout() {
+            assert!(deadline >= now, "deadline before the session's start");
+            t = t.max(deadline);
+        }
+        t += Duration::from_secs(1);
+        s.handle_timeout(t);
+        drain(s);
+    }
+    s.close();
+    drain(s);
+    let _ = s.handle_input(b"RTSP/1.0 200 OK\r\nCSeq: 9\r\n\r\n", t);
+    s.close();
+    drain(s);
+}

@@ -40,3 +40,18 @@ fn rtsp_headers_corpus() {
 fn interleaved_corpus() {
     assert!(run_corpus("interleaved", fuzzing::interleaved) > 0);
 }
+
+#[test]
+fn rtsp_response_corpus() {
+    assert!(run_corpus("rtsp_response", fuzzing::responses) > 0);
+}
+
+#[test]
+fn auth_corpus() {
+    assert!(run_corpus("auth", fuzzing::auth) > 0);
+}
+
+#[test]
+fn client_session_corpus() {
+    assert!(run_corpus("client_session", fuzzing::client_session) > 0);
+}

@@ -11,6 +11,9 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::validate_users;
+pub use crate::auth::{AuthConfig, Permission, UserConfig};
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,6 +47,10 @@ pub struct Config {
     pub demo: DemoConfig,
     /// Paths with a configured source, by name.
     pub paths: BTreeMap<String, PathConfig>,
+    /// Users and their permissions; none means open access.
+    pub users: Vec<UserConfig>,
+    /// Authentication behaviour.
+    pub auth: AuthConfig,
 }
 
 /// `[vod]`: files below `dir` are served at `rtsp://HOST:PORT/vod/<relative path>`.
@@ -423,6 +430,7 @@ impl Config {
                 }
             }
         }
+        validate_users(&self.users).map_err(ConfigError::Invalid)?;
         if self.demo.enabled && self.paths.contains_key(&self.demo.path) {
             return Err(ConfigError::Invalid(format!(
                 "demo.path {:?} is also configured under [paths]",
@@ -443,7 +451,7 @@ impl Config {
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!(

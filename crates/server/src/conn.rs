@@ -29,6 +29,8 @@ pub struct ConnHandle {
     pub peer: SocketAddr,
     /// The local address the client connected to.
     pub local: SocketAddr,
+    /// Whether the connection is RTSPS (TLS).
+    pub tls: bool,
     ctrl: mpsc::UnboundedSender<Bytes>,
     /// Interleaved media queue (bounded; sinks use `try_send`).
     pub media: mpsc::Sender<TcpOut>,
@@ -71,6 +73,7 @@ pub async fn run(server: Arc<Server>, socket: TcpStream, peer: SocketAddr, id: u
         id,
         peer,
         local,
+        tls: false,
         ctrl: ctrl_tx,
         media: media_tx,
         close: Notify::new(),

@@ -415,6 +415,11 @@ fn step(st: &mut State, shared: &Shared, now: Instant) -> Step {
     let Some(track) = st.tracks.get(sample.track) else {
         return Step::Continue;
     };
+    // Samples that end before presentation time 0 (AAC priming frames cut by the edit
+    // list) are not presented; sending them would make timestamps step back at a loop.
+    if sample.pts.saturating_add(i64::from(sample.duration)) <= 0 {
+        return Step::Continue;
+    }
     let loop_secs = f64::from(st.loops) * st.duration;
     let media = sample.dts as f64 / f64::from(track.timescale.max(1)) + loop_secs;
     if end.is_some_and(|e| media - loop_secs > e) {

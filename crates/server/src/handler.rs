@@ -14,8 +14,9 @@ use sluice_rtsp::{
     SessionHeader, StatusCode, TransportMode, TransportSpec, Version,
 };
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::auth::{Action, Decision, Nonces};
 use crate::config::TransportKind;
 use crate::conn::ConnHandle;
 use crate::file_source::{FileSource, PlayError};
@@ -46,11 +47,11 @@ enum Channel {
 }
 
 /// An error answer: a status plus a log-worthy reason.
-struct Refusal(StatusCode, String);
+struct Refusal(StatusCode, String, Vec<(&'static str, String)>);
 
 impl Refusal {
     fn new(status: StatusCode, why: impl Into<String>) -> Refusal {
-        Refusal(status, why.into())
+        Refusal(status, why.into(), Vec::new())
     }
 }
 
@@ -65,6 +66,8 @@ pub struct Connection {
     channels: HashMap<u8, Channel>,
     /// A sink subscribed by PLAY, opened once the PLAY answer is queued.
     pending_open: Option<Arc<ReaderSink>>,
+    /// Digest nonces issued on this connection.
+    nonces: Nonces,
 }
 
 impl Connection {
@@ -77,6 +80,7 @@ impl Connection {
             sessions: Vec::new(),
             channels: HashMap::new(),
             pending_open: None,
+            nonces: Nonces::default(),
         }
     }
 
@@ -143,9 +147,15 @@ impl Connection {
         };
         let mut resp = match result {
             Ok(r) => r,
-            Err(Refusal(status, why)) => {
-                warn!(conn = self.handle.id, method = %req.method, uri = %redact(&req.uri), status = status.0, why, "request refused");
-                Response::new(status)
+            Err(Refusal(status, why, headers)) => {
+                if status == StatusCode::UNAUTHORIZED {
+                    debug!(conn = self.handle.id, method = %req.method, uri = %redact(&req.uri), why, "authentication required");
+                } else {
+                    warn!(conn = self.handle.id, method = %req.method, uri = %redact(&req.uri), status = status.0, why, "request refused");
+                }
+                headers
+                    .into_iter()
+                    .fold(Response::new(status), |r, (k, v)| r.with_header(k, v))
             }
         };
         if let Some(c) = cseq {
@@ -174,6 +184,50 @@ impl Connection {
                 format!("method {}", req.method),
             )),
         }
+    }
+
+    /// Checks that the request may do `action` on `path`; returns the principal.
+    fn authorize(&mut self, req: &Request, action: Action, path: &str) -> Result<String, Refusal> {
+        let decision = self.server.auth.check(
+            req.headers.get("Authorization"),
+            req.method.as_str(),
+            action,
+            path,
+            self.handle.peer.ip(),
+            self.handle.tls,
+            &mut self.nonces,
+            Instant::now(),
+        );
+        match decision {
+            Decision::Allowed(who) => Ok(who),
+            Decision::Challenge(values) => Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                format!("{action} {path:?}"),
+                values
+                    .into_iter()
+                    .map(|v| ("WWW-Authenticate", v))
+                    .collect(),
+            )),
+            Decision::Forbidden(why) => Err(Refusal::new(StatusCode::FORBIDDEN, why)),
+        }
+    }
+
+    /// Like [`Connection::authorize`] for a request on an existing session: the
+    /// principal must be the one that created it.
+    fn authorize_session(
+        &mut self,
+        req: &Request,
+        action: Action,
+        session: &Session,
+    ) -> Result<(), Refusal> {
+        let who = self.authorize(req, action, session.stream.path())?;
+        if who != session.principal && session.principal != "any" {
+            return Err(Refusal::new(
+                StatusCode::SESSION_NOT_FOUND,
+                "session belongs to another user",
+            ));
+        }
+        Ok(())
     }
 
     fn path_of(req: &Request) -> Result<String, Refusal> {
@@ -271,6 +325,7 @@ impl Connection {
 
     async fn describe(&mut self, req: &Request) -> Handled {
         let path = Self::path_of(req)?;
+        self.authorize(req, Action::Read, &path)?;
         if let Some(name) = self.vod_name(&path) {
             let media = self.open_vod(name)?;
             info!(conn = self.handle.id, peer = %self.handle.peer, %path, "describe (file)");
@@ -290,6 +345,7 @@ impl Connection {
 
     fn announce(&mut self, req: &Request) -> Handled {
         let path = Self::path_of(req)?;
+        self.authorize(req, Action::Publish, &path)?;
         if path.is_empty() {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -321,14 +377,14 @@ impl Connection {
             let old = paths.get(&path).cloned();
             if let Some(old) = &old {
                 if old.configured {
-                    return Err(Refusal(
+                    return Err(Refusal::new(
                         StatusCode::METHOD_NOT_VALID_IN_THIS_STATE,
                         format!("path {path:?} has a configured source"),
                     ));
                 }
                 if old.owner_conn != self.handle.id && !self.server.config().rtsp.override_publisher
                 {
-                    return Err(Refusal(
+                    return Err(Refusal::new(
                         StatusCode::METHOD_NOT_VALID_IN_THIS_STATE,
                         format!("path {path:?} already has a publisher"),
                     ));
@@ -441,6 +497,7 @@ impl Connection {
                     "SETUP for record without ANNOUNCE of this path on this connection",
                 )
             })?;
+        let principal = self.authorize(req, Action::Publish, stream.path())?;
         let rest = path[stream.path().len()..].trim_start_matches('/');
         let presentation = stream.presentation();
         let track = presentation
@@ -467,7 +524,7 @@ impl Connection {
                     .map_err(|st| Refusal::new(st, "SETUP not valid now"))?;
                 s
             }
-            None => self.create_session(&stream, Role::Recorder, track, now, None)?,
+            None => self.create_session(&stream, Role::Recorder, track, now, None, principal)?,
         };
         let server = self.server.clone();
         let ingest = {
@@ -550,6 +607,7 @@ impl Connection {
         track: usize,
         now: Instant,
         file: Option<FileSource>,
+        principal: String,
     ) -> Result<Arc<Session>, Refusal> {
         let machine =
             ServerSession::new(role, track, self.server.config().rtsp.session_timeout, now)
@@ -558,6 +616,7 @@ impl Connection {
         let session = Arc::new(Session {
             id: Self::new_session_id(),
             conn: self.handle.clone(),
+            principal,
             stream: stream.clone(),
             file,
             inner: Mutex::new(SessionInner {
@@ -594,7 +653,7 @@ impl Connection {
 
     async fn setup_play(
         &mut self,
-        _req: &Request,
+        req: &Request,
         path: &str,
         specs: &[TransportSpec],
         existing: Option<Arc<Session>>,
@@ -604,6 +663,8 @@ impl Connection {
             Some(t) => (base, t),
             None => (path, 0),
         };
+        // Before anything is opened or pulled.
+        let principal = self.authorize(req, Action::Read, lookup)?;
         // Stored files: each new session plays its own private stream.
         let mut file = None;
         let stream = match (self.vod_name(lookup), &existing) {
@@ -804,13 +865,16 @@ impl Connection {
                 }
                 s.clone()
             }
-            None => match self.create_session(&stream, Role::Player, track, now, file.take()) {
-                Ok(s) => s,
-                Err(e) => {
-                    release_group(self);
-                    return Err(e);
+            None => {
+                match self.create_session(&stream, Role::Player, track, now, file.take(), principal)
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        release_group(self);
+                        return Err(e);
+                    }
                 }
-            },
+            }
         };
         match transport {
             TrackTransport::Tcp { rtp, rtcp } => {
@@ -862,6 +926,7 @@ impl Connection {
 
     fn play(&mut self, req: &Request) -> Handled {
         let session = self.require_session(req)?;
+        self.authorize_session(req, Action::Read, &session)?;
         let track = self.session_url(req, &session)?;
         let ntracks = session.lock().machine.tracks().count();
         if track.is_some() && ntracks > 1 {
@@ -1118,6 +1183,7 @@ impl Connection {
 
     fn record(&mut self, req: &Request) -> Handled {
         let session = self.require_session(req)?;
+        self.authorize_session(req, Action::Publish, &session)?;
         self.session_url(req, &session)?;
         let transition = session
             .lock()

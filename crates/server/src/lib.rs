@@ -6,9 +6,11 @@
 //! the pure modules here ([`presentation`], [`url`]); the rest owns sockets, tasks and
 //! timers and stays thin.
 
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod file_source;
+pub mod fuzzing;
 pub mod handler;
 pub mod ingest;
 pub mod multicast;

@@ -11,6 +11,7 @@ use sluice_rtsp::server_session::Role;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
+use crate::auth::Authenticator;
 use crate::config::{Config, SourceKind, TransportKind};
 use crate::file_source::FileSource;
 use crate::multicast::Multicast;
@@ -34,6 +35,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The users configuration is unusable.
+    #[error("invalid users: {0}")]
+    Users(String),
     /// A configured source could not be started.
     #[error("cannot start the source of path {path:?}: {reason}")]
     Source {
@@ -77,6 +81,8 @@ pub struct Server {
     sources: Mutex<Vec<FileSource>>,
     /// Running pull sources by path.
     pub(crate) pulls: Mutex<HashMap<String, Arc<Pull>>>,
+    /// Users, permissions and the authentication exchange.
+    pub(crate) auth: Authenticator,
 }
 
 impl std::fmt::Debug for Server {
@@ -132,6 +138,8 @@ impl Server {
         } else {
             None
         };
+        let auth =
+            Authenticator::new(&config.users, config.auth.clone()).map_err(ServerError::Users)?;
         let server = Arc::new(Server {
             config,
             listener: Mutex::new(Some(listener)),
@@ -145,6 +153,7 @@ impl Server {
             next_version: AtomicU64::new(1),
             sources: Mutex::new(Vec::new()),
             pulls: Mutex::new(HashMap::new()),
+            auth,
         });
         server.start_configured_sources()?;
         Ok(server)

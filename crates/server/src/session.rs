@@ -81,6 +81,8 @@ pub struct Session {
     pub id: String,
     /// The connection that created it; only that connection may use it.
     pub conn: Arc<ConnHandle>,
+    /// The user that created it (`any` when anonymous); only that user may use it.
+    pub principal: String,
     /// The path's stream it plays or records (for stored files, a private stream).
     pub stream: Arc<Stream>,
     /// For stored files: the source playing into the private stream.

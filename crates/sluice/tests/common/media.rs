@@ -234,3 +234,168 @@ pub fn media() -> &'static Media {
         }
     })
 }
+
+/// Stored media for the on-demand (`[vod]`) tests, all inside one directory that the
+/// tests serve with `[vod] dir = ...`. Generated once, like [`media`].
+#[derive(Debug, Clone)]
+pub struct VodMedia {
+    /// The directory to serve; every file below is reachable at `vod/<name>`.
+    pub dir: PathBuf,
+    /// `clip.mp4`: 640x360 25 fps H.264 (1 s GOP: keyframes at every whole second)
+    /// + AAC 48 kHz mono, 20 s, `+faststart`.
+    pub clip_mp4: PathBuf,
+    /// `clip.mkv`: `clip.mp4` remuxed into Matroska.
+    pub clip_mkv: PathBuf,
+    /// `clip_frag.mp4`: `clip.mp4` remuxed into fragmented MP4 (one fragment per GOP).
+    pub clip_frag: PathBuf,
+    /// `hevc_opus.mkv`: 640x360 25 fps H.265 (1 s GOP) + Opus, 10 s.
+    pub hevc_opus_mkv: PathBuf,
+    /// `vp9_opus.webm`: 640x360 25 fps VP9 (1 s GOP) + Opus, 10 s.
+    pub vp9_opus_webm: PathBuf,
+    /// `short.mp4`: like `clip.mp4` but 10 s (250 frames).
+    pub short_mp4: PathBuf,
+    /// `loop4.mp4`: like `clip.mp4` but 4 s (100 frames).
+    pub loop4_mp4: PathBuf,
+}
+
+/// Duration of `VodMedia::clip_*` in seconds.
+pub const VOD_CLIP_SECS: f64 = 20.0;
+
+/// Returns the on-demand media set, generating it on first use (a few seconds).
+pub fn vod_media() -> &'static VodMedia {
+    static MEDIA: OnceLock<VodMedia> = OnceLock::new();
+    MEDIA.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("test-media")
+            .join("v1")
+            .join("vod");
+        std::fs::create_dir_all(&dir).expect("create vod media dir");
+        let aac: &[&str] = &["-c:a", "aac", "-ar", "48000", "-ac", "1", "-b:a", "64k"];
+        let opus: &[&str] = &["-c:a", "libopus", "-ar", "48000", "-ac", "1", "-b:a", "64k"];
+        let h264_mp4 = |name: &str, secs: u32| {
+            generate(
+                &dir,
+                name,
+                args(
+                    &[&x264_args(), aac, &["-movflags", "+faststart"]],
+                    lavfi_inputs(secs, 48000),
+                ),
+            )
+        };
+        let clip_mp4 = h264_mp4("clip.mp4", VOD_CLIP_SECS as u32);
+        let short_mp4 = h264_mp4("short.mp4", 10);
+        let loop4_mp4 = h264_mp4("loop4.mp4", 4);
+        let src = clip_mp4.to_str().unwrap().to_string();
+        let remux = |extra: &[&str]| {
+            let mut v: Vec<String> = vec!["-i".into(), src.clone(), "-map".into(), "0".into()];
+            v.extend(["-c".into(), "copy".into()]);
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let clip_mkv = generate(&dir, "clip.mkv", remux(&[]));
+        let clip_frag = generate(
+            &dir,
+            "clip_frag.mp4",
+            remux(&["-movflags", "frag_keyframe+empty_moov+default_base_moof"]),
+        );
+        let hevc_opus_mkv = generate(
+            &dir,
+            "hevc_opus.mkv",
+            args(
+                &[
+                    &[
+                        "-c:v",
+                        "libx265",
+                        "-preset",
+                        "ultrafast",
+                        "-pix_fmt",
+                        "yuv420p",
+                        "-g",
+                        "25",
+                        "-x265-params",
+                        "bframes=0:keyint=25:min-keyint=25:scenecut=0:log-level=error",
+                    ],
+                    opus,
+                ],
+                lavfi_inputs(10, 48000),
+            ),
+        );
+        let vp9_opus_webm = generate(
+            &dir,
+            "vp9_opus.webm",
+            args(
+                &[
+                    &[
+                        "-c:v",
+                        "libvpx-vp9",
+                        "-deadline",
+                        "realtime",
+                        "-cpu-used",
+                        "8",
+                        "-b:v",
+                        "1M",
+                        "-g",
+                        "25",
+                        "-keyint_min",
+                        "25",
+                        "-pix_fmt",
+                        "yuv420p",
+                    ],
+                    opus,
+                ],
+                lavfi_inputs(10, 48000),
+            ),
+        );
+        VodMedia {
+            dir,
+            clip_mp4,
+            clip_mkv,
+            clip_frag,
+            hevc_opus_mkv,
+            vp9_opus_webm,
+            short_mp4,
+            loop4_mp4,
+        }
+    })
+}
+
+/// What ffprobe says about a local media file.
+#[derive(Debug, Clone, Default)]
+pub struct FileFacts {
+    /// `format.duration` in seconds.
+    pub duration: f64,
+    /// Number of video packets (frames).
+    pub video_frames: u64,
+    /// Presentation times (s) of the video keyframes.
+    pub keyframes: Vec<f64>,
+}
+
+/// Runs ffprobe on a local file: duration, video frame count, keyframe times.
+pub fn file_facts(path: &Path) -> FileFacts {
+    let mut cmd = Command::new("ffprobe");
+    cmd.args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .arg("format=duration:packet=pts_time,flags")
+        .args(["-of", "json"])
+        .arg(path)
+        .stdin(Stdio::null());
+    let out = cmd.output().expect("run ffprobe");
+    assert!(out.status.success(), "ffprobe {}", path.display());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    let num = |x: &serde_json::Value| -> Option<f64> {
+        x.as_str()
+            .and_then(|s| s.parse().ok())
+            .or_else(|| x.as_f64())
+    };
+    let duration = num(&v["format"]["duration"]).unwrap_or(0.0);
+    let packets = v["packets"].as_array().cloned().unwrap_or_default();
+    let keyframes = packets
+        .iter()
+        .filter(|p| p["flags"].as_str().is_some_and(|f| f.starts_with('K')))
+        .filter_map(|p| num(&p["pts_time"]))
+        .collect();
+    FileFacts {
+        duration,
+        video_frames: packets.len() as u64,
+        keyframes,
+    }
+}

@@ -17,6 +17,8 @@ pub mod proc;
 pub mod retina_reader;
 pub mod rtsp_client;
 pub mod server;
+pub mod upstream;
+pub mod vod_client;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 pub use ffmpeg::{ffmpeg_read, ffprobe, FfmpegPublisher, FfmpegReader, FfmpegReport, ProbeReport};
 pub use gst::{gst_read, GstPublisher, GstReport};
-pub use media::{media, Media};
+pub use media::{file_facts, media, vod_media, FileFacts, Media, VodMedia, VOD_CLIP_SECS};
 pub use netns::Netns;
 pub use ports::{free_tcp_port, free_udp_block, free_udp_pair};
 pub use proc::Proc;

@@ -29,6 +29,8 @@ pub struct RetinaReport {
     pub error: Option<String>,
     /// Wall-clock instants (since PLAY) of each video frame.
     pub video_frame_times: Vec<Duration>,
+    /// When PLAY completed (the origin of `video_frame_times`).
+    pub play_started: Option<Instant>,
 }
 
 /// Connects, SETUPs every track, PLAYs and consumes the demuxed stream for
@@ -72,6 +74,7 @@ pub async fn retina_read(
         .map_err(|e| format!("PLAY: {e}"))?;
     let mut demuxed = playing.demuxed().map_err(|e| format!("demuxed: {e}"))?;
     let start = Instant::now();
+    rep.play_started = Some(start);
     let deadline = tokio::time::Instant::now() + dur;
     loop {
         let item = match tokio::time::timeout_at(deadline, demuxed.next()).await {
