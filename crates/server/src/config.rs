@@ -51,6 +51,10 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// Authentication behaviour.
     pub auth: AuthConfig,
+    /// Resource limits.
+    pub limits: LimitsConfig,
+    /// RTSP over TLS.
+    pub rtsps: RtspsConfig,
 }
 
 /// `[vod]`: files below `dir` are served at `rtsp://HOST:PORT/vod/<relative path>`.
@@ -271,10 +275,6 @@ pub struct RtspConfig {
     /// When true, a new publisher on a path that already has one replaces it;
     /// when false it is refused with 455 (the path is busy).
     pub override_publisher: bool,
-    /// Largest request head (request line + headers) accepted, in bytes.
-    pub max_head_bytes: usize,
-    /// Largest request body (e.g. ANNOUNCE SDP) accepted, in bytes.
-    pub max_body_bytes: usize,
     /// Packets queued per reader before a slow reader loses packets (UDP) or is
     /// disconnected (TCP, once the queue stays full for `slow_reader_timeout`).
     pub reader_queue: usize,
@@ -299,11 +299,84 @@ impl Default for RtspConfig {
             ],
             session_timeout: Duration::from_secs(60),
             override_publisher: false,
-            max_head_bytes: 64 * 1024,
-            max_body_bytes: 1024 * 1024,
             reader_queue: 4096,
             slow_reader_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// `[limits]`: bounds on what clients may make the server hold. Each, when exceeded,
+/// gets a clear status or a close, and a log line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open RTSP/RTSPS connections in total; more are closed at once.
+    pub max_connections: usize,
+    /// Open connections per client IP.
+    pub max_connections_per_ip: usize,
+    /// Live sessions (readers and publishers); more get 503.
+    pub max_sessions: usize,
+    /// Reader sessions per path; more get 453 Not Enough Bandwidth.
+    pub max_readers_per_path: usize,
+    /// Largest request head (request line + headers), bytes; larger gets 400 and a close.
+    pub max_head_bytes: usize,
+    /// Most header lines in a request.
+    pub max_headers: usize,
+    /// Largest request body (e.g. ANNOUNCE SDP), bytes; larger gets 413 and a close.
+    pub max_body_bytes: usize,
+    /// Time a client has to finish a request once it started sending it (slowloris); 408.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// A connection without sessions that sends nothing for this long is closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 20_000,
+            max_connections_per_ip: 1_000,
+            max_sessions: 20_000,
+            max_readers_per_path: 10_000,
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[rtsps]`: RTSP over TLS. Enabled when `cert` and `key` are given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtspsConfig {
+    /// Address of the RTSPS listener.
+    pub listen: SocketAddr,
+    /// PEM certificate chain file.
+    pub cert: Option<PathBuf>,
+    /// PEM private key file.
+    pub key: Option<PathBuf>,
+    /// Refuse everything but OPTIONS over plain RTSP (clients must use rtsps://).
+    pub require_tls: bool,
+}
+
+impl Default for RtspsConfig {
+    fn default() -> Self {
+        RtspsConfig {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8322)),
+            cert: None,
+            key: None,
+            require_tls: false,
+        }
+    }
+}
+
+impl RtspsConfig {
+    /// Whether RTSPS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
     }
 }
 
@@ -437,9 +510,37 @@ impl Config {
                 self.demo.path
             )));
         }
-        if r.max_head_bytes < 1024 {
+        let l = &self.limits;
+        if l.max_head_bytes < 1024 || l.max_headers < 8 || l.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(
-                "rtsp.max_head_bytes must be at least 1024".into(),
+                "limits: max_head_bytes and max_body_bytes must be at least 1024, max_headers at least 8".into(),
+            ));
+        }
+        if l.max_connections == 0
+            || l.max_connections_per_ip == 0
+            || l.max_sessions == 0
+            || l.max_readers_per_path == 0
+        {
+            return Err(ConfigError::Invalid(
+                "limits: maxima must be at least 1".into(),
+            ));
+        }
+        if self.rtsps.cert.is_some() != self.rtsps.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "rtsps: cert and key go together".into(),
+            ));
+        }
+        for f in [&self.rtsps.cert, &self.rtsps.key].into_iter().flatten() {
+            if !f.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "rtsps: {} does not exist",
+                    f.display()
+                )));
+            }
+        }
+        if self.rtsps.require_tls && !self.rtsps.enabled() {
+            return Err(ConfigError::Invalid(
+                "rtsps.require_tls needs rtsps.cert and rtsps.key".into(),
             ));
         }
         Ok(())

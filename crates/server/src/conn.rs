@@ -5,11 +5,11 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use sluice_rtsp::{Decoder, Frame, Limits, Message, Response};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use sluice_rtsp::{Decoder, Frame, Limits, Message, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
@@ -60,42 +60,72 @@ impl ConnHandle {
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn run(server: Arc<Server>, socket: TcpStream, peer: SocketAddr, id: u64) {
-    let _ = socket.set_nodelay(true);
-    let local = socket
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let (mut rd, wr) = socket.into_split();
+/// Where an accepted connection came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    /// Connection number.
+    pub id: u64,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Local address.
+    pub local: SocketAddr,
+    /// Whether the stream is TLS.
+    pub tls: bool,
+}
+
+/// Serves one accepted connection (plain TCP or TLS) until it closes.
+pub async fn run<S>(server: Arc<Server>, socket: S, from: Accepted)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Accepted {
+        id,
+        peer,
+        local,
+        tls,
+    } = from;
+    let (mut rd, wr) = tokio::io::split(socket);
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
     let (media_tx, media_rx) = mpsc::channel(server.config().rtsp.reader_queue);
     let handle = Arc::new(ConnHandle {
         id,
         peer,
         local,
-        tls: false,
+        tls,
         ctrl: ctrl_tx,
         media: media_tx,
         close: Notify::new(),
         closing: AtomicBool::new(false),
     });
-    info!(conn = id, %peer, "connect");
+    info!(conn = id, %peer, tls, "connect");
     let writer = tokio::spawn(run_writer(wr, ctrl_rx, media_rx, handle.clone()));
 
+    let cfg = &server.config().limits;
     let limits = Limits {
-        max_head_bytes: server.config().rtsp.max_head_bytes,
-        max_body_bytes: server.config().rtsp.max_body_bytes,
-        ..Limits::default()
+        max_head_bytes: cfg.max_head_bytes,
+        max_body_bytes: cfg.max_body_bytes,
+        max_headers: cfg.max_headers,
     };
+    let (request_timeout, idle_timeout) = (cfg.request_timeout, cfg.idle_timeout);
     let mut decoder = Decoder::new(limits);
     let mut conn = Connection::new(server.clone(), handle.clone());
     let mut buf = BytesMut::with_capacity(8192);
+    let mut last_input = Instant::now();
+    // When the unfinished request at the front of `buf` started arriving.
+    let mut partial_since: Option<Instant> = None;
     'read: loop {
         let announced = conn.announced_stream();
+        // A half-sent request must complete in time; an idle connection without sessions
+        // is closed. Both come back here as a timer.
+        let deadline = match partial_since {
+            Some(t) => t + request_timeout,
+            None if !conn.has_sessions() => last_input + idle_timeout,
+            None => last_input + Duration::from_secs(3600),
+        };
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(_) => last_input = Instant::now(),
                 Err(e) => {
                     debug!(conn = id, error = %e, "read error");
                     break;
@@ -105,6 +135,20 @@ pub async fn run(server: Arc<Server>, socket: TcpStream, peer: SocketAddr, id: u
             _ = async { match &announced { Some(s) => s.ended().await, None => std::future::pending().await } } => {
                 info!(conn = id, "stream replaced or ended; closing publisher connection");
                 break;
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if partial_since.is_some() {
+                    warn!(conn = id, %peer, "request not completed in time; closing connection");
+                    handle.send_response(
+                        &Response::new(StatusCode::REQUEST_TIMEOUT).with_header("Connection", "close"),
+                    );
+                } else if !conn.has_sessions() {
+                    info!(conn = id, %peer, "idle connection closed");
+                }
+                if partial_since.is_some() || !conn.has_sessions() {
+                    break;
+                }
+                continue;
             }
         }
         conn.handle_input();
@@ -130,6 +174,11 @@ pub async fn run(server: Arc<Server>, socket: TcpStream, peer: SocketAddr, id: u
                 break 'read;
             }
         }
+        partial_since = if buf.is_empty() {
+            None
+        } else {
+            partial_since.or(Some(last_input))
+        };
     }
     conn.handle_closed();
     handle.close("connection ended");
@@ -137,7 +186,7 @@ pub async fn run(server: Arc<Server>, socket: TcpStream, peer: SocketAddr, id: u
     // writer stuck on a peer that does not read is aborted, which closes the socket.
     let _ = handle.media.try_send(TcpOut::Close);
     let mut writer = writer;
-    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
         .await
         .is_err()
     {

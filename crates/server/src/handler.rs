@@ -84,6 +84,13 @@ impl Connection {
         }
     }
 
+    /// Whether this connection has live sessions (then it is never idle-closed).
+    pub fn has_sessions(&self) -> bool {
+        self.sessions
+            .iter()
+            .any(|id| self.server.session(id).is_some())
+    }
+
     /// The stream this connection announced, if any (its end closes the connection).
     pub fn announced_stream(&self) -> Option<Arc<Stream>> {
         self.announced.clone()
@@ -169,6 +176,13 @@ impl Connection {
     }
 
     async fn dispatch(&mut self, req: &Request) -> Handled {
+        let rtsps = &self.server.config().rtsps;
+        if rtsps.require_tls && !self.handle.tls && req.method != Method::Options {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("TLS required: use rtsps:// on port {}", rtsps.listen.port()),
+            ));
+        }
         match req.method {
             Method::Options => Ok(Response::new(StatusCode::OK).with_header("Public", PUBLIC)),
             Method::Describe => self.describe(req).await,
@@ -609,6 +623,25 @@ impl Connection {
         file: Option<FileSource>,
         principal: String,
     ) -> Result<Arc<Session>, Refusal> {
+        let limits = &self.server.config().limits;
+        if self.server.session_count() >= limits.max_sessions {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("session limit ({}) reached", limits.max_sessions),
+            ));
+        }
+        if role == Role::Player
+            && self.server.readers_on_path(stream.path()) >= limits.max_readers_per_path
+        {
+            return Err(Refusal::new(
+                StatusCode::NOT_ENOUGH_BANDWIDTH,
+                format!(
+                    "reader limit ({}) of path {:?} reached",
+                    limits.max_readers_per_path,
+                    stream.path()
+                ),
+            ));
+        }
         let machine =
             ServerSession::new(role, track, self.server.config().rtsp.session_timeout, now)
                 .map_err(|st| Refusal::new(st, "track index out of range"))?;

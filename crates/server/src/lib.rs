@@ -20,6 +20,7 @@ pub mod reader;
 pub mod server;
 pub mod session;
 pub mod stream;
+pub mod tls;
 pub mod udp;
 pub mod url;
 pub mod vod;

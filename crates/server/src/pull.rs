@@ -324,6 +324,18 @@ impl Server {
             .count()
     }
 
+    /// Reader (player) sessions on `path`.
+    pub(crate) fn readers_on_path(&self, path: &str) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| {
+                s.stream.path() == path && s.role() == sluice_rtsp::server_session::Role::Player
+            })
+            .count()
+    }
+
     /// The pull feeding `path`, started if the configuration has an RTSP source for it.
     pub(crate) fn ensure_pull(self: &Arc<Self>, path: &str) -> Option<Arc<Pull>> {
         let resolved = self.config().resolve_path(path)?;

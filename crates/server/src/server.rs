@@ -2,13 +2,17 @@
 //! the accept loop and the session reaper, and ends sessions with all they hold.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sluice_rtsp::server_session::Role;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::conn::Accepted;
 use tracing::{error, info, warn};
 
 use crate::auth::Authenticator;
@@ -35,6 +39,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The RTSPS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(crate::tls::TlsError),
     /// The users configuration is unusable.
     #[error("invalid users: {0}")]
     Users(String),
@@ -62,6 +69,27 @@ pub struct PathEntry {
     pub configured: bool,
 }
 
+/// A connection's place in the connection limits, released when dropped.
+struct ConnSlot {
+    server: Weak<Server>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.upgrade() {
+            s.conn_total.fetch_sub(1, Ordering::Relaxed);
+            let mut counts = s.conn_counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = counts.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
 /// Interval between the Sender/Receiver Reports Sluice sends.
 pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -83,6 +111,10 @@ pub struct Server {
     pub(crate) pulls: Mutex<HashMap<String, Arc<Pull>>>,
     /// Users, permissions and the authentication exchange.
     pub(crate) auth: Authenticator,
+    tls_listener: Mutex<Option<(TcpListener, TlsAcceptor)>>,
+    conn_total: AtomicUsize,
+    conn_counts: Mutex<HashMap<IpAddr, usize>>,
+    last_limit_log: AtomicU64,
 }
 
 impl std::fmt::Debug for Server {
@@ -138,6 +170,20 @@ impl Server {
         } else {
             None
         };
+        let tls_listener = match (&config.rtsps.cert, &config.rtsps.key) {
+            (Some(cert), Some(key)) => {
+                let acceptor = crate::tls::acceptor(cert, key).map_err(ServerError::Tls)?;
+                let l = TcpListener::bind(config.rtsps.listen)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        what: "RTSPS listener",
+                        addr: config.rtsps.listen.to_string(),
+                        source,
+                    })?;
+                Some((l, acceptor))
+            }
+            _ => None,
+        };
         let auth =
             Authenticator::new(&config.users, config.auth.clone()).map_err(ServerError::Users)?;
         let server = Arc::new(Server {
@@ -154,6 +200,10 @@ impl Server {
             sources: Mutex::new(Vec::new()),
             pulls: Mutex::new(HashMap::new()),
             auth,
+            tls_listener: Mutex::new(tls_listener),
+            conn_total: AtomicUsize::new(0),
+            conn_counts: Mutex::new(HashMap::new()),
+            last_limit_log: AtomicU64::new(u64::MAX),
         });
         server.start_configured_sources()?;
         Ok(server)
@@ -272,20 +322,93 @@ impl Server {
                 self.ensure_pull(name);
             }
         }
+        let tls = self
+            .tls_listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((listener, acceptor)) = tls {
+            info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "RTSPS server listening");
+            tokio::spawn(self.clone().accept_loop(listener, Some(acceptor)));
+        }
         info!(listen = %self.local_addr, "RTSP server listening");
+        self.accept_loop(listener, None).await;
+    }
+
+    /// Accepts connections (TLS ones when `tls` is given) within the connection limits.
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         loop {
-            match listener.accept().await {
-                Ok((socket, peer)) => {
-                    let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(crate::conn::run(self.clone(), socket, peer, id));
-                }
+            let (socket, peer) = match listener.accept().await {
+                Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = self.admit(peer.ip()) else {
+                continue; // dropped: closes the socket
+            };
+            let _ = socket.set_nodelay(true);
+            let local = socket
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let from = Accepted {
+                id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+                peer,
+                local,
+                tls: tls.is_some(),
+            };
+            let server = self.clone();
+            match &tls {
+                None => {
+                    tokio::spawn(async move {
+                        crate::conn::run(server, socket, from).await;
+                        drop(slot);
+                    });
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    let timeout = self.config.limits.request_timeout;
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                            Ok(Ok(stream)) => crate::conn::run(server, stream, from).await,
+                            Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => info!(%peer, "TLS handshake timed out"),
+                        }
+                        drop(slot);
+                    });
                 }
             }
         }
+    }
+
+    /// Takes a connection slot for `ip` within `max_connections` and
+    /// `max_connections_per_ip`; None (and a log line, at most one per second) when full.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
+        let limits = &self.config.limits;
+        let mut counts = self.conn_counts.lock().unwrap_or_else(|e| e.into_inner());
+        let total = self.conn_total.load(Ordering::Relaxed);
+        let per_ip = counts.get(&ip).copied().unwrap_or(0);
+        if total >= limits.max_connections || per_ip >= limits.max_connections_per_ip {
+            let now_s = self.epoch.elapsed().as_secs();
+            if self.last_limit_log.swap(now_s, Ordering::Relaxed) != now_s {
+                warn!(%ip, total, per_ip, max = limits.max_connections, max_per_ip = limits.max_connections_per_ip, "connection limit reached; refusing connections");
+            }
+            return None;
+        }
+        *counts.entry(ip).or_insert(0) += 1;
+        self.conn_total.fetch_add(1, Ordering::Relaxed);
+        Some(ConnSlot {
+            server: Arc::downgrade(self),
+            ip,
+        })
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conn_total.load(Ordering::Relaxed)
     }
 
     /// A fresh SDP version for a new stream.
