@@ -144,6 +144,11 @@ pub async fn publish(
         let Some(out) = outs.get_mut(sample.track) else {
             continue;
         };
+        // Samples ending before presentation time 0 (AAC priming cut by the edit list) are
+        // not presented; sending them again at a loop would step timestamps back.
+        if sample.pts.saturating_add(i64::from(sample.duration)) <= 0 {
+            continue;
+        }
         let loop_secs = f64::from(stats.loops) * duration;
         let media = sample.dts as f64 / f64::from(out.timescale) + loop_secs;
         let due = start + Duration::from_secs_f64(media.max(0.0));

@@ -281,6 +281,9 @@ pub struct RtspConfig {
     /// How long a TCP reader's queue may stay full before it is disconnected.
     #[serde(deserialize_with = "de_duration")]
     pub slow_reader_timeout: Duration,
+    /// Keep each live path's packets since its last video keyframe, so new readers start
+    /// decoding at once (bounded: 4096 packets / 8 MiB per path).
+    pub gop_cache: bool,
 }
 
 impl Default for RtspConfig {
@@ -301,6 +304,7 @@ impl Default for RtspConfig {
             override_publisher: false,
             reader_queue: 4096,
             slow_reader_timeout: Duration::from_secs(5),
+            gop_cache: true,
         }
     }
 }

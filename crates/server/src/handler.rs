@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_rtp::packet::{looks_like_rtcp, RtpHeader};
+use sluice_rtp::packet::looks_like_rtcp;
 use sluice_rtsp::server_session::{Role, ServerSession, State, Transition};
 use sluice_rtsp::{
     format_rtp_info, parse_transport, Method, NptTime, Range, Request, Response, RtpInfo,
@@ -25,7 +25,7 @@ use crate::presentation::Presentation;
 use crate::reader::{run_sender_reports, run_udp_writer, Outbox, ReaderSink, Target, TcpOut};
 use crate::server::{PathEntry, Server, RTCP_INTERVAL};
 use crate::session::{Playing, Session, SessionInner, TrackTransport};
-use crate::stream::{EndReason, Stream};
+use crate::stream::{EndReason, Stream, TrackStart};
 use crate::url::{base_url, request_path, split_track, UrlError};
 use crate::vod::{self, OpenedMedia, VodError};
 
@@ -386,6 +386,7 @@ impl Connection {
             presentation,
             self.server.next_version(),
         ));
+        stream.set_gop_cache(self.server.config().rtsp.gop_cache);
         let replaced = {
             let mut paths = self.server.paths.lock().unwrap_or_else(|e| e.into_inner());
             let old = paths.get(&path).cloned();
@@ -705,6 +706,8 @@ impl Connection {
             (Some(name), _) => {
                 let media = self.open_vod(name)?;
                 let stream = Arc::new(Stream::new(lookup.to_owned(), media.presentation, 1));
+                // A private stream has one reader that starts at its own position.
+                stream.set_gop_cache(false);
                 stream.set_ready();
                 file = Some(FileSource::new(
                     media.demuxer,
@@ -1001,27 +1004,32 @@ impl Connection {
         let base = base_url(&req.uri, session.stream.path());
         // The last header before the reader's first packet, per track: exact for a new
         // subscription (taken atomically with it), the current one otherwise.
-        let last: Vec<Option<RtpHeader>> = match transition {
+        let starts: Vec<Option<TrackStart>> = match transition {
             Transition::Started => match self.start_playing(&session) {
-                Some((sink, last)) => {
+                Some((sink, starts)) => {
                     self.pending_open = Some(sink);
-                    last
+                    starts
                 }
                 None => Vec::new(),
             },
             _ => (0..session.stream.presentation().tracks().len())
-                .map(|t| session.stream.last_header(t))
+                .map(|t| {
+                    session.stream.last_header(t).map(|h| TrackStart {
+                        seq: h.sequence.wrapping_add(1),
+                        rtptime: h.timestamp,
+                    })
+                })
                 .collect(),
         };
         let tracks: Vec<usize> = session.lock().machine.tracks().collect();
         let infos: Vec<RtpInfo> = tracks
             .into_iter()
             .map(|t| {
-                let last = last.get(t).copied().flatten();
+                let start = starts.get(t).copied().flatten();
                 RtpInfo {
                     url: format!("{base}trackID={t}"),
-                    seq: last.map(|h| h.sequence.wrapping_add(1)),
-                    rtptime: last.map(|h| h.timestamp),
+                    seq: start.map(|s| s.seq),
+                    rtptime: start.map(|s| s.rtptime),
                 }
             })
             .collect();
@@ -1038,7 +1046,7 @@ impl Connection {
     fn start_playing(
         &mut self,
         session: &Arc<Session>,
-    ) -> Option<(Arc<ReaderSink>, Vec<Option<RtpHeader>>)> {
+    ) -> Option<(Arc<ReaderSink>, Vec<Option<TrackStart>>)> {
         let cfg = self.server.config();
         let stream = session.stream.clone();
         let mut inner = session.lock();
@@ -1077,7 +1085,7 @@ impl Connection {
             cfg.rtsp.slow_reader_timeout,
             Arc::new(move |why| conn.close(why)),
         ));
-        let (sink_id, last) = stream.subscribe(sink.clone());
+        let (sink_id, starts) = stream.subscribe(sink.clone());
         let reports = tokio::spawn(run_sender_reports(
             sink.clone(),
             stream.clone(),
@@ -1094,7 +1102,7 @@ impl Connection {
                 inner.multicast_member = true;
             }
         }
-        Some((sink, last))
+        Some((sink, starts))
     }
 
     fn pause(&mut self, req: &Request) -> Handled {

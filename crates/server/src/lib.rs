@@ -11,6 +11,7 @@ pub mod config;
 pub mod conn;
 pub mod file_source;
 pub mod fuzzing;
+pub mod gop;
 pub mod handler;
 pub mod ingest;
 pub mod multicast;

@@ -52,6 +52,9 @@ pub enum UdpOut {
         rtcp: bool,
         /// The datagram.
         data: Bytes,
+        /// Catch-up data (the GOP cache handed to a new reader): paced, so a burst does
+        /// not overflow the client's receive buffer.
+        backlog: bool,
     },
     /// Stop the writer after what is queued.
     Close,
@@ -109,8 +112,9 @@ pub struct ReaderSink {
     open: AtomicBool,
 }
 
-/// Most packets a closed gate holds (a PLAY answer is queued within microseconds).
-const GATE_CAPACITY: usize = 1024;
+/// Most packets a closed gate holds: the GOP cache handed over at subscription, plus what
+/// arrives before the PLAY answer is queued (microseconds).
+const GATE_CAPACITY: usize = crate::gop::MAX_PACKETS + 1024;
 
 impl std::fmt::Debug for ReaderSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,7 +158,7 @@ impl ReaderSink {
         let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(held) = gate.take() {
             for p in &held {
-                self.deliver(p);
+                self.deliver(p, true);
             }
         }
         self.open.store(true, Ordering::Release);
@@ -178,6 +182,10 @@ impl ReaderSink {
     }
 
     fn enqueue(&self, target: Target, rtcp: bool, data: Bytes) -> bool {
+        self.enqueue_with(target, rtcp, data, false)
+    }
+
+    fn enqueue_with(&self, target: Target, rtcp: bool, data: Bytes, backlog: bool) -> bool {
         match (&self.outbox, target) {
             (
                 Outbox::Udp(tx),
@@ -187,7 +195,12 @@ impl ReaderSink {
                 },
             ) => {
                 let to = if rtcp { rtcp_addr } else { rtp };
-                match tx.try_send(UdpOut::Packet { to, rtcp, data }) {
+                match tx.try_send(UdpOut::Packet {
+                    to,
+                    rtcp,
+                    data,
+                    backlog,
+                }) {
                     Ok(()) => {
                         if self.in_drop_burst.swap(false, Ordering::Relaxed) {
                             debug!(reader = %self.label, dropped = self.dropped(), "reader queue drained");
@@ -279,14 +292,14 @@ impl ReaderSink {
 }
 
 impl ReaderSink {
-    fn deliver(&self, packet: &MediaPacket) {
+    fn deliver(&self, packet: &MediaPacket, backlog: bool) {
         let Some(target) = self.targets.get(packet.track).copied() else {
             return;
         };
         if target == Target::None || self.ended.load(Ordering::Relaxed) {
             return;
         }
-        if self.enqueue(target, false, packet.data.clone()) {
+        if self.enqueue_with(target, false, packet.data.clone(), backlog) {
             if let Some(c) = self.counters.get(packet.track) {
                 c.packets.fetch_add(1, Ordering::Relaxed);
                 let payload = packet
@@ -314,7 +327,7 @@ impl Sink for ReaderSink {
                 return;
             }
         }
-        self.deliver(packet);
+        self.deliver(packet, false);
     }
 
     fn handle_end_of_stream(&self) {
@@ -339,6 +352,11 @@ impl Sink for ReaderSink {
     }
 }
 
+/// Rate at which a new UDP reader's catch-up (GOP cache) packets are sent: 32 Mbit/s, a
+/// few times a typical stream's rate, gentle on clients' default socket buffers. The
+/// keyframe comes first, so this does not delay the first picture.
+const BACKLOG_BYTES_PER_SEC: f64 = 4_000_000.0;
+
 /// Drains a UDP outbox: RTP from `rtp_socket`, RTCP from `rtcp_socket`. Ends on `Close`
 /// or when every sender is gone.
 pub async fn run_udp_writer(
@@ -347,9 +365,24 @@ pub async fn run_udp_writer(
     rtcp_socket: Arc<UdpSocket>,
 ) {
     let mut errors_logged = false;
+    // Token bucket for catch-up data: when the next backlog byte may leave.
+    let mut backlog_clock = tokio::time::Instant::now();
     while let Some(item) = rx.recv().await {
         match item {
-            UdpOut::Packet { to, rtcp, data } => {
+            UdpOut::Packet {
+                to,
+                rtcp,
+                data,
+                backlog,
+            } => {
+                if backlog {
+                    let now = tokio::time::Instant::now();
+                    if backlog_clock > now {
+                        tokio::time::sleep_until(backlog_clock).await;
+                    }
+                    let cost = Duration::from_secs_f64(data.len() as f64 / BACKLOG_BYTES_PER_SEC);
+                    backlog_clock = backlog_clock.max(now) + cost;
+                }
                 let socket = if rtcp { &rtcp_socket } else { &rtp_socket };
                 if let Err(e) = socket.send_to(&data, to).await {
                     if !errors_logged {

@@ -17,6 +17,7 @@ use sluice_rtp::packet::{rewrite_header, RtpHeader};
 use sluice_rtp::rtcp::SenderInfo;
 use sluice_rtp::timeline::Timeline;
 
+use crate::gop::GopCache;
 use crate::presentation::Presentation;
 
 /// One RTP packet of a track as relayed to sinks.
@@ -78,6 +79,16 @@ pub struct Stream {
     ended: AtomicBool,
     ended_notify: tokio::sync::Notify,
     version: u64,
+    gop: Mutex<GopCache>,
+}
+
+/// Where a new subscriber's numbering starts on a track (for RTP-Info).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackStart {
+    /// Sequence number of the subscriber's first packet on the track.
+    pub seq: u16,
+    /// RTP timestamp of that packet (or of the last one sent, when none is cached).
+    pub rtptime: u32,
 }
 
 impl std::fmt::Debug for Stream {
@@ -94,6 +105,12 @@ impl std::fmt::Debug for Stream {
 impl Stream {
     /// A new, not yet ready stream for `path` carrying `presentation`'s tracks.
     pub fn new(path: String, presentation: Presentation, version: u64) -> Stream {
+        let video = presentation.tracks().iter().enumerate().find_map(|(i, t)| {
+            (t.media == "video")
+                .then(|| sluice_codec::codec_from_encoding(&t.encoding))
+                .flatten()
+                .map(|c| (i, c))
+        });
         let tracks = presentation
             .tracks()
             .iter()
@@ -113,6 +130,7 @@ impl Stream {
             ended: AtomicBool::new(false),
             ended_notify: tokio::sync::Notify::new(),
             version,
+            gop: Mutex::new(GopCache::new(video)),
         }
     }
 
@@ -160,19 +178,61 @@ impl Stream {
         self.subscribe(sink).0
     }
 
-    /// Subscribes a sink and returns, atomically with the subscription, the last RTP
-    /// header of each track before the sink's first packet (for RTP-Info: the sink's first
-    /// packet on a track is that header's sequence number + 1).
-    pub fn subscribe(&self, sink: Arc<dyn Sink>) -> (SinkId, Vec<Option<RtpHeader>>) {
+    /// Turns the GOP cache on (the default for streams with video) or off (private
+    /// on-demand streams, or `rtsp.gop_cache = false`).
+    pub fn set_gop_cache(&self, on: bool) {
+        let video = if on {
+            self.presentation
+                .tracks()
+                .iter()
+                .enumerate()
+                .find_map(|(i, t)| {
+                    (t.media == "video")
+                        .then(|| sluice_codec::codec_from_encoding(&t.encoding))
+                        .flatten()
+                        .map(|c| (i, c))
+                })
+        } else {
+            None
+        };
+        *self.gop.lock().unwrap_or_else(|e| e.into_inner()) = GopCache::new(video);
+    }
+
+    /// Subscribes a sink. Atomically with the subscription, the sink first receives the
+    /// GOP cache (packets since the last keyframe), and the returned per-track starts say
+    /// which packet it gets first (for RTP-Info).
+    pub fn subscribe(&self, sink: Arc<dyn Sink>) -> (SinkId, Vec<Option<TrackStart>>) {
         let id = SinkId(self.next_sink.fetch_add(1, Ordering::Relaxed));
         {
             let mut sinks = self.sinks.write().unwrap_or_else(|e| e.into_inner());
             if !self.is_ended() {
-                let last = (0..self.tracks.len())
-                    .map(|t| self.last_header(t))
+                let mut starts: Vec<Option<TrackStart>> = (0..self.tracks.len())
+                    .map(|t| {
+                        self.last_header(t).map(|h| TrackStart {
+                            seq: h.sequence.wrapping_add(1),
+                            rtptime: h.timestamp,
+                        })
+                    })
                     .collect();
+                let gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
+                let mut seen = vec![false; self.tracks.len()];
+                for p in gop.packets() {
+                    if let (Some(slot), Some(first)) =
+                        (starts.get_mut(p.track), seen.get_mut(p.track))
+                    {
+                        if !*first {
+                            *first = true;
+                            *slot = Some(TrackStart {
+                                seq: p.header.sequence,
+                                rtptime: p.header.timestamp,
+                            });
+                        }
+                    }
+                    sink.handle_packet(p);
+                }
+                drop(gop);
                 sinks.push((id, sink));
-                return (id, last);
+                return (id, starts);
             }
         }
         sink.handle_end(EndReason::SourceGone);
@@ -228,8 +288,12 @@ impl Stream {
         }
         let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
         // Updated under the sinks lock so that `subscribe` sees, for every track, exactly
-        // the last packet its new sink will not get.
+        // the last packet its new sink will not get, and a GOP cache ending with it.
         *state.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(packet.header);
+        self.gop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handle_packet(&packet);
         for (_, sink) in sinks.iter() {
             sink.handle_packet(&packet);
         }

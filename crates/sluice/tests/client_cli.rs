@@ -250,9 +250,6 @@ fn backwards_dts(r: &FfmpegReport) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "server bug: `sluice publish --loop` restarts each loop with the file's AAC priming \
-            packet (pts -1024) at loop_offset-1024, before the previous loop's last audio packet: \
-            audio RTP timestamps go back 512 samples at every loop point"]
 fn publish_loop_timestamps_never_go_backwards() {
     let dir = test_dir("cli-publish-loop-ts");
     let server = Server::start("");

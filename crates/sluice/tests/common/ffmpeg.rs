@@ -234,6 +234,19 @@ impl FfmpegReader {
         dir: &Path,
         netns: Option<&Netns>,
     ) -> Self {
+        Self::spawn_args(url, transport, media_secs, dir, netns, &[])
+    }
+
+    /// Like [`FfmpegReader::spawn`], with `extra` input options placed before `-i`
+    /// (e.g. TLS options for `rtsps://`; credentials go in the URL).
+    pub fn spawn_args(
+        url: &str,
+        transport: &str,
+        media_secs: f64,
+        dir: &Path,
+        netns: Option<&Netns>,
+        extra: &[&str],
+    ) -> Self {
         let mut cmd = cmd_in(netns, "ffmpeg");
         cmd.args([
             "-nostdin",
@@ -243,6 +256,7 @@ impl FfmpegReader {
             "-rtsp_transport",
             transport,
         ])
+        .args(extra)
         // socket I/O timeout (µs) so a dead server cannot stall ffmpeg forever
         .args(["-timeout", "10000000"])
         // a large receive buffer: zero loss must not depend on scheduling

@@ -138,6 +138,20 @@ pub fn gst_read(
     dir: &Path,
     netns: Option<&Netns>,
 ) -> GstReport {
+    gst_read_props(url, protocols, codec, wall, dir, netns, &[])
+}
+
+/// Like [`gst_read`], with extra `rtspsrc` properties (`user-id=…`, `user-pw=…`,
+/// `tls-validation-flags=0`, …).
+pub fn gst_read_props(
+    url: &str,
+    protocols: &str,
+    codec: GstVideo,
+    wall: Duration,
+    dir: &Path,
+    netns: Option<&Netns>,
+    props: &[String],
+) -> GstReport {
     let (depay, parse, dec) = match codec {
         GstVideo::H264 => ("rtph264depay", "h264parse", "avdec_h264"),
         GstVideo::H265 => ("rtph265depay", "h265parse", "avdec_h265"),
@@ -147,6 +161,7 @@ pub fn gst_read(
         .arg("rtspsrc")
         .arg(format!("location={url}"))
         .arg(format!("protocols={protocols}"))
+        .args(props)
         .args([
             "latency=200",
             "tcp-timeout=10000000",

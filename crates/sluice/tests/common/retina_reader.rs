@@ -41,13 +41,23 @@ pub async fn retina_read(
     transport: RetinaTransport,
     dur: Duration,
 ) -> Result<RetinaReport, String> {
+    retina_read_opts(url, transport, dur, SessionOptions::default()).await
+}
+
+/// [`retina_read`] with explicit session options (e.g. `.creds(..)`).
+pub async fn retina_read_opts(
+    url: &str,
+    transport: RetinaTransport,
+    dur: Duration,
+    options: SessionOptions,
+) -> Result<RetinaReport, String> {
     let url = url::Url::parse(url).map_err(|e| e.to_string())?;
     let t = match transport {
         RetinaTransport::Tcp => Transport::Tcp(TcpTransportOptions::default()),
         RetinaTransport::Udp => Transport::Udp(UdpTransportOptions::default()),
     };
     let step = Duration::from_secs(10);
-    let mut session = tokio::time::timeout(step, Session::describe(url, SessionOptions::default()))
+    let mut session = tokio::time::timeout(step, Session::describe(url, options))
         .await
         .map_err(|_| "DESCRIBE timed out".to_string())?
         .map_err(|e| format!("DESCRIBE: {e}"))?;
@@ -114,6 +124,16 @@ pub fn retina_read_blocking(
     transport: RetinaTransport,
     dur: Duration,
 ) -> Result<RetinaReport, String> {
+    retina_read_blocking_opts(url, transport, dur, SessionOptions::default())
+}
+
+/// [`retina_read_blocking`] with explicit session options (e.g. credentials).
+pub fn retina_read_blocking_opts(
+    url: &str,
+    transport: RetinaTransport,
+    dur: Duration,
+    options: SessionOptions,
+) -> Result<RetinaReport, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -121,7 +141,7 @@ pub fn retina_read_blocking(
     rt.block_on(async {
         tokio::time::timeout(
             dur + Duration::from_secs(40),
-            retina_read(url, transport, dur),
+            retina_read_opts(url, transport, dur, options),
         )
         .await
         .unwrap_or_else(|_| Err("retina reader hit its hard timeout".into()))
