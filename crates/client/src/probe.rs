@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sluice_codec::depacketizer::Depacketizer;
+pub use sluice_rtsp::redact_credentials as redact;
 
 use crate::{ClientEvent, ClientMode, Connection, ConnectionError, Options};
 
@@ -210,16 +211,6 @@ impl ProbeReport {
     }
 }
 
-/// The URL with `user:password@` removed.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => {
-            format!("{}://{}", &url[..s], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,9 +225,4 @@ mod tests {
         assert_eq!((d[2].clock_rate, d[2].channels), (48000, Some(2)));
     }
 
-    #[test]
-    fn redaction() {
-        assert_eq!(redact("rtsp://u:p@h/x"), "rtsp://h/x");
-        assert_eq!(redact("rtsp://h/x@y"), "rtsp://h/x@y");
-    }
 }

@@ -16,6 +16,7 @@ pub mod headers;
 pub mod interleaved;
 pub mod message;
 pub mod method;
+pub mod redact;
 pub mod server_session;
 pub mod status;
 
@@ -23,4 +24,5 @@ pub use decoder::*;
 pub use headers::{range::*, rtp_info::*, session::*, transport::*};
 pub use message::*;
 pub use method::Method;
+pub use redact::redact_credentials;
 pub use status::StatusCode;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use sluice_rtp::packet::looks_like_rtcp;
 use sluice_rtsp::server_session::{Role, ServerSession, State, Transition};
 use sluice_rtsp::{
+    redact_credentials,
     format_rtp_info, parse_transport, Method, NptTime, Range, Request, Response, RtpInfo,
     SessionHeader, StatusCode, TransportMode, TransportSpec, Version,
 };
@@ -156,9 +157,9 @@ impl Connection {
             Ok(r) => r,
             Err(Refusal(status, why, headers)) => {
                 if status == StatusCode::UNAUTHORIZED {
-                    debug!(conn = self.handle.id, method = %req.method, uri = %redact(&req.uri), why, "authentication required");
+                    debug!(conn = self.handle.id, method = %req.method, uri = %redact_credentials(&req.uri), why, "authentication required");
                 } else {
-                    warn!(conn = self.handle.id, method = %req.method, uri = %redact(&req.uri), status = status.0, why, "request refused");
+                    warn!(conn = self.handle.id, method = %req.method, uri = %redact_credentials(&req.uri), status = status.0, why, "request refused");
                 }
                 headers
                     .into_iter()
@@ -1362,21 +1363,13 @@ fn format_scale(s: f64) -> String {
     }
 }
 
-/// A request URI with any `user:password@` removed, for logs.
-fn redact(uri: &str) -> String {
-    match (uri.find("://"), uri.find('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &uri[..s], &uri[at + 1..]),
-        _ => uri.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::redact;
 
     #[test]
     fn credentials_are_redacted() {
-        assert_eq!(redact("rtsp://u:p@h/x"), "rtsp://***@h/x");
-        assert_eq!(redact("rtsp://h/x"), "rtsp://h/x");
+        assert_eq!(redact_credentials("rtsp://u:p@h/x"), "rtsp://***@h/x");
+        assert_eq!(redact_credentials("rtsp://h/x"), "rtsp://h/x");
     }
 }

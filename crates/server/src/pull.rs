@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use sluice_client::{ClientEvent, ClientMode, Connection, ConnectionError, Credentials, Options};
 use sluice_rtsp::client::ClientError;
+use sluice_rtsp::redact_credentials;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -104,20 +105,12 @@ impl Pull {
     }
 }
 
-/// The source URL with any password hidden, for logs.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 /// Runs a pull until it stops (on-demand and idle) or the server goes away.
 pub async fn run(server: Weak<Server>, pull: Arc<Pull>) {
     let mut backoff = Duration::from_secs(1);
     let cap = pull.config.source_reconnect_max;
     let mut tcp = pull.config.source_transport == SourceTransport::Tcp;
-    let url = redacted(&pull.config.source);
+    let url = redact_credentials(&pull.config.source);
     loop {
         let outcome = attempt(&server, &pull, tcp).await;
         match outcome {
@@ -159,7 +152,7 @@ pub async fn run(server: Weak<Server>, pull: Arc<Pull>) {
 }
 
 async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome {
-    let url = redacted(&pull.config.source);
+    let url = redact_credentials(&pull.config.source);
     let opts = Options {
         url: pull.config.source.clone(),
         credentials: pull.credentials(),
@@ -350,7 +343,7 @@ impl Server {
         let on_demand = resolved.config.on_demand(resolved.is_regex);
         let pull = Pull::new(path.to_owned(), resolved.config, on_demand);
         pulls.insert(path.to_owned(), pull.clone());
-        info!(path, source = %redacted(&pull.config.source), on_demand, "pull source starting");
+        info!(path, source = %redact_credentials(&pull.config.source), on_demand, "pull source starting");
         tokio::spawn(run(Arc::downgrade(self), pull.clone()));
         Some(pull)
     }
