@@ -224,5 +224,4 @@ mod tests {
         assert_eq!(d[1].encoding, "PCMU");
         assert_eq!((d[2].clock_rate, d[2].channels), (48000, Some(2)));
     }
-
 }

@@ -218,6 +218,18 @@ impl User {
     }
 }
 
+/// Whether a Digest `uri` names the request's URI: equal, or the same path (clients
+/// differ in sending the absolute URL or only its path).
+fn same_request_uri(signed: &str, request: &str) -> bool {
+    fn path(u: &str) -> &str {
+        match u.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+            None => u,
+        }
+    }
+    signed == request || path(signed).trim_end_matches('/') == path(request).trim_end_matches('/')
+}
+
 /// Nonces issued on one connection.
 #[derive(Debug, Default)]
 pub struct Nonces {
@@ -333,7 +345,9 @@ impl Authenticator {
                     nonce: nonce.clone(),
                     opaque: None,
                     algorithm,
-                    qop: vec![],
+                    // RFC 7616 requires qop; without it some clients (retina's http-auth)
+                    // answer RFC 2069 style without naming the algorithm.
+                    qop: vec!["auth".to_owned()],
                     stale,
                 })
             })
@@ -379,6 +393,7 @@ impl Authenticator {
         &self,
         authorization: Option<&str>,
         method: &str,
+        request_uri: &str,
         action: Action,
         path: &str,
         ip: IpAddr,
@@ -423,9 +438,12 @@ impl Authenticator {
                 username,
                 realm,
                 nonce,
+                uri,
                 ..
             } => match nonces.check(nonce, now, self.config.nonce_lifetime) {
                 None => (username.clone(), false, false),
+                // The signed URI must be this request's (RFC 7616 §3.4.6).
+                Some(_) if !same_request_uri(uri, request_uri) => (username.clone(), false, false),
                 Some(false) => (username.clone(), false, true),
                 Some(true) => {
                     let ok = *realm == self.config.realm
@@ -482,6 +500,7 @@ mod tests {
         Authenticator::new(&users(), AuthConfig::default()).unwrap()
     }
 
+    const URI: &str = "rtsp://127.0.0.1/cam1";
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn digest_for(decision: &Decision, user: &str, pass: &str, method: &str, uri: &str) -> String {
@@ -512,6 +531,7 @@ mod tests {
         let d = a.check(
             None,
             "DESCRIBE",
+            URI,
             Action::Read,
             "cam1",
             LOCAL,
@@ -530,6 +550,7 @@ mod tests {
             a.check(
                 Some(&h),
                 "DESCRIBE",
+                URI,
                 Action::Read,
                 "cam1",
                 LOCAL,
@@ -544,6 +565,7 @@ mod tests {
             a.check(
                 Some(&h),
                 "DESCRIBE",
+                URI,
                 Action::Read,
                 "cam2",
                 LOCAL,
@@ -559,6 +581,7 @@ mod tests {
             a.check(
                 Some(&h),
                 "DESCRIBE",
+                URI,
                 Action::Read,
                 "cam1",
                 other,
@@ -574,6 +597,7 @@ mod tests {
             a.check(
                 Some(&h),
                 "DESCRIBE",
+                URI,
                 Action::Read,
                 "cam1",
                 LOCAL,
@@ -593,6 +617,7 @@ mod tests {
         let d = a.check(
             None,
             "DESCRIBE",
+            URI,
             Action::Read,
             "cam1",
             LOCAL,
@@ -605,6 +630,7 @@ mod tests {
         let Decision::Challenge(v) = a.check(
             Some(&h),
             "DESCRIBE",
+            URI,
             Action::Read,
             "cam1",
             LOCAL,
@@ -631,6 +657,7 @@ mod tests {
             a.check(
                 Some(&basic),
                 "ANNOUNCE",
+                URI,
                 Action::Publish,
                 "live/x",
                 LOCAL,
@@ -644,6 +671,7 @@ mod tests {
             a.check(
                 Some(&basic),
                 "ANNOUNCE",
+                URI,
                 Action::Publish,
                 "live/x",
                 LOCAL,
@@ -661,6 +689,7 @@ mod tests {
             a.check(
                 Some(&wrong),
                 "ANNOUNCE",
+                URI,
                 Action::Publish,
                 "live/x",
                 LOCAL,
@@ -702,6 +731,7 @@ mod tests {
             a.check(
                 Some(&enc("a:s3cret")),
                 "DESCRIBE",
+                URI,
                 Action::Read,
                 "x",
                 LOCAL,
@@ -715,6 +745,7 @@ mod tests {
             a.check(
                 Some(&enc("a:wrong")),
                 "DESCRIBE",
+                URI,
                 Action::Read,
                 "x",
                 LOCAL,
@@ -736,6 +767,7 @@ mod tests {
             a.check(
                 None,
                 "DESCRIBE",
+                URI,
                 Action::Read,
                 "demo",
                 ip,
@@ -748,6 +780,7 @@ mod tests {
         let d = a.check(
             None,
             "DESCRIBE",
+            URI,
             Action::Read,
             "cam1",
             ip,
@@ -761,6 +794,7 @@ mod tests {
                 a.check(
                     Some(&bad),
                     "DESCRIBE",
+                    URI,
                     Action::Read,
                     "cam1",
                     ip,
@@ -775,6 +809,7 @@ mod tests {
             a.check(
                 Some(&bad),
                 "DESCRIBE",
+                URI,
                 Action::Read,
                 "cam1",
                 ip,
@@ -789,6 +824,7 @@ mod tests {
             a.check(
                 None,
                 "DESCRIBE",
+                URI,
                 Action::Read,
                 "cam1",
                 ip,

@@ -17,6 +17,11 @@ use crate::handler::Connection;
 use crate::reader::TcpOut;
 use crate::server::Server;
 
+/// Responses queued per connection before its requests stop being read.
+const RESPONSE_QUEUE: usize = 16;
+/// How long a response may wait for room in that queue before the connection is closed.
+const RESPONSE_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
 /// Most interleaved frames written in one vectored write.
 const MAX_BATCH: usize = 64;
 
@@ -31,7 +36,7 @@ pub struct ConnHandle {
     pub local: SocketAddr,
     /// Whether the connection is RTSPS (TLS).
     pub tls: bool,
-    ctrl: mpsc::UnboundedSender<Bytes>,
+    ctrl: mpsc::Sender<Bytes>,
     /// Interleaved media queue (bounded; sinks use `try_send`).
     pub media: mpsc::Sender<TcpOut>,
     close: Notify,
@@ -40,10 +45,18 @@ pub struct ConnHandle {
 
 impl ConnHandle {
     /// Queues an encoded response (never dropped; requests are answered one at a time).
-    pub fn send_response(&self, response: &Response) {
+    pub async fn send_response(&self, response: &Response) {
         let mut out = BytesMut::with_capacity(256 + response.body.len());
         response.encode(&mut out);
-        let _ = self.ctrl.send(out.freeze());
+        // Bounded: a client that sends requests but does not read the answers is not read
+        // either (TCP backpressure); one that stalls too long is disconnected.
+        match tokio::time::timeout(RESPONSE_QUEUE_WAIT, self.ctrl.send(out.freeze())).await {
+            Ok(_) => {}
+            Err(_) => {
+                warn!(conn = self.id, peer = %self.peer, "client does not read its responses; closing");
+                self.close("responses not read");
+            }
+        }
     }
 
     /// Asks the connection to close (idempotent).
@@ -85,7 +98,7 @@ where
         tls,
     } = from;
     let (mut rd, wr) = tokio::io::split(socket);
-    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(RESPONSE_QUEUE);
     let (media_tx, media_rx) = mpsc::channel(server.config().rtsp.reader_queue);
     let handle = Arc::new(ConnHandle {
         id,
@@ -139,9 +152,12 @@ where
             _ = tokio::time::sleep_until(deadline.into()) => {
                 if partial_since.is_some() {
                     warn!(conn = id, %peer, "request not completed in time; closing connection");
-                    handle.send_response(
-                        &Response::new(StatusCode::REQUEST_TIMEOUT).with_header("Connection", "close"),
-                    );
+                    handle
+                        .send_response(
+                            &Response::new(StatusCode::REQUEST_TIMEOUT)
+                                .with_header("Connection", "close"),
+                        )
+                        .await;
                 } else if !conn.has_sessions() {
                     info!(conn = id, %peer, "idle connection closed");
                 }
@@ -166,7 +182,9 @@ where
                     if let Some(cseq) = e.cseq() {
                         resp = resp.with_header("CSeq", cseq.to_string());
                     }
-                    handle.send_response(&resp.with_header("Connection", "close"));
+                    handle
+                        .send_response(&resp.with_header("Connection", "close"))
+                        .await;
                     break 'read;
                 }
             }
@@ -197,7 +215,7 @@ where
 
 async fn run_writer<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut ctrl: mpsc::UnboundedReceiver<Bytes>,
+    mut ctrl: mpsc::Receiver<Bytes>,
     mut media: mpsc::Receiver<TcpOut>,
     handle: Arc<ConnHandle>,
 ) {

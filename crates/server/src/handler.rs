@@ -10,9 +10,8 @@ use bytes::Bytes;
 use sluice_rtp::packet::looks_like_rtcp;
 use sluice_rtsp::server_session::{Role, ServerSession, State, Transition};
 use sluice_rtsp::{
-    redact_credentials,
-    format_rtp_info, parse_transport, Method, NptTime, Range, Request, Response, RtpInfo,
-    SessionHeader, StatusCode, TransportMode, TransportSpec, Version,
+    format_rtp_info, parse_transport, redact_credentials, Method, NptTime, Range, Request,
+    Response, RtpInfo, SessionHeader, StatusCode, TransportMode, TransportSpec, Version,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -57,6 +56,9 @@ impl Refusal {
 }
 
 type Handled = Result<Response, Refusal>;
+
+/// Pseudo-header of a [`Refusal`] that replaces the response's reason phrase.
+const REASON: &str = ":reason";
 
 /// The per-connection protocol state.
 pub struct Connection {
@@ -163,14 +165,21 @@ impl Connection {
                 }
                 headers
                     .into_iter()
-                    .fold(Response::new(status), |r, (k, v)| r.with_header(k, v))
+                    .fold(Response::new(status), |mut r, (k, v)| {
+                        if k == REASON {
+                            r.reason = v;
+                            r
+                        } else {
+                            r.with_header(k, v)
+                        }
+                    })
             }
         };
         if let Some(c) = cseq {
             resp = resp.with_header("CSeq", c.to_string());
         }
         resp = resp.with_header("Server", SERVER_NAME);
-        self.handle.send_response(&resp);
+        self.handle.send_response(&resp).await;
         if let Some(sink) = self.pending_open.take() {
             sink.open();
         }
@@ -179,9 +188,17 @@ impl Connection {
     async fn dispatch(&mut self, req: &Request) -> Handled {
         let rtsps = &self.server.config().rtsps;
         if rtsps.require_tls && !self.handle.tls && req.method != Method::Options {
-            return Err(Refusal::new(
+            // The reason phrase is what clients show: say what to do.
+            return Err(Refusal(
                 StatusCode::FORBIDDEN,
                 format!("TLS required: use rtsps:// on port {}", rtsps.listen.port()),
+                vec![(
+                    REASON,
+                    format!(
+                        "Forbidden - TLS required, use rtsps:// port {}",
+                        rtsps.listen.port()
+                    ),
+                )],
             ));
         }
         match req.method {
@@ -206,6 +223,7 @@ impl Connection {
         let decision = self.server.auth.check(
             req.headers.get("Authorization"),
             req.method.as_str(),
+            &req.uri,
             action,
             path,
             self.handle.peer.ip(),
@@ -1360,16 +1378,5 @@ fn format_scale(s: f64) -> String {
         format!("{}", s as i64)
     } else {
         format!("{s}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn credentials_are_redacted() {
-        assert_eq!(redact_credentials("rtsp://u:p@h/x"), "rtsp://***@h/x");
-        assert_eq!(redact_credentials("rtsp://h/x"), "rtsp://h/x");
     }
 }

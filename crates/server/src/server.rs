@@ -484,10 +484,8 @@ impl Server {
             s.stream.remove_sink(p.sink_id);
             p.reports.abort();
             p.sink.send_bye();
-            sent = transports
-                .iter()
-                .enumerate()
-                .map(|(t, _)| u64::from(p.sink.packets_sent(t)))
+            sent = (0..s.stream.presentation().tracks().len())
+                .map(|t| u64::from(p.sink.packets_sent(t)))
                 .sum();
         }
         if let Some(tx) = udp_out {
