@@ -122,7 +122,8 @@ where
     let (request_timeout, idle_timeout) = (cfg.request_timeout, cfg.idle_timeout);
     let mut decoder = Decoder::new(limits);
     let mut conn = Connection::new(server.clone(), handle.clone());
-    let mut buf = BytesMut::with_capacity(8192);
+    // Requests are small; the buffer grows for interleaved media from publishers.
+    let mut buf = BytesMut::with_capacity(1024);
     let mut last_input = Instant::now();
     // When the unfinished request at the front of `buf` started arriving.
     let mut partial_since: Option<Instant> = None;

@@ -6,6 +6,9 @@
 
 mod common;
 
+/// What each OPTIONS probe got: (status, latency) or why it failed.
+type ProbeResults = Vec<Result<(u16, Duration), String>>;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,7 +70,7 @@ fn raise_nofile() -> u64 {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur as u64
+        lim.rlim_cur
     }
 }
 
@@ -590,7 +593,7 @@ fn hostile_requests_and_half_open_connections() {
 
     // Probes: a fresh OPTIONS every 500 ms for the whole abuse.
     let stop = Arc::new(AtomicBool::new(false));
-    let probe_results: Arc<Mutex<Vec<Result<(u16, Duration), String>>>> = Arc::default();
+    let probe_results: Arc<Mutex<ProbeResults>> = Arc::default();
     let prober = {
         let stop = stop.clone();
         let results = probe_results.clone();
@@ -658,7 +661,7 @@ fn hostile_requests_and_half_open_connections() {
             let c = counters.clone();
             let target = target.clone();
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i + 1) * 0x1234_5678_9ABC_DEF1);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((i + 1) * 0x1234_5678_9ABC_DEF1));
                 let quota = HOSTILE_REQUESTS / THREADS + 1;
                 let mut sent = 0;
                 while sent < quota && Instant::now() < deadline {
