@@ -63,6 +63,25 @@ pub struct Options {
     pub connect_timeout: Duration,
 }
 
+/// UDP port pairs bound when a UDP connection opens (more are bound if the SDP has more tracks).
+const PREBOUND_TRACKS: usize = 4;
+
+/// Binds `n` consecutive RTP/RTCP pairs from `base` (even), or None if any is taken.
+fn bind_pairs(
+    ip: IpAddr,
+    base: u16,
+    n: usize,
+) -> Option<Vec<(std::net::UdpSocket, std::net::UdpSocket)>> {
+    (0..n)
+        .map(|i| {
+            let port = base.checked_add(2 * i as u16)?;
+            let a = std::net::UdpSocket::bind(SocketAddr::new(ip, port)).ok()?;
+            let b = std::net::UdpSocket::bind(SocketAddr::new(ip, port.checked_add(1)?)).ok()?;
+            Some((a, b))
+        })
+        .collect()
+}
+
 /// Most tracks a client session takes.
 const MAX_TRACKS: usize = 16;
 
@@ -79,6 +98,8 @@ pub struct Connection {
     udp_tasks: Vec<JoinHandle<()>>,
     buf: BytesMut,
     out: BytesMut,
+    /// UDP pairs bound at open for the first tracks, taken by `bind_udp`.
+    prebound: Vec<(std::net::UdpSocket, std::net::UdpSocket)>,
     /// Per track, the server's UDP ports (RTP, RTCP) once set up.
     server_ports: Vec<Option<(u16, u16)>>,
     finished: bool,
@@ -127,8 +148,27 @@ impl Connection {
             })?;
         let _ = tcp.set_nodelay(true);
         let server = tcp.peer_addr()?;
-        // For UDP, the client ports are chosen now and bound once the track count is known.
-        let udp_base = opts.udp.then(|| 2 * rand::random_range(10_000u16..30_000));
+        // For UDP, port pairs for the first tracks are bound now (retrying bases until they
+        // are all free), so the ports SETUP announces are certainly ours.
+        let local_ip: IpAddr = if server.is_ipv4() {
+            [0, 0, 0, 0].into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        let (udp_base, prebound) = if opts.udp {
+            let mut found = None;
+            for _ in 0..64 {
+                let base = 2 * rand::random_range(20_000u16..29_500);
+                if let Some(pairs) = bind_pairs(local_ip, base, PREBOUND_TRACKS) {
+                    found = Some((base, pairs));
+                    break;
+                }
+            }
+            let (base, pairs) = found.ok_or(ConnectionError::NoUdpPorts(PREBOUND_TRACKS))?;
+            (Some(base), pairs)
+        } else {
+            (None, Vec::new())
+        };
         let transport = match udp_base {
             Some(rtp_port) => ClientTransport::Udp { rtp_port },
             None => ClientTransport::Tcp,
@@ -146,6 +186,7 @@ impl Connection {
         let (reader, writer) = tcp.into_split();
         let (udp_tx, udp_rx) = mpsc::channel(4096);
         let mut conn = Connection {
+            prebound,
             session,
             reader,
             writer,
@@ -192,19 +233,19 @@ impl Connection {
         } else {
             std::net::Ipv6Addr::UNSPECIFIED.into()
         };
+        let mut std_pairs = std::mem::take(&mut self.prebound);
+        std_pairs.truncate(tracks);
+        if std_pairs.len() < tracks {
+            let first = std_pairs.len();
+            let more = bind_pairs(local_ip, base + 2 * first as u16, tracks - first)
+                .ok_or(ConnectionError::NoUdpPorts(tracks))?;
+            std_pairs.extend(more);
+        }
         let mut pairs = Vec::new();
-        for i in 0..tracks {
-            let port = base + 2 * i as u16;
-            let a = std::net::UdpSocket::bind(SocketAddr::new(local_ip, port));
-            let b = std::net::UdpSocket::bind(SocketAddr::new(local_ip, port + 1));
-            match (a, b) {
-                (Ok(a), Ok(b)) => {
-                    a.set_nonblocking(true)?;
-                    b.set_nonblocking(true)?;
-                    pairs.push((UdpSocket::from_std(a)?, UdpSocket::from_std(b)?));
-                }
-                _ => return Err(ConnectionError::NoUdpPorts(tracks)),
-            }
+        for (a, b) in std_pairs {
+            a.set_nonblocking(true)?;
+            b.set_nonblocking(true)?;
+            pairs.push((UdpSocket::from_std(a)?, UdpSocket::from_std(b)?));
         }
         for (track, (rtp, rtcp)) in pairs.into_iter().enumerate() {
             let (rtp, rtcp) = (Arc::new(rtp), Arc::new(rtcp));

@@ -21,6 +21,28 @@ fn next_even_candidate(width: u32) -> u16 {
     (base + off - off % 2) as u16
 }
 
+/// A random even candidate anywhere in the range, when this process's block is busy
+/// (e.g. a load benchmark holding thousands of ports on the same machine).
+fn any_even_candidate(width: u32) -> u16 {
+    let span = BLOCK * BLOCKS - width;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let off = (t ^ NEXT
+        .fetch_add(7919, Ordering::Relaxed)
+        .wrapping_mul(2_654_435_761))
+        % span;
+    (RANGE_START + off - off % 2) as u16
+}
+
+fn candidate(attempt: u32, width: u32) -> u16 {
+    if attempt < 200 {
+        next_even_candidate(width)
+    } else {
+        any_even_candidate(width)
+    }
+}
+
 fn tcp_free(port: u16) -> bool {
     TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok()
         && TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).is_ok()
@@ -32,8 +54,8 @@ fn udp_free(port: u16) -> bool {
 
 /// A TCP port currently free on 127.0.0.1 and 0.0.0.0.
 pub fn free_tcp_port() -> u16 {
-    for _ in 0..2000 {
-        let p = next_even_candidate(1);
+    for attempt in 0..4000 {
+        let p = candidate(attempt, 1);
         if tcp_free(p) {
             return p;
         }
@@ -48,8 +70,8 @@ pub fn free_udp_pair() -> u16 {
 
 /// An even UDP port `p` with `p .. p + n` all free (e.g. multicast tracks).
 pub fn free_udp_block(n: u16) -> u16 {
-    for _ in 0..2000 {
-        let p = next_even_candidate(u32::from(n));
+    for attempt in 0..4000 {
+        let p = candidate(attempt, u32::from(n));
         if (0..n).all(|i| udp_free(p + i)) {
             return p;
         }
