@@ -12,6 +12,7 @@ pub use connection::{Connection, ConnectionError, Options};
 pub use sluice_rtsp::auth::Credentials;
 pub use sluice_rtsp::client::{ClientEvent, ClientMode, PacketKind};
 
+pub mod bench;
 pub mod probe;
 pub mod publish;
 pub mod record;

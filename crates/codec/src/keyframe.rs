@@ -18,6 +18,43 @@ pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
     }
 }
 
+/// Whether this RTP payload carries the start of a random-access picture itself: an H.264
+/// IDR slice or an H.265 IRAP slice (alone, inside STAP-A/AP, or an FU with S bit). Unlike
+/// [`starts_keyframe`], parameter sets alone do not count: encoders and servers repeat
+/// them mid-GOP (e.g. GStreamer's `config-interval=1`). Other codecs: [`starts_keyframe`].
+pub fn starts_random_access(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::H264 => {
+            let Some((&header, rest)) = payload.split_first() else {
+                return false;
+            };
+            match header & 0x1f {
+                24 => any_aggregated(rest, |nal| nal.first().is_some_and(|&h| h & 0x1f == 5)),
+                28 => rest
+                    .first()
+                    .is_some_and(|&fu| fu & 0x80 != 0 && fu & 0x1f == 5),
+                t => t == 5,
+            }
+        }
+        Codec::H265 => {
+            let &[h0, _, ref rest @ ..] = payload else {
+                return false;
+            };
+            let irap = |t: u8| (16..=21).contains(&t);
+            match (h0 >> 1) & 0x3f {
+                48 => any_aggregated(rest, |nal| {
+                    nal.first().is_some_and(|&h| irap((h >> 1) & 0x3f))
+                }),
+                49 => rest
+                    .first()
+                    .is_some_and(|&fu| fu & 0x80 != 0 && irap(fu & 0x3f)),
+                t => irap(t),
+            }
+        }
+        _ => starts_keyframe(codec, payload),
+    }
+}
+
 /// Maps an SDP encoding name (case-insensitive, e.g. "H264", "H265", "MPEG4-GENERIC", "opus", "PCMU", "VP8",
 /// "VP9", "AV1") to a Codec.
 pub fn codec_from_encoding(name: &str) -> Option<Codec> {
@@ -153,6 +190,33 @@ fn av1(payload: &[u8]) -> bool {
         rest.get(len_bytes + 1..).unwrap_or(&[])
     };
     obu.first().is_some_and(|&h| (h >> 3) & 0x0f == 1)
+}
+
+#[cfg(test)]
+mod random_access_tests {
+    use super::*;
+
+    #[test]
+    fn parameter_sets_alone_are_not_random_access() {
+        // H.264: SPS alone, STAP-A(SPS, PPS), STAP-A(SPS, PPS, IDR), FU-A start of IDR.
+        assert!(starts_keyframe(Codec::H264, &[0x67, 0x42]));
+        assert!(!starts_random_access(Codec::H264, &[0x67, 0x42]));
+        let stap = [0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce];
+        assert!(!starts_random_access(Codec::H264, &stap));
+        let stap_idr = [0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce, 0, 2, 0x65, 0x88];
+        assert!(starts_random_access(Codec::H264, &stap_idr));
+        assert!(starts_random_access(Codec::H264, &[0x7c, 0x85, 0x88]));
+        assert!(
+            !starts_random_access(Codec::H264, &[0x7c, 0x05, 0x88]),
+            "FU-A middle"
+        );
+        assert!(!starts_random_access(Codec::H264, &[0x41, 0x9a]));
+        // H.265: VPS alone no, IDR_W_RADL (19) yes, FU start of CRA (21) yes.
+        assert!(!starts_random_access(Codec::H265, &[32 << 1, 1, 0]));
+        assert!(starts_random_access(Codec::H265, &[19 << 1, 1, 0]));
+        assert!(starts_random_access(Codec::H265, &[49 << 1, 1, 0x80 | 21]));
+        assert!(starts_random_access(Codec::Aac, &[1]));
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,6 @@ pub mod packetizer;
 pub mod params;
 
 pub use depacketizer::{AccessUnit, DepacketizeError, Depacketizer};
-pub use keyframe::{codec_from_encoding, starts_keyframe};
+pub use keyframe::{codec_from_encoding, starts_keyframe, starts_random_access};
 pub use packetizer::{PacketizeError, Packetizer};
 pub use params::{Codec, CodecParams};

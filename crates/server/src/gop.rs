@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use sluice_codec::{starts_keyframe, Codec};
+use sluice_codec::{starts_random_access, Codec};
 
 use crate::stream::MediaPacket;
 
@@ -27,6 +27,12 @@ pub struct GopCache {
     bytes: usize,
     /// A keyframe has started the current cache and it is within bounds.
     active: bool,
+    /// Timestamp of the video access unit being received.
+    au_timestamp: Option<u32>,
+    /// Whether that access unit has shown its random-access slice.
+    au_random_access: bool,
+    /// Index in `packets` of that access unit's first packet.
+    au_start: usize,
 }
 
 impl GopCache {
@@ -38,6 +44,9 @@ impl GopCache {
             packets: VecDeque::new(),
             bytes: 0,
             active: false,
+            au_timestamp: None,
+            au_random_access: false,
+            au_start: 0,
         }
     }
 
@@ -47,29 +56,45 @@ impl GopCache {
             return;
         };
         if packet.track == track {
+            let ts = packet.header.timestamp;
+            if self.au_timestamp != Some(ts) {
+                // A new access unit.
+                self.au_timestamp = Some(ts);
+                self.au_random_access = false;
+                if !self.active {
+                    // Not caching: only the current access unit's packets are held, in
+                    // case it turns out to start with parameter sets before its IDR.
+                    self.packets.clear();
+                    self.bytes = 0;
+                }
+                self.au_start = self.packets.len();
+            }
             let payload = packet
                 .data
                 .get(packet.header.payload_offset..)
                 .unwrap_or(&[]);
-            // A keyframe starts a new GOP, unless this packet continues the one that just
-            // started it (parameter sets and several slices of one access unit).
-            let continues = self
-                .packets
-                .back()
-                .is_some_and(|p| p.track == track && p.header.timestamp == packet.header.timestamp);
-            if starts_keyframe(codec, payload) && !continues {
-                self.packets.clear();
-                self.bytes = 0;
+            // The first IDR/IRAP packet of an access unit starts a new GOP that keeps the
+            // access unit's earlier packets (parameter sets). Parameter sets alone never
+            // start one: encoders repeat them mid-GOP.
+            if !self.au_random_access && starts_random_access(codec, payload) {
+                self.au_random_access = true;
+                let dropped: usize = self
+                    .packets
+                    .drain(..self.au_start)
+                    .map(|p| p.data.len())
+                    .sum();
+                self.bytes -= dropped;
+                self.au_start = 0;
                 self.active = true;
             }
-        }
-        if !self.active {
+        } else if !self.active {
             return;
         }
         if self.packets.len() >= MAX_PACKETS || self.bytes + packet.data.len() > MAX_BYTES {
             // Too big to cache: drop it until the next keyframe.
             self.packets.clear();
             self.bytes = 0;
+            self.au_start = 0;
             self.active = false;
             return;
         }
@@ -79,17 +104,22 @@ impl GopCache {
 
     /// The cached packets, oldest first (empty when no complete GOP start is cached).
     pub fn packets(&self) -> impl Iterator<Item = &MediaPacket> {
-        self.packets.iter()
+        let n = if self.active { self.packets.len() } else { 0 };
+        self.packets.iter().take(n)
     }
 
     /// Packets cached.
     pub fn len(&self) -> usize {
-        self.packets.len()
+        if self.active {
+            self.packets.len()
+        } else {
+            0
+        }
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.packets.is_empty()
+        self.len() == 0
     }
 }
 
@@ -142,6 +172,18 @@ mod tests {
         g.handle_packet(&pkt(0, 15, 9000, IDR));
         let seqs: Vec<u16> = g.packets().map(|p| p.header.sequence).collect();
         assert_eq!(seqs, vec![15]);
+    }
+
+    #[test]
+    fn parameter_sets_repeated_mid_gop_do_not_restart_it() {
+        let mut g = GopCache::new(Some((0, Codec::H264)));
+        g.handle_packet(&pkt(0, 1, 0, IDR));
+        g.handle_packet(&pkt(0, 2, 3000, P));
+        g.handle_packet(&pkt(0, 3, 6000, SPS));
+        g.handle_packet(&pkt(0, 4, 6000, PPS));
+        g.handle_packet(&pkt(0, 5, 6000, P));
+        let seqs: Vec<u16> = g.packets().map(|p| p.header.sequence).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     }
 
     #[test]

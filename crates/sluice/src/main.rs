@@ -59,6 +59,65 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Transport::Tcp)]
         transport: Transport,
     },
+    /// Benchmarks (see bench/README.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Fan-out load: N reader sessions from one process; prints one JSON line of totals and percentiles.
+    Load {
+        /// rtsp://host[:port]/path
+        url: String,
+        /// Reader sessions.
+        #[arg(long, default_value_t = 100)]
+        readers: usize,
+        /// RTP transport.
+        #[arg(long, value_enum, default_value_t = Transport::Udp)]
+        transport: Transport,
+        /// Measurement window once all readers are playing: seconds or e.g. 20s, 1m.
+        #[arg(long, default_value = "20", value_parser = parse_secs)]
+        duration: std::time::Duration,
+        /// Handshakes in flight at once (connect storm).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Runtime worker threads (1: current-thread runtime).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Server process to sample (utime+stime, VmRSS) over the window.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Label copied into the JSON.
+        #[arg(long)]
+        label: Option<String>,
+        /// Time for one reader's handshake (and each request).
+        #[arg(long, default_value = "30", value_parser = parse_secs)]
+        handshake_timeout: std::time::Duration,
+        /// First local UDP port (each reader takes 2 per track).
+        #[arg(long, default_value_t = 10_000)]
+        udp_port_base: u16,
+        /// Start the window at this Unix time (seconds) instead of after the ramp (to align processes).
+        #[arg(long)]
+        window_start_unix: Option<f64>,
+        /// Add every reader's samples to the JSON (to merge several processes' reports).
+        #[arg(long)]
+        samples: bool,
+        /// After reading media, wait this many ms before reading again (0: read at once; fewer
+        /// wake-ups per reader, but on loopback the fan-out already batches readers per wake-up).
+        #[arg(long, default_value_t = 0)]
+        rest_ms: u64,
+    },
+}
+
+/// "20" (seconds) or a humantime duration ("20s", "1m").
+fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => humantime::parse_duration(s).map_err(|e| e.to_string()),
+    }
 }
 
 /// RTP transport for client commands.
@@ -85,7 +144,63 @@ fn main() -> anyhow::Result<()> {
             looping,
             transport,
         } => client_runtime()?.block_on(publish(file, url, looping, transport)),
+        Command::Bench { command } => bench(command),
     }
+}
+
+fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Load {
+        url,
+        readers,
+        transport,
+        duration,
+        concurrency,
+        threads,
+        server_pid,
+        label,
+        handshake_timeout,
+        udp_port_base,
+        window_start_unix,
+        samples,
+        rest_ms,
+    } = command;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new("warn"))
+        .context("invalid RUST_LOG")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    // Small on purpose: the load client must cost far less than the server it measures.
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .context("starting the async runtime")?;
+    let opts = sluice_client::bench::LoadOptions {
+        readers,
+        udp: transport == Transport::Udp,
+        duration,
+        concurrency,
+        handshake_timeout,
+        udp_port_base,
+        server_pid,
+        label,
+        window_start_unix,
+        samples,
+        rest: std::time::Duration::from_millis(rest_ms),
+        ..sluice_client::bench::LoadOptions::new(url)
+    };
+    let report = runtime.block_on(sluice_client::bench::run(opts, |line| eprintln!("{line}")))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 /// Runtime and logging (warnings to stderr) for the client commands.

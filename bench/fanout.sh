@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# Fan-out load benchmark: Sluice vs gst-rtsp-server on this machine, loopback only.
+#
+#   bench/fanout.sh            full run: 4 Mb/s stream at N = 100, 400, 1000 and a 200 kb/s stream at
+#                              N = 1000, 5000, 10000, over UDP and TCP, on both servers (~15-20 min)
+#   bench/fanout.sh --quick    smoke run: one small N per case, 5 s windows (< 2 min once built)
+#
+# Environment overrides:
+#   BENCH_CASES="hi:udp:400 hi:tcp:400"   only these cases (stream hi|lo : transport : readers)
+#   BENCH_SERVERS="sluice gst"            which servers, in this order
+#   BENCH_DURATION=20                     measurement window per run, seconds
+#   CARGO_TARGET_DIR=/tmp/target-bench    where sluice is built (--release)
+#   SLUICE_BIN=/path/to/sluice            use this binary, do not build
+#
+# Each run is one `sluice bench load` process (current-thread tokio, recvmmsg) that samples the
+# server process's utime+stime and VmRSS itself over the window (--server-pid); one JSON line per
+# run goes to bench/out/<stamp>.jsonl; the side-by-side table is printed and appended to
+# bench/RESULTS.md. See bench/README.md.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
+
+TARGET=${CARGO_TARGET_DIR:-/tmp/target-bench}
+BIN=$TARGET/release/sluice
+MEDIA=$ROOT/bench/media
+OUTDIR=$ROOT/bench/out
+STAMP=$(date +%Y%m%d-%H%M%S)
+JSONL=$OUTDIR/$STAMP.jsonl
+LOGDIR=$OUTDIR/$STAMP-logs
+SLUICE_PORT=8654
+SLUICE_RTP=18000
+GST_PORT=8601
+PY=/usr/bin/python3
+GST_PEER=${GST_PEER:-/work/shared/peers/gst_rtsp_server.py}
+
+if [[ $QUICK == 1 ]]; then
+  DURATION=${BENCH_DURATION:-5}
+  CASES=${BENCH_CASES:-"hi:udp:50 hi:tcp:50 lo:udp:200 lo:tcp:200"}
+else
+  DURATION=${BENCH_DURATION:-20}
+  CASES=${BENCH_CASES:-"hi:udp:100 hi:udp:400 hi:udp:1000 hi:tcp:100 hi:tcp:400 hi:tcp:1000 \
+lo:udp:1000 lo:udp:5000 lo:udp:10000 lo:tcp:1000 lo:tcp:5000 lo:tcp:10000"}
+fi
+SERVERS=${BENCH_SERVERS:-"sluice gst"}
+
+mkdir -p "$MEDIA" "$OUTDIR" "$LOGDIR"
+
+# ---- file descriptors: 10,000 UDP readers are 50,000 sockets in the load client -------------------
+NR_OPEN=$(cat /proc/sys/fs/nr_open 2>/dev/null || echo 1048576)
+WANT=$(( NR_OPEN < 200000 ? NR_OPEN : 200000 ))
+ulimit -Hn "$WANT" 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "fd limit: $(ulimit -n) (the servers and the load client inherit it)"
+if (( $(ulimit -n) < 60000 )); then
+  echo "note: fd limit $(ulimit -n) < 60000 (hard limit, no CAP_SYS_RESOURCE): large UDP cases are split over several load processes" >&2
+fi
+
+# ---- build ------------------------------------------------------------------------------------------
+if [[ -n ${SLUICE_BIN:-} ]]; then
+  BIN=$SLUICE_BIN   # a prebuilt binary (e.g. while the tree is mid-edit)
+else
+  echo "building sluice (release) into $TARGET ..."
+  CARGO_TARGET_DIR=$TARGET cargo build --release -p sluice --quiet
+fi
+
+# ---- media (PEERS.md commands; cached in bench/media) -----------------------------------------------
+gen_media() {
+  if [[ ! -s $MEDIA/hi.mp4 ]]; then
+    echo "generating $MEDIA/hi.mp4 (1080p30 H.264 4 Mb/s, GOP 2 s, no B-frames + AAC 128k, 60 s) ..."
+    ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc2=size=1920x1080:rate=30 \
+      -f lavfi -i sine=frequency=1000:sample_rate=48000 -t 60 -map 0:v -map 1:a \
+      -c:v libx264 -preset veryfast -profile:v main -pix_fmt yuv420p \
+      -b:v 4M -maxrate 4M -bufsize 8M -g 60 -keyint_min 60 -sc_threshold 0 -bf 0 \
+      -c:a aac -b:a 128k -ac 1 -movflags +faststart "$MEDIA/hi.mp4.tmp.mp4"
+    mv "$MEDIA/hi.mp4.tmp.mp4" "$MEDIA/hi.mp4"
+  fi
+  if [[ ! -s $MEDIA/lo.mp4 ]]; then
+    echo "generating $MEDIA/lo.mp4 (640x360p30 H.264 168 kb/s, GOP 2 s + AAC 32k: ~200 kb/s, 60 s) ..."
+    ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc2=size=640x360:rate=30 \
+      -f lavfi -i sine=frequency=1000:sample_rate=48000 -t 60 -map 0:v -map 1:a \
+      -c:v libx264 -preset veryfast -profile:v main -pix_fmt yuv420p \
+      -b:v 168k -maxrate 168k -bufsize 336k -g 60 -keyint_min 60 -sc_threshold 0 -bf 0 \
+      -c:a aac -b:a 32k -ac 1 -movflags +faststart "$MEDIA/lo.mp4.tmp.mp4"
+    mv "$MEDIA/lo.mp4.tmp.mp4" "$MEDIA/lo.mp4"
+  fi
+  for v in hi lo; do
+    [[ -s $MEDIA/$v.h264 ]] || ffmpeg -nostdin -loglevel error -y -i "$MEDIA/$v.mp4" -map 0:v -c:v copy \
+      -bsf:v h264_mp4toannexb -f h264 "$MEDIA/$v.h264"
+    [[ -s $MEDIA/$v.aac ]] || ffmpeg -nostdin -loglevel error -y -i "$MEDIA/$v.mp4" -map 0:a -c:a copy \
+      -f adts "$MEDIA/$v.aac"
+  done
+}
+gen_media
+
+# ---- servers ----------------------------------------------------------------------------------------
+PIDS=()            # everything this script started, killed by pid on exit
+SERVER_PID=""
+URL=""
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap cleanup EXIT INT TERM
+
+# Waits (bounded) until DESCRIBE on $1 succeeds.
+wait_ready() {
+  local url=$1
+  for _ in $(seq 1 60); do
+    if timeout 5 "$BIN" probe "$url" >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  echo "server at $url never became ready" >&2
+  return 1
+}
+
+start_sluice() {
+  local variant=$1
+  cat >"$LOGDIR/sluice.toml" <<EOF
+[rtsp]
+listen = "127.0.0.1:$SLUICE_PORT"
+rtp_port = $SLUICE_RTP
+multicast_rtp_port = $((SLUICE_RTP + 2))
+session_timeout = "30s"
+
+[limits]                      # the defaults (1,000 connections per IP) would refuse the largest cases
+max_connections = 100000
+max_connections_per_ip = 100000
+max_sessions = 100000
+max_readers_per_path = 100000
+
+[demo]
+enabled = false
+
+[log]
+level = "warn"
+EOF
+  "$BIN" serve --config "$LOGDIR/sluice.toml" >>"$LOGDIR/sluice-$variant.log" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  sleep 0.5
+  ffmpeg -nostdin -loglevel error -re -stream_loop -1 -i "$MEDIA/$variant.mp4" -c copy \
+    -f rtsp -rtsp_transport tcp "rtsp://127.0.0.1:$SLUICE_PORT/live" >>"$LOGDIR/ffmpeg-$variant.log" 2>&1 &
+  PIDS+=("$!")
+  URL="rtsp://127.0.0.1:$SLUICE_PORT/live"
+  wait_ready "$URL"
+}
+
+start_gst() {
+  local variant=$1
+  GST_RTSP_BACKLOG=1024 "$PY" "$GST_PEER" "$GST_PORT" "$MEDIA/$variant.h264" "$MEDIA/$variant.aac" \
+    >>"$LOGDIR/gst-$variant.log" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  URL="rtsp://127.0.0.1:$GST_PORT/live"
+  wait_ready "$URL"
+  # gst-rtsp-server tears the shared pipeline down when the last reader leaves: keep one reader
+  # connected across runs (PEERS.md). Bounded: killed at stop_server, at most 1 h anyway.
+  "$BIN" bench load "$URL" --readers 1 --transport tcp --duration 3600 --udp-port-base 62000 \
+    >>"$LOGDIR/gst-keeper.log" 2>&1 &
+  PIDS+=("$!")
+  sleep 2
+}
+
+stop_server() {
+  cleanup
+  sleep 1
+}
+
+SUMMARY_PY='
+import json, sys
+r = json.loads(sys.stdin.read())
+s = r.get("server") or {}
+k = r["first_keyframe_ms"]
+print("   connected %d/%d  server CPU %s %%  RSS %s MiB  %s Mbit/s/reader  loss %s %%  PLAY p99 %s ms  key p50/p99 %s/%s ms  client CPU %s %%"
+      % (r["readers_connected"], r["readers_requested"], s.get("cpu_pct"), s.get("rss_mib_after"), r["mbit_s_per_reader"],
+         r["loss_pct"], r["play_reply_ms"]["p99"], k["p50"], k["p99"], r["client_cpu_pct"]))
+if r["failures"]: print("   failures:", r["failures"])
+if r["ended_early"]: print("   ended early:", r["ended_early"])
+'
+
+# Merges the JSON lines of several load processes (one window, aligned by --window-start-unix).
+MERGE_PY='
+import json, sys
+rs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+label = sys.argv[2]
+def pct(v):
+    v = sorted(v)
+    if not v: return {"n": 0, "p50": 0, "p90": 0, "p99": 0, "max": 0}
+    at = lambda p: v[min(len(v), max(1, -(-int(p * len(v) * 1000) // 1000))) - 1]
+    return {"n": len(v), "p50": round(at(.5), 1), "p90": round(at(.9), 1), "p99": round(at(.99), 1), "max": round(v[-1], 1)}
+def merge_counts(key):
+    out = {}
+    for r in rs:
+        for k, n in r[key].items(): out[k] = out.get(k, 0) + n
+    return out
+S = lambda k: sum(r[k] for r in rs)
+smp = lambda k: [x for r in rs for x in r["samples"][k]]
+rates = smp("mbit_s"); expected = sum(r["samples"]["expected"] for r in rs)
+window = sum(r["window_s"] for r in rs) / len(rs)
+egress = S("egress_mbit_s"); wp = S("window_packets")
+m = {"label": label, "url": rs[0]["url"], "transport": rs[0]["transport"], "processes": len(rs),
+     "window_misalignment_s": round(max(r["window_start_unix"] for r in rs) - min(r["window_start_unix"] for r in rs), 2),
+     "readers_requested": S("readers_requested"), "readers_connected": S("readers_connected"), "readers_failed": S("readers_failed"),
+     "failures": merge_counts("failures"), "ended_early": merge_counts("ended_early"),
+     "ramp_s": max(r["ramp_s"] for r in rs), "window_s": round(window, 2), "packets": S("packets"), "bytes": S("bytes"),
+     "window_packets": wp, "egress_mbit_s": round(egress, 2),
+     "mbit_s_per_reader": round(sum(rates) / len(rates), 2) if rates else 0, "mbit_s_per_reader_min": round(min(rates), 2) if rates else 0,
+     "lost": S("lost"), "loss_pct": round(S("lost") / expected * 100, 3) if expected else 0, "readers_with_loss": S("readers_with_loss"),
+     "play_reply_ms": pct(smp("play_reply_ms")), "handshake_ms": pct(smp("handshake_ms")),
+     "first_packet_ms": pct(smp("first_packet_ms")), "first_keyframe_ms": pct(smp("first_keyframe_ms")),
+     "no_keyframe": S("no_keyframe"), "client_cpu_pct": round(S("client_cpu_pct"), 2), "client_rss_mib": round(S("client_rss_mib"), 2),
+     "udp_rcvbuf_errors": max(r["udp_rcvbuf_errors"] for r in rs), "window_start_unix": min(r["window_start_unix"] for r in rs)}
+sv = [r["server"] for r in rs if r.get("server")]
+if sv:
+    cpu = sum(x["cpu_pct"] for x in sv) / len(sv)
+    before = min(x["rss_mib_before"] for x in sv); after = max(x["rss_mib_after"] for x in sv)
+    m["server"] = {"pid": sv[0]["pid"], "cpu_pct": round(cpu, 2), "rss_mib_before": before, "rss_mib_after": after,
+                   "rss_kib_per_reader": round((after - before) * 1024 / max(1, m["readers_connected"]), 2),
+                   "cpu_pct_per_gbit": round(cpu / (egress / 1000), 2) if egress else 0,
+                   "us_per_packet": round(cpu / 100 * window * 1e6 / wp, 2) if wp else 0}
+print(json.dumps(m))
+'
+
+run_case() {
+  local server=$1 variant=$2 transport=$3 n=$4
+  local label="$server $variant $transport $n"
+  echo "== $label (window ${DURATION}s) =="
+  # One process's fd limit bounds its readers: UDP takes 5 fds per reader (RTSP connection, RTP and
+  # RTCP for 2 tracks), TCP 1. Above that the readers are split over several processes that
+  # measure one common window (--window-start-unix) and whose reports are merged.
+  local fds=$([[ $transport == udp ]] && echo 5 || echo 1)
+  local per=$(( ($(ulimit -n) - 500) / fds ))
+  local procs=$(( (n + per - 1) / per ))
+  # Bound: ramp (≤ 2×30 s + N/100 s) + settle + window + teardown.
+  local limit=$(( DURATION + 150 + n / 50 ))
+  local line=""
+  if (( procs <= 1 )); then
+    line=$(timeout "$limit" "$BIN" bench load "$URL" --readers "$n" --transport "$transport" \
+      --duration "$DURATION" --server-pid "$SERVER_PID" --label "$label" 2>>"$LOGDIR/load.log") || line=""
+  else
+    local share=$(( (n + procs - 1) / procs ))
+    local at
+    at=$("$PY" -c "import time; print(round(time.time() + 15 + $n / 250, 1))")
+    echo "   $procs load processes of ≤ $share readers (fd limit $(ulimit -n)); common window at +$(( 15 + n / 250 )) s"
+    local parts="$LOGDIR/parts-$server-$variant-$transport-$n.jsonl" left=$n i=0
+    : >"$parts"
+    local lp=()
+    while (( left > 0 )); do
+      local k=$(( left < share ? left : share ))
+      timeout "$limit" "$BIN" bench load "$URL" --readers "$k" --transport "$transport" --duration "$DURATION" \
+        --server-pid "$SERVER_PID" --label "$label" --samples --window-start-unix "$at" \
+        --udp-port-base $(( 10000 + i * (share * 4 + 64) )) >>"$parts" 2>>"$LOGDIR/load.log" &
+      lp+=("$!")
+      left=$(( left - k )); i=$(( i + 1 ))
+    done
+    for p in "${lp[@]}"; do wait "$p" || true; done
+    (( $(wc -l <"$parts") == procs )) && line=$("$PY" -c "$MERGE_PY" "$parts" "$label") || line=""
+  fi
+  if [[ -n $line ]]; then
+    echo "$line" >>"$JSONL"
+    echo "$line" | "$PY" -c "$SUMMARY_PY" || true
+  else
+    echo "   load client failed or timed out (see $LOGDIR/load.log)" >&2
+  fi
+  # Let UDP sessions and sockets wind down before the next run.
+  sleep 2
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+for server in $SERVERS; do
+  for variant in hi lo; do
+    cases=()
+    for c in $CASES; do
+      IFS=: read -r v t n <<<"$c"
+      [[ $v == "$variant" ]] && cases+=("$t:$n")
+    done
+    (( ${#cases[@]} )) || continue
+    echo "### $server, stream $variant"
+    if [[ $server == sluice ]]; then start_sluice "$variant"; else start_gst "$variant"; fi
+    for c in "${cases[@]}"; do
+      IFS=: read -r t n <<<"$c"
+      run_case "$server" "$variant" "$t" "$n"
+    done
+    stop_server
+  done
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---- table ------------------------------------------------------------------------------------------
+MODE=$([[ $QUICK == 1 ]] && echo "quick" || echo "full")
+TABLE=$("$PY" - "$JSONL" "$MODE" "$DURATION" "$LOAD_START" "$LOAD_END" <<'EOF'
+import json, sys, platform, os, subprocess
+path, mode, duration, l0, l1 = sys.argv[1:6]
+rows = {}
+for line in open(path):
+    line = line.strip()
+    if not line:
+        continue
+    r = json.loads(line)
+    server, variant, transport, n = r["label"].split()
+    rows.setdefault((variant, transport, int(n)), {})[server] = r
+
+def cpu_model():
+    for l in open("/proc/cpuinfo"):
+        if l.startswith("model name"):
+            return l.split(":", 1)[1].strip()
+    return "?"
+mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+def ver(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+    except Exception:
+        return "?"
+print(f"## Run {os.path.basename(path)[:-6]} ({mode}, {duration} s windows)\n")
+gst = ver(["/usr/bin/python3", "-c", "import gi; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None); print(Gst.version_string())"])
+ff = ver(["ffmpeg", "-version"])
+commit = ver(["git", "describe", "--always", "--dirty"])
+print(f"Machine: {os.cpu_count()} vCPU {cpu_model()}, {int(mem)/1048576:.1f} GiB, kernel {platform.release()}; {ff}; {gst}; "
+      f"sluice at {commit}. Load average before/after: {l0} / {l1}.")
+print()
+print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at the end of the window "
+      "(growth per connected reader from before the first connect). key = PLAY sent → first keyframe packet; "
+      "PLAY = PLAY sent → reply. S = Sluice, G = gst-rtsp-server; ratio = S / G (lower is better for Sluice).\n")
+print("| stream | transport | readers | connected S / G | CPU % S / G | CPU ratio | CPU %/Gbit/s S / G | µs/pkt S / G "
+      "| RSS MiB S / G | RSS ratio | KiB/reader S / G | Mbit/s/reader S / G | loss % S / G | PLAY p50/p99 ms S ; G "
+      "| key p50/p99 ms S ; G | client CPU % S / G |")
+print("|" + "---|" * 16)
+def g(r, *k):
+    for key in k:
+        if r is None:
+            return None
+        r = r.get(key)
+    return r
+def f(x, nd=1):
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    return f"{x:,}"
+def ratio(a, b):
+    return f"{a/b:.2f}" if a is not None and b else "—"
+names = {"hi": "4 Mb/s", "lo": "200 kb/s"}
+for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k[2])):
+    d = rows[(variant, transport, n)]
+    s, gg = d.get("sluice"), d.get("gst")
+    def pair(*k, nd=1):
+        return f"{f(g(s,*k),nd)} / {f(g(gg,*k),nd)}"
+    def pct(r, key):
+        p = g(r, key)
+        return "—" if p is None or not p.get("n") else f"{p['p50']:,.0f}/{p['p99']:,.0f}"
+    print(f"| {names.get(variant, variant)} | {transport.upper()} | {n:,} "
+          f"| {pair('readers_connected')} | {pair('server','cpu_pct')} | {ratio(g(s,'server','cpu_pct'), g(gg,'server','cpu_pct'))} "
+          f"| {pair('server','cpu_pct_per_gbit')} | {pair('server','us_per_packet', nd=2)} "
+          f"| {pair('server','rss_mib_after')} | {ratio(g(s,'server','rss_mib_after'), g(gg,'server','rss_mib_after'))} "
+          f"| {pair('server','rss_kib_per_reader')} | {pair('mbit_s_per_reader', nd=2)} | {pair('loss_pct', nd=3)} "
+          f"| {pct(s,'play_reply_ms')} ; {pct(gg,'play_reply_ms')} | {pct(s,'first_keyframe_ms')} ; {pct(gg,'first_keyframe_ms')} "
+          f"| {pair('client_cpu_pct')} |")
+fails = []
+for (variant, transport, n), d in sorted(rows.items()):
+    for server, r in d.items():
+        if r["failures"] or r["ended_early"] or r.get("udp_rcvbuf_errors"):
+            fails.append(f"- {server} {variant} {transport} {n}: failures {r['failures']}, ended early {r['ended_early']}, "
+                         f"client-side UDP rcvbuf drops {r.get('udp_rcvbuf_errors')}")
+if fails:
+    print("\nFailures and drops:\n")
+    print("\n".join(fails))
+print(f"\nRaw JSON lines: bench/out/{os.path.basename(path)} (not committed).\n")
+EOF
+)
+echo
+echo "$TABLE"
+{ echo; echo "$TABLE"; } >>"$ROOT/bench/RESULTS.md"
+echo "appended to bench/RESULTS.md"
