@@ -7,7 +7,8 @@
 #                                    no-op when already installed
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
-#   4. cargo test --workspace        unit tests + real-peer integration tests
+#   4. scripts/fuzz-smoke.sh 5        every fuzz target 5 s (SLUICE_FUZZ_SECS)
+#   5. cargo test --workspace        unit tests + real-peer integration tests
 #                                    (crates/sluice/tests: ffmpeg/GStreamer/
 #                                    retina publishers and readers against the
 #                                    real `sluice` binary; multicast tests run
@@ -27,5 +28,17 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Coverage-guided fuzzing, briefly: every cargo-fuzz target from its seed corpus
+# (scripts/fuzz-long.sh runs one for long). SLUICE_FUZZ_SECS sets the time per target.
+echo "==> fuzz smoke"
+bash scripts/fuzz-smoke.sh "${SLUICE_FUZZ_SECS:-5}"
+
 echo "==> cargo test"
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one result line per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
