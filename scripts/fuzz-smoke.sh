@@ -14,7 +14,8 @@
 # (~35 s on 2 cores). Builds go to $CARGO_TARGET_DIR (default
 # target/fuzz, kept between runs). New inputs found go to a scratch
 # directory, not into the checked-in seeds; crashes are written to
-# fuzz/artifacts/<target>/ (reproduce with
+# fuzz/artifacts/<target>/. The libFuzzer seed is fixed (SLUICE_FUZZ_SEED, default 1) so
+# a CI gate is reproducible; scripts/fuzz-long.sh explores with fresh seeds. (Reproduce with
 # `scripts/fuzz-long.sh TARGET 0 fuzz/artifacts/TARGET/crash-...`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +51,7 @@ for t in "${targets[@]}"; do
     echo "==> fuzz $t for ${secs}s"
     mkdir -p "$scratch/$t" "artifacts/$t"
     if ! cargo fuzz run --sanitizer none "$t" "$scratch/$t" "corpus/$t" -- \
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+        -max_total_time="$secs" -seed="${SLUICE_FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1 >"$scratch/$t.log" 2>&1; then
         failed+=("$t")
         tail -n 40 "$scratch/$t.log"

@@ -4,6 +4,7 @@
 //! `moof` are read whole (bounded by the file size) and decoded by mp4-atom, then expanded into
 //! the shared sample index.
 
+mod bounds;
 mod codec;
 mod fragment;
 mod table;
@@ -63,6 +64,7 @@ fn read_box<R: Read + Seek, T: Decode>(
     name: &str,
 ) -> Result<T, MediaError> {
     let bytes = src.read_at(pos, size, name)?;
+    bounds::check(&bytes).map_err(|e| MediaError::malformed(name, pos, e))?;
     T::decode(&mut bytes.as_slice()).map_err(|e| MediaError::malformed(name, pos, e))
 }
 
