@@ -6,6 +6,8 @@
 //! the caller the session's events. Used by pull sources (the server relaying cameras),
 //! `sluice probe`, `sluice record`, `sluice publish` and the load benchmark.
 
+#![warn(missing_docs)]
+
 mod connection;
 
 pub use connection::{Connection, ConnectionError, Options};

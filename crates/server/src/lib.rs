@@ -6,6 +6,8 @@
 //! the pure modules here ([`presentation`], [`url`]); the rest owns sockets, tasks and
 //! timers and stays thin.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod config;
 pub mod conn;
