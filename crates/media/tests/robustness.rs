@@ -119,7 +119,13 @@ fn fuzz_seed_corpus_opens() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("corpus dir") {
         let path = entry.expect("entry").path();
-        assert!(exercise(read(&path)), "{} should open", path.display());
+        let opened = exercise(read(&path));
+        // `regress-*` seeds are inputs that once broke the demuxer: they must be handled
+        // (here: refused) without panic or runaway allocation; the others are valid files.
+        let regression = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("regress-"));
+        assert!(opened || regression, "{} should open", path.display());
         n += 1;
     }
     assert!(n >= 2);
