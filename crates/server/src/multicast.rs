@@ -150,8 +150,10 @@ impl Multicast {
             Duration::MAX,
             Arc::new(|_| {}),
         ));
-        sink.open();
+        // Subscribe gated, then open: the GOP cache handed over at subscription goes out
+        // as paced catch-up, not as a burst members' socket buffers cannot absorb.
         let sink_id = stream.add_sink(sink.clone());
+        sink.open();
         let reports = tokio::spawn(run_sender_reports(sink, stream.clone(), sr_interval));
         info!(path, group = %g.addr, "multicast feed started");
         g.feed = Some(Feed {
