@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sluice_codec::{codec_from_encoding, starts_random_access, Codec};
+
+use crate::connection::authority;
 use sluice_rtsp::client::{ClientConfig, ClientEvent, ClientMode, ClientSession, ClientTransport};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -435,26 +437,6 @@ fn is_video(c: Codec) -> bool {
         c,
         Codec::H264 | Codec::H265 | Codec::Vp8 | Codec::Vp9 | Codec::Av1
     )
-}
-
-/// `host:port` of an rtsp URL (default port 554).
-fn authority(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("rtsp://")?;
-    let auth = rest.split(['/', '?', '#']).next()?;
-    let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
-    if host.is_empty() {
-        return None;
-    }
-    let has_port = if host.starts_with('[') {
-        host.contains("]:")
-    } else {
-        host.contains(':')
-    };
-    Some(if has_port {
-        host.to_owned()
-    } else {
-        format!("{host}:554")
-    })
 }
 
 // ----- per-thread scratch buffers -----

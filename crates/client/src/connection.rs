@@ -114,7 +114,7 @@ impl Drop for Connection {
 }
 
 /// The `host:port` of an rtsp URL (default port 554).
-fn authority(url: &str) -> Option<String> {
+pub(crate) fn authority(url: &str) -> Option<String> {
     let rest = url.strip_prefix("rtsp://")?;
     let auth = rest.split(['/', '?', '#']).next()?;
     let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
