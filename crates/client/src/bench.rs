@@ -82,6 +82,10 @@ pub struct LoadOptions {
     /// measured cheaper on loopback, where one fan-out burst makes many readers ready per
     /// `epoll_wait` anyway, while resting readers add timer wake-ups.
     pub rest: Duration,
+    /// Ask the server for its ingest → egress latency over the window (the
+    /// `sluice.egress_latency` GET_PARAMETER, which resets on read: only one of several
+    /// load processes measuring one window may ask).
+    pub egress_latency: bool,
 }
 
 impl LoadOptions {
@@ -102,6 +106,7 @@ impl LoadOptions {
             window_start_unix: None,
             samples: false,
             rest: Duration::ZERO,
+            egress_latency: true,
         }
     }
 }
@@ -221,11 +226,99 @@ pub struct LoadReport {
     /// Server process sample, with --server-pid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSample>,
+    /// The server's ingest → egress latency over the window (Sluice only: the
+    /// `sluice.egress_latency` GET_PARAMETER; absent when the server does not answer it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_latency_us: Option<EgressLatency>,
     /// Window start, Unix seconds.
     pub window_start_unix: f64,
     /// Every reader's samples, with `samples`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub samples: Option<Samples>,
+}
+
+/// A server's ingest → egress latency histogram summary, microseconds (bucket upper
+/// bounds: within a fifth).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct EgressLatency {
+    /// Packets measured (per reader sent).
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl EgressLatency {
+    /// Parses `count=N p50_us=… p90_us=… p99_us=… max_us=…`.
+    fn parse(v: &str) -> Option<EgressLatency> {
+        let mut out = EgressLatency::default();
+        let mut seen = 0;
+        for kv in v.split_whitespace() {
+            let (k, v) = kv.split_once('=')?;
+            let x: f64 = v.parse().ok()?;
+            match k {
+                "count" => out.count = x as u64,
+                "p50_us" => out.p50 = x,
+                "p90_us" => out.p90 = x,
+                "p99_us" => out.p99 = x,
+                "max_us" => out.max = x,
+                _ => continue,
+            }
+            seen += 1;
+        }
+        (seen == 5).then_some(out)
+    }
+}
+
+/// Asks the server at `addr` for `sluice.egress_latency` (and so resets it). None when
+/// it does not answer 200 with that parameter (another server, an old Sluice).
+async fn query_egress_latency(url: &str, addr: SocketAddr) -> Option<EgressLatency> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let body = "sluice.egress_latency\r\n";
+        let req = format!(
+            "GET_PARAMETER {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Type: text/parameters\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = tcp.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = find_head_end(&buf) {
+                if !buf.starts_with(b"RTSP/1.0 200") {
+                    return None;
+                }
+                let want = end + content_length(&buf[..end]);
+                if buf.len() >= want {
+                    let body = String::from_utf8_lossy(&buf[end..want]).into_owned();
+                    return body.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        (k.trim() == "sluice.egress_latency")
+                            .then(|| EgressLatency::parse(v.trim()))
+                            .flatten()
+                    });
+                }
+            }
+            if buf.len() > 64 * 1024 {
+                return None;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Raw per-reader samples (connected readers), for merging several processes' reports.
@@ -1220,6 +1313,10 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
     }
 
     // The window.
+    if opts.egress_latency {
+        // Resets the server's histogram: what it reports at the end is this window's.
+        query_egress_latency(&opts.url, addr).await;
+    }
     let rcvbuf0 = udp_rcvbuf_errors();
     let server0 = server_pid.as_deref().and_then(proc_sample);
     let client0 = proc_sample("self");
@@ -1239,6 +1336,11 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
     let server1 = server_pid.as_deref().and_then(proc_sample);
     let client1 = proc_sample("self");
     let rcvbuf1 = udp_rcvbuf_errors();
+    let egress_latency_us = if opts.egress_latency {
+        query_egress_latency(&opts.url, addr).await
+    } else {
+        None
+    };
 
     // Stop: TEARDOWN everywhere, collect.
     ctx.stopping.store(true, Ordering::Relaxed);
@@ -1370,6 +1472,7 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
         client_rss_mib,
         udp_rcvbuf_errors: rcvbuf1.saturating_sub(rcvbuf0),
         server,
+        egress_latency_us,
         window_start_unix: w0_unix,
         samples,
     })
@@ -1432,6 +1535,15 @@ mod tests {
         p.push(0x65);
         p.extend([0, 2]);
         assert_eq!(rtp_payload(&p), Some(&[0x65u8][..]));
+    }
+
+    #[test]
+    fn egress_latency_value() {
+        let l =
+            EgressLatency::parse("count=10 p50_us=45 p90_us=108 p99_us=512 max_us=2048").unwrap();
+        assert_eq!((l.count, l.p50, l.p99, l.max), (10, 45.0, 512.0, 2048.0));
+        assert!(EgressLatency::parse("count=10 p50_us=x").is_none());
+        assert!(EgressLatency::parse("count=10").is_none());
     }
 
     #[test]

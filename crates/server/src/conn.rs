@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::handler::Connection;
-use crate::reader::TcpOut;
+use crate::latency::EGRESS_LATENCY;
+use crate::media_queue::{MediaQueue, TcpOut};
 use crate::server::Server;
 
 /// Responses queued per connection before its requests stop being read.
@@ -37,8 +38,8 @@ pub struct ConnHandle {
     /// Whether the connection is RTSPS (TLS).
     pub tls: bool,
     ctrl: mpsc::Sender<Bytes>,
-    /// Interleaved media queue (bounded; sinks use `try_send`).
-    pub media: mpsc::Sender<TcpOut>,
+    /// Interleaved media queue (bounded; sinks push a frame at a time).
+    pub media: Arc<MediaQueue>,
     close: Notify,
     closing: AtomicBool,
 }
@@ -99,19 +100,19 @@ where
     } = from;
     let (mut rd, wr) = tokio::io::split(socket);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(RESPONSE_QUEUE);
-    let (media_tx, media_rx) = mpsc::channel(server.config().rtsp.reader_queue);
+    let media = Arc::new(MediaQueue::new(server.config().rtsp.reader_queue));
     let handle = Arc::new(ConnHandle {
         id,
         peer,
         local,
         tls,
         ctrl: ctrl_tx,
-        media: media_tx,
+        media: media.clone(),
         close: Notify::new(),
         closing: AtomicBool::new(false),
     });
     info!(conn = id, %peer, tls, "connect");
-    let writer = tokio::spawn(run_writer(wr, ctrl_rx, media_rx, handle.clone()));
+    let writer = tokio::spawn(run_writer(wr, ctrl_rx, media, handle.clone()));
 
     let cfg = &server.config().limits;
     let limits = Limits {
@@ -176,7 +177,10 @@ where
                 Ok(Some(Frame::Interleaved { channel, payload })) => {
                     conn.handle_interleaved(channel, payload)
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    conn.handle_input_drained();
+                    break;
+                }
                 Err(e) => {
                     warn!(conn = id, %peer, error = %e, "malformed request; closing connection");
                     let mut resp = Response::new(e.status());
@@ -203,7 +207,7 @@ where
     handle.close("connection ended");
     // Let the writer flush what is queued (e.g. a final error response), briefly; a
     // writer stuck on a peer that does not read is aborted, which closes the socket.
-    let _ = handle.media.try_send(TcpOut::Close);
+    handle.media.close();
     let mut writer = writer;
     if tokio::time::timeout(Duration::from_secs(2), &mut writer)
         .await
@@ -217,11 +221,12 @@ where
 async fn run_writer<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut ctrl: mpsc::Receiver<Bytes>,
-    mut media: mpsc::Receiver<TcpOut>,
+    media: Arc<MediaQueue>,
     handle: Arc<ConnHandle>,
 ) {
+    let mut taken: Vec<TcpOut> = Vec::with_capacity(MAX_BATCH);
     let mut batch: Vec<(u8, Bytes)> = Vec::with_capacity(MAX_BATCH);
-    loop {
+    'run: loop {
         tokio::select! {
             biased;
             r = ctrl.recv() => match r {
@@ -229,38 +234,64 @@ async fn run_writer<W: AsyncWrite + Unpin>(
                     if wr.write_all(&bytes).await.is_err() {
                         break;
                     }
+                    continue;
                 }
                 None => break,
             },
-            r = media.recv() => {
-                let mut close = false;
-                match r {
-                    Some(TcpOut::Frame { channel, data }) => batch.push((channel, data)),
-                    Some(TcpOut::Close) | None => close = true,
+            _ = media.wait() => {}
+        }
+        // Everything queued goes out, a vectored write per MAX_BATCH frames; responses
+        // queued meanwhile go first.
+        loop {
+            while let Ok(bytes) = ctrl.try_recv() {
+                if wr.write_all(&bytes).await.is_err() {
+                    break 'run;
                 }
-                while !close && batch.len() < MAX_BATCH {
-                    match media.try_recv() {
-                        Ok(TcpOut::Frame { channel, data }) => batch.push((channel, data)),
-                        Ok(TcpOut::Close) => close = true,
-                        Err(_) => break,
-                    }
-                }
-                if !batch.is_empty() && write_frames(&mut wr, &batch).await.is_err() {
-                    break;
-                }
-                batch.clear();
-                if close {
-                    // Responses queued before the close still go out.
-                    while let Ok(bytes) = ctrl.try_recv() {
-                        if wr.write_all(&bytes).await.is_err() {
-                            break;
+            }
+            taken.clear();
+            if media.take(&mut taken, MAX_BATCH) == 0 {
+                break;
+            }
+            let mut close = false;
+            let mut oldest: Option<std::time::Instant> = None;
+            for item in taken.drain(..) {
+                match item {
+                    TcpOut::Frame {
+                        channel,
+                        data,
+                        received_at,
+                    } => {
+                        if let Some(t) = received_at {
+                            oldest = Some(oldest.map_or(t, |o| o.min(t)));
                         }
+                        batch.push((channel, data));
                     }
-                    break;
+                    TcpOut::Close => {
+                        close = true;
+                        break;
+                    }
                 }
+            }
+            let live = batch.len() as u64;
+            if !batch.is_empty() && write_frames(&mut wr, &batch).await.is_err() {
+                break 'run;
+            }
+            batch.clear();
+            if let Some(t) = oldest {
+                EGRESS_LATENCY.record(Instant::now().saturating_duration_since(t), live);
+            }
+            if close {
+                // Responses queued before the close still go out.
+                while let Ok(bytes) = ctrl.try_recv() {
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                break 'run;
             }
         }
     }
+    media.set_closed();
     let _ = wr.shutdown().await;
     handle.close("writer finished");
 }

@@ -525,6 +525,7 @@ fn send_sample(st: &mut State, shared: &Shared, sample: &Sample, now: Instant) {
             received_at: now,
         });
     }
+    shared.stream.flush();
 }
 
 fn end_or_loop(st: &mut State, shared: &Shared, _now: Instant) -> Step {

@@ -13,7 +13,6 @@ use sluice_rtsp::{
     format_rtp_info, parse_transport, redact_credentials, Method, NptTime, Range, Request,
     Response, RtpInfo, SessionHeader, StatusCode, TransportMode, TransportSpec, Version,
 };
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::auth::{Action, Decision, Nonces};
@@ -21,8 +20,9 @@ use crate::config::TransportKind;
 use crate::conn::ConnHandle;
 use crate::file_source::{FileSource, PlayError};
 use crate::ingest::Ingest;
+use crate::media_queue::{MediaQueue, TcpOut};
 use crate::presentation::Presentation;
-use crate::reader::{run_sender_reports, run_udp_writer, Outbox, ReaderSink, Target, TcpOut};
+use crate::reader::{Outbox, ReaderSink, Target};
 use crate::server::{PathEntry, Server, RTCP_INTERVAL};
 use crate::session::{Playing, Session, SessionInner, TrackTransport};
 use crate::stream::{EndReason, Stream, TrackStart};
@@ -32,6 +32,9 @@ use crate::vod::{self, OpenedMedia, VodError};
 /// The methods Sluice implements, for OPTIONS' Public header.
 pub const PUBLIC: &str =
     "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+/// The GET_PARAMETER name of the ingest → egress latency summary (see [`crate::latency`]).
+pub const EGRESS_LATENCY_PARAMETER: &str = "sluice.egress_latency";
 
 /// The Server header value.
 pub const SERVER_NAME: &str = concat!("Sluice/", env!("CARGO_PKG_VERSION"));
@@ -107,6 +110,16 @@ impl Connection {
                 if !s.is_udp_only() {
                     s.touch(now);
                 }
+            }
+        }
+    }
+
+    /// Everything received so far was decoded: publishers' streams relay what they
+    /// collected (the rest of a frame is not at hand).
+    pub fn handle_input_drained(&mut self) {
+        for c in self.channels.values() {
+            if let Channel::IngestRtp(ingest, _) = c {
+                ingest.flush();
             }
         }
     }
@@ -676,7 +689,6 @@ impl Connection {
                 machine,
                 transports: vec![None; tracks],
                 playing: None,
-                udp_out: None,
                 ingest: None,
                 receiver_reports: None,
                 reader_reports: vec![None; tracks],
@@ -940,12 +952,6 @@ impl Connection {
             TrackTransport::Udp { rtcp, .. } => {
                 if let Some(udp) = &self.server.udp {
                     udp.add_reader(rtcp, &session, track);
-                    let mut inner = session.lock();
-                    if inner.udp_out.is_none() {
-                        let (tx, rx) = mpsc::channel(cfg.rtsp.reader_queue);
-                        tokio::spawn(run_udp_writer(rx, udp.rtp.clone(), udp.rtcp.clone()));
-                        inner.udp_out = Some(tx);
-                    }
                 }
             }
             TrackTransport::Multicast { .. } => {}
@@ -1092,9 +1098,17 @@ impl Connection {
                 None => Target::None,
             })
             .collect();
-        let outbox = match &inner.udp_out {
-            Some(tx) => Outbox::Udp(tx.clone()),
-            None => Outbox::Tcp(self.handle.media.clone()),
+        let udp = inner
+            .transports
+            .iter()
+            .any(|t| matches!(t, Some(TrackTransport::Udp { .. })));
+        let outbox = match (&self.server.udp, udp) {
+            (Some(hub), true) => Outbox::Udp {
+                rtp: hub.rtp.clone(),
+                rtcp: hub.rtcp.clone(),
+                gso: hub.gso,
+            },
+            _ => Outbox::Tcp(self.handle.media.clone()),
         };
         let conn = self.handle.clone();
         let sink = Arc::new(ReaderSink::new(
@@ -1105,15 +1119,9 @@ impl Connection {
             Arc::new(move |why| conn.close(why)),
         ));
         let (sink_id, starts) = stream.subscribe(sink.clone());
-        let reports = tokio::spawn(run_sender_reports(
-            sink.clone(),
-            stream.clone(),
-            RTCP_INTERVAL,
-        ));
         inner.playing = Some(Playing {
             sink_id,
             sink: sink.clone(),
-            reports,
         });
         if multicast && !inner.multicast_member {
             if let Some(m) = &self.server.multicast {
@@ -1134,7 +1142,6 @@ impl Connection {
         if inner.machine.handle_pause(Instant::now()) == Transition::Paused {
             if let Some(p) = inner.playing.take() {
                 session.stream.remove_sink(p.sink_id);
-                p.reports.abort();
             }
             if inner.multicast_member {
                 if let Some(m) = &self.server.multicast {
@@ -1200,7 +1207,6 @@ impl Connection {
                 inner.machine.handle_pause(now);
                 if let Some(p) = inner.playing.take() {
                     session.stream.remove_sink(p.sink_id);
-                    p.reports.abort();
                 }
                 self.pending_open = None;
                 let status = match e {
@@ -1283,7 +1289,6 @@ impl Connection {
                 let p = inner.playing.take();
                 if let Some(p) = &p {
                     session.stream.remove_sink(p.sink_id);
-                    p.reports.abort();
                 }
                 p.is_some()
             };
@@ -1312,7 +1317,16 @@ impl Connection {
     fn parameter(&mut self, req: &Request) -> Handled {
         let session = self.own_session(req)?;
         let body = String::from_utf8_lossy(&req.body);
-        if !body.trim().is_empty() {
+        let names: Vec<&str> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        // One parameter is known, read-only: the ingest → egress latency histogram since
+        // it was last read (read by `sluice bench load` at its window's start and end).
+        let known = req.method == Method::GetParameter
+            && names.iter().all(|n| *n == EGRESS_LATENCY_PARAMETER);
+        if !names.is_empty() && !known {
             return Err(Refusal::new(
                 StatusCode::PARAMETER_NOT_UNDERSTOOD,
                 format!(
@@ -1325,6 +1339,13 @@ impl Connection {
         if let Some(s) = session {
             resp = resp.with_header("Session", s.id.clone());
         }
+        if !names.is_empty() {
+            let value = crate::latency::EGRESS_LATENCY.take();
+            resp = resp.with_body(
+                "text/parameters",
+                format!("{EGRESS_LATENCY_PARAMETER}: {value}\r\n"),
+            );
+        }
         Ok(resp)
     }
 }
@@ -1333,7 +1354,7 @@ impl Connection {
 async fn run_receiver_reports(
     session: Weak<Session>,
     udp: Option<Arc<crate::udp::UdpHub>>,
-    media: mpsc::Sender<TcpOut>,
+    media: Arc<MediaQueue>,
 ) {
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(1),
@@ -1361,9 +1382,10 @@ async fn run_receiver_reports(
                     }
                 }
                 TrackTransport::Tcp { rtcp, .. } => {
-                    let _ = media.try_send(TcpOut::Frame {
+                    let _ = media.push(TcpOut::Frame {
                         channel: *rtcp,
                         data: rr,
+                        received_at: None,
                     });
                 }
                 TrackTransport::Multicast { .. } => {}

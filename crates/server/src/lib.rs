@@ -11,11 +11,14 @@
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod egress;
 pub mod file_source;
 pub mod fuzzing;
 pub mod gop;
 pub mod handler;
 pub mod ingest;
+pub mod latency;
+pub mod media_queue;
 pub mod multicast;
 pub mod presentation;
 pub mod pull;
@@ -25,6 +28,7 @@ pub mod session;
 pub mod stream;
 pub mod tls;
 pub mod udp;
+pub mod udp_send;
 pub mod url;
 pub mod vod;
 

@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::reader::{run_sender_reports, run_udp_writer, Outbox, ReaderSink, Target};
+use crate::reader::{run_sender_reports, Outbox, ReaderSink, Target};
 use crate::stream::{SinkId, Stream};
 
 /// Why a multicast transport could not be given.
@@ -38,7 +37,6 @@ struct Feed {
     stream: Arc<Stream>,
     sink_id: SinkId,
     reports: JoinHandle<()>,
-    writer: JoinHandle<()>,
 }
 
 /// The multicast groups of all paths.
@@ -47,13 +45,12 @@ pub struct Multicast {
     range: Ipv4Net,
     rtp_port: u16,
     socket: Arc<UdpSocket>,
-    queue: usize,
     groups: Mutex<HashMap<String, Group>>,
 }
 
 impl Multicast {
     /// Creates the sending socket (TTL `ttl`, loopback delivery on so local readers work).
-    pub fn new(range: Ipv4Net, rtp_port: u16, ttl: u8, queue: usize) -> std::io::Result<Multicast> {
+    pub fn new(range: Ipv4Net, rtp_port: u16, ttl: u8) -> std::io::Result<Multicast> {
         use socket2::{Domain, Protocol, Socket, Type};
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         s.set_multicast_ttl_v4(u32::from(ttl))?;
@@ -65,7 +62,6 @@ impl Multicast {
             range,
             rtp_port,
             socket: Arc::new(UdpSocket::from_std(s.into())?),
-            queue,
             groups: Mutex::new(HashMap::new()),
         })
     }
@@ -141,12 +137,16 @@ impl Multicast {
                 }
             })
             .collect();
-        let (tx, rx) = mpsc::channel(self.queue);
-        let writer = tokio::spawn(run_udp_writer(rx, self.socket.clone(), self.socket.clone()));
         let sink = Arc::new(ReaderSink::new(
             format!("multicast {}", g.addr),
             targets,
-            Outbox::Udp(tx),
+            Outbox::Udp {
+                rtp: self.socket.clone(),
+                rtcp: self.socket.clone(),
+                // GSO runs to a multicast group with loopback delivery are not worth
+                // the risk: one datagram per packet (still batched).
+                gso: false,
+            },
             Duration::MAX,
             Arc::new(|_| {}),
         ));
@@ -160,7 +160,6 @@ impl Multicast {
             stream: stream.clone(),
             sink_id,
             reports,
-            writer,
         });
     }
 
@@ -183,5 +182,4 @@ impl Multicast {
 fn stop(f: Feed) {
     f.stream.remove_sink(f.sink_id);
     f.reports.abort();
-    f.writer.abort();
 }

@@ -1,6 +1,12 @@
 //! The RTSP reader sink: delivers a stream's packets to one reader session (UDP unicast
 //! or TCP interleaved) or to one multicast group, through a bounded queue.
 //!
+//! UDP readers have no queue and no task of their own: their RTP goes out in the stream's
+//! batched fan-out (`sendmmsg`, GSO), straight from the source's task. Only a new reader's
+//! catch-up (the GOP cache handed over at PLAY) is queued, and sent paced by a short-lived
+//! task until the reader has caught up with the live edge. TCP readers feed their
+//! connection's [`MediaQueue`] a frame at a time.
+//!
 //! A full queue never blocks the source: UDP targets drop the packet (counted, logged once
 //! per burst); a TCP reader whose queue stays full past `slow_timeout` is disconnected.
 
@@ -9,12 +15,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use sluice_rtp::rtcp::{self, SenderInfo};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::egress::Egress;
+use crate::media_queue::{MediaQueue, PushError, TcpOut};
 use crate::stream::{EndReason, MediaPacket, Sink, Stream};
 
 /// CNAME Sluice puts in its RTCP packets.
@@ -41,46 +50,21 @@ pub enum Target {
     },
 }
 
-/// An item for a UDP writer task.
-#[derive(Debug)]
-pub enum UdpOut {
-    /// A datagram; `rtcp` selects the server's RTCP socket as sender.
-    Packet {
-        /// Destination.
-        to: SocketAddr,
-        /// Send from the RTCP socket rather than the RTP socket.
-        rtcp: bool,
-        /// The datagram.
-        data: Bytes,
-        /// Catch-up data (the GOP cache handed to a new reader): paced, so a burst does
-        /// not overflow the client's receive buffer.
-        backlog: bool,
-    },
-    /// Stop the writer after what is queued.
-    Close,
-}
-
-/// An item for a TCP connection's media writer.
-#[derive(Debug)]
-pub enum TcpOut {
-    /// One interleaved frame.
-    Frame {
-        /// Interleaved channel.
-        channel: u8,
-        /// Frame payload (an RTP or RTCP packet).
-        data: Bytes,
-    },
-    /// Close the connection after what is queued.
-    Close,
-}
-
-/// The queue a sink feeds.
+/// The queue or sockets a sink delivers through.
 #[derive(Debug, Clone)]
 pub enum Outbox {
-    /// A UDP writer task's queue.
-    Udp(mpsc::Sender<UdpOut>),
+    /// Directly from the server's UDP sockets: RTP through the batched fan-out, RTCP
+    /// with a plain non-blocking send.
+    Udp {
+        /// Socket RTP leaves from.
+        rtp: Arc<UdpSocket>,
+        /// Socket RTCP leaves from.
+        rtcp: Arc<UdpSocket>,
+        /// Whether runs of equal-sized packets may go as one GSO message.
+        gso: bool,
+    },
     /// The reader's RTSP connection's media queue.
-    Tcp(mpsc::Sender<TcpOut>),
+    Tcp(Arc<MediaQueue>),
 }
 
 /// Called when a TCP reader is too slow or its stream ended: closes its connection.
@@ -110,6 +94,13 @@ pub struct ReaderSink {
     /// PLAY response is on the wire before the first packet it announces.
     gate: Mutex<Option<Vec<MediaPacket>>>,
     open: AtomicBool,
+    /// UDP only: while Some, the reader is catching up and its packets are queued here for
+    /// the paced catch-up task instead of joining the batched fan-out.
+    catch_up: Mutex<Option<VecDeque<MediaPacket>>>,
+    catching_up: AtomicBool,
+    /// When the next Sender Report is due, in ms after `created`.
+    next_report_ms: AtomicU64,
+    created: Instant,
 }
 
 /// Most packets a closed gate holds: the GOP cache handed over at subscription, plus what
@@ -150,16 +141,46 @@ impl ReaderSink {
             on_close,
             gate: Mutex::new(Some(Vec::new())),
             open: AtomicBool::new(false),
+            catch_up: Mutex::new(None),
+            catching_up: AtomicBool::new(false),
+            // The first report a second after subscription, as RFC 3550 suggests starting early.
+            next_report_ms: AtomicU64::new(1000),
+            created: Instant::now(),
         }
     }
 
-    /// Starts delivery: packets held since subscription go out first, in order.
-    pub fn open(&self) {
+    /// Whether this sink's Sender Reports are due at `now`; if so, schedules the next
+    /// ones `interval` later.
+    pub fn report_due(&self, now: Instant, interval: Duration) -> bool {
+        let at = now.saturating_duration_since(self.created).as_millis() as u64;
+        let next = self.next_report_ms.load(Ordering::Relaxed);
+        at >= next
+            && self
+                .next_report_ms
+                .compare_exchange(
+                    next,
+                    at + interval.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Starts delivery: packets held since subscription go out first, in order. Over
+    /// UDP they are sent paced by a catch-up task; the reader joins the batched fan-out
+    /// once that has drained.
+    pub fn open(self: &Arc<Self>) {
         let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = gate.take() {
-            for p in &held {
-                self.deliver(p, true);
+        let held = gate.take().unwrap_or_default();
+        match &self.outbox {
+            Outbox::Udp { rtp, .. } if !held.is_empty() => {
+                *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(held.into_iter().collect());
+                self.catching_up.store(true, Ordering::Release);
+                tokio::spawn(run_catch_up(self.clone(), rtp.clone()));
             }
+            Outbox::Tcp(q) => self.push_tcp(q, held.iter()),
+            Outbox::Udp { .. } => {}
         }
         self.open.store(true, Ordering::Release);
     }
@@ -181,66 +202,85 @@ impl ReaderSink {
         self.targets.iter().any(|t| *t != Target::None)
     }
 
-    fn enqueue(&self, target: Target, rtcp: bool, data: Bytes) -> bool {
-        self.enqueue_with(target, rtcp, data, false)
+    /// Sends or queues one RTCP packet to `target`'s RTCP destination.
+    fn send_rtcp(&self, target: Target, data: Bytes) {
+        match (&self.outbox, target) {
+            (Outbox::Udp { rtcp, .. }, Target::Udp { rtcp: to, .. }) => {
+                if let Err(e) = rtcp.try_send_to(&data, to) {
+                    debug!(reader = %self.label, error = %e, "RTCP send failed");
+                }
+            }
+            (Outbox::Tcp(q), Target::Tcp { rtcp, .. }) => {
+                let _ = q.push(TcpOut::Frame {
+                    channel: rtcp,
+                    data,
+                    received_at: None,
+                });
+            }
+            _ => {}
+        }
     }
 
-    fn enqueue_with(&self, target: Target, rtcp: bool, data: Bytes, backlog: bool) -> bool {
-        match (&self.outbox, target) {
-            (
-                Outbox::Udp(tx),
-                Target::Udp {
-                    rtp,
-                    rtcp: rtcp_addr,
-                },
-            ) => {
-                let to = if rtcp { rtcp_addr } else { rtp };
-                match tx.try_send(UdpOut::Packet {
-                    to,
-                    rtcp,
-                    data,
-                    backlog,
-                }) {
-                    Ok(()) => {
-                        if self.in_drop_burst.swap(false, Ordering::Relaxed) {
-                            debug!(reader = %self.label, dropped = self.dropped(), "reader queue drained");
-                        }
-                        true
-                    }
-                    Err(_) => {
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
-                        if !self.in_drop_burst.swap(true, Ordering::Relaxed) {
-                            warn!(reader = %self.label, dropped = self.dropped(), "slow UDP reader: queue full, dropping packets");
-                        }
-                        false
-                    }
+    /// Counts a packet sent (or queued) to `track` for the Sender Reports.
+    fn count(&self, track: usize, packets: u32, payload_bytes: u32, ssrc: u32) {
+        if let Some(c) = self.counters.get(track) {
+            c.packets.fetch_add(packets, Ordering::Relaxed);
+            c.octets.fetch_add(payload_bytes, Ordering::Relaxed);
+            c.ssrc.store(ssrc, Ordering::Relaxed);
+            c.seen.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn note_drop(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        if !self.in_drop_burst.swap(true, Ordering::Relaxed) {
+            warn!(reader = %self.label, dropped = self.dropped(), "slow reader: queue full, dropping packets");
+        }
+    }
+
+    /// Queues frames on a TCP reader's connection; handles a full queue (drop, and
+    /// disconnect once it has been full for `slow_timeout`).
+    fn push_tcp<'a>(&self, q: &MediaQueue, packets: impl Iterator<Item = &'a MediaPacket> + Clone) {
+        let mine = packets.filter_map(|p| match self.targets.get(p.track) {
+            Some(Target::Tcp { rtp, .. }) => Some((p, *rtp)),
+            _ => None,
+        });
+        let result = q.push_all(mine.clone().map(|(p, channel)| TcpOut::Frame {
+            channel,
+            data: p.data.clone(),
+            received_at: Some(p.received_at),
+        }));
+        let queued = match result {
+            Ok(n) | Err((n, _)) => n,
+        };
+        let mut total = 0usize;
+        for (i, (p, _)) in mine.enumerate() {
+            total += 1;
+            if i < queued {
+                self.count(p.track, 1, payload_len(p), p.header.ssrc);
+            }
+        }
+        match result {
+            Ok(_) => {
+                let mut full = self.full_since.lock().unwrap_or_else(|e| e.into_inner());
+                *full = None;
+                if self.in_drop_burst.swap(false, Ordering::Relaxed) {
+                    debug!(reader = %self.label, dropped = self.dropped(), "reader queue drained");
                 }
             }
-            (Outbox::Tcp(tx), Target::Tcp { rtp, rtcp: rtcp_ch }) => {
-                let channel = if rtcp { rtcp_ch } else { rtp };
-                match tx.try_send(TcpOut::Frame { channel, data }) {
-                    Ok(()) => {
-                        let mut full = self.full_since.lock().unwrap_or_else(|e| e.into_inner());
-                        *full = None;
-                        true
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
-                        let now = Instant::now();
-                        let mut full = self.full_since.lock().unwrap_or_else(|e| e.into_inner());
-                        let since = *full.get_or_insert(now);
-                        if now.duration_since(since) >= self.slow_timeout
-                            && !self.ended.swap(true, Ordering::AcqRel)
-                        {
-                            warn!(reader = %self.label, dropped = self.dropped(), "slow TCP reader: queue full too long, disconnecting");
-                            (self.on_close)("slow reader");
-                        }
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err((n, PushError::Full)) => {
+                self.note_drop((total - n) as u64);
+                let now = Instant::now();
+                let mut full = self.full_since.lock().unwrap_or_else(|e| e.into_inner());
+                let since = *full.get_or_insert(now);
+                if now.duration_since(since) >= self.slow_timeout
+                    && !self.ended.swap(true, Ordering::AcqRel)
+                {
+                    warn!(reader = %self.label, dropped = self.dropped(), "slow TCP reader: queue full too long, disconnecting");
+                    (self.on_close)("slow reader");
                 }
             }
-            _ => false,
+            Err((_, PushError::Closed)) => {}
         }
     }
 
@@ -271,7 +311,7 @@ impl ReaderSink {
             };
             let mut buf = Vec::with_capacity(64);
             rtcp::write_sender_report(&mut buf, &info, &[], CNAME);
-            self.enqueue(*target, true, Bytes::from(buf));
+            self.send_rtcp(*target, Bytes::from(buf));
         }
     }
 
@@ -286,48 +326,92 @@ impl ReaderSink {
             }
             let mut buf = Vec::with_capacity(48);
             rtcp::write_bye(&mut buf, c.ssrc.load(Ordering::Relaxed), CNAME);
-            self.enqueue(*target, true, Bytes::from(buf));
+            self.send_rtcp(*target, Bytes::from(buf));
         }
     }
 }
 
+fn payload_len(p: &MediaPacket) -> u32 {
+    p.data.len().saturating_sub(p.header.payload_offset) as u32
+}
+
 impl ReaderSink {
-    fn deliver(&self, packet: &MediaPacket, backlog: bool) {
-        let Some(target) = self.targets.get(packet.track).copied() else {
-            return;
-        };
-        if target == Target::None || self.ended.load(Ordering::Relaxed) {
-            return;
+    /// Holds packets while the gate is closed; returns false once it is open.
+    fn hold(&self, packets: &[MediaPacket]) -> bool {
+        if self.open.load(Ordering::Acquire) {
+            return false;
         }
-        if self.enqueue_with(target, false, packet.data.clone(), backlog) {
-            if let Some(c) = self.counters.get(packet.track) {
-                c.packets.fetch_add(1, Ordering::Relaxed);
-                let payload = packet
-                    .data
-                    .len()
-                    .saturating_sub(packet.header.payload_offset);
-                c.octets.fetch_add(payload as u32, Ordering::Relaxed);
-                c.ssrc.store(packet.header.ssrc, Ordering::Relaxed);
-                c.seen.store(true, Ordering::Relaxed);
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(held) = gate.as_mut() else {
+            return false;
+        };
+        for p in packets {
+            if held.len() < GATE_CAPACITY {
+                held.push(p.clone());
+            } else {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        true
+    }
+
+    /// Queues packets for the catch-up task; returns false once the reader is live.
+    fn queue_catch_up(&self, packets: &[MediaPacket]) -> bool {
+        if !self.catching_up.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut q = self.catch_up.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = q.as_mut() else {
+            return false;
+        };
+        for p in packets {
+            if q.len() < GATE_CAPACITY {
+                q.push_back(p.clone());
+            } else {
+                self.note_drop(1);
+            }
+        }
+        true
     }
 }
 
 impl Sink for ReaderSink {
     fn handle_packet(&self, packet: &MediaPacket) {
-        if !self.open.load(Ordering::Acquire) {
-            let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(held) = gate.as_mut() {
-                if held.len() < GATE_CAPACITY {
-                    held.push(packet.clone());
-                } else {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                return;
-            }
+        let one = std::slice::from_ref(packet);
+        if self.hold(one) || self.queue_catch_up(one) || self.ended.load(Ordering::Relaxed) {
+            return;
         }
-        self.deliver(packet, false);
+        match &self.outbox {
+            Outbox::Tcp(q) => self.push_tcp(q, one.iter()),
+            // Only the GOP handover calls this, and the gate is closed then.
+            Outbox::Udp { .. } => {}
+        }
+    }
+
+    fn handle_batch(&self, egress: &mut Egress<'_>) {
+        if self.ended.load(Ordering::Relaxed) {
+            return;
+        }
+        let packets = egress.packets();
+        if self.hold(packets) || self.queue_catch_up(packets) {
+            return;
+        }
+        match &self.outbox {
+            Outbox::Udp { rtp, gso, .. } => {
+                for run in egress.runs() {
+                    if let Some(Target::Udp { rtp: to, .. }) = self.targets.get(run.track) {
+                        egress.send_udp(rtp, *to, run, *gso);
+                        self.count(
+                            run.track,
+                            u32::from(run.packets),
+                            run.payload_bytes,
+                            run.ssrc,
+                        );
+                    }
+                }
+            }
+            Outbox::Tcp(q) => self.push_tcp(q, packets.iter()),
+        }
     }
 
     fn handle_end_of_stream(&self) {
@@ -340,13 +424,8 @@ impl Sink for ReaderSink {
         }
         info!(reader = %self.label, ?reason, "stream ended for reader");
         self.send_bye();
-        match &self.outbox {
-            Outbox::Udp(tx) => {
-                let _ = tx.try_send(UdpOut::Close);
-            }
-            Outbox::Tcp(tx) => {
-                let _ = tx.try_send(TcpOut::Close);
-            }
+        if let Outbox::Tcp(q) = &self.outbox {
+            q.close();
         }
         (self.on_close)("stream ended");
     }
@@ -357,41 +436,48 @@ impl Sink for ReaderSink {
 /// keyframe comes first, so this does not delay the first picture.
 const BACKLOG_BYTES_PER_SEC: f64 = 4_000_000.0;
 
-/// Drains a UDP outbox: RTP from `rtp_socket`, RTCP from `rtcp_socket`. Ends on `Close`
-/// or when every sender is gone.
-pub async fn run_udp_writer(
-    mut rx: mpsc::Receiver<UdpOut>,
-    rtp_socket: Arc<UdpSocket>,
-    rtcp_socket: Arc<UdpSocket>,
-) {
+/// Sends a new UDP reader's catch-up queue, paced, then lets the reader join the batched
+/// fan-out: the switch happens under the queue's lock, when it is empty, so no packet is
+/// sent twice, skipped or reordered.
+async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>) {
+    // Token bucket for catch-up data: when the next byte may leave.
+    let mut clock = tokio::time::Instant::now();
     let mut errors_logged = false;
-    // Token bucket for catch-up data: when the next backlog byte may leave.
-    let mut backlog_clock = tokio::time::Instant::now();
-    while let Some(item) = rx.recv().await {
-        match item {
-            UdpOut::Packet {
-                to,
-                rtcp,
-                data,
-                backlog,
-            } => {
-                if backlog {
-                    let now = tokio::time::Instant::now();
-                    if backlog_clock > now {
-                        tokio::time::sleep_until(backlog_clock).await;
-                    }
-                    let cost = Duration::from_secs_f64(data.len() as f64 / BACKLOG_BYTES_PER_SEC);
-                    backlog_clock = backlog_clock.max(now) + cost;
-                }
-                let socket = if rtcp { &rtcp_socket } else { &rtp_socket };
-                if let Err(e) = socket.send_to(&data, to).await {
-                    if !errors_logged {
-                        debug!(%to, error = %e, "UDP send failed");
-                        errors_logged = true;
-                    }
+    loop {
+        let next = {
+            let mut q = sink.catch_up.lock().unwrap_or_else(|e| e.into_inner());
+            match q.as_mut().and_then(|q| q.pop_front()) {
+                Some(p) => p,
+                None => {
+                    *q = None;
+                    sink.catching_up.store(false, Ordering::Release);
+                    return;
                 }
             }
-            UdpOut::Close => break,
+        };
+        if sink.ended.load(Ordering::Relaxed) {
+            continue;
+        }
+        let Some(Target::Udp { rtp: to, .. }) = sink.targets.get(next.track).copied() else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        // A burst of up to 16 KB goes at once; then the clock paces.
+        if clock > now + Duration::from_millis(4) {
+            tokio::time::sleep_until(clock).await;
+        }
+        clock = clock.max(now)
+            + Duration::from_secs_f64(next.data.len() as f64 / BACKLOG_BYTES_PER_SEC);
+        match socket.send_to(&next.data, to).await {
+            Ok(_) => {
+                sink.count(next.track, 1, payload_len(&next), next.header.ssrc);
+            }
+            Err(e) => {
+                if !errors_logged {
+                    debug!(%to, error = %e, "UDP send failed");
+                    errors_logged = true;
+                }
+            }
         }
     }
 }

@@ -20,7 +20,6 @@ use crate::config::{Config, SourceKind, TransportKind};
 use crate::file_source::FileSource;
 use crate::multicast::Multicast;
 use crate::pull::Pull;
-use crate::reader::UdpOut;
 use crate::session::{Session, TrackTransport};
 use crate::stream::{EndReason, Stream};
 use crate::udp::UdpHub;
@@ -155,17 +154,13 @@ impl Server {
         };
         let multicast = if config.allows(TransportKind::Multicast) {
             Some(
-                Multicast::new(
-                    r.multicast_range,
-                    r.multicast_rtp_port,
-                    r.multicast_ttl,
-                    r.reader_queue,
-                )
-                .map_err(|source| ServerError::Bind {
-                    what: "multicast sender",
-                    addr: "0.0.0.0:0".into(),
-                    source,
-                })?,
+                Multicast::new(r.multicast_range, r.multicast_rtp_port, r.multicast_ttl).map_err(
+                    |source| ServerError::Bind {
+                        what: "multicast sender",
+                        addr: "0.0.0.0:0".into(),
+                        source,
+                    },
+                )?,
             )
         } else {
             None
@@ -441,6 +436,23 @@ impl Server {
                 self.end_session(&s.id, why);
                 s.conn.close(why);
             }
+            // Readers' Sender Reports: one task for all, each reader on its own schedule.
+            let due: Vec<(Arc<crate::reader::ReaderSink>, Arc<Stream>)> = self
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter_map(|s| {
+                    let inner = s.lock();
+                    let p = inner.playing.as_ref()?;
+                    p.sink
+                        .report_due(now, RTCP_INTERVAL)
+                        .then(|| (p.sink.clone(), s.stream.clone()))
+                })
+                .collect();
+            for (sink, stream) in due {
+                sink.send_sender_reports(&stream, now);
+            }
         }
     }
 
@@ -468,11 +480,10 @@ impl Server {
         if let Some(file) = &s.file {
             file.pause();
         }
-        let (playing, udp_out, ingest, rr_task, transports, member) = {
+        let (playing, ingest, rr_task, transports, member) = {
             let mut inner = s.lock();
             (
                 inner.playing.take(),
-                inner.udp_out.take(),
                 inner.ingest.take(),
                 inner.receiver_reports.take(),
                 std::mem::take(&mut inner.transports),
@@ -482,14 +493,10 @@ impl Server {
         let mut sent = 0u64;
         if let Some(p) = playing {
             s.stream.remove_sink(p.sink_id);
-            p.reports.abort();
             p.sink.send_bye();
             sent = (0..s.stream.presentation().tracks().len())
                 .map(|t| u64::from(p.sink.packets_sent(t)))
                 .sum();
-        }
-        if let Some(tx) = udp_out {
-            let _ = tx.try_send(UdpOut::Close);
         }
         if let Some(task) = rr_task {
             task.abort();

@@ -7,13 +7,12 @@ use std::time::Instant;
 
 use sluice_rtp::rtcp::{self, ReportBlock, RtcpPacket};
 use sluice_rtsp::server_session::{Role, ServerSession};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::conn::ConnHandle;
 use crate::file_source::FileSource;
 use crate::ingest::Ingest;
-use crate::reader::{ReaderSink, UdpOut};
+use crate::reader::ReaderSink;
 use crate::stream::{SinkId, Stream};
 
 /// How one track of a session travels.
@@ -47,10 +46,8 @@ pub enum TrackTransport {
 pub struct Playing {
     /// The subscription in the stream.
     pub sink_id: SinkId,
-    /// The sink.
+    /// The sink (its Sender Reports are sent by the server's reaper, when due).
     pub sink: Arc<ReaderSink>,
-    /// The Sender Report task.
-    pub reports: JoinHandle<()>,
 }
 
 /// The mutable part of a session.
@@ -62,8 +59,6 @@ pub struct SessionInner {
     pub transports: Vec<Option<TrackTransport>>,
     /// Readers: the subscription while playing.
     pub playing: Option<Playing>,
-    /// Readers over UDP: the writer task's queue (created at the first UDP SETUP).
-    pub udp_out: Option<mpsc::Sender<UdpOut>>,
     /// Publishers: the source feeding the stream.
     pub ingest: Option<Arc<Ingest>>,
     /// Publishers: the Receiver Report task.

@@ -1,11 +1,16 @@
 //! The stream model: one source feeds a per-path [`Stream`]; any number of [`Sink`]s
 //! subscribe to it.
 //!
-//! A source (an RTSP publisher today; pulls, files and recordings later) calls
-//! [`Stream::push_rtp`] with each packet as a shared [`Bytes`]; the stream hands the same
-//! buffer to every sink (a reference count, never a copy). Sinks must not block: each owns
-//! a bounded queue and decides itself what happens when it is full. Adding a kind of
-//! source or sink never touches another.
+//! A source (an RTSP publisher, a pull, a file) calls [`Stream::push_rtp`] with each
+//! packet as a shared [`Bytes`]. The stream collects a frame's packets and hands the batch
+//! to every sink at once ([`Sink::handle_batch`]): the same buffers (a reference count,
+//! never a copy), and one shared [`Egress`] in which UDP readers queue their messages so
+//! that a frame reaches hundreds of readers in a few `sendmmsg` calls. A batch is flushed
+//! at a video frame's last packet (RTP marker), when a new frame begins, for every
+//! non-video packet, at 64 packets, and whenever the source calls [`Stream::flush`] (it
+//! has no more input at hand). Sinks must not block: each owns a bounded queue and decides
+//! itself what happens when it is full. Adding a kind of source or sink never touches
+//! another.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,8 +22,12 @@ use sluice_rtp::packet::{rewrite_header, RtpHeader};
 use sluice_rtp::rtcp::SenderInfo;
 use sluice_rtp::timeline::Timeline;
 
+use crate::egress::{Egress, UdpPlan};
 use crate::gop::GopCache;
 use crate::presentation::Presentation;
+
+/// Most packets collected before a flush.
+const MAX_PENDING: usize = 64;
 
 /// One RTP packet of a track as relayed to sinks.
 #[derive(Debug, Clone)]
@@ -44,8 +53,16 @@ pub enum EndReason {
 
 /// A consumer of a stream: an RTSP reader, a multicast group, later recorders and web outputs.
 pub trait Sink: Send + Sync {
-    /// Called for every RTP packet while the sink is subscribed. Must never block.
+    /// Called for every RTP packet while the sink is subscribed (and for the GOP cache
+    /// handed over at subscription), unless the sink takes whole batches. Must never block.
     fn handle_packet(&self, packet: &MediaPacket);
+    /// Called with each batch of packets (usually one frame's). The default hands each
+    /// packet to [`Sink::handle_packet`]; UDP readers queue messages into `egress` instead.
+    fn handle_batch(&self, egress: &mut Egress<'_>) {
+        for p in egress.packets() {
+            self.handle_packet(p);
+        }
+    }
     /// The stream has ended; no more packets will come.
     fn handle_end(&self, reason: EndReason);
     /// The source reached the end of its media (a file's end or a PLAY range's end) but
@@ -80,6 +97,12 @@ pub struct Stream {
     ended_notify: tokio::sync::Notify,
     version: u64,
     gop: Mutex<GopCache>,
+    /// Packets pushed but not yet handed to sinks (the batch being collected).
+    pending: Mutex<Vec<MediaPacket>>,
+    /// The track whose frames are batched (the first video track).
+    video_track: Option<usize>,
+    /// UDP datagrams sinks could not send (send buffer full), for the drop log.
+    udp_dropped: AtomicU64,
 }
 
 /// Where a new subscriber's numbering starts on a track (for RTP-Info).
@@ -131,6 +154,9 @@ impl Stream {
             ended_notify: tokio::sync::Notify::new(),
             version,
             gop: Mutex::new(GopCache::new(video)),
+            pending: Mutex::new(Vec::with_capacity(MAX_PENDING)),
+            video_track: video.map(|(i, _)| i),
+            udp_dropped: AtomicU64::new(0),
         }
     }
 
@@ -286,17 +312,61 @@ impl Stream {
             packet.header.timestamp = mapped.timestamp;
             packet.header.ssrc = mapped.ssrc;
         }
-        let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
-        // Updated under the sinks lock so that `subscribe` sees, for every track, exactly
-        // the last packet its new sink will not get, and a GOP cache ending with it.
-        *state.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(packet.header);
-        self.gop
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .handle_packet(&packet);
-        for (_, sink) in sinks.iter() {
-            sink.handle_packet(&packet);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let is_video = Some(packet.track) == self.video_track;
+        // A new frame begins: the previous one is complete even if its marker was lost.
+        let new_frame = pending.last().is_some_and(|last| {
+            last.track == packet.track && last.header.timestamp != packet.header.timestamp
+        });
+        if new_frame {
+            self.flush_locked(&mut pending);
         }
+        let flush_now = !is_video || packet.header.marker;
+        pending.push(packet);
+        if flush_now || pending.len() >= MAX_PENDING {
+            self.flush_locked(&mut pending);
+        }
+    }
+
+    /// Hands the packets collected so far to the sinks. Sources call it when they have no
+    /// more input at hand, so a batch never waits for input that is not coming.
+    pub fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.is_empty() {
+            self.flush_locked(&mut pending);
+        }
+    }
+
+    fn flush_locked(&self, pending: &mut Vec<MediaPacket>) {
+        let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
+        {
+            // Updated under the sinks lock so that `subscribe` sees, for every track,
+            // exactly the last packet its new sink will not get, and a GOP cache ending
+            // with it.
+            let mut gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
+            for p in pending.iter() {
+                if let Some(state) = self.tracks.get(p.track) {
+                    *state.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.header);
+                }
+                gop.handle_packet(p);
+            }
+        }
+        let plan = UdpPlan::new(pending, crate::udp_send::gso_enabled());
+        let mut egress = Egress::new(pending, &plan);
+        for (_, sink) in sinks.iter() {
+            sink.handle_batch(&mut egress);
+        }
+        let sent = egress.finish();
+        drop(sinks);
+        if sent.dropped > 0 && self.udp_dropped.fetch_add(sent.dropped, Ordering::Relaxed) == 0 {
+            tracing::warn!(path = %self.path, dropped = sent.dropped, "UDP send buffer full: datagrams dropped");
+        }
+        pending.clear();
+    }
+
+    /// UDP datagrams dropped because the kernel refused them (send buffer full).
+    pub fn udp_dropped(&self) -> u64 {
+        self.udp_dropped.load(Ordering::Relaxed)
     }
 
     /// Records the source's Sender Report for `track`, so sinks can emit their own SRs
@@ -338,6 +408,7 @@ impl Stream {
 
     /// Tells every sink that the source's media ended (see [`Sink::handle_end_of_stream`]).
     pub fn push_end_of_stream(&self) {
+        self.flush();
         let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
         for (_, sink) in sinks.iter() {
             sink.handle_end_of_stream();
@@ -346,6 +417,10 @@ impl Stream {
 
     /// Ends the stream: every sink is told and dropped; `ended()` completes.
     pub fn end(&self, reason: EndReason) {
+        if self.is_ended() {
+            return;
+        }
+        self.flush();
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -409,12 +484,19 @@ mod tests {
         s.add_sink(b.clone());
         let data = Bytes::from(vec![0x80u8; 100]);
         s.push_rtp(packet(&data));
+        assert_eq!(
+            a.packets.load(Ordering::SeqCst),
+            0,
+            "a frame waits for its end"
+        );
+        s.flush();
         assert_eq!(a.packets.load(Ordering::SeqCst), 1);
         // Same allocation, not a copy.
         assert_eq!(*a.last_ptr.lock().unwrap(), Some(data.as_ptr() as usize));
         assert_eq!(*b.last_ptr.lock().unwrap(), Some(data.as_ptr() as usize));
         s.remove_sink(ida);
         s.push_rtp(packet(&data));
+        s.flush();
         assert_eq!(a.packets.load(Ordering::SeqCst), 1);
         assert_eq!(b.packets.load(Ordering::SeqCst), 2);
         assert_eq!(s.last_header(0).unwrap().sequence, 1);
@@ -474,12 +556,63 @@ mod tests {
         s.push_rtp(pkt(11, 4000, 5));
         s.handle_source_change();
         s.push_rtp(pkt(30_000, 77, 9));
+        s.flush();
         let v = seen.lock().unwrap();
         assert_eq!(v[0].0, 10);
         assert_eq!(v[2].0, 12, "sequence continues");
         assert_eq!(v[2].2, 5, "SSRC kept");
         assert!(v[2].1.wrapping_sub(4000) > 0 && v[2].1.wrapping_sub(4000) < 90_000);
         assert_eq!(v[2].3, vec![(30_000u16) as u8], "payload untouched");
+    }
+
+    #[test]
+    fn a_frame_is_one_batch_ended_by_its_marker_or_the_next_frame() {
+        let s = Stream::new(
+            "p".into(),
+            Presentation::from_sdp(SDP.as_bytes()).unwrap(),
+            1,
+        );
+        struct Batches(Mutex<Vec<Vec<u16>>>);
+        impl Sink for Batches {
+            fn handle_packet(&self, _: &MediaPacket) {}
+            fn handle_batch(&self, e: &mut Egress<'_>) {
+                let seqs = e.packets().iter().map(|p| p.header.sequence).collect();
+                self.0.lock().unwrap().push(seqs);
+            }
+            fn handle_end(&self, _: EndReason) {}
+        }
+        let b = Arc::new(Batches(Mutex::new(Vec::new())));
+        s.add_sink(b.clone());
+        let pkt = |seq: u16, ts: u32, marker: bool| {
+            let data = Bytes::from_static(&[0x80; 20]);
+            MediaPacket {
+                track: 0,
+                header: RtpHeader {
+                    payload_type: 96,
+                    marker,
+                    sequence: seq,
+                    timestamp: ts,
+                    ssrc: 1,
+                    payload_offset: 12,
+                },
+                data,
+                received_at: Instant::now(),
+            }
+        };
+        s.push_rtp(pkt(1, 0, false));
+        s.push_rtp(pkt(2, 0, false));
+        s.push_rtp(pkt(3, 0, true));
+        s.push_rtp(pkt(4, 3000, false)); // marker lost
+        s.push_rtp(pkt(5, 6000, false));
+        s.push_rtp(pkt(6, 6000, false));
+        assert_eq!(*b.0.lock().unwrap(), vec![vec![1, 2, 3], vec![4]]);
+        s.flush();
+        s.flush();
+        assert_eq!(b.0.lock().unwrap().last(), Some(&vec![5, 6]));
+        for i in 0..100u16 {
+            s.push_rtp(pkt(100 + i, 9000, false));
+        }
+        assert_eq!(b.0.lock().unwrap().last().map(Vec::len), Some(MAX_PENDING));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct UdpHub {
     pub rtp: Arc<UdpSocket>,
     /// Socket on `rtp_port + 1`.
     pub rtcp: Arc<UdpSocket>,
+    /// Whether the RTP socket sends GSO runs (probed at bind).
+    pub gso: bool,
     rtp_routes: RwLock<HashMap<SocketAddr, Route>>,
     rtcp_routes: RwLock<HashMap<SocketAddr, Route>>,
     unknown: AtomicU64,
@@ -53,7 +55,10 @@ impl UdpHub {
     pub async fn bind(ip: std::net::IpAddr, rtp_port: u16) -> std::io::Result<UdpHub> {
         let rtp = bind_udp(SocketAddr::new(ip, rtp_port))?;
         let rtcp = bind_udp(SocketAddr::new(ip, rtp_port + 1))?;
+        let gso = crate::udp_send::probe_gso(&rtp);
+        debug!(gso, "UDP segmentation offload");
         Ok(UdpHub {
+            gso,
             rtp: Arc::new(rtp),
             rtcp: Arc::new(rtcp),
             rtp_routes: RwLock::new(HashMap::new()),
@@ -143,11 +148,23 @@ impl UdpHub {
         // One large buffer split per datagram: the Bytes handed on share its allocation,
         // so receiving costs no allocation per packet once the buffer is warm.
         let mut buf = BytesMut::with_capacity(256 * 1024);
+        // Publishers whose packets arrived since the socket was last empty: their streams
+        // are flushed when it is (a frame's datagrams arrive back to back).
+        let mut touched: Vec<Arc<Ingest>> = Vec::new();
         loop {
             if buf.capacity() - buf.len() < 65536 {
                 buf.reserve(256 * 1024);
             }
-            let from = match socket.recv_buf_from(&mut buf).await {
+            let received = match socket.try_recv_buf_from(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    for ingest in touched.drain(..) {
+                        ingest.flush();
+                    }
+                    socket.recv_buf_from(&mut buf).await
+                }
+                r => r,
+            };
+            let from = match received {
                 Ok((_, from)) => from,
                 Err(e) => {
                     // ICMP errors surface here on some systems; they never stop the loop.
@@ -164,6 +181,9 @@ impl UdpHub {
                         ingest.handle_rtcp(track, &data, now);
                     } else {
                         ingest.handle_rtp(track, data, now);
+                        if !touched.iter().any(|i| Arc::ptr_eq(i, &ingest)) {
+                            touched.push(ingest);
+                        }
                     }
                 }
                 Some(Route::Reader { session, track }) => {

@@ -109,6 +109,10 @@ enum BenchCommand {
         /// wake-ups per reader, but on loopback the fan-out already batches readers per wake-up).
         #[arg(long, default_value_t = 0)]
         rest_ms: u64,
+        /// Do not ask the server for its ingest → egress latency (that query resets it: when
+        /// several load processes measure one window, only one may ask).
+        #[arg(long)]
+        no_egress_latency: bool,
     },
 }
 
@@ -163,6 +167,7 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
         window_start_unix,
         samples,
         rest_ms,
+        no_egress_latency,
     } = command;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new("warn"))
@@ -196,6 +201,7 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
         window_start_unix,
         samples,
         rest: std::time::Duration::from_millis(rest_ms),
+        egress_latency: !no_egress_latency,
         ..sluice_client::bench::LoadOptions::new(url)
     };
     let report = runtime.block_on(sluice_client::bench::run(opts, |line| eprintln!("{line}")))?;

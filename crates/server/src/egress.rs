@@ -1,0 +1,183 @@
+//! One flush of a stream's packets to its sinks: the shared view every sink gets of a
+//! batch (a frame's packets, usually), and the UDP messages the sinks add to it, sent
+//! together with `sendmmsg` at the end (see [`crate::udp_send`]).
+//!
+//! The batch is planned once per flush for all readers: per track, the packets' slices
+//! and their GSO runs. A UDP reader then adds one message per run (its address and a
+//! pointer to the shared slices): no payload is copied, nothing is allocated per reader.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+
+use crate::latency::EGRESS_LATENCY;
+use crate::stream::MediaPacket;
+use crate::udp_send::{self, Datagram, Sent};
+
+/// A group of a track's consecutive packets sent as one UDP message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Track of the packets.
+    pub track: usize,
+    /// Range of the plan's slices (one per packet).
+    start: usize,
+    /// Packets in the run.
+    pub packets: u16,
+    /// GSO segment size (the first packet's size).
+    segment: u16,
+    /// RTP payload bytes in the run (for Sender Report octet counts).
+    pub payload_bytes: u32,
+    /// SSRC of the run's packets.
+    pub ssrc: u32,
+}
+
+/// The per-flush plan shared by every UDP reader.
+#[derive(Debug)]
+pub struct UdpPlan<'a> {
+    slices: Vec<IoSlice<'a>>,
+    runs: Vec<Run>,
+}
+
+impl<'a> UdpPlan<'a> {
+    /// Plans `packets`: grouped by track (order kept within a track), split into runs.
+    pub fn new(packets: &'a [MediaPacket], gso: bool) -> UdpPlan<'a> {
+        let mut slices = Vec::with_capacity(packets.len());
+        let mut runs = Vec::new();
+        let mut tracks: Vec<usize> = packets.iter().map(|p| p.track).collect();
+        tracks.sort_unstable();
+        tracks.dedup();
+        let mut ranges = Vec::new();
+        for track in tracks {
+            let of_track: Vec<&MediaPacket> = packets.iter().filter(|p| p.track == track).collect();
+            let base = slices.len();
+            slices.extend(of_track.iter().map(|p| IoSlice::new(&p.data)));
+            ranges.clear();
+            udp_send::runs(of_track.iter().map(|p| p.data.len()), gso, &mut ranges);
+            for &(start, count, segment) in &ranges {
+                let payload_bytes = of_track[start..start + count]
+                    .iter()
+                    .map(|p| p.data.len().saturating_sub(p.header.payload_offset))
+                    .sum::<usize>();
+                runs.push(Run {
+                    track,
+                    start: base + start,
+                    packets: count as u16,
+                    segment,
+                    payload_bytes: payload_bytes as u32,
+                    ssrc: of_track[start].header.ssrc,
+                });
+            }
+        }
+        UdpPlan { slices, runs }
+    }
+
+    /// The runs, grouped by track.
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+}
+
+/// One flush as a sink sees it.
+pub struct Egress<'p> {
+    packets: &'p [MediaPacket],
+    plan: &'p UdpPlan<'p>,
+    socket: Option<Arc<UdpSocket>>,
+    pending: Vec<Datagram<'p>>,
+    sent: Sent,
+    /// When the oldest packet of the batch arrived.
+    oldest: Option<Instant>,
+}
+
+impl std::fmt::Debug for Egress<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("packets", &self.packets.len())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl<'p> Egress<'p> {
+    /// A flush of `packets`, planned as `plan`.
+    pub fn new(packets: &'p [MediaPacket], plan: &'p UdpPlan<'p>) -> Egress<'p> {
+        Egress {
+            packets,
+            plan,
+            socket: None,
+            pending: Vec::with_capacity(udp_send::MAX_BATCH),
+            sent: Sent::default(),
+            oldest: packets.iter().map(|p| p.received_at).min(),
+        }
+    }
+
+    /// The batch's packets, in arrival order.
+    pub fn packets(&self) -> &'p [MediaPacket] {
+        self.packets
+    }
+
+    /// The batch's UDP runs, grouped by track.
+    pub fn runs(&self) -> &'p [Run] {
+        self.plan.runs()
+    }
+
+    /// Queues `run` to `to` from `socket` (as one GSO message if `gso`, else a message
+    /// per packet); sent with other readers' messages in one `sendmmsg` (at most
+    /// [`udp_send::MAX_BATCH`] queued at a time).
+    pub fn send_udp(&mut self, socket: &Arc<UdpSocket>, to: SocketAddr, run: &Run, gso: bool) {
+        if !self.socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
+            self.flush_udp();
+            self.socket = Some(socket.clone());
+        }
+        let parts = &self.plan.slices[run.start..run.start + usize::from(run.packets)];
+        if gso || run.packets == 1 {
+            self.push(Datagram {
+                to,
+                parts,
+                segment: (run.packets > 1).then_some(run.segment),
+                packets: run.packets,
+            });
+        } else {
+            for part in parts.chunks(1) {
+                self.push(Datagram {
+                    to,
+                    parts: part,
+                    segment: None,
+                    packets: 1,
+                });
+            }
+        }
+    }
+
+    fn push(&mut self, d: Datagram<'p>) {
+        self.pending.push(d);
+        if self.pending.len() >= udp_send::MAX_BATCH {
+            self.flush_udp();
+        }
+    }
+
+    fn flush_udp(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Some(socket) = &self.socket {
+            let sent = udp_send::send_batch(socket, &self.pending);
+            if let Some(oldest) = self.oldest {
+                EGRESS_LATENCY.record(
+                    Instant::now().saturating_duration_since(oldest),
+                    sent.packets,
+                );
+            }
+            self.sent += sent;
+        }
+        self.pending.clear();
+    }
+
+    /// Sends what is queued; returns what the whole flush sent over UDP.
+    pub fn finish(mut self) -> Sent {
+        self.flush_udp();
+        self.sent
+    }
+}

@@ -1,0 +1,145 @@
+//! Ingest → egress latency: how long a packet spent in Sluice, from the moment it was
+//! received from its source to the moment the send system call that carried it to a
+//! reader returned. Recorded per send call, weighted by the packets it carried, into a
+//! lock-free log-scale histogram; read (and reset) by the `sluice.egress_latency`
+//! GET_PARAMETER that `sluice bench load` uses.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Buckets: 0 holds < 1 µs; bucket i ≥ 1 holds [2^((i-1)/4), 2^(i/4)) µs, up to ~65 ms.
+const BUCKETS: usize = 66;
+
+/// A histogram of durations, in microseconds, with four buckets per octave.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    counts: [AtomicU64; BUCKETS],
+}
+
+/// The process-wide ingest → egress histogram.
+pub static EGRESS_LATENCY: LatencyHistogram = LatencyHistogram::new();
+
+/// Percentiles read from a histogram (bucket upper bounds, µs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// Packets recorded.
+    pub count: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Largest bucket used.
+    pub max_us: f64,
+}
+
+fn bucket_of(us: f64) -> usize {
+    if us < 1.0 {
+        0
+    } else {
+        ((us.log2() * 4.0).floor() as usize + 1).min(BUCKETS - 1)
+    }
+}
+
+fn upper_bound(bucket: usize) -> f64 {
+    if bucket == 0 {
+        1.0
+    } else {
+        2f64.powf(bucket as f64 / 4.0)
+    }
+}
+
+impl LatencyHistogram {
+    /// An empty histogram.
+    pub const fn new() -> LatencyHistogram {
+        LatencyHistogram {
+            counts: [const { AtomicU64::new(0) }; BUCKETS],
+        }
+    }
+
+    /// Records `packets` packets that took `d`.
+    pub fn record(&self, d: Duration, packets: u64) {
+        if packets == 0 {
+            return;
+        }
+        let us = d.as_secs_f64() * 1e6;
+        self.counts[bucket_of(us)].fetch_add(packets, Ordering::Relaxed);
+    }
+
+    /// Percentiles of what was recorded since the last `take`, and a reset.
+    pub fn take(&self) -> Summary {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.swap(0, Ordering::Relaxed))
+            .collect();
+        summarize(&counts)
+    }
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn summarize(counts: &[u64]) -> Summary {
+    let total: u64 = counts.iter().sum();
+    let at = |q: f64| -> f64 {
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return upper_bound(i);
+            }
+        }
+        upper_bound(counts.len() - 1)
+    };
+    let max = counts.iter().rposition(|&c| c > 0).map_or(0.0, upper_bound);
+    Summary {
+        count: total,
+        p50_us: at(0.5),
+        p90_us: at(0.9),
+        p99_us: at(0.99),
+        max_us: max,
+    }
+}
+
+impl std::fmt::Display for Summary {
+    /// `count=N p50_us=… p90_us=… p99_us=… max_us=…` (the GET_PARAMETER value).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "count={} p50_us={:.0} p90_us={:.0} p99_us={:.0} max_us={:.0}",
+            self.count, self.p50_us, self.p90_us, self.p99_us, self.max_us
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_bucket_upper_bounds_within_a_fifth() {
+        let h = LatencyHistogram::new();
+        h.record(Duration::from_micros(10), 98);
+        h.record(Duration::from_micros(500), 1);
+        h.record(Duration::from_millis(5), 1);
+        let s = h.take();
+        assert_eq!(s.count, 100);
+        assert!(s.p50_us >= 10.0 && s.p50_us < 12.0, "{s}");
+        assert!(s.p99_us >= 500.0 && s.p99_us < 600.0, "{s}");
+        assert!(s.max_us >= 5000.0 && s.max_us < 6000.0, "{s}");
+        assert_eq!(h.take().count, 0, "take resets");
+        h.record(Duration::from_nanos(10), 3);
+        assert_eq!(h.take().p99_us, 1.0);
+        h.record(Duration::from_secs(10), 1);
+        assert!(h.take().max_us > 60_000.0);
+    }
+}
