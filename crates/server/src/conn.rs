@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::handler::Connection;
 use crate::latency::EGRESS_LATENCY;
-use crate::media_queue::{MediaQueue, TcpOut};
+use crate::media_queue::{MediaQueue, TcpOut, NO_CHANNEL};
 use crate::server::Server;
 
 /// Responses queued per connection before its requests stop being read.
@@ -177,10 +177,7 @@ where
                 Ok(Some(Frame::Interleaved { channel, payload })) => {
                     conn.handle_interleaved(channel, payload)
                 }
-                Ok(None) => {
-                    conn.handle_input_drained();
-                    break;
-                }
+                Ok(None) => break,
                 Err(e) => {
                     warn!(conn = id, %peer, error = %e, "malformed request; closing connection");
                     let mut resp = Response::new(e.status());
@@ -225,7 +222,7 @@ async fn run_writer<W: AsyncWrite + Unpin>(
     handle: Arc<ConnHandle>,
 ) {
     let mut taken: Vec<TcpOut> = Vec::with_capacity(MAX_BATCH);
-    let mut batch: Vec<(u8, Bytes)> = Vec::with_capacity(MAX_BATCH);
+    let mut headers: Vec<[u8; 4]> = Vec::with_capacity(MAX_BATCH * 4);
     'run: loop {
         tokio::select! {
             biased;
@@ -240,8 +237,8 @@ async fn run_writer<W: AsyncWrite + Unpin>(
             },
             _ = media.wait() => {}
         }
-        // Everything queued goes out, a vectored write per MAX_BATCH frames; responses
-        // queued meanwhile go first.
+        // Everything queued goes out, in vectored writes; responses queued meanwhile go
+        // first.
         loop {
             while let Ok(bytes) = ctrl.try_recv() {
                 if wr.write_all(&bytes).await.is_err() {
@@ -252,33 +249,13 @@ async fn run_writer<W: AsyncWrite + Unpin>(
             if media.take(&mut taken, MAX_BATCH) == 0 {
                 break;
             }
-            let mut close = false;
-            let mut oldest: Option<std::time::Instant> = None;
-            for item in taken.drain(..) {
-                match item {
-                    TcpOut::Frame {
-                        channel,
-                        data,
-                        received_at,
-                    } => {
-                        if let Some(t) = received_at {
-                            oldest = Some(oldest.map_or(t, |o| o.min(t)));
-                        }
-                        batch.push((channel, data));
-                    }
-                    TcpOut::Close => {
-                        close = true;
-                        break;
-                    }
-                }
-            }
-            let live = batch.len() as u64;
-            if !batch.is_empty() && write_frames(&mut wr, &batch).await.is_err() {
+            let close = taken.iter().any(|t| matches!(t, TcpOut::Close));
+            let (oldest, frames) = frame_stats(&taken);
+            if write_items(&mut wr, &taken, &mut headers).await.is_err() {
                 break 'run;
             }
-            batch.clear();
             if let Some(t) = oldest {
-                EGRESS_LATENCY.record(Instant::now().saturating_duration_since(t), live);
+                EGRESS_LATENCY.record(Instant::now().saturating_duration_since(t), frames);
             }
             if close {
                 // Responses queued before the close still go out.
@@ -296,33 +273,100 @@ async fn run_writer<W: AsyncWrite + Unpin>(
     handle.close("writer finished");
 }
 
-/// Writes interleaved frames with vectored writes: a 4-byte header per frame plus the
-/// shared payload, so no payload is copied and a batch costs one syscall when the socket
-/// has room.
-async fn write_frames<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    frames: &[(u8, Bytes)],
-) -> std::io::Result<()> {
-    let headers: Vec<[u8; 4]> = frames
-        .iter()
-        .map(|(channel, data)| {
-            let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
-            sluice_rtsp::interleaved::header(*channel, len)
-        })
-        .collect();
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() * 2);
-    for ((_, data), h) in frames.iter().zip(&headers) {
-        parts.push(h);
-        parts.push(&data[..data.len().min(usize::from(u16::MAX))]);
+/// When the oldest relayed packet among `items` was received, and how many relayed
+/// packets they hold (RTCP and other unstamped frames aside).
+fn frame_stats(items: &[TcpOut]) -> (Option<Instant>, u64) {
+    let mut oldest: Option<Instant> = None;
+    let mut n = 0u64;
+    let mut see = |t: Instant, k: u64| {
+        oldest = Some(oldest.map_or(t, |o| o.min(t)));
+        n += k;
+    };
+    for item in items {
+        match item {
+            TcpOut::Frame {
+                received_at: Some(t),
+                ..
+            } => see(*t, 1),
+            TcpOut::Batch { packets, .. } => {
+                if let Some(t) = packets.iter().map(|p| p.received_at).min() {
+                    see(t, item.frames() as u64);
+                }
+            }
+            _ => {}
+        }
     }
+    (oldest, n)
+}
+
+/// The interleaved frames of `items` (up to a Close), as (channel, packet) pairs.
+fn frames_of(items: &[TcpOut]) -> impl Iterator<Item = (u8, &[u8])> {
+    items
+        .iter()
+        .take_while(|i| !matches!(i, TcpOut::Close))
+        .flat_map(|item| {
+            let (single, batch) = match item {
+                TcpOut::Frame { channel, data, .. } => (Some((*channel, &data[..])), None),
+                TcpOut::Batch { packets, channels } => (None, Some((packets, channels))),
+                TcpOut::Close => (None, None),
+            };
+            single
+                .into_iter()
+                .chain(batch.into_iter().flat_map(|(packets, channels)| {
+                    packets.iter().filter_map(|p| {
+                        let c = *channels.get(p.track)?;
+                        (c != NO_CHANNEL).then_some((c, &p.data[..]))
+                    })
+                }))
+        })
+}
+
+/// Most slices per vectored write (a 4-byte header and a payload per frame).
+const MAX_IOV: usize = 256;
+
+/// Writes the interleaved frames of `items` with vectored writes of up to [`MAX_IOV`]
+/// slices: a 4-byte header per frame plus the shared payload, so no payload is copied
+/// and a frame's packets cost one syscall when the socket has room. `headers` is scratch
+/// space kept across calls.
+async fn write_items<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    items: &[TcpOut],
+    headers: &mut Vec<[u8; 4]>,
+) -> std::io::Result<()> {
+    headers.clear();
+    headers.extend(frames_of(items).map(|(channel, data)| {
+        let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
+        sluice_rtsp::interleaved::header(channel, len)
+    }));
+    let mut frames = frames_of(items).zip(headers.iter()).peekable();
+    let mut parts: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+    while frames.peek().is_some() {
+        let mut n = 0;
+        while n + 2 <= MAX_IOV {
+            let Some(((_, data), h)) = frames.next() else {
+                break;
+            };
+            parts[n] = &h[..];
+            parts[n + 1] = &data[..data.len().min(usize::from(u16::MAX))];
+            n += 2;
+        }
+        write_parts(wr, &parts[..n]).await?;
+    }
+    Ok(())
+}
+
+/// Writes every byte of `parts` (at most [`MAX_IOV`]) with vectored writes.
+async fn write_parts<W: AsyncWrite + Unpin>(wr: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
     // (index of the first unwritten part, bytes of it already written)
     let (mut idx, mut off) = (0usize, 0usize);
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len());
+    let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
     while idx < parts.len() {
-        slices.clear();
-        slices.push(IoSlice::new(&parts[idx][off..]));
-        slices.extend(parts[idx + 1..].iter().map(|p| IoSlice::new(p)));
-        let mut n = wr.write_vectored(&slices).await?;
+        let k = parts.len() - idx;
+        slices[0] = IoSlice::new(&parts[idx][off..]);
+        for (s, p) in slices[1..k].iter_mut().zip(&parts[idx + 1..]) {
+            *s = IoSlice::new(p);
+        }
+        let mut n = wr.write_vectored(&slices[..k]).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

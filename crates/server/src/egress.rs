@@ -89,6 +89,8 @@ pub struct Egress<'p> {
     sent: Sent,
     /// When the oldest packet of the batch arrived.
     oldest: Option<Instant>,
+    /// The packets as one shared allocation, made for the first queue-based sink.
+    shared: Option<Arc<[MediaPacket]>>,
 }
 
 impl std::fmt::Debug for Egress<'_> {
@@ -110,7 +112,16 @@ impl<'p> Egress<'p> {
             pending: Vec::with_capacity(udp_send::MAX_BATCH),
             sent: Sent::default(),
             oldest: packets.iter().map(|p| p.received_at).min(),
+            shared: None,
         }
+    }
+
+    /// The batch as one shared allocation (made once per flush, on first use), for sinks
+    /// that queue it: each then holds one reference count instead of one per packet.
+    pub fn shared_packets(&mut self) -> Arc<[MediaPacket]> {
+        self.shared
+            .get_or_insert_with(|| self.packets.iter().cloned().collect())
+            .clone()
     }
 
     /// The batch's packets, in arrival order.

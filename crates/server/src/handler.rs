@@ -114,16 +114,6 @@ impl Connection {
         }
     }
 
-    /// Everything received so far was decoded: publishers' streams relay what they
-    /// collected (the rest of a frame is not at hand).
-    pub fn handle_input_drained(&mut self) {
-        for c in self.channels.values() {
-            if let Channel::IngestRtp(ingest, _) = c {
-                ingest.flush();
-            }
-        }
-    }
-
     /// The connection closed.
     pub fn handle_closed(&mut self) {
         self.server

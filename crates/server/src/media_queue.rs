@@ -5,11 +5,20 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+
+use crate::presentation::MAX_TRACKS;
+use crate::stream::MediaPacket;
+
+/// Per track: the interleaved RTP channel a reader gets it on, or [`NO_CHANNEL`].
+pub type ChannelMap = [u8; MAX_TRACKS];
+
+/// In a [`ChannelMap`]: the reader does not get this track.
+pub const NO_CHANNEL: u8 = 0xff;
 
 /// An item for a connection's media writer.
 #[derive(Debug)]
@@ -23,8 +32,30 @@ pub enum TcpOut {
         /// When the packet was received from its source (for the latency histogram).
         received_at: Option<Instant>,
     },
+    /// A batch of a stream's packets (shared by every reader of the batch: one
+    /// reference count per reader, not per packet), each sent on its track's channel.
+    Batch {
+        /// The packets, in order.
+        packets: Arc<[MediaPacket]>,
+        /// Channel per track; packets of tracks without one are skipped.
+        channels: ChannelMap,
+    },
     /// Close the connection after what is queued.
     Close,
+}
+
+impl TcpOut {
+    /// Interleaved frames this item writes (what the queue's capacity counts).
+    pub fn frames(&self) -> usize {
+        match self {
+            TcpOut::Frame { .. } => 1,
+            TcpOut::Batch { packets, channels } => packets
+                .iter()
+                .filter(|p| channels.get(p.track).is_some_and(|c| *c != NO_CHANNEL))
+                .count(),
+            TcpOut::Close => 0,
+        }
+    }
 }
 
 /// Why a push was refused.
@@ -39,10 +70,17 @@ pub enum PushError {
 /// A bounded queue of [`TcpOut`] with a single consumer (the connection's writer).
 #[derive(Debug)]
 pub struct MediaQueue {
-    items: Mutex<VecDeque<TcpOut>>,
+    items: Mutex<Queued>,
     notify: Notify,
     capacity: usize,
     closed: AtomicBool,
+}
+
+/// The queued items and the interleaved frames they hold.
+#[derive(Debug, Default)]
+struct Queued {
+    items: VecDeque<TcpOut>,
+    frames: usize,
 }
 
 /// Capacity kept when a drained queue shrinks (a GOP catch-up can grow it a lot).
@@ -52,19 +90,20 @@ impl MediaQueue {
     /// An empty queue of at most `capacity` items.
     pub fn new(capacity: usize) -> MediaQueue {
         MediaQueue {
-            items: Mutex::new(VecDeque::new()),
+            items: Mutex::new(Queued::default()),
             notify: Notify::new(),
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<TcpOut>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues items in order, all or as many as fit; wakes the writer once. Returns how
-    /// many were queued, or how many were and why the rest could not be.
+    /// Queues items in order, all or as many as fit (capacity counts interleaved frames;
+    /// an item that would overflow it is not queued); wakes the writer once. Returns how
+    /// many items were queued, or how many were and why the rest could not be.
     pub fn push_all(
         &self,
         items: impl IntoIterator<Item = TcpOut>,
@@ -77,16 +116,16 @@ impl MediaQueue {
         let full = {
             let mut q = self.lock();
             loop {
-                if q.len() >= self.capacity {
-                    break items.next().is_some();
+                let Some(item) = items.next() else {
+                    break false;
+                };
+                let frames = item.frames();
+                if q.frames + frames > self.capacity && !q.items.is_empty() {
+                    break true;
                 }
-                match items.next() {
-                    Some(item) => {
-                        q.push_back(item);
-                        n += 1;
-                    }
-                    None => break false,
-                }
+                q.frames += frames;
+                q.items.push_back(item);
+                n += 1;
             }
         };
         if n > 0 {
@@ -108,7 +147,7 @@ impl MediaQueue {
 
     /// Asks the writer to stop after what is queued (always accepted).
     pub fn close(&self) {
-        self.lock().push_back(TcpOut::Close);
+        self.lock().items.push_back(TcpOut::Close);
         self.notify.notify_one();
     }
 
@@ -125,10 +164,12 @@ impl MediaQueue {
     /// Moves up to `max` queued items into `out`; returns how many.
     pub fn take(&self, out: &mut Vec<TcpOut>, max: usize) -> usize {
         let mut q = self.lock();
-        let n = q.len().min(max);
-        out.extend(q.drain(..n));
-        if q.is_empty() && q.capacity() > 4 * KEEP {
-            q.shrink_to(KEEP);
+        let n = q.items.len().min(max);
+        let mut frames = 0;
+        out.extend(q.items.drain(..n).inspect(|i| frames += i.frames()));
+        q.frames -= frames;
+        if q.items.is_empty() && q.items.capacity() > 4 * KEEP {
+            q.items.shrink_to(KEEP);
         }
         n
     }
@@ -163,7 +204,7 @@ mod tests {
             .iter()
             .map(|o| match o {
                 TcpOut::Frame { channel, .. } => *channel,
-                TcpOut::Close => 255,
+                _ => 255,
             })
             .collect();
         assert_eq!(channels, vec![0, 1, 2]);

@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::egress::Egress;
-use crate::media_queue::{MediaQueue, PushError, TcpOut};
+use crate::media_queue::{ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL};
 use crate::stream::{EndReason, MediaPacket, Sink, Stream};
 
 /// CNAME Sluice puts in its RTCP packets.
@@ -101,6 +101,8 @@ pub struct ReaderSink {
     /// When the next Sender Report is due, in ms after `created`.
     next_report_ms: AtomicU64,
     created: Instant,
+    /// TCP: the RTP channel per track.
+    channels: ChannelMap,
 }
 
 /// Most packets a closed gate holds: the GOP cache handed over at subscription, plus what
@@ -128,6 +130,12 @@ impl ReaderSink {
         on_close: CloseFn,
     ) -> ReaderSink {
         let counters = targets.iter().map(|_| TrackCounters::default()).collect();
+        let mut channels = [NO_CHANNEL; crate::presentation::MAX_TRACKS];
+        for (slot, t) in channels.iter_mut().zip(&targets) {
+            if let Target::Tcp { rtp, .. } = t {
+                *slot = *rtp;
+            }
+        }
         ReaderSink {
             label,
             targets,
@@ -146,6 +154,7 @@ impl ReaderSink {
             // The first report a second after subscription, as RFC 3550 suggests starting early.
             next_report_ms: AtomicU64::new(1000),
             created: Instant::now(),
+            channels,
         }
     }
 
@@ -260,16 +269,22 @@ impl ReaderSink {
                 self.count(p.track, 1, payload_len(p), p.header.ssrc);
             }
         }
+        self.handle_push_result(result.map(|_| ()).map_err(|(n, e)| (total - n, e)));
+    }
+
+    /// After queueing on a TCP connection: clears or advances the slow-reader clock.
+    /// `Err((dropped, why))` when some packets did not fit.
+    fn handle_push_result(&self, result: Result<(), (usize, PushError)>) {
         match result {
-            Ok(_) => {
+            Ok(()) => {
                 let mut full = self.full_since.lock().unwrap_or_else(|e| e.into_inner());
                 *full = None;
                 if self.in_drop_burst.swap(false, Ordering::Relaxed) {
                     debug!(reader = %self.label, dropped = self.dropped(), "reader queue drained");
                 }
             }
-            Err((n, PushError::Full)) => {
-                self.note_drop((total - n) as u64);
+            Err((dropped, PushError::Full)) => {
+                self.note_drop(dropped as u64);
                 let now = Instant::now();
                 let mut full = self.full_since.lock().unwrap_or_else(|e| e.into_inner());
                 let since = *full.get_or_insert(now);
@@ -282,6 +297,30 @@ impl ReaderSink {
             }
             Err((_, PushError::Closed)) => {}
         }
+    }
+
+    /// Queues a whole batch on a TCP reader's connection as one shared item.
+    fn push_tcp_batch(&self, q: &MediaQueue, egress: &mut Egress<'_>) {
+        let packets = egress.packets();
+        let mine = || {
+            packets
+                .iter()
+                .filter(|p| self.channels.get(p.track).is_some_and(|c| *c != NO_CHANNEL))
+        };
+        let n = mine().count();
+        if n == 0 {
+            return;
+        }
+        let result = q.push(TcpOut::Batch {
+            packets: egress.shared_packets(),
+            channels: self.channels,
+        });
+        if result.is_ok() {
+            for p in mine() {
+                self.count(p.track, 1, payload_len(p), p.header.ssrc);
+            }
+        }
+        self.handle_push_result(result.map_err(|e| (n, e)));
     }
 
     /// Builds this sink's Sender Reports for every delivered track from the stream's
@@ -410,7 +449,7 @@ impl Sink for ReaderSink {
                     }
                 }
             }
-            Outbox::Tcp(q) => self.push_tcp(q, packets.iter()),
+            Outbox::Tcp(q) => self.push_tcp_batch(q, egress),
         }
     }
 

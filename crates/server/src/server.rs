@@ -92,6 +92,10 @@ impl Drop for ConnSlot {
 /// Interval between the Sender/Receiver Reports Sluice sends.
 pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A batch waiting longer than this for its frame's end is relayed as it is (see
+/// [`Stream::flush_stale`]).
+const STALE_BATCH: Duration = Duration::from_millis(50);
+
 /// A bound, not yet running server.
 pub struct Server {
     config: Config,
@@ -413,10 +417,26 @@ impl Server {
     }
 
     async fn run_reaper(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut ticks = 0u64;
         loop {
             tick.tick().await;
             let now = Instant::now();
+            // A frame whose end never came (no marker bit, and no next frame yet): relay it.
+            let streams: Vec<Arc<Stream>> = self
+                .paths
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|p| p.stream.clone())
+                .collect();
+            for stream in streams {
+                stream.flush_stale(now, STALE_BATCH);
+            }
+            ticks += 1;
+            if ticks % 10 != 0 {
+                continue;
+            }
             let expired: Vec<(Arc<Session>, &'static str)> = self
                 .sessions
                 .lock()

@@ -7,8 +7,10 @@
 //! never a copy), and one shared [`Egress`] in which UDP readers queue their messages so
 //! that a frame reaches hundreds of readers in a few `sendmmsg` calls. A batch is flushed
 //! at a video frame's last packet (RTP marker), when a new frame begins, for every
-//! non-video packet, at 64 packets, and whenever the source calls [`Stream::flush`] (it
-//! has no more input at hand). Sinks must not block: each owns a bounded queue and decides
+//! non-video packet, at 64 packets, when the source calls [`Stream::flush`] (a file source
+//! after each sample), and by the server's reaper once it is 50 ms old (a frame without a
+//! marker and no next frame yet). Live sources do not flush when their socket runs dry:
+//! publishers write a frame packet by packet, and the reads would split it. Sinks must not block: each owns a bounded queue and decides
 //! itself what happens when it is full. Adding a kind of source or sink never touches
 //! another.
 
@@ -333,6 +335,18 @@ impl Stream {
     pub fn flush(&self) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if !pending.is_empty() {
+            self.flush_locked(&mut pending);
+        }
+    }
+
+    /// Flushes the batch if its first packet arrived more than `max_age` before `now`: a
+    /// frame without a marker bit, with no next frame yet to end it.
+    pub fn flush_stale(&self, now: Instant, max_age: std::time::Duration) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = pending
+            .first()
+            .is_some_and(|p| now.saturating_duration_since(p.received_at) >= max_age);
+        if stale {
             self.flush_locked(&mut pending);
         }
     }

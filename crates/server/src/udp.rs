@@ -148,22 +148,11 @@ impl UdpHub {
         // One large buffer split per datagram: the Bytes handed on share its allocation,
         // so receiving costs no allocation per packet once the buffer is warm.
         let mut buf = BytesMut::with_capacity(256 * 1024);
-        // Publishers whose packets arrived since the socket was last empty: their streams
-        // are flushed when it is (a frame's datagrams arrive back to back).
-        let mut touched: Vec<Arc<Ingest>> = Vec::new();
         loop {
             if buf.capacity() - buf.len() < 65536 {
                 buf.reserve(256 * 1024);
             }
-            let received = match socket.try_recv_buf_from(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    for ingest in touched.drain(..) {
-                        ingest.flush();
-                    }
-                    socket.recv_buf_from(&mut buf).await
-                }
-                r => r,
-            };
+            let received = socket.recv_buf_from(&mut buf).await;
             let from = match received {
                 Ok((_, from)) => from,
                 Err(e) => {
@@ -181,9 +170,6 @@ impl UdpHub {
                         ingest.handle_rtcp(track, &data, now);
                     } else {
                         ingest.handle_rtp(track, data, now);
-                        if !touched.iter().any(|i| Arc::ptr_eq(i, &ingest)) {
-                            touched.push(ingest);
-                        }
                     }
                 }
                 Some(Route::Reader { session, track }) => {
