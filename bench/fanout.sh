@@ -176,9 +176,10 @@ import json, sys
 r = json.loads(sys.stdin.read())
 s = r.get("server") or {}
 k = r["first_keyframe_ms"]
-print("   connected %d/%d  server CPU %s %%  RSS %s MiB  %s Mbit/s/reader  loss %s %%  PLAY p99 %s ms  key p50/p99 %s/%s ms  client CPU %s %%"
+e = r.get("egress_latency_us") or {}
+print("   connected %d/%d  server CPU %s %%  RSS %s MiB  %s Mbit/s/reader  loss %s %%  PLAY p99 %s ms  key p50/p99 %s/%s ms  ingest->egress p50/p99 %s/%s us  client CPU %s %%"
       % (r["readers_connected"], r["readers_requested"], s.get("cpu_pct"), s.get("rss_mib_after"), r["mbit_s_per_reader"],
-         r["loss_pct"], r["play_reply_ms"]["p99"], k["p50"], k["p99"], r["client_cpu_pct"]))
+         r["loss_pct"], r["play_reply_ms"]["p99"], k["p50"], k["p99"], e.get("p50"), e.get("p99"), r["client_cpu_pct"]))
 if r["failures"]: print("   failures:", r["failures"])
 if r["ended_early"]: print("   ended early:", r["ended_early"])
 '
@@ -215,6 +216,9 @@ m = {"label": label, "url": rs[0]["url"], "transport": rs[0]["transport"], "proc
      "first_packet_ms": pct(smp("first_packet_ms")), "first_keyframe_ms": pct(smp("first_keyframe_ms")),
      "no_keyframe": S("no_keyframe"), "client_cpu_pct": round(S("client_cpu_pct"), 2), "client_rss_mib": round(S("client_rss_mib"), 2),
      "udp_rcvbuf_errors": max(r["udp_rcvbuf_errors"] for r in rs), "window_start_unix": min(r["window_start_unix"] for r in rs)}
+el = [r["egress_latency_us"] for r in rs if r.get("egress_latency_us")]
+if el:
+    m["egress_latency_us"] = el[0]
 sv = [r["server"] for r in rs if r.get("server")]
 if sv:
     cpu = sum(x["cpu_pct"] for x in sv) / len(sv)
@@ -254,7 +258,8 @@ run_case() {
       local k=$(( left < share ? left : share ))
       timeout "$limit" "$BIN" bench load "$URL" --readers "$k" --transport "$transport" --duration "$DURATION" \
         --server-pid "$SERVER_PID" --label "$label" --samples --window-start-unix "$at" \
-        --udp-port-base $(( 10000 + i * (share * 4 + 64) )) >>"$parts" 2>>"$LOGDIR/load.log" &
+        --udp-port-base $(( 10000 + i * (share * 4 + 64) )) $( (( i > 0 )) && echo --no-egress-latency ) \
+        >>"$parts" 2>>"$LOGDIR/load.log" &
       lp+=("$!")
       left=$(( left - k )); i=$(( i + 1 ))
     done
@@ -324,12 +329,14 @@ print(f"Machine: {os.cpu_count()} vCPU {cpu_model()}, {int(mem)/1048576:.1f} GiB
       f"sluice at {commit}. Load average before/after: {l0} / {l1}.")
 print()
 print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at the end of the window "
-      "(growth per connected reader from before the first connect). key = PLAY sent → first keyframe packet; "
+      "(growth per connected reader from before the first connect). ingest→egress = Sluice's own histogram "
+      "(GET_PARAMETER sluice.egress_latency): packet received → the send call carrying it to a reader returned, "
+      "per packet and reader, bucket upper bounds. key = PLAY sent → first keyframe packet; "
       "PLAY = PLAY sent → reply. S = Sluice, G = gst-rtsp-server; ratio = S / G (lower is better for Sluice).\n")
 print("| stream | transport | readers | connected S / G | CPU % S / G | CPU ratio | CPU %/Gbit/s S / G | µs/pkt S / G "
       "| RSS MiB S / G | RSS ratio | KiB/reader S / G | Mbit/s/reader S / G | loss % S / G | PLAY p50/p99 ms S ; G "
-      "| key p50/p99 ms S ; G | client CPU % S / G |")
-print("|" + "---|" * 16)
+      "| key p50/p99 ms S ; G | ingest→egress p50/p99 µs S | client CPU % S / G |")
+print("|" + "---|" * 17)
 def g(r, *k):
     for key in k:
         if r is None:
@@ -344,6 +351,9 @@ def f(x, nd=1):
     return f"{x:,}"
 def ratio(a, b):
     return f"{a/b:.2f}" if a is not None and b else "—"
+def lat(r):
+    e = g(r, "egress_latency_us")
+    return "—" if not e or not e.get("count") else f"{e['p50']:,.0f}/{e['p99']:,.0f}"
 names = {"hi": "4 Mb/s", "lo": "200 kb/s"}
 for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k[2])):
     d = rows[(variant, transport, n)]
@@ -359,7 +369,7 @@ for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k
           f"| {pair('server','rss_mib_after')} | {ratio(g(s,'server','rss_mib_after'), g(gg,'server','rss_mib_after'))} "
           f"| {pair('server','rss_kib_per_reader')} | {pair('mbit_s_per_reader', nd=2)} | {pair('loss_pct', nd=3)} "
           f"| {pct(s,'play_reply_ms')} ; {pct(gg,'play_reply_ms')} | {pct(s,'first_keyframe_ms')} ; {pct(gg,'first_keyframe_ms')} "
-          f"| {pair('client_cpu_pct')} |")
+          f"| {lat(s)} | {pair('client_cpu_pct')} |")
 fails = []
 for (variant, transport, n), d in sorted(rows.items()):
     for server, r in d.items():

@@ -223,6 +223,7 @@ async fn run_writer<W: AsyncWrite + Unpin>(
 ) {
     let mut taken: Vec<TcpOut> = Vec::with_capacity(MAX_BATCH);
     let mut headers: Vec<[u8; 4]> = Vec::with_capacity(MAX_BATCH * 4);
+    let mut scratch: Vec<IoSlice<'static>> = Vec::with_capacity(MAX_IOV);
     'run: loop {
         tokio::select! {
             biased;
@@ -251,7 +252,10 @@ async fn run_writer<W: AsyncWrite + Unpin>(
             }
             let close = taken.iter().any(|t| matches!(t, TcpOut::Close));
             let (oldest, frames) = frame_stats(&taken);
-            if write_items(&mut wr, &taken, &mut headers).await.is_err() {
+            if write_items(&mut wr, &taken, &mut headers, &mut scratch)
+                .await
+                .is_err()
+            {
                 break 'run;
             }
             if let Some(t) = oldest {
@@ -321,66 +325,61 @@ fn frames_of(items: &[TcpOut]) -> impl Iterator<Item = (u8, &[u8])> {
         })
 }
 
-/// Most slices per vectored write (a 4-byte header and a payload per frame).
-const MAX_IOV: usize = 256;
+/// Most slices per vectored write (a 4-byte header and a payload per frame; IOV_MAX is 1024).
+const MAX_IOV: usize = 512;
+
+/// An empty vector of slices reusing `v`'s allocation (in-place collect), so the writer
+/// keeps one scratch vector across writes whatever the slices borrow.
+fn recycle<'b>(mut v: Vec<IoSlice<'_>>) -> Vec<IoSlice<'b>> {
+    v.clear();
+    v.into_iter().map(|_| IoSlice::new(&[])).collect()
+}
 
 /// Writes the interleaved frames of `items` with vectored writes of up to [`MAX_IOV`]
 /// slices: a 4-byte header per frame plus the shared payload, so no payload is copied
-/// and a frame's packets cost one syscall when the socket has room. `headers` is scratch
-/// space kept across calls.
+/// and a frame's packets cost one syscall when the socket has room. `headers` and
+/// `scratch` are kept across calls so that writing allocates nothing.
 async fn write_items<W: AsyncWrite + Unpin>(
     wr: &mut W,
     items: &[TcpOut],
     headers: &mut Vec<[u8; 4]>,
+    scratch: &mut Vec<IoSlice<'static>>,
 ) -> std::io::Result<()> {
     headers.clear();
     headers.extend(frames_of(items).map(|(channel, data)| {
         let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
         sluice_rtsp::interleaved::header(channel, len)
     }));
+    let mut slices = recycle(std::mem::take(scratch));
     let mut frames = frames_of(items).zip(headers.iter()).peekable();
-    let mut parts: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
-    while frames.peek().is_some() {
-        let mut n = 0;
-        while n + 2 <= MAX_IOV {
+    let mut result = Ok(());
+    while frames.peek().is_some() && result.is_ok() {
+        slices.clear();
+        while slices.len() + 2 <= MAX_IOV {
             let Some(((_, data), h)) = frames.next() else {
                 break;
             };
-            parts[n] = &h[..];
-            parts[n + 1] = &data[..data.len().min(usize::from(u16::MAX))];
-            n += 2;
+            slices.push(IoSlice::new(&h[..]));
+            slices.push(IoSlice::new(&data[..data.len().min(usize::from(u16::MAX))]));
         }
-        write_parts(wr, &parts[..n]).await?;
+        result = write_all_vectored(wr, &mut slices).await;
     }
-    Ok(())
+    *scratch = recycle(slices);
+    result
 }
 
-/// Writes every byte of `parts` (at most [`MAX_IOV`]) with vectored writes.
-async fn write_parts<W: AsyncWrite + Unpin>(wr: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
-    // (index of the first unwritten part, bytes of it already written)
-    let (mut idx, mut off) = (0usize, 0usize);
-    let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
-    while idx < parts.len() {
-        let k = parts.len() - idx;
-        slices[0] = IoSlice::new(&parts[idx][off..]);
-        for (s, p) in slices[1..k].iter_mut().zip(&parts[idx + 1..]) {
-            *s = IoSlice::new(p);
-        }
-        let mut n = wr.write_vectored(&slices[..k]).await?;
+/// Writes every byte of `slices` with vectored writes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    let mut rest = slices;
+    while !rest.is_empty() {
+        let n = wr.write_vectored(rest).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while n > 0 && idx < parts.len() {
-            let rest = parts[idx].len() - off;
-            if n >= rest {
-                n -= rest;
-                idx += 1;
-                off = 0;
-            } else {
-                off += n;
-                n = 0;
-            }
-        }
+        IoSlice::advance_slices(&mut rest, n);
     }
     Ok(())
 }
