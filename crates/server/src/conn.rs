@@ -170,8 +170,13 @@ where
             }
         }
         conn.handle_input();
+        let mut decoded = 0usize;
         loop {
-            match decoder.decode(&mut buf) {
+            let frame = decoder.decode(&mut buf);
+            if matches!(frame, Ok(Some(_))) {
+                decoded += 1;
+            }
+            match frame {
                 Ok(Some(Frame::Message(Message::Request(req)))) => conn.handle_request(req).await,
                 Ok(Some(Frame::Message(Message::Response(_)))) => {}
                 Ok(Some(Frame::Interleaved { channel, payload })) => {
@@ -194,8 +199,12 @@ where
                 break 'read;
             }
         }
+        // The clock runs for one unfinished message: a publisher streaming interleaved
+        // frames whose reads end mid-frame makes progress, and restarts it.
         partial_since = if buf.is_empty() {
             None
+        } else if decoded > 0 {
+            Some(last_input)
         } else {
             partial_since.or(Some(last_input))
         };
