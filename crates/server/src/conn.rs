@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::handler::Connection;
 use crate::latency::EGRESS_LATENCY;
-use crate::media_queue::{MediaQueue, TcpOut, NO_CHANNEL};
+use crate::media_queue::{channel_of, MediaQueue, TcpOut};
 use crate::server::Server;
 
 /// Responses queued per connection before its requests stop being read.
@@ -320,16 +320,17 @@ fn frames_of(items: &[TcpOut]) -> impl Iterator<Item = (u8, &[u8])> {
         .flat_map(|item| {
             let (single, batch) = match item {
                 TcpOut::Frame { channel, data, .. } => (Some((*channel, &data[..])), None),
-                TcpOut::Batch { packets, channels } => (None, Some((packets, channels))),
+                TcpOut::Batch {
+                    packets, channels, ..
+                } => (None, Some((packets, channels))),
                 TcpOut::Close => (None, None),
             };
             single
                 .into_iter()
                 .chain(batch.into_iter().flat_map(|(packets, channels)| {
-                    packets.iter().filter_map(|p| {
-                        let c = *channels.get(p.track)?;
-                        (c != NO_CHANNEL).then_some((c, &p.data[..]))
-                    })
+                    packets
+                        .iter()
+                        .filter_map(|p| Some((channel_of(channels, p.track)?, &p.data[..])))
                 }))
         })
 }

@@ -57,16 +57,16 @@ impl<'a> UdpPlan<'a> {
             ranges.clear();
             udp_send::runs(of_track.iter().map(|p| p.data.len()), gso, &mut ranges);
             for &(start, count, segment) in &ranges {
-                let payload_bytes = of_track[start..start + count]
+                let payload_bytes: u32 = of_track[start..start + count]
                     .iter()
-                    .map(|p| p.data.len().saturating_sub(p.header.payload_offset))
-                    .sum::<usize>();
+                    .map(|p| p.payload_len())
+                    .sum();
                 runs.push(Run {
                     track,
                     start: base + start,
                     packets: count as u16,
                     segment,
-                    payload_bytes: payload_bytes as u32,
+                    payload_bytes,
                     ssrc: of_track[start].header.ssrc,
                 });
             }

@@ -92,11 +92,6 @@ impl Ingest {
         });
     }
 
-    /// The publisher has no more packets at hand: relay what its stream collected.
-    pub fn flush(&self) {
-        self.stream.flush();
-    }
-
     /// One RTCP (compound) packet of `track` from the publisher: SRs set the stream's clock mapping.
     pub fn handle_rtcp(&self, track: usize, data: &[u8], now: Instant) {
         let Some(stats) = self.stats.get(track) else {

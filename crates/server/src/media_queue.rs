@@ -20,6 +20,11 @@ pub type ChannelMap = [u8; MAX_TRACKS];
 /// In a [`ChannelMap`]: the reader does not get this track.
 pub const NO_CHANNEL: u8 = 0xff;
 
+/// The channel `track` goes out on, if the reader gets it.
+pub fn channel_of(channels: &ChannelMap, track: usize) -> Option<u8> {
+    channels.get(track).copied().filter(|c| *c != NO_CHANNEL)
+}
+
 /// An item for a connection's media writer.
 #[derive(Debug)]
 pub enum TcpOut {
@@ -39,6 +44,8 @@ pub enum TcpOut {
         packets: Arc<[MediaPacket]>,
         /// Channel per track; packets of tracks without one are skipped.
         channels: ChannelMap,
+        /// How many of the packets have a channel (counted once, by the sink).
+        frames: usize,
     },
     /// Close the connection after what is queued.
     Close,
@@ -49,10 +56,7 @@ impl TcpOut {
     pub fn frames(&self) -> usize {
         match self {
             TcpOut::Frame { .. } => 1,
-            TcpOut::Batch { packets, channels } => packets
-                .iter()
-                .filter(|p| channels.get(p.track).is_some_and(|c| *c != NO_CHANNEL))
-                .count(),
+            TcpOut::Batch { frames, .. } => *frames,
             TcpOut::Close => 0,
         }
     }

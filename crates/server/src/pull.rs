@@ -225,10 +225,6 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
                 }
             }
             _ = tick.tick() => {
-                // Frames without a marker bit are otherwise flushed when the next begins.
-                if let Some(i) = &ingest {
-                    i.flush();
-                }
                 let now = Instant::now();
                 if let (true, false, Some(since)) = (auto && !tcp, had_media, playing_since) {
                     if now.duration_since(since) >= UDP_SILENCE {

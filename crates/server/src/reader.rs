@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::egress::Egress;
-use crate::media_queue::{ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL};
+use crate::media_queue::{channel_of, ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL};
 use crate::stream::{EndReason, MediaPacket, Sink, Stream};
 
 /// CNAME Sluice puts in its RTCP packets.
@@ -266,7 +266,7 @@ impl ReaderSink {
         for (i, (p, _)) in mine.enumerate() {
             total += 1;
             if i < queued {
-                self.count(p.track, 1, payload_len(p), p.header.ssrc);
+                self.count(p.track, 1, p.payload_len(), p.header.ssrc);
             }
         }
         self.handle_push_result(result.map(|_| ()).map_err(|(n, e)| (total - n, e)));
@@ -305,7 +305,7 @@ impl ReaderSink {
         let mine = || {
             packets
                 .iter()
-                .filter(|p| self.channels.get(p.track).is_some_and(|c| *c != NO_CHANNEL))
+                .filter(|p| channel_of(&self.channels, p.track).is_some())
         };
         let n = mine().count();
         if n == 0 {
@@ -314,10 +314,11 @@ impl ReaderSink {
         let result = q.push(TcpOut::Batch {
             packets: egress.shared_packets(),
             channels: self.channels,
+            frames: n,
         });
         if result.is_ok() {
             for p in mine() {
-                self.count(p.track, 1, payload_len(p), p.header.ssrc);
+                self.count(p.track, 1, p.payload_len(), p.header.ssrc);
             }
         }
         self.handle_push_result(result.map_err(|e| (n, e)));
@@ -368,10 +369,6 @@ impl ReaderSink {
             self.send_rtcp(*target, Bytes::from(buf));
         }
     }
-}
-
-fn payload_len(p: &MediaPacket) -> u32 {
-    p.data.len().saturating_sub(p.header.payload_offset) as u32
 }
 
 impl ReaderSink {
@@ -509,7 +506,7 @@ async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>) {
             + Duration::from_secs_f64(next.data.len() as f64 / BACKLOG_BYTES_PER_SEC);
         match socket.send_to(&next.data, to).await {
             Ok(_) => {
-                sink.count(next.track, 1, payload_len(&next), next.header.ssrc);
+                sink.count(next.track, 1, next.payload_len(), next.header.ssrc);
             }
             Err(e) => {
                 if !errors_logged {

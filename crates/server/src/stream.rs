@@ -44,6 +44,24 @@ pub struct MediaPacket {
     pub received_at: Instant,
 }
 
+impl MediaPacket {
+    /// RTP payload bytes (what Sender Reports count as octets).
+    pub fn payload_len(&self) -> u32 {
+        self.data.len().saturating_sub(self.header.payload_offset) as u32
+    }
+}
+
+/// The first video track whose codec Sluice recognizes keyframes of: what the GOP cache
+/// and frame batching key on.
+fn keyframe_track(presentation: &Presentation) -> Option<(usize, sluice_codec::Codec)> {
+    presentation.tracks().iter().enumerate().find_map(|(i, t)| {
+        (t.media == "video")
+            .then(|| sluice_codec::codec_from_encoding(&t.encoding))
+            .flatten()
+            .map(|c| (i, c))
+    })
+}
+
 /// Why a stream ended, as told to its sinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -130,12 +148,7 @@ impl std::fmt::Debug for Stream {
 impl Stream {
     /// A new, not yet ready stream for `path` carrying `presentation`'s tracks.
     pub fn new(path: String, presentation: Presentation, version: u64) -> Stream {
-        let video = presentation.tracks().iter().enumerate().find_map(|(i, t)| {
-            (t.media == "video")
-                .then(|| sluice_codec::codec_from_encoding(&t.encoding))
-                .flatten()
-                .map(|c| (i, c))
-        });
+        let video = keyframe_track(&presentation);
         let tracks = presentation
             .tracks()
             .iter()
@@ -210,16 +223,7 @@ impl Stream {
     /// on-demand streams, or `rtsp.gop_cache = false`).
     pub fn set_gop_cache(&self, on: bool) {
         let video = if on {
-            self.presentation
-                .tracks()
-                .iter()
-                .enumerate()
-                .find_map(|(i, t)| {
-                    (t.media == "video")
-                        .then(|| sluice_codec::codec_from_encoding(&t.encoding))
-                        .flatten()
-                        .map(|c| (i, c))
-                })
+            keyframe_track(&self.presentation)
         } else {
             None
         };
