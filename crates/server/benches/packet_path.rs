@@ -13,7 +13,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sluice_rtp::packet::{parse_rtp, rewrite_header};
 use sluice_rtp::timeline::Timeline;
-use sluice_server::media_queue::{MediaQueue, TcpOut};
+use sluice_server::media_queue::{MediaQueue, Taken, TcpOut};
 use sluice_server::presentation::Presentation;
 use sluice_server::reader::{Outbox, ReaderSink, Target};
 use sluice_server::stream::{MediaPacket, Stream};
@@ -89,7 +89,7 @@ fn fan_out_tcp(c: &mut Criterion) {
         let s = stream();
         let queues: Vec<Arc<MediaQueue>> = (0..readers)
             .map(|_| {
-                let q = Arc::new(MediaQueue::new(1 << 16));
+                let q = Arc::new(MediaQueue::new(1 << 16, None));
                 let sink = Arc::new(ReaderSink::new(
                     "bench".into(),
                     vec![Target::Tcp { rtp: 0, rtcp: 1 }, Target::None],
@@ -105,10 +105,10 @@ fn fan_out_tcp(c: &mut Criterion) {
         let (mut seq, mut ts) = (0u16, 0u32);
         const N: usize = 12;
         g.throughput(Throughput::Elements((N * readers) as u64));
-        g.bench_function(format!("{readers} readers, 12-packet frame"), |b| {
+        g.bench_function(format!("{readers} queued readers, 12-packet frame"), |b| {
             b.iter_batched(
                 || {
-                    let mut out = Vec::new();
+                    let mut out = Taken::default();
                     for q in &queues {
                         out.clear();
                         q.take(&mut out, usize::MAX);

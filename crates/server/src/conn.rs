@@ -1,26 +1,31 @@
 //! One RTSP TCP connection: the read loop feeding the sans-IO decoder, and the writer
-//! task that sends responses first and interleaved media in vectored batches.
+//! task that sends responses and the interleaved media the fan-out could not write
+//! directly (see [`crate::media_queue`]), in vectored batches.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use sluice_rtsp::{Decoder, Frame, Limits, Message, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::handler::Connection;
 use crate::latency::EGRESS_LATENCY;
-use crate::media_queue::{channel_of, MediaQueue, TcpOut};
+use crate::media_queue::{frame_headers, frame_stats, gather, recycle, MediaQueue, Taken, TcpOut};
 use crate::server::Server;
+use crate::stream::INPUT_PAUSE;
 
-/// Responses queued per connection before its requests stop being read.
-const RESPONSE_QUEUE: usize = 16;
-/// How long a response may wait for room in that queue before the connection is closed.
+/// How long a response may wait for room in the connection's queue before the
+/// connection is closed (a client that sends requests but does not read the answers).
 const RESPONSE_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// Most interleaved frames written in one vectored write.
@@ -37,8 +42,8 @@ pub struct ConnHandle {
     pub local: SocketAddr,
     /// Whether the connection is RTSPS (TLS).
     pub tls: bool,
-    ctrl: mpsc::Sender<Bytes>,
-    /// Interleaved media queue (bounded; sinks push a frame at a time).
+    /// Outbound queue: responses, and interleaved media (bounded; sinks push a frame at a
+    /// time, written directly when the socket is free).
     pub media: Arc<MediaQueue>,
     close: Notify,
     closing: AtomicBool,
@@ -51,7 +56,9 @@ impl ConnHandle {
         response.encode(&mut out);
         // Bounded: a client that sends requests but does not read the answers is not read
         // either (TCP backpressure); one that stalls too long is disconnected.
-        match tokio::time::timeout(RESPONSE_QUEUE_WAIT, self.ctrl.send(out.freeze())).await {
+        match tokio::time::timeout(RESPONSE_QUEUE_WAIT, self.media.push_response(out.freeze()))
+            .await
+        {
             Ok(_) => {}
             Err(_) => {
                 warn!(conn = self.id, peer = %self.peer, "client does not read its responses; closing");
@@ -87,10 +94,32 @@ pub struct Accepted {
     pub tls: bool,
 }
 
-/// Serves one accepted connection (plain TCP or TLS) until it closes.
+/// Serves one accepted plain TCP connection until it closes. Its write side is shared
+/// by the writer task and the fan-out's direct writes.
+pub async fn run_tcp(server: Arc<Server>, socket: TcpStream, from: Accepted) {
+    let (rd, wr) = socket.into_split();
+    let wr = Arc::new(wr);
+    serve(server, rd, SharedWrite(wr.clone()), Some(wr), from).await;
+}
+
+/// Serves one accepted connection of any stream (TLS) until it closes.
 pub async fn run<S>(server: Arc<Server>, socket: S, from: Accepted)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (rd, wr) = tokio::io::split(socket);
+    serve(server, rd, wr, None, from).await;
+}
+
+async fn serve<R, W>(
+    server: Arc<Server>,
+    mut rd: R,
+    wr: W,
+    direct: Option<Arc<OwnedWriteHalf>>,
+    from: Accepted,
+) where
+    R: AsyncRead + Send + Unpin,
+    W: AsyncWrite + Send + Unpin + 'static,
 {
     let Accepted {
         id,
@@ -98,21 +127,18 @@ where
         local,
         tls,
     } = from;
-    let (mut rd, wr) = tokio::io::split(socket);
-    let (ctrl_tx, ctrl_rx) = mpsc::channel(RESPONSE_QUEUE);
-    let media = Arc::new(MediaQueue::new(server.config().rtsp.reader_queue));
+    let media = Arc::new(MediaQueue::new(server.config().rtsp.reader_queue, direct));
     let handle = Arc::new(ConnHandle {
         id,
         peer,
         local,
         tls,
-        ctrl: ctrl_tx,
         media: media.clone(),
         close: Notify::new(),
         closing: AtomicBool::new(false),
     });
     info!(conn = id, %peer, tls, "connect");
-    let writer = tokio::spawn(run_writer(wr, ctrl_rx, media, handle.clone()));
+    let writer = tokio::spawn(run_writer(wr, media, handle.clone()));
 
     let cfg = &server.config().limits;
     let limits = Limits {
@@ -128,6 +154,8 @@ where
     let mut last_input = Instant::now();
     // When the unfinished request at the front of `buf` started arriving.
     let mut partial_since: Option<Instant> = None;
+    // A publisher's packets collected but not relayed yet go out when its input pauses.
+    let mut flush_at: Option<Instant> = None;
     'read: loop {
         let announced = conn.announced_stream();
         // A half-sent request must complete in time; an idle connection without sessions
@@ -147,6 +175,13 @@ where
                 }
             },
             _ = handle.close.notified() => break,
+            _ = async { match (flush_at, &announced) { (Some(t), Some(_)) => tokio::time::sleep_until(t.into()).await, _ => std::future::pending().await } } => {
+                if let Some(s) = &announced {
+                    s.flush();
+                }
+                flush_at = None;
+                continue;
+            }
             _ = async { match &announced { Some(s) => s.ended().await, None => std::future::pending().await } } => {
                 info!(conn = id, "stream replaced or ended; closing publisher connection");
                 break;
@@ -177,7 +212,11 @@ where
                 decoded += 1;
             }
             match frame {
-                Ok(Some(Frame::Message(Message::Request(req)))) => conn.handle_request(req).await,
+                // Boxed: the handler's state lives only while a request is handled,
+                // instead of in every idle connection's future.
+                Ok(Some(Frame::Message(Message::Request(req)))) => {
+                    Box::pin(conn.handle_request(req)).await
+                }
                 Ok(Some(Frame::Message(Message::Response(_)))) => {}
                 Ok(Some(Frame::Interleaved { channel, payload })) => {
                     conn.handle_interleaved(channel, payload)
@@ -199,6 +238,10 @@ where
                 break 'read;
             }
         }
+        flush_at = announced
+            .as_ref()
+            .filter(|s| s.has_pending())
+            .map(|_| last_input + INPUT_PAUSE);
         // The clock runs for one unfinished message: a publisher streaming interleaved
         // frames whose reads end mid-frame makes progress, and restarts it.
         partial_since = if buf.is_empty() {
@@ -226,42 +269,35 @@ where
 
 async fn run_writer<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut ctrl: mpsc::Receiver<Bytes>,
     media: Arc<MediaQueue>,
     handle: Arc<ConnHandle>,
 ) {
-    let mut taken: Vec<TcpOut> = Vec::with_capacity(MAX_BATCH);
-    let mut headers: Vec<[u8; 4]> = Vec::with_capacity(MAX_BATCH * 4);
-    let mut scratch: Vec<IoSlice<'static>> = Vec::with_capacity(MAX_IOV);
+    let mut taken = Taken::default();
+    let mut headers: Vec<[u8; 4]> = Vec::new();
+    let mut scratch: Vec<IoSlice<'static>> = Vec::new();
     'run: loop {
-        tokio::select! {
-            biased;
-            r = ctrl.recv() => match r {
-                Some(bytes) => {
-                    if wr.write_all(&bytes).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                None => break,
-            },
-            _ = media.wait() => {}
-        }
-        // Everything queued goes out, in vectored writes; responses queued meanwhile go
-        // first.
+        media.wait().await;
+        // Everything queued goes out: the rest of a cut-short direct write first, then
+        // responses, then media in vectored writes. The writer owns the socket until a
+        // take finds the queue empty.
         loop {
-            while let Ok(bytes) = ctrl.try_recv() {
-                if wr.write_all(&bytes).await.is_err() {
+            taken.clear();
+            if !media.take(&mut taken, MAX_BATCH) {
+                break;
+            }
+            if let Some(rest) = taken.partial.take() {
+                if wr.write_all(&rest).await.is_err() {
                     break 'run;
                 }
             }
-            taken.clear();
-            if media.take(&mut taken, MAX_BATCH) == 0 {
-                break;
+            for bytes in &taken.responses {
+                if wr.write_all(bytes).await.is_err() {
+                    break 'run;
+                }
             }
-            let close = taken.iter().any(|t| matches!(t, TcpOut::Close));
-            let (oldest, frames) = frame_stats(&taken);
-            if write_items(&mut wr, &taken, &mut headers, &mut scratch)
+            let close = taken.items.iter().any(|t| matches!(t, TcpOut::Close));
+            let (oldest, frames) = frame_stats(&taken.items);
+            if write_items(&mut wr, &taken.items, &mut headers, &mut scratch)
                 .await
                 .is_err()
             {
@@ -271,81 +307,20 @@ async fn run_writer<W: AsyncWrite + Unpin>(
                 EGRESS_LATENCY.record(Instant::now().saturating_duration_since(t), frames);
             }
             if close {
-                // Responses queued before the close still go out.
-                while let Ok(bytes) = ctrl.try_recv() {
-                    if wr.write_all(&bytes).await.is_err() {
-                        break;
-                    }
-                }
                 break 'run;
             }
         }
+        // Idle: keep little memory per connection (a catch-up grows these).
+        taken.clear();
+        headers.shrink_to(16);
+        scratch.shrink_to(16);
     }
     media.set_closed();
     let _ = wr.shutdown().await;
     handle.close("writer finished");
 }
 
-/// When the oldest relayed packet among `items` was received, and how many relayed
-/// packets they hold (RTCP and other unstamped frames aside).
-fn frame_stats(items: &[TcpOut]) -> (Option<Instant>, u64) {
-    let mut oldest: Option<Instant> = None;
-    let mut n = 0u64;
-    let mut see = |t: Instant, k: u64| {
-        oldest = Some(oldest.map_or(t, |o| o.min(t)));
-        n += k;
-    };
-    for item in items {
-        match item {
-            TcpOut::Frame {
-                received_at: Some(t),
-                ..
-            } => see(*t, 1),
-            TcpOut::Batch { packets, .. } => {
-                if let Some(t) = packets.iter().map(|p| p.received_at).min() {
-                    see(t, item.frames() as u64);
-                }
-            }
-            _ => {}
-        }
-    }
-    (oldest, n)
-}
-
-/// The interleaved frames of `items` (up to a Close), as (channel, packet) pairs.
-fn frames_of(items: &[TcpOut]) -> impl Iterator<Item = (u8, &[u8])> {
-    items
-        .iter()
-        .take_while(|i| !matches!(i, TcpOut::Close))
-        .flat_map(|item| {
-            let (single, batch) = match item {
-                TcpOut::Frame { channel, data, .. } => (Some((*channel, &data[..])), None),
-                TcpOut::Batch {
-                    packets, channels, ..
-                } => (None, Some((packets, channels))),
-                TcpOut::Close => (None, None),
-            };
-            single
-                .into_iter()
-                .chain(batch.into_iter().flat_map(|(packets, channels)| {
-                    packets
-                        .iter()
-                        .filter_map(|p| Some((channel_of(channels, p.track)?, &p.data[..])))
-                }))
-        })
-}
-
-/// Most slices per vectored write (a 4-byte header and a payload per frame; IOV_MAX is 1024).
-const MAX_IOV: usize = 512;
-
-/// An empty vector of slices reusing `v`'s allocation (in-place collect), so the writer
-/// keeps one scratch vector across writes whatever the slices borrow.
-fn recycle<'b>(mut v: Vec<IoSlice<'_>>) -> Vec<IoSlice<'b>> {
-    v.clear();
-    v.into_iter().map(|_| IoSlice::new(&[])).collect()
-}
-
-/// Writes the interleaved frames of `items` with vectored writes of up to [`MAX_IOV`]
+/// Writes the interleaved frames of `items` with vectored writes of up to [`crate::media_queue::MAX_IOV`]
 /// slices: a 4-byte header per frame plus the shared payload, so no payload is copied
 /// and a frame's packets cost one syscall when the socket has room. `headers` and
 /// `scratch` are kept across calls so that writing allocates nothing.
@@ -355,23 +330,13 @@ async fn write_items<W: AsyncWrite + Unpin>(
     headers: &mut Vec<[u8; 4]>,
     scratch: &mut Vec<IoSlice<'static>>,
 ) -> std::io::Result<()> {
-    headers.clear();
-    headers.extend(frames_of(items).map(|(channel, data)| {
-        let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
-        sluice_rtsp::interleaved::header(channel, len)
-    }));
+    frame_headers(items, headers);
     let mut slices = recycle(std::mem::take(scratch));
-    let mut frames = frames_of(items).zip(headers.iter()).peekable();
+    let mut done = 0;
     let mut result = Ok(());
-    while frames.peek().is_some() && result.is_ok() {
+    while done < headers.len() && result.is_ok() {
         slices.clear();
-        while slices.len() + 2 <= MAX_IOV {
-            let Some(((_, data), h)) = frames.next() else {
-                break;
-            };
-            slices.push(IoSlice::new(&h[..]));
-            slices.push(IoSlice::new(&data[..data.len().min(usize::from(u16::MAX))]));
-        }
+        done += gather(items, headers, done, &mut slices);
         result = write_all_vectored(wr, &mut slices).await;
     }
     *scratch = recycle(slices);
@@ -392,4 +357,60 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut rest, n);
     }
     Ok(())
+}
+
+/// The write side of a plain TCP connection, shared (behind the [`MediaQueue`]'s lock,
+/// which decides who writes) by the writer task and the fan-out's direct writes.
+#[derive(Debug)]
+pub struct SharedWrite(pub Arc<OwnedWriteHalf>);
+
+impl SharedWrite {
+    fn stream(&self) -> &TcpStream {
+        (*self.0).as_ref()
+    }
+
+    /// Waits for room, then tries `write` (which returns WouldBlock if the room is gone).
+    fn poll_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> std::io::Result<usize>,
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.stream().poll_write_ready(cx))?;
+            match write(self.stream()) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_with(cx, |s| s.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_with(cx, |s| s.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(self.stream()).shutdown(std::net::Shutdown::Write))
+    }
 }

@@ -1,16 +1,28 @@
-//! The interleaved-media queue of one RTSP connection: sinks push a whole batch (a
-//! frame's packets) under one lock and wake the connection's writer once, which then
-//! writes the batch with one vectored write. A tokio channel would wake the writer per
-//! packet, and at hundreds of readers those wake-ups cost more than the writes.
+//! The outbound queue of one RTSP connection: RTSP responses and interleaved media.
+//!
+//! Sinks push a whole batch (a frame's packets) under one lock. On a plain TCP
+//! connection whose queue is empty and whose writer is idle, the batch is written at once
+//! from the pushing thread with one non-blocking vectored write (as ZLMediaKit does: one
+//! send per frame over shared buffers); the writer task is only woken when the socket
+//! pushes back, for TLS, or when something is already queued. At thousands of readers of
+//! a low-rate stream, a task wake-up per reader per frame cost more than the write itself.
+//!
+//! Hand-written rather than a channel: the queue must decide, under one lock, whether
+//! the socket is free for a direct write, and count its capacity in interleaved frames.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::latency::EGRESS_LATENCY;
 use crate::presentation::MAX_TRACKS;
 use crate::stream::MediaPacket;
 
@@ -19,6 +31,13 @@ pub type ChannelMap = [u8; MAX_TRACKS];
 
 /// In a [`ChannelMap`]: the reader does not get this track.
 pub const NO_CHANNEL: u8 = 0xff;
+
+/// Responses queued per connection before the next one waits for room (requests are
+/// answered one at a time, so this only fills when the client does not read).
+pub const RESPONSE_QUEUE: usize = 16;
+
+/// Most slices per vectored write (a 4-byte header and a payload per frame; IOV_MAX is 1024).
+pub const MAX_IOV: usize = 512;
 
 /// The channel `track` goes out on, if the reader gets it.
 pub fn channel_of(channels: &ChannelMap, track: usize) -> Option<u8> {
@@ -71,38 +90,92 @@ pub enum PushError {
     Closed,
 }
 
-/// A bounded queue of [`TcpOut`] with a single consumer (the connection's writer).
+/// What the writer takes from the queue in one go, written in this order.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The unwritten end of a direct write the socket cut short (goes first: the peer
+    /// has the frame's beginning).
+    pub partial: Option<Bytes>,
+    /// Encoded responses, in order.
+    pub responses: Vec<Bytes>,
+    /// Media items, in order (a [`TcpOut::Close`] ends the connection).
+    pub items: Vec<TcpOut>,
+}
+
+impl Taken {
+    /// Whether nothing was taken.
+    pub fn is_empty(&self) -> bool {
+        self.partial.is_none() && self.responses.is_empty() && self.items.is_empty()
+    }
+
+    /// Empties it, keeping little memory (a GOP catch-up can grow it a lot).
+    pub fn clear(&mut self) {
+        self.partial = None;
+        self.responses.clear();
+        self.items.clear();
+        self.responses.shrink_to(RESPONSE_QUEUE);
+        self.items.shrink_to(KEEP);
+    }
+}
+
+/// A bounded queue of responses and [`TcpOut`] with a single consumer (the connection's
+/// writer), which may write straight to a plain TCP socket when that is free.
 #[derive(Debug)]
 pub struct MediaQueue {
-    items: Mutex<Queued>,
-    notify: Notify,
+    state: Mutex<Queued>,
+    /// Wakes the writer.
+    wake: Notify,
+    /// Wakes a response waiting for room.
+    room: Notify,
     capacity: usize,
     closed: AtomicBool,
 }
 
-/// The queued items and the interleaved frames they hold.
+/// The queue under its lock.
 #[derive(Debug, Default)]
 struct Queued {
+    partial: Option<Bytes>,
+    responses: VecDeque<Bytes>,
     items: VecDeque<TcpOut>,
+    /// Interleaved frames in `items`.
     frames: usize,
+    /// The writer took items and has not come back empty-handed: it owns the socket.
+    writing: bool,
+    /// The socket, for direct writes (plain TCP only; dropped once the writer is gone).
+    direct: Option<Arc<OwnedWriteHalf>>,
 }
 
-/// Capacity kept when a drained queue shrinks (a GOP catch-up can grow it a lot).
-const KEEP: usize = 64;
+impl Queued {
+    /// Nothing queued and the writer idle: a write now is next on the wire.
+    fn socket_free(&self) -> bool {
+        !self.writing
+            && self.partial.is_none()
+            && self.responses.is_empty()
+            && self.items.is_empty()
+    }
+}
+
+/// Items a drained queue keeps room for.
+const KEEP: usize = 8;
 
 impl MediaQueue {
-    /// An empty queue of at most `capacity` items.
-    pub fn new(capacity: usize) -> MediaQueue {
+    /// An empty queue of at most `capacity` interleaved frames; with `direct`, media may
+    /// be written to that socket straight from the pushing thread.
+    pub fn new(capacity: usize, direct: Option<Arc<OwnedWriteHalf>>) -> MediaQueue {
         MediaQueue {
-            items: Mutex::new(Queued::default()),
-            notify: Notify::new(),
+            state: Mutex::new(Queued {
+                direct,
+                ..Queued::default()
+            }),
+            wake: Notify::new(),
+            room: Notify::new(),
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues items in order, all or as many as fit (capacity counts interleaved frames;
@@ -123,17 +196,14 @@ impl MediaQueue {
                 let Some(item) = items.next() else {
                     break false;
                 };
-                let frames = item.frames();
-                if q.frames + frames > self.capacity && !q.items.is_empty() {
+                if !self.enqueue(&mut q, item) {
                     break true;
                 }
-                q.frames += frames;
-                q.items.push_back(item);
                 n += 1;
             }
         };
         if n > 0 {
-            self.notify.notify_one();
+            self.wake.notify_one();
         }
         if full {
             Err((n, PushError::Full))
@@ -142,58 +212,286 @@ impl MediaQueue {
         }
     }
 
-    /// Queues one item.
+    /// Appends `item` if it fits.
+    fn enqueue(&self, q: &mut Queued, item: TcpOut) -> bool {
+        let frames = item.frames();
+        if q.frames + frames > self.capacity && !q.items.is_empty() {
+            return false;
+        }
+        q.frames += frames;
+        q.items.push_back(item);
+        true
+    }
+
+    /// Sends one item: written at once when the connection is plain TCP, nothing is
+    /// queued and the writer is idle; queued for the writer otherwise.
     pub fn push(&self, item: TcpOut) -> Result<(), PushError> {
-        self.push_all(std::iter::once(item))
-            .map(|_| ())
-            .map_err(|(_, e)| e)
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PushError::Closed);
+        }
+        let mut q = self.lock();
+        let direct = match &q.direct {
+            Some(socket) if q.socket_free() => write_direct(socket, &item),
+            _ => Direct::NotWritten,
+        };
+        match direct {
+            Direct::Written => return Ok(()),
+            Direct::Partial(rest) => {
+                q.partial = Some(rest);
+                drop(q);
+                self.wake.notify_one();
+                return Ok(());
+            }
+            // The writer waits for room (or meets the error) and writes it.
+            Direct::NotWritten => {}
+        }
+        let queued = self.enqueue(&mut q, item);
+        drop(q);
+        if queued {
+            self.wake.notify_one();
+            Ok(())
+        } else {
+            Err(PushError::Full)
+        }
+    }
+
+    /// Queues an encoded response, waiting while [`RESPONSE_QUEUE`] are queued (the
+    /// client is not reading); dropped if the writer is gone.
+    pub async fn push_response(&self, response: Bytes) {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            {
+                let mut q = self.lock();
+                if q.responses.len() < RESPONSE_QUEUE {
+                    q.responses.push_back(response);
+                    drop(q);
+                    self.wake.notify_one();
+                    return;
+                }
+            }
+            self.room.notified().await;
+        }
     }
 
     /// Asks the writer to stop after what is queued (always accepted).
     pub fn close(&self) {
         self.lock().items.push_back(TcpOut::Close);
-        self.notify.notify_one();
+        self.wake.notify_one();
     }
 
-    /// The writer is gone: later pushes fail.
+    /// The writer is gone: later pushes fail, and the socket is no longer written to.
     pub fn set_closed(&self) {
         self.closed.store(true, Ordering::Release);
+        self.lock().direct = None;
+        self.room.notify_one();
     }
 
     /// Waits until something may be queued (a wake-up from a push or close).
     pub async fn wait(&self) {
-        self.notify.notified().await;
+        self.wake.notified().await;
     }
 
-    /// Moves up to `max` queued items into `out`; returns how many.
-    pub fn take(&self, out: &mut Vec<TcpOut>, max: usize) -> usize {
+    /// Moves what is queued into `out` (at most `max` media items): the writer owns the
+    /// socket until a take finds nothing. Returns whether anything was taken.
+    pub fn take(&self, out: &mut Taken, max: usize) -> bool {
         let mut q = self.lock();
+        out.partial = q.partial.take();
+        let responses = !q.responses.is_empty();
+        out.responses.extend(q.responses.drain(..));
         let n = q.items.len().min(max);
         let mut frames = 0;
-        out.extend(q.items.drain(..n).inspect(|i| frames += i.frames()));
+        out.items
+            .extend(q.items.drain(..n).inspect(|i| frames += i.frames()));
         q.frames -= frames;
         if q.items.is_empty() && q.items.capacity() > 4 * KEEP {
             q.items.shrink_to(KEEP);
         }
-        n
+        q.writing = !out.is_empty();
+        drop(q);
+        if responses {
+            self.room.notify_one();
+        }
+        !out.is_empty()
     }
+}
+
+/// How a direct write went.
+enum Direct {
+    /// All of it is on the wire.
+    Written,
+    /// The socket took only the beginning; this is the rest.
+    Partial(Bytes),
+    /// Nothing was written (no room, an error, or too large to try).
+    NotWritten,
+}
+
+thread_local! {
+    /// Headers and slices reused by every direct write on this thread (writes allocate nothing).
+    static DIRECT_SCRATCH: RefCell<(Vec<[u8; 4]>, Vec<IoSlice<'static>>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Writes `item`'s interleaved frames to `socket` with one non-blocking vectored write.
+fn write_direct(socket: &OwnedWriteHalf, item: &TcpOut) -> Direct {
+    let items = std::slice::from_ref(item);
+    if matches!(item, TcpOut::Close) || 2 * item.frames() > MAX_IOV {
+        return Direct::NotWritten;
+    }
+    let socket: &TcpStream = socket.as_ref();
+    DIRECT_SCRATCH.with(|scratch| {
+        let Ok(mut scratch) = scratch.try_borrow_mut() else {
+            return Direct::NotWritten;
+        };
+        let (headers, slices) = &mut *scratch;
+        frame_headers(items, headers);
+        let mut iov = recycle(std::mem::take(slices));
+        gather(items, headers, 0, &mut iov);
+        let total: usize = iov.iter().map(|s| s.len()).sum();
+        let result = match socket.try_write_vectored(&iov) {
+            Ok(n) if n >= total => {
+                let (oldest, frames) = frame_stats(items);
+                if let Some(t) = oldest {
+                    EGRESS_LATENCY.record(Instant::now().saturating_duration_since(t), frames);
+                }
+                Direct::Written
+            }
+            Ok(n) => Direct::Partial(rest_after(&iov, n)),
+            Err(_) => Direct::NotWritten,
+        };
+        *slices = recycle(iov);
+        result
+    })
+}
+
+/// The bytes of `slices` after the first `n`, copied (only when a socket cuts a write short).
+fn rest_after(slices: &[IoSlice<'_>], mut n: usize) -> Bytes {
+    let mut rest = Vec::new();
+    for s in slices {
+        if n >= s.len() {
+            n -= s.len();
+        } else {
+            rest.extend_from_slice(&s[n..]);
+            n = 0;
+        }
+    }
+    Bytes::from(rest)
+}
+
+/// An empty vector of slices reusing `v`'s allocation (in-place collect), so a writer
+/// keeps one scratch vector across writes whatever the slices borrow.
+pub fn recycle<'b>(mut v: Vec<IoSlice<'_>>) -> Vec<IoSlice<'b>> {
+    v.clear();
+    v.into_iter().map(|_| IoSlice::new(&[])).collect()
+}
+
+/// Replaces `headers` with the 4-byte interleaved header of each frame of `items`.
+pub fn frame_headers(items: &[TcpOut], headers: &mut Vec<[u8; 4]>) {
+    headers.clear();
+    headers.extend(frames_of(items).map(|(channel, data)| {
+        let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
+        sluice_rtsp::interleaved::header(channel, len)
+    }));
+}
+
+/// Appends to `slices` a header (from `headers`, as [`frame_headers`] made them) and a
+/// payload per frame of `items` from frame `skip` on, stopping before [`MAX_IOV`] slices;
+/// returns how many frames it added. Nothing is copied.
+pub fn gather<'a>(
+    items: &'a [TcpOut],
+    headers: &'a [[u8; 4]],
+    skip: usize,
+    slices: &mut Vec<IoSlice<'a>>,
+) -> usize {
+    let mut n = 0;
+    for ((_, data), h) in frames_of(items).zip(headers).skip(skip) {
+        if slices.len() + 2 > MAX_IOV {
+            break;
+        }
+        slices.push(IoSlice::new(&h[..]));
+        slices.push(IoSlice::new(&data[..data.len().min(usize::from(u16::MAX))]));
+        n += 1;
+    }
+    n
+}
+
+/// The interleaved frames of `items` (up to a Close), as (channel, packet) pairs.
+pub fn frames_of(items: &[TcpOut]) -> impl Iterator<Item = (u8, &[u8])> {
+    items
+        .iter()
+        .take_while(|i| !matches!(i, TcpOut::Close))
+        .flat_map(|item| {
+            let (single, batch) = match item {
+                TcpOut::Frame { channel, data, .. } => (Some((*channel, &data[..])), None),
+                TcpOut::Batch {
+                    packets, channels, ..
+                } => (None, Some((packets, channels))),
+                TcpOut::Close => (None, None),
+            };
+            single
+                .into_iter()
+                .chain(batch.into_iter().flat_map(|(packets, channels)| {
+                    packets
+                        .iter()
+                        .filter_map(|p| Some((channel_of(channels, p.track)?, &p.data[..])))
+                }))
+        })
+}
+
+/// When the oldest relayed packet among `items` was received, and how many relayed
+/// packets they hold (RTCP and other unstamped frames aside).
+pub fn frame_stats(items: &[TcpOut]) -> (Option<Instant>, u64) {
+    let mut oldest: Option<Instant> = None;
+    let mut n = 0u64;
+    let mut see = |t: Instant, k: u64| {
+        oldest = Some(oldest.map_or(t, |o| o.min(t)));
+        n += k;
+    };
+    for item in items {
+        match item {
+            TcpOut::Frame {
+                received_at: Some(t),
+                ..
+            } => see(*t, 1),
+            TcpOut::Batch { packets, .. } => {
+                if let Some(t) = packets.iter().map(|p| p.received_at).min() {
+                    see(t, item.frames() as u64);
+                }
+            }
+            _ => {}
+        }
+    }
+    (oldest, n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn frame(n: u8) -> TcpOut {
         TcpOut::Frame {
             channel: n,
-            data: Bytes::new(),
+            data: Bytes::from(vec![n; 3]),
             received_at: None,
         }
     }
 
+    fn channels(taken: &Taken) -> Vec<u8> {
+        taken
+            .items
+            .iter()
+            .map(|o| match o {
+                TcpOut::Frame { channel, .. } => *channel,
+                _ => 255,
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_batch_is_one_wake_and_keeps_order_up_to_capacity() {
-        let q = MediaQueue::new(3);
+        let q = MediaQueue::new(3, None);
         assert_eq!(q.push_all((0..2).map(frame)), Ok(2));
         assert_eq!(
             q.push_all((2..5).map(frame)),
@@ -202,21 +500,161 @@ mod tests {
         );
         assert_eq!(q.push(frame(9)), Err(PushError::Full));
         q.wait().await; // the permit left by the pushes
-        let mut out = Vec::new();
-        assert_eq!(q.take(&mut out, 10), 3);
-        let channels: Vec<u8> = out
-            .iter()
-            .map(|o| match o {
-                TcpOut::Frame { channel, .. } => *channel,
-                _ => 255,
-            })
-            .collect();
-        assert_eq!(channels, vec![0, 1, 2]);
+        let mut out = Taken::default();
+        assert!(q.take(&mut out, 10));
+        assert_eq!(channels(&out), vec![0, 1, 2]);
         q.close();
         out.clear();
         q.take(&mut out, 10);
-        assert!(matches!(out[0], TcpOut::Close));
+        assert!(matches!(out.items[0], TcpOut::Close));
         q.set_closed();
         assert_eq!(q.push(frame(1)), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn responses_are_taken_before_media_and_wait_for_room() {
+        let q = Arc::new(MediaQueue::new(8, None));
+        q.push(frame(1)).unwrap();
+        for i in 0..RESPONSE_QUEUE {
+            q.push_response(Bytes::from(vec![i as u8])).await;
+        }
+        // The 17th waits until the writer takes the others.
+        let late = tokio::spawn({
+            let q = q.clone();
+            async move { q.push_response(Bytes::from_static(b"late")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            !late.is_finished(),
+            "a full response queue holds the next one back"
+        );
+        let mut out = Taken::default();
+        assert!(q.take(&mut out, 10));
+        assert_eq!(out.responses.len(), RESPONSE_QUEUE);
+        assert_eq!(channels(&out), vec![1]);
+        late.await.unwrap();
+        out.clear();
+        assert!(q.take(&mut out, 10));
+        assert_eq!(out.responses, vec![Bytes::from_static(b"late")]);
+        out.clear();
+        assert!(!q.take(&mut out, 10), "drained");
+    }
+
+    /// A connected loopback pair: the server side split, the client side to read.
+    async fn pair() -> (
+        Arc<OwnedWriteHalf>,
+        tokio::net::tcp::OwnedReadHalf,
+        TcpStream,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (rd, wr) = server.into_split();
+        (Arc::new(wr), rd, client)
+    }
+
+    #[tokio::test]
+    async fn an_idle_plain_tcp_queue_writes_at_once_and_a_busy_one_queues() {
+        let (wr, _rd, mut client) = pair().await;
+        let q = MediaQueue::new(8, Some(wr));
+        q.push(frame(7)).unwrap();
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(
+            got,
+            [b'$', 7, 0, 3, 7, 7, 7],
+            "on the wire without any writer"
+        );
+        let mut out = Taken::default();
+        assert!(!q.take(&mut out, 10), "nothing was queued");
+
+        // A response waiting for the writer: media must not overtake it.
+        q.push_response(Bytes::from_static(b"RTSP/1.0 200 OK\r\n\r\n"))
+            .await;
+        q.push(frame(8)).unwrap();
+        assert!(q.take(&mut out, 10));
+        assert_eq!(out.responses.len(), 1);
+        assert_eq!(channels(&out), vec![8]);
+        // The writer owns the socket until a take comes back empty.
+        q.push(frame(9)).unwrap();
+        out.clear();
+        assert!(q.take(&mut out, 10));
+        assert_eq!(channels(&out), vec![9]);
+        out.clear();
+        assert!(!q.take(&mut out, 10));
+        q.push(frame(10)).unwrap();
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got[1], 10, "direct again once the writer is idle");
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_hands_over_to_the_writer_without_tearing_a_frame() {
+        let (wr, _rd, mut client) = pair().await;
+        let q = MediaQueue::new(1 << 20, Some(wr.clone()));
+        let big = |c: u8| TcpOut::Frame {
+            channel: c,
+            data: Bytes::from(vec![c; 60_000]),
+            received_at: None,
+        };
+        // The client does not read: the socket fills, and a write is cut short or refused.
+        let mut pushed = 0usize;
+        while q.lock().socket_free() {
+            q.push(big(pushed as u8)).unwrap();
+            pushed += 1;
+            assert!(pushed < 200, "the socket never filled");
+        }
+        q.push(big(pushed as u8)).unwrap();
+        pushed += 1;
+        assert_eq!(q.lock().items.len(), 1, "queued behind the cut-short write");
+        // What the writer would do: the rest first, then the queue.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; pushed * 60_004];
+            client.read_exact(&mut buf).await.unwrap();
+            buf
+        });
+        let mut out = Taken::default();
+        while q.take(&mut out, 10) {
+            let mut bytes = out.partial.take().map(|b| b.to_vec()).unwrap_or_default();
+            let mut headers = Vec::new();
+            frame_headers(&out.items, &mut headers);
+            let mut slices = Vec::new();
+            gather(&out.items, &headers, 0, &mut slices);
+            for s in &slices {
+                bytes.extend_from_slice(s);
+            }
+            let stream: &TcpStream = (*wr).as_ref();
+            let mut off = 0;
+            while off < bytes.len() {
+                stream.writable().await.unwrap();
+                if let Ok(n) = stream.try_write(&bytes[off..]) {
+                    off += n;
+                }
+            }
+            out.clear();
+        }
+        let buf = reader.await.unwrap();
+        for (i, f) in buf.chunks(60_004).enumerate() {
+            assert_eq!(&f[..4], &[b'$', i as u8, 0xea, 0x60], "frame {i} header");
+            assert!(f[4..].iter().all(|b| *b == i as u8), "frame {i} payload");
+        }
+    }
+
+    #[test]
+    fn the_rest_of_a_cut_short_write_spans_slices() {
+        let slices = [
+            IoSlice::new(b"$\x00\x00\x03"),
+            IoSlice::new(b"abc"),
+            IoSlice::new(b"de"),
+        ];
+        assert_eq!(
+            rest_after(&slices, 0),
+            Bytes::from_static(b"$\x00\x00\x03abcde")
+        );
+        assert_eq!(rest_after(&slices, 5), Bytes::from_static(b"bcde"));
+        assert_eq!(rest_after(&slices, 7), Bytes::from_static(b"de"));
+        assert_eq!(rest_after(&slices, 9), Bytes::new());
     }
 }

@@ -364,7 +364,7 @@ impl Server {
             match &tls {
                 None => {
                     tokio::spawn(async move {
-                        crate::conn::run(server, socket, from).await;
+                        crate::conn::run_tcp(server, socket, from).await;
                         drop(slot);
                     });
                 }

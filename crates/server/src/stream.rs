@@ -31,6 +31,12 @@ use crate::presentation::Presentation;
 /// Most packets collected before a flush.
 const MAX_PENDING: usize = 64;
 
+/// How long a live source's input may pause before the packets collected so far go out
+/// without waiting for the rest of their frame. Publishers write a frame's packets back
+/// to back (microseconds apart), so this does not split them, but a frame that arrives in
+/// two halves (ffmpeg does this at times, ~40 ms apart) no longer holds its first half.
+pub const INPUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// One RTP packet of a track as relayed to sinks.
 #[derive(Debug, Clone)]
 pub struct MediaPacket {
@@ -341,6 +347,15 @@ impl Stream {
         if !pending.is_empty() {
             self.flush_locked(&mut pending);
         }
+    }
+
+    /// Whether packets are collected and not yet handed to the sinks.
+    pub fn has_pending(&self) -> bool {
+        !self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// Flushes the batch if its first packet arrived more than `max_age` before `now`: a

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::ingest::Ingest;
 use crate::session::Session;
+use crate::stream::{Stream, INPUT_PAUSE};
 
 /// What a datagram from a known address belongs to.
 #[derive(Debug, Clone)]
@@ -148,11 +149,26 @@ impl UdpHub {
         // One large buffer split per datagram: the Bytes handed on share its allocation,
         // so receiving costs no allocation per packet once the buffer is warm.
         let mut buf = BytesMut::with_capacity(256 * 1024);
+        // Streams fed since the socket last paused: their collected packets go out when
+        // input pauses for INPUT_PAUSE (see `Stream::push_rtp`).
+        let mut fed: Vec<Arc<Stream>> = Vec::new();
         loop {
             if buf.capacity() - buf.len() < 65536 {
                 buf.reserve(256 * 1024);
             }
-            let received = socket.recv_buf_from(&mut buf).await;
+            let received = if fed.is_empty() {
+                socket.recv_buf_from(&mut buf).await
+            } else {
+                match tokio::time::timeout(INPUT_PAUSE, socket.recv_buf_from(&mut buf)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        for stream in fed.drain(..) {
+                            stream.flush();
+                        }
+                        continue;
+                    }
+                }
+            };
             let from = match received {
                 Ok((_, from)) => from,
                 Err(e) => {
@@ -170,6 +186,9 @@ impl UdpHub {
                         ingest.handle_rtcp(track, &data, now);
                     } else {
                         ingest.handle_rtp(track, data, now);
+                        if !fed.iter().any(|s| Arc::ptr_eq(s, ingest.stream())) {
+                            fed.push(ingest.stream().clone());
+                        }
                     }
                 }
                 Some(Route::Reader { session, track }) => {
