@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod egress;
+pub mod fanout;
 pub mod file_source;
 pub mod fuzzing;
 pub mod gop;

@@ -100,6 +100,14 @@ pub trait Sink: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SinkId(u64);
 
+#[cfg(test)]
+impl SinkId {
+    /// An id for tests that build sink lists by hand.
+    pub(crate) fn for_test(n: u64) -> SinkId {
+        SinkId(n)
+    }
+}
+
 /// Per-track live state kept by the stream.
 #[derive(Debug)]
 struct TrackState {
@@ -385,11 +393,7 @@ impl Stream {
             }
         }
         let plan = UdpPlan::new(pending, crate::udp_send::gso_enabled());
-        let mut egress = Egress::new(pending, &plan);
-        for (_, sink) in sinks.iter() {
-            sink.handle_batch(&mut egress);
-        }
-        let sent = egress.finish();
+        let sent = crate::fanout::deliver(&sinks, pending, &plan);
         drop(sinks);
         if sent.dropped > 0 && self.udp_dropped.fetch_add(sent.dropped, Ordering::Relaxed) == 0 {
             tracing::warn!(path = %self.path, dropped = sent.dropped, "UDP send buffer full: datagrams dropped");

@@ -1,0 +1,168 @@
+//! Delivery of one batch to a stream's sinks, spread over the machine's cores when there
+//! are many sinks.
+//!
+//! Handing a frame to hundreds of readers is almost all kernel work (one `sendmmsg`
+//! message or one `writev` per reader), and one thread does it at one core's speed: at
+//! 400 readers of a 4 Mb/s stream a frame takes several milliseconds, which is the added
+//! latency of the last reader served. With many sinks the batch is cut into contiguous
+//! shards, one per core; the calling thread serves the first and a small pool the others,
+//! and the call returns when all are done. So the flush stays synchronous (what a new
+//! sink's catch-up relies on: it joins under the stream's lock, between two flushes), and
+//! each sink still sees its batches in order.
+//!
+//! The pool is `rayon-core`'s (scoped, borrow-friendly fork-join): the shards borrow the
+//! batch and its UDP plan, nothing is copied or reference-counted per shard.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::egress::{Egress, UdpPlan};
+use crate::stream::{MediaPacket, Sink, SinkId};
+use crate::udp_send::Sent;
+
+/// Fewest sinks per shard: below this, a second thread costs more (its wake-up, tens of
+/// microseconds) than it saves.
+pub const MIN_SINKS_PER_SHARD: usize = 128;
+
+/// The helper threads: one per core beyond the caller's (none on one core).
+fn pool() -> Option<&'static rayon_core::ThreadPool> {
+    static POOL: OnceLock<Option<rayon_core::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores < 2 {
+            return None;
+        }
+        rayon_core::ThreadPoolBuilder::new()
+            .num_threads(cores - 1)
+            .thread_name(|i| format!("sluice-fanout-{i}"))
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no fan-out threads: delivering on one core"))
+            .ok()
+    })
+    .as_ref()
+}
+
+/// How many shards `sinks` sinks are cut into, given `threads` threads in all.
+pub fn shard_count(sinks: usize, threads: usize) -> usize {
+    (sinks / MIN_SINKS_PER_SHARD).clamp(1, threads.max(1))
+}
+
+/// Hands `packets` (planned as `plan`) to every sink; returns what went out over UDP.
+pub fn deliver(
+    sinks: &[(SinkId, Arc<dyn Sink>)],
+    packets: &[MediaPacket],
+    plan: &UdpPlan<'_>,
+) -> Sent {
+    let pool = pool().filter(|_| sinks.len() >= 2 * MIN_SINKS_PER_SHARD);
+    let Some(pool) = pool else {
+        return serve(sinks, packets, plan);
+    };
+    let shards = shard_count(sinks.len(), pool.current_num_threads() + 1);
+    let mut parts = sinks.chunks(sinks.len().div_ceil(shards));
+    let Some(first) = parts.next() else {
+        return Sent::default();
+    };
+    let total = Mutex::new(Sent::default());
+    pool.in_place_scope(|scope| {
+        for part in parts {
+            let total = &total;
+            scope.spawn(move |_| {
+                let sent = serve(part, packets, plan);
+                *total.lock().unwrap_or_else(|e| e.into_inner()) += sent;
+            });
+        }
+        let sent = serve(first, packets, plan);
+        *total.lock().unwrap_or_else(|e| e.into_inner()) += sent;
+    });
+    total.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serves one shard on the calling thread.
+fn serve(sinks: &[(SinkId, Arc<dyn Sink>)], packets: &[MediaPacket], plan: &UdpPlan<'_>) -> Sent {
+    let mut egress = Egress::new(packets, plan);
+    for (_, sink) in sinks {
+        sink.handle_batch(&mut egress);
+    }
+    egress.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::EndReason;
+    use bytes::Bytes;
+    use sluice_rtp::packet::RtpHeader;
+    use std::time::Instant;
+
+    /// Records the sequence numbers it is handed, and on which thread.
+    #[derive(Default)]
+    struct Recording {
+        seqs: Mutex<Vec<u16>>,
+        threads: Mutex<Vec<std::thread::ThreadId>>,
+    }
+    impl Sink for Recording {
+        fn handle_packet(&self, p: &MediaPacket) {
+            self.seqs.lock().unwrap().push(p.header.sequence);
+            self.threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+        }
+        fn handle_end(&self, _: EndReason) {}
+    }
+
+    fn batch(first: u16, n: u16) -> Vec<MediaPacket> {
+        (first..first + n)
+            .map(|sequence| MediaPacket {
+                track: 0,
+                data: Bytes::from_static(&[0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1]),
+                header: RtpHeader {
+                    payload_type: 96,
+                    marker: false,
+                    sequence,
+                    timestamp: 0,
+                    ssrc: 3,
+                    payload_offset: 12,
+                },
+                received_at: Instant::now(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_sinks_get_every_batch_once_in_order_across_threads() {
+        let recs: Vec<Arc<Recording>> = (0..3 * MIN_SINKS_PER_SHARD)
+            .map(|_| Arc::new(Recording::default()))
+            .collect();
+        let sinks: Vec<(SinkId, Arc<dyn Sink>)> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (SinkId::for_test(i as u64), r.clone() as Arc<dyn Sink>))
+            .collect();
+        for b in 0..20u16 {
+            let packets = batch(b * 4, 4);
+            let plan = UdpPlan::new(&packets, false);
+            deliver(&sinks, &packets, &plan);
+        }
+        let want: Vec<u16> = (0..80).collect();
+        for r in &recs {
+            assert_eq!(*r.seqs.lock().unwrap(), want);
+        }
+        let threads: std::collections::HashSet<_> = recs
+            .iter()
+            .flat_map(|r| r.threads.lock().unwrap().clone())
+            .collect();
+        if pool().is_some() {
+            assert!(threads.len() >= 2, "the shards ran on one thread");
+        }
+    }
+
+    #[test]
+    fn shards_only_when_each_has_enough_sinks() {
+        assert_eq!(shard_count(10, 2), 1);
+        assert_eq!(shard_count(2 * MIN_SINKS_PER_SHARD - 1, 2), 1);
+        assert_eq!(shard_count(2 * MIN_SINKS_PER_SHARD, 2), 2);
+        assert_eq!(shard_count(100_000, 2), 2);
+        assert_eq!(shard_count(100_000, 1), 1);
+        assert_eq!(shard_count(3 * MIN_SINKS_PER_SHARD, 8), 3);
+    }
+}
