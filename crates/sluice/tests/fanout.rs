@@ -78,3 +78,54 @@ fn twenty_readers_one_path() {
         assert_eq!(r.loss, 0, "{what}: lost packets");
     }
 }
+
+/// Runs `sluice bench load` (the load client of `bench/fanout.sh`) and returns its JSON report.
+fn bench_load(url: &str, transport: &str, readers: usize, secs: u32) -> serde_json::Value {
+    // A port range of this process's own, so parallel tests do not collide (busy ports are
+    // skipped anyway).
+    let port_base = 20_000 + (std::process::id() % 20) * 1_000;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "load", url, "--transport", transport])
+        .args([
+            "--readers",
+            &readers.to_string(),
+            "--duration",
+            &secs.to_string(),
+        ])
+        .args(["--udp-port-base", &port_base.to_string()])
+        .output()
+        .expect("run sluice bench load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench load {transport}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bench load JSON: {e}: {stdout}"))
+}
+
+/// 300 readers: enough for the fan-out to split each frame across both cores, and for TCP
+/// readers to be written straight from the fan-out. Every reader must get the stream
+/// whole, from a keyframe.
+#[test]
+fn three_hundred_readers_each_get_every_packet_from_a_keyframe() {
+    let dir = test_dir("fanout-300");
+    let server = Server::start("");
+    let url = server.url("live/many");
+    let mut publisher = FfmpegPublisher::start(&media().h264_aac, &url, "tcp", &dir);
+    publisher
+        .wait_publishing(Duration::from_secs(15))
+        .expect("ffmpeg publishing");
+    for transport in ["udp", "tcp"] {
+        let r = bench_load(&url, transport, 300, 3);
+        let what = format!("300 {transport} readers: {r}");
+        eprintln!("{what}");
+        assert_eq!(r["readers_connected"], 300, "{what}");
+        assert_eq!(r["lost"], 0, "{what}");
+        assert_eq!(r["no_keyframe"], 0, "{what}");
+        assert_eq!(r["ended_early"], serde_json::json!({}), "{what}");
+        // The test stream is ~2 Mb/s: even the slowest reader kept up with it.
+        let min = r["mbit_s_per_reader_min"].as_f64().unwrap_or(0.0);
+        assert!(min > 0.5, "{what}: slowest reader got {min} Mbit/s");
+    }
+}
