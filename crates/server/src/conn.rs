@@ -264,6 +264,9 @@ async fn serve<R, W>(
     {
         writer.abort();
     }
+    // The queue drops its handle on the socket, so the socket closes now even while
+    // sinks still hold the queue.
+    handle.media.set_closed();
     info!(conn = id, %peer, "disconnect");
 }
 
