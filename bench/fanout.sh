@@ -250,14 +250,15 @@ run_case() {
     local share=$(( (n + procs - 1) / procs ))
     local at
     at=$("$PY" -c "import time; print(round(time.time() + 15 + $n / 250, 1))")
-    echo "   $procs load processes of ≤ $share readers (fd limit $(ulimit -n)); common window at +$(( 15 + n / 250 )) s"
+    echo "   $procs load processes of ≤ $share readers, $(( 64 / procs )) handshakes at a time each (fd limit $(ulimit -n)); common window at +$(( 15 + n / 250 )) s"
     local parts="$LOGDIR/parts-$server-$variant-$transport-$n.jsonl" left=$n i=0
     : >"$parts"
     local lp=()
     while (( left > 0 )); do
       local k=$(( left < share ? left : share ))
+      # The connect storm stays 64 handshakes at a time in all, shared by the processes.
       timeout "$limit" "$BIN" bench load "$URL" --readers "$k" --transport "$transport" --duration "$DURATION" \
-        --server-pid "$SERVER_PID" --label "$label" --samples --window-start-unix "$at" \
+        --concurrency $(( 64 / procs > 0 ? 64 / procs : 1 )) --server-pid "$SERVER_PID" --label "$label" --samples --window-start-unix "$at" \
         --udp-port-base $(( 10000 + i * (share * 4 + 64) )) $( (( i > 0 )) && echo --no-egress-latency ) \
         >>"$parts" 2>>"$LOGDIR/load.log" &
       lp+=("$!")

@@ -91,7 +91,17 @@ pub struct Egress<'p> {
     oldest: Option<Instant>,
     /// The packets as one shared allocation, made for the first queue-based sink.
     shared: Option<Arc<[MediaPacket]>>,
+    /// Until when TCP sinks may write straight to their sockets (see [`DIRECT_BUDGET`]).
+    direct_until: Instant,
 }
+
+/// How long one flush (one shard of it) may spend writing to TCP readers' sockets itself.
+/// Past it, the remaining TCP readers get the batch queued for their connections' writer
+/// tasks, which run on every core and, when they run behind, write several frames per
+/// call. Without this bound a fan-out to thousands of TCP readers runs at one syscall per
+/// packet per reader on the publisher's thread, and when that is more than a core can
+/// do the publisher's own input is read late: the whole stream slows down.
+pub const DIRECT_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl std::fmt::Debug for Egress<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,7 +123,13 @@ impl<'p> Egress<'p> {
             sent: Sent::default(),
             oldest: packets.iter().map(|p| p.received_at).min(),
             shared: None,
+            direct_until: Instant::now() + DIRECT_BUDGET,
         }
+    }
+
+    /// Whether a TCP sink may still write this batch to its socket itself.
+    pub fn direct_allowed(&self) -> bool {
+        Instant::now() < self.direct_until
     }
 
     /// The batch as one shared allocation (made once per flush, on first use), for sinks

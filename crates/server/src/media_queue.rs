@@ -226,12 +226,18 @@ impl MediaQueue {
     /// Sends one item: written at once when the connection is plain TCP, nothing is
     /// queued and the writer is idle; queued for the writer otherwise.
     pub fn push(&self, item: TcpOut) -> Result<(), PushError> {
+        self.push_with(item, true)
+    }
+
+    /// Like [`MediaQueue::push`], but only tries a direct write when `direct` (the
+    /// fan-out's time budget for direct writes is not spent).
+    pub fn push_with(&self, item: TcpOut, direct: bool) -> Result<(), PushError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
         let mut q = self.lock();
         let direct = match &q.direct {
-            Some(socket) if q.socket_free() => write_direct(socket, &item),
+            Some(socket) if direct && q.socket_free() => write_direct(socket, &item),
             _ => Direct::NotWritten,
         };
         match direct {
@@ -588,6 +594,11 @@ mod tests {
         let mut got = [0u8; 7];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got[1], 10, "direct again once the writer is idle");
+        // Past the fan-out's direct-write budget, an idle connection's frame is queued.
+        q.push_with(frame(11), false).unwrap();
+        out.clear();
+        assert!(q.take(&mut out, 10));
+        assert_eq!(channels(&out), vec![11]);
     }
 
     #[tokio::test]

@@ -311,11 +311,15 @@ impl ReaderSink {
         if n == 0 {
             return;
         }
-        let result = q.push(TcpOut::Batch {
-            packets: egress.shared_packets(),
-            channels: self.channels,
-            frames: n,
-        });
+        let direct = egress.direct_allowed();
+        let result = q.push_with(
+            TcpOut::Batch {
+                packets: egress.shared_packets(),
+                channels: self.channels,
+                frames: n,
+            },
+            direct,
+        );
         if result.is_ok() {
             for p in mine() {
                 self.count(p.track, 1, p.payload_len(), p.header.ssrc);

@@ -33,8 +33,109 @@ pub struct UpstreamOpts {
 /// gst-rtsp-server serving the test media's raw H.264 (+ AAC) at
 /// `rtsp://127.0.0.1:PORT/live`, looped and paced at 25 fps.
 pub struct GstUpstream {
+    /// Declared first: it disconnects before the upstream is killed.
+    _keeper: Option<AudioKeeper>,
     pub proc: Proc,
     pub port: u16,
+}
+
+/// A reader that holds the upstream's shared media open once it has seen audio flow.
+///
+/// Under CPU load gst-rtsp-server 1.22 sometimes starts a shared media whose audio
+/// branch (`identity sync=true` pacing) never sends a packet, while video flows, for the
+/// media's whole life. Such a media would fail any test that expects audio, through no
+/// fault of Sluice's. So an upstream with audio is only handed out once a reader has seen
+/// an audio frame; that reader stays connected, so every later client (Sluice's pulls)
+/// shares that same, healthy media.
+struct AudioKeeper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AudioKeeper {
+    /// Connects (TCP) and waits up to `within` for the first audio frame; `Err` if none came.
+    fn start(url: &str, creds: Option<(String, String)>, within: Duration) -> Result<Self, String> {
+        use futures::StreamExt;
+        use retina::client::{PlayOptions, Session, SessionOptions, SetupOptions, Transport};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let url = url.to_string();
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let run = async {
+                    let url = url::Url::parse(&url).map_err(|e| e.to_string())?;
+                    let mut options = SessionOptions::default();
+                    if let Some((username, password)) = creds {
+                        options =
+                            options.creds(Some(retina::client::Credentials { username, password }));
+                    }
+                    let mut session = Session::describe(url, options)
+                        .await
+                        .map_err(|e| format!("DESCRIBE: {e}"))?;
+                    for i in 0..session.streams().len() {
+                        session
+                            .setup(
+                                i,
+                                SetupOptions::default()
+                                    .transport(Transport::Tcp(Default::default())),
+                            )
+                            .await
+                            .map_err(|e| format!("SETUP {i}: {e}"))?;
+                    }
+                    let playing = session
+                        .play(PlayOptions::default())
+                        .await
+                        .map_err(|e| format!("PLAY: {e}"))?;
+                    playing.demuxed().map_err(|e| format!("demuxed: {e}"))
+                };
+                let mut demuxed = match tokio::time::timeout(within, run).await {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => return drop(tx.send(Err(e))),
+                    Err(_) => return drop(tx.send(Err("handshake timed out".into()))),
+                };
+                let deadline = tokio::time::Instant::now() + within;
+                let mut told = false;
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    let step = tokio::time::Instant::now() + Duration::from_millis(200);
+                    match tokio::time::timeout_at(step, demuxed.next()).await {
+                        Ok(Some(Ok(retina::codec::CodecItem::AudioFrame(_)))) if !told => {
+                            told = true;
+                            let _ = tx.send(Ok(()));
+                        }
+                        Ok(None) | Ok(Some(Err(_))) => break,
+                        _ => {}
+                    }
+                    if !told && tokio::time::Instant::now() >= deadline {
+                        let _ = tx.send(Err(format!("no audio frame within {within:?}")));
+                        return;
+                    }
+                }
+            });
+        });
+        let keeper = AudioKeeper {
+            stop,
+            thread: Some(thread),
+        };
+        match rx.recv_timeout(within * 2 + Duration::from_secs(1)) {
+            Ok(Ok(())) => Ok(keeper),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("keeper gave no answer".into()),
+        }
+    }
+}
+
+impl Drop for AudioKeeper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl GstUpstream {
@@ -72,10 +173,31 @@ impl GstUpstream {
                 }
                 None
             });
+            let mut out = String::new();
             if ok == Some(true) {
-                return GstUpstream { proc, port };
+                if !opts.audio {
+                    return GstUpstream {
+                        _keeper: None,
+                        proc,
+                        port,
+                    };
+                }
+                let url = format!("rtsp://127.0.0.1:{port}/live");
+                match AudioKeeper::start(&url, opts.digest.clone(), Duration::from_secs(5)) {
+                    Ok(keeper) => {
+                        return GstUpstream {
+                            _keeper: Some(keeper),
+                            proc,
+                            port,
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("gst upstream attempt {attempt}: audio did not start ({e}); restarting it");
+                        out = format!("audio did not start: {e}\n");
+                    }
+                }
             }
-            let out = format!("{}\n{}", proc.stdout(), proc.stderr());
+            let out = format!("{out}{}\n{}", proc.stdout(), proc.stderr());
             proc.kill();
             if attempt == 2 {
                 panic!("gst-rtsp-server upstream did not start: {out}");
