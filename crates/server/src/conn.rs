@@ -314,7 +314,7 @@ async fn run_writer<W: AsyncWrite + Unpin>(
             }
         }
         // Idle: keep little memory per connection (a catch-up grows these).
-        taken.clear();
+        taken.release();
         headers.shrink_to(16);
         scratch.shrink_to(16);
     }

@@ -108,11 +108,17 @@ impl Taken {
         self.partial.is_none() && self.responses.is_empty() && self.items.is_empty()
     }
 
-    /// Empties it, keeping little memory (a GOP catch-up can grow it a lot).
+    /// Empties it (keeping its memory for the next take).
     pub fn clear(&mut self) {
         self.partial = None;
         self.responses.clear();
         self.items.clear();
+    }
+
+    /// Empties it and gives back most of its memory (a GOP catch-up can grow it a lot):
+    /// for an idle writer.
+    pub fn release(&mut self) {
+        self.clear();
         self.responses.shrink_to(RESPONSE_QUEUE);
         self.items.shrink_to(KEEP);
     }

@@ -476,47 +476,77 @@ impl Sink for ReaderSink {
 /// keyframe comes first, so this does not delay the first picture.
 const BACKLOG_BYTES_PER_SEC: f64 = 4_000_000.0;
 
-/// Sends a new UDP reader's catch-up queue, paced, then lets the reader join the batched
-/// fan-out: the switch happens under the queue's lock, when it is empty, so no packet is
-/// sent twice, skipped or reordered.
+/// Most catch-up packets sent in one `sendmmsg`.
+const CATCH_UP_BATCH: usize = 32;
+
+/// How far ahead of the pacing clock a catch-up may send at once (16 KB at the rate).
+const CATCH_UP_BURST: Duration = Duration::from_millis(4);
+
+/// Sends a new UDP reader's catch-up queue, paced, a `sendmmsg` per burst, then lets the
+/// reader join the batched fan-out: the switch happens under the queue's lock, when it
+/// is empty, so no packet is sent twice, skipped or reordered.
 async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>) {
     // Token bucket for catch-up data: when the next byte may leave.
     let mut clock = tokio::time::Instant::now();
+    let mut batch: Vec<MediaPacket> = Vec::with_capacity(CATCH_UP_BATCH);
     let mut errors_logged = false;
     loop {
-        let next = {
+        let now = tokio::time::Instant::now();
+        if clock > now + CATCH_UP_BURST {
+            tokio::time::sleep_until(clock).await;
+        }
+        batch.clear();
+        {
             let mut q = sink.catch_up.lock().unwrap_or_else(|e| e.into_inner());
-            match q.as_mut().and_then(|q| q.pop_front()) {
-                Some(p) => p,
-                None => {
-                    *q = None;
-                    sink.catching_up.store(false, Ordering::Release);
-                    return;
-                }
+            let Some(queue) = q.as_mut() else {
+                sink.catching_up.store(false, Ordering::Release);
+                return;
+            };
+            let now = tokio::time::Instant::now();
+            clock = clock.max(now);
+            // What the pacing allows now: the first packet always, then up to the burst.
+            while batch.len() < CATCH_UP_BATCH
+                && (batch.is_empty() || clock <= now + CATCH_UP_BURST)
+            {
+                let Some(p) = queue.pop_front() else {
+                    break;
+                };
+                clock += Duration::from_secs_f64(p.data.len() as f64 / BACKLOG_BYTES_PER_SEC);
+                batch.push(p);
             }
-        };
+            if batch.is_empty() {
+                *q = None;
+                sink.catching_up.store(false, Ordering::Release);
+                return;
+            }
+        }
         if sink.ended.load(Ordering::Relaxed) {
             continue;
         }
-        let Some(Target::Udp { rtp: to, .. }) = sink.targets.get(next.track).copied() else {
-            continue;
-        };
-        let now = tokio::time::Instant::now();
-        // A burst of up to 16 KB goes at once; then the clock paces.
-        if clock > now + Duration::from_millis(4) {
-            tokio::time::sleep_until(clock).await;
-        }
-        clock = clock.max(now)
-            + Duration::from_secs_f64(next.data.len() as f64 / BACKLOG_BYTES_PER_SEC);
-        match socket.send_to(&next.data, to).await {
-            Ok(_) => {
-                sink.count(next.track, 1, next.payload_len(), next.header.ssrc);
+        let slices: Vec<std::io::IoSlice<'_>> = batch
+            .iter()
+            .map(|p| std::io::IoSlice::new(&p.data))
+            .collect();
+        let mut msgs = Vec::with_capacity(batch.len());
+        for (p, part) in batch.iter().zip(&slices) {
+            if let Some(Target::Udp { rtp: to, .. }) = sink.targets.get(p.track).copied() {
+                msgs.push(crate::udp_send::Datagram {
+                    to,
+                    parts: std::slice::from_ref(part),
+                    segment: None,
+                    packets: 1,
+                });
+                sink.count(p.track, 1, p.payload_len(), p.header.ssrc);
             }
-            Err(e) => {
-                if !errors_logged {
-                    debug!(%to, error = %e, "UDP send failed");
-                    errors_logged = true;
-                }
+        }
+        // Room first (the live fan-out shares the socket); the send itself never blocks.
+        let _ = socket.writable().await;
+        let sent = crate::udp_send::send_batch(&socket, &msgs);
+        if sent.dropped > 0 {
+            sink.note_drop(sent.dropped);
+            if !errors_logged {
+                debug!(reader = %sink.label, dropped = sent.dropped, "catch-up datagrams refused by the kernel");
+                errors_logged = true;
             }
         }
     }
@@ -534,5 +564,90 @@ pub async fn run_sender_reports(sink: Arc<ReaderSink>, stream: Arc<Stream>, inte
             return;
         }
         sink.send_sender_reports(&stream, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::UdpPlan;
+    use sluice_rtp::packet::RtpHeader;
+
+    fn packet(seq: u16) -> MediaPacket {
+        let mut data = vec![0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        data[2..4].copy_from_slice(&seq.to_be_bytes());
+        data.extend_from_slice(&[0xab; 100]);
+        MediaPacket {
+            track: 0,
+            data: Bytes::from(data),
+            header: RtpHeader {
+                payload_type: 96,
+                marker: true,
+                sequence: seq,
+                timestamp: 0,
+                ssrc: 7,
+                payload_offset: 12,
+            },
+            received_at: Instant::now(),
+        }
+    }
+
+    fn deliver(sink: &ReaderSink, packets: &[MediaPacket]) {
+        let plan = UdpPlan::new(packets, false);
+        let mut egress = Egress::new(packets, &plan);
+        sink.handle_batch(&mut egress);
+        egress.finish();
+    }
+
+    #[tokio::test]
+    async fn a_udp_reader_gets_its_catch_up_then_live_packets_once_and_in_order() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        // Read as it arrives (a small receive buffer would drop a backlog).
+        let (seqs_tx, mut seqs) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = rx.recv(&mut buf).await {
+                let _ = seqs_tx.send((n, u16::from_be_bytes([buf[2], buf[3]])));
+            }
+        });
+        let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let sink = Arc::new(ReaderSink::new(
+            "test".into(),
+            vec![Target::Udp { rtp: to, rtcp: to }],
+            Outbox::Udp {
+                rtp: tx.clone(),
+                rtcp: tx,
+                gso: false,
+            },
+            Duration::from_secs(5),
+            Arc::new(|_| {}),
+        ));
+        // The GOP handed over at subscription (gate closed), then PLAY opens the gate.
+        for seq in 0..200 {
+            sink.handle_packet(&packet(seq));
+        }
+        sink.open();
+        // Live batches while the reader catches up, then after it has joined the fan-out.
+        let mut seq = 200;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.catching_up.load(Ordering::Acquire) || seq < 260 {
+            assert!(Instant::now() < deadline, "catch-up never finished");
+            deliver(&sink, &[packet(seq), packet(seq + 1)]);
+            seq += 2;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut got = Vec::new();
+        while got.len() < usize::from(seq) {
+            let (n, s) = tokio::time::timeout(Duration::from_secs(2), seqs.recv())
+                .await
+                .unwrap_or_else(|_| panic!("a datagram went missing after {got:?}"))
+                .unwrap();
+            assert_eq!(n, 112);
+            got.push(s);
+        }
+        assert_eq!(got, (0..seq).collect::<Vec<_>>());
+        assert_eq!(sink.packets_sent(0), u32::from(seq));
+        assert_eq!(sink.dropped(), 0);
     }
 }
