@@ -91,8 +91,13 @@ pub struct GstReport {
     pub video_frames: u64,
     pub width: u32,
     pub height: u32,
-    /// `ERROR:` lines gst-launch printed.
+    /// `ERROR:` lines gst-launch printed while reading.
     pub errors: Vec<String>,
+    /// `ERROR:` lines it printed only after it was asked to stop (SIGINT). rtspsrc 1.22
+    /// races itself there: its state change sends PAUSE while its close sends TEARDOWN
+    /// and closes the connection, and the PAUSE then fails with "Received end-of-file".
+    /// Kept for the log, not counted as a reading error.
+    pub shutdown_errors: Vec<String>,
     pub exited_by_itself: bool,
     pub output: String,
 }
@@ -176,10 +181,12 @@ pub fn gst_read_props(
         .args(["fakesink", "silent=false", "sync=false"]);
     let mut p = Proc::spawn(&uniq(&format!("gst-read-{protocols}")), cmd, dir);
     let by_itself = p.wait_timeout(wall).is_some();
+    let errors_while_reading = GstReport::parse(&p.stderr()).errors.len();
     p.stop(Duration::from_secs(5));
     let mut out = p.stdout();
     out.push_str(&p.stderr());
     let mut r = GstReport::parse(&out);
+    r.shutdown_errors = r.errors.split_off(errors_while_reading.min(r.errors.len()));
     r.exited_by_itself = by_itself;
     r
 }
