@@ -162,7 +162,11 @@ fn sendmmsg(socket: &UdpSocket, msgs: &[Datagram<'_>]) -> (usize, Option<std::io
         // IoSlice is ABI-compatible with iovec on Unix (documented by std).
         hdr.msg_iov = m.parts.as_ptr() as *mut libc::iovec;
         hdr.msg_iovlen = m.parts.len() as _;
-        if let (Some(seg), true) = (m.segment, gso_enabled()) {
+        // A run planned as one GSO message always carries its segment size: sent without
+        // it, the kernel would send the whole run as one concatenated datagram. (Whether
+        // to plan runs at all is decided earlier, by `gso_enabled()`; a run refused here
+        // is split by `send_batch`.)
+        if let Some(seg) = m.segment {
             let buf = &mut cmsgs[i];
             hdr.msg_control = buf.as_mut_ptr().cast();
             // SAFETY: CMSG_SPACE of a u16 is 24 bytes on 64-bit Linux (16 on 32-bit),
