@@ -92,7 +92,7 @@ pub struct ReaderSink {
     on_close: CloseFn,
     /// Until opened, packets are held here (bounded) instead of queued, so that a
     /// PLAY response is on the wire before the first packet it announces.
-    gate: Mutex<Option<Vec<MediaPacket>>>,
+    gate: Mutex<Option<VecDeque<MediaPacket>>>,
     open: AtomicBool,
     /// UDP only: while Some, the reader is catching up and its packets are queued here for
     /// the paced catch-up task instead of joining the batched fan-out.
@@ -147,7 +147,7 @@ impl ReaderSink {
             full_since: Mutex::new(None),
             ended: AtomicBool::new(false),
             on_close,
-            gate: Mutex::new(Some(Vec::new())),
+            gate: Mutex::new(Some(VecDeque::new())),
             open: AtomicBool::new(false),
             catch_up: Mutex::new(None),
             catching_up: AtomicBool::new(false),
@@ -183,8 +183,7 @@ impl ReaderSink {
         let held = gate.take().unwrap_or_default();
         match &self.outbox {
             Outbox::Udp { rtp, .. } if !held.is_empty() => {
-                *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(held.into_iter().collect());
+                *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
                 self.catching_up.store(true, Ordering::Release);
                 tokio::spawn(run_catch_up(self.clone(), rtp.clone()));
             }
@@ -250,10 +249,7 @@ impl ReaderSink {
     /// Queues frames on a TCP reader's connection; handles a full queue (drop, and
     /// disconnect once it has been full for `slow_timeout`).
     fn push_tcp<'a>(&self, q: &MediaQueue, packets: impl Iterator<Item = &'a MediaPacket> + Clone) {
-        let mine = packets.filter_map(|p| match self.targets.get(p.track) {
-            Some(Target::Tcp { rtp, .. }) => Some((p, *rtp)),
-            _ => None,
-        });
+        let mine = packets.filter_map(|p| Some((p, channel_of(&self.channels, p.track)?)));
         let result = q.push_all(mine.clone().map(|(p, channel)| TcpOut::Frame {
             channel,
             data: p.data.clone(),
@@ -385,13 +381,8 @@ impl ReaderSink {
         let Some(held) = gate.as_mut() else {
             return false;
         };
-        for p in packets {
-            if held.len() < GATE_CAPACITY {
-                held.push(p.clone());
-            } else {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let dropped = append_capped(held, packets);
+        self.dropped.fetch_add(dropped, Ordering::Relaxed);
         true
     }
 
@@ -404,15 +395,20 @@ impl ReaderSink {
         let Some(q) = q.as_mut() else {
             return false;
         };
-        for p in packets {
-            if q.len() < GATE_CAPACITY {
-                q.push_back(p.clone());
-            } else {
-                self.note_drop(1);
-            }
+        let dropped = append_capped(q, packets);
+        if dropped > 0 {
+            self.note_drop(dropped);
         }
         true
     }
+}
+
+/// Appends `packets` to a gate or catch-up queue while it holds fewer than
+/// [`GATE_CAPACITY`]; returns how many did not fit.
+fn append_capped(q: &mut VecDeque<MediaPacket>, packets: &[MediaPacket]) -> u64 {
+    let room = GATE_CAPACITY.saturating_sub(q.len()).min(packets.len());
+    q.extend(packets[..room].iter().cloned());
+    (packets.len() - room) as u64
 }
 
 impl Sink for ReaderSink {
