@@ -140,6 +140,11 @@ impl<'p> Egress<'p> {
             .clone()
     }
 
+    /// When the batch's oldest packet was received.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.oldest
+    }
+
     /// The batch's packets, in arrival order.
     pub fn packets(&self) -> &'p [MediaPacket] {
         self.packets

@@ -65,6 +65,9 @@ pub enum TcpOut {
         channels: ChannelMap,
         /// How many of the packets have a channel (counted once, by the sink).
         frames: usize,
+        /// When the batch's oldest packet was received (found once per flush, for the
+        /// latency histogram).
+        received_at: Option<Instant>,
     },
     /// Close the connection after what is queued.
     Close,
@@ -466,11 +469,11 @@ pub fn frame_stats(items: &[TcpOut]) -> (Option<Instant>, u64) {
                 received_at: Some(t),
                 ..
             } => see(*t, 1),
-            TcpOut::Batch { packets, .. } => {
-                if let Some(t) = packets.iter().map(|p| p.received_at).min() {
-                    see(t, item.frames() as u64);
-                }
-            }
+            TcpOut::Batch {
+                received_at: Some(t),
+                frames,
+                ..
+            } => see(*t, *frames as u64),
             _ => {}
         }
     }

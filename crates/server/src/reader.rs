@@ -313,6 +313,7 @@ impl ReaderSink {
                 packets: egress.shared_packets(),
                 channels: self.channels,
                 frames: n,
+                received_at: egress.oldest(),
             },
             direct,
         );
