@@ -7,8 +7,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Buckets: 0 holds < 1 µs; bucket i ≥ 1 holds [2^((i-1)/4), 2^(i/4)) µs, up to ~65 ms.
-const BUCKETS: usize = 66;
+/// Buckets: 0 holds < 1 µs; bucket i ≥ 1 holds [2^((i-1)/4), 2^(i/4)) µs, up to ~4.1 s
+/// (2^22 µs; the last bucket also takes anything longer). Wide enough that a saturated
+/// server's latency is still measured, not clipped at the top bucket.
+const BUCKETS: usize = 89;
 
 /// A histogram of durations, in microseconds, with four buckets per octave.
 #[derive(Debug)]
@@ -139,7 +141,11 @@ mod tests {
         assert_eq!(h.take().count, 0, "take resets");
         h.record(Duration::from_nanos(10), 3);
         assert_eq!(h.take().p99_us, 1.0);
+        // A saturated server's ~1 s is measured, not clipped (the top bucket was ~78 ms).
+        h.record(Duration::from_millis(900), 1);
+        let s = h.take();
+        assert!(s.max_us >= 900_000.0 && s.max_us < 1_100_000.0, "{s}");
         h.record(Duration::from_secs(10), 1);
-        assert!(h.take().max_us > 60_000.0);
+        assert!(h.take().max_us >= 4_000_000.0);
     }
 }
