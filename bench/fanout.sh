@@ -11,6 +11,8 @@
 #   BENCH_DURATION=20                     measurement window per run, seconds
 #   CARGO_TARGET_DIR=/tmp/target-bench    where sluice is built (--release)
 #   SLUICE_BIN=/path/to/sluice            use this binary, do not build
+#   BENCH_PERF=auto|1|0                   perf-sample each server during the window to split its CPU into
+#                                         the loopback receive path and its own work (auto: if perf exists)
 #
 # Each run is one `sluice bench load` process (current-thread tokio, recvmmsg) that samples the
 # server process's utime+stime and VmRSS itself over the window (--server-pid); one JSON line per
@@ -45,6 +47,24 @@ else
 lo:udp:1000 lo:udp:5000 lo:udp:10000 lo:tcp:1000 lo:tcp:5000 lo:tcp:10000"}
 fi
 SERVERS=${BENCH_SERVERS:-"sluice gst"}
+
+# ---- CPU split (perf) -------------------------------------------------------------------------------
+# On loopback the kernel delivers a sent packet to the receiving socket inside the sender's system call
+# (the NET_RX softirq runs when the send path re-enables bottom halves), so the load client's kernel
+# receive work — TCP input and ACKs, queueing each UDP datagram (and splitting a GSO run into datagrams),
+# waking the reader — is counted in the *server's* utime+stime. perf samples the server for a few seconds
+# of each window; the share of its samples under net_rx_action is that receive path, the rest is the
+# server's own work. Sampling (299 Hz with call chains) costs both servers alike.
+PERF=${BENCH_PERF:-auto}
+if [[ $PERF == auto ]]; then
+  if command -v perf >/dev/null 2>&1 && perf record -q -F 99 -g -o /dev/null -- true >/dev/null 2>&1; then PERF=1; else PERF=0; fi
+fi
+if [[ $PERF == 1 ]] && ! command -v perf >/dev/null 2>&1; then
+  echo "BENCH_PERF=1 but perf is not installed (Debian: apt-get install linux-perf)" >&2
+  exit 2
+fi
+[[ $PERF == 1 ]] || echo "note: no perf: the table's receive-path split columns stay empty (BENCH_PERF=auto found none)" >&2
+PERF_SECS=$(( DURATION - 3 < 2 ? 2 : (DURATION - 3 > 10 ? 10 : DURATION - 3) ))
 
 mkdir -p "$MEDIA" "$OUTDIR" "$LOGDIR"
 
@@ -180,6 +200,8 @@ e = r.get("egress_latency_us") or {}
 print("   connected %d/%d  server CPU %s %%  RSS %s MiB  %s Mbit/s/reader  loss %s %%  PLAY p99 %s ms  key p50/p99 %s/%s ms  ingest->egress p50/p99 %s/%s us  client CPU %s %%"
       % (r["readers_connected"], r["readers_requested"], s.get("cpu_pct"), s.get("rss_mib_after"), r["mbit_s_per_reader"],
          r["loss_pct"], r["play_reply_ms"]["p99"], k["p50"], k["p99"], e.get("p50"), e.get("p99"), r["client_cpu_pct"]))
+if "rx_share_pct" in s:
+    print("   perf: %s %% of the server CPU is the loopback receive path; own CPU %s %%/Gbit/s (total %s)" % (s["rx_share_pct"], s["own_cpu_pct_per_gbit"], s["cpu_pct_per_gbit"]))
 if r["failures"]: print("   failures:", r["failures"])
 if r["ended_early"]: print("   ended early:", r["ended_early"])
 '
@@ -230,6 +252,35 @@ if sv:
 print(json.dumps(m))
 '
 
+# perf_sample ERRFILE|- START_UNIX|- OUT: waits for the window (the load client's "window:" line in
+# ERRFILE, or the common start time), samples the server for PERF_SECS, writes the % of its samples under
+# net_rx_action to OUT (nothing on failure).
+perf_sample() {
+  local err=$1 at=$2 out=$3
+  if [[ $at != - ]]; then
+    sleep "$("$PY" -c "import time; print(max(0.0, $at - time.time()))")"
+  else
+    for _ in $(seq 1 6000); do grep -q '^window:' "$err" 2>/dev/null && break; sleep 0.1; done
+  fi
+  sleep 1
+  perf record -q -F 299 -g -p "$SERVER_PID" -o "$out.data" -- sleep "$PERF_SECS" >/dev/null 2>&1 || return 0
+  perf report -i "$out.data" --children --sort sym --stdio -g none 2>/dev/null \
+    | awk '$NF == "net_rx_action" { sub("%", "", $1); print $1; exit }' >"$out"
+  [[ -s $out ]] || echo 0 >"$out"   # no sample under net_rx_action at all
+  rm -f "$out.data"
+}
+
+# Adds the perf split to a report line: server.rx_share_pct and server.own_cpu_pct_per_gbit.
+SPLIT_PY='
+import json, sys
+r = json.loads(sys.argv[1]); share = open(sys.argv[2]).read().strip()
+s = r.get("server")
+if s and share:
+    s["rx_share_pct"] = round(float(share), 1)
+    s["own_cpu_pct_per_gbit"] = round(s["cpu_pct_per_gbit"] * (1 - float(share) / 100), 2)
+print(json.dumps(r))
+'
+
 run_case() {
   local server=$1 variant=$2 transport=$3 n=$4
   local label="$server $variant $transport $n"
@@ -243,9 +294,14 @@ run_case() {
   # Bound: ramp (≤ 2×30 s + N/100 s) + settle + window + teardown.
   local limit=$(( DURATION + 150 + n / 50 ))
   local line=""
+  local err="$LOGDIR/load-run.err" share="$LOGDIR/rx-share" pp=""
+  rm -f "$share"
   if (( procs <= 1 )); then
+    : >"$err"
+    if [[ $PERF == 1 ]]; then perf_sample "$err" - "$share" & pp=$!; fi
     line=$(timeout "$limit" "$BIN" bench load "$URL" --readers "$n" --transport "$transport" \
-      --duration "$DURATION" --server-pid "$SERVER_PID" --label "$label" 2>>"$LOGDIR/load.log") || line=""
+      --duration "$DURATION" --server-pid "$SERVER_PID" --label "$label" 2>"$err") || line=""
+    cat "$err" >>"$LOGDIR/load.log"
   else
     local share=$(( (n + procs - 1) / procs ))
     local at
@@ -253,6 +309,7 @@ run_case() {
     echo "   $procs load processes of ≤ $share readers, $(( 64 / procs )) handshakes at a time each (fd limit $(ulimit -n)); common window at +$(( 15 + n / 250 )) s"
     local parts="$LOGDIR/parts-$server-$variant-$transport-$n.jsonl" left=$n i=0
     : >"$parts"
+    if [[ $PERF == 1 ]]; then perf_sample - "$at" "$share" & pp=$!; fi
     local lp=()
     while (( left > 0 )); do
       local k=$(( left < share ? left : share ))
@@ -266,6 +323,14 @@ run_case() {
     done
     for p in "${lp[@]}"; do wait "$p" || true; done
     (( $(wc -l <"$parts") == procs )) && line=$("$PY" -c "$MERGE_PY" "$parts" "$label") || line=""
+  fi
+  if [[ -n $pp ]]; then
+    # The sampler ends by itself within the window; if the run failed, it may still wait for it.
+    if [[ -z $line ]]; then pkill -P "$pp" 2>/dev/null || true; kill "$pp" 2>/dev/null || true; fi
+    wait "$pp" 2>/dev/null || true
+  fi
+  if [[ -n $line && -s $share ]]; then
+    line=$("$PY" -c "$SPLIT_PY" "$line" "$share")
   fi
   if [[ -n $line ]]; then
     echo "$line" >>"$JSONL"
@@ -333,11 +398,14 @@ print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at t
       "(growth per connected reader from before the first connect). ingest→egress = Sluice's own histogram "
       "(GET_PARAMETER sluice.egress_latency): packet received → the send call carrying it to a reader returned, "
       "per packet and reader, bucket upper bounds. key = PLAY sent → first keyframe packet; "
-      "PLAY = PLAY sent → reply. S = Sluice, G = gst-rtsp-server; ratio = S / G (lower is better for Sluice).\n")
-print("| stream | transport | readers | connected S / G | CPU % S / G | CPU ratio | CPU %/Gbit/s S / G | µs/pkt S / G "
+      "PLAY = PLAY sent → reply. S = Sluice, G = gst-rtsp-server; ratio = S / G (lower is better for Sluice). "
+      "rx path = % of the server's perf samples under net_rx_action: the receivers' kernel work that loopback "
+      "runs inside the server's send calls; own CPU = CPU × (1 − rx path), the server's own work per Gbit/s.\n")
+print("| stream | transport | readers | connected S / G | CPU % S / G | CPU ratio | CPU %/Gbit/s S / G "
+      "| rx path % S / G | own CPU %/Gbit/s S / G | own ratio | µs/pkt S / G "
       "| RSS MiB S / G | RSS ratio | KiB/reader S / G | Mbit/s/reader S / G | loss % S / G | PLAY p50/p99 ms S ; G "
       "| key p50/p99 ms S ; G | ingest→egress p50/p99 µs S | client CPU % S / G |")
-print("|" + "---|" * 17)
+print("|" + "---|" * 20)
 def g(r, *k):
     for key in k:
         if r is None:
@@ -366,7 +434,8 @@ for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k
         return "—" if p is None or not p.get("n") else f"{p['p50']:,.0f}/{p['p99']:,.0f}"
     print(f"| {names.get(variant, variant)} | {transport.upper()} | {n:,} "
           f"| {pair('readers_connected')} | {pair('server','cpu_pct')} | {ratio(g(s,'server','cpu_pct'), g(gg,'server','cpu_pct'))} "
-          f"| {pair('server','cpu_pct_per_gbit')} | {pair('server','us_per_packet', nd=2)} "
+          f"| {pair('server','cpu_pct_per_gbit')} | {pair('server','rx_share_pct')} | {pair('server','own_cpu_pct_per_gbit')} "
+          f"| {ratio(g(s,'server','own_cpu_pct_per_gbit'), g(gg,'server','own_cpu_pct_per_gbit'))} | {pair('server','us_per_packet', nd=2)} "
           f"| {pair('server','rss_mib_after')} | {ratio(g(s,'server','rss_mib_after'), g(gg,'server','rss_mib_after'))} "
           f"| {pair('server','rss_kib_per_reader')} | {pair('mbit_s_per_reader', nd=2)} | {pair('loss_pct', nd=3)} "
           f"| {pct(s,'play_reply_ms')} ; {pct(gg,'play_reply_ms')} | {pct(s,'first_keyframe_ms')} ; {pct(gg,'first_keyframe_ms')} "
