@@ -205,6 +205,13 @@ impl ReaderSink {
             .map_or(0, |c| c.packets.load(Ordering::Relaxed))
     }
 
+    /// RTP payload bytes sent on `track` (the Sender Reports' octet count).
+    pub fn octets_sent(&self, track: usize) -> u32 {
+        self.counters
+            .get(track)
+            .map_or(0, |c| c.octets.load(Ordering::Relaxed))
+    }
+
     /// Whether the sink delivers anything (multicast members' session sinks do not).
     pub fn has_targets(&self) -> bool {
         self.targets.iter().any(|t| *t != Target::None)
@@ -297,13 +304,14 @@ impl ReaderSink {
 
     /// Queues a whole batch on a TCP reader's connection as one shared item.
     fn push_tcp_batch(&self, q: &MediaQueue, egress: &mut Egress<'_>) {
-        let packets = egress.packets();
+        // The flush's plan already has each track's packet and byte counts (its runs):
+        // this reader's share is found per run, not per packet.
+        let runs = egress.runs();
         let mine = || {
-            packets
-                .iter()
-                .filter(|p| channel_of(&self.channels, p.track).is_some())
+            runs.iter()
+                .filter(|r| channel_of(&self.channels, r.track).is_some())
         };
-        let n = mine().count();
+        let n: usize = mine().map(|r| usize::from(r.packets)).sum();
         if n == 0 {
             return;
         }
@@ -318,8 +326,8 @@ impl ReaderSink {
             direct,
         );
         if result.is_ok() {
-            for p in mine() {
-                self.count(p.track, 1, p.payload_len(), p.header.ssrc);
+            for r in mine() {
+                self.count(r.track, u32::from(r.packets), r.payload_bytes, r.ssrc);
             }
         }
         self.handle_push_result(result.map_err(|e| (n, e)));
@@ -568,6 +576,7 @@ pub async fn run_sender_reports(sink: Arc<ReaderSink>, stream: Arc<Stream>, inte
 mod tests {
     use super::*;
     use crate::egress::UdpPlan;
+    use crate::media_queue::Taken;
     use sluice_rtp::packet::RtpHeader;
 
     fn packet(seq: u16) -> MediaPacket {
@@ -645,6 +654,44 @@ mod tests {
         }
         assert_eq!(got, (0..seq).collect::<Vec<_>>());
         assert_eq!(sink.packets_sent(0), u32::from(seq));
+        assert_eq!(sink.dropped(), 0);
+    }
+
+    #[test]
+    fn a_tcp_reader_gets_and_counts_only_its_tracks_packets() {
+        let queue = Arc::new(MediaQueue::new(64, None));
+        let sink = Arc::new(ReaderSink::new(
+            "test".into(),
+            vec![Target::Tcp { rtp: 0, rtcp: 1 }, Target::None],
+            Outbox::Tcp(queue.clone()),
+            Duration::from_secs(5),
+            Arc::new(|_| {}),
+        ));
+        sink.open();
+        let other = |seq| MediaPacket {
+            track: 1,
+            ..packet(seq)
+        };
+        // Batches mixing its track with one it did not set up, planned in GSO runs (the
+        // counts come from the runs, several packets each).
+        let batches = [
+            vec![packet(0), packet(1), other(0), packet(2)],
+            vec![other(1), other(2)],
+            vec![packet(3), other(3), packet(4)],
+        ];
+        for batch in &batches {
+            let plan = UdpPlan::new(batch, true);
+            let mut egress = Egress::new(batch, &plan);
+            sink.handle_batch(&mut egress);
+            egress.finish();
+        }
+        let mut taken = Taken::default();
+        assert!(queue.take(&mut taken, 64));
+        let frames: usize = taken.items.iter().map(|i| i.frames()).sum();
+        assert_eq!(frames, 5, "track 0's packets only");
+        assert_eq!(sink.packets_sent(0), 5);
+        assert_eq!(sink.octets_sent(0), 5 * 100);
+        assert_eq!(sink.packets_sent(1), 0);
         assert_eq!(sink.dropped(), 0);
     }
 }
