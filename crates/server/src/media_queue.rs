@@ -152,6 +152,9 @@ struct Queued {
     writing: bool,
     /// The socket, for direct writes (plain TCP only; dropped once the writer is gone).
     direct: Option<Arc<OwnedWriteHalf>>,
+    /// The writer holds media back until its next write time (`rtsp.tcp_write_merge`):
+    /// queued media does not wake it, responses and a close do.
+    holding: bool,
 }
 
 impl Queued {
@@ -199,9 +202,9 @@ impl MediaQueue {
         }
         let mut n = 0;
         let mut items = items.into_iter();
-        let full = {
+        let (full, holding) = {
             let mut q = self.lock();
-            loop {
+            let full = loop {
                 let Some(item) = items.next() else {
                     break false;
                 };
@@ -209,9 +212,10 @@ impl MediaQueue {
                     break true;
                 }
                 n += 1;
-            }
+            };
+            (full, q.holding)
         };
-        if n > 0 {
+        if n > 0 && !holding {
             self.wake.notify_one();
         }
         if full {
@@ -261,9 +265,12 @@ impl MediaQueue {
             Direct::NotWritten => {}
         }
         let queued = self.enqueue(&mut q, item);
+        let holding = q.holding;
         drop(q);
         if queued {
-            self.wake.notify_one();
+            if !holding {
+                self.wake.notify_one();
+            }
             Ok(())
         } else {
             Err(PushError::Full)
@@ -301,6 +308,21 @@ impl MediaQueue {
         self.closed.store(true, Ordering::Release);
         self.lock().direct = None;
         self.room.notify_one();
+    }
+
+    /// While `on`, media pushes do not wake the writer (it is holding media back until its
+    /// next write time, `rtsp.tcp_write_merge`); responses and a close still do.
+    pub fn set_holding(&self, on: bool) {
+        self.lock().holding = on;
+    }
+
+    /// Whether something that must not wait for a write merge is queued: a response, the
+    /// rest of a direct write, or a close.
+    pub fn urgent(&self) -> bool {
+        let q = self.lock();
+        !q.responses.is_empty()
+            || q.partial.is_some()
+            || matches!(q.items.back(), Some(TcpOut::Close))
     }
 
     /// Waits until something may be queued (a wake-up from a push or close).
