@@ -296,11 +296,11 @@ run_case() {
   # Bound: ramp (≤ 2×30 s + N/100 s) + settle + window + teardown.
   local limit=$(( DURATION + 150 + n / 50 ))
   local line=""
-  local err="$LOGDIR/load-run.err" share="$LOGDIR/rx-share" pp=""
-  rm -f "$share"
+  local err="$LOGDIR/load-run.err" rxshare="$LOGDIR/rx-share" pp=""
+  rm -f "$rxshare"
   if (( procs <= 1 )); then
     : >"$err"
-    if [[ $PERF == 1 ]]; then perf_sample "$err" - "$share" & pp=$!; fi
+    if [[ $PERF == 1 ]]; then perf_sample "$err" - "$rxshare" & pp=$!; fi
     line=$(timeout "$limit" "$BIN" bench load "$URL" --readers "$n" --transport "$transport" \
       --duration "$DURATION" --server-pid "$SERVER_PID" --label "$label" 2>"$err") || line=""
     cat "$err" >>"$LOGDIR/load.log"
@@ -311,7 +311,7 @@ run_case() {
     echo "   $procs load processes of ≤ $share readers, $(( 64 / procs )) handshakes at a time each (fd limit $(ulimit -n)); common window at +$(( 15 + n / 250 )) s"
     local parts="$LOGDIR/parts-$server-$variant-$transport-$n.jsonl" left=$n i=0
     : >"$parts"
-    if [[ $PERF == 1 ]]; then perf_sample - "$at" "$share" & pp=$!; fi
+    if [[ $PERF == 1 ]]; then perf_sample - "$at" "$rxshare" & pp=$!; fi
     local lp=()
     while (( left > 0 )); do
       local k=$(( left < share ? left : share ))
@@ -331,8 +331,8 @@ run_case() {
     if [[ -z $line ]]; then pkill -P "$pp" 2>/dev/null || true; kill "$pp" 2>/dev/null || true; fi
     wait "$pp" 2>/dev/null || true
   fi
-  if [[ -n $line && -s $share ]]; then
-    line=$("$PY" -c "$SPLIT_PY" "$line" "$share")
+  if [[ -n $line && -s $rxshare ]]; then
+    line=$("$PY" -c "$SPLIT_PY" "$line" "$rxshare")
   fi
   if [[ -n $line ]]; then
     echo "$line" >>"$JSONL"
