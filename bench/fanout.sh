@@ -11,7 +11,6 @@
 #   BENCH_DURATION=20                     measurement window per run, seconds
 #   CARGO_TARGET_DIR=/tmp/target-bench    where sluice is built (--release)
 #   SLUICE_BIN=/path/to/sluice            use this binary, do not build
-#   BENCH_TCP_WRITE_MERGE=40ms            run Sluice with [rtsp] tcp_write_merge (default: off)
 #   BENCH_PERF=auto|1|0                   perf-sample each server during the window to split its CPU into
 #                                         the loopback receive path and its own work (auto: if perf exists)
 #
@@ -147,7 +146,6 @@ listen = "127.0.0.1:$SLUICE_PORT"
 rtp_port = $SLUICE_RTP
 multicast_rtp_port = $((SLUICE_RTP + 2))
 session_timeout = "30s"
-tcp_write_merge = "${BENCH_TCP_WRITE_MERGE:-0ms}"
 
 [limits]                      # the defaults (1,000 connections per IP) would refuse the largest cases
 max_connections = 100000
@@ -395,9 +393,6 @@ ff = ver(["ffmpeg", "-version"])
 commit = ver(["git", "describe", "--always", "--dirty"])
 print(f"Machine: {os.cpu_count()} vCPU {cpu_model()}, {int(mem)/1048576:.1f} GiB, kernel {platform.release()}; {ff}; {gst}; "
       f"sluice at {commit}. Load average before/after: {l0} / {l1}.")
-merge = os.environ.get("BENCH_TCP_WRITE_MERGE", "")
-if merge and merge not in ("0", "0ms", "0s"):
-    print(f"\nSluice ran with `[rtsp] tcp_write_merge = \"{merge}\"` (TCP readers written at most once per {merge}).")
 print()
 print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at the end of the window "
       "(growth per connected reader from before the first connect). ingest→egress = Sluice's own histogram "

@@ -284,18 +284,7 @@ pub struct RtspConfig {
     /// Keep each live path's packets since its last video keyframe, so new readers start
     /// decoding at once (bounded: 4096 packets / 8 MiB per path).
     pub gop_cache: bool,
-    /// TCP-interleaved readers: write each connection at most once per this interval, so
-    /// every frame queued in between (video and audio) goes out in one `writev`. Fewer
-    /// system calls per reader, for up to this much added latency (RTSP responses are
-    /// never held). 0 (the default): each frame is written as soon as it is fanned out.
-    /// At most 500 ms.
-    #[serde(deserialize_with = "de_duration")]
-    pub tcp_write_merge: Duration,
 }
-
-/// Longest `rtsp.tcp_write_merge`: beyond it, held media would stall players and keep
-/// more of the reader queue busy than a live stream should.
-pub const MAX_TCP_WRITE_MERGE: Duration = Duration::from_millis(500);
 
 impl Default for RtspConfig {
     fn default() -> Self {
@@ -316,7 +305,6 @@ impl Default for RtspConfig {
             reader_queue: 4096,
             slow_reader_timeout: Duration::from_secs(5),
             gop_cache: true,
-            tcp_write_merge: Duration::ZERO,
         }
     }
 }
@@ -464,13 +452,6 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "rtsp.reader_queue must be at least 16".into(),
             ));
-        }
-        if r.tcp_write_merge > MAX_TCP_WRITE_MERGE {
-            return Err(ConfigError::Invalid(format!(
-                "rtsp.tcp_write_merge must be at most {}ms, got {:?}",
-                MAX_TCP_WRITE_MERGE.as_millis(),
-                r.tcp_write_merge
-            )));
         }
         if let (true, Some(dir)) = (self.vod.enabled, &self.vod.dir) {
             if !dir.is_dir() {
@@ -687,17 +668,5 @@ mod tests {
         assert!(Config::from_toml("[rtsp]\nmulticast_range = \"10.0.0.0/8\"\n").is_err());
         assert!(Config::from_toml("[rtsp]\ntransports = [\"quic\"]\n").is_err());
         assert!(Config::from_toml("[rtsp]\ntransports = []\n").is_err());
-        let e = Config::from_toml("[rtsp]\ntcp_write_merge = \"2s\"\n").unwrap_err();
-        assert!(e.to_string().contains("tcp_write_merge"), "{e}");
-    }
-
-    #[test]
-    fn tcp_write_merge_is_off_by_default_and_takes_a_duration() {
-        assert_eq!(
-            Config::from_toml("").unwrap().rtsp.tcp_write_merge,
-            Duration::ZERO
-        );
-        let c = Config::from_toml("[rtsp]\ntcp_write_merge = \"40ms\"\n").unwrap();
-        assert_eq!(c.rtsp.tcp_write_merge, Duration::from_millis(40));
     }
 }

@@ -127,10 +127,6 @@ async fn serve<R, W>(
         local,
         tls,
     } = from;
-    // A write merge needs every media write to go through the writer (which holds them
-    // back), so it turns direct writes from the fan-out off.
-    let merge = server.config().rtsp.tcp_write_merge;
-    let direct = direct.filter(|_| merge.is_zero());
     let media = Arc::new(MediaQueue::new(server.config().rtsp.reader_queue, direct));
     let handle = Arc::new(ConnHandle {
         id,
@@ -142,7 +138,7 @@ async fn serve<R, W>(
         closing: AtomicBool::new(false),
     });
     info!(conn = id, %peer, tls, "connect");
-    let writer = tokio::spawn(run_writer(wr, media, handle.clone(), merge));
+    let writer = tokio::spawn(run_writer(wr, media, handle.clone()));
 
     let cfg = &server.config().limits;
     let limits = Limits {
@@ -274,25 +270,16 @@ async fn serve<R, W>(
     info!(conn = id, %peer, "disconnect");
 }
 
-/// Writes what the connection's queue is given, in order. With a `merge` interval, media
-/// is written at most once per interval (what was queued meanwhile goes in one write);
-/// responses and a close are never held.
 async fn run_writer<W: AsyncWrite + Unpin>(
     mut wr: W,
     media: Arc<MediaQueue>,
     handle: Arc<ConnHandle>,
-    merge: Duration,
 ) {
     let mut taken = Taken::default();
     let mut headers: Vec<[u8; 4]> = Vec::new();
     let mut scratch: Vec<IoSlice<'static>> = Vec::new();
-    // Earliest time of the next media write (with a merge interval).
-    let mut next_write: Option<tokio::time::Instant> = None;
     'run: loop {
         media.wait().await;
-        if let Some(at) = next_write.filter(|&at| tokio::time::Instant::now() < at) {
-            hold_until(&media, at).await;
-        }
         // Everything queued goes out: the rest of a cut-short direct write first, then
         // responses, then media in vectored writes. The writer owns the socket until a
         // take finds the queue empty.
@@ -325,9 +312,6 @@ async fn run_writer<W: AsyncWrite + Unpin>(
             if close {
                 break 'run;
             }
-            if !taken.items.is_empty() && !merge.is_zero() {
-                next_write = Some(tokio::time::Instant::now() + merge);
-            }
         }
         // Idle: keep little memory per connection (a catch-up grows these).
         taken.release();
@@ -337,19 +321,6 @@ async fn run_writer<W: AsyncWrite + Unpin>(
     media.set_closed();
     let _ = wr.shutdown().await;
     handle.close("writer finished");
-}
-
-/// Waits until `at` with media held back (pushes do not wake the writer meanwhile), or
-/// until something urgent (a response, a close) is queued.
-async fn hold_until(media: &MediaQueue, at: tokio::time::Instant) {
-    media.set_holding(true);
-    while !media.urgent() {
-        tokio::select! {
-            _ = tokio::time::sleep_until(at) => break,
-            _ = media.wait() => {}
-        }
-    }
-    media.set_holding(false);
 }
 
 /// Writes the interleaved frames of `items` with vectored writes of up to [`crate::media_queue::MAX_IOV`]
@@ -444,139 +415,5 @@ impl AsyncWrite for SharedWrite {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(socket2::SockRef::from(self.stream()).shutdown(std::net::Shutdown::Write))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use std::sync::Mutex;
-
-    /// One write call: when (virtual time) and what it carried.
-    type Write = (tokio::time::Instant, Vec<u8>);
-
-    /// A writer that records each write call.
-    #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<Write>>>);
-
-    impl Recorder {
-        fn record(&self, data: Vec<u8>) -> usize {
-            let n = data.len();
-            let mut w = self.0.lock().unwrap();
-            w.push((tokio::time::Instant::now(), data));
-            n
-        }
-    }
-
-    impl AsyncWrite for Recorder {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Ok(self.record(buf.to_vec())))
-        }
-
-        fn poll_write_vectored(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Ok(
-                self.record(bufs.iter().flat_map(|b| b.iter().copied()).collect())
-            ))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn frame(i: u8) -> TcpOut {
-        TcpOut::Frame {
-            channel: 0,
-            data: Bytes::from(vec![i; 10]),
-            received_at: None,
-        }
-    }
-
-    /// The payload bytes of the `$` frames in `data` (each frame's first byte).
-    fn frame_ids(data: &[u8]) -> Vec<u8> {
-        data.chunks(14)
-            .map(|f| {
-                assert_eq!(&f[..4], &[b'$', 0, 0, 10], "not a whole frame: {f:?}");
-                f[4]
-            })
-            .collect()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_write_merge_writes_media_once_per_interval_and_never_holds_a_response() {
-        let merge = Duration::from_millis(40);
-        let media = Arc::new(MediaQueue::new(1024, None));
-        let handle = Arc::new(ConnHandle {
-            id: 1,
-            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
-            local: SocketAddr::from(([127, 0, 0, 1], 2)),
-            tls: false,
-            media: media.clone(),
-            close: Notify::new(),
-            closing: AtomicBool::new(false),
-        });
-        let rec = Recorder::default();
-        let writer = tokio::spawn(run_writer(rec.clone(), media.clone(), handle, merge));
-        // 30 frames, one every 10 ms.
-        for i in 0..30 {
-            media.push(frame(i)).unwrap();
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let media_writes = rec.0.lock().unwrap().len();
-        // A response while media is held goes out at once (with the held media).
-        media.push(frame(30)).unwrap();
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let asked = tokio::time::Instant::now();
-        media
-            .push_response(Bytes::from_static(b"RTSP/1.0 200 OK\r\n\r\n"))
-            .await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        media.close();
-        writer.await.unwrap();
-
-        let writes = rec.0.lock().unwrap().clone();
-        let (at, _) = writes
-            .iter()
-            .find(|(_, d)| d.starts_with(b"RTSP/1.0"))
-            .expect("the response was written");
-        assert!(*at - asked < Duration::from_millis(1), "response held");
-        // Every frame once, in order, whole.
-        let ids: Vec<u8> = writes
-            .iter()
-            .filter(|(_, d)| d.starts_with(b"$"))
-            .flat_map(|(_, d)| frame_ids(d))
-            .collect();
-        assert_eq!(ids, (0..=30).collect::<Vec<u8>>());
-        // Before the response: one media write per 40 ms at most, not one per frame.
-        let times: Vec<_> = writes[..media_writes].iter().map(|(t, _)| *t).collect();
-        assert!(
-            (7..=9).contains(&times.len()),
-            "{} media writes for 30 frames in 300 ms",
-            times.len()
-        );
-        for pair in times.windows(2) {
-            assert!(
-                pair[1] - pair[0] >= merge,
-                "writes {:?} apart",
-                pair[1] - pair[0]
-            );
-        }
     }
 }

@@ -152,9 +152,6 @@ struct Queued {
     writing: bool,
     /// The socket, for direct writes (plain TCP only; dropped once the writer is gone).
     direct: Option<Arc<OwnedWriteHalf>>,
-    /// The writer holds media back until its next write time (`rtsp.tcp_write_merge`):
-    /// queued media does not wake it, responses and a close do.
-    holding: bool,
 }
 
 impl Queued {
@@ -202,9 +199,9 @@ impl MediaQueue {
         }
         let mut n = 0;
         let mut items = items.into_iter();
-        let (full, holding) = {
+        let full = {
             let mut q = self.lock();
-            let full = loop {
+            loop {
                 let Some(item) = items.next() else {
                     break false;
                 };
@@ -212,10 +209,9 @@ impl MediaQueue {
                     break true;
                 }
                 n += 1;
-            };
-            (full, q.holding)
+            }
         };
-        if n > 0 && !holding {
+        if n > 0 {
             self.wake.notify_one();
         }
         if full {
@@ -265,12 +261,9 @@ impl MediaQueue {
             Direct::NotWritten => {}
         }
         let queued = self.enqueue(&mut q, item);
-        let holding = q.holding;
         drop(q);
         if queued {
-            if !holding {
-                self.wake.notify_one();
-            }
+            self.wake.notify_one();
             Ok(())
         } else {
             Err(PushError::Full)
@@ -308,21 +301,6 @@ impl MediaQueue {
         self.closed.store(true, Ordering::Release);
         self.lock().direct = None;
         self.room.notify_one();
-    }
-
-    /// While `on`, media pushes do not wake the writer (it is holding media back until its
-    /// next write time, `rtsp.tcp_write_merge`); responses and a close still do.
-    pub fn set_holding(&self, on: bool) {
-        self.lock().holding = on;
-    }
-
-    /// Whether something that must not wait for a write merge is queued: a response, the
-    /// rest of a direct write, or a close.
-    pub fn urgent(&self) -> bool {
-        let q = self.lock();
-        !q.responses.is_empty()
-            || q.partial.is_some()
-            || matches!(q.items.back(), Some(TcpOut::Close))
     }
 
     /// Waits until something may be queued (a wake-up from a push or close).

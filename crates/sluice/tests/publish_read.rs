@@ -120,13 +120,10 @@ fn gstreamer_readers_udp_and_tcp() {
     }
 }
 
-/// The TCP reader here also covers `tcp_write_merge` (one write per 40 ms carrying every
-/// frame queued meanwhile): retina must still get every frame, whole and in order. The
-/// default, unmerged TCP path is read by the ffmpeg and GStreamer tests above.
 #[test]
-fn retina_readers_tcp_with_write_merge_and_udp() {
+fn retina_readers_tcp_and_udp() {
     let dir = test_dir("retina-read");
-    let server = Server::start("[rtsp]\ntcp_write_merge = \"40ms\"\n");
+    let server = Server::start("");
     let url = server.url("live/cam");
     let _publisher = FfmpegPublisher::start(&media().h264_aac, &url, "tcp", &dir);
     let dur = READ_SECS + Duration::from_secs(1);
