@@ -11,6 +11,7 @@
 #   BENCH_DURATION=20                     measurement window per run, seconds
 #   CARGO_TARGET_DIR=/tmp/target-bench    where sluice is built (--release)
 #   SLUICE_BIN=/path/to/sluice            use this binary, do not build
+#   BENCH_FANOUT_WINDOW=40ms              run Sluice with [rtsp] fanout_window (default: a batch per frame)
 #   BENCH_PERF=auto|1|0                   perf-sample each server during the window to split its CPU into
 #                                         the loopback receive path and its own work (auto: if perf exists)
 #
@@ -146,6 +147,7 @@ listen = "127.0.0.1:$SLUICE_PORT"
 rtp_port = $SLUICE_RTP
 multicast_rtp_port = $((SLUICE_RTP + 2))
 session_timeout = "30s"
+fanout_window = "${BENCH_FANOUT_WINDOW:-0ms}"
 
 [limits]                      # the defaults (1,000 connections per IP) would refuse the largest cases
 max_connections = 100000
@@ -393,6 +395,9 @@ ff = ver(["ffmpeg", "-version"])
 commit = ver(["git", "describe", "--always", "--dirty"])
 print(f"Machine: {os.cpu_count()} vCPU {cpu_model()}, {int(mem)/1048576:.1f} GiB, kernel {platform.release()}; {ff}; {gst}; "
       f"sluice at {commit}. Load average before/after: {l0} / {l1}.")
+window = os.environ.get("BENCH_FANOUT_WINDOW", "")
+if window and window not in ("0", "0ms", "0s"):
+    print(f"\nSluice ran with `[rtsp] fanout_window = \"{window}\"` (readers get up to {window} of media per send).")
 print()
 print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at the end of the window "
       "(growth per connected reader from before the first connect). ingest→egress = Sluice's own histogram "

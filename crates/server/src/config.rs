@@ -284,7 +284,17 @@ pub struct RtspConfig {
     /// Keep each live path's packets since its last video keyframe, so new readers start
     /// decoding at once (bounded: 4096 packets / 8 MiB per path).
     pub gop_cache: bool,
+    /// Live streams (publishers, pulls): collect up to this much media, from a batch's
+    /// first packet, before handing it to the readers, instead of a frame at a time.
+    /// Each reader then gets several frames per send (one `writev` per TCP reader), which
+    /// saves CPU per reader, for up to this much added latency. 0 (the default): a batch
+    /// per frame. At most [`MAX_FANOUT_WINDOW`].
+    #[serde(deserialize_with = "de_duration")]
+    pub fanout_window: Duration,
 }
+
+/// Longest `rtsp.fanout_window`: a live stream held longer would stall players.
+pub const MAX_FANOUT_WINDOW: Duration = Duration::from_millis(200);
 
 impl Default for RtspConfig {
     fn default() -> Self {
@@ -305,6 +315,7 @@ impl Default for RtspConfig {
             reader_queue: 4096,
             slow_reader_timeout: Duration::from_secs(5),
             gop_cache: true,
+            fanout_window: Duration::ZERO,
         }
     }
 }
@@ -452,6 +463,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "rtsp.reader_queue must be at least 16".into(),
             ));
+        }
+        if r.fanout_window > MAX_FANOUT_WINDOW {
+            return Err(ConfigError::Invalid(format!(
+                "rtsp.fanout_window must be at most {}ms, got {:?}",
+                MAX_FANOUT_WINDOW.as_millis(),
+                r.fanout_window
+            )));
         }
         if let (true, Some(dir)) = (self.vod.enabled, &self.vod.dir) {
             if !dir.is_dir() {
@@ -668,5 +686,17 @@ mod tests {
         assert!(Config::from_toml("[rtsp]\nmulticast_range = \"10.0.0.0/8\"\n").is_err());
         assert!(Config::from_toml("[rtsp]\ntransports = [\"quic\"]\n").is_err());
         assert!(Config::from_toml("[rtsp]\ntransports = []\n").is_err());
+        let e = Config::from_toml("[rtsp]\nfanout_window = \"1s\"\n").unwrap_err();
+        assert!(e.to_string().contains("fanout_window"), "{e}");
+    }
+
+    #[test]
+    fn fanout_window_is_off_by_default_and_takes_a_duration() {
+        assert_eq!(
+            Config::from_toml("").unwrap().rtsp.fanout_window,
+            Duration::ZERO
+        );
+        let c = Config::from_toml("[rtsp]\nfanout_window = \"40ms\"\n").unwrap();
+        assert_eq!(c.rtsp.fanout_window, Duration::from_millis(40));
     }
 }

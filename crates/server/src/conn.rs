@@ -22,7 +22,6 @@ use crate::handler::Connection;
 use crate::latency::EGRESS_LATENCY;
 use crate::media_queue::{frame_headers, frame_stats, gather, recycle, MediaQueue, Taken, TcpOut};
 use crate::server::Server;
-use crate::stream::INPUT_PAUSE;
 
 /// How long a response may wait for room in the connection's queue before the
 /// connection is closed (a client that sends requests but does not read the answers).
@@ -238,10 +237,7 @@ async fn serve<R, W>(
                 break 'read;
             }
         }
-        flush_at = announced
-            .as_ref()
-            .filter(|s| s.has_pending())
-            .map(|_| last_input + INPUT_PAUSE);
+        flush_at = announced.as_ref().and_then(|s| s.flush_at(last_input));
         // The clock runs for one unfinished message: a publisher streaming interleaved
         // frames whose reads end mid-frame makes progress, and restarts it.
         partial_since = if buf.is_empty() {

@@ -409,6 +409,7 @@ impl Connection {
             self.server.next_version(),
         ));
         stream.set_gop_cache(self.server.config().rtsp.gop_cache);
+        stream.set_fanout_window(self.server.config().rtsp.fanout_window);
         let replaced = {
             let mut paths = self.server.paths.lock().unwrap_or_else(|e| e.into_inner());
             let old = paths.get(&path).cloned();

@@ -279,6 +279,7 @@ impl Server {
             presentation,
             self.next_version(),
         ));
+        stream.set_fanout_window(self.config().rtsp.fanout_window);
         paths.insert(
             pull.path.clone(),
             PathEntry {

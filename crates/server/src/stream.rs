@@ -9,7 +9,10 @@
 //! at a video frame's last packet (RTP marker), when a new frame begins, for every
 //! non-video packet, at 64 packets, when the source calls [`Stream::flush`] (a file source
 //! after each sample), and by the server's reaper once it is 50 ms old (a frame without a
-//! marker and no next frame yet). Live sources do not flush when their socket runs dry:
+//! marker and no next frame yet). With a fan-out window ([`Stream::set_fanout_window`],
+//! `rtsp.fanout_window`), a live stream's batch instead spans up to that much media, across
+//! frames and tracks: every reader then gets several frames per send, for that much added
+//! latency. Live sources do not flush when their socket runs dry:
 //! publishers write a frame packet by packet, and the reads would split it. Sinks must not block: each owns a bounded queue and decides
 //! itself what happens when it is full. Adding a kind of source or sink never touches
 //! another.
@@ -30,6 +33,10 @@ use crate::presentation::Presentation;
 
 /// Most packets collected before a flush.
 const MAX_PENDING: usize = 64;
+
+/// Most packets collected before a flush with a fan-out window: a TCP reader's batch is
+/// still one vectored write (two slices per packet, [`crate::media_queue::MAX_IOV`]).
+const MAX_PENDING_WINDOWED: usize = crate::media_queue::MAX_IOV / 2;
 
 /// How long a live source's input may pause before the packets collected so far go out
 /// without waiting for the rest of their frame. Publishers write a frame's packets back
@@ -137,6 +144,8 @@ pub struct Stream {
     video_track: Option<usize>,
     /// UDP datagrams sinks could not send (send buffer full), for the drop log.
     udp_dropped: AtomicU64,
+    /// Fan-out window in nanoseconds (0: a batch per frame); see [`Stream::set_fanout_window`].
+    window_ns: AtomicU64,
 }
 
 /// Where a new subscriber's numbering starts on a track (for RTP-Info).
@@ -186,7 +195,36 @@ impl Stream {
             pending: Mutex::new(Vec::with_capacity(MAX_PENDING)),
             video_track: video.map(|(i, _)| i),
             udp_dropped: AtomicU64::new(0),
+            window_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Collects up to `window` of media (from the arrival of a batch's first packet) into
+    /// one batch, across frames and tracks, instead of a batch per frame: fewer, larger
+    /// sends per reader for up to `window` of added latency. Zero: a batch per frame.
+    /// For live sources (publishers, pulls); a file source flushes each sample itself.
+    pub fn set_fanout_window(&self, window: std::time::Duration) {
+        let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        self.window_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// The fan-out window (zero: a batch per frame).
+    pub fn fanout_window(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.window_ns.load(Ordering::Relaxed))
+    }
+
+    /// When a live source that last had input at `last_input` should flush the packets
+    /// collected so far, if any: once its input has paused for [`INPUT_PAUSE`] or, with a
+    /// fan-out window, once the window since the batch's first packet has passed.
+    pub fn flush_at(&self, last_input: Instant) -> Option<Instant> {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let first = pending.first()?;
+        let window = self.fanout_window();
+        Some(if window.is_zero() {
+            last_input + INPUT_PAUSE
+        } else {
+            first.received_at + window
+        })
     }
 
     /// The path this stream is published on.
@@ -333,6 +371,22 @@ impl Stream {
             packet.header.ssrc = mapped.ssrc;
         }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let window = self.fanout_window();
+        if !window.is_zero() {
+            // A batch spans the window from its first packet's arrival; the source's
+            // flush timer ([`Stream::flush_at`]) ends it when no packet comes to.
+            let due = pending.first().is_some_and(|first| {
+                packet
+                    .received_at
+                    .saturating_duration_since(first.received_at)
+                    >= window
+            });
+            pending.push(packet);
+            if due || pending.len() >= MAX_PENDING_WINDOWED {
+                self.flush_locked(&mut pending);
+            }
+            return;
+        }
         let is_video = Some(packet.track) == self.video_track;
         // A new frame begins: the previous one is complete even if its marker was lost.
         let new_frame = pending.last().is_some_and(|last| {
@@ -369,6 +423,7 @@ impl Stream {
     /// Flushes the batch if its first packet arrived more than `max_age` before `now`: a
     /// frame without a marker bit, with no next frame yet to end it.
     pub fn flush_stale(&self, now: Instant, max_age: std::time::Duration) {
+        let max_age = max_age.max(self.fanout_window());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let stale = pending
             .first()
@@ -473,6 +528,7 @@ impl Stream {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
 
     const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
 
@@ -600,6 +656,85 @@ mod tests {
         assert_eq!(v[2].2, 5, "SSRC kept");
         assert!(v[2].1.wrapping_sub(4000) > 0 && v[2].1.wrapping_sub(4000) < 90_000);
         assert_eq!(v[2].3, vec![(30_000u16) as u8], "payload untouched");
+    }
+
+    #[test]
+    fn a_fanout_window_batches_frames_and_tracks_until_it_ends() {
+        const AV: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
+            m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+            m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/1\r\n";
+        let s = Stream::new(
+            "p".into(),
+            Presentation::from_sdp(AV.as_bytes()).unwrap(),
+            1,
+        );
+        struct Batches(Mutex<Vec<Vec<u16>>>);
+        impl Sink for Batches {
+            fn handle_packet(&self, _: &MediaPacket) {}
+            fn handle_batch(&self, e: &mut Egress<'_>) {
+                let seqs = e.packets().iter().map(|p| p.header.sequence).collect();
+                self.0.lock().unwrap().push(seqs);
+            }
+            fn handle_end(&self, _: EndReason) {}
+        }
+        let b = Arc::new(Batches(Mutex::new(Vec::new())));
+        s.add_sink(b.clone());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let pkt = |track: usize, seq: u16, ts: u32, marker: bool, at: Instant| MediaPacket {
+            track,
+            header: RtpHeader {
+                payload_type: 96 + track as u8,
+                marker,
+                sequence: seq,
+                timestamp: ts,
+                ssrc: 1 + track as u32,
+                payload_offset: 12,
+            },
+            data: Bytes::from_static(&[0x80; 20]),
+            received_at: at,
+        };
+        // Without a window: a batch per frame, and audio alone.
+        assert_eq!(s.flush_at(ms(0)), None, "nothing pending");
+        s.push_rtp(pkt(0, 1, 0, false, ms(0)));
+        assert_eq!(s.flush_at(ms(0)), Some(ms(0) + INPUT_PAUSE));
+        s.push_rtp(pkt(0, 2, 0, true, ms(0)));
+        s.push_rtp(pkt(1, 3, 0, true, ms(5)));
+        assert_eq!(*b.0.lock().unwrap(), vec![vec![1, 2], vec![3]]);
+
+        s.set_fanout_window(Duration::from_millis(40));
+        // Frames and audio within 40 ms of the batch's first packet stay together...
+        s.push_rtp(pkt(0, 4, 3000, true, ms(10)));
+        s.push_rtp(pkt(1, 5, 1024, true, ms(20)));
+        s.push_rtp(pkt(0, 6, 6000, false, ms(43)));
+        s.push_rtp(pkt(0, 7, 6000, true, ms(43)));
+        assert_eq!(
+            b.0.lock().unwrap().len(),
+            2,
+            "nothing flushed inside the window"
+        );
+        // ... the source's timer fires at the window's end...
+        assert_eq!(s.flush_at(ms(45)), Some(ms(50)));
+        // ... and the first packet past it ends the batch, itself included.
+        s.push_rtp(pkt(0, 8, 9000, true, ms(51)));
+        assert_eq!(b.0.lock().unwrap().last(), Some(&vec![4, 5, 6, 7, 8]));
+        s.push_rtp(pkt(1, 9, 2048, true, ms(60)));
+        assert_eq!(s.flush_at(ms(61)), Some(ms(100)));
+        s.flush_stale(ms(95), Duration::from_millis(20));
+        assert_eq!(
+            b.0.lock().unwrap().len(),
+            3,
+            "the reaper waits for the window too"
+        );
+        s.flush();
+        assert_eq!(b.0.lock().unwrap().last(), Some(&vec![9]));
+        // A window's batch is bounded: one vectored write per TCP reader.
+        for i in 0..600u16 {
+            s.push_rtp(pkt(0, 100 + i, 12000, false, ms(200)));
+        }
+        assert!(b.0.lock().unwrap()[4..]
+            .iter()
+            .all(|batch| batch.len() == MAX_PENDING_WINDOWED));
     }
 
     #[test]

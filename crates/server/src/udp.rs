@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::ingest::Ingest;
 use crate::session::Session;
-use crate::stream::{Stream, INPUT_PAUSE};
+use crate::stream::Stream;
 
 /// What a datagram from a known address belongs to.
 #[derive(Debug, Clone)]
@@ -149,26 +149,40 @@ impl UdpHub {
         // One large buffer split per datagram: the Bytes handed on share its allocation,
         // so receiving costs no allocation per packet once the buffer is warm.
         let mut buf = BytesMut::with_capacity(256 * 1024);
-        // Streams fed since the socket last paused: their collected packets go out when
-        // input pauses for INPUT_PAUSE (see `Stream::push_rtp`).
+        // Streams fed with packets they have not flushed yet: those go out when the
+        // input pauses or their fan-out window ends (see `Stream::flush_at`).
         let mut fed: Vec<Arc<Stream>> = Vec::new();
+        let mut last_input = Instant::now();
         loop {
             if buf.capacity() - buf.len() < 65536 {
                 buf.reserve(256 * 1024);
             }
-            let received = if fed.is_empty() {
-                socket.recv_buf_from(&mut buf).await
-            } else {
-                match tokio::time::timeout(INPUT_PAUSE, socket.recv_buf_from(&mut buf)).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        for stream in fed.drain(..) {
-                            stream.flush();
+            let flush_at = fed.iter().filter_map(|s| s.flush_at(last_input)).min();
+            let received = match flush_at {
+                None => {
+                    fed.clear();
+                    socket.recv_buf_from(&mut buf).await
+                }
+                Some(at) => {
+                    let recv = socket.recv_buf_from(&mut buf);
+                    match tokio::time::timeout_at(at.into(), recv).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            let now = Instant::now();
+                            fed.retain(|stream| match stream.flush_at(last_input) {
+                                Some(t) if t > now => true,
+                                Some(_) => {
+                                    stream.flush();
+                                    false
+                                }
+                                None => false,
+                            });
+                            continue;
                         }
-                        continue;
                     }
                 }
             };
+            last_input = Instant::now();
             let from = match received {
                 Ok((_, from)) => from,
                 Err(e) => {
@@ -179,7 +193,7 @@ impl UdpHub {
                 }
             };
             let data = buf.split().freeze();
-            let now = Instant::now();
+            let now = last_input;
             match self.lookup(rtcp, &from) {
                 Some(Route::Ingest { ingest, track }) => {
                     if rtcp {

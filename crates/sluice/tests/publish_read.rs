@@ -120,10 +120,14 @@ fn gstreamer_readers_udp_and_tcp() {
     }
 }
 
+/// Also covers `fanout_window`: the stream is handed to readers 40 ms of media at a time
+/// (several frames and both tracks per batch) instead of a frame at a time, and retina
+/// must still get every frame, whole and in order, over TCP and UDP. The default,
+/// per-frame path is read by the ffmpeg and GStreamer tests above.
 #[test]
-fn retina_readers_tcp_and_udp() {
+fn retina_readers_tcp_and_udp_with_a_fanout_window() {
     let dir = test_dir("retina-read");
-    let server = Server::start("");
+    let server = Server::start("[rtsp]\nfanout_window = \"40ms\"\n");
     let url = server.url("live/cam");
     let _publisher = FfmpegPublisher::start(&media().h264_aac, &url, "tcp", &dir);
     let dur = READ_SECS + Duration::from_secs(1);
