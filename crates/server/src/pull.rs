@@ -279,6 +279,7 @@ impl Server {
             presentation,
             self.next_version(),
         ));
+        stream.set_gop_cache(self.config().rtsp.gop_cache);
         stream.set_fanout_window(self.config().rtsp.fanout_window);
         paths.insert(
             pull.path.clone(),
