@@ -658,6 +658,25 @@ mod tests {
         assert_eq!(v[2].3, vec![(30_000u16) as u8], "payload untouched");
     }
 
+    /// A sink recording each batch it is handed, as its packets' sequence numbers.
+    struct Batches(Mutex<Vec<Vec<u16>>>);
+
+    impl Sink for Batches {
+        fn handle_packet(&self, _: &MediaPacket) {}
+        fn handle_batch(&self, e: &mut Egress<'_>) {
+            let seqs = e.packets().iter().map(|p| p.header.sequence).collect();
+            self.0.lock().unwrap().push(seqs);
+        }
+        fn handle_end(&self, _: EndReason) {}
+    }
+
+    /// Subscribes a [`Batches`] recorder to `s`.
+    fn record_batches(s: &Stream) -> Arc<Batches> {
+        let b = Arc::new(Batches(Mutex::new(Vec::new())));
+        s.add_sink(b.clone());
+        b
+    }
+
     #[test]
     fn a_fanout_window_batches_frames_and_tracks_until_it_ends() {
         const AV: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
@@ -668,17 +687,7 @@ mod tests {
             Presentation::from_sdp(AV.as_bytes()).unwrap(),
             1,
         );
-        struct Batches(Mutex<Vec<Vec<u16>>>);
-        impl Sink for Batches {
-            fn handle_packet(&self, _: &MediaPacket) {}
-            fn handle_batch(&self, e: &mut Egress<'_>) {
-                let seqs = e.packets().iter().map(|p| p.header.sequence).collect();
-                self.0.lock().unwrap().push(seqs);
-            }
-            fn handle_end(&self, _: EndReason) {}
-        }
-        let b = Arc::new(Batches(Mutex::new(Vec::new())));
-        s.add_sink(b.clone());
+        let b = record_batches(&s);
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let pkt = |track: usize, seq: u16, ts: u32, marker: bool, at: Instant| MediaPacket {
@@ -744,17 +753,7 @@ mod tests {
             Presentation::from_sdp(SDP.as_bytes()).unwrap(),
             1,
         );
-        struct Batches(Mutex<Vec<Vec<u16>>>);
-        impl Sink for Batches {
-            fn handle_packet(&self, _: &MediaPacket) {}
-            fn handle_batch(&self, e: &mut Egress<'_>) {
-                let seqs = e.packets().iter().map(|p| p.header.sequence).collect();
-                self.0.lock().unwrap().push(seqs);
-            }
-            fn handle_end(&self, _: EndReason) {}
-        }
-        let b = Arc::new(Batches(Mutex::new(Vec::new())));
-        s.add_sink(b.clone());
+        let b = record_batches(&s);
         let pkt = |seq: u16, ts: u32, marker: bool| {
             let data = Bytes::from_static(&[0x80; 20]);
             MediaPacket {
