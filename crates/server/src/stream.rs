@@ -411,15 +411,6 @@ impl Stream {
         }
     }
 
-    /// Whether packets are collected and not yet handed to the sinks.
-    pub fn has_pending(&self) -> bool {
-        !self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-    }
-
     /// Flushes the batch if its first packet arrived more than `max_age` before `now`: a
     /// frame without a marker bit, with no next frame yet to end it.
     pub fn flush_stale(&self, now: Instant, max_age: std::time::Duration) {
