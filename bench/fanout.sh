@@ -266,10 +266,13 @@ perf_sample() {
   fi
   sleep 1
   perf record -q -F 299 -g -p "$SERVER_PID" -o "$out.data" -- sleep "$PERF_SECS" >/dev/null 2>&1 || return 0
-  perf report -i "$out.data" --children --sort sym --stdio -g none 2>/dev/null \
-    | awk '$NF == "net_rx_action" { sub("%", "", $1); print $1; exit }' >"$out"
-  [[ -s $out ]] || echo 0 >"$out"   # no sample under net_rx_action at all
+  local report
+  report=$(perf report -i "$out.data" --children --sort sym --stdio -g none 2>/dev/null) || report=""
   rm -f "$out.data"
+  # A report without any symbol line is a failed report: no split (not a 0 % share).
+  grep -qE '^ +[0-9.]+%' <<<"$report" || return 0
+  awk '$NF == "net_rx_action" { sub("%", "", $1); print $1; found = 1; exit } END { if (!found) print 0 }' \
+    <<<"$report" >"$out"
 }
 
 # Adds the perf split to a report line: server.rx_share_pct and server.own_cpu_pct_per_gbit.
