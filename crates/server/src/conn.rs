@@ -22,6 +22,7 @@ use crate::handler::Connection;
 use crate::latency::EGRESS_LATENCY;
 use crate::media_queue::{frame_headers, frame_stats, gather, recycle, MediaQueue, Taken, TcpOut};
 use crate::server::Server;
+use crate::stream::Stream;
 
 /// How long a response may wait for room in the connection's queue before the
 /// connection is closed (a client that sends requests but does not read the answers).
@@ -155,6 +156,8 @@ async fn serve<R, W>(
     let mut partial_since: Option<Instant> = None;
     // A publisher's packets collected but not relayed yet go out when its input pauses.
     let mut flush_at: Option<Instant> = None;
+    // A publisher's stream while the input at hand is being decoded (see below).
+    let mut held: Option<Arc<Stream>> = None;
     'read: loop {
         let announced = conn.announced_stream();
         // A half-sent request must complete in time; an idle connection without sessions
@@ -205,37 +208,58 @@ async fn serve<R, W>(
         }
         conn.handle_input();
         let mut decoded = 0usize;
-        loop {
-            let frame = decoder.decode(&mut buf);
-            if matches!(frame, Ok(Some(_))) {
-                decoded += 1;
-            }
-            match frame {
-                // Boxed: the handler's state lives only while a request is handled,
-                // instead of in every idle connection's future.
-                Ok(Some(Frame::Message(Message::Request(req)))) => {
-                    Box::pin(conn.handle_request(req)).await
+        // A publisher's frames that end in the input at hand go out together once it is
+        // used up: one frame per batch when the server keeps up, several when it falls
+        // behind and input piles up in the socket (see `Stream::hold_frames`).
+        held = announced.clone();
+        if let Some(s) = &held {
+            s.hold_frames();
+        }
+        'at_hand: loop {
+            loop {
+                let frame = decoder.decode(&mut buf);
+                if matches!(frame, Ok(Some(_))) {
+                    decoded += 1;
                 }
-                Ok(Some(Frame::Message(Message::Response(_)))) => {}
-                Ok(Some(Frame::Interleaved { channel, payload })) => {
-                    conn.handle_interleaved(channel, payload)
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(conn = id, %peer, error = %e, "malformed request; closing connection");
-                    let mut resp = Response::new(e.status());
-                    if let Some(cseq) = e.cseq() {
-                        resp = resp.with_header("CSeq", cseq.to_string());
+                match frame {
+                    // Boxed: the handler's state lives only while a request is handled,
+                    // instead of in every idle connection's future.
+                    Ok(Some(Frame::Message(Message::Request(req)))) => {
+                        Box::pin(conn.handle_request(req)).await
                     }
-                    handle
-                        .send_response(&resp.with_header("Connection", "close"))
-                        .await;
+                    Ok(Some(Frame::Message(Message::Response(_)))) => {}
+                    Ok(Some(Frame::Interleaved { channel, payload })) => {
+                        conn.handle_interleaved(channel, payload)
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(conn = id, %peer, error = %e, "malformed request; closing connection");
+                        let mut resp = Response::new(e.status());
+                        if let Some(cseq) = e.cseq() {
+                            resp = resp.with_header("CSeq", cseq.to_string());
+                        }
+                        handle
+                            .send_response(&resp.with_header("Connection", "close"))
+                            .await;
+                        break 'read;
+                    }
+                }
+                if handle.is_closing() {
                     break 'read;
                 }
             }
-            if handle.is_closing() {
-                break 'read;
+            if held.is_none() {
+                break;
             }
+            // More input already waiting joins this batch; an end of stream or an error
+            // is left for the next read to report.
+            match crate::at_hand::ready_now(rd.read_buf(&mut buf)).await {
+                Some(Ok(n)) if n > 0 => last_input = Instant::now(),
+                _ => break 'at_hand,
+            }
+        }
+        if let Some(s) = held.take() {
+            s.release_frames();
         }
         flush_at = announced.as_ref().and_then(|s| s.flush_at(last_input));
         // The clock runs for one unfinished message: a publisher streaming interleaved
@@ -247,6 +271,9 @@ async fn serve<R, W>(
         } else {
             partial_since.or(Some(last_input))
         };
+    }
+    if let Some(s) = held.take() {
+        s.release_frames();
     }
     conn.handle_closed();
     handle.close("connection ended");

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod at_hand;
 pub mod auth;
 pub mod config;
 pub mod conn;

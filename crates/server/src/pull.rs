@@ -25,6 +25,27 @@ use crate::presentation::Presentation;
 use crate::server::{PathEntry, Server, RTCP_INTERVAL};
 use crate::stream::{EndReason, Stream};
 
+/// A pulled stream's frames held while the events at hand are handled; released when
+/// dropped, on every way out of the handling.
+struct Held(Option<Arc<Stream>>);
+
+impl Held {
+    fn new(stream: Option<Arc<Stream>>) -> Held {
+        if let Some(s) = &stream {
+            s.hold_frames();
+        }
+        Held(stream)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.release_frames();
+        }
+    }
+}
+
 /// How long `auto` transport waits for the first UDP packet before switching to TCP.
 const UDP_SILENCE: Duration = Duration::from_secs(3);
 
@@ -176,6 +197,11 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
     loop {
         tokio::select! {
             ev = conn.next_event() => {
+                // Events already at hand are handled before the frames that end in them
+                // go out, together (see `Stream::hold_frames`).
+                let _held = Held::new(ingest.as_ref().map(|i| i.stream().clone()));
+                let mut ev = ev;
+                loop {
                 let now = Instant::now();
                 match ev {
                     Ok(ClientEvent::Described { sdp, .. }) => {
@@ -222,6 +248,11 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
                         return Outcome::Lost { had_media };
                     }
                     Ok(_) => {}
+                }
+                match crate::at_hand::ready_now(conn.next_event()).await {
+                    Some(next) => ev = next,
+                    None => break,
+                }
                 }
             }
             _ = tick.tick() => {

@@ -13,9 +13,13 @@
 //! `rtsp.fanout_window`), a live stream's batch instead spans up to that much media, across
 //! frames and tracks: every reader then gets several frames per send, for that much added
 //! latency. Live sources do not flush when their socket runs dry:
-//! publishers write a frame packet by packet, and the reads would split it. Sinks must not block: each owns a bounded queue and decides
-//! itself what happens when it is full. Adding a kind of source or sink never touches
-//! another.
+//! publishers write a frame packet by packet, and the reads would split it. But while a
+//! live source has more input at hand than one frame ([`Stream::hold_frames`]), the
+//! frames that end in it are collected and go out together when it is used up
+//! ([`Stream::release_frames`]): a server that falls behind sends bigger batches instead
+//! of falling further behind, and an idle one still sends each frame as it ends. Sinks
+//! must not block: each owns a bounded queue and decides itself what happens when it is
+//! full. Adding a kind of source or sink never touches another.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -115,6 +119,17 @@ impl SinkId {
     }
 }
 
+/// The batch being collected, with what [`Stream::hold_frames`] needs.
+#[derive(Debug)]
+struct Pending {
+    /// The packets, in arrival order.
+    packets: Vec<MediaPacket>,
+    /// How many of `packets` end at a frame's end (only non-zero while frames are held).
+    complete: usize,
+    /// Whether frames that end are held for [`Stream::release_frames`].
+    held: bool,
+}
+
 /// Per-track live state kept by the stream.
 #[derive(Debug)]
 struct TrackState {
@@ -139,7 +154,7 @@ pub struct Stream {
     version: u64,
     gop: Mutex<GopCache>,
     /// Packets pushed but not yet handed to sinks (the batch being collected).
-    pending: Mutex<Vec<MediaPacket>>,
+    pending: Mutex<Pending>,
     /// The track whose frames are batched (the first video track).
     video_track: Option<usize>,
     /// UDP datagrams sinks could not send (send buffer full), for the drop log.
@@ -192,7 +207,11 @@ impl Stream {
             ended_notify: tokio::sync::Notify::new(),
             version,
             gop: Mutex::new(GopCache::new(video)),
-            pending: Mutex::new(Vec::with_capacity(MAX_PENDING)),
+            pending: Mutex::new(Pending {
+                packets: Vec::with_capacity(MAX_PENDING),
+                complete: 0,
+                held: false,
+            }),
             video_track: video.map(|(i, _)| i),
             udp_dropped: AtomicU64::new(0),
             window_ns: AtomicU64::new(0),
@@ -218,7 +237,7 @@ impl Stream {
     /// fan-out window, once the window since the batch's first packet has passed.
     pub fn flush_at(&self, last_input: Instant) -> Option<Instant> {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let first = pending.first()?;
+        let first = pending.packets.first()?;
         let window = self.fanout_window();
         Some(if window.is_zero() {
             last_input + INPUT_PAUSE
@@ -370,35 +389,87 @@ impl Stream {
             packet.header.timestamp = mapped.timestamp;
             packet.header.ssrc = mapped.ssrc;
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = &mut *guard;
         let window = self.fanout_window();
         if !window.is_zero() {
             // A batch spans the window from its first packet's arrival; the source's
             // flush timer ([`Stream::flush_at`]) ends it when no packet comes to.
-            let due = pending.first().is_some_and(|first| {
+            let due = pending.packets.first().is_some_and(|first| {
                 packet
                     .received_at
                     .saturating_duration_since(first.received_at)
                     >= window
             });
-            pending.push(packet);
-            if due || pending.len() >= MAX_PENDING_WINDOWED {
-                self.flush_locked(&mut pending);
+            pending.packets.push(packet);
+            if due || pending.packets.len() >= MAX_PENDING_WINDOWED {
+                self.flush_locked(pending, usize::MAX);
             }
             return;
         }
         let is_video = Some(packet.track) == self.video_track;
         // A new frame begins: the previous one is complete even if its marker was lost.
-        let new_frame = pending.last().is_some_and(|last| {
+        let new_frame = pending.packets.last().is_some_and(|last| {
             last.track == packet.track && last.header.timestamp != packet.header.timestamp
         });
         if new_frame {
-            self.flush_locked(&mut pending);
+            self.end_frame(pending);
         }
-        let flush_now = !is_video || packet.header.marker;
-        pending.push(packet);
-        if flush_now || pending.len() >= MAX_PENDING {
-            self.flush_locked(&mut pending);
+        let frame_ends = !is_video || packet.header.marker;
+        pending.packets.push(packet);
+        if frame_ends {
+            self.end_frame(pending);
+        }
+        let cap = if pending.held {
+            MAX_PENDING_WINDOWED
+        } else {
+            MAX_PENDING
+        };
+        if pending.packets.len() >= cap {
+            // Complete frames go; an unfinished frame this long goes too, in parts.
+            let n = if pending.complete > 0 {
+                pending.complete
+            } else {
+                usize::MAX
+            };
+            self.flush_locked(pending, n);
+        }
+    }
+
+    /// A frame (or a non-video packet) has just ended: flush it, or while frames are
+    /// held, only count it as complete.
+    fn end_frame(&self, pending: &mut Pending) {
+        if pending.held {
+            pending.complete = pending.packets.len();
+        } else {
+            self.flush_locked(pending, usize::MAX);
+        }
+    }
+
+    /// The source has more input at hand (a read returned several frames, or more is
+    /// waiting): until [`Stream::release_frames`], frames that end are not handed to the
+    /// sinks one by one but collected (up to 256 packets), so that a busy server sends
+    /// each reader several frames per system call. An idle one, whose reads each end
+    /// within a frame or at its end, still sends each frame as soon as it is complete:
+    /// the batches grow with the load, not with a fixed delay. No effect with a fan-out
+    /// window, which batches anyway.
+    pub fn hold_frames(&self) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).held = true;
+    }
+
+    /// The source's input at hand is used up: the complete frames collected since
+    /// [`Stream::hold_frames`] go to the sinks in one batch; an unfinished frame waits
+    /// for its end as usual.
+    pub fn release_frames(&self) {
+        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = &mut *guard;
+        pending.held = false;
+        if pending.complete > 0 {
+            let n = pending.complete;
+            self.flush_locked(pending, n);
+        }
+        if pending.packets.len() >= MAX_PENDING {
+            self.flush_locked(pending, usize::MAX);
         }
     }
 
@@ -406,8 +477,8 @@ impl Stream {
     /// more input at hand, so a batch never waits for input that is not coming.
     pub fn flush(&self) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if !pending.is_empty() {
-            self.flush_locked(&mut pending);
+        if !pending.packets.is_empty() {
+            self.flush_locked(&mut pending, usize::MAX);
         }
     }
 
@@ -417,34 +488,43 @@ impl Stream {
         let max_age = max_age.max(self.fanout_window());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let stale = pending
+            .packets
             .first()
             .is_some_and(|p| now.saturating_duration_since(p.received_at) >= max_age);
         if stale {
-            self.flush_locked(&mut pending);
+            self.flush_locked(&mut pending, usize::MAX);
         }
     }
 
-    fn flush_locked(&self, pending: &mut Vec<MediaPacket>) {
+    /// Hands the first `n` collected packets (all of them if fewer) to the sinks.
+    fn flush_locked(&self, pending: &mut Pending, n: usize) {
+        let n = n.min(pending.packets.len());
+        let batch = &pending.packets[..n];
         let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
         {
             // Updated under the sinks lock so that `subscribe` sees, for every track,
             // exactly the last packet its new sink will not get, and a GOP cache ending
             // with it.
             let mut gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
-            for p in pending.iter() {
+            for p in batch {
                 if let Some(state) = self.tracks.get(p.track) {
                     *state.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.header);
                 }
                 gop.handle_packet(p);
             }
         }
-        let plan = UdpPlan::new(pending, crate::udp_send::gso_enabled());
-        let sent = crate::fanout::deliver(&sinks, pending, &plan);
+        let plan = UdpPlan::new(batch, crate::udp_send::gso_enabled());
+        let sent = crate::fanout::deliver(&sinks, batch, &plan);
         drop(sinks);
         if sent.dropped > 0 && self.udp_dropped.fetch_add(sent.dropped, Ordering::Relaxed) == 0 {
             tracing::warn!(path = %self.path, dropped = sent.dropped, "UDP send buffer full: datagrams dropped");
         }
-        pending.clear();
+        if n == pending.packets.len() {
+            pending.packets.clear();
+        } else {
+            pending.packets.drain(..n);
+        }
+        pending.complete = pending.complete.saturating_sub(n);
     }
 
     /// UDP datagrams dropped because the kernel refused them (send buffer full).
@@ -775,6 +855,74 @@ mod tests {
             s.push_rtp(pkt(100 + i, 9000, false));
         }
         assert_eq!(b.0.lock().unwrap().last().map(Vec::len), Some(MAX_PENDING));
+    }
+
+    #[test]
+    fn held_frames_go_out_together_when_the_input_at_hand_is_used_up() {
+        const AV: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
+            m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+            m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/1\r\n";
+        let s = Stream::new(
+            "p".into(),
+            Presentation::from_sdp(AV.as_bytes()).unwrap(),
+            1,
+        );
+        let b = record_batches(&s);
+        let pkt = |track: usize, seq: u16, ts: u32, marker: bool| MediaPacket {
+            track,
+            header: RtpHeader {
+                payload_type: 96 + track as u8,
+                marker,
+                sequence: seq,
+                timestamp: ts,
+                ssrc: 1 + track as u32,
+                payload_offset: 12,
+            },
+            data: Bytes::from_static(&[0x80; 20]),
+            received_at: Instant::now(),
+        };
+        let batches = || b.0.lock().unwrap().clone();
+        // Two frames, audio between them, a frame with a lost marker and half a frame
+        // arrive in one read: nothing goes out until the read is used up...
+        s.hold_frames();
+        s.push_rtp(pkt(0, 1, 0, false));
+        s.push_rtp(pkt(0, 2, 0, true));
+        s.push_rtp(pkt(1, 3, 0, true));
+        s.push_rtp(pkt(0, 4, 3000, false)); // marker lost
+        s.push_rtp(pkt(0, 5, 6000, false));
+        assert!(batches().is_empty(), "held frames wait for the release");
+        // ... then the complete frames go in one batch and the unfinished one waits.
+        s.release_frames();
+        assert_eq!(batches(), vec![vec![1, 2, 3, 4]]);
+        // Released, frames go one by one again; the unfinished one ends with its marker.
+        s.push_rtp(pkt(0, 6, 6000, true));
+        assert_eq!(batches().last(), Some(&vec![5, 6]));
+        s.push_rtp(pkt(1, 7, 1024, true));
+        assert_eq!(batches().last(), Some(&vec![7]));
+        // A read that ends inside a frame sends nothing of it.
+        s.hold_frames();
+        s.push_rtp(pkt(0, 8, 9000, false));
+        s.release_frames();
+        assert_eq!(batches().len(), 3);
+        assert!(s.flush_at(Instant::now()).is_some(), "the pause timer runs");
+        s.flush();
+        assert_eq!(batches().last(), Some(&vec![8]));
+        // A long backlog is cut at 256 packets, at the last frame's end before it.
+        s.hold_frames();
+        for f in 0..100u16 {
+            s.push_rtp(pkt(0, 100 + 3 * f, 12000 + u32::from(f), false));
+            s.push_rtp(pkt(0, 101 + 3 * f, 12000 + u32::from(f), false));
+            s.push_rtp(pkt(0, 102 + 3 * f, 12000 + u32::from(f), true));
+        }
+        s.release_frames();
+        let sizes: Vec<usize> = batches()[4..].iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            vec![255, 45],
+            "cut at frame ends, at most 256 packets"
+        );
+        // With nothing held, nothing is left behind.
+        assert_eq!(s.flush_at(Instant::now()), None);
     }
 
     #[test]

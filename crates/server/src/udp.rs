@@ -152,32 +152,43 @@ impl UdpHub {
         // Streams fed with packets they have not flushed yet: those go out when the
         // input pauses or their fan-out window ends (see `Stream::flush_at`).
         let mut fed: Vec<Arc<Stream>> = Vec::new();
+        // Streams fed from the datagrams at hand: their frames are held until no more
+        // datagram is waiting, then go out together (see `Stream::hold_frames`).
+        let mut held: Vec<Arc<Stream>> = Vec::new();
         let mut last_input = Instant::now();
         loop {
             if buf.capacity() - buf.len() < 65536 {
                 buf.reserve(256 * 1024);
             }
-            let flush_at = fed.iter().filter_map(|s| s.flush_at(last_input)).min();
-            let received = match flush_at {
-                None => {
-                    fed.clear();
-                    socket.recv_buf_from(&mut buf).await
+            let at_hand = crate::at_hand::ready_now(socket.recv_buf_from(&mut buf)).await;
+            let received = if let Some(r) = at_hand {
+                r
+            } else {
+                for stream in held.drain(..) {
+                    stream.release_frames();
                 }
-                Some(at) => {
-                    let recv = socket.recv_buf_from(&mut buf);
-                    match tokio::time::timeout_at(at.into(), recv).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            let now = Instant::now();
-                            fed.retain(|stream| match stream.flush_at(last_input) {
-                                Some(t) if t > now => true,
-                                Some(_) => {
-                                    stream.flush();
-                                    false
-                                }
-                                None => false,
-                            });
-                            continue;
+                let flush_at = fed.iter().filter_map(|s| s.flush_at(last_input)).min();
+                match flush_at {
+                    None => {
+                        fed.clear();
+                        socket.recv_buf_from(&mut buf).await
+                    }
+                    Some(at) => {
+                        let recv = socket.recv_buf_from(&mut buf);
+                        match tokio::time::timeout_at(at.into(), recv).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                let now = Instant::now();
+                                fed.retain(|stream| match stream.flush_at(last_input) {
+                                    Some(t) if t > now => true,
+                                    Some(_) => {
+                                        stream.flush();
+                                        false
+                                    }
+                                    None => false,
+                                });
+                                continue;
+                            }
                         }
                     }
                 }
@@ -199,6 +210,10 @@ impl UdpHub {
                     if rtcp {
                         ingest.handle_rtcp(track, &data, now);
                     } else {
+                        if !held.iter().any(|s| Arc::ptr_eq(s, ingest.stream())) {
+                            ingest.stream().hold_frames();
+                            held.push(ingest.stream().clone());
+                        }
                         ingest.handle_rtp(track, data, now);
                         if !fed.iter().any(|s| Arc::ptr_eq(s, ingest.stream())) {
                             fed.push(ingest.stream().clone());
