@@ -468,7 +468,9 @@ impl Stream {
             let n = pending.complete;
             self.flush_locked(pending, n);
         }
-        if pending.packets.len() >= MAX_PENDING {
+        // Held, an unfinished frame may have grown past the unheld cap; a window's batch
+        // waits for its window.
+        if pending.packets.len() >= MAX_PENDING && self.fanout_window().is_zero() {
             self.flush_locked(pending, usize::MAX);
         }
     }
@@ -808,11 +810,20 @@ mod tests {
         );
         s.flush();
         assert_eq!(b.0.lock().unwrap().last(), Some(&vec![9]));
+        // Holding and releasing frames changes nothing inside a window, even for a
+        // batch past the per-frame cap.
+        s.hold_frames();
+        for i in 0..70u16 {
+            s.push_rtp(pkt(0, 20 + i, 10000 + u32::from(i), true, ms(150)));
+        }
+        s.release_frames();
+        assert_eq!(b.0.lock().unwrap().len(), 4, "the window's batch waits");
+        s.flush();
         // A window's batch is bounded: one vectored write per TCP reader.
         for i in 0..600u16 {
             s.push_rtp(pkt(0, 100 + i, 12000, false, ms(200)));
         }
-        assert!(b.0.lock().unwrap()[4..]
+        assert!(b.0.lock().unwrap()[5..]
             .iter()
             .all(|batch| batch.len() == MAX_PENDING_WINDOWED));
     }

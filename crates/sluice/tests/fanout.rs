@@ -129,3 +129,51 @@ fn three_hundred_readers_each_get_every_packet_from_a_keyframe() {
         assert!(min > 0.5, "{what}: slowest reader got {min} Mbit/s");
     }
 }
+
+/// PLAY sent → first keyframe, minus PLAY sent → first packet (medians over one
+/// `bench_load` run's readers): how long a reader waits for a picture after media starts.
+fn keyframe_wait_ms(r: &serde_json::Value) -> f64 {
+    let p50 = |k: &str| r[k]["p50"].as_f64().unwrap_or(f64::NAN);
+    p50("first_keyframe_ms") - p50("first_packet_ms")
+}
+
+/// `rtsp.gop_cache`: on (the default), a new reader's media starts with the last keyframe;
+/// off, it starts at the live edge and waits for the next one (the 1 s GOP: up to 1 s).
+#[test]
+fn a_reader_starts_at_the_last_keyframe_only_with_the_gop_cache() {
+    let dir = test_dir("gop-cache");
+    let mut waits = Vec::new();
+    for gop_cache in [true, false] {
+        let server = Server::start(&format!("[rtsp]\ngop_cache = {gop_cache}\n"));
+        let url = server.url("live/gop");
+        let mut publisher = FfmpegPublisher::start(&media().h264_aac, &url, "tcp", &dir);
+        publisher
+            .wait_publishing(Duration::from_secs(15))
+            .expect("ffmpeg publishing");
+        // Past the first keyframe, so the cache holds a GOP.
+        std::thread::sleep(Duration::from_millis(1200));
+        // Three joins at different points of the GOP: without the cache, each lands
+        // within 80 ms before a keyframe with 8 % odds, all three with 0.05 %.
+        let runs: Vec<f64> = (0..3)
+            .map(|_| {
+                let r = bench_load(&url, "tcp", 2, 1);
+                let what = format!("gop_cache = {gop_cache}: {r}");
+                assert_eq!(r["readers_connected"], 2, "{what}");
+                assert_eq!(r["no_keyframe"], 0, "{what}");
+                assert_eq!(r["lost"], 0, "{what}");
+                keyframe_wait_ms(&r)
+            })
+            .collect();
+        waits.push((gop_cache, runs));
+    }
+    let (on, off) = (&waits[0].1, &waits[1].1);
+    assert!(
+        on.iter().all(|w| *w < 20.0),
+        "with the GOP cache the first packet is the keyframe: waits {on:?} ms"
+    );
+    eprintln!("keyframe waits: with the cache {on:?} ms, without {off:?} ms");
+    assert!(
+        off.iter().any(|w| *w > 80.0),
+        "without the GOP cache readers wait for the next keyframe: waits {off:?} ms"
+    );
+}
