@@ -936,6 +936,117 @@ mod tests {
         assert_eq!(s.flush_at(Instant::now()), None);
     }
 
+    /// What a live source may do to a stream, for the property test below.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A packet: audio, or video continuing the frame or starting a new one.
+        Push {
+            audio: bool,
+            new_frame: bool,
+            marker: bool,
+        },
+        /// A keyframe's worth: this many packets of a new video frame, no marker yet.
+        LongFrame(u16),
+        Hold,
+        Release,
+        Flush,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => (any::<bool>(), any::<bool>(), proptest::bool::weighted(0.3))
+                .prop_map(|(audio, new_frame, marker)| Op::Push { audio, new_frame, marker }),
+            1 => (1u16..200).prop_map(Op::LongFrame),
+            1 => Just(Op::Hold),
+            1 => Just(Op::Release),
+            1 => Just(Op::Flush),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a source's pushes, holds, releases and flushes: every packet reaches
+        /// the sinks once and in order, no batch exceeds 256 packets, and outside a hold
+        /// what waits is at most one unfinished video frame, shorter than 64 packets.
+        #[test]
+        fn held_or_not_every_packet_goes_out_once_in_order(
+            ops in proptest::collection::vec(op(), 1..200)
+        ) {
+            const AV: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
+                m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+                m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/1\r\n";
+            let s = Stream::new("p".into(), Presentation::from_sdp(AV.as_bytes()).unwrap(), 1);
+            let b = record_batches(&s);
+            // At most 200 ops of at most 199 packets: sequence numbers do not wrap.
+            let (mut seq, mut video_ts, mut audio_ts, mut held) = (0u16, 0u32, 0u32, false);
+            let push = |track: usize, sequence: u16, timestamp: u32, marker: bool| {
+                s.push_rtp(MediaPacket {
+                    track,
+                    header: RtpHeader {
+                        payload_type: 96 + track as u8,
+                        marker,
+                        sequence,
+                        timestamp,
+                        ssrc: 1 + track as u32,
+                        payload_offset: 12,
+                    },
+                    data: Bytes::from_static(&[0x80; 20]),
+                    received_at: Instant::now(),
+                })
+            };
+            for op in ops {
+                match op {
+                    Op::Push { audio, new_frame, marker } => {
+                        let ts = if audio {
+                            audio_ts += 1024;
+                            audio_ts
+                        } else {
+                            if new_frame {
+                                video_ts += 3000;
+                            }
+                            video_ts
+                        };
+                        seq += 1;
+                        push(usize::from(audio), seq, ts, marker);
+                    }
+                    Op::LongFrame(n) => {
+                        video_ts += 3000;
+                        for _ in 0..n {
+                            seq += 1;
+                            push(0, seq, video_ts, false);
+                        }
+                    }
+                    Op::Hold => {
+                        s.hold_frames();
+                        held = true;
+                    }
+                    Op::Release => {
+                        s.release_frames();
+                        held = false;
+                    }
+                    Op::Flush => s.flush(),
+                }
+                if !held {
+                    let pending = s.pending.lock().unwrap();
+                    let p = &pending.packets;
+                    proptest::prop_assert!(p.len() < MAX_PENDING, "{} waiting", p.len());
+                    proptest::prop_assert!(
+                        p.iter().all(|x| x.track == 0 && !x.header.marker
+                            && x.header.timestamp == p[0].header.timestamp),
+                        "waiting is not one unfinished video frame"
+                    );
+                }
+            }
+            s.release_frames();
+            s.flush();
+            let batches = b.0.lock().unwrap();
+            proptest::prop_assert!(batches.iter().all(|x| !x.is_empty() && x.len() <= MAX_PENDING_WINDOWED));
+            let got: Vec<u16> = batches.iter().flatten().copied().collect();
+            let want: Vec<u16> = (1..=seq).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn packets_for_unknown_tracks_are_ignored() {
         let s = Stream::new(
