@@ -750,20 +750,21 @@ mod tests {
         b
     }
 
-    #[test]
-    fn a_fanout_window_batches_frames_and_tracks_until_it_ends() {
+    /// A stream with an H.264 video track (0) and an AAC audio track (1).
+    fn av_stream() -> Stream {
         const AV: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
             m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
             m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/1\r\n";
-        let s = Stream::new(
+        Stream::new(
             "p".into(),
             Presentation::from_sdp(AV.as_bytes()).unwrap(),
             1,
-        );
-        let b = record_batches(&s);
-        let t0 = Instant::now();
-        let ms = |n: u64| t0 + Duration::from_millis(n);
-        let pkt = |track: usize, seq: u16, ts: u32, marker: bool, at: Instant| MediaPacket {
+        )
+    }
+
+    /// A small packet of an [`av_stream`] track, received `at`.
+    fn av_packet(track: usize, seq: u16, ts: u32, marker: bool, at: Instant) -> MediaPacket {
+        MediaPacket {
             track,
             header: RtpHeader {
                 payload_type: 96 + track as u8,
@@ -775,7 +776,16 @@ mod tests {
             },
             data: Bytes::from_static(&[0x80; 20]),
             received_at: at,
-        };
+        }
+    }
+
+    #[test]
+    fn a_fanout_window_batches_frames_and_tracks_until_it_ends() {
+        let s = av_stream();
+        let b = record_batches(&s);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let pkt = av_packet;
         // Without a window: a batch per frame, and audio alone.
         assert_eq!(s.flush_at(ms(0)), None, "nothing pending");
         s.push_rtp(pkt(0, 1, 0, false, ms(0)));
@@ -870,28 +880,9 @@ mod tests {
 
     #[test]
     fn held_frames_go_out_together_when_the_input_at_hand_is_used_up() {
-        const AV: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
-            m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
-            m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/1\r\n";
-        let s = Stream::new(
-            "p".into(),
-            Presentation::from_sdp(AV.as_bytes()).unwrap(),
-            1,
-        );
+        let s = av_stream();
         let b = record_batches(&s);
-        let pkt = |track: usize, seq: u16, ts: u32, marker: bool| MediaPacket {
-            track,
-            header: RtpHeader {
-                payload_type: 96 + track as u8,
-                marker,
-                sequence: seq,
-                timestamp: ts,
-                ssrc: 1 + track as u32,
-                payload_offset: 12,
-            },
-            data: Bytes::from_static(&[0x80; 20]),
-            received_at: Instant::now(),
-        };
+        let pkt = |track, seq, ts, marker| av_packet(track, seq, ts, marker, Instant::now());
         let batches = || b.0.lock().unwrap().clone();
         // Two frames, audio between them, a frame with a lost marker and half a frame
         // arrive in one read: nothing goes out until the read is used up...
@@ -972,28 +963,11 @@ mod tests {
         fn held_or_not_every_packet_goes_out_once_in_order(
             ops in proptest::collection::vec(op(), 1..200)
         ) {
-            const AV: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
-                m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
-                m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/1\r\n";
-            let s = Stream::new("p".into(), Presentation::from_sdp(AV.as_bytes()).unwrap(), 1);
+            let s = av_stream();
             let b = record_batches(&s);
             // At most 200 ops of at most 199 packets: sequence numbers do not wrap.
             let (mut seq, mut video_ts, mut audio_ts, mut held) = (0u16, 0u32, 0u32, false);
-            let push = |track: usize, sequence: u16, timestamp: u32, marker: bool| {
-                s.push_rtp(MediaPacket {
-                    track,
-                    header: RtpHeader {
-                        payload_type: 96 + track as u8,
-                        marker,
-                        sequence,
-                        timestamp,
-                        ssrc: 1 + track as u32,
-                        payload_offset: 12,
-                    },
-                    data: Bytes::from_static(&[0x80; 20]),
-                    received_at: Instant::now(),
-                })
-            };
+            let push = |track, seq, ts, marker| s.push_rtp(av_packet(track, seq, ts, marker, Instant::now()));
             for op in ops {
                 match op {
                     Op::Push { audio, new_frame, marker } => {
