@@ -22,7 +22,7 @@ use crate::handler::Connection;
 use crate::latency::EGRESS_LATENCY;
 use crate::media_queue::{frame_headers, frame_stats, gather, recycle, MediaQueue, Taken, TcpOut};
 use crate::server::Server;
-use crate::stream::Stream;
+use crate::stream::FrameHold;
 
 /// How long a response may wait for room in the connection's queue before the
 /// connection is closed (a client that sends requests but does not read the answers).
@@ -156,8 +156,6 @@ async fn serve<R, W>(
     let mut partial_since: Option<Instant> = None;
     // A publisher's packets collected but not relayed yet go out when its input pauses.
     let mut flush_at: Option<Instant> = None;
-    // A publisher's stream while the input at hand is being decoded (see below).
-    let mut held: Option<Arc<Stream>> = None;
     'read: loop {
         let announced = conn.announced_stream();
         // A half-sent request must complete in time; an idle connection without sessions
@@ -211,10 +209,7 @@ async fn serve<R, W>(
         // A publisher's frames that end in the input at hand go out together once it is
         // used up: one frame per batch when the server keeps up, several when it falls
         // behind and input piles up in the socket (see `Stream::hold_frames`).
-        held = announced.clone();
-        if let Some(s) = &held {
-            s.hold_frames();
-        }
+        let held = announced.clone().map(FrameHold::new);
         'at_hand: loop {
             loop {
                 let frame = decoder.decode(&mut buf);
@@ -258,9 +253,8 @@ async fn serve<R, W>(
                 _ => break 'at_hand,
             }
         }
-        if let Some(s) = held.take() {
-            s.release_frames();
-        }
+        // The input at hand is used up: the held frames go out.
+        drop(held);
         flush_at = announced.as_ref().and_then(|s| s.flush_at(last_input));
         // The clock runs for one unfinished message: a publisher streaming interleaved
         // frames whose reads end mid-frame makes progress, and restarts it.
@@ -271,9 +265,6 @@ async fn serve<R, W>(
         } else {
             partial_since.or(Some(last_input))
         };
-    }
-    if let Some(s) = held.take() {
-        s.release_frames();
     }
     conn.handle_closed();
     handle.close("connection ended");

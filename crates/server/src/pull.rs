@@ -23,28 +23,7 @@ use crate::config::{PathConfig, SourceTransport};
 use crate::ingest::Ingest;
 use crate::presentation::Presentation;
 use crate::server::{PathEntry, Server, RTCP_INTERVAL};
-use crate::stream::{EndReason, Stream};
-
-/// A pulled stream's frames held while the events at hand are handled; released when
-/// dropped, on every way out of the handling.
-struct Held(Option<Arc<Stream>>);
-
-impl Held {
-    fn new(stream: Option<Arc<Stream>>) -> Held {
-        if let Some(s) = &stream {
-            s.hold_frames();
-        }
-        Held(stream)
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(s) = &self.0 {
-            s.release_frames();
-        }
-    }
-}
+use crate::stream::{EndReason, FrameHold, Stream};
 
 /// How long `auto` transport waits for the first UDP packet before switching to TCP.
 const UDP_SILENCE: Duration = Duration::from_secs(3);
@@ -199,7 +178,7 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
             ev = conn.next_event() => {
                 // Events already at hand are handled before the frames that end in them
                 // go out, together (see `Stream::hold_frames`).
-                let _held = Held::new(ingest.as_ref().map(|i| i.stream().clone()));
+                let _held = ingest.as_ref().map(|i| FrameHold::new(i.stream().clone()));
                 let mut ev = ev;
                 loop {
                 let now = Instant::now();

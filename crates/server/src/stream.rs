@@ -119,6 +119,32 @@ impl SinkId {
     }
 }
 
+/// Frames held on a stream ([`Stream::hold_frames`]) while this lives: dropped, it
+/// releases them ([`Stream::release_frames`]), on whatever way the source's handling of
+/// the input at hand ends.
+#[must_use = "the frames are released when the hold is dropped"]
+#[derive(Debug)]
+pub struct FrameHold(Arc<Stream>);
+
+impl FrameHold {
+    /// Holds `stream`'s frames until the returned hold is dropped.
+    pub fn new(stream: Arc<Stream>) -> FrameHold {
+        stream.hold_frames();
+        FrameHold(stream)
+    }
+
+    /// The held stream.
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.0
+    }
+}
+
+impl Drop for FrameHold {
+    fn drop(&mut self) {
+        self.0.release_frames();
+    }
+}
+
 /// The batch being collected, with what [`Stream::hold_frames`] needs.
 #[derive(Debug)]
 struct Pending {
@@ -925,6 +951,18 @@ mod tests {
         );
         // With nothing held, nothing is left behind.
         assert_eq!(s.flush_at(Instant::now()), None);
+    }
+
+    #[test]
+    fn a_frame_hold_releases_its_frames_when_dropped() {
+        let s = Arc::new(av_stream());
+        let b = record_batches(&s);
+        let hold = FrameHold::new(s.clone());
+        s.push_rtp(av_packet(0, 1, 0, true, Instant::now()));
+        s.push_rtp(av_packet(1, 2, 0, true, Instant::now()));
+        assert!(b.0.lock().unwrap().is_empty(), "held");
+        drop(hold);
+        assert_eq!(*b.0.lock().unwrap(), vec![vec![1, 2]]);
     }
 
     /// What a live source may do to a stream, for the property test below.

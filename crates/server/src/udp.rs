@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::ingest::Ingest;
 use crate::session::Session;
-use crate::stream::Stream;
+use crate::stream::{FrameHold, Stream};
 
 /// What a datagram from a known address belongs to.
 #[derive(Debug, Clone)]
@@ -154,7 +154,7 @@ impl UdpHub {
         let mut fed: Vec<Arc<Stream>> = Vec::new();
         // Streams fed from the datagrams at hand: their frames are held until no more
         // datagram is waiting, then go out together (see `Stream::hold_frames`).
-        let mut held: Vec<Arc<Stream>> = Vec::new();
+        let mut held: Vec<FrameHold> = Vec::new();
         let mut last_input = Instant::now();
         loop {
             if buf.capacity() - buf.len() < 65536 {
@@ -164,9 +164,8 @@ impl UdpHub {
             let received = if let Some(r) = at_hand {
                 r
             } else {
-                for stream in held.drain(..) {
-                    stream.release_frames();
-                }
+                // Nothing more waiting: dropping the holds sends their complete frames.
+                held.clear();
                 let flush_at = fed.iter().filter_map(|s| s.flush_at(last_input)).min();
                 match flush_at {
                     None => {
@@ -210,9 +209,11 @@ impl UdpHub {
                     if rtcp {
                         ingest.handle_rtcp(track, &data, now);
                     } else {
-                        if !held.iter().any(|s| Arc::ptr_eq(s, ingest.stream())) {
-                            ingest.stream().hold_frames();
-                            held.push(ingest.stream().clone());
+                        if !held
+                            .iter()
+                            .any(|h| Arc::ptr_eq(h.stream(), ingest.stream()))
+                        {
+                            held.push(FrameHold::new(ingest.stream().clone()));
                         }
                         ingest.handle_rtp(track, data, now);
                         if !fed.iter().any(|s| Arc::ptr_eq(s, ingest.stream())) {
