@@ -7,7 +7,8 @@
 #
 # Environment overrides:
 #   BENCH_CASES="hi:udp:400 hi:tcp:400"   only these cases (stream hi|lo : transport : readers)
-#   BENCH_SERVERS="sluice gst"            which servers, in this order
+#   BENCH_SERVERS="sluice gst floor"      which servers, in this order (floor: `sluice bench floor`, the
+#                                         kernel's own cost for the same fan-out, no server; see below)
 #   BENCH_DURATION=20                     measurement window per run, seconds
 #   CARGO_TARGET_DIR=/tmp/target-bench    where sluice is built (--release)
 #   SLUICE_BIN=/path/to/sluice            use this binary, do not build
@@ -47,7 +48,7 @@ else
   CASES=${BENCH_CASES:-"hi:udp:100 hi:udp:400 hi:udp:1000 hi:tcp:100 hi:tcp:400 hi:tcp:1000 \
 lo:udp:1000 lo:udp:5000 lo:udp:10000 lo:tcp:1000 lo:tcp:5000 lo:tcp:10000"}
 fi
-SERVERS=${BENCH_SERVERS:-"sluice gst"}
+SERVERS=${BENCH_SERVERS:-"sluice gst floor"}
 
 # ---- CPU split (perf) -------------------------------------------------------------------------------
 # On loopback the kernel delivers a sent packet to the receiving socket inside the sender's system call
@@ -347,6 +348,29 @@ run_case() {
   sleep 2
 }
 
+# The kernel floor for one case: `sluice bench floor` sends the same stream shape to N local
+# receivers with nothing but the send calls (sendmmsg + GSO per 64 readers, or a writev per reader per
+# frame); its CPU per Gbit/s is what loopback charges any sender for that fan-out.
+run_floor() {
+  local variant=$1 transport=$2 n=$3
+  local label="floor $variant $transport $n"
+  echo "== $label (window ${DURATION}s) =="
+  local line
+  line=$(timeout $(( DURATION + 120 )) "$BIN" bench floor --transport "$transport" --stream "$variant" --readers "$n" \
+    --duration "$DURATION" --label "$label" 2>>"$LOGDIR/floor.log") || line=""
+  if [[ -n $line ]]; then
+    echo "$line" >>"$JSONL"
+    echo "$line" | "$PY" -c '
+import json, sys
+r = json.loads(sys.stdin.read()); s = r["server"]
+print("   sender CPU %s %%  %s Mbit/s  %s %%/Gbit/s  %s us/pkt  %s calls/s  received %s of %s  receiver CPU %s %%"
+      % (s["cpu_pct"], r["egress_mbit_s"], s["cpu_pct_per_gbit"], s["us_per_packet"], r["send_calls_per_s"], r["received"], r["sent"], r["receiver_cpu_pct"]))'
+  else
+    echo "   floor failed (see $LOGDIR/floor.log)" >&2
+  fi
+  sleep 1
+}
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for server in $SERVERS; do
   for variant in hi lo; do
@@ -357,6 +381,13 @@ for server in $SERVERS; do
     done
     (( ${#cases[@]} )) || continue
     echo "### $server, stream $variant"
+    if [[ $server == floor ]]; then
+      for c in "${cases[@]}"; do
+        IFS=: read -r t n <<<"$c"
+        run_floor "$variant" "$t" "$n"
+      done
+      continue
+    fi
     if [[ $server == sluice ]]; then start_sluice "$variant"; else start_gst "$variant"; fi
     for c in "${cases[@]}"; do
       IFS=: read -r t n <<<"$c"
@@ -408,12 +439,15 @@ print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at t
       "per packet and reader, bucket upper bounds. key = PLAY sent → first keyframe packet; "
       "PLAY = PLAY sent → reply. S = Sluice, G = gst-rtsp-server; ratio = S / G (lower is better for Sluice). "
       "rx path = % of the server's perf samples under net_rx_action: the receivers' kernel work that loopback "
-      "runs inside the server's send calls; own CPU = CPU × (1 − rx path), the server's own work per Gbit/s.\n")
+      "runs inside the server's send calls; own CPU = CPU × (1 − rx path), the server's own work per Gbit/s. "
+      "floor = `sluice bench floor`'s sender: the same stream shape sent to as many local receivers with nothing "
+      "but the send calls (no server), the CPU per Gbit/s that loopback charges any sender for this fan-out; "
+      "⅓ G = the issue's target, a third of gst's CPU per Gbit/s.\n")
 print("| stream | transport | readers | connected S / G | CPU % S / G | CPU ratio | CPU %/Gbit/s S / G "
-      "| rx path % S / G | own CPU %/Gbit/s S / G | own ratio | µs/pkt S / G "
+      "| floor %/Gbit/s | ⅓ G | S / floor | rx path % S / G | own CPU %/Gbit/s S / G | own ratio | µs/pkt S / G "
       "| RSS MiB S / G | RSS ratio | KiB/reader S / G | Mbit/s/reader S / G | loss % S / G | PLAY p50/p99 ms S ; G "
       "| key p50/p99 ms S ; G | ingest→egress p50/p99 µs S | client CPU % S / G |")
-print("|" + "---|" * 20)
+print("|" + "---|" * 23)
 def g(r, *k):
     for key in k:
         if r is None:
@@ -434,7 +468,8 @@ def lat(r):
 names = {"hi": "4 Mb/s", "lo": "200 kb/s"}
 for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k[2])):
     d = rows[(variant, transport, n)]
-    s, gg = d.get("sluice"), d.get("gst")
+    s, gg, fl = d.get("sluice"), d.get("gst"), d.get("floor")
+    fcpu, gcpu = g(fl, "server", "cpu_pct_per_gbit"), g(gg, "server", "cpu_pct_per_gbit")
     def pair(*k, nd=1):
         return f"{f(g(s,*k),nd)} / {f(g(gg,*k),nd)}"
     def pct(r, key):
@@ -442,7 +477,8 @@ for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k
         return "—" if p is None or not p.get("n") else f"{p['p50']:,.0f}/{p['p99']:,.0f}"
     print(f"| {names.get(variant, variant)} | {transport.upper()} | {n:,} "
           f"| {pair('readers_connected')} | {pair('server','cpu_pct')} | {ratio(g(s,'server','cpu_pct'), g(gg,'server','cpu_pct'))} "
-          f"| {pair('server','cpu_pct_per_gbit')} | {pair('server','rx_share_pct')} | {pair('server','own_cpu_pct_per_gbit')} "
+          f"| {pair('server','cpu_pct_per_gbit')} | {f(fcpu)} | {f(gcpu / 3 if gcpu else None)} "
+          f"| {ratio(g(s,'server','cpu_pct_per_gbit'), fcpu)} | {pair('server','rx_share_pct')} | {pair('server','own_cpu_pct_per_gbit')} "
           f"| {ratio(g(s,'server','own_cpu_pct_per_gbit'), g(gg,'server','own_cpu_pct_per_gbit'))} | {pair('server','us_per_packet', nd=2)} "
           f"| {pair('server','rss_mib_after')} | {ratio(g(s,'server','rss_mib_after'), g(gg,'server','rss_mib_after'))} "
           f"| {pair('server','rss_kib_per_reader')} | {pair('mbit_s_per_reader', nd=2)} | {pair('loss_pct', nd=3)} "
@@ -451,6 +487,10 @@ for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k
 fails = []
 for (variant, transport, n), d in sorted(rows.items()):
     for server, r in d.items():
+        if server == "floor":
+            if r["received"] != r["sent"] or r["short_writes"]:
+                fails.append(f"- floor {variant} {transport} {n}: received {r['received']} of {r['sent']}, short writes {r['short_writes']}")
+            continue
         if r["failures"] or r["ended_early"] or r.get("udp_rcvbuf_errors"):
             fails.append(f"- {server} {variant} {transport} {n}: failures {r['failures']}, ended early {r['ended_early']}, "
                          f"client-side UDP rcvbuf drops {r.get('udp_rcvbuf_errors')}")

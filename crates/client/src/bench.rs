@@ -25,6 +25,8 @@
 //! all relative to sending PLAY; packets and bytes; loss from RTP sequence numbers
 //! (RFC 3550: expected − received over the extended sequence range, per track).
 
+pub mod floor;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -114,6 +114,35 @@ enum BenchCommand {
         #[arg(long)]
         no_egress_latency: bool,
     },
+    /// Kernel floor: the CPU per Gbit/s a sender pays on loopback for nothing but the send
+    /// calls of a fan-out (sendmmsg + GSO, or a writev per reader per frame) to N local
+    /// receivers; prints one JSON line.
+    Floor {
+        /// Receivers.
+        #[arg(long, default_value_t = 100)]
+        readers: usize,
+        /// Transport.
+        #[arg(long, value_enum, default_value_t = Transport::Udp)]
+        transport: Transport,
+        /// Stream shape, as bench/fanout.sh's streams reach readers.
+        #[arg(long, value_enum, default_value_t = FloorStream::Hi)]
+        stream: FloorStream,
+        /// Measured window (after a 2 s warm-up): seconds or e.g. 10s.
+        #[arg(long, default_value = "10", value_parser = parse_secs)]
+        duration: std::time::Duration,
+        /// Label copied into the JSON.
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+/// The stream shapes of `sluice bench floor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FloorStream {
+    /// 4 Mb/s: 30 frames/s of 12 × 1,400-byte packets + 17 audio packets/s.
+    Hi,
+    /// 200 kb/s: 30 one-packet frames/s of 700 bytes + 4 audio packets/s.
+    Lo,
 }
 
 /// "20" (seconds) or a humantime duration ("20s", "1m").
@@ -153,6 +182,34 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Floor {
+            readers,
+            transport,
+            stream,
+            duration,
+            label,
+        } => {
+            use sluice_client::bench::floor;
+            let report = floor::run(floor::FloorOptions {
+                readers,
+                udp: transport == Transport::Udp,
+                shape: match stream {
+                    FloorStream::Hi => floor::Shape::Hi,
+                    FloorStream::Lo => floor::Shape::Lo,
+                },
+                duration,
+                label,
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        load @ BenchCommand::Load { .. } => bench_load(load),
+    }
+}
+
+/// `sluice bench load`.
+fn bench_load(command: BenchCommand) -> anyhow::Result<()> {
     let BenchCommand::Load {
         url,
         readers,
@@ -168,7 +225,10 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
         samples,
         rest_ms,
         no_egress_latency,
-    } = command;
+    } = command
+    else {
+        anyhow::bail!("not a load command");
+    };
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new("warn"))
         .context("invalid RUST_LOG")?;

@@ -1,0 +1,650 @@
+//! `sluice bench floor`: what the kernel alone charges a fan-out sender on loopback.
+//!
+//! A sender thread sends a stream's packets to N local receivers with nothing but the
+//! system calls a fan-out server cannot avoid, the same ones Sluice makes: over UDP one
+//! `sendmmsg` per 64 readers, each message a UDP GSO run (`UDP_SEGMENT`) of one frame's
+//! packets; over TCP one `writev` per reader per frame, `$`-framed as RTSP interleaved
+//! data. No RTSP, no parsing, no queues: payloads are one static buffer. A receiver thread
+//! drains the sockets (epoll, `recvmmsg` of 64-byte heads with `MSG_TRUNC`, as
+//! `sluice bench load` does) and counts what arrived, so nothing is dropped unnoticed.
+//!
+//! The sender thread's utime+stime per Gbit/s of payload is then the floor for any
+//! server's "CPU per Gbit/s" in `bench/fanout.sh`: on loopback it includes the receivers'
+//! kernel work (UDP queueing and wake-ups, TCP input and ACKs), which the kernel runs
+//! inside the sender's system calls, exactly as it does for a real server. A server
+//! figure near the floor has little of its own work left to cut.
+//!
+//! Hand-written over `libc`, like the server's `udp_send`: no crate batches `sendmmsg`
+//! with GSO control messages, and the point is to measure the bare calls.
+
+use std::io::{self, IoSlice};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// A packet flow of the modelled stream: `per_s` sends a second per reader, each
+/// `packets` packets of `size` bytes (one frame; one GSO run over UDP, one `writev` over TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// Frames per second.
+    pub per_s: u32,
+    /// Packets per frame.
+    pub packets: usize,
+    /// Payload bytes per packet.
+    pub size: usize,
+}
+
+/// The stream shapes of `bench/fanout.sh`, as ffmpeg packetizes its media into Sluice
+/// (measured per reader in the load client's JSON: `hi` 377 packets/s of 1,394 bytes on
+/// average, `lo` 33.8 packets/s of 757 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// 1080p30 H.264 at 4 Mb/s (30 frames/s of 12 packets of 1,400 bytes) + AAC 128 kb/s
+    /// (17 packets/s of 940 bytes).
+    Hi,
+    /// 360p30 H.264 at 168 kb/s (30 one-packet frames/s of 700 bytes) + AAC 32 kb/s
+    /// (4 packets/s of 1,000 bytes).
+    Lo,
+}
+
+impl Shape {
+    /// The flows: video first, then audio (sent to a second port per reader over UDP).
+    pub fn flows(self) -> [Flow; 2] {
+        match self {
+            Shape::Hi => [
+                Flow {
+                    per_s: 30,
+                    packets: 12,
+                    size: 1400,
+                },
+                Flow {
+                    per_s: 17,
+                    packets: 1,
+                    size: 940,
+                },
+            ],
+            Shape::Lo => [
+                Flow {
+                    per_s: 30,
+                    packets: 1,
+                    size: 700,
+                },
+                Flow {
+                    per_s: 4,
+                    packets: 1,
+                    size: 1000,
+                },
+            ],
+        }
+    }
+
+    /// `hi` or `lo`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Hi => "hi",
+            Shape::Lo => "lo",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct FloorOptions {
+    /// Receivers.
+    pub readers: usize,
+    /// true: UDP datagrams (GSO runs); false: TCP interleaved frames.
+    pub udp: bool,
+    /// The modelled stream.
+    pub shape: Shape,
+    /// Measured window, after a 2 s warm-up.
+    pub duration: Duration,
+    /// Free-form label copied to the report.
+    pub label: Option<String>,
+}
+
+/// The result, one JSON line; `server` uses the load report's key names so that
+/// `bench/fanout.sh` tabulates it beside the servers.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorReport {
+    /// Copied from the options.
+    pub label: Option<String>,
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
+    /// `hi` or `lo`.
+    pub shape: &'static str,
+    /// Receivers.
+    pub readers_connected: usize,
+    /// Length of the measured window, seconds.
+    pub window_s: f64,
+    /// Payload sent in the window, Mbit/s (RTP bytes; over TCP plus the 4-byte `$` headers).
+    pub egress_mbit_s: f64,
+    /// The sender thread's figures, named as the load report's `server` object.
+    pub server: FloorSender,
+    /// Send system calls per second.
+    pub send_calls_per_s: f64,
+    /// The receiver thread's utime+stime, % of one core.
+    pub receiver_cpu_pct: f64,
+    /// Packets (UDP) or bytes (TCP) the sender handed to the kernel over the whole run.
+    pub sent: u64,
+    /// Packets (UDP) or bytes (TCP) the receivers read over the whole run; equal to
+    /// `sent` unless the kernel dropped datagrams.
+    pub received: u64,
+    /// TCP: `writev` calls that did not take the whole frame (a full send buffer).
+    pub short_writes: u64,
+}
+
+/// The sender thread's cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorSender {
+    /// utime+stime over the window, % of one core.
+    pub cpu_pct: f64,
+    /// `cpu_pct` per Gbit/s of egress.
+    pub cpu_pct_per_gbit: f64,
+    /// CPU per packet sent, µs.
+    pub us_per_packet: f64,
+}
+
+/// Why the floor could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum FloorError {
+    /// A socket call failed while setting up.
+    #[error("{what}: {source}")]
+    Setup {
+        /// The step that failed.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// Not enough file descriptors for the receivers and their peers.
+    #[error("{readers} TCP readers need {needed} file descriptors, the limit is {limit}")]
+    FdLimit {
+        /// Readers asked for.
+        readers: usize,
+        /// Descriptors needed.
+        needed: u64,
+        /// The soft limit.
+        limit: u64,
+    },
+    /// A thread panicked or could not start.
+    #[error("thread: {0}")]
+    Thread(String),
+}
+
+fn setup<T>(what: &'static str, r: io::Result<T>) -> Result<T, FloorError> {
+    r.map_err(|source| FloorError::Setup { what, source })
+}
+
+/// The calling thread's utime+stime.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage writes one `rusage` into the zeroed local it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
+        ru
+    };
+    let t = |tv: libc::timeval| {
+        Duration::from_secs(tv.tv_sec.max(0) as u64)
+            + Duration::from_micros(tv.tv_usec.max(0) as u64)
+    };
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+fn fd_limit() -> u64 {
+    // SAFETY: getrlimit writes one `rlimit` into the zeroed local it is given.
+    let (r, lim) = unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        (libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), lim)
+    };
+    if r == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// Receiving ends: UDP sockets (a reader's tracks, or one socket per reader when the fd
+/// limit is short) or the client ends of TCP connections.
+enum Receivers {
+    Udp(Vec<Vec<UdpSocket>>),
+    Tcp(Vec<TcpStream>),
+}
+
+/// Runs the floor measurement (blocking: two threads for about `duration` + 2 s).
+pub fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
+    let flows = opts.shape.flows();
+    let n = opts.readers.max(1);
+    let limit = fd_limit();
+    let localhost = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+    let (receivers, senders, sender_udp) = if opts.udp {
+        // 2 sockets per reader as a real reader binds them; 1 if the limit is short
+        // (the kernel's work is per datagram, not per socket).
+        let per = if (n * flows.len()) as u64 + 64 <= limit {
+            flows.len()
+        } else {
+            1
+        };
+        let mut all = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut tracks = Vec::with_capacity(per);
+            for _ in 0..per {
+                let s = setup("bind receiver", UdpSocket::bind(localhost))?;
+                setup("nonblocking", s.set_nonblocking(true))?;
+                // Room for a keyframe burst; the load client asks the same.
+                let _ = socket2::SockRef::from(&s).set_recv_buffer_size(1 << 20);
+                tracks.push(s);
+            }
+            all.push(tracks);
+        }
+        let tx = setup("bind sender", UdpSocket::bind(localhost))?;
+        (Receivers::Udp(all), Vec::new(), Some(tx))
+    } else {
+        let needed = 2 * n as u64 + 64;
+        if needed > limit {
+            return Err(FloorError::FdLimit {
+                readers: n,
+                needed,
+                limit,
+            });
+        }
+        let l = setup("listen", TcpListener::bind(localhost))?;
+        let addr = setup("listen", l.local_addr())?;
+        let mut rx = Vec::with_capacity(n);
+        let mut tx = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = setup("connect", TcpStream::connect(addr))?;
+            let (s, _) = setup("accept", l.accept())?;
+            setup("nodelay", s.set_nodelay(true))?;
+            setup("nonblocking", s.set_nonblocking(true))?;
+            setup("nonblocking", c.set_nonblocking(true))?;
+            rx.push(c);
+            tx.push(s);
+        }
+        (Receivers::Tcp(rx), tx, None)
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let fds: Vec<RawFd> = match &receivers {
+        Receivers::Udp(v) => v.iter().flatten().map(|s| s.as_raw_fd()).collect(),
+        Receivers::Tcp(v) => v.iter().map(|s| s.as_raw_fd()).collect(),
+    };
+    let receiver = {
+        let stop = stop.clone();
+        let received = received.clone();
+        let udp = opts.udp;
+        std::thread::Builder::new()
+            .name("floor-rx".into())
+            .spawn(move || receive(&fds, udp, &stop, &received))
+            .map_err(|e| FloorError::Thread(e.to_string()))?
+    };
+
+    let sent = match (&receivers, sender_udp) {
+        (Receivers::Udp(socks), Some(tx)) => {
+            // Per flow, every reader's address for that flow's socket.
+            let mut dests: Vec<Vec<socket2::SockAddr>> = vec![Vec::with_capacity(n); flows.len()];
+            for tracks in socks {
+                for (fi, d) in dests.iter_mut().enumerate() {
+                    let s = &tracks[fi.min(tracks.len() - 1)];
+                    d.push(setup("local_addr", s.local_addr())?.into());
+                }
+            }
+            send_loop(&flows, opts.duration, |fi, f| send_udp(&tx, &dests[fi], f))
+        }
+        _ => send_loop(&flows, opts.duration, |_, f| send_tcp(&senders, f)),
+    };
+    // Let the receiver drain what is in flight, then stop it.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (rx_cpu, rx_wall) = receiver
+        .join()
+        .map_err(|_| FloorError::Thread("receiver panicked".into()))?;
+    drop(receivers);
+
+    let wall = sent.wall.as_secs_f64().max(1e-9);
+    let cpu_pct = sent.cpu.as_secs_f64() / wall * 100.0;
+    let mbit = sent.window_bytes as f64 * 8.0 / wall / 1e6;
+    let round = |x: f64, d: i32| (x * 10f64.powi(d)).round() / 10f64.powi(d);
+    Ok(FloorReport {
+        label: opts.label,
+        transport: if opts.udp { "udp" } else { "tcp" },
+        shape: opts.shape.name(),
+        readers_connected: n,
+        window_s: round(wall, 2),
+        egress_mbit_s: round(mbit, 2),
+        server: FloorSender {
+            cpu_pct: round(cpu_pct, 2),
+            cpu_pct_per_gbit: if mbit > 0.0 {
+                round(cpu_pct / (mbit / 1000.0), 2)
+            } else {
+                0.0
+            },
+            us_per_packet: if sent.window_packets > 0 {
+                round(sent.cpu.as_secs_f64() * 1e6 / sent.window_packets as f64, 2)
+            } else {
+                0.0
+            },
+        },
+        send_calls_per_s: round(sent.window_calls as f64 / wall, 0),
+        receiver_cpu_pct: round(
+            rx_cpu.as_secs_f64() / rx_wall.as_secs_f64().max(1e-9) * 100.0,
+            2,
+        ),
+        sent: sent.total_units,
+        received: received.load(Ordering::Relaxed),
+        short_writes: sent.short_writes,
+    })
+}
+
+/// What one send of a frame to every reader did.
+#[derive(Default)]
+struct Sent {
+    /// Bytes handed to the kernel.
+    bytes: u64,
+    /// Packets handed to the kernel.
+    packets: u64,
+    /// Units the receivers will count: datagrams (UDP) or bytes (TCP).
+    units: u64,
+    calls: u64,
+    short_writes: u64,
+}
+
+/// The sender's totals.
+struct Totals {
+    cpu: Duration,
+    wall: Duration,
+    window_bytes: u64,
+    window_packets: u64,
+    window_calls: u64,
+    total_units: u64,
+    short_writes: u64,
+}
+
+/// Paces the flows' frames for 2 s of warm-up plus `duration`, calling `send` for each
+/// (flow index, flow); measures the thread's CPU over the window.
+fn send_loop(
+    flows: &[Flow],
+    duration: Duration,
+    mut send: impl FnMut(usize, &Flow) -> Sent,
+) -> Totals {
+    let t0 = Instant::now();
+    let start = t0 + Duration::from_secs(2);
+    let end = start + duration;
+    let mut next: Vec<Instant> = flows.iter().map(|_| t0).collect();
+    let mut window: Option<(Duration, Instant)> = None;
+    let mut t = Totals {
+        cpu: Duration::ZERO,
+        wall: Duration::ZERO,
+        window_bytes: 0,
+        window_packets: 0,
+        window_calls: 0,
+        total_units: 0,
+        short_writes: 0,
+    };
+    while let Some((fi, at)) = next.iter().copied().enumerate().min_by_key(|&(_, at)| at) {
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if window.is_none() && now >= start {
+            window = Some((thread_cpu(), now));
+        }
+        let f = &flows[fi];
+        next[fi] += Duration::from_secs(1) / f.per_s.max(1);
+        let s = send(fi, f);
+        t.total_units += s.units;
+        t.short_writes += s.short_writes;
+        if window.is_some() {
+            t.window_bytes += s.bytes;
+            t.window_packets += s.packets;
+            t.window_calls += s.calls;
+        }
+    }
+    if let Some((cpu0, at)) = window {
+        t.cpu = thread_cpu().saturating_sub(cpu0);
+        t.wall = at.elapsed();
+    }
+    t
+}
+
+/// Most messages per `sendmmsg`, as the server's `udp_send::MAX_BATCH`.
+const BATCH: usize = 64;
+/// Room for one `UDP_SEGMENT` control message.
+const CMSG_BYTES: usize = 32;
+/// The static payload: the largest frame of the shapes (12 × 1,400) and then some.
+static PAYLOAD: [u8; 32 * 1024] = [0x80; 32 * 1024];
+
+/// One frame of flow `f` to every reader (`addrs`): `sendmmsg` of up to 64 messages, each
+/// a GSO run.
+fn send_udp(tx: &UdpSocket, addrs: &[socket2::SockAddr], f: &Flow) -> Sent {
+    let mut out = Sent::default();
+    let len = (f.packets * f.size).min(PAYLOAD.len());
+    let mut cmsg = [[0u8; CMSG_BYTES]; BATCH];
+    for chunk in addrs.chunks(BATCH) {
+        // SAFETY: the headers point at `addrs`, `iov` and `cmsg` entries, all alive and
+        // unmoved until sendmmsg returns; the payload is a static buffer of ≥ `len` bytes
+        // that the kernel only reads; CMSG_* are used within CMSG_BYTES (CMSG_SPACE(2) is 24).
+        unsafe {
+            let iov = libc::iovec {
+                iov_base: PAYLOAD.as_ptr() as *mut libc::c_void,
+                iov_len: len,
+            };
+            let mut iovs = [iov; BATCH];
+            let mut hdrs: [libc::mmsghdr; BATCH] = std::mem::zeroed();
+            for (j, a) in chunk.iter().enumerate() {
+                let h = &mut hdrs[j].msg_hdr;
+                h.msg_name = a.as_ptr() as *mut libc::c_void;
+                h.msg_namelen = a.len();
+                h.msg_iov = &mut iovs[j];
+                h.msg_iovlen = 1;
+                if f.packets > 1 {
+                    h.msg_control = cmsg[j].as_mut_ptr().cast();
+                    h.msg_controllen = libc::CMSG_SPACE(2) as _;
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), f.size as u16);
+                }
+            }
+            let mut off = 0;
+            while off < chunk.len() {
+                let r = libc::sendmmsg(
+                    tx.as_raw_fd(),
+                    hdrs.as_mut_ptr().add(off),
+                    (chunk.len() - off) as _,
+                    0,
+                );
+                out.calls += 1;
+                if r <= 0 {
+                    off += 1; // the kernel refused this message: skip it, not counted
+                } else {
+                    let r = r as usize;
+                    out.bytes += (r * len) as u64;
+                    out.packets += (r * f.packets) as u64;
+                    out.units += (r * f.packets) as u64;
+                    off += r;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One frame to every reader: a `writev` of `$`-header + payload per packet.
+fn send_tcp(senders: &[TcpStream], f: &Flow) -> Sent {
+    let mut out = Sent::default();
+    let header = [b'$', 0, (f.size >> 8) as u8, f.size as u8];
+    let mut iov = Vec::with_capacity(2 * f.packets);
+    for _ in 0..f.packets {
+        iov.push(IoSlice::new(&header));
+        iov.push(IoSlice::new(&PAYLOAD[..f.size.min(PAYLOAD.len())]));
+    }
+    let frame = (f.packets * (4 + f.size)) as u64;
+    for s in senders {
+        out.calls += 1;
+        match io::Write::write_vectored(&mut &*s, &iov) {
+            Ok(n) => {
+                out.bytes += n as u64;
+                out.units += n as u64;
+                if n as u64 == frame {
+                    out.packets += f.packets as u64;
+                } else {
+                    out.short_writes += 1;
+                }
+            }
+            Err(_) => out.short_writes += 1,
+        }
+    }
+    out
+}
+
+/// The receiver thread: epoll (edge-triggered) over every socket, each drained on
+/// readiness; counts datagrams (UDP) or bytes (TCP). Returns its CPU and wall time.
+fn receive(
+    fds: &[RawFd],
+    udp: bool,
+    stop: &AtomicBool,
+    received: &AtomicU64,
+) -> (Duration, Duration) {
+    let cpu0 = thread_cpu();
+    let t0 = Instant::now();
+    // SAFETY: epoll_create1 takes no pointers; the fd is closed below.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return (Duration::ZERO, t0.elapsed());
+    }
+    for (i, &fd) in fds.iter().enumerate() {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: i as u64,
+        };
+        // SAFETY: `ev` is a valid local the kernel copies; `fd` stays open (owned by
+        // the caller) until this thread has been joined.
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut buf = vec![0u8; BATCH * 64];
+    let mut tcp_buf = vec![0u8; 128 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: the kernel writes at most `events.len()` entries into `events`.
+        let k = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
+        for e in events.iter().take(k.max(0) as usize) {
+            let Some(&fd) = fds.get(e.u64 as usize) else {
+                continue;
+            };
+            if udp {
+                while let Ok(m) = recv_heads(fd, &mut buf) {
+                    received.fetch_add(m as u64, Ordering::Relaxed);
+                    if m < BATCH {
+                        break;
+                    }
+                }
+            } else {
+                loop {
+                    // SAFETY: read writes at most `tcp_buf.len()` bytes into it.
+                    let r = unsafe { libc::read(fd, tcp_buf.as_mut_ptr().cast(), tcp_buf.len()) };
+                    if r <= 0 {
+                        break;
+                    }
+                    received.fetch_add(r as u64, Ordering::Relaxed);
+                    if (r as usize) < tcp_buf.len() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: `ep` is our epoll fd, closed once.
+    unsafe { libc::close(ep) };
+    (thread_cpu().saturating_sub(cpu0), t0.elapsed())
+}
+
+/// One `recvmmsg` of up to 64 datagrams, 64 bytes of each (`MSG_TRUNC`); the count.
+fn recv_heads(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let slot = buf.len() / BATCH;
+    // SAFETY: each iovec points at a distinct `slot`-byte piece of `buf`, alive for the
+    // call; zeroed mmsghdrs are valid and refer only to those iovecs.
+    unsafe {
+        let mut iov: [libc::iovec; BATCH] = std::mem::zeroed();
+        let mut hdr: [libc::mmsghdr; BATCH] = std::mem::zeroed();
+        for i in 0..BATCH {
+            iov[i].iov_base = buf.as_mut_ptr().add(i * slot).cast();
+            iov[i].iov_len = slot;
+            hdr[i].msg_hdr.msg_iov = &mut iov[i];
+            hdr[i].msg_hdr.msg_iovlen = 1;
+        }
+        let r = libc::recvmmsg(
+            fd,
+            hdr.as_mut_ptr(),
+            BATCH as _,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            std::ptr::null_mut(),
+        );
+        if r <= 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both transports deliver everything they send and report a cost per Gbit/s.
+    #[test]
+    fn the_floor_delivers_every_packet_and_measures_the_sender() {
+        for udp in [true, false] {
+            let r = run(FloorOptions {
+                readers: 20,
+                udp,
+                shape: Shape::Hi,
+                duration: Duration::from_secs(1),
+                label: None,
+            })
+            .expect("floor runs");
+            assert!(r.sent > 0, "{r:?}");
+            assert_eq!(r.received, r.sent, "every packet/byte arrives: {r:?}");
+            // 20 readers × ~4.1 Mb/s.
+            assert!(
+                (60.0..100.0).contains(&r.egress_mbit_s),
+                "egress {} Mbit/s: {r:?}",
+                r.egress_mbit_s
+            );
+            assert!(
+                r.server.cpu_pct > 0.0 && r.server.cpu_pct_per_gbit > 0.0,
+                "{r:?}"
+            );
+            assert!(r.send_calls_per_s > 0.0, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn shapes_match_the_measured_streams() {
+        let rate = |s: Shape| {
+            s.flows()
+                .iter()
+                .map(|f| {
+                    (
+                        f.per_s as usize * f.packets,
+                        f.per_s as usize * f.packets * f.size,
+                    )
+                })
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        };
+        let (pps, bps) = rate(Shape::Hi);
+        assert_eq!(pps, 377);
+        assert!((4_100_000..4_200_000).contains(&(bps * 8)), "{bps}");
+        let (pps, bps) = rate(Shape::Lo);
+        assert_eq!(pps, 34);
+        assert!((195_000..205_000).contains(&(bps * 8)), "{bps}");
+    }
+}
