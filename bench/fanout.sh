@@ -363,8 +363,10 @@ run_floor() {
     echo "$line" | "$PY" -c '
 import json, sys
 r = json.loads(sys.stdin.read()); s = r["server"]
-print("   sender CPU %s %%  %s Mbit/s  %s %%/Gbit/s  %s us/pkt  %s calls/s  received %s of %s  receiver CPU %s %%"
-      % (s["cpu_pct"], r["egress_mbit_s"], s["cpu_pct_per_gbit"], s["us_per_packet"], r["send_calls_per_s"], r["received"], r["sent"], r["receiver_cpu_pct"]))'
+l = r["fanout_latency_us"]
+print("   sender CPU %s %% (%d threads)  %s Mbit/s  %s %%/Gbit/s  %s us/pkt  %s calls/s  fan-out p50/p99 %s/%s us  received %s of %s  receiver CPU %s %%"
+      % (s["cpu_pct"], r["sender_threads"], r["egress_mbit_s"], s["cpu_pct_per_gbit"], s["us_per_packet"], r["send_calls_per_s"],
+         l["p50"], l["p99"], r["received"], r["sent"], r["receiver_cpu_pct"]))'
   else
     echo "   floor failed (see $LOGDIR/floor.log)" >&2
   fi
@@ -442,12 +444,14 @@ print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at t
       "runs inside the server's send calls; own CPU = CPU × (1 − rx path), the server's own work per Gbit/s. "
       "floor = `sluice bench floor`'s sender: the same stream shape sent to as many local receivers with nothing "
       "but the send calls (no server), the CPU per Gbit/s that loopback charges any sender for this fan-out; "
-      "⅓ G = the issue's target, a third of gst's CPU per Gbit/s.\n")
+      "⅓ G = the issue's target, a third of gst's CPU per Gbit/s. floor fan-out = its sender threads' (one per core) "
+      "time from a frame's due time to the send call that carried it to a reader, per packet and reader: "
+      "the ingest→egress latency of a server that did nothing but send.\n")
 print("| stream | transport | readers | connected S / G | CPU % S / G | CPU ratio | CPU %/Gbit/s S / G "
       "| floor %/Gbit/s | ⅓ G | S / floor | rx path % S / G | own CPU %/Gbit/s S / G | own ratio | µs/pkt S / G "
       "| RSS MiB S / G | RSS ratio | KiB/reader S / G | Mbit/s/reader S / G | loss % S / G | PLAY p50/p99 ms S ; G "
-      "| key p50/p99 ms S ; G | ingest→egress p50/p99 µs S | client CPU % S / G |")
-print("|" + "---|" * 23)
+      "| key p50/p99 ms S ; G | ingest→egress p50/p99 µs S | floor fan-out p50/p99 µs | client CPU % S / G |")
+print("|" + "---|" * 24)
 def g(r, *k):
     for key in k:
         if r is None:
@@ -462,8 +466,8 @@ def f(x, nd=1):
     return f"{x:,}"
 def ratio(a, b):
     return f"{a/b:.2f}" if a is not None and b else "—"
-def lat(r):
-    e = g(r, "egress_latency_us")
+def lat(r, key="egress_latency_us"):
+    e = g(r, key)
     return "—" if not e or not e.get("count") else f"{e['p50']:,.0f}/{e['p99']:,.0f}"
 names = {"hi": "4 Mb/s", "lo": "200 kb/s"}
 for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k[2])):
@@ -483,7 +487,7 @@ for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k
           f"| {pair('server','rss_mib_after')} | {ratio(g(s,'server','rss_mib_after'), g(gg,'server','rss_mib_after'))} "
           f"| {pair('server','rss_kib_per_reader')} | {pair('mbit_s_per_reader', nd=2)} | {pair('loss_pct', nd=3)} "
           f"| {pct(s,'play_reply_ms')} ; {pct(gg,'play_reply_ms')} | {pct(s,'first_keyframe_ms')} ; {pct(gg,'first_keyframe_ms')} "
-          f"| {lat(s)} | {pair('client_cpu_pct')} |")
+          f"| {lat(s)} | {lat(fl, 'fanout_latency_us')} | {pair('client_cpu_pct')} |")
 fails = []
 for (variant, transport, n), d in sorted(rows.items()):
     for server, r in d.items():

@@ -130,6 +130,9 @@ enum BenchCommand {
         /// Measured window (after a 2 s warm-up): seconds or e.g. 10s.
         #[arg(long, default_value = "10", value_parser = parse_secs)]
         duration: std::time::Duration,
+        /// Sender threads, each serving its share of the readers (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
         /// Label copied into the JSON.
         #[arg(long)]
         label: Option<String>,
@@ -188,6 +191,7 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
             transport,
             stream,
             duration,
+            threads,
             label,
         } => {
             use sluice_client::bench::floor;
@@ -199,6 +203,8 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     FloorStream::Lo => floor::Shape::Lo,
                 },
                 duration,
+                threads: threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 label,
             })?;
             println!("{}", serde_json::to_string(&report)?);

@@ -102,6 +102,9 @@ pub struct FloorOptions {
     pub shape: Shape,
     /// Measured window, after a 2 s warm-up.
     pub duration: Duration,
+    /// Sender threads, each sending to its share of the readers (Sluice's fan-out uses a
+    /// worker per core).
+    pub threads: usize,
     /// Free-form label copied to the report.
     pub label: Option<String>,
 }
@@ -126,6 +129,12 @@ pub struct FloorReport {
     pub server: FloorSender,
     /// Send system calls per second.
     pub send_calls_per_s: f64,
+    /// A frame's due time → the return of the send call that carried one of its packets to
+    /// a reader, per packet and reader (Sluice's ingest → egress histogram, less the
+    /// ingest): how long the fan-out itself takes, with no server in the way.
+    pub fanout_latency_us: LatencySummary,
+    /// Sender threads (the readers are split between them).
+    pub sender_threads: usize,
     /// The receiver thread's utime+stime, % of one core.
     pub receiver_cpu_pct: f64,
     /// Packets (UDP) or bytes (TCP) the sender handed to the kernel over the whole run.
@@ -282,20 +291,56 @@ pub fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
             .map_err(|e| FloorError::Thread(e.to_string()))?
     };
 
-    let sent = match (&receivers, sender_udp) {
-        (Receivers::Udp(socks), Some(tx)) => {
-            // Per flow, every reader's address for that flow's socket.
-            let mut dests: Vec<Vec<socket2::SockAddr>> = vec![Vec::with_capacity(n); flows.len()];
-            for tracks in socks {
-                for (fi, d) in dests.iter_mut().enumerate() {
-                    let s = &tracks[fi.min(tracks.len() - 1)];
-                    d.push(setup("local_addr", s.local_addr())?.into());
+    // The readers are split over the sender threads (a worker per core, as Sluice's
+    // fan-out); all follow one schedule from `t0`.
+    let threads = opts.threads.clamp(1, n);
+    // UDP: per flow, every reader's address for that flow's socket.
+    let mut dests: Vec<Vec<socket2::SockAddr>> = Vec::new();
+    if let Receivers::Udp(socks) = &receivers {
+        dests = vec![Vec::with_capacity(n); flows.len()];
+        for tracks in socks {
+            for (fi, d) in dests.iter_mut().enumerate() {
+                let s = &tracks[fi.min(tracks.len() - 1)];
+                d.push(setup("local_addr", s.local_addr())?.into());
+            }
+        }
+    }
+    let t0 = Instant::now();
+    let parts: Vec<Totals> = std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(threads);
+        match &sender_udp {
+            Some(tx) => {
+                let dests = &dests;
+                for k in 0..threads {
+                    let range = share(n, threads, k);
+                    handles.push(scope.spawn(move || {
+                        send_loop(&flows, t0, opts.duration, |fi, f, lat| {
+                            send_udp(tx, &dests[fi][range.clone()], f, lat)
+                        })
+                    }));
                 }
             }
-            send_loop(&flows, opts.duration, |fi, f| send_udp(&tx, &dests[fi], f))
+            _ => {
+                let senders = &senders;
+                for k in 0..threads {
+                    let range = share(n, threads, k);
+                    handles.push(scope.spawn(move || {
+                        send_loop(&flows, t0, opts.duration, |_, f, lat| {
+                            send_tcp(&senders[range.clone()], f, lat)
+                        })
+                    }));
+                }
+            }
         }
-        _ => send_loop(&flows, opts.duration, |_, f| send_tcp(&senders, f)),
-    };
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| FloorError::Thread("sender panicked".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let sent = Totals::merge(parts);
     // Let the receiver drain what is in flight, then stop it.
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
@@ -333,6 +378,8 @@ pub fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
             rx_cpu.as_secs_f64() / rx_wall.as_secs_f64().max(1e-9) * 100.0,
             2,
         ),
+        fanout_latency_us: sent.latency.summary(),
+        sender_threads: threads,
         sent: sent.total_units,
         received: received.load(Ordering::Relaxed),
         short_writes: sent.short_writes,
@@ -352,7 +399,7 @@ struct Sent {
     short_writes: u64,
 }
 
-/// The sender's totals.
+/// A sender thread's totals.
 struct Totals {
     cpu: Duration,
     wall: Duration,
@@ -361,28 +408,136 @@ struct Totals {
     window_calls: u64,
     total_units: u64,
     short_writes: u64,
+    latency: Latency,
 }
 
-/// Paces the flows' frames for 2 s of warm-up plus `duration`, calling `send` for each
-/// (flow index, flow); measures the thread's CPU over the window.
+impl Totals {
+    /// All threads together: CPU and counts add up, the window is the longest.
+    fn merge(parts: Vec<Totals>) -> Totals {
+        let mut all = Totals::default();
+        for p in parts {
+            all.cpu += p.cpu;
+            all.wall = all.wall.max(p.wall);
+            all.window_bytes += p.window_bytes;
+            all.window_packets += p.window_packets;
+            all.window_calls += p.window_calls;
+            all.total_units += p.total_units;
+            all.short_writes += p.short_writes;
+            all.latency.merge(&p.latency);
+        }
+        all
+    }
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            cpu: Duration::ZERO,
+            wall: Duration::ZERO,
+            window_bytes: 0,
+            window_packets: 0,
+            window_calls: 0,
+            total_units: 0,
+            short_writes: 0,
+            latency: Latency::new(),
+        }
+    }
+}
+
+/// Reader indices of thread `k` of `threads`.
+fn share(n: usize, threads: usize, k: usize) -> std::ops::Range<usize> {
+    let per = n.div_ceil(threads);
+    (k * per).min(n)..((k + 1) * per).min(n)
+}
+
+/// Percentiles of the fan-out latency, µs (bucket upper bounds, 10 µs wide).
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
+    /// Packet-reader deliveries counted.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+/// Width of a latency bucket.
+const BUCKET_US: u64 = 10;
+/// Buckets up to 1 s; later deliveries count in the last.
+const BUCKETS: usize = 100_000;
+
+/// A histogram of fan-out latency, weighted by the packets each send call carried.
+struct Latency {
+    buckets: Vec<u64>,
+}
+
+impl Latency {
+    fn new() -> Latency {
+        Latency {
+            buckets: vec![0; BUCKETS],
+        }
+    }
+
+    /// `packets` deliveries that took `d`.
+    fn add(&mut self, d: Duration, packets: u64) {
+        let i = (d.as_micros() / u128::from(BUCKET_US)).min(BUCKETS as u128 - 1) as usize;
+        self.buckets[i] += packets;
+    }
+
+    fn merge(&mut self, other: &Latency) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+    }
+
+    fn summary(&self) -> LatencySummary {
+        let count: u64 = self.buckets.iter().sum();
+        let at = |q: f64| {
+            let rank = ((count as f64 * q).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (i, &c) in self.buckets.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return (i as u64 + 1) * BUCKET_US;
+                }
+            }
+            0
+        };
+        let max = self
+            .buckets
+            .iter()
+            .rposition(|&c| c > 0)
+            .map_or(0, |i| (i as u64 + 1) * BUCKET_US);
+        LatencySummary {
+            count,
+            p50: if count > 0 { at(0.5) } else { 0 },
+            p90: if count > 0 { at(0.9) } else { 0 },
+            p99: if count > 0 { at(0.99) } else { 0 },
+            max,
+        }
+    }
+}
+
+/// Paces the flows' frames from `t0` for 2 s of warm-up plus `duration`, calling `send`
+/// for each (flow index, flow, latency clock); measures the thread's CPU, and the latency
+/// from each frame's due time, over the window.
 fn send_loop(
     flows: &[Flow],
+    t0: Instant,
     duration: Duration,
-    mut send: impl FnMut(usize, &Flow) -> Sent,
+    mut send: impl FnMut(usize, &Flow, &mut LatencyClock<'_>) -> Sent,
 ) -> Totals {
-    let t0 = Instant::now();
     let start = t0 + Duration::from_secs(2);
     let end = start + duration;
     let mut next: Vec<Instant> = flows.iter().map(|_| t0).collect();
     let mut window: Option<(Duration, Instant)> = None;
-    let mut t = Totals {
-        cpu: Duration::ZERO,
-        wall: Duration::ZERO,
-        window_bytes: 0,
-        window_packets: 0,
-        window_calls: 0,
-        total_units: 0,
-        short_writes: 0,
+    let mut t = Totals::default();
+    let mut ignored = Latency {
+        buckets: vec![0; 1],
     };
     while let Some((fi, at)) = next.iter().copied().enumerate().min_by_key(|&(_, at)| at) {
         let now = Instant::now();
@@ -398,7 +553,15 @@ fn send_loop(
         }
         let f = &flows[fi];
         next[fi] += Duration::from_secs(1) / f.per_s.max(1);
-        let s = send(fi, f);
+        let mut clock = LatencyClock {
+            due: at,
+            hist: if window.is_some() {
+                &mut t.latency
+            } else {
+                &mut ignored
+            },
+        };
+        let s = send(fi, f, &mut clock);
         t.total_units += s.units;
         t.short_writes += s.short_writes;
         if window.is_some() {
@@ -414,6 +577,22 @@ fn send_loop(
     t
 }
 
+/// Records deliveries of one frame against its due time.
+struct LatencyClock<'a> {
+    due: Instant,
+    hist: &'a mut Latency,
+}
+
+impl LatencyClock<'_> {
+    /// A send call just returned, having carried `packets` packet-reader deliveries.
+    fn sent(&mut self, packets: u64) {
+        let d = Instant::now().saturating_duration_since(self.due);
+        if self.hist.buckets.len() > 1 {
+            self.hist.add(d, packets);
+        }
+    }
+}
+
 /// Most messages per `sendmmsg`, as the server's `udp_send::MAX_BATCH`.
 const BATCH: usize = 64;
 /// Room for one `UDP_SEGMENT` control message.
@@ -423,7 +602,12 @@ static PAYLOAD: [u8; 32 * 1024] = [0x80; 32 * 1024];
 
 /// One frame of flow `f` to every reader (`addrs`): `sendmmsg` of up to 64 messages, each
 /// a GSO run.
-fn send_udp(tx: &UdpSocket, addrs: &[socket2::SockAddr], f: &Flow) -> Sent {
+fn send_udp(
+    tx: &UdpSocket,
+    addrs: &[socket2::SockAddr],
+    f: &Flow,
+    lat: &mut LatencyClock<'_>,
+) -> Sent {
     let mut out = Sent::default();
     let len = (f.packets * f.size).min(PAYLOAD.len());
     let mut cmsg = [[0u8; CMSG_BYTES]; BATCH];
@@ -467,6 +651,7 @@ fn send_udp(tx: &UdpSocket, addrs: &[socket2::SockAddr], f: &Flow) -> Sent {
                     off += 1; // the kernel refused this message: skip it, not counted
                 } else {
                     let r = r as usize;
+                    lat.sent((r * f.packets) as u64);
                     out.bytes += (r * len) as u64;
                     out.packets += (r * f.packets) as u64;
                     out.units += (r * f.packets) as u64;
@@ -479,7 +664,7 @@ fn send_udp(tx: &UdpSocket, addrs: &[socket2::SockAddr], f: &Flow) -> Sent {
 }
 
 /// One frame to every reader: a `writev` of `$`-header + payload per packet.
-fn send_tcp(senders: &[TcpStream], f: &Flow) -> Sent {
+fn send_tcp(senders: &[TcpStream], f: &Flow, lat: &mut LatencyClock<'_>) -> Sent {
     let mut out = Sent::default();
     let header = [b'$', 0, (f.size >> 8) as u8, f.size as u8];
     let mut iov = Vec::with_capacity(2 * f.packets);
@@ -495,6 +680,7 @@ fn send_tcp(senders: &[TcpStream], f: &Flow) -> Sent {
                 out.bytes += n as u64;
                 out.units += n as u64;
                 if n as u64 == frame {
+                    lat.sent(f.packets as u64);
                     out.packets += f.packets as u64;
                 } else {
                     out.short_writes += 1;
@@ -608,6 +794,7 @@ mod tests {
                 udp,
                 shape: Shape::Hi,
                 duration: Duration::from_secs(1),
+                threads: 2,
                 label: None,
             })
             .expect("floor runs");
@@ -624,6 +811,11 @@ mod tests {
                 "{r:?}"
             );
             assert!(r.send_calls_per_s > 0.0, "{r:?}");
+            assert_eq!(r.sender_threads, 2);
+            // Every packet-reader delivery of the window is timed: ~1 s × 377 packets × 20.
+            let l = &r.fanout_latency_us;
+            assert!((5_000..10_000).contains(&l.count), "{l:?}");
+            assert!(l.p50 > 0 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
         }
     }
 
