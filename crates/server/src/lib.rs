@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod latency;
 pub mod media_queue;
 pub mod multicast;
+pub mod prefetch;
 pub mod presentation;
 pub mod pull;
 pub mod reader;

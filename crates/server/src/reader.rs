@@ -459,6 +459,14 @@ impl Sink for ReaderSink {
         }
     }
 
+    fn prefetch(&self) {
+        crate::prefetch::prefetch(&self.counters[..]);
+        crate::prefetch::prefetch(&self.targets[..]);
+        if let Outbox::Tcp(q) = &self.outbox {
+            crate::prefetch::prefetch(&**q);
+        }
+    }
+
     fn handle_end_of_stream(&self) {
         self.send_bye();
     }

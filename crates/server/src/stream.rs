@@ -100,6 +100,10 @@ pub trait Sink: Send + Sync {
             self.handle_packet(p);
         }
     }
+    /// The fan-out will hand this sink a batch shortly: hint the caches to fetch the
+    /// state [`Sink::handle_batch`] reads first (see [`crate::prefetch`]). Must not
+    /// block or change anything. The default does nothing.
+    fn prefetch(&self) {}
     /// The stream has ended; no more packets will come.
     fn handle_end(&self, reason: EndReason);
     /// The source reached the end of its media (a file's end or a PLAY range's end) but
