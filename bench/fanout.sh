@@ -446,11 +446,12 @@ print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at t
       "but the send calls (no server), the CPU per Gbit/s that loopback charges any sender for this fan-out; "
       "⅓ G = the issue's target, a third of gst's CPU per Gbit/s. floor fan-out = its sender threads' (one per core) "
       "time from a frame's due time to the send call that carried it to a reader, per packet and reader: "
-      "the ingest→egress latency of a server that did nothing but send.\n")
+      "the ingest→egress latency of a server that did nothing but send. floor rx = the floor's receiver thread "
+      "(epoll + recvmmsg of 64-byte heads, or 128 KiB reads): what reading the same packets costs a bare client.\n")
 print("| stream | transport | readers | connected S / G | CPU % S / G | CPU ratio | CPU %/Gbit/s S / G "
       "| floor %/Gbit/s | ⅓ G | S / floor | rx path % S / G | own CPU %/Gbit/s S / G | own ratio | µs/pkt S / G "
       "| RSS MiB S / G | RSS ratio | KiB/reader S / G | Mbit/s/reader S / G | loss % S / G | PLAY p50/p99 ms S ; G "
-      "| key p50/p99 ms S ; G | ingest→egress p50/p99 µs S | floor fan-out p50/p99 µs | client CPU % S / G |")
+      "| key p50/p99 ms S ; G | ingest→egress p50/p99 µs S | floor fan-out p50/p99 µs | client CPU % S / G / floor rx |")
 print("|" + "---|" * 24)
 def g(r, *k):
     for key in k:
@@ -487,7 +488,7 @@ for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k
           f"| {pair('server','rss_mib_after')} | {ratio(g(s,'server','rss_mib_after'), g(gg,'server','rss_mib_after'))} "
           f"| {pair('server','rss_kib_per_reader')} | {pair('mbit_s_per_reader', nd=2)} | {pair('loss_pct', nd=3)} "
           f"| {pct(s,'play_reply_ms')} ; {pct(gg,'play_reply_ms')} | {pct(s,'first_keyframe_ms')} ; {pct(gg,'first_keyframe_ms')} "
-          f"| {lat(s)} | {lat(fl, 'fanout_latency_us')} | {pair('client_cpu_pct')} |")
+          f"| {lat(s)} | {lat(fl, 'fanout_latency_us')} | {pair('client_cpu_pct')} / {f(g(fl, 'receiver_cpu_pct'))} |")
 fails = []
 for (variant, transport, n), d in sorted(rows.items()):
     for server, r in d.items():
