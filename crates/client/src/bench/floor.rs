@@ -594,7 +594,7 @@ impl LatencyClock<'_> {
 }
 
 /// Most messages per `sendmmsg`, as the server's `udp_send::MAX_BATCH`.
-const BATCH: usize = 64;
+const SEND_BATCH: usize = 64;
 /// Room for one `UDP_SEGMENT` control message.
 const CMSG_BYTES: usize = 32;
 /// The static payload: the largest frame of the shapes (12 × 1,400) and then some.
@@ -610,8 +610,8 @@ fn send_udp(
 ) -> Sent {
     let mut out = Sent::default();
     let len = (f.packets * f.size).min(PAYLOAD.len());
-    let mut cmsg = [[0u8; CMSG_BYTES]; BATCH];
-    for chunk in addrs.chunks(BATCH) {
+    let mut cmsg = [[0u8; CMSG_BYTES]; SEND_BATCH];
+    for chunk in addrs.chunks(SEND_BATCH) {
         // SAFETY: the headers point at `addrs`, `iov` and `cmsg` entries, all alive and
         // unmoved until sendmmsg returns; the payload is a static buffer of ≥ `len` bytes
         // that the kernel only reads; CMSG_* are used within CMSG_BYTES (CMSG_SPACE(2) is 24).
@@ -620,8 +620,8 @@ fn send_udp(
                 iov_base: PAYLOAD.as_ptr() as *mut libc::c_void,
                 iov_len: len,
             };
-            let mut iovs = [iov; BATCH];
-            let mut hdrs: [libc::mmsghdr; BATCH] = std::mem::zeroed();
+            let mut iovs = [iov; SEND_BATCH];
+            let mut hdrs: [libc::mmsghdr; SEND_BATCH] = std::mem::zeroed();
             for (j, a) in chunk.iter().enumerate() {
                 let h = &mut hdrs[j].msg_hdr;
                 h.msg_name = a.as_ptr() as *mut libc::c_void;
@@ -717,7 +717,8 @@ fn receive(
         unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     }
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut buf = vec![0u8; BATCH * 64];
+    let mut buf = vec![0u8; super::BATCH * super::SLOT];
+    let mut lens = [0usize; super::BATCH];
     let mut tcp_buf = vec![0u8; 128 * 1024];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: the kernel writes at most `events.len()` entries into `events`.
@@ -727,9 +728,10 @@ fn receive(
                 continue;
             };
             if udp {
-                while let Ok(m) = recv_heads(fd, &mut buf) {
+                // The load client's own read: 64 datagrams per call, 64 bytes of each.
+                while let Ok(m) = super::recv_batch(fd, &mut buf, super::HEAD_ONLY, &mut lens) {
                     received.fetch_add(m as u64, Ordering::Relaxed);
-                    if m < BATCH {
+                    if m < super::BATCH {
                         break;
                     }
                 }
@@ -751,34 +753,6 @@ fn receive(
     // SAFETY: `ep` is our epoll fd, closed once.
     unsafe { libc::close(ep) };
     (thread_cpu().saturating_sub(cpu0), t0.elapsed())
-}
-
-/// One `recvmmsg` of up to 64 datagrams, 64 bytes of each (`MSG_TRUNC`); the count.
-fn recv_heads(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    let slot = buf.len() / BATCH;
-    // SAFETY: each iovec points at a distinct `slot`-byte piece of `buf`, alive for the
-    // call; zeroed mmsghdrs are valid and refer only to those iovecs.
-    unsafe {
-        let mut iov: [libc::iovec; BATCH] = std::mem::zeroed();
-        let mut hdr: [libc::mmsghdr; BATCH] = std::mem::zeroed();
-        for i in 0..BATCH {
-            iov[i].iov_base = buf.as_mut_ptr().add(i * slot).cast();
-            iov[i].iov_len = slot;
-            hdr[i].msg_hdr.msg_iov = &mut iov[i];
-            hdr[i].msg_hdr.msg_iovlen = 1;
-        }
-        let r = libc::recvmmsg(
-            fd,
-            hdr.as_mut_ptr(),
-            BATCH as _,
-            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            std::ptr::null_mut(),
-        );
-        if r <= 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as usize)
-    }
 }
 
 #[cfg(test)]
