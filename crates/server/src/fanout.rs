@@ -104,13 +104,19 @@ mod tests {
     use sluice_rtp::packet::RtpHeader;
     use std::time::Instant;
 
-    /// Records the sequence numbers it is handed, and on which thread.
+    /// Records the sequence numbers it is handed, on which thread, and each prefetch hint
+    /// with how many packets it had been handed by then.
     #[derive(Default)]
     struct Recording {
         seqs: Mutex<Vec<u16>>,
         threads: Mutex<Vec<std::thread::ThreadId>>,
+        prefetched: Mutex<Vec<usize>>,
     }
     impl Sink for Recording {
+        fn prefetch(&self) {
+            let seen = self.seqs.lock().unwrap().len();
+            self.prefetched.lock().unwrap().push(seen);
+        }
         fn handle_packet(&self, p: &MediaPacket) {
             self.seqs.lock().unwrap().push(p.header.sequence);
             self.threads
@@ -164,6 +170,31 @@ mod tests {
             .collect();
         if pool().is_some() {
             assert!(threads.len() >= 2, "the shards ran on one thread");
+        }
+    }
+
+    #[test]
+    fn each_sink_but_the_first_few_is_hinted_once_before_its_batch() {
+        let recs: Vec<Arc<Recording>> = (0..10).map(|_| Arc::new(Recording::default())).collect();
+        let sinks: Vec<(SinkId, Arc<dyn Sink>)> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (SinkId::for_test(i as u64), r.clone() as Arc<dyn Sink>))
+            .collect();
+        for b in 0..3u16 {
+            let packets = batch(b * 2, 2);
+            let plan = UdpPlan::new(&packets, false);
+            deliver(&sinks, &packets, &plan);
+        }
+        for (i, r) in recs.iter().enumerate() {
+            let hints = r.prefetched.lock().unwrap().clone();
+            if i < PREFETCH_AHEAD {
+                assert!(hints.is_empty(), "sink {i} is served first: {hints:?}");
+            } else {
+                // One hint per batch, each before that batch reached the sink.
+                assert_eq!(hints, vec![0, 2, 4], "sink {i}");
+            }
+            assert_eq!(r.seqs.lock().unwrap().len(), 6);
         }
     }
 

@@ -363,7 +363,8 @@ thread_local! {
         const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Writes `item`'s interleaved frames to `socket` with one non-blocking vectored write.
+/// Writes `item`'s interleaved frames to the socket `fd` with one non-blocking vectored
+/// write.
 fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
     let items = std::slice::from_ref(item);
     if matches!(item, TcpOut::Close) || 2 * item.frames() > MAX_IOV {

@@ -20,13 +20,20 @@ const LINE: usize = 64;
 /// Never reads it: only its address and size are used.
 #[inline]
 pub fn prefetch<T: ?Sized>(value: &T) {
-    let start = (value as *const T).cast::<u8>();
-    let len = std::mem::size_of_val(value);
-    let mut offset = 0;
-    while offset < len && offset < MAX_LINES * LINE {
-        hint(start.wrapping_add(offset));
-        offset += LINE;
+    for p in lines(value) {
+        hint(p);
     }
+}
+
+/// The addresses hinted for `value`: one per cache line it spans from its start, at most
+/// [`MAX_LINES`], none for an empty value.
+#[inline]
+fn lines<T: ?Sized>(value: &T) -> impl Iterator<Item = *const u8> {
+    let start = (value as *const T).cast::<u8>();
+    let len = std::mem::size_of_val(value).min(MAX_LINES * LINE);
+    (0..len)
+        .step_by(LINE)
+        .map(move |offset| start.wrapping_add(offset))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -48,13 +55,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hints_leave_values_unchanged() {
+    fn one_hint_per_cache_line_at_most_eight() {
         let v = vec![7u8; 4096];
+        let at = |p: *const u8| p as usize - v.as_ptr() as usize;
+        let offsets = |s: &[u8]| lines(s).map(at).collect::<Vec<_>>();
+        assert_eq!(offsets(&v[..1]), vec![0]);
+        assert_eq!(offsets(&v[..64]), vec![0]);
+        assert_eq!(offsets(&v[..65]), vec![0, 64]);
+        assert_eq!(offsets(&v[100..300]), vec![100, 164, 228, 292]);
+        assert_eq!(offsets(&v[..]), (0..8).map(|i| i * 64).collect::<Vec<_>>());
+        assert_eq!(lines(&v[..0]).count(), 0);
+        // A trait object's size is the concrete value's.
+        let s: Box<dyn std::fmt::Debug> = Box::new([0u64; 20]);
+        assert_eq!(lines(&*s).count(), 3);
         prefetch(&v[..]);
-        prefetch(&v[4000..]);
-        prefetch(&[0u8; 0][..]);
-        let s: Box<dyn std::fmt::Debug> = Box::new(5u64);
         prefetch(&*s);
-        assert!(v.iter().all(|&b| b == 7));
     }
 }
