@@ -541,6 +541,8 @@ async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>) {
             .map(|p| std::io::IoSlice::new(&p.data))
             .collect();
         let mut msgs = Vec::with_capacity(batch.len());
+        // The packet behind each message, for the Sender Report counts.
+        let mut sources = Vec::with_capacity(batch.len());
         for (p, part) in batch.iter().zip(&slices) {
             if let Some(Target::Udp { rtp: to, .. }) = sink.targets.get(p.track).copied() {
                 msgs.push(crate::udp_send::Datagram {
@@ -549,12 +551,20 @@ async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>) {
                     segment: None,
                     packets: 1,
                 });
-                sink.count(p.track, 1, p.payload_len(), p.header.ssrc);
+                sources.push(Some(p));
             }
         }
         // Room first (the live fan-out shares the socket); the send itself never blocks.
         let _ = socket.writable().await;
-        let sent = crate::udp_send::send_batch(&socket, &msgs);
+        let sent = crate::udp_send::send_batch_noting(&socket, &msgs, |i| {
+            if let Some(s) = sources.get_mut(i) {
+                *s = None;
+            }
+        });
+        // Sender Reports count what the kernel took, not what was refused.
+        for p in sources.into_iter().flatten() {
+            sink.count(p.track, 1, p.payload_len(), p.header.ssrc);
+        }
         if sent.dropped > 0 {
             sink.note_drop(sent.dropped);
             if !errors_logged {

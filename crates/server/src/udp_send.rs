@@ -95,6 +95,17 @@ impl std::ops::AddAssign for Sent {
 /// A GSO run refused as such (EIO/EINVAL: no checksum offload) turns GSO off and is
 /// resent packet by packet.
 pub fn send_batch(socket: &UdpSocket, msgs: &[Datagram<'_>]) -> Sent {
+    send_batch_noting(socket, msgs, |_| {})
+}
+
+/// Like [`send_batch`], and calls `refused` with the index in `msgs` of each message the
+/// kernel refused whole (not for a GSO run resent packet by packet), so a caller can
+/// count exactly what left.
+pub fn send_batch_noting(
+    socket: &UdpSocket,
+    msgs: &[Datagram<'_>],
+    mut refused: impl FnMut(usize),
+) -> Sent {
     let mut sent = Sent::default();
     let mut rest = msgs;
     while !rest.is_empty() {
@@ -118,6 +129,7 @@ pub fn send_batch(socket: &UdpSocket, msgs: &[Datagram<'_>]) -> Sent {
                 sent += send_split(socket, first);
             } else {
                 sent.dropped += u64::from(first.packets);
+                refused(msgs.len() - rest.len());
             }
             rest = after;
         }
@@ -291,6 +303,35 @@ mod tests {
         assert_eq!(v.iter().map(|x| x.1).sum::<usize>(), 100);
         let huge = vec![1400; 60];
         assert!(r(&huge, true).iter().all(|x| x.1 * 1400 <= MAX_GSO_BYTES));
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_is_dropped_and_named_and_the_rest_still_go() {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        // Port 0 is not a destination: the kernel refuses that message (EINVAL).
+        let nowhere: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let p = [IoSlice::new(b"abc")];
+        let msg = |to| Datagram {
+            to,
+            parts: &p,
+            segment: None,
+            packets: 1,
+        };
+        let msgs = [msg(to), msg(nowhere), msg(to), msg(nowhere), msg(to)];
+        let mut named = Vec::new();
+        let sent = send_batch_noting(&tx, &msgs, |i| named.push(i));
+        assert_eq!((sent.packets, sent.dropped), (3, 2));
+        assert_eq!(named, vec![1, 3]);
+        let mut buf = [0u8; 16];
+        for _ in 0..3 {
+            let n = tokio::time::timeout(Duration::from_secs(2), rx.recv(&mut buf))
+                .await
+                .expect("a datagram arrives")
+                .unwrap();
+            assert_eq!(&buf[..n], b"abc");
+        }
     }
 
     #[tokio::test]
