@@ -280,30 +280,27 @@ impl EgressLatency {
 /// Asks the server at `addr` for `sluice.egress_latency` (and so resets it). None when
 /// it does not answer 200 with that parameter (another server, an old Sluice).
 async fn query_egress_latency(url: &str, addr: SocketAddr) -> Option<EgressLatency> {
+    use sluice_rtsp::{Decoder, Frame, Limits, Message, Method, Request, StatusCode};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let body = "sluice.egress_latency\r\n";
-        let req = format!(
-            "GET_PARAMETER {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Type: text/parameters\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        tcp.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 1024];
+        let mut req = Request::new(Method::GetParameter, url);
+        req.headers.set("CSeq", "1");
+        req.headers.set("Content-Type", "text/parameters");
+        req.body = bytes::Bytes::from_static(b"sluice.egress_latency\r\n");
+        let mut out = bytes::BytesMut::new();
+        req.encode(&mut out);
+        tcp.write_all(&out).await.ok()?;
+        let mut decoder = Decoder::new(Limits::default());
+        let mut buf = bytes::BytesMut::with_capacity(1024);
         loop {
-            let n = tcp.read(&mut chunk).await.ok()?;
-            if n == 0 {
+            if tcp.read_buf(&mut buf).await.ok()? == 0 {
                 return None;
             }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = find_head_end(&buf) {
-                if !buf.starts_with(b"RTSP/1.0 200") {
-                    return None;
-                }
-                let want = end + content_length(&buf[..end]);
-                if buf.len() >= want {
-                    let body = String::from_utf8_lossy(&buf[end..want]).into_owned();
+            match decoder.decode(&mut buf).ok()? {
+                None => continue,
+                Some(Frame::Message(Message::Response(r))) if r.status == StatusCode::OK => {
+                    let body = String::from_utf8_lossy(&r.body).into_owned();
                     return body.lines().find_map(|l| {
                         let (k, v) = l.split_once(':')?;
                         (k.trim() == "sluice.egress_latency")
@@ -311,9 +308,7 @@ async fn query_egress_latency(url: &str, addr: SocketAddr) -> Option<EgressLaten
                             .flatten()
                     });
                 }
-            }
-            if buf.len() > 64 * 1024 {
-                return None;
+                Some(_) => return None,
             }
         }
     };

@@ -127,6 +127,20 @@ fn three_hundred_readers_each_get_every_packet_from_a_keyframe() {
         // The test stream is ~2 Mb/s: even the slowest reader kept up with it.
         let min = r["mbit_s_per_reader_min"].as_f64().unwrap_or(0.0);
         assert!(min > 0.5, "{what}: slowest reader got {min} Mbit/s");
+        // The server's ingest → egress histogram over the window (GET_PARAMETER
+        // sluice.egress_latency): every delivery timed, percentiles in order.
+        let e = &r["egress_latency_us"];
+        let count = e["count"].as_u64().unwrap_or(0);
+        let delivered = r["window_packets"].as_u64().unwrap_or(0);
+        assert!(
+            count * 2 >= delivered,
+            "{what}: {count} timed of {delivered}"
+        );
+        let p = |k: &str| e[k].as_f64().unwrap_or(-1.0);
+        assert!(
+            0.0 < p("p50") && p("p50") <= p("p99") && p("p99") <= p("max"),
+            "{what}"
+        );
     }
 }
 
