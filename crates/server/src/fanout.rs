@@ -145,21 +145,27 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn many_sinks_get_every_batch_once_in_order_across_threads() {
-        let recs: Vec<Arc<Recording>> = (0..3 * MIN_SINKS_PER_SHARD)
-            .map(|_| Arc::new(Recording::default()))
-            .collect();
-        let sinks: Vec<(SinkId, Arc<dyn Sink>)> = recs
+    /// Delivers `batches` batches of `per_batch` packets (sequence numbers counting up from
+    /// 0) to `sinks` recording sinks; returns the sinks.
+    fn deliver_to_recordings(sinks: usize, batches: u16, per_batch: u16) -> Vec<Arc<Recording>> {
+        let recs: Vec<Arc<Recording>> =
+            (0..sinks).map(|_| Arc::new(Recording::default())).collect();
+        let list: Vec<(SinkId, Arc<dyn Sink>)> = recs
             .iter()
             .enumerate()
             .map(|(i, r)| (SinkId::for_test(i as u64), r.clone() as Arc<dyn Sink>))
             .collect();
-        for b in 0..20u16 {
-            let packets = batch(b * 4, 4);
+        for b in 0..batches {
+            let packets = batch(b * per_batch, per_batch);
             let plan = UdpPlan::new(&packets, false);
-            deliver(&sinks, &packets, &plan);
+            deliver(&list, &packets, &plan);
         }
+        recs
+    }
+
+    #[test]
+    fn many_sinks_get_every_batch_once_in_order_across_threads() {
+        let recs = deliver_to_recordings(3 * MIN_SINKS_PER_SHARD, 20, 4);
         let want: Vec<u16> = (0..80).collect();
         for r in &recs {
             assert_eq!(*r.seqs.lock().unwrap(), want);
@@ -175,17 +181,7 @@ mod tests {
 
     #[test]
     fn each_sink_but_the_first_few_is_hinted_once_before_its_batch() {
-        let recs: Vec<Arc<Recording>> = (0..10).map(|_| Arc::new(Recording::default())).collect();
-        let sinks: Vec<(SinkId, Arc<dyn Sink>)> = recs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (SinkId::for_test(i as u64), r.clone() as Arc<dyn Sink>))
-            .collect();
-        for b in 0..3u16 {
-            let packets = batch(b * 2, 2);
-            let plan = UdpPlan::new(&packets, false);
-            deliver(&sinks, &packets, &plan);
-        }
+        let recs = deliver_to_recordings(10, 3, 2);
         for (i, r) in recs.iter().enumerate() {
             let hints = r.prefetched.lock().unwrap().clone();
             if i < PREFETCH_AHEAD {
