@@ -536,9 +536,6 @@ fn send_loop(
     let mut next: Vec<Instant> = flows.iter().map(|_| t0).collect();
     let mut window: Option<(Duration, Instant)> = None;
     let mut t = Totals::default();
-    let mut ignored = Latency {
-        buckets: vec![0; 1],
-    };
     while let Some((fi, at)) = next.iter().copied().enumerate().min_by_key(|&(_, at)| at) {
         let now = Instant::now();
         if at > now {
@@ -555,11 +552,7 @@ fn send_loop(
         next[fi] += Duration::from_secs(1) / f.per_s.max(1);
         let mut clock = LatencyClock {
             due: at,
-            hist: if window.is_some() {
-                &mut t.latency
-            } else {
-                &mut ignored
-            },
+            hist: window.is_some().then_some(&mut t.latency),
         };
         let s = send(fi, f, &mut clock);
         t.total_units += s.units;
@@ -577,18 +570,17 @@ fn send_loop(
     t
 }
 
-/// Records deliveries of one frame against its due time.
+/// Records deliveries of one frame against its due time (only inside the window).
 struct LatencyClock<'a> {
     due: Instant,
-    hist: &'a mut Latency,
+    hist: Option<&'a mut Latency>,
 }
 
 impl LatencyClock<'_> {
     /// A send call just returned, having carried `packets` packet-reader deliveries.
     fn sent(&mut self, packets: u64) {
-        let d = Instant::now().saturating_duration_since(self.due);
-        if self.hist.buckets.len() > 1 {
-            self.hist.add(d, packets);
+        if let Some(hist) = self.hist.as_deref_mut() {
+            hist.add(Instant::now().saturating_duration_since(self.due), packets);
         }
     }
 }
