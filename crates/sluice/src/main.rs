@@ -69,74 +69,82 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Fan-out load: N reader sessions from one process; prints one JSON line of totals and percentiles.
-    Load {
-        /// rtsp://host[:port]/path
-        url: String,
-        /// Reader sessions.
-        #[arg(long, default_value_t = 100)]
-        readers: usize,
-        /// RTP transport.
-        #[arg(long, value_enum, default_value_t = Transport::Udp)]
-        transport: Transport,
-        /// Measurement window once all readers are playing: seconds or e.g. 20s, 1m.
-        #[arg(long, default_value = "20", value_parser = parse_secs)]
-        duration: std::time::Duration,
-        /// Handshakes in flight at once (connect storm).
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Runtime worker threads (1: current-thread runtime).
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Server process to sample (utime+stime, VmRSS) over the window.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Label copied into the JSON.
-        #[arg(long)]
-        label: Option<String>,
-        /// Time for one reader's handshake (and each request).
-        #[arg(long, default_value = "30", value_parser = parse_secs)]
-        handshake_timeout: std::time::Duration,
-        /// First local UDP port (each reader takes 2 per track).
-        #[arg(long, default_value_t = 10_000)]
-        udp_port_base: u16,
-        /// Start the window at this Unix time (seconds) instead of after the ramp (to align processes).
-        #[arg(long)]
-        window_start_unix: Option<f64>,
-        /// Add every reader's samples to the JSON (to merge several processes' reports).
-        #[arg(long)]
-        samples: bool,
-        /// After reading media, wait this many ms before reading again (0: read at once; fewer
-        /// wake-ups per reader, but on loopback the fan-out already batches readers per wake-up).
-        #[arg(long, default_value_t = 0)]
-        rest_ms: u64,
-        /// Do not ask the server for its ingest → egress latency (that query resets it: when
-        /// several load processes measure one window, only one may ask).
-        #[arg(long)]
-        no_egress_latency: bool,
-    },
+    Load(LoadArgs),
     /// Kernel floor: the CPU per Gbit/s a sender pays on loopback for nothing but the send
     /// calls of a fan-out (sendmmsg + GSO, or a writev per reader per frame) to N local
     /// receivers; prints one JSON line.
-    Floor {
-        /// Receivers.
-        #[arg(long, default_value_t = 100)]
-        readers: usize,
-        /// Transport.
-        #[arg(long, value_enum, default_value_t = Transport::Udp)]
-        transport: Transport,
-        /// Stream shape, as bench/fanout.sh's streams reach readers.
-        #[arg(long, value_enum, default_value_t = FloorStream::Hi)]
-        stream: FloorStream,
-        /// Measured window (after a 2 s warm-up): seconds or e.g. 10s.
-        #[arg(long, default_value = "10", value_parser = parse_secs)]
-        duration: std::time::Duration,
-        /// Sender threads, each serving its share of the readers (default: one per core).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Label copied into the JSON.
-        #[arg(long)]
-        label: Option<String>,
-    },
+    Floor(FloorArgs),
+}
+
+/// Options of `sluice bench load`.
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// rtsp://host[:port]/path
+    url: String,
+    /// Reader sessions.
+    #[arg(long, default_value_t = 100)]
+    readers: usize,
+    /// RTP transport.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+    /// Measurement window once all readers are playing: seconds or e.g. 20s, 1m.
+    #[arg(long, default_value = "20", value_parser = parse_secs)]
+    duration: std::time::Duration,
+    /// Handshakes in flight at once (connect storm).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Runtime worker threads (1: current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Server process to sample (utime+stime, VmRSS) over the window.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Label copied into the JSON.
+    #[arg(long)]
+    label: Option<String>,
+    /// Time for one reader's handshake (and each request).
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    handshake_timeout: std::time::Duration,
+    /// First local UDP port (each reader takes 2 per track).
+    #[arg(long, default_value_t = 10_000)]
+    udp_port_base: u16,
+    /// Start the window at this Unix time (seconds) instead of after the ramp (to align processes).
+    #[arg(long)]
+    window_start_unix: Option<f64>,
+    /// Add every reader's samples to the JSON (to merge several processes' reports).
+    #[arg(long)]
+    samples: bool,
+    /// After reading media, wait this many ms before reading again (0: read at once; fewer
+    /// wake-ups per reader, but on loopback the fan-out already batches readers per wake-up).
+    #[arg(long, default_value_t = 0)]
+    rest_ms: u64,
+    /// Do not ask the server for its ingest → egress latency (that query resets it: when
+    /// several load processes measure one window, only one may ask).
+    #[arg(long)]
+    no_egress_latency: bool,
+}
+
+/// Options of `sluice bench floor`.
+#[derive(Debug, clap::Args)]
+struct FloorArgs {
+    /// Receivers.
+    #[arg(long, default_value_t = 100)]
+    readers: usize,
+    /// Transport.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+    /// Stream shape, as bench/fanout.sh's streams reach readers.
+    #[arg(long, value_enum, default_value_t = FloorStream::Hi)]
+    stream: FloorStream,
+    /// Measured window (after a 2 s warm-up): seconds or e.g. 10s.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    duration: std::time::Duration,
+    /// Sender threads, each serving its share of the readers (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Label copied into the JSON.
+    #[arg(long)]
+    label: Option<String>,
 }
 
 /// The stream shapes of `sluice bench floor`.
@@ -186,14 +194,14 @@ fn main() -> anyhow::Result<()> {
 
 fn bench(command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Floor {
+        BenchCommand::Floor(FloorArgs {
             readers,
             transport,
             stream,
             duration,
             threads,
             label,
-        } => {
+        }) => {
             use sluice_client::bench::floor;
             let report = floor::run(floor::FloorOptions {
                 readers,
@@ -210,13 +218,13 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        load @ BenchCommand::Load { .. } => bench_load(load),
+        BenchCommand::Load(args) => bench_load(args),
     }
 }
 
 /// `sluice bench load`.
-fn bench_load(command: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Load {
+fn bench_load(args: LoadArgs) -> anyhow::Result<()> {
+    let LoadArgs {
         url,
         readers,
         transport,
@@ -231,10 +239,7 @@ fn bench_load(command: BenchCommand) -> anyhow::Result<()> {
         samples,
         rest_ms,
         no_egress_latency,
-    } = command
-    else {
-        anyhow::bail!("not a load command");
-    };
+    } = args;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new("warn"))
         .context("invalid RUST_LOG")?;
