@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
+use crate::direct_budget;
 use crate::latency::EGRESS_LATENCY;
 use crate::stream::MediaPacket;
 use crate::udp_send::{self, Datagram, Sent};
@@ -91,17 +92,20 @@ pub struct Egress<'p> {
     oldest: Option<Instant>,
     /// The packets as one shared allocation, made for the first queue-based sink.
     shared: Option<Arc<[MediaPacket]>>,
-    /// Until when TCP sinks may write straight to their sockets (see [`DIRECT_BUDGET`]).
+    /// When the flush started.
+    start: Instant,
+    /// This thread's direct-write time saved up at the start (see [`direct_budget`]).
+    saved: std::time::Duration,
+    /// Until when TCP sinks may write straight to their sockets.
     direct_until: Instant,
+    /// Whether the stretch ran out and the whole flush was judged against `saved`.
+    judged: bool,
+    /// When a TCP sink was last allowed to write directly (what the flush spent).
+    direct_last: Option<Instant>,
+    /// Sinks in the flush (its shard), and how many were begun.
+    sinks: usize,
+    begun: usize,
 }
-
-/// How long one flush (one shard of it) may spend writing to TCP readers' sockets itself.
-/// Past it, the remaining TCP readers get the batch queued for their connections' writer
-/// tasks, which run on every core and, when they run behind, write several frames per
-/// call. Without this bound a fan-out to thousands of TCP readers runs at one syscall per
-/// packet per reader on the publisher's thread, and when that is more than a core can
-/// do the publisher's own input is read late: the whole stream slows down.
-pub const DIRECT_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl std::fmt::Debug for Egress<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +119,7 @@ impl std::fmt::Debug for Egress<'_> {
 impl<'p> Egress<'p> {
     /// A flush of `packets`, planned as `plan`.
     pub fn new(packets: &'p [MediaPacket], plan: &'p UdpPlan<'p>) -> Egress<'p> {
+        let start = Instant::now();
         Egress {
             packets,
             plan,
@@ -123,13 +128,46 @@ impl<'p> Egress<'p> {
             sent: Sent::default(),
             oldest: packets.iter().map(|p| p.received_at).min(),
             shared: None,
-            direct_until: Instant::now() + DIRECT_BUDGET,
+            start,
+            saved: direct_budget::start(start),
+            direct_until: start + direct_budget::DIRECT_STRETCH,
+            judged: false,
+            direct_last: None,
+            sinks: 1,
+            begun: 0,
         }
     }
 
-    /// Whether a TCP sink may still write this batch to its socket itself.
-    pub fn direct_allowed(&self) -> bool {
-        Instant::now() < self.direct_until
+    /// Says the flush will serve `sinks` sinks (one shard's), each announced with
+    /// [`Egress::begin_sink`]: what lets it predict its whole length.
+    pub fn for_sinks(mut self, sinks: usize) -> Egress<'p> {
+        self.sinks = sinks;
+        self
+    }
+
+    /// Notes that the next sink is being served.
+    pub fn begin_sink(&mut self) {
+        self.begun += 1;
+    }
+
+    /// Whether a TCP sink may still write this batch to its socket itself: within the
+    /// flush's first [`direct_budget::DIRECT_STRETCH`], or past it when the whole flush,
+    /// at its pace so far, fits in this thread's saved-up direct-write time.
+    pub fn direct_allowed(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.direct_until && !self.judged {
+            self.judged = true;
+            let elapsed = now.saturating_duration_since(self.start);
+            let done = self.begun.saturating_sub(1);
+            if direct_budget::whole_flush_fits(elapsed, done, self.sinks, self.saved) {
+                self.direct_until = self.start + self.saved;
+            }
+        }
+        let allowed = now < self.direct_until;
+        if allowed {
+            self.direct_last = Some(now);
+        }
+        allowed
     }
 
     /// The batch as one shared allocation (made once per flush, on first use), for sinks
@@ -210,6 +248,9 @@ impl<'p> Egress<'p> {
     /// Sends what is queued; returns what the whole flush sent over UDP.
     pub fn finish(mut self) -> Sent {
         self.flush_udp();
+        if let Some(last) = self.direct_last {
+            direct_budget::spend(last.saturating_duration_since(self.start));
+        }
         self.sent
     }
 }

@@ -78,7 +78,7 @@ pub fn deliver(
 
 /// Serves one shard on the calling thread.
 fn serve(sinks: &[(SinkId, Arc<dyn Sink>)], packets: &[MediaPacket], plan: &UdpPlan<'_>) -> Sent {
-    let mut egress = Egress::new(packets, plan);
+    let mut egress = Egress::new(packets, plan).for_sinks(sinks.len());
     for (i, (_, sink)) in sinks.iter().enumerate() {
         // Two stages ahead (crate::prefetch): the sink itself, then what it points to.
         if let Some((_, far)) = sinks.get(i + 2 * PREFETCH_AHEAD) {
@@ -87,6 +87,7 @@ fn serve(sinks: &[(SinkId, Arc<dyn Sink>)], packets: &[MediaPacket], plan: &UdpP
         if let Some((_, near)) = sinks.get(i + PREFETCH_AHEAD) {
             near.prefetch();
         }
+        egress.begin_sink();
         sink.handle_batch(&mut egress);
     }
     egress.finish()

@@ -12,6 +12,7 @@ pub mod at_hand;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod direct_budget;
 pub mod egress;
 pub mod fanout;
 pub mod file_source;
