@@ -254,3 +254,54 @@ impl<'p> Egress<'p> {
         self.sent
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Runs one flush of `sinks` sinks, each taking `work` (spun, not slept), on a fresh
+    /// thread (so with a full direct-write bucket); returns how many sinks were allowed
+    /// to write directly.
+    fn allowed_of(sinks: usize, work: Duration) -> usize {
+        std::thread::spawn(move || {
+            let packets: Vec<MediaPacket> = Vec::new();
+            let plan = UdpPlan::new(&packets, false);
+            let mut egress = Egress::new(&packets, &plan).for_sinks(sinks);
+            let mut allowed = 0;
+            for _ in 0..sinks {
+                egress.begin_sink();
+                if egress.direct_allowed() {
+                    allowed += 1;
+                }
+                let t = Instant::now();
+                while t.elapsed() < work {
+                    std::hint::spin_loop();
+                }
+            }
+            egress.finish();
+            allowed
+        })
+        .join()
+        .expect("flush thread")
+    }
+
+    #[test]
+    fn a_flush_that_fits_its_saved_time_is_written_directly_to_the_last_sink() {
+        // 60 sinks of 50 µs: 3 ms, past the 2 ms stretch but within the 8 ms saved up.
+        // Tried a few times: a thread descheduled during its stretch predicts a longer
+        // flush and rightly stops.
+        let runs: Vec<usize> = (0..5)
+            .map(|_| allowed_of(60, Duration::from_micros(50)))
+            .collect();
+        assert!(runs.contains(&60), "{runs:?}");
+    }
+
+    #[test]
+    fn a_flush_too_long_for_its_saved_time_stops_at_the_stretch() {
+        // 400 sinks of 50 µs: at least 20 ms, over the 8 ms saved up. Only the sinks
+        // begun within the 2 ms stretch (at most 40, one every 50 µs or slower) write.
+        let allowed = allowed_of(400, Duration::from_micros(50));
+        assert!((1..=41).contains(&allowed), "{allowed}");
+    }
+}
