@@ -39,6 +39,8 @@ pub struct Run {
 #[derive(Debug)]
 pub struct UdpPlan<'a> {
     slices: Vec<IoSlice<'a>>,
+    /// RTP payload bytes of each slice's packet (for refunds of refused messages).
+    payloads: Vec<u32>,
     runs: Vec<Run>,
 }
 
@@ -46,6 +48,7 @@ impl<'a> UdpPlan<'a> {
     /// Plans `packets`: grouped by track (order kept within a track), split into runs.
     pub fn new(packets: &'a [MediaPacket], gso: bool) -> UdpPlan<'a> {
         let mut slices = Vec::with_capacity(packets.len());
+        let mut payloads = Vec::with_capacity(packets.len());
         let mut runs = Vec::new();
         let mut tracks: Vec<usize> = packets.iter().map(|p| p.track).collect();
         tracks.sort_unstable();
@@ -55,6 +58,7 @@ impl<'a> UdpPlan<'a> {
             let of_track: Vec<&MediaPacket> = packets.iter().filter(|p| p.track == track).collect();
             let base = slices.len();
             slices.extend(of_track.iter().map(|p| IoSlice::new(&p.data)));
+            payloads.extend(of_track.iter().map(|p| p.payload_len()));
             ranges.clear();
             udp_send::runs(of_track.iter().map(|p| p.data.len()), gso, &mut ranges);
             for &(start, count, segment) in &ranges {
@@ -72,7 +76,11 @@ impl<'a> UdpPlan<'a> {
                 });
             }
         }
-        UdpPlan { slices, runs }
+        UdpPlan {
+            slices,
+            payloads,
+            runs,
+        }
     }
 
     /// The runs, grouped by track.
@@ -81,12 +89,30 @@ impl<'a> UdpPlan<'a> {
     }
 }
 
+/// What a sink had counted for a UDP message the kernel refused whole (send buffer full,
+/// destination unreachable, …), handed back so that its Sender Reports count only what
+/// left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refund {
+    /// Track of the message's packets.
+    pub track: usize,
+    /// Packets in the message.
+    pub packets: u32,
+    /// Their RTP payload bytes.
+    pub payload_bytes: u32,
+}
+
 /// One flush as a sink sees it.
 pub struct Egress<'p> {
     packets: &'p [MediaPacket],
     plan: &'p UdpPlan<'p>,
     socket: Option<Arc<UdpSocket>>,
     pending: Vec<Datagram<'p>>,
+    /// For each pending message: the sink that queued it (its place in the flush) and
+    /// what it counted for it.
+    owners: Vec<(usize, Refund)>,
+    /// Refused messages' owners and refunds, handed back by [`Egress::finish_noting`].
+    refused: Vec<(usize, Refund)>,
     sent: Sent,
     /// When the oldest packet of the batch arrived.
     oldest: Option<Instant>,
@@ -125,6 +151,8 @@ impl<'p> Egress<'p> {
             plan,
             socket: None,
             pending: Vec::with_capacity(udp_send::MAX_BATCH),
+            owners: Vec::with_capacity(udp_send::MAX_BATCH),
+            refused: Vec::new(),
             sent: Sent::default(),
             oldest: packets.iter().map(|p| p.received_at).min(),
             shared: None,
@@ -201,28 +229,47 @@ impl<'p> Egress<'p> {
             self.flush_udp();
             self.socket = Some(socket.clone());
         }
-        let parts = &self.plan.slices[run.start..run.start + usize::from(run.packets)];
+        let range = run.start..run.start + usize::from(run.packets);
+        let parts = &self.plan.slices[range.clone()];
         if gso || run.packets == 1 {
-            self.push(Datagram {
-                to,
-                parts,
-                segment: (run.packets > 1).then_some(run.segment),
-                packets: run.packets,
-            });
-        } else {
-            for part in parts.chunks(1) {
-                self.push(Datagram {
+            let refund = Refund {
+                track: run.track,
+                packets: u32::from(run.packets),
+                payload_bytes: run.payload_bytes,
+            };
+            self.push(
+                Datagram {
                     to,
-                    parts: part,
-                    segment: None,
+                    parts,
+                    segment: (run.packets > 1).then_some(run.segment),
+                    packets: run.packets,
+                },
+                refund,
+            );
+        } else {
+            let payloads = &self.plan.payloads[range];
+            for (part, &payload_bytes) in parts.chunks(1).zip(payloads) {
+                let refund = Refund {
+                    track: run.track,
                     packets: 1,
-                });
+                    payload_bytes,
+                };
+                self.push(
+                    Datagram {
+                        to,
+                        parts: part,
+                        segment: None,
+                        packets: 1,
+                    },
+                    refund,
+                );
             }
         }
     }
 
-    fn push(&mut self, d: Datagram<'p>) {
+    fn push(&mut self, d: Datagram<'p>, refund: Refund) {
         self.pending.push(d);
+        self.owners.push((self.begun.saturating_sub(1), refund));
         if self.pending.len() >= udp_send::MAX_BATCH {
             self.flush_udp();
         }
@@ -233,7 +280,12 @@ impl<'p> Egress<'p> {
             return;
         }
         if let Some(socket) = &self.socket {
-            let sent = udp_send::send_batch(socket, &self.pending);
+            let (owners, refused) = (&self.owners, &mut self.refused);
+            let sent = udp_send::send_batch_noting(socket, &self.pending, |i| {
+                if let Some(&owner) = owners.get(i) {
+                    refused.push(owner);
+                }
+            });
             if let Some(oldest) = self.oldest {
                 EGRESS_LATENCY.record(
                     Instant::now().saturating_duration_since(oldest),
@@ -243,13 +295,24 @@ impl<'p> Egress<'p> {
             self.sent += sent;
         }
         self.pending.clear();
+        self.owners.clear();
     }
 
     /// Sends what is queued; returns what the whole flush sent over UDP.
-    pub fn finish(mut self) -> Sent {
+    pub fn finish(self) -> Sent {
+        self.finish_noting(|_, _| {})
+    }
+
+    /// As [`Egress::finish`], and hands each message the kernel refused to `refused`, with
+    /// the place in the flush of the sink that queued it (counted by
+    /// [`Egress::begin_sink`], from 0).
+    pub fn finish_noting(mut self, mut refused: impl FnMut(usize, Refund)) -> Sent {
         self.flush_udp();
         if let Some(last) = self.direct_last {
             direct_budget::spend(last.saturating_duration_since(self.start));
+        }
+        for &(owner, refund) in &self.refused {
+            refused(owner, refund);
         }
         self.sent
     }

@@ -90,7 +90,11 @@ fn serve(sinks: &[(SinkId, Arc<dyn Sink>)], packets: &[MediaPacket], plan: &UdpP
         egress.begin_sink();
         sink.handle_batch(&mut egress);
     }
-    egress.finish()
+    egress.finish_noting(|i, refund| {
+        if let Some((_, sink)) = sinks.get(i) {
+            sink.handle_refused(refund);
+        }
+    })
 }
 
 /// How many sinks ahead of the one served the fan-out hints the caches: far enough for a

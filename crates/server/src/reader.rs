@@ -22,7 +22,7 @@ use sluice_rtp::rtcp::{self, SenderInfo};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
-use crate::egress::Egress;
+use crate::egress::{Egress, Refund};
 use crate::media_queue::{channel_of, ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL};
 use crate::stream::{EndReason, MediaPacket, Sink, Stream};
 
@@ -459,6 +459,14 @@ impl Sink for ReaderSink {
         }
     }
 
+    fn handle_refused(&self, refund: Refund) {
+        // The counters wrap (RTCP's are 32-bit), so taking back wraps too.
+        if let Some(c) = self.counters.get(refund.track) {
+            c.packets.fetch_sub(refund.packets, Ordering::Relaxed);
+            c.octets.fetch_sub(refund.payload_bytes, Ordering::Relaxed);
+        }
+    }
+
     fn prefetch(&self) {
         crate::prefetch::prefetch(&self.counters[..]);
         crate::prefetch::prefetch(&self.targets[..]);
@@ -595,6 +603,7 @@ mod tests {
     use super::*;
     use crate::egress::UdpPlan;
     use crate::media_queue::Taken;
+    use crate::stream::SinkId;
     use sluice_rtp::packet::RtpHeader;
 
     fn packet(seq: u16) -> MediaPacket {
@@ -673,6 +682,66 @@ mod tests {
         assert_eq!(got, (0..seq).collect::<Vec<_>>());
         assert_eq!(sink.packets_sent(0), u32::from(seq));
         assert_eq!(sink.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn sender_report_counts_leave_out_datagrams_the_kernel_refused() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let good = rx.local_addr().unwrap();
+        // The kernel refuses any datagram to port 0 (EINVAL).
+        let refused: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let reader = |to: SocketAddr| {
+            let sink = Arc::new(ReaderSink::new(
+                format!("to {to}"),
+                vec![Target::Udp { rtp: to, rtcp: to }],
+                Outbox::Udp {
+                    rtp: tx.clone(),
+                    rtcp: tx.clone(),
+                    // One message per packet: a GSO run to port 0 would read as a
+                    // device without GSO and be split, process-wide.
+                    gso: false,
+                },
+                Duration::from_secs(5),
+                Arc::new(|_| {}),
+            ));
+            sink.open();
+            sink
+        };
+        let readers = [reader(good), reader(refused), reader(good), reader(refused)];
+        let sinks: Vec<(SinkId, Arc<dyn Sink>)> = readers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (SinkId::for_test(i as u64), r.clone() as Arc<dyn Sink>))
+            .collect();
+        // Payloads of 100, 150 and 200 bytes, planned as GSO runs that these readers
+        // send packet by packet.
+        let sized = |seq: u16, extra: usize| {
+            let mut p = packet(seq);
+            let mut data = p.data.to_vec();
+            data.extend(std::iter::repeat_n(0xcd, extra));
+            p.data = Bytes::from(data);
+            p
+        };
+        let batch = [sized(0, 0), sized(1, 50), sized(2, 100)];
+        let plan = UdpPlan::new(&batch, true);
+        let sent = crate::fanout::deliver(&sinks, &batch, &plan);
+        assert_eq!((sent.packets, sent.dropped), (6, 6));
+        for (i, r) in readers.iter().enumerate() {
+            let (packets, octets) = if i % 2 == 0 { (3, 450) } else { (0, 0) };
+            assert_eq!(
+                (r.packets_sent(0), r.octets_sent(0)),
+                (packets, octets),
+                "reader {i}"
+            );
+        }
+        let mut buf = [0u8; 2048];
+        for _ in 0..6 {
+            tokio::time::timeout(Duration::from_secs(2), rx.recv(&mut buf))
+                .await
+                .expect("a sent datagram arrives")
+                .unwrap();
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use sluice_rtp::packet::{rewrite_header, RtpHeader};
 use sluice_rtp::rtcp::SenderInfo;
 use sluice_rtp::timeline::Timeline;
 
-use crate::egress::{Egress, UdpPlan};
+use crate::egress::{Egress, Refund, UdpPlan};
 use crate::gop::GopCache;
 use crate::presentation::Presentation;
 
@@ -104,6 +104,9 @@ pub trait Sink: Send + Sync {
     /// state [`Sink::handle_batch`] reads first (see [`crate::prefetch`]). Must not
     /// block or change anything. The default does nothing.
     fn prefetch(&self) {}
+    /// A UDP message this sink queued in [`Egress::send_udp`] was refused by the kernel:
+    /// what it counted for it, to take back.
+    fn handle_refused(&self, _refund: Refund) {}
     /// The stream has ended; no more packets will come.
     fn handle_end(&self, reason: EndReason);
     /// The source reached the end of its media (a file's end or a PLAY range's end) but
