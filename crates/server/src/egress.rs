@@ -62,10 +62,7 @@ impl<'a> UdpPlan<'a> {
             ranges.clear();
             udp_send::runs(of_track.iter().map(|p| p.data.len()), gso, &mut ranges);
             for &(start, count, segment) in &ranges {
-                let payload_bytes: u32 = of_track[start..start + count]
-                    .iter()
-                    .map(|p| p.payload_len())
-                    .sum();
+                let payload_bytes: u32 = payloads[base + start..base + start + count].iter().sum();
                 runs.push(Run {
                     track,
                     start: base + start,
