@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 /// A packet flow of the modelled stream: `per_s` sends a second per reader, each
-/// `packets` packets of `size` bytes (one frame; one GSO run over UDP, one `writev` over TCP).
+/// `packets` packets of `size` bytes (one frame; one GSO run over UDP, one `writev` over TCP),
+/// except that every `key_every`-th frame, from the first, is a keyframe of `key_packets`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
     /// Frames per second.
@@ -36,20 +37,49 @@ pub struct Flow {
     pub packets: usize,
     /// Payload bytes per packet.
     pub size: usize,
+    /// Frames from one keyframe to the next (the GOP); 0: no keyframes.
+    pub key_every: u32,
+    /// Packets of a keyframe.
+    pub key_packets: usize,
+}
+
+impl Flow {
+    /// Packets of frame `index` (counted from 0, the first keyframe).
+    pub fn packets_of(&self, index: u64) -> usize {
+        if self.key_every > 0 && index % u64::from(self.key_every) == 0 {
+            self.key_packets
+        } else {
+            self.packets
+        }
+    }
+
+    /// Packets a second, on average over a GOP.
+    pub fn packets_per_s(&self) -> f64 {
+        let per_gop = match self.key_every {
+            0 => self.packets as f64,
+            k => (self.key_packets + (k as usize - 1) * self.packets) as f64 / f64::from(k),
+        };
+        f64::from(self.per_s) * per_gop
+    }
 }
 
 /// The stream shapes of `bench/fanout.sh`, as ffmpeg packetizes its media into Sluice
 /// (measured per reader in the load client's JSON: `hi` 377 packets/s of 1,394 bytes on
-/// average, `lo` 33.8 packets/s of 757 bytes).
+/// average, `lo` 33.8 packets/s of 757 bytes), with its GOP: `bench/media`'s video has a
+/// keyframe every 60 frames, of 40.2 KB on average in `hi` (other frames 16.5 KB) and 2.6 KB
+/// in `lo` (other frames 0.67 KB), as `ffprobe -show_entries packet=size,flags` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
-    /// 1080p30 H.264 at 4 Mb/s (30 frames/s of 12 packets of 1,400 bytes) + AAC 128 kb/s
-    /// (17 packets/s of 940 bytes).
+    /// 1080p30 H.264 at 4 Mb/s (30 frames/s of 12 packets of 1,400 bytes, every 60th a
+    /// keyframe of 29) + AAC 128 kb/s (17 packets/s of 940 bytes).
     Hi,
-    /// 360p30 H.264 at 168 kb/s (30 one-packet frames/s of 700 bytes) + AAC 32 kb/s
-    /// (4 packets/s of 1,000 bytes).
+    /// 360p30 H.264 at 168 kb/s (30 one-packet frames/s of 700 bytes, every 60th a keyframe
+    /// of 4) + AAC 32 kb/s (4 packets/s of 1,000 bytes).
     Lo,
 }
+
+/// Video frames per GOP in `bench/fanout.sh`'s media (2 s at 30 frames/s).
+const GOP_FRAMES: u32 = 60;
 
 impl Shape {
     /// The flows: video first, then audio (sent to a second port per reader over UDP).
@@ -60,11 +90,15 @@ impl Shape {
                     per_s: 30,
                     packets: 12,
                     size: 1400,
+                    key_every: GOP_FRAMES,
+                    key_packets: 29,
                 },
                 Flow {
                     per_s: 17,
                     packets: 1,
                     size: 940,
+                    key_every: 0,
+                    key_packets: 1,
                 },
             ],
             Shape::Lo => [
@@ -72,11 +106,15 @@ impl Shape {
                     per_s: 30,
                     packets: 1,
                     size: 700,
+                    key_every: GOP_FRAMES,
+                    key_packets: 4,
                 },
                 Flow {
                     per_s: 4,
                     packets: 1,
                     size: 1000,
+                    key_every: 0,
+                    key_packets: 1,
                 },
             ],
         }
@@ -314,8 +352,8 @@ pub fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
                 for k in 0..threads {
                     let range = share(n, threads, k);
                     handles.push(scope.spawn(move || {
-                        send_loop(&flows, t0, opts.duration, |fi, f, lat| {
-                            send_udp(tx, &dests[fi][range.clone()], f, lat)
+                        send_loop(&flows, t0, opts.duration, |fi, f, packets, lat| {
+                            send_udp(tx, &dests[fi][range.clone()], f.size, packets, lat)
                         })
                     }));
                 }
@@ -325,8 +363,8 @@ pub fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
                 for k in 0..threads {
                     let range = share(n, threads, k);
                     handles.push(scope.spawn(move || {
-                        send_loop(&flows, t0, opts.duration, |_, f, lat| {
-                            send_tcp(&senders[range.clone()], f, lat)
+                        send_loop(&flows, t0, opts.duration, |_, f, packets, lat| {
+                            send_tcp(&senders[range.clone()], f.size, packets, lat)
                         })
                     }));
                 }
@@ -523,17 +561,18 @@ impl Latency {
 }
 
 /// Paces the flows' frames from `t0` for 2 s of warm-up plus `duration`, calling `send`
-/// for each (flow index, flow, latency clock); measures the thread's CPU, and the latency
-/// from each frame's due time, over the window.
+/// for each (flow index, flow, the frame's packets, latency clock); measures the thread's
+/// CPU, and the latency from each frame's due time, over the window.
 fn send_loop(
     flows: &[Flow],
     t0: Instant,
     duration: Duration,
-    mut send: impl FnMut(usize, &Flow, &mut LatencyClock<'_>) -> Sent,
+    mut send: impl FnMut(usize, &Flow, usize, &mut LatencyClock<'_>) -> Sent,
 ) -> Totals {
     let start = t0 + Duration::from_secs(2);
     let end = start + duration;
     let mut next: Vec<Instant> = flows.iter().map(|_| t0).collect();
+    let mut frames: Vec<u64> = vec![0; flows.len()];
     let mut window: Option<(Duration, Instant)> = None;
     let mut t = Totals::default();
     while let Some((fi, at)) = next.iter().copied().enumerate().min_by_key(|&(_, at)| at) {
@@ -550,11 +589,13 @@ fn send_loop(
         }
         let f = &flows[fi];
         next[fi] += Duration::from_secs(1) / f.per_s.max(1);
+        let packets = f.packets_of(frames[fi]);
+        frames[fi] += 1;
         let mut clock = LatencyClock {
             due: at,
             hist: window.is_some().then_some(&mut t.latency),
         };
-        let s = send(fi, f, &mut clock);
+        let s = send(fi, f, packets, &mut clock);
         t.total_units += s.units;
         t.short_writes += s.short_writes;
         if window.is_some() {
@@ -589,19 +630,21 @@ impl LatencyClock<'_> {
 const SEND_BATCH: usize = 64;
 /// Room for one `UDP_SEGMENT` control message.
 const CMSG_BYTES: usize = 32;
-/// The static payload: the largest frame of the shapes (12 × 1,400) and then some.
-static PAYLOAD: [u8; 32 * 1024] = [0x80; 32 * 1024];
+/// The static payload: the largest frame of the shapes (a `hi` keyframe, 29 × 1,400) and
+/// then some; also the most a UDP GSO run carries.
+static PAYLOAD: [u8; 60 * 1024] = [0x80; 60 * 1024];
 
-/// One frame of flow `f` to every reader (`addrs`): `sendmmsg` of up to 64 messages, each
-/// a GSO run.
+/// One frame of `packets` packets of `size` bytes to every reader (`addrs`): `sendmmsg` of
+/// up to 64 messages, each a GSO run.
 fn send_udp(
     tx: &UdpSocket,
     addrs: &[socket2::SockAddr],
-    f: &Flow,
+    size: usize,
+    packets: usize,
     lat: &mut LatencyClock<'_>,
 ) -> Sent {
     let mut out = Sent::default();
-    let len = (f.packets * f.size).min(PAYLOAD.len());
+    let len = (packets * size).min(PAYLOAD.len());
     let mut cmsg = [[0u8; CMSG_BYTES]; SEND_BATCH];
     for chunk in addrs.chunks(SEND_BATCH) {
         // SAFETY: the headers point at `addrs`, `iov` and `cmsg` entries, all alive and
@@ -620,14 +663,14 @@ fn send_udp(
                 h.msg_namelen = a.len();
                 h.msg_iov = &mut iovs[j];
                 h.msg_iovlen = 1;
-                if f.packets > 1 {
+                if packets > 1 {
                     h.msg_control = cmsg[j].as_mut_ptr().cast();
                     h.msg_controllen = libc::CMSG_SPACE(2) as _;
                     let c = libc::CMSG_FIRSTHDR(h);
                     (*c).cmsg_level = libc::SOL_UDP;
                     (*c).cmsg_type = libc::UDP_SEGMENT;
                     (*c).cmsg_len = libc::CMSG_LEN(2) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), f.size as u16);
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size as u16);
                 }
             }
             let mut off = 0;
@@ -643,10 +686,10 @@ fn send_udp(
                     off += 1; // the kernel refused this message: skip it, not counted
                 } else {
                     let r = r as usize;
-                    lat.sent((r * f.packets) as u64);
+                    lat.sent((r * packets) as u64);
                     out.bytes += (r * len) as u64;
-                    out.packets += (r * f.packets) as u64;
-                    out.units += (r * f.packets) as u64;
+                    out.packets += (r * packets) as u64;
+                    out.units += (r * packets) as u64;
                     off += r;
                 }
             }
@@ -655,16 +698,22 @@ fn send_udp(
     out
 }
 
-/// One frame to every reader: a `writev` of `$`-header + payload per packet.
-fn send_tcp(senders: &[TcpStream], f: &Flow, lat: &mut LatencyClock<'_>) -> Sent {
+/// One frame of `packets` packets of `size` bytes to every reader: a `writev` of
+/// `$`-header + payload per packet.
+fn send_tcp(
+    senders: &[TcpStream],
+    size: usize,
+    packets: usize,
+    lat: &mut LatencyClock<'_>,
+) -> Sent {
     let mut out = Sent::default();
-    let header = [b'$', 0, (f.size >> 8) as u8, f.size as u8];
-    let mut iov = Vec::with_capacity(2 * f.packets);
-    for _ in 0..f.packets {
+    let header = [b'$', 0, (size >> 8) as u8, size as u8];
+    let mut iov = Vec::with_capacity(2 * packets);
+    for _ in 0..packets {
         iov.push(IoSlice::new(&header));
-        iov.push(IoSlice::new(&PAYLOAD[..f.size.min(PAYLOAD.len())]));
+        iov.push(IoSlice::new(&PAYLOAD[..size.min(PAYLOAD.len())]));
     }
-    let frame = (f.packets * (4 + f.size)) as u64;
+    let frame = (packets * (4 + size)) as u64;
     for s in senders {
         out.calls += 1;
         match io::Write::write_vectored(&mut &*s, &iov) {
@@ -672,8 +721,8 @@ fn send_tcp(senders: &[TcpStream], f: &Flow, lat: &mut LatencyClock<'_>) -> Sent
                 out.bytes += n as u64;
                 out.units += n as u64;
                 if n as u64 == frame {
-                    lat.sent(f.packets as u64);
-                    out.packets += f.packets as u64;
+                    lat.sent(packets as u64);
+                    out.packets += packets as u64;
                 } else {
                     out.short_writes += 1;
                 }
@@ -787,22 +836,53 @@ mod tests {
 
     #[test]
     fn shapes_match_the_measured_streams() {
+        // Packets and bits a second, on average over a GOP.
         let rate = |s: Shape| {
-            s.flows()
-                .iter()
-                .map(|f| {
-                    (
-                        f.per_s as usize * f.packets,
-                        f.per_s as usize * f.packets * f.size,
-                    )
-                })
-                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+            s.flows().iter().fold((0.0, 0.0), |(pps, bps), f| {
+                let p = f.packets_per_s();
+                (pps + p, bps + p * f.size as f64 * 8.0)
+            })
         };
+        // The load client measured 377 packets/s of `hi` and 33.8 of `lo`; a whole number
+        // of packets per frame rounds `hi`'s 11.7 packets per other frame up to 12.
         let (pps, bps) = rate(Shape::Hi);
-        assert_eq!(pps, 377);
-        assert!((4_100_000..4_200_000).contains(&(bps * 8)), "{bps}");
+        assert!((377.0..390.0).contains(&pps), "{pps}");
+        assert!((4.1e6..4.3e6).contains(&bps), "{bps}");
         let (pps, bps) = rate(Shape::Lo);
-        assert_eq!(pps, 34);
-        assert!((195_000..205_000).contains(&(bps * 8)), "{bps}");
+        assert!((33.0..36.0).contains(&pps), "{pps}");
+        assert!((195e3..210e3).contains(&bps), "{bps}");
+        // One keyframe per 2 s, 2.4× (hi) and 4× (lo) an other frame, as in the media.
+        for s in [Shape::Hi, Shape::Lo] {
+            let video = s.flows()[0];
+            assert_eq!(video.key_every, 60);
+            assert_eq!(video.packets_of(0), video.key_packets);
+            assert_eq!(video.packets_of(1), video.packets);
+            assert_eq!(video.packets_of(60), video.key_packets);
+            assert!(video.key_packets * video.size <= PAYLOAD.len());
+        }
+        assert_eq!(Shape::Hi.flows()[0].key_packets, 29);
+    }
+
+    /// The pacing sends the GOP: a keyframe first and every 60th video frame after.
+    #[test]
+    fn the_send_loop_sends_keyframes_at_the_gop() {
+        let flows = Shape::Hi.flows();
+        let mut sent: Vec<(usize, usize)> = Vec::new();
+        // 2 s of warm-up (61 video frames, the first and the 61st keyframes) + 10 ms.
+        send_loop(
+            &flows,
+            Instant::now(),
+            Duration::from_millis(10),
+            |fi, _, packets, _| {
+                sent.push((fi, packets));
+                Sent::default()
+            },
+        );
+        let video: Vec<usize> = sent.iter().filter(|s| s.0 == 0).map(|s| s.1).collect();
+        assert!(video.len() >= 61, "{}", video.len());
+        for (i, &p) in video.iter().enumerate() {
+            assert_eq!(p, if i % 60 == 0 { 29 } else { 12 }, "frame {i}");
+        }
+        assert!(sent.iter().filter(|s| s.0 == 1).all(|s| s.1 == 1));
     }
 }
