@@ -22,7 +22,7 @@
 //! full. Adding a kind of source or sink never touches another.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -179,7 +179,13 @@ pub struct Stream {
     path: String,
     presentation: Presentation,
     tracks: Vec<TrackState>,
-    sinks: RwLock<Vec<(SinkId, Arc<dyn Sink>)>>,
+    /// The sinks each batch goes to. A flush holds this lock while it delivers, which takes
+    /// milliseconds at thousands of readers; so subscribing does not take it (see
+    /// [`Stream::joining`]).
+    sinks: Mutex<Vec<(SinkId, Arc<dyn Sink>)>>,
+    /// Sinks subscribed since the last flush: each has been handed the GOP cache up to the
+    /// last batch filed, and the next flush moves it into `sinks` before delivering.
+    joining: Mutex<Vec<(SinkId, Arc<dyn Sink>)>>,
     next_sink: AtomicU64,
     ready: AtomicBool,
     ended: AtomicBool,
@@ -233,7 +239,8 @@ impl Stream {
             path,
             presentation,
             tracks,
-            sinks: RwLock::new(Vec::new()),
+            sinks: Mutex::new(Vec::new()),
+            joining: Mutex::new(Vec::new()),
             next_sink: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             ended: AtomicBool::new(false),
@@ -337,37 +344,42 @@ impl Stream {
     /// Subscribes a sink. Atomically with the subscription, the sink first receives the
     /// GOP cache (packets since the last keyframe), and the returned per-track starts say
     /// which packet it gets first (for RTP-Info).
+    ///
+    /// Never waits for a fan-out in progress (the caller is a session's request, on a
+    /// runtime worker that other sessions share): the GOP lock, which a flush holds only
+    /// while it files its batch, orders the subscription between two batches, and the
+    /// sink joins the delivery list at the next flush ([`Stream::joining`]).
     pub fn subscribe(&self, sink: Arc<dyn Sink>) -> (SinkId, Vec<Option<TrackStart>>) {
         let id = SinkId(self.next_sink.fetch_add(1, Ordering::Relaxed));
-        {
-            let mut sinks = self.sinks.write().unwrap_or_else(|e| e.into_inner());
-            if !self.is_ended() {
-                let mut starts: Vec<Option<TrackStart>> = (0..self.tracks.len())
-                    .map(|t| {
-                        self.last_header(t).map(|h| TrackStart {
-                            seq: h.sequence.wrapping_add(1),
-                            rtptime: h.timestamp,
-                        })
+        if !self.is_ended() {
+            let gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
+            let mut starts: Vec<Option<TrackStart>> = (0..self.tracks.len())
+                .map(|t| {
+                    self.last_header(t).map(|h| TrackStart {
+                        seq: h.sequence.wrapping_add(1),
+                        rtptime: h.timestamp,
                     })
-                    .collect();
-                let gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
-                let mut seen = vec![false; self.tracks.len()];
-                for p in gop.packets() {
-                    if let (Some(slot), Some(first)) =
-                        (starts.get_mut(p.track), seen.get_mut(p.track))
-                    {
-                        if !*first {
-                            *first = true;
-                            *slot = Some(TrackStart {
-                                seq: p.header.sequence,
-                                rtptime: p.header.timestamp,
-                            });
-                        }
+                })
+                .collect();
+            let mut seen = vec![false; self.tracks.len()];
+            for p in gop.packets() {
+                if let (Some(slot), Some(first)) = (starts.get_mut(p.track), seen.get_mut(p.track))
+                {
+                    if !*first {
+                        *first = true;
+                        *slot = Some(TrackStart {
+                            seq: p.header.sequence,
+                            rtptime: p.header.timestamp,
+                        });
                     }
-                    sink.handle_packet(p);
                 }
-                drop(gop);
-                sinks.push((id, sink));
+                sink.handle_packet(p);
+            }
+            // Checked under the joining lock, which `end` drains after setting `ended`: a
+            // sink is either joined and ended by `end`, or ended here.
+            let mut joining = self.joining();
+            if !self.is_ended() {
+                joining.push((id, sink));
                 return (id, starts);
             }
         }
@@ -375,15 +387,28 @@ impl Stream {
         (id, vec![None; self.tracks.len()])
     }
 
-    /// Unsubscribes a sink; unknown ids are ignored.
+    /// Unsubscribes a sink; unknown ids are ignored. Waits for a fan-out in progress, so
+    /// that the sink is handed nothing once this returns.
     pub fn remove_sink(&self, id: SinkId) {
-        let mut sinks = self.sinks.write().unwrap_or_else(|e| e.into_inner());
+        let mut sinks = self.sinks();
         sinks.retain(|(i, _)| *i != id);
+        self.joining().retain(|(i, _)| *i != id);
     }
 
     /// Number of subscribed sinks.
     pub fn sink_count(&self) -> usize {
-        self.sinks.read().unwrap_or_else(|e| e.into_inner()).len()
+        let sinks = self.sinks();
+        sinks.len() + self.joining().len()
+    }
+
+    /// The delivery list (lock order: `sinks`, then `gop`, then `joining`).
+    fn sinks(&self) -> MutexGuard<'_, Vec<(SinkId, Arc<dyn Sink>)>> {
+        self.sinks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sinks waiting for the next flush.
+    fn joining(&self) -> MutexGuard<'_, Vec<(SinkId, Arc<dyn Sink>)>> {
+        self.joining.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The source changed (e.g. a pull source reconnected) but the media did not: the
@@ -535,12 +560,13 @@ impl Stream {
     fn flush_locked(&self, pending: &mut Pending, n: usize) {
         let n = n.min(pending.packets.len());
         let batch = &pending.packets[..n];
-        let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
+        let mut sinks = self.sinks();
         {
-            // Updated under the sinks lock so that `subscribe` sees, for every track,
-            // exactly the last packet its new sink will not get, and a GOP cache ending
-            // with it.
+            // Under the GOP lock: `subscribe` sees, for every track, exactly the last
+            // packet its new sink will not get, and a GOP cache ending with it. The sinks
+            // that subscribed before this batch was filed get it, the later ones do not.
             let mut gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
+            sinks.append(&mut self.joining());
             for p in batch {
                 if let Some(state) = self.tracks.get(p.track) {
                     *state.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.header);
@@ -607,8 +633,8 @@ impl Stream {
     /// Tells every sink that the source's media ended (see [`Sink::handle_end_of_stream`]).
     pub fn push_end_of_stream(&self) {
         self.flush();
-        let sinks = self.sinks.read().unwrap_or_else(|e| e.into_inner());
-        for (_, sink) in sinks.iter() {
+        let sinks = self.sinks();
+        for (_, sink) in sinks.iter().chain(self.joining().iter()) {
             sink.handle_end_of_stream();
         }
     }
@@ -622,7 +648,12 @@ impl Stream {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
-        let sinks = std::mem::take(&mut *self.sinks.write().unwrap_or_else(|e| e.into_inner()));
+        let sinks = {
+            let mut sinks = self.sinks();
+            let mut all = std::mem::take(&mut *sinks);
+            all.append(&mut self.joining());
+            all
+        };
         for (_, sink) in sinks {
             sink.handle_end(reason);
         }
@@ -810,6 +841,130 @@ mod tests {
             data: Bytes::from_static(&[0x80; 20]),
             received_at: at,
         }
+    }
+
+    /// A video packet of [`av_stream`] carrying one H.264 NAL unit (`nal`: its header byte).
+    fn h264_packet(seq: u16, ts: u32, nal: u8) -> MediaPacket {
+        let mut d = vec![0x80, 0x80 | 96];
+        d.extend_from_slice(&seq.to_be_bytes());
+        d.extend_from_slice(&ts.to_be_bytes());
+        d.extend_from_slice(&1u32.to_be_bytes());
+        d.extend_from_slice(&[nal, 0x88]);
+        let data = Bytes::from(d);
+        MediaPacket {
+            track: 0,
+            header: sluice_rtp::packet::parse_rtp(&data).unwrap(),
+            data,
+            received_at: Instant::now(),
+        }
+    }
+
+    /// A sink whose first batch blocks until the test lets it go: a fan-out in progress.
+    struct Stuck {
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+    impl Sink for Stuck {
+        fn handle_packet(&self, _: &MediaPacket) {}
+        fn handle_batch(&self, _: &mut Egress<'_>) {
+            let _ = self.entered.try_send(());
+            let _ = self
+                .release
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
+        }
+        fn handle_end(&self, _: EndReason) {}
+    }
+
+    /// Records the sequence numbers of the GOP handover and of each batch.
+    #[derive(Default)]
+    struct Joiner {
+        handover: Mutex<Vec<u16>>,
+        batches: Mutex<Vec<Vec<u16>>>,
+        ends: AtomicUsize,
+    }
+    impl Sink for Joiner {
+        fn handle_packet(&self, p: &MediaPacket) {
+            self.handover.lock().unwrap().push(p.header.sequence);
+        }
+        fn handle_batch(&self, e: &mut Egress<'_>) {
+            let seqs = e.packets().iter().map(|p| p.header.sequence).collect();
+            self.batches.lock().unwrap().push(seqs);
+        }
+        fn handle_end(&self, _: EndReason) {
+            self.ends.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_subscribe_does_not_wait_for_a_fan_out_in_progress_and_misses_nothing() {
+        let s = Arc::new(av_stream());
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+        let (release, release_rx) = std::sync::mpsc::channel();
+        s.add_sink(Arc::new(Stuck {
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        }));
+        // A keyframe goes out and its fan-out stalls in the first sink.
+        let flusher = {
+            let s = s.clone();
+            std::thread::spawn(move || s.push_rtp(h264_packet(1, 3000, 0x65)))
+        };
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        // A reader subscribes meanwhile: it gets the GOP (the keyframe being delivered)
+        // and its RTP-Info start, without waiting for the delivery to end.
+        let joiner = Arc::new(Joiner::default());
+        let (done_tx, done) = std::sync::mpsc::channel();
+        {
+            let s = s.clone();
+            let joiner = joiner.clone();
+            std::thread::spawn(move || {
+                let (_, starts) = s.subscribe(joiner);
+                let _ = done_tx.send(starts);
+            });
+        }
+        let starts = done.recv_timeout(Duration::from_secs(5));
+        release.send(()).unwrap();
+        drop(release); // later batches pass
+        flusher.join().unwrap();
+        let starts = starts.expect("subscribe waited for the fan-out in progress");
+        assert_eq!(
+            starts[0],
+            Some(TrackStart {
+                seq: 1,
+                rtptime: 3000
+            })
+        );
+        assert_eq!(*joiner.handover.lock().unwrap(), vec![1]);
+        assert!(joiner.batches.lock().unwrap().is_empty());
+        assert_eq!(s.sink_count(), 2);
+        // The next frame reaches it once, from the live fan-out.
+        s.push_rtp(h264_packet(2, 6000, 0x41));
+        assert_eq!(*joiner.batches.lock().unwrap(), vec![vec![2]]);
+        assert_eq!(*joiner.handover.lock().unwrap(), vec![1]);
+        // A sink subscribed but not yet joined is still told the end, once.
+        let late = Arc::new(Joiner::default());
+        s.subscribe(late.clone());
+        assert_eq!(*late.handover.lock().unwrap(), vec![1, 2]);
+        s.end(EndReason::SourceGone);
+        assert_eq!(late.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(joiner.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(s.sink_count(), 0);
+    }
+
+    #[test]
+    fn a_sink_removed_before_it_joined_gets_nothing_more() {
+        let s = av_stream();
+        s.push_rtp(h264_packet(1, 3000, 0x65));
+        let j = Arc::new(Joiner::default());
+        let (id, _) = s.subscribe(j.clone());
+        assert_eq!(s.sink_count(), 1);
+        s.remove_sink(id);
+        assert_eq!(s.sink_count(), 0);
+        s.push_rtp(h264_packet(2, 6000, 0x41));
+        assert_eq!(*j.handover.lock().unwrap(), vec![1]);
+        assert!(j.batches.lock().unwrap().is_empty());
     }
 
     #[test]
