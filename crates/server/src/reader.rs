@@ -185,7 +185,13 @@ impl ReaderSink {
             Outbox::Udp { rtp, .. } if !held.is_empty() => {
                 *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
                 self.catching_up.store(true, Ordering::Release);
-                tokio::spawn(run_catch_up(self.clone(), rtp.clone()));
+                // The first burst (the keyframe) leaves from here, at once, without
+                // waiting for room (as the live fan-out sends): a new task waits for a
+                // runtime worker, tens of milliseconds on a busy server.
+                let mut pacer = CatchUp::new();
+                if pacer.send_burst(self, rtp) == Burst::Sent {
+                    tokio::spawn(run_catch_up(self.clone(), rtp.clone(), pacer));
+                }
             }
             Outbox::Tcp(q) => self.push_tcp(q, held.iter()),
             Outbox::Udp { .. } => {}
@@ -506,43 +512,77 @@ const CATCH_UP_BURST: Duration = Duration::from_millis(4);
 /// Sends a new UDP reader's catch-up queue, paced, a `sendmmsg` per burst, then lets the
 /// reader join the batched fan-out: the switch happens under the queue's lock, when it
 /// is empty, so no packet is sent twice, skipped or reordered.
-async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>) {
-    // Token bucket for catch-up data: when the next byte may leave.
-    let mut clock = tokio::time::Instant::now();
-    let mut batch: Vec<MediaPacket> = Vec::with_capacity(CATCH_UP_BATCH);
-    let mut errors_logged = false;
+async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>, mut pacer: CatchUp) {
     loop {
-        let now = tokio::time::Instant::now();
-        if clock > now + CATCH_UP_BURST {
-            tokio::time::sleep_until(clock).await;
+        if pacer.clock > tokio::time::Instant::now() + CATCH_UP_BURST {
+            tokio::time::sleep_until(pacer.clock).await;
         }
+        // Room first (the live fan-out shares the socket); the send itself never blocks.
+        let _ = socket.writable().await;
+        if pacer.send_burst(&sink, &socket) == Burst::Done {
+            return;
+        }
+    }
+}
+
+/// The pacing state of one reader's catch-up.
+struct CatchUp {
+    /// Token bucket for catch-up data: when the next byte may leave.
+    clock: tokio::time::Instant,
+    /// The burst being sent (kept for its allocation).
+    batch: Vec<MediaPacket>,
+    errors_logged: bool,
+}
+
+/// What [`CatchUp::send_burst`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Burst {
+    /// Sent (or, for an ended reader, skipped) what the pacing allowed; more may follow.
+    Sent,
+    /// The queue was empty: the reader has joined the fan-out.
+    Done,
+}
+
+impl CatchUp {
+    fn new() -> CatchUp {
+        CatchUp {
+            clock: tokio::time::Instant::now(),
+            batch: Vec::with_capacity(CATCH_UP_BATCH),
+            errors_logged: false,
+        }
+    }
+
+    /// Takes what the pacing allows now from `sink`'s catch-up queue (the first packet
+    /// always, then up to [`CATCH_UP_BURST`] ahead of the clock) and sends it in one
+    /// `sendmmsg`; once the queue is empty, ends the catch-up.
+    fn send_burst(&mut self, sink: &ReaderSink, socket: &UdpSocket) -> Burst {
+        let batch = &mut self.batch;
         batch.clear();
         {
             let mut q = sink.catch_up.lock().unwrap_or_else(|e| e.into_inner());
             let Some(queue) = q.as_mut() else {
                 sink.catching_up.store(false, Ordering::Release);
-                return;
+                return Burst::Done;
             };
             let now = tokio::time::Instant::now();
-            clock = clock.max(now);
-            // What the pacing allows now: the first packet always, then up to the burst.
+            self.clock = self.clock.max(now);
             while batch.len() < CATCH_UP_BATCH
-                && (batch.is_empty() || clock <= now + CATCH_UP_BURST)
+                && (batch.is_empty() || self.clock <= now + CATCH_UP_BURST)
             {
                 let Some(p) = queue.pop_front() else {
                     break;
                 };
-                clock += Duration::from_secs_f64(p.data.len() as f64 / BACKLOG_BYTES_PER_SEC);
+                self.clock += Duration::from_secs_f64(p.data.len() as f64 / BACKLOG_BYTES_PER_SEC);
                 batch.push(p);
             }
             if batch.is_empty() {
                 *q = None;
                 sink.catching_up.store(false, Ordering::Release);
-                return;
+                return Burst::Done;
             }
         }
         if sink.ended.load(Ordering::Relaxed) {
-            continue;
+            return Burst::Sent;
         }
         let slices: Vec<std::io::IoSlice<'_>> = batch
             .iter()
@@ -562,9 +602,7 @@ async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>) {
                 sources.push(Some(p));
             }
         }
-        // Room first (the live fan-out shares the socket); the send itself never blocks.
-        let _ = socket.writable().await;
-        let sent = crate::udp_send::send_batch_noting(&socket, &msgs, |i| {
+        let sent = crate::udp_send::send_batch_noting(socket, &msgs, |i| {
             if let Some(s) = sources.get_mut(i) {
                 *s = None;
             }
@@ -575,11 +613,12 @@ async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>) {
         }
         if sent.dropped > 0 {
             sink.note_drop(sent.dropped);
-            if !errors_logged {
+            if !self.errors_logged {
                 debug!(reader = %sink.label, dropped = sent.dropped, "catch-up datagrams refused by the kernel");
-                errors_logged = true;
+                self.errors_logged = true;
             }
         }
+        Burst::Sent
     }
 }
 
@@ -682,6 +721,52 @@ mod tests {
         assert_eq!(got, (0..seq).collect::<Vec<_>>());
         assert_eq!(sink.packets_sent(0), u32::from(seq));
         assert_eq!(sink.dropped(), 0);
+    }
+
+    /// On a current-thread runtime no task runs until the test yields: what arrives before
+    /// that was sent by `open` itself.
+    #[tokio::test]
+    async fn a_udp_readers_first_catch_up_burst_leaves_inside_open() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let sink = Arc::new(ReaderSink::new(
+            "test".into(),
+            vec![Target::Udp { rtp: to, rtcp: to }],
+            Outbox::Udp {
+                rtp: tx.clone(),
+                rtcp: tx,
+                gso: false,
+            },
+            Duration::from_secs(5),
+            Arc::new(|_| {}),
+        ));
+        // 100 packets of 112 bytes: 11 KB, a burst's worth of the pacing and more than
+        // a `sendmmsg` takes.
+        for seq in 0..100 {
+            sink.handle_packet(&packet(seq));
+        }
+        sink.open();
+        let mut buf = [0u8; 2048];
+        let mut got = Vec::new();
+        while let Ok(n) = rx.recv(&mut buf) {
+            assert_eq!(n, 112);
+            got.push(u16::from_be_bytes([buf[2], buf[3]]));
+        }
+        assert_eq!(got, (0..CATCH_UP_BATCH as u16).collect::<Vec<_>>());
+        assert!(sink.catching_up.load(Ordering::Acquire));
+        // The task sends the rest.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 100 {
+            assert!(Instant::now() < deadline, "the rest never came: {got:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            while rx.recv(&mut buf).is_ok() {
+                got.push(u16::from_be_bytes([buf[2], buf[3]]));
+            }
+        }
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+        assert_eq!(sink.packets_sent(0), 100);
     }
 
     #[tokio::test]
