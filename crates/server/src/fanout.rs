@@ -46,16 +46,32 @@ pub fn shard_count(sinks: usize, threads: usize) -> usize {
     (sinks / MIN_SINKS_PER_SHARD).clamp(1, threads.max(1))
 }
 
+/// Fewest sinks for which a delivery is long enough (milliseconds) to be moved off the
+/// runtime's worker ([`off_the_runtime`]), and shared with the pool.
+pub const BIG_FANOUT: usize = 2 * MIN_SINKS_PER_SHARD;
+
 /// Hands `packets` (planned as `plan`) to every sink; returns what went out over UDP.
 pub fn deliver(
     sinks: &[(SinkId, Arc<dyn Sink>)],
     packets: &[MediaPacket],
     plan: &UdpPlan<'_>,
 ) -> Sent {
-    let pool = pool().filter(|_| sinks.len() >= 2 * MIN_SINKS_PER_SHARD);
-    let Some(pool) = pool else {
+    if sinks.len() < BIG_FANOUT {
         return serve(sinks, packets, plan);
-    };
+    }
+    off_the_runtime(|| match pool() {
+        Some(pool) => sharded(pool, sinks, packets, plan),
+        None => serve(sinks, packets, plan),
+    })
+}
+
+/// Serves `sinks` in shards, the first on the calling thread and the others on `pool`.
+fn sharded(
+    pool: &rayon_core::ThreadPool,
+    sinks: &[(SinkId, Arc<dyn Sink>)],
+    packets: &[MediaPacket],
+    plan: &UdpPlan<'_>,
+) -> Sent {
     let shards = shard_count(sinks.len(), pool.current_num_threads() + 1);
     let mut parts = sinks.chunks(sinks.len().div_ceil(shards));
     let Some(first) = parts.next() else {
@@ -74,6 +90,22 @@ pub fn deliver(
         *total.lock().unwrap_or_else(|e| e.into_inner()) += sent;
     });
     total.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f`, a delivery that keeps the calling thread busy for milliseconds (15 ms and
+/// more at 10,000 readers), so that the runtime worker calling it first hands its other
+/// tasks to another thread (`tokio::task::block_in_place`): other sessions' requests and
+/// replies go on meanwhile instead of waiting for the fan-out, which is what held PLAY
+/// replies at 10,000 UDP readers. Elsewhere (a current-thread runtime, no runtime) it just
+/// runs `f`.
+fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 /// Serves one shard on the calling thread.
@@ -197,6 +229,58 @@ mod tests {
             }
             assert_eq!(r.seqs.lock().unwrap().len(), 6);
         }
+    }
+
+    /// The first sink of a big fan-out, which spawns a task on the runtime and waits for
+    /// it to run.
+    struct NeedsTheRuntime {
+        handle: tokio::runtime::Handle,
+        ran: Mutex<Option<bool>>,
+    }
+    impl Sink for NeedsTheRuntime {
+        fn handle_packet(&self, _: &MediaPacket) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            self.handle.spawn(async move {
+                let _ = tx.send(());
+            });
+            let ran = rx.recv_timeout(std::time::Duration::from_secs(3)).is_ok();
+            *self.ran.lock().unwrap() = Some(ran);
+        }
+        fn handle_end(&self, _: EndReason) {}
+    }
+
+    #[test]
+    fn a_big_fan_out_leaves_the_runtime_free_for_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let first = Arc::new(NeedsTheRuntime {
+            handle: rt.handle().clone(),
+            ran: Mutex::new(None),
+        });
+        let mut list: Vec<(SinkId, Arc<dyn Sink>)> = vec![(SinkId::for_test(0), first.clone())];
+        for i in 1..BIG_FANOUT {
+            list.push((
+                SinkId::for_test(i as u64),
+                Arc::new(Recording::default()) as Arc<dyn Sink>,
+            ));
+        }
+        // The delivery runs in a task on the runtime's only worker.
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                let packets = batch(0, 1);
+                let plan = UdpPlan::new(&packets, false);
+                deliver(&list, &packets, &plan);
+            })
+            .await
+            .unwrap();
+        });
+        assert_eq!(
+            *first.ran.lock().unwrap(),
+            Some(true),
+            "a task spawned during the fan-out waited for it"
+        );
     }
 
     #[test]
