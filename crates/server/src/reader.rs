@@ -671,6 +671,23 @@ mod tests {
         egress.finish();
     }
 
+    /// A UDP reader of one track sending to `to` from `tx`, its gate still closed. GSO
+    /// off: one message per packet (a GSO run to port 0 would read as a device without
+    /// GSO and be split, process-wide).
+    fn udp_reader(to: SocketAddr, tx: &Arc<UdpSocket>) -> Arc<ReaderSink> {
+        Arc::new(ReaderSink::new(
+            format!("to {to}"),
+            vec![Target::Udp { rtp: to, rtcp: to }],
+            Outbox::Udp {
+                rtp: tx.clone(),
+                rtcp: tx.clone(),
+                gso: false,
+            },
+            Duration::from_secs(5),
+            Arc::new(|_| {}),
+        ))
+    }
+
     #[tokio::test]
     async fn a_udp_reader_gets_its_catch_up_then_live_packets_once_and_in_order() {
         let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -684,17 +701,7 @@ mod tests {
             }
         });
         let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let sink = Arc::new(ReaderSink::new(
-            "test".into(),
-            vec![Target::Udp { rtp: to, rtcp: to }],
-            Outbox::Udp {
-                rtp: tx.clone(),
-                rtcp: tx,
-                gso: false,
-            },
-            Duration::from_secs(5),
-            Arc::new(|_| {}),
-        ));
+        let sink = udp_reader(to, &tx);
         // The GOP handed over at subscription (gate closed), then PLAY opens the gate.
         for seq in 0..200 {
             sink.handle_packet(&packet(seq));
@@ -731,17 +738,7 @@ mod tests {
         rx.set_nonblocking(true).unwrap();
         let to = rx.local_addr().unwrap();
         let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let sink = Arc::new(ReaderSink::new(
-            "test".into(),
-            vec![Target::Udp { rtp: to, rtcp: to }],
-            Outbox::Udp {
-                rtp: tx.clone(),
-                rtcp: tx,
-                gso: false,
-            },
-            Duration::from_secs(5),
-            Arc::new(|_| {}),
-        ));
+        let sink = udp_reader(to, &tx);
         // 100 packets of 112 bytes: 11 KB, a burst's worth of the pacing and more than
         // a `sendmmsg` takes.
         for seq in 0..100 {
@@ -777,19 +774,7 @@ mod tests {
         let refused: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let reader = |to: SocketAddr| {
-            let sink = Arc::new(ReaderSink::new(
-                format!("to {to}"),
-                vec![Target::Udp { rtp: to, rtcp: to }],
-                Outbox::Udp {
-                    rtp: tx.clone(),
-                    rtcp: tx.clone(),
-                    // One message per packet: a GSO run to port 0 would read as a
-                    // device without GSO and be split, process-wide.
-                    gso: false,
-                },
-                Duration::from_secs(5),
-                Arc::new(|_| {}),
-            ));
+            let sink = udp_reader(to, &tx);
             sink.open();
             sink
         };

@@ -768,20 +768,7 @@ mod tests {
             fn handle_end(&self, _: EndReason) {}
         }
         s.add_sink(Arc::new(Rec(seen.clone())));
-        let pkt = |seq: u16, ts: u32, ssrc: u32| {
-            let mut d = vec![0x80, 96];
-            d.extend_from_slice(&seq.to_be_bytes());
-            d.extend_from_slice(&ts.to_be_bytes());
-            d.extend_from_slice(&ssrc.to_be_bytes());
-            d.push(seq as u8);
-            let data = Bytes::from(d);
-            MediaPacket {
-                track: 0,
-                header: sluice_rtp::packet::parse_rtp(&data).unwrap(),
-                data,
-                received_at: Instant::now(),
-            }
-        };
+        let pkt = |seq: u16, ts: u32, ssrc: u32| rtp_packet(false, seq, ts, ssrc, &[seq as u8]);
         s.push_rtp(pkt(10, 1000, 5));
         s.push_rtp(pkt(11, 4000, 5));
         s.handle_source_change();
@@ -843,13 +830,13 @@ mod tests {
         }
     }
 
-    /// A video packet of [`av_stream`] carrying one H.264 NAL unit (`nal`: its header byte).
-    fn h264_packet(seq: u16, ts: u32, nal: u8) -> MediaPacket {
-        let mut d = vec![0x80, 0x80 | 96];
+    /// An RTP packet of track 0 (payload type 96), as parsed from its bytes.
+    fn rtp_packet(marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> MediaPacket {
+        let mut d = vec![0x80, u8::from(marker) << 7 | 96];
         d.extend_from_slice(&seq.to_be_bytes());
         d.extend_from_slice(&ts.to_be_bytes());
-        d.extend_from_slice(&1u32.to_be_bytes());
-        d.extend_from_slice(&[nal, 0x88]);
+        d.extend_from_slice(&ssrc.to_be_bytes());
+        d.extend_from_slice(payload);
         let data = Bytes::from(d);
         MediaPacket {
             track: 0,
@@ -857,6 +844,11 @@ mod tests {
             data,
             received_at: Instant::now(),
         }
+    }
+
+    /// A whole video frame of [`av_stream`]: one H.264 NAL unit (`nal`: its header byte).
+    fn h264_packet(seq: u16, ts: u32, nal: u8) -> MediaPacket {
+        rtp_packet(true, seq, ts, 1, &[nal, 0x88])
     }
 
     /// A sink whose first batch blocks until the test lets it go: a fan-out in progress.
