@@ -93,12 +93,12 @@ fn sharded(
 }
 
 /// Runs `f`, a delivery that keeps the calling thread busy for milliseconds (15 ms and
-/// more at 10,000 readers), so that the runtime worker calling it first hands its other
+/// more at 10,000 readers), or a wait for one, so that the runtime worker calling it first hands its other
 /// tasks to another thread (`tokio::task::block_in_place`): other sessions' requests and
 /// replies go on meanwhile instead of waiting for the fan-out, which is what held PLAY
 /// replies at 10,000 UDP readers. Elsewhere (a current-thread runtime, no runtime) it just
 /// runs `f`.
-fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
     let multi = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi {

@@ -388,9 +388,17 @@ impl Stream {
     }
 
     /// Unsubscribes a sink; unknown ids are ignored. Waits for a fan-out in progress, so
-    /// that the sink is handed nothing once this returns.
+    /// that the sink is handed nothing once this returns (a PAUSE or TEARDOWN reply, a BYE,
+    /// the session's final counts); a runtime worker hands its other tasks to another
+    /// thread while it waits.
     pub fn remove_sink(&self, id: SinkId) {
-        let mut sinks = self.sinks();
+        let mut sinks = match self.sinks.try_lock() {
+            Ok(sinks) => sinks,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                crate::fanout::off_the_runtime(|| self.sinks())
+            }
+        };
         sinks.retain(|(i, _)| *i != id);
         self.joining().retain(|(i, _)| *i != id);
     }
@@ -943,6 +951,55 @@ mod tests {
         assert_eq!(late.ends.load(Ordering::SeqCst), 1);
         assert_eq!(joiner.ends.load(Ordering::SeqCst), 1);
         assert_eq!(s.sink_count(), 0);
+    }
+
+    #[test]
+    fn removing_a_sink_during_a_fan_out_waits_for_it_and_leaves_the_runtime_free() {
+        let s = Arc::new(av_stream());
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+        let (release, release_rx) = std::sync::mpsc::channel();
+        s.add_sink(Arc::new(Stuck {
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        }));
+        let leaving = Arc::new(Joiner::default());
+        let (id, _) = s.subscribe(leaving.clone());
+        let flusher = {
+            let s = s.clone();
+            std::thread::spawn(move || s.push_rtp(h264_packet(1, 3000, 0x65)))
+        };
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        // A TEARDOWN on the runtime's only worker waits for the stalled fan-out; another
+        // session's task still runs meanwhile.
+        let removal = rt.spawn({
+            let s = s.clone();
+            async move { s.remove_sink(id) }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!removal.is_finished(), "the removal waits for the fan-out");
+        let other = rt.spawn(async {});
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !other.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let other_ran = other.is_finished();
+        release.send(()).unwrap();
+        drop(release);
+        flusher.join().unwrap();
+        rt.block_on(removal).unwrap();
+        assert!(
+            other_ran,
+            "a task waited for the removal, which waited for the fan-out"
+        );
+        // The batch in progress reached the sink; nothing after the removal does.
+        assert_eq!(*leaving.batches.lock().unwrap(), vec![vec![1]]);
+        s.push_rtp(h264_packet(2, 6000, 0x41));
+        assert_eq!(*leaving.batches.lock().unwrap(), vec![vec![1]]);
+        assert_eq!(s.sink_count(), 1);
     }
 
     #[test]
