@@ -897,21 +897,54 @@ mod tests {
         }
     }
 
+    /// An [`av_stream`] whose first sink is [`Stuck`].
+    struct Stalling {
+        stream: Arc<Stream>,
+        entered: std::sync::mpsc::Receiver<()>,
+        /// Lets the stalled batch go on; dropped, lets every later batch pass.
+        release: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Stalling {
+        fn new() -> Stalling {
+            let stream = Arc::new(av_stream());
+            let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+            let (release, release_rx) = std::sync::mpsc::channel();
+            stream.add_sink(Arc::new(Stuck {
+                entered: entered_tx,
+                release: Mutex::new(release_rx),
+            }));
+            Stalling {
+                stream,
+                entered,
+                release,
+            }
+        }
+
+        /// Pushes a keyframe (sequence 1) from another thread; returns once its fan-out
+        /// has stalled in the first sink.
+        fn stall(&self) -> std::thread::JoinHandle<()> {
+            let s = self.stream.clone();
+            let flusher = std::thread::spawn(move || s.push_rtp(h264_packet(1, 3000, 0x65)));
+            self.entered.recv_timeout(Duration::from_secs(10)).unwrap();
+            flusher
+        }
+
+        /// Lets the stalled fan-out and every later one go on, and waits for the first.
+        fn release(self, flusher: std::thread::JoinHandle<()>) -> Arc<Stream> {
+            self.release.send(()).unwrap();
+            drop(self.release);
+            flusher.join().unwrap();
+            self.stream
+        }
+    }
+
     #[test]
     fn a_subscribe_does_not_wait_for_a_fan_out_in_progress_and_misses_nothing() {
-        let s = Arc::new(av_stream());
-        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
-        let (release, release_rx) = std::sync::mpsc::channel();
-        s.add_sink(Arc::new(Stuck {
-            entered: entered_tx,
-            release: Mutex::new(release_rx),
-        }));
+        let stalling = Stalling::new();
+        let s = stalling.stream.clone();
         // A keyframe goes out and its fan-out stalls in the first sink.
-        let flusher = {
-            let s = s.clone();
-            std::thread::spawn(move || s.push_rtp(h264_packet(1, 3000, 0x65)))
-        };
-        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        let flusher = stalling.stall();
         // A reader subscribes meanwhile: it gets the GOP (the keyframe being delivered)
         // and its RTP-Info start, without waiting for the delivery to end.
         let joiner = Arc::new(Joiner::default());
@@ -925,9 +958,7 @@ mod tests {
             });
         }
         let starts = done.recv_timeout(Duration::from_secs(5));
-        release.send(()).unwrap();
-        drop(release); // later batches pass
-        flusher.join().unwrap();
+        stalling.release(flusher);
         let starts = starts.expect("subscribe waited for the fan-out in progress");
         assert_eq!(
             starts[0],
@@ -955,20 +986,11 @@ mod tests {
 
     #[test]
     fn removing_a_sink_during_a_fan_out_waits_for_it_and_leaves_the_runtime_free() {
-        let s = Arc::new(av_stream());
-        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
-        let (release, release_rx) = std::sync::mpsc::channel();
-        s.add_sink(Arc::new(Stuck {
-            entered: entered_tx,
-            release: Mutex::new(release_rx),
-        }));
+        let stalling = Stalling::new();
+        let s = stalling.stream.clone();
         let leaving = Arc::new(Joiner::default());
         let (id, _) = s.subscribe(leaving.clone());
-        let flusher = {
-            let s = s.clone();
-            std::thread::spawn(move || s.push_rtp(h264_packet(1, 3000, 0x65)))
-        };
-        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        let flusher = stalling.stall();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .build()
@@ -987,9 +1009,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let other_ran = other.is_finished();
-        release.send(()).unwrap();
-        drop(release);
-        flusher.join().unwrap();
+        stalling.release(flusher);
         rt.block_on(removal).unwrap();
         assert!(
             other_ran,
