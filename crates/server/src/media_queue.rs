@@ -641,7 +641,13 @@ mod tests {
         q.push_response(Bytes::from_static(b"RTSP/1.0 200 OK\r\n\r\n"))
             .await;
         let mut got = [0u8; 19];
-        client.read_exact(&mut got).await.unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            client.read_exact(&mut got),
+        )
+        .await
+        .expect("the response waits for a writer")
+        .unwrap();
         assert_eq!(&got, b"RTSP/1.0 200 OK\r\n\r\n");
         assert!(!q.take(&mut out, 10), "nothing was queued");
 
