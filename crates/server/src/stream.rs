@@ -174,6 +174,21 @@ struct TrackState {
     sr: Mutex<Option<SrMapping>>,
 }
 
+/// Runs `f`, a wait of milliseconds (for a fan-out in progress), so that a runtime worker
+/// calling it first hands its other tasks (other sessions' requests) to another thread
+/// (`tokio::task::block_in_place`). Elsewhere (a current-thread runtime, no runtime) it
+/// just runs `f`. Only for rare waits: done per flush, the hand-overs cost more than the
+/// wait (see [`crate::fanout::deliver`]).
+fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// The live stream of one path: its presentation, per-track state and its sinks.
 pub struct Stream {
     path: String,
@@ -395,9 +410,7 @@ impl Stream {
         let mut sinks = match self.sinks.try_lock() {
             Ok(sinks) => sinks,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                crate::fanout::off_the_runtime(|| self.sinks())
-            }
+            Err(std::sync::TryLockError::WouldBlock) => off_the_runtime(|| self.sinks()),
         };
         sinks.retain(|(i, _)| *i != id);
         self.joining().retain(|(i, _)| *i != id);
