@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -255,23 +255,15 @@ impl MediaQueue {
         if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
-        let mut q = self.lock();
-        let direct = match (&q.direct, q.direct_fd) {
-            // `q.direct` (held under the lock for the call) keeps `fd` open.
-            (Some(_), Some(fd)) if direct && q.socket_free() => write_direct(fd, &item),
-            _ => Direct::NotWritten,
-        };
-        match direct {
-            Direct::Written => return Ok(()),
-            Direct::Partial(rest) => {
-                q.partial = Some(rest);
-                drop(q);
-                self.wake.notify_one();
-                return Ok(());
+        let q = self.lock();
+        let mut q = if direct {
+            match self.write_now(q, |fd| write_direct(fd, &item)) {
+                Some(q) => q,
+                None => return Ok(()),
             }
-            // The writer waits for room (or meets the error) and writes it.
-            Direct::NotWritten => {}
-        }
+        } else {
+            q
+        };
         let queued = self.enqueue(&mut q, item);
         drop(q);
         if queued {
@@ -296,23 +288,10 @@ impl MediaQueue {
                 return;
             }
             {
-                let mut q = self.lock();
-                if let (Some(_), Some(fd)) = (&q.direct, q.direct_fd) {
-                    // `q.direct` (held under the lock for the call) keeps `fd` open.
-                    if q.socket_free() {
-                        match writev(fd, &[IoSlice::new(&response)]) {
-                            Ok(n) if n >= response.len() => return,
-                            Ok(n) if n > 0 => {
-                                q.partial = Some(response.slice(n..));
-                                drop(q);
-                                self.wake.notify_one();
-                                return;
-                            }
-                            // No room or an error: the writer meets it.
-                            _ => {}
-                        }
-                    }
-                }
+                let q = self.lock();
+                let Some(mut q) = self.write_now(q, |fd| write_bytes(fd, &response)) else {
+                    return;
+                };
                 if q.responses.len() < RESPONSE_QUEUE {
                     q.responses.push_back(response);
                     drop(q);
@@ -321,6 +300,33 @@ impl MediaQueue {
                 }
             }
             self.room.notified().await;
+        }
+    }
+
+    /// Writes straight to the socket from the calling thread when the connection is plain
+    /// TCP and the socket is free ([`Queued::socket_free`]): `write` makes one
+    /// non-blocking write to the descriptor. The unwritten end of a cut-short write is left
+    /// for the writer, which is woken. Hands `q` back when nothing was written: the caller
+    /// queues instead, and the writer waits for room (or meets the error).
+    fn write_now<'q>(
+        &self,
+        mut q: MutexGuard<'q, Queued>,
+        write: impl FnOnce(RawFd) -> Direct,
+    ) -> Option<MutexGuard<'q, Queued>> {
+        let direct = match (&q.direct, q.direct_fd) {
+            // `q.direct` (held under the lock for the call) keeps `fd` open.
+            (Some(_), Some(fd)) if q.socket_free() => write(fd),
+            _ => Direct::NotWritten,
+        };
+        match direct {
+            Direct::Written => None,
+            Direct::Partial(rest) => {
+                q.partial = Some(rest);
+                drop(q);
+                self.wake.notify_one();
+                None
+            }
+            Direct::NotWritten => Some(q),
         }
     }
 
@@ -415,6 +421,16 @@ fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
         *slices = recycle(iov);
         result
     })
+}
+
+/// Writes `bytes` (an encoded response) to the socket `fd` with one non-blocking write;
+/// the rest of a cut-short write is a slice of it, not a copy.
+fn write_bytes(fd: RawFd, bytes: &Bytes) -> Direct {
+    match writev(fd, &[IoSlice::new(bytes)]) {
+        Ok(n) if n >= bytes.len() => Direct::Written,
+        Ok(n) if n > 0 => Direct::Partial(bytes.slice(n..)),
+        _ => Direct::NotWritten,
+    }
 }
 
 /// One non-blocking `writev(2)` of `iov` to `fd` (tokio sockets are non-blocking).
