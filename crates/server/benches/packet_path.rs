@@ -67,7 +67,7 @@ fn stream() -> Arc<Stream> {
         1,
     );
     s.set_gop_cache(false);
-    Arc::new(s)
+    s
 }
 
 fn push_frame(s: &Stream, seq: &mut u16, ts: &mut u32, n: usize) {
@@ -135,7 +135,7 @@ fn fan_out_udp(c: &mut Criterion) {
     for (readers, gso) in [(100usize, true), (100, false)] {
         let s = stream();
         let tx = Arc::new(
-            rt.block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))
+            sluice_server::media_socket::MediaSocket::bind("127.0.0.1:0".parse().expect("addr"))
                 .expect("bind"),
         );
         let gso = gso && sluice_server::udp_send::probe_gso(&tx);

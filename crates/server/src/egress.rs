@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
+use crate::media_socket::MediaSocket;
 
 use crate::direct_budget;
 use crate::latency::EGRESS_LATENCY;
@@ -103,7 +103,7 @@ pub struct Refund {
 pub struct Egress<'p> {
     packets: &'p [MediaPacket],
     plan: &'p UdpPlan<'p>,
-    socket: Option<Arc<UdpSocket>>,
+    socket: Option<Arc<MediaSocket>>,
     pending: Vec<Datagram<'p>>,
     /// For each pending message: the sink that queued it (its place in the flush) and
     /// what it counted for it.
@@ -119,8 +119,9 @@ pub struct Egress<'p> {
     start: Instant,
     /// This thread's direct-write time saved up at the start (see [`direct_budget`]).
     saved: std::time::Duration,
-    /// Until when TCP sinks may write straight to their sockets.
-    direct_until: Instant,
+    /// Until when TCP sinks may write straight to their sockets (`None`: to the last, on
+    /// a thread exempt from the budget).
+    direct_until: Option<Instant>,
     /// Whether the stretch ran out and the whole flush was judged against `saved`.
     judged: bool,
     /// When a TCP sink was last allowed to write directly (what the flush spent).
@@ -143,6 +144,7 @@ impl<'p> Egress<'p> {
     /// A flush of `packets`, planned as `plan`.
     pub fn new(packets: &'p [MediaPacket], plan: &'p UdpPlan<'p>) -> Egress<'p> {
         let start = Instant::now();
+        let saved = direct_budget::start(start);
         Egress {
             packets,
             plan,
@@ -154,8 +156,8 @@ impl<'p> Egress<'p> {
             oldest: packets.iter().map(|p| p.received_at).min(),
             shared: None,
             start,
-            saved: direct_budget::start(start),
-            direct_until: start + direct_budget::DIRECT_STRETCH,
+            saved: saved.unwrap_or_default(),
+            direct_until: saved.map(|_| start + direct_budget::DIRECT_STRETCH),
             judged: false,
             direct_last: None,
             sinks: 1,
@@ -177,18 +179,22 @@ impl<'p> Egress<'p> {
 
     /// Whether a TCP sink may still write this batch to its socket itself: within the
     /// flush's first [`direct_budget::DIRECT_STRETCH`], or past it when the whole flush,
-    /// at its pace so far, fits in this thread's saved-up direct-write time.
+    /// at its pace so far, fits in this thread's saved-up direct-write time. Always on a
+    /// thread exempt from the budget ([`direct_budget::exempt_this_thread`]).
     pub fn direct_allowed(&mut self) -> bool {
+        let Some(until) = self.direct_until else {
+            return true;
+        };
         let now = Instant::now();
-        if now >= self.direct_until && !self.judged {
+        if now >= until && !self.judged {
             self.judged = true;
             let elapsed = now.saturating_duration_since(self.start);
             let done = self.begun.saturating_sub(1);
             if direct_budget::whole_flush_fits(elapsed, done, self.sinks, self.saved) {
-                self.direct_until = self.start + self.saved;
+                self.direct_until = Some(self.start + self.saved);
             }
         }
-        let allowed = now < self.direct_until;
+        let allowed = self.direct_until.is_some_and(|until| now < until);
         if allowed {
             self.direct_last = Some(now);
         }
@@ -221,7 +227,7 @@ impl<'p> Egress<'p> {
     /// Queues `run` to `to` from `socket` (as one GSO message if `gso`, else a message
     /// per packet); sent with other readers' messages in one `sendmmsg` (at most
     /// [`udp_send::MAX_BATCH`] queued at a time).
-    pub fn send_udp(&mut self, socket: &Arc<UdpSocket>, to: SocketAddr, run: &Run, gso: bool) {
+    pub fn send_udp(&mut self, socket: &Arc<MediaSocket>, to: SocketAddr, run: &Run, gso: bool) {
         if !self.socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
             self.flush_udp();
             self.socket = Some(socket.clone());
@@ -321,10 +327,13 @@ mod tests {
     use std::time::Duration;
 
     /// Runs one flush of `sinks` sinks, each taking `work` (spun, not slept), on a fresh
-    /// thread (so with a full direct-write bucket); returns how many sinks were allowed
-    /// to write directly.
-    fn allowed_of(sinks: usize, work: Duration) -> usize {
+    /// thread (so with a full direct-write bucket, or `exempt` from the budget); returns
+    /// how many sinks were allowed to write directly.
+    fn allowed_of(sinks: usize, work: Duration, exempt: bool) -> usize {
         std::thread::spawn(move || {
+            if exempt {
+                direct_budget::exempt_this_thread();
+            }
             let packets: Vec<MediaPacket> = Vec::new();
             let plan = UdpPlan::new(&packets, false);
             let mut egress = Egress::new(&packets, &plan).for_sinks(sinks);
@@ -352,7 +361,7 @@ mod tests {
         // Tried a few times: a thread descheduled during its stretch predicts a longer
         // flush and rightly stops.
         let runs: Vec<usize> = (0..5)
-            .map(|_| allowed_of(60, Duration::from_micros(50)))
+            .map(|_| allowed_of(60, Duration::from_micros(50), false))
             .collect();
         assert!(runs.contains(&60), "{runs:?}");
     }
@@ -361,7 +370,12 @@ mod tests {
     fn a_flush_too_long_for_its_saved_time_stops_at_the_stretch() {
         // 400 sinks of 50 µs: at least 20 ms, over the 8 ms saved up. Only the sinks
         // begun within the 2 ms stretch (at most 40, one every 50 µs or slower) write.
-        let allowed = allowed_of(400, Duration::from_micros(50));
+        let allowed = allowed_of(400, Duration::from_micros(50), false);
         assert!((1..=41).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn a_thread_exempt_from_the_budget_writes_directly_to_the_last_sink() {
+        assert_eq!(allowed_of(400, Duration::from_micros(50), true), 400);
     }
 }

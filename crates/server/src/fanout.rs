@@ -5,10 +5,11 @@
 //! message or one `writev` per reader), and one thread does it at one core's speed: at
 //! 400 readers of a 4 Mb/s stream a frame takes several milliseconds, which is the added
 //! latency of the last reader served. With many sinks the batch is cut into contiguous
-//! shards, one per core; the calling thread serves the first and a small pool the others,
-//! and the call returns when all are done. So the flush stays synchronous (what a new
-//! sink's catch-up relies on: it joins under the stream's lock, between two flushes), and
-//! each sink still sees its batches in order.
+//! shards, one per core; the calling thread serves the first and the pool's other threads
+//! the others, and the call returns when all are done. So a delivery is one step (the
+//! stream files a batch and moves its new sinks in just before it), and each sink still
+//! sees its batches in order. The same threads run the big deliveries themselves, off the
+//! runtime's workers ([`spawn`], [`crate::outbox`]).
 //!
 //! The pool is `rayon-core`'s (scoped, borrow-friendly fork-join): the shards borrow the
 //! batch and its UDP plan, nothing is copied or reference-counted per shard.
@@ -23,22 +24,39 @@ use crate::udp_send::Sent;
 /// microseconds) than it saves.
 pub const MIN_SINKS_PER_SHARD: usize = 128;
 
-/// The helper threads: one per core beyond the caller's (none on one core).
+/// The machine's cores: how many shards a big delivery is cut into.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The fan-out threads, one per core: they run the offloaded deliveries
+/// ([`crate::outbox`]) and the shards of big ones. `None` if the threads could not be
+/// started; everything is then delivered on the caller's thread.
 fn pool() -> Option<&'static rayon_core::ThreadPool> {
     static POOL: OnceLock<Option<rayon_core::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if cores < 2 {
-            return None;
-        }
         rayon_core::ThreadPoolBuilder::new()
-            .num_threads(cores - 1)
+            .num_threads(cores())
             .thread_name(|i| format!("sluice-fanout-{i}"))
+            // Nobody waits for these threads: they write to TCP readers directly.
+            .start_handler(|_| crate::direct_budget::exempt_this_thread())
+            // Without a handler, a panic in a job aborts the process; the job's own
+            // guard (see `spawn`) has already put its stream right.
+            .panic_handler(|_| tracing::error!("a fan-out job panicked"))
             .build()
-            .map_err(|e| tracing::warn!(error = %e, "no fan-out threads: delivering on one core"))
+            .map_err(|e| tracing::warn!(error = %e, "no fan-out threads: delivering on the sources' threads"))
             .ok()
     })
     .as_ref()
+}
+
+/// Runs `job` on a fan-out thread, or at once on this one if there are none.
+pub fn spawn(job: impl FnOnce() + Send + 'static) {
+    match pool() {
+        Some(pool) => pool.spawn(job),
+        None => job(),
+    }
 }
 
 /// How many shards `sinks` sinks are cut into, given `threads` threads in all.
@@ -48,30 +66,32 @@ pub fn shard_count(sinks: usize, threads: usize) -> usize {
 
 /// Hands `packets` (planned as `plan`) to every sink; returns what went out over UDP.
 ///
-/// Runs on the caller's thread, a runtime worker for live sources, which is busy for the
-/// delivery's milliseconds. Handing the worker's other tasks to another thread meanwhile
-/// (`tokio::task::block_in_place`) cut PLAY p99 at 10,000 UDP readers from 59–161 ms to
-/// 25–29 ms, but cost 17–27 % more CPU at 1,000 (4 Mb/s) to 3,000 (200 kb/s) UDP readers:
-/// the context switches of the server went from ~800 to 15,000–29,000 a second.
+/// Runs on the caller's thread, and with many sinks on the other fan-out threads too. A
+/// big delivery is not run on a runtime worker: the stream hands it to a fan-out thread
+/// ([`crate::outbox`]). Handing the worker's other tasks to another thread instead
+/// (`tokio::task::block_in_place`) cut PLAY p99 at 10,000 UDP readers as well, but cost
+/// 17–27 % more CPU at 1,000 (4 Mb/s) to 3,000 (200 kb/s) UDP readers: the context
+/// switches of the server went from ~800 to 15,000–29,000 a second.
 pub fn deliver(
     sinks: &[(SinkId, Arc<dyn Sink>)],
     packets: &[MediaPacket],
     plan: &UdpPlan<'_>,
 ) -> Sent {
-    match pool().filter(|_| sinks.len() >= 2 * MIN_SINKS_PER_SHARD) {
+    match pool().filter(|_| cores() >= 2 && sinks.len() >= 2 * MIN_SINKS_PER_SHARD) {
         Some(pool) => sharded(pool, sinks, packets, plan),
         None => serve(sinks, packets, plan),
     }
 }
 
-/// Serves `sinks` in shards, the first on the calling thread and the others on `pool`.
+/// Serves `sinks` in a shard per core, the first on the calling thread and the others on
+/// `pool` (its other threads, when the caller is one of them).
 fn sharded(
     pool: &rayon_core::ThreadPool,
     sinks: &[(SinkId, Arc<dyn Sink>)],
     packets: &[MediaPacket],
     plan: &UdpPlan<'_>,
 ) -> Sent {
-    let shards = shard_count(sinks.len(), pool.current_num_threads() + 1);
+    let shards = shard_count(sinks.len(), cores());
     let mut parts = sinks.chunks(sinks.len().div_ceil(shards));
     let Some(first) = parts.next() else {
         return Sent::default();
@@ -194,7 +214,7 @@ mod tests {
             .iter()
             .flat_map(|r| r.threads.lock().unwrap().clone())
             .collect();
-        if pool().is_some() {
+        if pool().is_some() && cores() >= 2 {
             assert!(threads.len() >= 2, "the shards ran on one thread");
         }
     }

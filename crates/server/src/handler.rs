@@ -403,11 +403,7 @@ impl Connection {
         }
         let presentation = Presentation::from_sdp(&req.body)
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let stream = Arc::new(Stream::new(
-            path.clone(),
-            presentation,
-            self.server.next_version(),
-        ));
+        let stream = Stream::new(path.clone(), presentation, self.server.next_version());
         stream.set_gop_cache(self.server.config().rtsp.gop_cache);
         stream.set_fanout_window(self.server.config().rtsp.fanout_window);
         let replaced = {
@@ -727,7 +723,7 @@ impl Connection {
             (Some(_), Some(s)) if s.stream.path() == lookup => Some(s.stream.clone()),
             (Some(name), _) => {
                 let media = self.open_vod(name)?;
-                let stream = Arc::new(Stream::new(lookup.to_owned(), media.presentation, 1));
+                let stream = Stream::new(lookup.to_owned(), media.presentation, 1);
                 // A private stream has one reader that starts at its own position.
                 stream.set_gop_cache(false);
                 stream.set_ready();
@@ -1369,7 +1365,7 @@ async fn run_receiver_reports(
             match t {
                 TrackTransport::Udp { rtcp, .. } => {
                     if let Some(udp) = &udp {
-                        let _ = udp.rtcp.send_to(&rr, *rtcp).await;
+                        let _ = udp.rtcp.try_send_to(&rr, *rtcp);
                     }
                 }
                 TrackTransport::Tcp { rtcp, .. } => {

@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::media_socket::MediaSocket;
 use ipnet::Ipv4Net;
-use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tracing::info;
 
@@ -44,7 +44,7 @@ struct Feed {
 pub struct Multicast {
     range: Ipv4Net,
     rtp_port: u16,
-    socket: Arc<UdpSocket>,
+    socket: Arc<MediaSocket>,
     groups: Mutex<HashMap<String, Group>>,
 }
 
@@ -61,7 +61,7 @@ impl Multicast {
         Ok(Multicast {
             range,
             rtp_port,
-            socket: Arc::new(UdpSocket::from_std(s.into())?),
+            socket: Arc::new(MediaSocket::from_socket(s)?),
             groups: Mutex::new(HashMap::new()),
         })
     }

@@ -284,11 +284,7 @@ impl Server {
             info!(path = %pull.path, "pull source media changed; readers must DESCRIBE again");
             entry.stream.end(EndReason::Replaced);
         }
-        let stream = Arc::new(Stream::new(
-            pull.path.clone(),
-            presentation,
-            self.next_version(),
-        ));
+        let stream = Stream::new(pull.path.clone(), presentation, self.next_version());
         stream.set_gop_cache(self.config().rtsp.gop_cache);
         stream.set_fanout_window(self.config().rtsp.fanout_window);
         paths.insert(

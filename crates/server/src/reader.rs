@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use std::collections::VecDeque;
 
+use crate::media_socket::MediaSocket;
 use bytes::Bytes;
 use sluice_rtp::rtcp::{self, SenderInfo};
-use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::egress::{Egress, Refund};
@@ -57,9 +57,9 @@ pub enum Outbox {
     /// with a plain non-blocking send.
     Udp {
         /// Socket RTP leaves from.
-        rtp: Arc<UdpSocket>,
+        rtp: Arc<MediaSocket>,
         /// Socket RTCP leaves from.
-        rtcp: Arc<UdpSocket>,
+        rtcp: Arc<MediaSocket>,
         /// Whether runs of equal-sized packets may go as one GSO message.
         gso: bool,
     },
@@ -506,19 +506,24 @@ const BACKLOG_BYTES_PER_SEC: f64 = 4_000_000.0;
 /// Most catch-up packets sent in one `sendmmsg`.
 const CATCH_UP_BATCH: usize = 32;
 
+/// How long a catch-up waits before asking again for room in a full send buffer.
+const CATCH_UP_ROOM_WAIT: Duration = Duration::from_millis(1);
+
 /// How far ahead of the pacing clock a catch-up may send at once (16 KB at the rate).
 const CATCH_UP_BURST: Duration = Duration::from_millis(4);
 
 /// Sends a new UDP reader's catch-up queue, paced, a `sendmmsg` per burst, then lets the
 /// reader join the batched fan-out: the switch happens under the queue's lock, when it
 /// is empty, so no packet is sent twice, skipped or reordered.
-async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<UdpSocket>, mut pacer: CatchUp) {
+async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<MediaSocket>, mut pacer: CatchUp) {
     loop {
         if pacer.clock > tokio::time::Instant::now() + CATCH_UP_BURST {
             tokio::time::sleep_until(pacer.clock).await;
         }
         // Room first (the live fan-out shares the socket); the send itself never blocks.
-        let _ = socket.writable().await;
+        while !socket.has_room() {
+            tokio::time::sleep(CATCH_UP_ROOM_WAIT).await;
+        }
         if pacer.send_burst(&sink, &socket) == Burst::Done {
             return;
         }
@@ -555,7 +560,7 @@ impl CatchUp {
     /// Takes what the pacing allows now from `sink`'s catch-up queue (the first packet
     /// always, then up to [`CATCH_UP_BURST`] ahead of the clock) and sends it in one
     /// `sendmmsg`; once the queue is empty, ends the catch-up.
-    fn send_burst(&mut self, sink: &ReaderSink, socket: &UdpSocket) -> Burst {
+    fn send_burst(&mut self, sink: &ReaderSink, socket: &MediaSocket) -> Burst {
         let batch = &mut self.batch;
         batch.clear();
         {
@@ -674,7 +679,7 @@ mod tests {
     /// A UDP reader of one track sending to `to` from `tx`, its gate still closed. GSO
     /// off: one message per packet (a GSO run to port 0 would read as a device without
     /// GSO and be split, process-wide).
-    fn udp_reader(to: SocketAddr, tx: &Arc<UdpSocket>) -> Arc<ReaderSink> {
+    fn udp_reader(to: SocketAddr, tx: &Arc<MediaSocket>) -> Arc<ReaderSink> {
         Arc::new(ReaderSink::new(
             format!("to {to}"),
             vec![Target::Udp { rtp: to, rtcp: to }],
@@ -690,7 +695,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_udp_reader_gets_its_catch_up_then_live_packets_once_and_in_order() {
-        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = rx.local_addr().unwrap();
         // Read as it arrives (a small receive buffer would drop a backlog).
         let (seqs_tx, mut seqs) = tokio::sync::mpsc::unbounded_channel();
@@ -700,7 +705,7 @@ mod tests {
                 let _ = seqs_tx.send((n, u16::from_be_bytes([buf[2], buf[3]])));
             }
         });
-        let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let tx = Arc::new(MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
         let sink = udp_reader(to, &tx);
         // The GOP handed over at subscription (gate closed), then PLAY opens the gate.
         for seq in 0..200 {
@@ -737,7 +742,7 @@ mod tests {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_nonblocking(true).unwrap();
         let to = rx.local_addr().unwrap();
-        let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let tx = Arc::new(MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
         let sink = udp_reader(to, &tx);
         // 100 packets of 112 bytes: 11 KB, a burst's worth of the pacing and more than
         // a `sendmmsg` takes.
@@ -768,11 +773,11 @@ mod tests {
 
     #[tokio::test]
     async fn sender_report_counts_leave_out_datagrams_the_kernel_refused() {
-        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let good = rx.local_addr().unwrap();
         // The kernel refuses any datagram to port 0 (EINVAL).
         let refused: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let tx = Arc::new(MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
         let reader = |to: SocketAddr| {
             let sink = udp_reader(to, &tx);
             sink.open();

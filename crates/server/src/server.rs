@@ -235,7 +235,7 @@ impl Server {
         }
         for (name, media, looping) in opened {
             let version = self.next_version();
-            let stream = Arc::new(Stream::new(name.clone(), media.presentation, version));
+            let stream = Stream::new(name.clone(), media.presentation, version);
             stream.set_gop_cache(self.config.rtsp.gop_cache);
             stream.set_ready();
             let source = FileSource::new(

@@ -17,12 +17,15 @@
 //! live source has more input at hand than one frame ([`Stream::hold_frames`]), the
 //! frames that end in it are collected and go out together when it is used up
 //! ([`Stream::release_frames`]): a server that falls behind sends bigger batches instead
-//! of falling further behind, and an idle one still sends each frame as it ends. Sinks
+//! of falling further behind, and an idle one still sends each frame as it ends. A
+//! stream with [`OFFLOAD_SINKS`] sinks or more does not deliver on its source's thread (a
+//! runtime worker, shared with other sessions' tasks): its batches go to the fan-out
+//! threads ([`crate::outbox`]), in order, and the source goes on at once. Sinks
 //! must not block: each owns a bounded queue and decides itself what happens when it is
 //! full. Adding a kind of source or sink never touches another.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -33,7 +36,13 @@ use sluice_rtp::timeline::Timeline;
 
 use crate::egress::{Egress, Refund, UdpPlan};
 use crate::gop::GopCache;
+use crate::outbox::Outbox;
 use crate::presentation::Presentation;
+
+/// Fewest sinks whose deliveries run on the fan-out threads instead of the source's
+/// ([`crate::outbox`]): as many as the fan-out cuts into shards. Below, a delivery takes
+/// well under a millisecond, less than the hand-over would add.
+pub const OFFLOAD_SINKS: usize = 2 * crate::fanout::MIN_SINKS_PER_SHARD;
 
 /// Most packets collected before a flush.
 const MAX_PENDING: usize = 64;
@@ -215,6 +224,12 @@ pub struct Stream {
     udp_dropped: AtomicU64,
     /// Fan-out window in nanoseconds (0: a batch per frame); see [`Stream::set_fanout_window`].
     window_ns: AtomicU64,
+    /// This stream, for the fan-out job that delivers its offloaded batches.
+    me: Weak<Stream>,
+    /// Batches handed to the fan-out threads and not yet delivered.
+    outbox: Outbox,
+    /// Sinks subscribed and not removed (joined or joining): whether a flush is offloaded.
+    subscribed: AtomicUsize,
 }
 
 /// Where a new subscriber's numbering starts on a track (for RTP-Info).
@@ -239,7 +254,7 @@ impl std::fmt::Debug for Stream {
 
 impl Stream {
     /// A new, not yet ready stream for `path` carrying `presentation`'s tracks.
-    pub fn new(path: String, presentation: Presentation, version: u64) -> Stream {
+    pub fn new(path: String, presentation: Presentation, version: u64) -> Arc<Stream> {
         let video = keyframe_track(&presentation);
         let tracks = presentation
             .tracks()
@@ -250,7 +265,7 @@ impl Stream {
                 sr: Mutex::new(None),
             })
             .collect();
-        Stream {
+        Arc::new_cyclic(|me| Stream {
             path,
             presentation,
             tracks,
@@ -270,7 +285,10 @@ impl Stream {
             video_track: video.map(|(i, _)| i),
             udp_dropped: AtomicU64::new(0),
             window_ns: AtomicU64::new(0),
-        }
+            me: me.clone(),
+            outbox: Outbox::default(),
+            subscribed: AtomicUsize::new(0),
+        })
     }
 
     /// Collects up to `window` of media (from the arrival of a batch's first packet) into
@@ -395,6 +413,7 @@ impl Stream {
             let mut joining = self.joining();
             if !self.is_ended() {
                 joining.push((id, sink));
+                self.subscribed.fetch_add(1, Ordering::Relaxed);
                 return (id, starts);
             }
         }
@@ -412,8 +431,13 @@ impl Stream {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => off_the_runtime(|| self.sinks()),
         };
+        let before = sinks.len();
         sinks.retain(|(i, _)| *i != id);
-        self.joining().retain(|(i, _)| *i != id);
+        let mut joining = self.joining();
+        let before = before + joining.len();
+        joining.retain(|(i, _)| *i != id);
+        let removed = before - sinks.len() - joining.len();
+        self.subscribed.fetch_sub(removed, Ordering::Relaxed);
     }
 
     /// Number of subscribed sinks.
@@ -554,8 +578,9 @@ impl Stream {
         }
     }
 
-    /// Hands the packets collected so far to the sinks. Sources call it when they have no
-    /// more input at hand, so a batch never waits for input that is not coming.
+    /// Hands the packets collected so far to the sinks (or to the fan-out threads that
+    /// deliver them, see [`crate::outbox`]). Sources call it when they have no more
+    /// input at hand, so a batch never waits for input that is not coming.
     pub fn flush(&self) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if !pending.packets.is_empty() {
@@ -577,10 +602,69 @@ impl Stream {
         }
     }
 
-    /// Hands the first `n` collected packets (all of them if fewer) to the sinks.
+    /// Hands the first `n` collected packets (all of them if fewer) to the sinks: here,
+    /// or with [`OFFLOAD_SINKS`] sinks or more on the fan-out threads, so that the source
+    /// (on a runtime worker) goes on at once. While offloaded batches wait, every batch
+    /// waits behind them, so the sinks see them in order.
     fn flush_locked(&self, pending: &mut Pending, n: usize) {
         let n = n.min(pending.packets.len());
-        let batch = &pending.packets[..n];
+        let offload =
+            self.subscribed.load(Ordering::Relaxed) >= OFFLOAD_SINKS || self.outbox.is_busy();
+        if offload {
+            let mut batch = self.outbox.spare();
+            batch.extend(pending.packets.drain(..n));
+            if self.outbox.post(batch) {
+                match self.me.upgrade() {
+                    Some(me) => crate::fanout::spawn(move || me.run_outbox()),
+                    None => self.run_outbox(),
+                }
+            }
+            if self.outbox.is_full() {
+                // The fan-out falls behind for good: the source waits, as it would for
+                // its own deliveries.
+                off_the_runtime(|| self.outbox.wait_for_room());
+            }
+        } else {
+            self.deliver(&pending.packets[..n]);
+            if n == pending.packets.len() {
+                pending.packets.clear();
+            } else {
+                pending.packets.drain(..n);
+            }
+        }
+        pending.complete = pending.complete.saturating_sub(n);
+    }
+
+    /// The fan-out job: delivers the offloaded batches until none waits.
+    fn run_outbox(&self) {
+        /// Puts the outbox right if a delivery panics, so the stream's waits end.
+        struct Abandon<'a>(&'a Outbox);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.abandon();
+                }
+            }
+        }
+        let _guard = Abandon(&self.outbox);
+        let mut delivered = None;
+        while let Some(batch) = self.outbox.next(delivered.take(), MAX_PENDING_WINDOWED) {
+            self.deliver(&batch);
+            delivered = Some(batch);
+        }
+    }
+
+    /// Waits until the offloaded batches are delivered (a runtime worker hands its other
+    /// tasks on meanwhile): before anything that must come after them.
+    fn wait_for_deliveries(&self) {
+        if self.outbox.is_busy() {
+            off_the_runtime(|| self.outbox.wait_until_idle());
+        }
+    }
+
+    /// Files `batch` (the GOP cache, the last headers), moves the sinks that joined since
+    /// the last batch into the delivery list, and hands it to every sink.
+    fn deliver(&self, batch: &[MediaPacket]) {
         let mut sinks = self.sinks();
         {
             // Under the GOP lock: `subscribe` sees, for every track, exactly the last
@@ -601,12 +685,6 @@ impl Stream {
         if sent.dropped > 0 && self.udp_dropped.fetch_add(sent.dropped, Ordering::Relaxed) == 0 {
             tracing::warn!(path = %self.path, dropped = sent.dropped, "UDP send buffer full: datagrams dropped");
         }
-        if n == pending.packets.len() {
-            pending.packets.clear();
-        } else {
-            pending.packets.drain(..n);
-        }
-        pending.complete = pending.complete.saturating_sub(n);
     }
 
     /// UDP datagrams dropped because the kernel refused them (send buffer full).
@@ -654,6 +732,7 @@ impl Stream {
     /// Tells every sink that the source's media ended (see [`Sink::handle_end_of_stream`]).
     pub fn push_end_of_stream(&self) {
         self.flush();
+        self.wait_for_deliveries();
         let sinks = self.sinks();
         for (_, sink) in sinks.iter().chain(self.joining().iter()) {
             sink.handle_end_of_stream();
@@ -666,6 +745,7 @@ impl Stream {
             return;
         }
         self.flush();
+        self.wait_for_deliveries();
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -673,6 +753,7 @@ impl Stream {
             let mut sinks = self.sinks();
             let mut all = std::mem::take(&mut *sinks);
             all.append(&mut self.joining());
+            self.subscribed.store(0, Ordering::Relaxed);
             all
         };
         for (_, sink) in sinks {
@@ -823,7 +904,7 @@ mod tests {
     }
 
     /// A stream with an H.264 video track (0) and an AAC audio track (1).
-    fn av_stream() -> Stream {
+    fn av_stream() -> Arc<Stream> {
         const AV: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
             m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
             m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/1\r\n";
@@ -920,7 +1001,7 @@ mod tests {
 
     impl Stalling {
         fn new() -> Stalling {
-            let stream = Arc::new(av_stream());
+            let stream = av_stream();
             let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
             let (release, release_rx) = std::sync::mpsc::channel();
             stream.add_sink(Arc::new(Stuck {
@@ -1033,6 +1114,59 @@ mod tests {
         s.push_rtp(h264_packet(2, 6000, 0x41));
         assert_eq!(*leaving.batches.lock().unwrap(), vec![vec![1]]);
         assert_eq!(s.sink_count(), 1);
+    }
+
+    #[test]
+    fn with_many_sinks_the_source_goes_on_while_a_fan_out_thread_delivers_and_nothing_is_lost() {
+        let stalling = Stalling::new();
+        let s = stalling.stream.clone();
+        let readers: Vec<Arc<Joiner>> = (1..OFFLOAD_SINKS)
+            .map(|_| Arc::new(Joiner::default()))
+            .collect();
+        for r in &readers {
+            s.subscribe(r.clone());
+        }
+        // A keyframe, whose delivery stalls, then two more frames.
+        let (pushed_tx, pushed) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let source = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                s.push_rtp(h264_packet(1, 3000, 0x65));
+                let _ = pushed_tx.send(());
+                let _ = go_rx.recv();
+                s.push_rtp(h264_packet(2, 6000, 0x41));
+                s.push_rtp(h264_packet(3, 9000, 0x41));
+                let _ = pushed_tx.send(());
+            })
+        };
+        stalling
+            .entered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the keyframe's delivery began");
+        let first_returned = pushed.recv_timeout(Duration::from_secs(5)).is_ok();
+        go.send(()).unwrap();
+        let next_returned = pushed.recv_timeout(Duration::from_secs(5)).is_ok();
+        // A reader subscribing now gets the keyframe being delivered from the GOP, and the
+        // frames waiting for the fan-out from the fan-out.
+        let late = Arc::new(Joiner::default());
+        s.subscribe(late.clone());
+        let s = stalling.release(source);
+        assert!(
+            first_returned,
+            "the source waited for the keyframe's delivery"
+        );
+        assert!(next_returned, "the source waited for the fan-out");
+        // The end waits for the deliveries, and comes after them.
+        s.end(EndReason::SourceGone);
+        let flat = |j: &Joiner| -> Vec<u16> { j.batches.lock().unwrap().concat() };
+        for r in &readers {
+            assert_eq!(flat(r), [1, 2, 3]);
+            assert_eq!(r.ends.load(Ordering::SeqCst), 1);
+        }
+        assert_eq!(*late.handover.lock().unwrap(), [1]);
+        assert_eq!(flat(&late), [2, 3]);
+        assert_eq!(late.ends.load(Ordering::SeqCst), 1);
     }
 
     #[test]
@@ -1199,7 +1333,7 @@ mod tests {
 
     #[test]
     fn a_frame_hold_releases_its_frames_when_dropped() {
-        let s = Arc::new(av_stream());
+        let s = av_stream();
         let b = record_batches(&s);
         let hold = FrameHold::new(s.clone());
         s.push_rtp(av_packet(0, 1, 0, true, Instant::now()));

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Instant;
 
+use crate::media_socket::MediaSocket;
 use bytes::BytesMut;
-use tokio::net::UdpSocket;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::ingest::Ingest;
 use crate::session::Session;
@@ -41,9 +41,9 @@ pub enum Route {
 #[derive(Debug)]
 pub struct UdpHub {
     /// Socket on `rtp_port`.
-    pub rtp: Arc<UdpSocket>,
+    pub rtp: Arc<MediaSocket>,
     /// Socket on `rtp_port + 1`.
-    pub rtcp: Arc<UdpSocket>,
+    pub rtcp: Arc<MediaSocket>,
     /// Whether the RTP socket sends GSO runs (probed at bind).
     pub gso: bool,
     rtp_routes: RwLock<HashMap<SocketAddr, Route>>,
@@ -54,8 +54,8 @@ pub struct UdpHub {
 impl UdpHub {
     /// Binds the RTP and RTCP sockets on `ip` at `rtp_port` and `rtp_port + 1`.
     pub async fn bind(ip: std::net::IpAddr, rtp_port: u16) -> std::io::Result<UdpHub> {
-        let rtp = bind_udp(SocketAddr::new(ip, rtp_port))?;
-        let rtcp = bind_udp(SocketAddr::new(ip, rtp_port + 1))?;
+        let rtp = MediaSocket::bind(SocketAddr::new(ip, rtp_port))?;
+        let rtcp = MediaSocket::bind(SocketAddr::new(ip, rtp_port + 1))?;
         let gso = crate::udp_send::probe_gso(&rtp);
         debug!(gso, "UDP segmentation offload");
         Ok(UdpHub {
@@ -234,17 +234,4 @@ impl UdpHub {
             }
         }
     }
-}
-
-/// A non-blocking UDP socket with large buffers, bound to `addr`.
-pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if let Err(e) = socket.set_recv_buffer_size(4 << 20) {
-        warn!(error = %e, "cannot enlarge UDP receive buffer");
-    }
-    let _ = socket.set_send_buffer_size(4 << 20);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::net::UdpSocket;
+use crate::media_socket::MediaSocket;
 
 /// Most messages per `sendmmsg` call.
 pub const MAX_BATCH: usize = 64;
@@ -25,7 +25,7 @@ pub const MAX_GSO_BYTES: usize = 65_000;
 static GSO: AtomicBool = AtomicBool::new(true);
 
 /// Whether the socket can send GSO runs: probes `UDP_SEGMENT` once (Linux ≥ 4.18).
-pub fn probe_gso(socket: &UdpSocket) -> bool {
+pub fn probe_gso(socket: &MediaSocket) -> bool {
     let on = set_segment(socket, 1200).is_ok() && set_segment(socket, 0).is_ok();
     if !on {
         GSO.store(false, Ordering::Relaxed);
@@ -38,7 +38,7 @@ pub fn gso_enabled() -> bool {
     GSO.load(Ordering::Relaxed)
 }
 
-fn set_segment(socket: &UdpSocket, size: libc::c_int) -> std::io::Result<()> {
+fn set_segment(socket: &MediaSocket, size: libc::c_int) -> std::io::Result<()> {
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid local; the fd is
     // owned by `socket` and open for the duration of the call.
     let r = unsafe {
@@ -94,7 +94,7 @@ impl std::ops::AddAssign for Sent {
 /// A message the kernel refuses is dropped (UDP semantics; counted) and the rest still go.
 /// A GSO run refused as such (EIO/EINVAL: no checksum offload) turns GSO off and is
 /// resent packet by packet.
-pub fn send_batch(socket: &UdpSocket, msgs: &[Datagram<'_>]) -> Sent {
+pub fn send_batch(socket: &MediaSocket, msgs: &[Datagram<'_>]) -> Sent {
     send_batch_noting(socket, msgs, |_| {})
 }
 
@@ -102,7 +102,7 @@ pub fn send_batch(socket: &UdpSocket, msgs: &[Datagram<'_>]) -> Sent {
 /// kernel refused whole (not for a GSO run resent packet by packet), so a caller can
 /// count exactly what left.
 pub fn send_batch_noting(
-    socket: &UdpSocket,
+    socket: &MediaSocket,
     msgs: &[Datagram<'_>],
     mut refused: impl FnMut(usize),
 ) -> Sent {
@@ -138,7 +138,7 @@ pub fn send_batch_noting(
 }
 
 /// Sends a GSO run as one datagram per packet (each part of a run is one whole packet).
-fn send_split(socket: &UdpSocket, run: &Datagram<'_>) -> Sent {
+fn send_split(socket: &MediaSocket, run: &Datagram<'_>) -> Sent {
     let singles: Vec<Datagram<'_>> = run
         .parts
         .chunks(1)
@@ -157,7 +157,7 @@ const CMSG_SPACE: usize = 32;
 
 /// One `sendmmsg` over `msgs` (≤ MAX_BATCH): how many were sent, and the error that
 /// stopped it before the end, if any.
-fn sendmmsg(socket: &UdpSocket, msgs: &[Datagram<'_>]) -> (usize, Option<std::io::Error>) {
+fn sendmmsg(socket: &MediaSocket, msgs: &[Datagram<'_>]) -> (usize, Option<std::io::Error>) {
     let len = msgs.len().min(MAX_BATCH);
     let msgs = &msgs[..len];
     // Plain-old-data arrays on the stack: zeroed is a valid value for all of them.
@@ -307,8 +307,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_message_is_dropped_and_named_and_the_rest_still_go() {
-        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = rx.local_addr().unwrap();
         // Port 0 is not a destination: the kernel refuses that message (EINVAL).
         let nowhere: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -336,9 +336,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_reaches_several_receivers_with_gso_runs_split_by_the_kernel() {
-        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let rx1 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let rx2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let rx1 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx2 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let gso = probe_gso(&tx);
         let a = [7u8; 1000];
         let b = [8u8; 1000];
