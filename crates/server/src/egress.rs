@@ -165,6 +165,13 @@ impl<'p> Egress<'p> {
         }
     }
 
+    /// Records no ingest → egress latency for this flush: its packets are resent (a
+    /// reader's catch-up), and their age is not the time the server took.
+    pub fn without_latency(mut self) -> Egress<'p> {
+        self.oldest = None;
+        self
+    }
+
     /// Says the flush will serve `sinks` sinks (one shard's), each announced with
     /// [`Egress::begin_sink`]: what lets it predict its whole length.
     pub fn for_sinks(mut self, sinks: usize) -> Egress<'p> {

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use sluice_rtp::rtcp::{self, SenderInfo};
 use tracing::{debug, info, warn};
 
-use crate::egress::{Egress, Refund};
+use crate::egress::{Egress, Refund, UdpPlan};
 use crate::media_queue::{channel_of, ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL};
 use crate::stream::{EndReason, MediaPacket, Sink, Stream};
 
@@ -189,7 +189,7 @@ impl ReaderSink {
                 // waiting for room (as the live fan-out sends): a new task waits for a
                 // runtime worker, tens of milliseconds on a busy server.
                 let mut pacer = CatchUp::new();
-                if pacer.send_burst(self, rtp) == Burst::Sent {
+                if pacer.send_burst(self) == Burst::Sent {
                     tokio::spawn(run_catch_up(self.clone(), rtp.clone(), pacer));
                 }
             }
@@ -239,6 +239,22 @@ impl ReaderSink {
                 });
             }
             _ => {}
+        }
+    }
+
+    /// Queues `egress`'s batch for this reader's UDP targets, a message per run, and
+    /// counts it for the Sender Reports (what the kernel refuses is handed back).
+    fn send_udp(&self, rtp: &Arc<MediaSocket>, gso: bool, egress: &mut Egress<'_>) {
+        for run in egress.runs() {
+            if let Some(Target::Udp { rtp: to, .. }) = self.targets.get(run.track) {
+                egress.send_udp(rtp, *to, run, gso);
+                self.count(
+                    run.track,
+                    u32::from(run.packets),
+                    run.payload_bytes,
+                    run.ssrc,
+                );
+            }
         }
     }
 
@@ -448,19 +464,7 @@ impl Sink for ReaderSink {
             return;
         }
         match &self.outbox {
-            Outbox::Udp { rtp, gso, .. } => {
-                for run in egress.runs() {
-                    if let Some(Target::Udp { rtp: to, .. }) = self.targets.get(run.track) {
-                        egress.send_udp(rtp, *to, run, *gso);
-                        self.count(
-                            run.track,
-                            u32::from(run.packets),
-                            run.payload_bytes,
-                            run.ssrc,
-                        );
-                    }
-                }
-            }
+            Outbox::Udp { rtp, gso, .. } => self.send_udp(rtp, *gso, egress),
             Outbox::Tcp(q) => self.push_tcp_batch(q, egress),
         }
     }
@@ -524,7 +528,7 @@ async fn run_catch_up(sink: Arc<ReaderSink>, socket: Arc<MediaSocket>, mut pacer
         while !socket.has_room() {
             tokio::time::sleep(CATCH_UP_ROOM_WAIT).await;
         }
-        if pacer.send_burst(&sink, &socket) == Burst::Done {
+        if pacer.send_burst(&sink) == Burst::Done {
             return;
         }
     }
@@ -559,8 +563,8 @@ impl CatchUp {
 
     /// Takes what the pacing allows now from `sink`'s catch-up queue (the first packet
     /// always, then up to [`CATCH_UP_BURST`] ahead of the clock) and sends it in one
-    /// `sendmmsg`; once the queue is empty, ends the catch-up.
-    fn send_burst(&mut self, sink: &ReaderSink, socket: &MediaSocket) -> Burst {
+    /// `sendmmsg` on the reader's RTP socket; once the queue is empty, ends the catch-up.
+    fn send_burst(&mut self, sink: &ReaderSink) -> Burst {
         let batch = &mut self.batch;
         batch.clear();
         {
@@ -589,33 +593,16 @@ impl CatchUp {
         if sink.ended.load(Ordering::Relaxed) {
             return Burst::Sent;
         }
-        let slices: Vec<std::io::IoSlice<'_>> = batch
-            .iter()
-            .map(|p| std::io::IoSlice::new(&p.data))
-            .collect();
-        let mut msgs = Vec::with_capacity(batch.len());
-        // The packet behind each message, for the Sender Report counts.
-        let mut sources = Vec::with_capacity(batch.len());
-        for (p, part) in batch.iter().zip(&slices) {
-            if let Some(Target::Udp { rtp: to, .. }) = sink.targets.get(p.track).copied() {
-                msgs.push(crate::udp_send::Datagram {
-                    to,
-                    parts: std::slice::from_ref(part),
-                    segment: None,
-                    packets: 1,
-                });
-                sources.push(Some(p));
-            }
-        }
-        let sent = crate::udp_send::send_batch_noting(socket, &msgs, |i| {
-            if let Some(s) = sources.get_mut(i) {
-                *s = None;
-            }
-        });
-        // Sender Reports count what the kernel took, not what was refused.
-        for p in sources.into_iter().flatten() {
-            sink.count(p.track, 1, p.payload_len(), p.header.ssrc);
-        }
+        let Outbox::Udp { rtp, gso, .. } = &sink.outbox else {
+            return Burst::Sent;
+        };
+        // As the live fan-out sends: GSO runs, and Sender Reports that count only what
+        // the kernel took. The packets' age is the catch-up's, not the server's latency.
+        let plan = UdpPlan::new(batch, *gso);
+        let mut egress = Egress::new(batch, &plan).without_latency();
+        egress.begin_sink();
+        sink.send_udp(rtp, *gso, &mut egress);
+        let sent = egress.finish_noting(|_, refund| sink.handle_refused(refund));
         if sent.dropped > 0 {
             sink.note_drop(sent.dropped);
             if !self.errors_logged {
@@ -680,13 +667,18 @@ mod tests {
     /// off: one message per packet (a GSO run to port 0 would read as a device without
     /// GSO and be split, process-wide).
     fn udp_reader(to: SocketAddr, tx: &Arc<MediaSocket>) -> Arc<ReaderSink> {
+        udp_reader_with(to, tx, false)
+    }
+
+    /// A UDP reader sending from `tx`, in GSO runs if `gso`.
+    fn udp_reader_with(to: SocketAddr, tx: &Arc<MediaSocket>, gso: bool) -> Arc<ReaderSink> {
         Arc::new(ReaderSink::new(
             format!("to {to}"),
             vec![Target::Udp { rtp: to, rtcp: to }],
             Outbox::Udp {
                 rtp: tx.clone(),
                 rtcp: tx.clone(),
-                gso: false,
+                gso,
             },
             Duration::from_secs(5),
             Arc::new(|_| {}),
@@ -695,6 +687,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_udp_reader_gets_its_catch_up_then_live_packets_once_and_in_order() {
+        catch_up_then_live(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_udp_reader_gets_its_catch_up_in_gso_runs_then_live_packets_once_and_in_order() {
+        let probe = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        if crate::udp_send::probe_gso(&probe) {
+            catch_up_then_live(true).await;
+        }
+    }
+
+    async fn catch_up_then_live(gso: bool) {
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = rx.local_addr().unwrap();
         // Read as it arrives (a small receive buffer would drop a backlog).
@@ -706,7 +710,7 @@ mod tests {
             }
         });
         let tx = Arc::new(MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
-        let sink = udp_reader(to, &tx);
+        let sink = udp_reader_with(to, &tx, gso);
         // The GOP handed over at subscription (gate closed), then PLAY opens the gate.
         for seq in 0..200 {
             sink.handle_packet(&packet(seq));
