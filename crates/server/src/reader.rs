@@ -190,7 +190,7 @@ impl ReaderSink {
                 // runtime worker, tens of milliseconds on a busy server.
                 let mut pacer = CatchUp::new();
                 if pacer.send_burst(self) == Burst::Sent {
-                    tokio::spawn(run_catch_up(self.clone(), rtp.clone(), pacer));
+                    catch_up_runtime().spawn(run_catch_up(self.clone(), rtp.clone(), pacer));
                 }
             }
             Outbox::Tcp(q) => self.push_tcp(q, held.iter()),
@@ -515,6 +515,38 @@ const CATCH_UP_ROOM_WAIT: Duration = Duration::from_millis(1);
 
 /// How far ahead of the pacing clock a catch-up may send at once (16 KB at the rate).
 const CATCH_UP_BURST: Duration = Duration::from_millis(4);
+
+/// The runtime that sends UDP readers' catch-ups: a thread of its own, so that a connect
+/// storm's catch-ups (a GOP for each new reader, most of the runtime workers' time while
+/// they last) share the cores with the RTSP sessions' tasks instead of queuing ahead of
+/// them on the same workers. If that thread cannot be started, and in unit tests (which
+/// run a catch-up step by step on their own runtime), the caller's runtime.
+fn catch_up_runtime() -> tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Handle>> =
+        std::sync::OnceLock::new();
+    let own = RUNTIME.get_or_init(|| {
+        if cfg!(test) {
+            return None;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(
+                |e| tracing::warn!(error = %e, "no catch-up runtime: catch-ups run on the workers"),
+            )
+            .ok()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("sluice-catch-up".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .map_err(
+                |e| tracing::warn!(error = %e, "no catch-up thread: catch-ups run on the workers"),
+            )
+            .ok()?;
+        Some(handle)
+    });
+    own.clone().unwrap_or_else(tokio::runtime::Handle::current)
+}
 
 /// Sends a new UDP reader's catch-up queue, paced, a `sendmmsg` per burst, then lets the
 /// reader join the batched fan-out: the switch happens under the queue's lock, when it
