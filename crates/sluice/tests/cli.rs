@@ -9,6 +9,24 @@ fn sluice(args: &[&str]) -> std::process::Output {
         .expect("run sluice")
 }
 
+/// A directory of the test's own under the system's temp dir, removed when dropped (also
+/// when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn version_and_help_are_clean() {
     let out = sluice(&["--version"]);
@@ -27,8 +45,8 @@ fn version_and_help_are_clean() {
 
 #[test]
 fn unknown_config_key_is_an_error_naming_it() {
-    let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("sluice-cli");
+    let dir = &tmp.0;
     let cfg = dir.join("bad.toml");
     std::fs::write(
         &cfg,
@@ -53,9 +71,8 @@ fn unknown_config_key_is_an_error_naming_it() {
 fn a_busy_port_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(format!("sluice-cli-busy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("busy.toml");
+    let tmp = TempDir::new("sluice-cli-busy");
+    let cfg = tmp.0.join("busy.toml");
     std::fs::write(
         &cfg,
         format!("[rtsp]\nlisten = \"127.0.0.1:{port}\"\ntransports = [\"tcp\"]\n"),
