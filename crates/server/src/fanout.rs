@@ -24,6 +24,9 @@ use crate::udp_send::Sent;
 /// microseconds) than it saves.
 pub const MIN_SINKS_PER_SHARD: usize = 128;
 
+/// Fewest sinks a delivery is cut into shards for (two shards' worth).
+pub const SHARDED_SINKS: usize = 2 * MIN_SINKS_PER_SHARD;
+
 /// The machine's cores: how many shards a big delivery is cut into.
 fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
@@ -77,7 +80,7 @@ pub fn deliver(
     packets: &[MediaPacket],
     plan: &UdpPlan<'_>,
 ) -> Sent {
-    match pool().filter(|_| cores() >= 2 && sinks.len() >= 2 * MIN_SINKS_PER_SHARD) {
+    match pool().filter(|_| cores() >= 2 && sinks.len() >= SHARDED_SINKS) {
         Some(pool) => sharded(pool, sinks, packets, plan),
         None => serve(sinks, packets, plan),
     }

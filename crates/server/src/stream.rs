@@ -42,7 +42,7 @@ use crate::presentation::Presentation;
 /// Fewest sinks whose deliveries run on the fan-out threads instead of the source's
 /// ([`crate::outbox`]): as many as the fan-out cuts into shards. Below, a delivery takes
 /// well under a millisecond, less than the hand-over would add.
-pub const OFFLOAD_SINKS: usize = 2 * crate::fanout::MIN_SINKS_PER_SHARD;
+pub const OFFLOAD_SINKS: usize = crate::fanout::SHARDED_SINKS;
 
 /// Most packets collected before a flush.
 const MAX_PENDING: usize = 64;
