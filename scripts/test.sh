@@ -7,6 +7,7 @@
 #                                    no-op when already installed
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
+#      cargo doc --workspace --no-deps   with rustdoc warnings as errors
 #   4. scripts/fuzz-smoke.sh 5        every fuzz target 5 s (SLUICE_FUZZ_SECS)
 #   5. cargo test --workspace        unit tests + real-peer integration tests
 #                                    (crates/sluice/tests: ffmpeg/GStreamer/
@@ -27,6 +28,9 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+echo "==> cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 # Coverage-guided fuzzing, briefly: every cargo-fuzz target from its seed corpus
 # (scripts/fuzz-long.sh runs one for long). SLUICE_FUZZ_SECS sets the time per target.

@@ -16,7 +16,7 @@ const MAX_LINES: usize = 8;
 /// Cache line size assumed.
 const LINE: usize = 64;
 
-/// Hints that `value`'s memory (up to [`MAX_LINES`] cache lines) will be read soon.
+/// Hints that `value`'s memory (up to its first 8 cache lines) will be read soon.
 /// Never reads it: only its address and size are used.
 #[inline]
 pub fn prefetch<T: ?Sized>(value: &T) {

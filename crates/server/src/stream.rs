@@ -381,7 +381,7 @@ impl Stream {
     /// Never waits for a fan-out in progress (the caller is a session's request, on a
     /// runtime worker that other sessions share): the GOP lock, which a flush holds only
     /// while it files its batch, orders the subscription between two batches, and the
-    /// sink joins the delivery list at the next flush ([`Stream::joining`]).
+    /// sink joins the delivery list at the next flush.
     pub fn subscribe(&self, sink: Arc<dyn Sink>) -> (SinkId, Vec<Option<TrackStart>>) {
         let id = SinkId(self.next_sink.fetch_add(1, Ordering::Relaxed));
         if !self.is_ended() {

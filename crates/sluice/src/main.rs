@@ -1,5 +1,9 @@
 //! `sluice`: the RTSP media server's command-line entry point.
 
+// The doc comments on the argument types are clap's `--help` text, shown verbatim: URL
+// patterns such as `rtsp://[user:pass@]host[:port]/path` are not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
