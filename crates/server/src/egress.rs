@@ -5,6 +5,13 @@
 //! The batch is planned once per flush for all readers: per track, the packets' slices
 //! and their GSO runs. A UDP reader then adds one message per run (its address and a
 //! pointer to the shared slices): no payload is copied, nothing is allocated per reader.
+//!
+//! A GSO run's packets are copied once per flush, back to back, into a buffer the caller
+//! lends the plan, and every reader's message for the run is that one contiguous slice:
+//! the kernel then copies each message from one place instead of walking a slice per
+//! packet. `sluice bench floor` measured ~7 % less sender CPU at 400 readers of the 4 Mb/s
+//! stream with one slice per run than with one per packet (10.55 against 11.36 %/Gbit/s,
+//! three alternating pairs).
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -25,6 +32,9 @@ pub struct Run {
     pub track: usize,
     /// Range of the plan's slices (one per packet).
     start: usize,
+    /// The run's packets as one contiguous slice (index in the plan's `joined`), for a
+    /// GSO run of more than one packet.
+    joined: Option<usize>,
     /// Packets in the run.
     pub packets: u16,
     /// GSO segment size (the first packet's size).
@@ -39,6 +49,8 @@ pub struct Run {
 #[derive(Debug)]
 pub struct UdpPlan<'a> {
     slices: Vec<IoSlice<'a>>,
+    /// One slice per GSO run of more than one packet: its packets back to back.
+    joined: Vec<IoSlice<'a>>,
     /// RTP payload bytes of each slice's packet (for refunds of refused messages).
     payloads: Vec<u32>,
     runs: Vec<Run>,
@@ -46,10 +58,15 @@ pub struct UdpPlan<'a> {
 
 impl<'a> UdpPlan<'a> {
     /// Plans `packets`: grouped by track (order kept within a track), split into runs.
-    pub fn new(packets: &'a [MediaPacket], gso: bool) -> UdpPlan<'a> {
+    /// `buffer` (cleared first) receives a copy of each GSO run's packets, back to back,
+    /// which the run's messages then send from.
+    pub fn new(packets: &'a [MediaPacket], gso: bool, buffer: &'a mut Vec<u8>) -> UdpPlan<'a> {
         let mut slices = Vec::with_capacity(packets.len());
         let mut payloads = Vec::with_capacity(packets.len());
         let mut runs = Vec::new();
+        // Byte ranges in `buffer` of the runs that get one, filled below.
+        let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
+        buffer.clear();
         let mut tracks: Vec<usize> = packets.iter().map(|p| p.track).collect();
         tracks.sort_unstable();
         tracks.dedup();
@@ -63,9 +80,18 @@ impl<'a> UdpPlan<'a> {
             udp_send::runs(of_track.iter().map(|p| p.data.len()), gso, &mut ranges);
             for &(start, count, segment) in &ranges {
                 let payload_bytes: u32 = payloads[base + start..base + start + count].iter().sum();
+                let joined = (count > 1).then(|| {
+                    let from = buffer.len();
+                    for p in &of_track[start..start + count] {
+                        buffer.extend_from_slice(&p.data);
+                    }
+                    spans.push(from..buffer.len());
+                    spans.len() - 1
+                });
                 runs.push(Run {
                     track,
                     start: base + start,
+                    joined,
                     packets: count as u16,
                     segment,
                     payload_bytes,
@@ -73,8 +99,14 @@ impl<'a> UdpPlan<'a> {
                 });
             }
         }
+        let buffer: &'a Vec<u8> = buffer;
+        let joined = spans
+            .into_iter()
+            .map(|span| IoSlice::new(&buffer[span]))
+            .collect();
         UdpPlan {
             slices,
+            joined,
             payloads,
             runs,
         }
@@ -242,6 +274,10 @@ impl<'p> Egress<'p> {
         let range = run.start..run.start + usize::from(run.packets);
         let parts = &self.plan.slices[range.clone()];
         if gso || run.packets == 1 {
+            let parts = match run.joined {
+                Some(i) if gso => &self.plan.joined[i..=i],
+                _ => parts,
+            };
             let refund = Refund {
                 track: run.track,
                 packets: u32::from(run.packets),
@@ -342,7 +378,8 @@ mod tests {
                 direct_budget::exempt_this_thread();
             }
             let packets: Vec<MediaPacket> = Vec::new();
-            let plan = UdpPlan::new(&packets, false);
+            let mut joined = Vec::new();
+            let plan = UdpPlan::new(&packets, false, &mut joined);
             let mut egress = Egress::new(&packets, &plan).for_sinks(sinks);
             let mut allowed = 0;
             for _ in 0..sinks {
@@ -360,6 +397,89 @@ mod tests {
         })
         .join()
         .expect("flush thread")
+    }
+
+    fn packet(track: usize, seq: u16, len: usize) -> MediaPacket {
+        let mut data = vec![0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        data[2..4].copy_from_slice(&seq.to_be_bytes());
+        data.resize(len, seq as u8);
+        MediaPacket {
+            track,
+            data: bytes::Bytes::from(data),
+            header: sluice_rtp::packet::RtpHeader {
+                payload_type: 96,
+                marker: false,
+                sequence: seq,
+                timestamp: 0,
+                ssrc: 7,
+                payload_offset: 12,
+            },
+            received_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_gso_run_is_planned_as_its_packets_back_to_back_in_one_slice() {
+        // Video: three full packets and a short one (one run), audio: one packet.
+        let packets = vec![
+            packet(0, 1, 1400),
+            packet(1, 50, 300),
+            packet(0, 2, 1400),
+            packet(0, 3, 1400),
+            packet(0, 4, 900),
+        ];
+        let mut buffer = vec![0xee; 7];
+        let plan = UdpPlan::new(&packets, true, &mut buffer);
+        let runs = plan.runs();
+        assert_eq!(runs.len(), 2);
+        let video = runs[0];
+        assert_eq!((video.track, video.packets, video.segment), (0, 4, 1400));
+        let whole = &plan.joined[video.joined.expect("a run of 4 is joined")];
+        let expected: Vec<u8> = [0, 2, 3, 4]
+            .iter()
+            .flat_map(|&i| packets[i].data.to_vec())
+            .collect();
+        assert_eq!(
+            &whole[..],
+            &expected[..],
+            "the packets, in order, and nothing else"
+        );
+        assert_eq!(
+            runs[1].joined, None,
+            "a single packet is sent from where it is"
+        );
+        assert_eq!(plan.joined.len(), 1);
+        drop(plan);
+        assert_eq!(buffer.len(), 5100, "the lent buffer was cleared first");
+        // Without GSO nothing is copied.
+        let plan = UdpPlan::new(&packets, false, &mut buffer);
+        assert!(plan.runs().iter().all(|r| r.joined.is_none()));
+    }
+
+    #[tokio::test]
+    async fn a_reader_receives_a_joined_run_as_the_original_datagrams() {
+        let packets = vec![packet(0, 1, 1400), packet(0, 2, 1400), packet(0, 3, 500)];
+        let tx = Arc::new(MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let gso = udp_send::gso_enabled();
+        let mut buffer = Vec::new();
+        let plan = UdpPlan::new(&packets, gso, &mut buffer);
+        let mut egress = Egress::new(&packets, &plan);
+        egress.begin_sink();
+        for run in plan.runs() {
+            egress.send_udp(&tx, to, run, gso);
+        }
+        let sent = egress.finish();
+        assert_eq!(sent.packets, 3);
+        let mut buf = [0u8; 2048];
+        for p in &packets {
+            let n = tokio::time::timeout(Duration::from_secs(2), rx.recv(&mut buf))
+                .await
+                .expect("a datagram arrives")
+                .unwrap();
+            assert_eq!(&buf[..n], &p.data[..]);
+        }
     }
 
     #[test]

@@ -200,7 +200,8 @@ mod tests {
             .collect();
         for b in 0..batches {
             let packets = batch(b * per_batch, per_batch);
-            let plan = UdpPlan::new(&packets, false);
+            let mut joined = Vec::new();
+            let plan = UdpPlan::new(&packets, false, &mut joined);
             deliver(&list, &packets, &plan);
         }
         recs

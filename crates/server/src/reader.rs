@@ -572,6 +572,8 @@ struct CatchUp {
     clock: tokio::time::Instant,
     /// The burst being sent (kept for its allocation).
     batch: Vec<MediaPacket>,
+    /// The buffer the burst's UDP plan copies its GSO runs into (kept for its allocation).
+    joined: Vec<u8>,
     errors_logged: bool,
 }
 
@@ -589,6 +591,7 @@ impl CatchUp {
         CatchUp {
             clock: tokio::time::Instant::now(),
             batch: Vec::with_capacity(CATCH_UP_BATCH),
+            joined: Vec::new(),
             errors_logged: false,
         }
     }
@@ -630,7 +633,7 @@ impl CatchUp {
         };
         // As the live fan-out sends: GSO runs, and Sender Reports that count only what
         // the kernel took. The packets' age is the catch-up's, not the server's latency.
-        let plan = UdpPlan::new(batch, *gso);
+        let plan = UdpPlan::new(batch, *gso, &mut self.joined);
         let mut egress = Egress::new(batch, &plan).without_latency();
         egress.begin_sink();
         sink.send_udp(rtp, *gso, &mut egress);
@@ -689,7 +692,8 @@ mod tests {
     }
 
     fn deliver(sink: &ReaderSink, packets: &[MediaPacket]) {
-        let plan = UdpPlan::new(packets, false);
+        let mut joined = Vec::new();
+        let plan = UdpPlan::new(packets, false, &mut joined);
         let mut egress = Egress::new(packets, &plan);
         sink.handle_batch(&mut egress);
         egress.finish();
@@ -835,7 +839,8 @@ mod tests {
             p
         };
         let batch = [sized(0, 0), sized(1, 50), sized(2, 100)];
-        let plan = UdpPlan::new(&batch, true);
+        let mut joined = Vec::new();
+        let plan = UdpPlan::new(&batch, true, &mut joined);
         let sent = crate::fanout::deliver(&sinks, &batch, &plan);
         assert_eq!((sent.packets, sent.dropped), (6, 6));
         for (i, r) in readers.iter().enumerate() {
@@ -878,7 +883,8 @@ mod tests {
             vec![packet(3), other(3), packet(4)],
         ];
         for batch in &batches {
-            let plan = UdpPlan::new(batch, true);
+            let mut joined = Vec::new();
+            let plan = UdpPlan::new(batch, true, &mut joined);
             let mut egress = Egress::new(batch, &plan);
             sink.handle_batch(&mut egress);
             egress.finish();

@@ -228,6 +228,9 @@ pub struct Stream {
     me: Weak<Stream>,
     /// Batches handed to the fan-out threads and not yet delivered.
     outbox: Outbox,
+    /// The buffer a flush's UDP plan copies its GSO runs into ([`UdpPlan::new`]), kept
+    /// for its allocation.
+    plan_buffer: Mutex<Vec<u8>>,
     /// Sinks subscribed and not removed (joined or joining): whether a flush is offloaded.
     subscribed: AtomicUsize,
 }
@@ -287,6 +290,7 @@ impl Stream {
             window_ns: AtomicU64::new(0),
             me: me.clone(),
             outbox: Outbox::default(),
+            plan_buffer: Mutex::new(Vec::new()),
             subscribed: AtomicUsize::new(0),
         })
     }
@@ -679,7 +683,12 @@ impl Stream {
                 gop.handle_packet(p);
             }
         }
-        let plan = UdpPlan::new(batch, crate::udp_send::gso_enabled());
+        // Deliveries of one stream do not overlap; if one ever did, it plans into a buffer
+        // of its own.
+        let mut lent = self.plan_buffer.try_lock().ok();
+        let mut own = Vec::new();
+        let buffer = lent.as_deref_mut().unwrap_or(&mut own);
+        let plan = UdpPlan::new(batch, crate::udp_send::gso_enabled(), buffer);
         let sent = crate::fanout::deliver(&sinks, batch, &plan);
         drop(sinks);
         if sent.dropped > 0 && self.udp_dropped.fetch_add(sent.dropped, Ordering::Relaxed) == 0 {

@@ -137,10 +137,20 @@ pub fn send_batch_noting(
     sent
 }
 
-/// Sends a GSO run as one datagram per packet (each part of a run is one whole packet).
+/// Sends a GSO run as one datagram per packet: a part each when the run has a part per
+/// packet, else its bytes cut at the segment size (as the kernel would have cut them).
 fn send_split(socket: &MediaSocket, run: &Datagram<'_>) -> Sent {
-    let singles: Vec<Datagram<'_>> = run
-        .parts
+    let pieces: Vec<IoSlice<'_>> = if run.parts.len() == usize::from(run.packets) {
+        run.parts.iter().map(|p| IoSlice::new(p)).collect()
+    } else {
+        let segment = run.segment.map_or(usize::MAX, usize::from).max(1);
+        run.parts
+            .iter()
+            .flat_map(|p| p.chunks(segment))
+            .map(IoSlice::new)
+            .collect()
+    };
+    let singles: Vec<Datagram<'_>> = pieces
         .chunks(1)
         .map(|p| Datagram {
             to: run.to,
@@ -303,6 +313,36 @@ mod tests {
         assert_eq!(v.iter().map(|x| x.1).sum::<usize>(), 100);
         let huge = vec![1400; 60];
         assert!(r(&huge, true).iter().all(|x| x.1 * 1400 <= MAX_GSO_BYTES));
+    }
+
+    #[tokio::test]
+    async fn a_run_split_for_want_of_gso_goes_out_a_datagram_per_packet() {
+        let tx = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let packets: [&[u8]; 3] = [&[1; 100], &[2; 100], &[3; 40]];
+        let whole = packets.concat();
+        let per_packet: Vec<IoSlice<'_>> = packets.iter().map(|p| IoSlice::new(p)).collect();
+        let joined = [IoSlice::new(&whole)];
+        // A run as planned (one contiguous part) and as a part per packet.
+        for parts in [&joined[..], &per_packet[..]] {
+            let run = Datagram {
+                to,
+                parts,
+                segment: Some(100),
+                packets: 3,
+            };
+            let sent = send_split(&tx, &run);
+            assert_eq!((sent.packets, sent.syscalls), (3, 1));
+            let mut buf = [0u8; 512];
+            for p in packets {
+                let n = tokio::time::timeout(Duration::from_secs(2), rx.recv(&mut buf))
+                    .await
+                    .expect("a datagram arrives")
+                    .unwrap();
+                assert_eq!(&buf[..n], p);
+            }
+        }
     }
 
     #[tokio::test]
