@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
+use crate::media_queue::ChannelMap;
 use crate::media_socket::MediaSocket;
 
 use crate::direct_budget;
@@ -147,6 +150,10 @@ pub struct Egress<'p> {
     oldest: Option<Instant>,
     /// The packets as one shared allocation, made for the first queue-based sink.
     shared: Option<Arc<[MediaPacket]>>,
+    /// The packets framed for TCP readers with these channels ([`Egress::framed`]).
+    framed: Option<(ChannelMap, Bytes)>,
+    /// TCP readers that asked for a framed batch so far.
+    framed_asked: usize,
     /// When the flush started.
     start: Instant,
     /// This thread's direct-write time saved up at the start (see [`direct_budget`]).
@@ -187,6 +194,8 @@ impl<'p> Egress<'p> {
             sent: Sent::default(),
             oldest: packets.iter().map(|p| p.received_at).min(),
             shared: None,
+            framed: None,
+            framed_asked: 0,
             start,
             saved: saved.unwrap_or_default(),
             direct_until: saved.map(|_| start + direct_budget::DIRECT_STRETCH),
@@ -246,6 +255,29 @@ impl<'p> Egress<'p> {
         self.shared
             .get_or_insert_with(|| self.packets.iter().cloned().collect())
             .clone()
+    }
+
+    /// The batch framed for a TCP reader on `channels` (each packet's interleaved header
+    /// and the packet, back to back), so that its write is one slice instead of two per
+    /// packet: copied once per flush, from the second reader that asks on (a flush to
+    /// one reader gains nothing from the copy), and shared by every reader with the
+    /// channels the first framing was made for. `None` for the first reader and for
+    /// readers on other channels: they are written from the packets.
+    ///
+    /// `sluice bench floor` sent 400 TCP readers of the 4 Mb/s stream for ~10 % less CPU
+    /// with one slice per frame than with a header and a payload slice per packet
+    /// (7.23 against 8.04 %/Gbit/s, three alternating pairs).
+    pub fn framed(&mut self, channels: &ChannelMap) -> Option<Bytes> {
+        self.framed_asked += 1;
+        match &self.framed {
+            Some((made_for, image)) => (made_for == channels).then(|| image.clone()),
+            None if self.framed_asked >= 2 => {
+                let image = crate::media_queue::framed(self.packets, channels);
+                self.framed = Some((*channels, image.clone()));
+                Some(image)
+            }
+            None => None,
+        }
     }
 
     /// When the batch's oldest packet was received.

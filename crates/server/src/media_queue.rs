@@ -66,6 +66,11 @@ pub enum TcpOut {
         channels: ChannelMap,
         /// How many of the packets have a channel (counted once, by the sink).
         frames: usize,
+        /// The same frames already framed for `channels` (header and packet, back to
+        /// back), made once per flush for every reader with these channels
+        /// ([`crate::egress::Egress::framed`]): written as one slice instead of two per
+        /// packet. `None`: written from `packets`.
+        framed: Option<Bytes>,
         /// When the batch's oldest packet was received (found once per flush, for the
         /// latency histogram).
         received_at: Option<Instant>,
@@ -478,25 +483,82 @@ pub fn frame_headers(items: &[TcpOut], headers: &mut Vec<[u8; 4]>) {
     }));
 }
 
-/// Appends to `slices` a header (from `headers`, as [`frame_headers`] made them) and a
-/// payload per frame of `items` from frame `skip` on, stopping before [`MAX_IOV`] slices;
-/// returns how many frames it added. Nothing is copied.
+/// Appends to `slices` the interleaved frames of `items` from frame `skip` on: a batch
+/// that comes framed as one slice (from its first frame not skipped), any other frame as
+/// a header (from `headers`, as [`frame_headers`] made them) and its payload; stops
+/// before [`MAX_IOV`] slices. Returns how many frames it added. Nothing is copied.
 pub fn gather<'a>(
     items: &'a [TcpOut],
     headers: &'a [[u8; 4]],
     skip: usize,
     slices: &mut Vec<IoSlice<'a>>,
 ) -> usize {
-    let mut n = 0;
-    for ((_, data), h) in frames_of(items).zip(headers).skip(skip) {
-        if slices.len() + 2 > MAX_IOV {
-            break;
+    let mut added = 0;
+    // Index of the current item's first frame among all of `items`' frames.
+    let mut first = 0;
+    for item in items.iter().take_while(|i| !matches!(i, TcpOut::Close)) {
+        let frames = frames_of(std::slice::from_ref(item));
+        if let TcpOut::Batch {
+            framed: Some(image),
+            ..
+        } = item
+        {
+            let count = frames_of(std::slice::from_ref(item)).count();
+            if first + count > skip {
+                if slices.len() + 1 > MAX_IOV {
+                    break;
+                }
+                let from = skip.saturating_sub(first);
+                let offset: usize = frames.take(from).map(|(_, d)| 4 + wire_len(d)).sum();
+                slices.push(IoSlice::new(image.get(offset..).unwrap_or_default()));
+                added += count - from;
+            }
+            first += count;
+            continue;
         }
-        slices.push(IoSlice::new(&h[..]));
-        slices.push(IoSlice::new(&data[..data.len().min(usize::from(u16::MAX))]));
-        n += 1;
+        let mut count = 0;
+        for (_, data) in frames {
+            let index = first + count;
+            count += 1;
+            if index < skip {
+                continue;
+            }
+            let Some(h) = headers.get(index) else {
+                return added;
+            };
+            if slices.len() + 2 > MAX_IOV {
+                return added;
+            }
+            slices.push(IoSlice::new(&h[..]));
+            slices.push(IoSlice::new(&data[..wire_len(data)]));
+            added += 1;
+        }
+        first += count;
     }
-    n
+    added
+}
+
+/// How much of a packet an interleaved frame carries (its length field is 16 bits).
+fn wire_len(data: &[u8]) -> usize {
+    data.len().min(usize::from(u16::MAX))
+}
+
+/// `packets` framed for `channels`: for each packet with a channel, its interleaved header
+/// and the packet, back to back, as [`gather`] would write them slice by slice.
+pub fn framed(packets: &[MediaPacket], channels: &ChannelMap) -> Bytes {
+    let with_channel = || {
+        packets
+            .iter()
+            .filter_map(|p| Some((channel_of(channels, p.track)?, &p.data[..wire_len(&p.data)])))
+    };
+    let total = with_channel().map(|(_, d)| 4 + d.len()).sum();
+    let mut image = Vec::with_capacity(total);
+    for (channel, data) in with_channel() {
+        let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
+        image.extend_from_slice(&sluice_rtsp::interleaved::header(channel, len));
+        image.extend_from_slice(data);
+    }
+    Bytes::from(image)
 }
 
 /// The interleaved frames of `items` (up to a Close), as (channel, packet) pairs.
@@ -743,6 +805,74 @@ mod tests {
             assert_eq!(&f[..4], &[b'$', i as u8, 0xea, 0x60], "frame {i} header");
             assert!(f[4..].iter().all(|b| *b == i as u8), "frame {i} payload");
         }
+    }
+
+    #[test]
+    fn a_framed_batch_writes_the_same_bytes_as_its_packets_from_any_frame_on() {
+        let packet = |track: usize, seq: u16, len: usize| MediaPacket {
+            track,
+            data: Bytes::from(vec![seq as u8; len]),
+            header: sluice_rtp::packet::RtpHeader {
+                payload_type: 96,
+                marker: false,
+                sequence: seq,
+                timestamp: 0,
+                ssrc: 1,
+                payload_offset: 12,
+            },
+            received_at: Instant::now(),
+        };
+        // Video on channel 0, audio on 2, a third track the reader does not get.
+        let packets: Arc<[MediaPacket]> = vec![
+            packet(0, 1, 1400),
+            packet(2, 2, 50),
+            packet(1, 3, 300),
+            packet(0, 4, 900),
+        ]
+        .into();
+        let mut channels = [NO_CHANNEL; MAX_TRACKS];
+        channels[0] = 0;
+        channels[1] = 2;
+        let batch = |framed: Option<Bytes>| TcpOut::Batch {
+            packets: packets.clone(),
+            channels,
+            frames: 3,
+            framed,
+            received_at: None,
+        };
+        let image = framed(&packets, &channels);
+        let items = |framed: bool| {
+            vec![
+                frame(1),
+                batch(framed.then(|| image.clone())),
+                frame(3),
+                batch(framed.then(|| image.clone())),
+            ]
+        };
+        let (plain, with_image) = (items(false), items(true));
+        let mut headers = Vec::new();
+        frame_headers(&plain, &mut headers);
+        assert_eq!(headers.len(), 8);
+        let bytes = |items: &[TcpOut], skip: usize| {
+            let mut slices = Vec::new();
+            let n = gather(items, &headers, skip, &mut slices);
+            (
+                n,
+                slices.iter().flat_map(|s| s.to_vec()).collect::<Vec<u8>>(),
+            )
+        };
+        for skip in 0..=8 {
+            let (n, expected) = bytes(&plain, skip);
+            assert_eq!(n, 8 - skip);
+            assert_eq!(bytes(&with_image, skip), (n, expected), "from frame {skip}");
+        }
+        let mut slices = Vec::new();
+        gather(&with_image, &headers, 0, &mut slices);
+        assert_eq!(
+            slices.len(),
+            6,
+            "a slice per framed batch, two per other frame"
+        );
     }
 
     #[test]

@@ -343,6 +343,7 @@ impl ReaderSink {
                 packets: egress.shared_packets(),
                 channels: self.channels,
                 frames: n,
+                framed: egress.framed(&self.channels),
                 received_at: egress.oldest(),
             },
             direct,
@@ -897,5 +898,65 @@ mod tests {
         assert_eq!(sink.octets_sent(0), 5 * 100);
         assert_eq!(sink.packets_sent(1), 0);
         assert_eq!(sink.dropped(), 0);
+    }
+
+    #[test]
+    fn tcp_readers_of_one_flush_write_the_same_frames_framed_once_or_not() {
+        use crate::media_queue::{frame_headers, gather};
+        // Three readers of track 0: two on channel 0, one on channel 4.
+        let reader = |rtp: u8| {
+            let queue = Arc::new(MediaQueue::new(64, None));
+            let sink = Arc::new(ReaderSink::new(
+                "test".into(),
+                vec![Target::Tcp { rtp, rtcp: rtp + 1 }, Target::None],
+                Outbox::Tcp(queue.clone()),
+                Duration::from_secs(5),
+                Arc::new(|_| {}),
+            ));
+            sink.open();
+            (sink, queue, rtp)
+        };
+        let readers = [reader(0), reader(0), reader(4)];
+        let other = MediaPacket {
+            track: 1,
+            ..packet(9)
+        };
+        let batch = vec![packet(1), other, packet(2)];
+        let mut joined = Vec::new();
+        let plan = UdpPlan::new(&batch, true, &mut joined);
+        let mut egress = Egress::new(&batch, &plan);
+        for (sink, _, _) in &readers {
+            egress.begin_sink();
+            sink.handle_batch(&mut egress);
+        }
+        egress.finish();
+        let mut framed = Vec::new();
+        for (_, queue, channel) in &readers {
+            let mut taken = Taken::default();
+            assert!(queue.take(&mut taken, 64));
+            framed.push(matches!(
+                taken.items[..],
+                [TcpOut::Batch {
+                    framed: Some(_),
+                    ..
+                }]
+            ));
+            let mut headers = Vec::new();
+            frame_headers(&taken.items, &mut headers);
+            let mut slices = Vec::new();
+            assert_eq!(gather(&taken.items, &headers, 0, &mut slices), 2);
+            let written: Vec<u8> = slices.iter().flat_map(|s| s.to_vec()).collect();
+            let mut expected = Vec::new();
+            for p in [&batch[0], &batch[2]] {
+                expected.extend_from_slice(&sluice_rtsp::interleaved::header(*channel, 112));
+                expected.extend_from_slice(&p.data);
+            }
+            assert_eq!(written, expected, "channel {channel}");
+        }
+        assert_eq!(
+            framed,
+            [false, true, false],
+            "framed once, from the second reader, for its channels only"
+        );
     }
 }
