@@ -403,6 +403,19 @@ fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
     if matches!(item, TcpOut::Close) || 2 * item.frames() > MAX_IOV {
         return Direct::NotWritten;
     }
+    if let TcpOut::Batch {
+        framed: Some(image),
+        ..
+    } = item
+    {
+        // Already one slice: no headers to build or slices to gather, and the rest of a
+        // cut-short write is a slice of it, not a copy.
+        let result = write_bytes(fd, image);
+        if matches!(result, Direct::Written) {
+            record_latency(items);
+        }
+        return result;
+    }
     DIRECT_SCRATCH.with(|scratch| {
         let Ok(mut scratch) = scratch.try_borrow_mut() else {
             return Direct::NotWritten;
@@ -414,10 +427,7 @@ fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
         let total: usize = iov.iter().map(|s| s.len()).sum();
         let result = match writev(fd, &iov) {
             Ok(n) if n >= total => {
-                let (oldest, frames) = frame_stats(items);
-                if let Some(t) = oldest {
-                    EGRESS_LATENCY.record(Instant::now().saturating_duration_since(t), frames);
-                }
+                record_latency(items);
                 Direct::Written
             }
             Ok(n) => Direct::Partial(rest_after(&iov, n)),
@@ -428,7 +438,15 @@ fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
     })
 }
 
-/// Writes `bytes` (an encoded response) to the socket `fd` with one non-blocking write;
+/// Records the ingest → egress latency of `items`' relayed packets, just written.
+fn record_latency(items: &[TcpOut]) {
+    let (oldest, frames) = frame_stats(items);
+    if let Some(t) = oldest {
+        EGRESS_LATENCY.record(Instant::now().saturating_duration_since(t), frames);
+    }
+}
+
+/// Writes `bytes` (an encoded response, or a framed batch) to the socket `fd` with one non-blocking write;
 /// the rest of a cut-short write is a slice of it, not a copy.
 fn write_bytes(fd: RawFd, bytes: &Bytes) -> Direct {
     match writev(fd, &[IoSlice::new(bytes)]) {
@@ -503,15 +521,20 @@ pub fn gather<'a>(
             ..
         } = item
         {
-            let count = frames_of(std::slice::from_ref(item)).count();
+            // Its frames, and where in the image the first one not skipped starts.
+            let (mut count, mut offset) = (0, 0);
+            for (_, data) in frames {
+                if first + count < skip {
+                    offset += 4 + wire_len(data);
+                }
+                count += 1;
+            }
             if first + count > skip {
                 if slices.len() + 1 > MAX_IOV {
                     break;
                 }
-                let from = skip.saturating_sub(first);
-                let offset: usize = frames.take(from).map(|(_, d)| 4 + wire_len(d)).sum();
                 slices.push(IoSlice::new(image.get(offset..).unwrap_or_default()));
-                added += count - from;
+                added += first + count - skip.max(first);
             }
             first += count;
             continue;
@@ -698,6 +721,48 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let (rd, wr) = server.into_split();
         (Arc::new(wr), rd, client)
+    }
+
+    #[tokio::test]
+    async fn an_idle_plain_tcp_queue_writes_a_framed_batch_at_once_as_framed() {
+        let (wr, _rd, mut client) = pair().await;
+        let q = MediaQueue::new(8, Some(wr));
+        let packets: Arc<[MediaPacket]> = vec![MediaPacket {
+            track: 0,
+            data: Bytes::from_static(&[5, 5, 5]),
+            header: sluice_rtp::packet::RtpHeader {
+                payload_type: 96,
+                marker: true,
+                sequence: 1,
+                timestamp: 0,
+                ssrc: 1,
+                payload_offset: 0,
+            },
+            received_at: Instant::now(),
+        }]
+        .into();
+        let mut channels = [NO_CHANNEL; MAX_TRACKS];
+        channels[0] = 7;
+        let image = framed(&packets, &channels);
+        q.push(TcpOut::Batch {
+            packets,
+            channels,
+            frames: 1,
+            framed: Some(image),
+            received_at: None,
+        })
+        .unwrap();
+        let mut got = [0u8; 7];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            client.read_exact(&mut got),
+        )
+        .await
+        .expect("the frame is written at once")
+        .unwrap();
+        assert_eq!(got, [b'$', 7, 0, 3, 5, 5, 5]);
+        let mut out = Taken::default();
+        assert!(!q.take(&mut out, 10), "nothing was queued");
     }
 
     #[tokio::test]
