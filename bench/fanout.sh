@@ -10,6 +10,10 @@
 #   BENCH_SERVERS="sluice gst floor"      which servers, in this order (floor: `sluice bench floor`, the
 #                                         kernel's own cost for the same fan-out, no server; see below)
 #   BENCH_DURATION=20                     measurement window per run, seconds
+#   BENCH_ORDER=interleaved|grouped       interleaved (default): for each case, every server in turn,
+#                                         each started fresh; grouped: each server once per stream with
+#                                         its cases back to back (fewer restarts, but a row's figures are
+#                                         then up to a quarter of an hour apart)
 #   CARGO_TARGET_DIR=/tmp/target-bench    where sluice is built (--release)
 #   SLUICE_BIN=/path/to/sluice            use this binary, do not build
 #   BENCH_FANOUT_WINDOW=40ms              run Sluice with [rtsp] fanout_window (default: a batch per frame)
@@ -49,6 +53,11 @@ else
 lo:udp:1000 lo:udp:5000 lo:udp:10000 lo:tcp:1000 lo:tcp:5000 lo:tcp:10000"}
 fi
 SERVERS=${BENCH_SERVERS:-"sluice gst floor"}
+ORDER=${BENCH_ORDER:-interleaved}
+if [[ $ORDER != interleaved && $ORDER != grouped ]]; then
+  echo "BENCH_ORDER must be interleaved or grouped, not '$ORDER'" >&2
+  exit 2
+fi
 
 # ---- CPU split (perf) -------------------------------------------------------------------------------
 # On loopback the kernel delivers a sent packet to the receiving socket inside the sender's system call
@@ -373,35 +382,63 @@ print("   sender CPU %s %% (%d threads)  %s Mbit/s  %s %%/Gbit/s  %s us/pkt  %s 
   sleep 1
 }
 
+# Cases of stream $1 ("transport:readers" each), in $CASES order.
+cases_of() {
+  local c v t n
+  for c in $CASES; do
+    IFS=: read -r v t n <<<"$c"
+    [[ $v == "$1" ]] && echo "$t:$n"
+  done
+  return 0
+}
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-for server in $SERVERS; do
-  for variant in hi lo; do
-    cases=()
-    for c in $CASES; do
-      IFS=: read -r v t n <<<"$c"
-      [[ $v == "$variant" ]] && cases+=("$t:$n")
-    done
-    (( ${#cases[@]} )) || continue
-    echo "### $server, stream $variant"
-    if [[ $server == floor ]]; then
+if [[ $ORDER == grouped ]]; then
+  # Each server once per stream, its cases back to back.
+  for server in $SERVERS; do
+    for variant in hi lo; do
+      mapfile -t cases < <(cases_of "$variant")
+      (( ${#cases[@]} )) || continue
+      echo "### $server, stream $variant"
+      if [[ $server == floor ]]; then
+        for c in "${cases[@]}"; do
+          IFS=: read -r t n <<<"$c"
+          run_floor "$variant" "$t" "$n"
+        done
+        continue
+      fi
+      if [[ $server == sluice ]]; then start_sluice "$variant"; else start_gst "$variant"; fi
       for c in "${cases[@]}"; do
         IFS=: read -r t n <<<"$c"
-        run_floor "$variant" "$t" "$n"
+        run_case "$server" "$variant" "$t" "$n"
       done
-      continue
-    fi
-    if [[ $server == sluice ]]; then start_sluice "$variant"; else start_gst "$variant"; fi
+      stop_server
+    done
+  done
+else
+  # Interleaved: every server runs a case, freshly started, before the next case, so the
+  # figures compared in a row were taken minutes apart, not a quarter of an hour.
+  for variant in hi lo; do
+    mapfile -t cases < <(cases_of "$variant")
     for c in "${cases[@]}"; do
       IFS=: read -r t n <<<"$c"
-      run_case "$server" "$variant" "$t" "$n"
+      echo "### $variant $t $n"
+      for server in $SERVERS; do
+        if [[ $server == floor ]]; then
+          run_floor "$variant" "$t" "$n"
+          continue
+        fi
+        if [[ $server == sluice ]]; then start_sluice "$variant"; else start_gst "$variant"; fi
+        run_case "$server" "$variant" "$t" "$n"
+        stop_server
+      done
     done
-    stop_server
   done
-done
+fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- table ------------------------------------------------------------------------------------------
-MODE=$([[ $QUICK == 1 ]] && echo "quick" || echo "full")
+MODE="$([[ $QUICK == 1 ]] && echo "quick" || echo "full"), $ORDER"
 TABLE=$("$PY" - "$JSONL" "$MODE" "$DURATION" "$LOAD_START" "$LOAD_END" <<'EOF'
 import json, sys, platform, os, subprocess
 path, mode, duration, l0, l1 = sys.argv[1:6]
