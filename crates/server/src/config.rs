@@ -286,7 +286,7 @@ pub struct RtspConfig {
     pub gop_cache: bool,
     /// Live streams (publishers, pulls): collect up to this much media, from a batch's
     /// first packet, before handing it to the readers, instead of a frame at a time.
-    /// Each reader then gets several frames per send (one `writev` per TCP reader), which
+    /// Each reader then gets several frames per send (one vectored `sendmsg` per TCP reader), which
     /// saves CPU per reader, for up to this much added latency. 0 (the default): a batch
     /// per frame. At most [`MAX_FANOUT_WINDOW`].
     #[serde(deserialize_with = "de_duration")]

@@ -1,7 +1,7 @@
 //! How long a fan-out thread may spend writing to TCP readers' sockets itself, before it
 //! hands the rest of a batch to the readers' writer tasks.
 //!
-//! A direct write is the cheapest way out: one `writev` on the fan-out thread, no task
+//! A direct write is the cheapest way out: one `sendmsg` on the fan-out thread, no task
 //! wake-up. But the fan-out runs on the publisher's thread (and one helper per core), and
 //! while it writes, the publisher's input waits. Writer tasks cost more per write while
 //! they keep up (a wake-up and a poll per reader per frame), but when they run behind they

@@ -2,7 +2,7 @@
 //! are many sinks.
 //!
 //! Handing a frame to hundreds of readers is almost all kernel work (one `sendmmsg`
-//! message or one `writev` per reader), and one thread does it at one core's speed: at
+//! message or one `sendmsg` per reader), and one thread does it at one core's speed: at
 //! 400 readers of a 4 Mb/s stream a frame takes several milliseconds, which is the added
 //! latency of the last reader served. With many sinks the batch is cut into contiguous
 //! shards, one per core; the calling thread serves the first and the pool's other threads

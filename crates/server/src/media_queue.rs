@@ -159,7 +159,7 @@ struct Queued {
     /// The socket, for direct writes (plain TCP only; dropped once the writer is gone).
     /// It keeps the socket, and so `direct_fd`, open.
     direct: Option<Arc<OwnedWriteHalf>>,
-    /// `direct`'s file descriptor, read once: a direct write goes straight to `writev(2)`
+    /// `direct`'s file descriptor, read once: a direct write goes straight to `sendmsg(2)`
     /// from here instead of through three pointers to tokio's readiness state, which
     /// with thousands of readers are cache misses per reader per batch (see
     /// [`crate::prefetch`]). Tokio's readiness is not updated by these writes; the
@@ -425,7 +425,7 @@ fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
         let mut iov = recycle(std::mem::take(slices));
         gather(items, headers, 0, &mut iov);
         let total: usize = iov.iter().map(|s| s.len()).sum();
-        let result = match writev(fd, &iov) {
+        let result = match send_vectored(fd, &iov) {
             Ok(n) if n >= total => {
                 record_latency(items);
                 Direct::Written
@@ -449,21 +449,32 @@ fn record_latency(items: &[TcpOut]) {
 /// Writes `bytes` (an encoded response, or a framed batch) to the socket `fd` with one non-blocking write;
 /// the rest of a cut-short write is a slice of it, not a copy.
 fn write_bytes(fd: RawFd, bytes: &Bytes) -> Direct {
-    match writev(fd, &[IoSlice::new(bytes)]) {
+    match send_vectored(fd, &[IoSlice::new(bytes)]) {
         Ok(n) if n >= bytes.len() => Direct::Written,
         Ok(n) if n > 0 => Direct::Partial(bytes.slice(n..)),
         _ => Direct::NotWritten,
     }
 }
 
-/// One non-blocking `writev(2)` of `iov` to `fd` (tokio sockets are non-blocking).
+/// One non-blocking `sendmsg(2)` of `iov` to the TCP socket `fd`.
 /// The caller keeps `fd` open for the call.
-fn writev(fd: RawFd, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
-    let count = iov.len().min(MAX_IOV) as libc::c_int;
+///
+/// `sendmsg`, not `writev`: both end in the same `tcp_sendmsg`, but `writev` goes through
+/// the file layer first (`fdget_pos`, `rw_verify_area`, `fsnotify_modify`). With one small
+/// write per reader per frame that is measurable: at 1,000 readers of the 200 kb/s stream
+/// Sluice cost 3 % less CPU in 7 alternating pairs, and the floor's bare sender 18 % less.
+pub(crate) fn send_vectored(fd: RawFd, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    let count = iov.len().min(MAX_IOV);
+    // SAFETY: an all-zero `msghdr` is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr().cast::<libc::iovec>().cast_mut();
+    msg.msg_iovlen = count as _;
     // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (std guarantees it on
     // Unix); the slices borrow live buffers for the call, and the kernel only reads
-    // them and at most `count` entries; `fd` is open (the caller holds its owner).
-    let n = unsafe { libc::writev(fd, iov.as_ptr().cast::<libc::iovec>(), count) };
+    // them and at most `count` entries (it does not write through `msg_iov`); `fd` is
+    // open (the caller holds its owner). MSG_DONTWAIT: never block (tokio sockets are
+    // non-blocking anyway); MSG_NOSIGNAL: a reader gone is an error, not SIGPIPE.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 {
         Err(std::io::Error::last_os_error())
     } else {

@@ -3,7 +3,7 @@
 //! A sender thread sends a stream's packets to N local receivers with nothing but the
 //! system calls a fan-out server cannot avoid, the same ones Sluice makes: over UDP one
 //! `sendmmsg` per 64 readers, each message a UDP GSO run (`UDP_SEGMENT`) of one frame's
-//! packets; over TCP one `writev` per reader per frame of one slice, the frame's packets
+//! packets; over TCP one `send` per reader per frame of one slice, the frame's packets
 //! `$`-framed as RTSP interleaved data and back to back (framed once per frame for every
 //! reader, as Sluice does). No RTSP, no parsing, no queues: payloads come from one static
 //! buffer. A receiver thread
@@ -19,7 +19,7 @@
 //! Hand-written over `libc`, like the server's `udp_send`: no crate batches `sendmmsg`
 //! with GSO control messages, and the point is to measure the bare calls.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 /// A packet flow of the modelled stream: `per_s` sends a second per reader, each
-/// `packets` packets of `size` bytes (one frame; one GSO run over UDP, one `writev` over TCP),
+/// `packets` packets of `size` bytes (one frame; one GSO run over UDP, one `send` over TCP),
 /// except that every `key_every`-th frame, from the first, is a keyframe of `key_packets`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
@@ -182,7 +182,7 @@ pub struct FloorReport {
     /// Packets (UDP) or bytes (TCP) the receivers read over the whole run; equal to
     /// `sent` unless the kernel dropped datagrams.
     pub received: u64,
-    /// TCP: `writev` calls that did not take the whole frame (a full send buffer).
+    /// TCP: `send` calls that did not take the whole frame (a full send buffer).
     pub short_writes: u64,
 }
 
@@ -701,9 +701,10 @@ fn send_udp(
 }
 
 /// One frame of `packets` packets of `size` bytes to every reader: the frame is framed
-/// once (a `$`-header + payload per packet, back to back), then a one-slice `writev` per
-/// reader. (A header slice and a payload slice per packet, as Sluice wrote before
-/// session 10, cost ~10 % more at 400 readers of the 4 Mb/s stream.)
+/// once (a `$`-header + payload per packet, back to back), then one `send` per reader
+/// (std's `TcpStream::write`; `writev`, as before session 11, adds the file layer's
+/// per-call work, as in Sluice). (A header slice and a payload slice per packet, as Sluice
+/// wrote before session 10, cost ~10 % more at 400 readers of the 4 Mb/s stream.)
 fn send_tcp(
     senders: &[TcpStream],
     size: usize,
@@ -718,11 +719,10 @@ fn send_tcp(
         framed.extend_from_slice(&header);
         framed.extend_from_slice(payload);
     }
-    let iov = [IoSlice::new(&framed)];
     let frame = framed.len() as u64;
     for s in senders {
         out.calls += 1;
-        match io::Write::write_vectored(&mut &*s, &iov) {
+        match io::Write::write(&mut &*s, &framed) {
             Ok(n) => {
                 out.bytes += n as u64;
                 out.units += n as u64;
