@@ -657,6 +657,23 @@ mod tests {
         }
     }
 
+    /// A relayed packet of `track` whose bytes (as framed on the wire) are `data`.
+    fn media_packet(track: usize, sequence: u16, data: Vec<u8>) -> MediaPacket {
+        MediaPacket {
+            track,
+            data: Bytes::from(data),
+            header: sluice_rtp::packet::RtpHeader {
+                payload_type: 96,
+                marker: false,
+                sequence,
+                timestamp: 0,
+                ssrc: 1,
+                payload_offset: 12,
+            },
+            received_at: Instant::now(),
+        }
+    }
+
     fn channels(taken: &Taken) -> Vec<u8> {
         taken
             .items
@@ -738,20 +755,7 @@ mod tests {
     async fn an_idle_plain_tcp_queue_writes_a_framed_batch_at_once_as_framed() {
         let (wr, _rd, mut client) = pair().await;
         let q = MediaQueue::new(8, Some(wr));
-        let packets: Arc<[MediaPacket]> = vec![MediaPacket {
-            track: 0,
-            data: Bytes::from_static(&[5, 5, 5]),
-            header: sluice_rtp::packet::RtpHeader {
-                payload_type: 96,
-                marker: true,
-                sequence: 1,
-                timestamp: 0,
-                ssrc: 1,
-                payload_offset: 0,
-            },
-            received_at: Instant::now(),
-        }]
-        .into();
+        let packets: Arc<[MediaPacket]> = vec![media_packet(0, 1, vec![5; 3])].into();
         let mut channels = [NO_CHANNEL; MAX_TRACKS];
         channels[0] = 7;
         let image = framed(&packets, &channels);
@@ -885,19 +889,7 @@ mod tests {
 
     #[test]
     fn a_framed_batch_writes_the_same_bytes_as_its_packets_from_any_frame_on() {
-        let packet = |track: usize, seq: u16, len: usize| MediaPacket {
-            track,
-            data: Bytes::from(vec![seq as u8; len]),
-            header: sluice_rtp::packet::RtpHeader {
-                payload_type: 96,
-                marker: false,
-                sequence: seq,
-                timestamp: 0,
-                ssrc: 1,
-                payload_offset: 12,
-            },
-            received_at: Instant::now(),
-        };
+        let packet = |track, seq: u16, len| media_packet(track, seq, vec![seq as u8; len]);
         // Video on channel 0, audio on 2, a third track the reader does not get.
         let packets: Arc<[MediaPacket]> = vec![
             packet(0, 1, 1400),
