@@ -14,6 +14,8 @@
 #                                         each started fresh; grouped: each server once per stream with
 #                                         its cases back to back (fewer restarts, but a row's figures are
 #                                         then up to a quarter of an hour apart)
+#   BENCH_REPEAT=3                        run every case this many times (default 1); the table shows
+#                                         each server's median run and every repetition's S / ⅓ G
 #   CARGO_TARGET_DIR=/tmp/target-bench    where sluice is built (--release)
 #   SLUICE_BIN=/path/to/sluice            use this binary, do not build
 #   BENCH_FANOUT_WINDOW=40ms              run Sluice with [rtsp] fanout_window (default: a batch per frame)
@@ -58,6 +60,12 @@ if [[ $ORDER != interleaved && $ORDER != grouped ]]; then
   echo "BENCH_ORDER must be interleaved or grouped, not '$ORDER'" >&2
   exit 2
 fi
+REPEAT=${BENCH_REPEAT:-1}
+if ! [[ $REPEAT =~ ^[1-9][0-9]?$ ]]; then
+  echo "BENCH_REPEAT must be a whole number from 1 to 99, not '$REPEAT'" >&2
+  exit 2
+fi
+REP=1              # the repetition being run (1..REPEAT), recorded in each JSON line
 
 # ---- CPU split (perf) -------------------------------------------------------------------------------
 # On loopback the kernel delivers a sent packet to the receiving socket inside the sender's system call
@@ -296,10 +304,17 @@ if s and share:
 print(json.dumps(r))
 '
 
+# Adds the repetition (1..BENCH_REPEAT) to a report line.
+REPEAT_PY='
+import json, sys
+r = json.loads(sys.argv[1]); r["repeat"] = int(sys.argv[2])
+print(json.dumps(r))
+'
+
 run_case() {
   local server=$1 variant=$2 transport=$3 n=$4
   local label="$server $variant $transport $n"
-  echo "== $label (window ${DURATION}s) =="
+  echo "== $label (window ${DURATION}s$( (( REPEAT > 1 )) && echo ", repetition $REP of $REPEAT")) =="
   # One process's fd limit bounds its readers: UDP takes 5 fds per reader (RTSP connection, RTP and
   # RTCP for 2 tracks), TCP 1. Above that the readers are split over several processes that
   # measure one common window (--window-start-unix) and whose reports are merged.
@@ -348,6 +363,7 @@ run_case() {
     line=$("$PY" -c "$SPLIT_PY" "$line" "$rxshare")
   fi
   if [[ -n $line ]]; then
+    line=$("$PY" -c "$REPEAT_PY" "$line" "$REP")
     echo "$line" >>"$JSONL"
     echo "$line" | "$PY" -c "$SUMMARY_PY" || true
   else
@@ -363,11 +379,12 @@ run_case() {
 run_floor() {
   local variant=$1 transport=$2 n=$3
   local label="floor $variant $transport $n"
-  echo "== $label (window ${DURATION}s) =="
+  echo "== $label (window ${DURATION}s$( (( REPEAT > 1 )) && echo ", repetition $REP of $REPEAT")) =="
   local line
   line=$(timeout $(( DURATION + 120 )) "$BIN" bench floor --transport "$transport" --stream "$variant" --readers "$n" \
     --duration "$DURATION" --label "$label" 2>>"$LOGDIR/floor.log") || line=""
   if [[ -n $line ]]; then
+    line=$("$PY" -c "$REPEAT_PY" "$line" "$REP")
     echo "$line" >>"$JSONL"
     echo "$line" | "$PY" -c '
 import json, sys
@@ -394,7 +411,8 @@ cases_of() {
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if [[ $ORDER == grouped ]]; then
-  # Each server once per stream, its cases back to back.
+  # Each server once per stream, its cases back to back; the whole sequence once per repetition.
+  for REP in $(seq 1 "$REPEAT"); do
   for server in $SERVERS; do
     for variant in hi lo; do
       mapfile -t cases < <(cases_of "$variant")
@@ -415,6 +433,7 @@ if [[ $ORDER == grouped ]]; then
       stop_server
     done
   done
+  done
 else
   # Interleaved: every server runs a case, freshly started, before the next case, so the
   # figures compared in a row were taken minutes apart, not a quarter of an hour.
@@ -423,6 +442,7 @@ else
     for c in "${cases[@]}"; do
       IFS=: read -r t n <<<"$c"
       echo "### $variant $t $n"
+      for REP in $(seq 1 "$REPEAT"); do
       for server in $SERVERS; do
         if [[ $server == floor ]]; then
           run_floor "$variant" "$t" "$n"
@@ -432,24 +452,44 @@ else
         run_case "$server" "$variant" "$t" "$n"
         stop_server
       done
+      done
     done
   done
 fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- table ------------------------------------------------------------------------------------------
-MODE="$([[ $QUICK == 1 ]] && echo "quick" || echo "full"), $ORDER"
-TABLE=$("$PY" - "$JSONL" "$MODE" "$DURATION" "$LOAD_START" "$LOAD_END" <<'EOF'
+MODE="$([[ $QUICK == 1 ]] && echo "quick" || echo "full"), $ORDER$( (( REPEAT > 1 )) && echo ", $REPEAT repetitions")"
+TABLE=$("$PY" - "$JSONL" "$MODE" "$DURATION" "$LOAD_START" "$LOAD_END" "$REPEAT" <<'EOF'
 import json, sys, platform, os, subprocess
-path, mode, duration, l0, l1 = sys.argv[1:6]
-rows = {}
+path, mode, duration, l0, l1, repeat = sys.argv[1:7]
+repeat = int(repeat)
+runs = {}
 for line in open(path):
     line = line.strip()
     if not line:
         continue
     r = json.loads(line)
     server, variant, transport, n = r["label"].split()
-    rows.setdefault((variant, transport, int(n)), {})[server] = r
+    runs.setdefault((variant, transport, int(n)), {}).setdefault(server, []).append(r)
+
+def per_gbit(r):
+    return (r.get("server") or {}).get("cpu_pct_per_gbit")
+
+def median_run(rs):
+    # The run with the median CPU per Gbit/s (the lower middle one of an even count), so that
+    # every column of a row comes from one real run, not a mix.
+    measured = sorted((r for r in rs if per_gbit(r) is not None), key=per_gbit)
+    return measured[(len(measured) - 1) // 2] if measured else rs[0]
+
+rows = {case: {server: median_run(rs) for server, rs in d.items()} for case, d in runs.items()}
+
+def each_repeat(d):
+    # S / (G / 3) of each repetition, Sluice and gst paired by repetition.
+    by = lambda server: {r.get("repeat", 1): per_gbit(r) for r in d.get(server, [])}
+    s, gg = by("sluice"), by("gst")
+    out = [f"{s[k] / (gg[k] / 3):.2f}" if s.get(k) and gg.get(k) else "—" for k in sorted(set(s) | set(gg))]
+    return ", ".join(out) if out else "—"
 
 def cpu_model():
     for l in open("/proc/cpuinfo"):
@@ -471,6 +511,10 @@ print(f"Machine: {os.cpu_count()} vCPU {cpu_model()}, {int(mem)/1048576:.1f} GiB
 window = os.environ.get("BENCH_FANOUT_WINDOW", "")
 if window and window not in ("0", "0ms", "0s"):
     print(f"\nSluice ran with `[rtsp] fanout_window = \"{window}\"` (readers get up to {window} of media per send).")
+if repeat > 1:
+    print(f"\nEvery case ran {repeat} times (each repetition every server in turn). Each server's columns show its run "
+          "with the median CPU per Gbit/s (the lower middle one for an even count); 'S / ⅓ G each' gives every "
+          "repetition's Sluice figure against a third of that repetition's gst figure, in order.")
 print()
 print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at the end of the window "
       "(growth per connected reader from before the first connect). ingest→egress = Sluice's own histogram "
@@ -488,8 +532,9 @@ print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at t
 print("| stream | transport | readers | connected S / G | CPU % S / G | CPU ratio | CPU %/Gbit/s S / G "
       "| floor %/Gbit/s | ⅓ G | S / floor | rx path % S / G | own CPU %/Gbit/s S / G | own ratio | µs/pkt S / G "
       "| RSS MiB S / G | RSS ratio | KiB/reader S / G | Mbit/s/reader S / G | loss % S / G | PLAY p50/p99 ms S ; G "
-      "| key p50/p99 ms S ; G | ingest→egress p50/p99 µs S | floor fan-out p50/p99 µs | client CPU % S / G / floor rx |")
-print("|" + "---|" * 24)
+      "| key p50/p99 ms S ; G | ingest→egress p50/p99 µs S | floor fan-out p50/p99 µs | client CPU % S / G / floor rx |"
+      + (" S / ⅓ G each |" if repeat > 1 else ""))
+print("|" + "---|" * (25 if repeat > 1 else 24))
 def g(r, *k):
     for key in k:
         if r is None:
@@ -525,16 +570,18 @@ for (variant, transport, n) in sorted(rows, key=lambda k: (k[0] != "hi", k[1], k
           f"| {pair('server','rss_mib_after')} | {ratio(g(s,'server','rss_mib_after'), g(gg,'server','rss_mib_after'))} "
           f"| {pair('server','rss_kib_per_reader')} | {pair('mbit_s_per_reader', nd=2)} | {pair('loss_pct', nd=3)} "
           f"| {pct(s,'play_reply_ms')} ; {pct(gg,'play_reply_ms')} | {pct(s,'first_keyframe_ms')} ; {pct(gg,'first_keyframe_ms')} "
-          f"| {lat(s)} | {lat(fl, 'fanout_latency_us')} | {pair('client_cpu_pct')} / {f(g(fl, 'receiver_cpu_pct'))} |")
+          f"| {lat(s)} | {lat(fl, 'fanout_latency_us')} | {pair('client_cpu_pct')} / {f(g(fl, 'receiver_cpu_pct'))} |"
+          + (f" {each_repeat(runs[(variant, transport, n)])} |" if repeat > 1 else ""))
 fails = []
-for (variant, transport, n), d in sorted(rows.items()):
-    for server, r in d.items():
+for (variant, transport, n), d in sorted(runs.items()):
+    for server, r in ((server, r) for server, rs in d.items() for r in rs):
+        which = f" (repetition {r.get('repeat', 1)})" if repeat > 1 else ""
         if server == "floor":
             if r["received"] != r["sent"] or r["short_writes"]:
-                fails.append(f"- floor {variant} {transport} {n}: received {r['received']} of {r['sent']}, short writes {r['short_writes']}")
+                fails.append(f"- floor {variant} {transport} {n}{which}: received {r['received']} of {r['sent']}, short writes {r['short_writes']}")
             continue
         if r["failures"] or r["ended_early"] or r.get("udp_rcvbuf_errors"):
-            fails.append(f"- {server} {variant} {transport} {n}: failures {r['failures']}, ended early {r['ended_early']}, "
+            fails.append(f"- {server} {variant} {transport} {n}{which}: failures {r['failures']}, ended early {r['ended_early']}, "
                          f"client-side UDP rcvbuf drops {r.get('udp_rcvbuf_errors')}")
 if fails:
     print("\nFailures and drops:\n")
