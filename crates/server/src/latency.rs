@@ -14,8 +14,9 @@ use std::time::Duration;
 const BUCKETS: usize = 89;
 
 /// Stripes of a histogram: each thread records into its own (see [`stripe_of_this_thread`]).
-/// More than the threads that send media (the runtime's workers and the fan-out threads,
-/// one each per core on the machines Sluice targets).
+/// The threads that send media are the runtime's workers and the fan-out threads, one of
+/// each per core: on up to four cores every one has a stripe to itself; on bigger machines
+/// some share one, which only brings back some of the contention.
 const STRIPES: usize = 8;
 
 /// One thread's share of a histogram's counts, on cache lines of its own.
