@@ -1,8 +1,8 @@
 //! Ingest → egress latency: how long a packet spent in Sluice, from the moment it was
 //! received from its source to the moment the send system call that carried it to a
 //! reader returned. Recorded per send call, weighted by the packets it carried, into a
-//! lock-free log-scale histogram striped by thread; read (and reset) by the `sluice.egress_latency`
-//! GET_PARAMETER that `sluice bench load` uses.
+//! lock-free log-scale histogram striped by thread; read (and reset) by the
+//! `sluice.egress_latency` GET_PARAMETER that `sluice bench load` uses.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
