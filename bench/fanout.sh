@@ -311,10 +311,23 @@ r = json.loads(sys.argv[1]); r["repeat"] = int(sys.argv[2])
 print(json.dumps(r))
 '
 
+# Prints the heading of the run labelled $1, naming the repetition when there are several.
+heading() {
+  echo "== $1 (window ${DURATION}s$( (( REPEAT > 1 )) && echo ", repetition $REP of $REPEAT")) =="
+}
+
+# Adds the repetition to report line $1, appends it to the run's JSON lines, and prints it.
+record() {
+  local tagged
+  tagged=$("$PY" -c "$REPEAT_PY" "$1" "$REP") || return
+  echo "$tagged" >>"$JSONL"
+  echo "$tagged"
+}
+
 run_case() {
   local server=$1 variant=$2 transport=$3 n=$4
   local label="$server $variant $transport $n"
-  echo "== $label (window ${DURATION}s$( (( REPEAT > 1 )) && echo ", repetition $REP of $REPEAT")) =="
+  heading "$label"
   # One process's fd limit bounds its readers: UDP takes 5 fds per reader (RTSP connection, RTP and
   # RTCP for 2 tracks), TCP 1. Above that the readers are split over several processes that
   # measure one common window (--window-start-unix) and whose reports are merged.
@@ -363,8 +376,7 @@ run_case() {
     line=$("$PY" -c "$SPLIT_PY" "$line" "$rxshare")
   fi
   if [[ -n $line ]]; then
-    line=$("$PY" -c "$REPEAT_PY" "$line" "$REP")
-    echo "$line" >>"$JSONL"
+    line=$(record "$line")
     echo "$line" | "$PY" -c "$SUMMARY_PY" || true
   else
     echo "   load client failed or timed out (see $LOGDIR/load.log)" >&2
@@ -379,13 +391,12 @@ run_case() {
 run_floor() {
   local variant=$1 transport=$2 n=$3
   local label="floor $variant $transport $n"
-  echo "== $label (window ${DURATION}s$( (( REPEAT > 1 )) && echo ", repetition $REP of $REPEAT")) =="
+  heading "$label"
   local line
   line=$(timeout $(( DURATION + 120 )) "$BIN" bench floor --transport "$transport" --stream "$variant" --readers "$n" \
     --duration "$DURATION" --label "$label" 2>>"$LOGDIR/floor.log") || line=""
   if [[ -n $line ]]; then
-    line=$("$PY" -c "$REPEAT_PY" "$line" "$REP")
-    echo "$line" >>"$JSONL"
+    line=$(record "$line")
     echo "$line" | "$PY" -c '
 import json, sys
 r = json.loads(sys.stdin.read()); s = r["server"]
