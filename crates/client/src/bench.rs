@@ -5,32 +5,38 @@
 //! It has to cost far less CPU than the server it measures, so it is built for few
 //! syscalls and no per-packet allocation:
 //!
-//! - One task per reader on a small runtime (the CLI uses a current-thread runtime by
-//!   default); the task is a hand-written poll loop over the reader's sockets, not a
-//!   `select!` re-creating futures per packet.
+//! - Handshakes run as one task per reader on a small runtime (the CLI uses a
+//!   current-thread runtime by default); the task is a hand-written poll loop over the
+//!   reader's sockets, not a `select!` re-creating futures per packet.
+//! - Once a reader's PLAY is answered and its first keyframe timed, the reader moves to
+//!   the media thread (`bench/media.rs`), which reads every playing reader from one edge-triggered poll,
+//!   with no task wake-up per read.
 //! - The RTSP handshake and keep-alives are driven by the sans-IO
 //!   [`ClientSession`], but the TCP byte stream is framed here: `$` interleaved frames are
 //!   parsed in place from a per-thread scratch buffer and never reach the session (which
 //!   would copy each into a `Bytes` and an event); only whole RTSP messages (responses to
 //!   our requests) are handed to [`ClientSession::handle_input`], so the session's own
 //!   buffer is always empty and the framing stays ours.
-//! - UDP RTP sockets are read with `recvmmsg` (64 datagrams per syscall) into the shared
-//!   scratch buffer, and readiness is cleared after a short batch instead of paying one
+//! - UDP RTP sockets are read with `recvmmsg` (64 datagrams per syscall) into a scratch
+//!   buffer, and a socket counts as drained after a short batch instead of paying one
 //!   more `EAGAIN` call. RTCP sockets are bound (as a well-behaved client) but not read.
 //! - At most `concurrency` handshakes run at once (a semaphore): the connect storm.
 //!
 //! Per reader it measures the PLAY reply time, the first RTP packet and the first packet
 //! beginning a keyframe on the first video track ([`sluice_codec::starts_random_access`]:
 //! an H.264 IDR or H.265 IRAP slice, also inside aggregation and fragmentation units, not parameter sets alone),
-//! all relative to sending PLAY; packets and bytes; loss from RTP sequence numbers
+//! all relative to sending PLAY and ending when the kernel queued the bytes (`bench/stamp.rs`);
+//! packets and bytes; loss from RTP sequence numbers
 //! (RFC 3550: expected − received over the extended sequence range, per track).
 
 pub mod floor;
+mod media;
+mod stamp;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::pin::pin;
@@ -41,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sluice_codec::{codec_from_encoding, starts_random_access, Codec};
+use smallvec::{smallvec, SmallVec};
 
 use crate::connection::authority;
 use sluice_rtsp::client::{ClientConfig, ClientEvent, ClientMode, ClientSession, ClientTransport};
@@ -344,6 +351,9 @@ pub enum LoadError {
     /// Name resolution failed.
     #[error("cannot resolve {0}: {1}")]
     Resolve(String, io::Error),
+    /// The media thread (its poll, waker or thread) could not be created.
+    #[error("cannot start the media thread: {0}")]
+    Media(io::Error),
 }
 
 /// Shared by the readers and the coordinator.
@@ -364,6 +374,8 @@ struct Ctx {
     stop: Notify,
     /// Pause after each media read, once the first keyframe is timed.
     rest: Duration,
+    /// Where playing readers go.
+    media: media::Handoff,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -422,7 +434,9 @@ struct ReaderStats {
     bytes: u64,
     window_packets: u64,
     window_bytes: u64,
-    tracks: Vec<SeqTrack>,
+    /// Per track, inline: a reader's counters are read on every packet, and a separate
+    /// allocation was a cache miss of its own (perf).
+    tracks: SmallVec<[SeqTrack; 4]>,
 }
 
 /// Per-reader receive state.
@@ -431,8 +445,11 @@ struct Rx {
     play_sent: Option<Instant>,
     /// Track whose keyframes are looked for, and its codec.
     key: Option<(usize, Codec)>,
+    /// When the bytes being handled arrived (kernel stamp), while the handshake task reads.
+    at: Option<Instant>,
     /// Interleaved channel → (track, is_rtcp).
-    channels: Vec<(u8, usize, bool)>,
+    /// Inline, for the same reason as [`ReaderStats::tracks`].
+    channels: SmallVec<[(u8, u8, bool); 8]>,
 }
 
 impl Rx {
@@ -457,7 +474,7 @@ impl Rx {
             t.on(u16::from_be_bytes([pkt[2], pkt[3]]));
         }
         if s.first_packet_ms.is_none() {
-            s.first_packet_ms = Some(ms(sent.elapsed()));
+            s.first_packet_ms = Some(ms(self.at.unwrap_or_else(Instant::now) - sent));
             if self.key.is_none() {
                 s.first_keyframe_ms = s.first_packet_ms;
             }
@@ -465,7 +482,7 @@ impl Rx {
         if s.first_keyframe_ms.is_none() {
             if let Some((kt, codec)) = self.key {
                 if kt == track && rtp_payload(pkt).is_some_and(|p| starts_random_access(codec, p)) {
-                    s.first_keyframe_ms = Some(ms(sent.elapsed()));
+                    s.first_keyframe_ms = Some(ms(self.at.unwrap_or_else(Instant::now) - sent));
                 }
             }
         }
@@ -474,7 +491,7 @@ impl Rx {
     fn on_frame(&mut self, channel: u8, pkt: &[u8], window: bool) {
         if let Some(&(_, track, rtcp)) = self.channels.iter().find(|c| c.0 == channel) {
             if !rtcp {
-                self.on_rtp(track, pkt, pkt.len(), window);
+                self.on_rtp(usize::from(track), pkt, pkt.len(), window);
             }
         }
     }
@@ -540,9 +557,11 @@ const MAX_FRAME: usize = 4 + 65535;
 /// Largest RTSP message head accepted from the server.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// The handshake tasks' read buffers (the media thread has its own).
 struct Scratch {
     udp: Vec<u8>,
     lens: [usize; BATCH],
+    stamps: Box<stamp::Batch>,
     tcp: Vec<u8>,
 }
 
@@ -550,6 +569,7 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
         udp: vec![0; BATCH * SLOT],
         lens: [0; BATCH],
+        stamps: Box::new(stamp::Batch::new()),
         tcp: vec![0; MAX_FRAME + MAX_HEAD + TCP_READ],
     });
 }
@@ -561,12 +581,13 @@ thread_local! {
 const HEAD_ONLY: usize = 64;
 
 /// One `recvmmsg` into `buf` (BATCH slots of SLOT bytes, of which the first `take` are
-/// filled); full datagram lengths into `lens`.
+/// filled); full datagram lengths into `lens`, and with `stamps` each datagram's arrival.
 fn recv_batch(
     fd: i32,
     buf: &mut [u8],
     take: usize,
     lens: &mut [usize; BATCH],
+    mut stamps: Option<&mut stamp::Batch>,
 ) -> io::Result<usize> {
     // SAFETY: zeroed iovec/mmsghdr are valid; every pointer handed to the kernel points
     // into `buf` (BATCH * SLOT bytes) or the local arrays, all alive for the call.
@@ -578,6 +599,9 @@ fn recv_batch(
             iov[i].iov_len = take.min(SLOT);
             hdr[i].msg_hdr.msg_iov = &mut iov[i];
             hdr[i].msg_hdr.msg_iovlen = 1;
+            if let Some(st) = stamps.as_deref_mut() {
+                stamp::attach(&mut hdr[i].msg_hdr, &mut st.ctl[i]);
+            }
         }
         let n = libc::recvmmsg(
             fd,
@@ -592,6 +616,9 @@ fn recv_batch(
         let n = n as usize;
         for i in 0..n {
             lens[i] = hdr[i].msg_len as usize;
+            if let Some(st) = stamps.as_deref_mut() {
+                st.at[i] = stamp::arrival(&hdr[i].msg_hdr);
+            }
         }
         Ok(n)
     }
@@ -600,10 +627,9 @@ fn recv_batch(
 // ----- one reader -----
 
 enum Wake {
-    Rested,
     Tcp,
-    Write,
     Udp(usize),
+    Write,
     Timer,
     Stop,
 }
@@ -614,15 +640,18 @@ enum End {
     Failed(String),
     /// TEARDOWN answered (or the session closed) after stop.
     Closed,
+    /// PLAY answered: the reader goes to the media thread with this session.
+    Playing(Box<ClientSession>),
 }
 
 struct Reader {
     ctx: Arc<Ctx>,
     rx: Rx,
     tcp: Option<AsyncFd<std::net::TcpStream>>,
-    /// RTP sockets, per track (RTCP sockets are kept in `_rtcp`, never read).
+    /// RTP sockets, per track: read here until the first keyframe, then by the media thread.
     rtp: Vec<AsyncFd<std::net::UdpSocket>>,
-    _rtcp: Vec<std::net::UdpSocket>,
+    /// RTCP sockets, per track: bound, never read.
+    rtcp: Vec<std::net::UdpSocket>,
     /// Partial frame/message carried to the next read.
     carry: Vec<u8>,
     /// Bytes to write to the RTSP connection.
@@ -670,6 +699,7 @@ fn bind_udp(
             match pair {
                 Ok((a, b)) => {
                     a.set_nonblocking(true)?;
+                    let _ = stamp::set_stamps(a.as_raw_fd(), true);
                     let _ = socket2::SockRef::from(&a).set_recv_buffer_size(ctx.udp_rcvbuf);
                     rtp.push(a);
                     rtcp.push(b);
@@ -707,6 +737,52 @@ impl Reader {
         r
     }
 
+    /// Hands the playing reader to the media thread and waits for its counters, which
+    /// come back when it ends (TEARDOWN answered after stop, or the session failed).
+    async fn hand_off(self, session: ClientSession) -> ReaderStats {
+        let Reader {
+            ctx,
+            rx,
+            tcp,
+            rtp,
+            rtcp,
+            carry,
+            out,
+            ..
+        } = self;
+        let Some(tcp) = tcp else {
+            return ReaderStats {
+                error: Some("handed over without a connection".into()),
+                ..rx.stats
+            };
+        };
+        // The media thread times nothing: no more stamps.
+        let _ = stamp::set_stamps(tcp.get_ref().as_raw_fd(), false);
+        for s in &rtp {
+            let _ = stamp::set_stamps(s.get_ref().as_raw_fd(), false);
+        }
+        let (done, stats) = tokio::sync::oneshot::channel();
+        let playing = media::Playing {
+            session,
+            rx,
+            // Leaves tokio's reactor: the media thread registers it with its own poll.
+            tcp: tcp.into_inner(),
+            rtp: rtp.into_iter().map(AsyncFd::into_inner).collect(),
+            rtcp,
+            carry,
+            out,
+            done,
+        };
+        match ctx.media.send(playing) {
+            Ok(()) => stats.await.unwrap_or_else(|_| ReaderStats {
+                error: Some("media thread ended without the reader's counters".into()),
+                ..ReaderStats::default()
+            }),
+            // The thread has ended (every reader was collected): nothing more to count.
+            Err(p) => p.rx.stats,
+        }
+    }
+
     /// Releases the connect-storm permit and counts the handshake as ended (once).
     fn end_handshake(&mut self) {
         self.permit = None;
@@ -733,6 +809,8 @@ impl Reader {
             Ok(Ok(s)) => s,
         };
         let _ = tcp.set_nodelay(true);
+        // Without stamps (an old kernel) the times fall back to when the bytes are read.
+        let _ = stamp::set_stamps(tcp.as_raw_fd(), true);
         let tcp = match tcp.into_std().and_then(register) {
             Ok(t) => t,
             Err(e) => return End::Failed(format!("register socket: {e}")),
@@ -749,7 +827,7 @@ impl Reader {
                             Err(e) => return End::Failed(format!("udp register: {e}")),
                         }
                     }
-                    self._rtcp = rtcp;
+                    self.rtcp = rtcp;
                     ClientTransport::Udp { rtp_port: base }
                 }
                 Err(e) => return End::Failed(format!("udp bind: {e}")),
@@ -775,8 +853,6 @@ impl Reader {
         let mut sleep = pin!(tokio::time::sleep(Duration::from_secs(86_400)));
         let mut timer_at: Option<Instant> = None;
         let mut write_blocked = false;
-        let mut rest_sleep = pin!(tokio::time::sleep(Duration::ZERO));
-        let mut resting = false;
         loop {
             // Requests the session wants sent.
             while let Some(b) = session.poll_transmit() {
@@ -804,7 +880,7 @@ impl Reader {
                     ClientEvent::Described { sdp, .. } => {
                         let codecs = sdp_codecs(&sdp);
                         if !ctx.udp {
-                            self.rx.stats.tracks = vec![SeqTrack::default(); codecs.len()];
+                            self.rx.stats.tracks = smallvec![SeqTrack::default(); codecs.len()];
                         }
                         self.rx.key = codecs
                             .iter()
@@ -814,13 +890,16 @@ impl Reader {
                     ClientEvent::TrackSetup {
                         track, transport, ..
                     } => {
-                        if let Some((a, b)) = transport.interleaved {
+                        // Tracks past 255 are not counted (no stream has them).
+                        if let (Some((a, b)), Ok(track)) =
+                            (transport.interleaved, u8::try_from(track))
+                        {
                             self.rx.channels.push((a, track, false));
                             self.rx.channels.push((b, track, true));
                         }
                     }
                     ClientEvent::Playing { .. } => {
-                        let now = Instant::now();
+                        let now = self.rx.at.unwrap_or_else(Instant::now);
                         if let Some(sent) = self.rx.play_sent {
                             self.rx.stats.play_reply_ms = Some(ms(now - sent));
                         }
@@ -846,6 +925,12 @@ impl Reader {
                     }
                 }
             }
+            // Playing, and the first keyframe timed: the rest of the reader's media goes to
+            // the media thread. Until then this task reads it, as it read the PLAY reply, so
+            // that both times are taken alike (a keyframe usually comes with the reply).
+            if self.playing && !self.stopping && self.rx.stats.first_keyframe_ms.is_some() {
+                return End::Playing(Box::new(session));
+            }
             // Timer.
             let want = session.poll_timeout();
             if want != timer_at {
@@ -861,25 +946,18 @@ impl Reader {
                 let stopping = self.stopping;
                 let mut sleep = sleep.as_mut();
                 let mut stop = stop.as_mut();
-                let mut rest_sleep = rest_sleep.as_mut();
                 std::future::poll_fn(move |cx| {
                     if !stopping && stop.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::Stop);
                     }
-                    if resting {
-                        if rest_sleep.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Wake::Rested);
-                        }
-                    } else {
-                        if let Poll::Ready(r) = tcp.poll_read_ready(cx) {
+                    if let Poll::Ready(r) = tcp.poll_read_ready(cx) {
+                        drop(r);
+                        return Poll::Ready(Wake::Tcp);
+                    }
+                    for (i, s) in rtp.iter().enumerate() {
+                        if let Poll::Ready(r) = s.poll_read_ready(cx) {
                             drop(r);
-                            return Poll::Ready(Wake::Tcp);
-                        }
-                        for (i, s) in rtp.iter().enumerate() {
-                            if let Poll::Ready(r) = s.poll_read_ready(cx) {
-                                drop(r);
-                                return Poll::Ready(Wake::Udp(i));
-                            }
+                            return Poll::Ready(Wake::Udp(i));
                         }
                     }
                     if write_blocked {
@@ -895,23 +973,9 @@ impl Reader {
                 })
                 .await
             };
-            // Rest after reading media (once the first keyframe has been timed): the next
-            // read then takes a whole burst in one batch, far fewer wake-ups and syscalls.
-            if matches!(wake, Wake::Udp(_) | Wake::Tcp)
-                && !ctx.rest.is_zero()
-                && !self.stopping
-                && self.rx.stats.first_keyframe_ms.is_some()
-            {
-                resting = true;
-                rest_sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + ctx.rest);
-            }
             match wake {
-                Wake::Rested => resting = false,
                 Wake::Stop => {
                     self.stopping = true;
-                    resting = false;
                     if !self.playing && self.rx.play_sent.is_none() {
                         return End::Failed("stopped during handshake".into());
                     }
@@ -921,14 +985,14 @@ impl Reader {
                     session.close();
                 }
                 Wake::Write => write_blocked = false,
-                Wake::Timer => {
-                    timer_at = None;
-                    session.handle_timeout(Instant::now());
-                }
                 Wake::Udp(i) => {
                     if let Err(e) = self.drain_udp(i) {
                         return End::Failed(format!("udp recv: {e}"));
                     }
+                }
+                Wake::Timer => {
+                    timer_at = None;
+                    session.handle_timeout(Instant::now());
                 }
                 Wake::Tcp => match self.drain_tcp(&mut session) {
                     Ok(true) => {}
@@ -965,11 +1029,13 @@ impl Reader {
                 let Some(mut guard) = ready_now(sock) else {
                     return Ok(());
                 };
-                match guard.try_io(|_| recv_batch(fd, &mut s.udp, take, &mut s.lens)) {
+                let stamps = Some(&mut *s.stamps);
+                match guard.try_io(|_| recv_batch(fd, &mut s.udp, take, &mut s.lens, stamps)) {
                     Ok(Ok(n)) => {
                         for k in 0..n {
                             let len = s.lens[k];
                             let got = len.min(take);
+                            rx.at = s.stamps.at[k];
                             rx.on_rtp(i, &s.udp[k * SLOT..k * SLOT + got], len, window);
                         }
                         if n < BATCH {
@@ -1004,10 +1070,15 @@ impl Reader {
                 let c = carry.len();
                 buf[..c].copy_from_slice(carry);
                 let room = TCP_READ.min(buf.len() - c);
-                let r = guard.try_io(|inner| inner.get_ref().read(&mut buf[c..c + room]));
+                let r = guard.try_io(|inner| {
+                    stamp::recv_stamped(inner.get_ref().as_raw_fd(), &mut buf[c..c + room])
+                });
                 let n = match r {
-                    Ok(Ok(0)) => return Ok(false),
-                    Ok(Ok(n)) => n,
+                    Ok(Ok((0, _))) => return Ok(false),
+                    Ok(Ok((n, at))) => {
+                        rx.at = at;
+                        n
+                    }
                     Ok(Err(e)) => return Err(format!("read: {e}")),
                     Err(_would_block) => return Ok(true),
                 };
@@ -1207,6 +1278,7 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
             0
         }
     };
+    let (media, media_thread) = media::create().map_err(LoadError::Media)?;
     let ctx = Arc::new(Ctx {
         url: opts.url.clone(),
         addr,
@@ -1221,9 +1293,22 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
         stopping: AtomicBool::new(false),
         stop: Notify::new(),
         rest: opts.rest,
+        media,
     });
+    let media_thread = media_thread.spawn(ctx.clone()).map_err(LoadError::Media)?;
     let server_pid = opts.server_pid.map(|p| p.to_string());
     let server_before = server_pid.as_deref().and_then(proc_sample);
+
+    // Until the handshakes are over (see `stamp`). Without it, times are taken at the read.
+    let mut stamps_on = match stamp::Keeper::new(Duration::from_millis(500)) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            progress(&format!(
+                "no kernel receive stamps ({e}): times are taken at the read"
+            ));
+            None
+        }
+    };
 
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(opts.readers);
@@ -1234,16 +1319,17 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
                 ctx: ctx.clone(),
                 rx: Rx {
                     stats: ReaderStats {
-                        tracks: vec![SeqTrack::default(); tracks],
+                        tracks: smallvec![SeqTrack::default(); tracks],
                         ..ReaderStats::default()
                     },
                     play_sent: None,
                     key: None,
-                    channels: Vec::new(),
+                    at: None,
+                    channels: SmallVec::new(),
                 },
                 tcp: None,
                 rtp: Vec::new(),
-                _rtcp: Vec::new(),
+                rtcp: Vec::new(),
                 carry: Vec::new(),
                 out: Vec::new(),
                 playing: false,
@@ -1267,6 +1353,9 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
                 }
             };
             r.permit = None;
+            if let Some(End::Playing(session)) = end {
+                return r.hand_off(*session).await;
+            }
             let mut stats = std::mem::take(&mut r.rx.stats);
             match end {
                 Some(End::Failed(reason)) if !r.playing => stats.error = Some(reason),
@@ -1294,6 +1383,7 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
         }
     }
     let ramp = t0.elapsed();
+    stamps_on.take();
     match opts.window_start_unix {
         Some(at) => {
             let now = unix_now();
@@ -1342,6 +1432,7 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
     // Stop: TEARDOWN everywhere, collect.
     ctx.stopping.store(true, Ordering::Relaxed);
     ctx.stop.notify_waiters();
+    ctx.media.wake();
     let mut all = Vec::with_capacity(handles.len());
     for h in handles {
         match tokio::time::timeout(Duration::from_secs(10), h).await {
@@ -1355,6 +1446,11 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
                 ..ReaderStats::default()
             }),
         }
+    }
+
+    ctx.media.shut_down();
+    if media_thread.join().is_err() {
+        tracing::error!("bench media thread panicked");
     }
 
     // Report.

@@ -97,7 +97,8 @@ struct LoadArgs {
     /// Handshakes in flight at once (connect storm).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Runtime worker threads (1: current-thread runtime).
+    /// Worker threads of the handshakes' runtime (1: current-thread runtime); playing
+    /// readers are read on one media thread of their own.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Server process to sample (utime+stime, VmRSS) over the window.

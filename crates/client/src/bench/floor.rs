@@ -776,7 +776,8 @@ fn receive(
             };
             if udp {
                 // The load client's own read: 64 datagrams per call, 64 bytes of each.
-                while let Ok(m) = super::recv_batch(fd, &mut buf, super::HEAD_ONLY, &mut lens) {
+                while let Ok(m) = super::recv_batch(fd, &mut buf, super::HEAD_ONLY, &mut lens, None)
+                {
                     received.fetch_add(m as u64, Ordering::Relaxed);
                     if m < super::BATCH {
                         break;
