@@ -22,10 +22,10 @@
 #   BENCH_PERF=auto|1|0                   perf-sample each server during the window to split its CPU into
 #                                         the loopback receive path and its own work (auto: if perf exists)
 #
-# Each run is one `sluice bench load` process (current-thread tokio, recvmmsg) that samples the
-# server process's utime+stime and VmRSS itself over the window (--server-pid); one JSON line per
-# run goes to bench/out/<stamp>.jsonl; the side-by-side table is printed and appended to
-# bench/RESULTS.md. See bench/README.md.
+# Each run is one `sluice bench load` process (handshakes on current-thread tokio, playing readers
+# on one media thread, recvmmsg) that samples the server process's utime+stime and VmRSS itself
+# over the window (--server-pid); one JSON line per run goes to bench/out/<stamp>.jsonl; the
+# side-by-side table is printed and appended to bench/RESULTS.md. See bench/README.md.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
