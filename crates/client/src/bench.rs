@@ -453,6 +453,37 @@ struct Rx {
 }
 
 impl Rx {
+    /// Bytes to copy of each datagram: whole ones until the first keyframe has been found
+    /// (it may sit deep in a STAP), then headers only.
+    fn udp_take(&self) -> usize {
+        if self.stats.first_keyframe_ms.is_some() {
+            HEAD_ONLY
+        } else {
+            SLOT
+        }
+    }
+
+    /// Counts the datagrams of one [`recv_batch`] of track `track`'s RTP socket (`lens`: their
+    /// full lengths, of which `take` bytes each were copied into `buf`), timing them from
+    /// `stamps` when given.
+    fn on_datagrams(
+        &mut self,
+        track: usize,
+        buf: &[u8],
+        lens: &[usize],
+        take: usize,
+        stamps: Option<&[Option<Instant>; BATCH]>,
+        window: bool,
+    ) {
+        for (k, &len) in lens.iter().enumerate() {
+            if let Some(at) = stamps {
+                self.at = at[k];
+            }
+            let got = len.min(take);
+            self.on_rtp(track, &buf[k * SLOT..k * SLOT + got], len, window);
+        }
+    }
+
     #[inline]
     /// `pkt` is the packet or (UDP, after the first keyframe) its first bytes; `len` its
     /// full length.
@@ -556,6 +587,10 @@ const TCP_READ: usize = 128 * 1024;
 const MAX_FRAME: usize = 4 + 65535;
 /// Largest RTSP message head accepted from the server.
 const MAX_HEAD: usize = 64 * 1024;
+/// A UDP read buffer: BATCH slots of SLOT bytes.
+const UDP_BUF: usize = BATCH * SLOT;
+/// A TCP read buffer: a read, with room for a carried partial frame or message in front.
+const TCP_BUF: usize = MAX_FRAME + MAX_HEAD + TCP_READ;
 
 /// The handshake tasks' read buffers (the media thread has its own).
 struct Scratch {
@@ -567,10 +602,10 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
-        udp: vec![0; BATCH * SLOT],
+        udp: vec![0; UDP_BUF],
         lens: [0; BATCH],
         stamps: Box::new(stamp::Batch::new()),
-        tcp: vec![0; MAX_FRAME + MAX_HEAD + TCP_READ],
+        tcp: vec![0; TCP_BUF],
     });
 }
 
@@ -1015,13 +1050,7 @@ impl Reader {
         let sock = &self.rtp[i];
         let fd = sock.get_ref().as_raw_fd();
         let rx = &mut self.rx;
-        // Whole datagrams until the first keyframe is found (it may sit deep in a STAP),
-        // then headers only.
-        let take = if rx.stats.first_keyframe_ms.is_some() {
-            HEAD_ONLY
-        } else {
-            SLOT
-        };
+        let take = rx.udp_take();
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
             // Bounded: at most 16 batches per wake-up, then back to the poll loop.
@@ -1032,12 +1061,8 @@ impl Reader {
                 let stamps = Some(&mut *s.stamps);
                 match guard.try_io(|_| recv_batch(fd, &mut s.udp, take, &mut s.lens, stamps)) {
                     Ok(Ok(n)) => {
-                        for k in 0..n {
-                            let len = s.lens[k];
-                            let got = len.min(take);
-                            rx.at = s.stamps.at[k];
-                            rx.on_rtp(i, &s.udp[k * SLOT..k * SLOT + got], len, window);
-                        }
+                        let stamps = Some(&s.stamps.at);
+                        rx.on_datagrams(i, &s.udp, &s.lens[..n], take, stamps, window);
                         if n < BATCH {
                             // Drained: no need for one more call to learn EAGAIN.
                             guard.clear_ready();
@@ -1065,30 +1090,23 @@ impl Reader {
                 let Some(mut guard) = ready_now(tcp) else {
                     return Ok(true);
                 };
-                // The carried partial frame goes in front of the new bytes: only it is
-                // copied, never the whole read.
-                let c = carry.len();
-                buf[..c].copy_from_slice(carry);
-                let room = TCP_READ.min(buf.len() - c);
-                let r = guard.try_io(|inner| {
-                    stamp::recv_stamped(inner.get_ref().as_raw_fd(), &mut buf[c..c + room])
+                let r = read_tcp_once(buf, carry, rx, session, window, |b| {
+                    let r =
+                        guard.try_io(|inner| stamp::recv_stamped(inner.get_ref().as_raw_fd(), b));
+                    r.unwrap_or_else(|_would_block| Err(io::ErrorKind::WouldBlock.into()))
                 });
-                let n = match r {
-                    Ok(Ok((0, _))) => return Ok(false),
-                    Ok(Ok((n, at))) => {
-                        rx.at = at;
-                        n
+                match r {
+                    Ok(TcpRead::Eof) => return Ok(false),
+                    Ok(TcpRead::Read { more: true, .. }) => {}
+                    Ok(TcpRead::Read { more: false, .. }) => {
+                        guard.clear_ready();
+                        return Ok(true);
                     }
-                    Ok(Err(e)) => return Err(format!("read: {e}")),
-                    Err(_would_block) => return Ok(true),
-                };
-                let data = &buf[..c + n];
-                let used = parse_stream(data, rx, session, window)?;
-                carry.clear();
-                carry.extend_from_slice(&data[used..]);
-                if n < room {
-                    guard.clear_ready();
-                    return Ok(true);
+                    Err(TcpReadError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(true)
+                    }
+                    Err(TcpReadError::Io(e)) => return Err(format!("read: {e}")),
+                    Err(TcpReadError::Framing(e)) => return Err(e),
                 }
             }
             Ok(true)
@@ -1113,15 +1131,69 @@ fn ready_now<T: AsRawFd>(fd: &AsyncFd<T>) -> Option<tokio::io::unix::AsyncFdRead
     }
 }
 
+/// What one [`read_tcp_once`] did.
+enum TcpRead {
+    /// The server closed the connection.
+    Eof,
+    /// Bytes were read and parsed.
+    Read {
+        /// The read filled its room: more may be queued.
+        more: bool,
+        /// An RTSP message went to the session: its events and requests are due.
+        messages: bool,
+    },
+}
+
+/// Why a [`read_tcp_once`] failed.
+enum TcpReadError {
+    /// The read's own error (`WouldBlock` included).
+    Io(io::Error),
+    /// The byte stream is not RTSP framing.
+    Framing(String),
+}
+
+/// One read of a reader's RTSP connection into `buf`, behind the partial frame or message
+/// carried from the read before (only that is copied, never the whole read), then the
+/// parse: `$` frames are counted, whole RTSP messages go to the session, and what is left
+/// becomes the new carry. `recv` reads into the slice it is given and returns the byte
+/// count and the bytes' kernel stamp, if any.
+fn read_tcp_once(
+    buf: &mut [u8],
+    carry: &mut Vec<u8>,
+    rx: &mut Rx,
+    session: &mut ClientSession,
+    window: bool,
+    recv: impl FnOnce(&mut [u8]) -> io::Result<(usize, Option<Instant>)>,
+) -> Result<TcpRead, TcpReadError> {
+    let c = carry.len();
+    buf[..c].copy_from_slice(carry);
+    let room = TCP_READ.min(buf.len() - c);
+    let (n, at) = recv(&mut buf[c..c + room]).map_err(TcpReadError::Io)?;
+    if n == 0 {
+        return Ok(TcpRead::Eof);
+    }
+    rx.at = at;
+    let data = &buf[..c + n];
+    let (used, messages) =
+        parse_stream(data, rx, session, window).map_err(TcpReadError::Framing)?;
+    carry.clear();
+    carry.extend_from_slice(&data[used..]);
+    Ok(TcpRead::Read {
+        more: n == room,
+        messages,
+    })
+}
+
 /// Parses `$` frames and RTSP messages from `data`; returns the bytes consumed (the rest
-/// is an incomplete frame or message).
+/// is an incomplete frame or message) and whether a message went to the session.
 fn parse_stream(
     data: &[u8],
     rx: &mut Rx,
     session: &mut ClientSession,
     window: bool,
-) -> Result<usize, String> {
+) -> Result<(usize, bool), String> {
     let mut pos = 0;
+    let mut messages = false;
     while pos < data.len() {
         let rest = &data[pos..];
         if rest[0] == b'$' {
@@ -1151,10 +1223,11 @@ fn parse_stream(
             if let Err(e) = session.handle_input(&rest[..total], Instant::now()) {
                 return Err(e.to_string());
             }
+            messages = true;
             pos += total;
         }
     }
-    Ok(pos)
+    Ok((pos, messages))
 }
 
 /// Length of the message head including the blank line.

@@ -764,9 +764,9 @@ fn receive(
         unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     }
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut buf = vec![0u8; super::BATCH * super::SLOT];
+    let mut buf = vec![0u8; super::UDP_BUF];
     let mut lens = [0usize; super::BATCH];
-    let mut tcp_buf = vec![0u8; 128 * 1024];
+    let mut tcp_buf = vec![0u8; super::TCP_READ];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: the kernel writes at most `events.len()` entries into `events`.
         let k = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };

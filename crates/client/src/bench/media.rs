@@ -27,12 +27,11 @@ use sluice_rtsp::client::{ClientEvent, ClientSession};
 use tokio::sync::oneshot;
 
 use super::{
-    parse_stream, recv_batch, Ctx, ReaderStats, Rx, BATCH, HEAD_ONLY, MAX_FRAME, MAX_HEAD, SLOT,
-    TCP_READ,
+    read_tcp_once, recv_batch, Ctx, ReaderStats, Rx, TcpRead, TcpReadError, BATCH, TCP_BUF, UDP_BUF,
 };
 
 /// How often every reader's session timers are checked.
-pub(super) const SWEEP: Duration = Duration::from_millis(200);
+const SWEEP: Duration = Duration::from_millis(200);
 /// After stop, how long readers get for their TEARDOWN answers.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(3);
 /// Longest wait in one poll (stop and shut-down are seen within it, besides the waker).
@@ -132,9 +131,9 @@ impl MediaThread {
                     free: Vec::new(),
                     rests: VecDeque::new(),
                     bufs: Bufs {
-                        udp: vec![0; BATCH * SLOT],
+                        udp: vec![0; UDP_BUF],
                         lens: [0; BATCH],
-                        tcp: vec![0; MAX_FRAME + MAX_HEAD + TCP_READ],
+                        tcp: vec![0; TCP_BUF],
                     },
                     stop_at: None,
                 }
@@ -328,15 +327,17 @@ impl Media {
         let r = if kind == 0 {
             read_tcp(slot, &mut self.bufs, window)
         } else {
-            read_udp(slot, kind - 1, &mut self.bufs, window)
+            read_udp(slot, kind - 1, &mut self.bufs, window).map(|()| false)
         };
-        if let Err(g) = r {
-            self.finish(i, Some(g));
-            return;
-        }
-        if kind == 0 {
-            // RTSP answers may have reached the session.
-            self.settle(i, window);
+        match r {
+            Err(g) => {
+                self.finish(i, Some(g));
+                return;
+            }
+            // RTSP answers reached the session. Only then: the session's state is not
+            // touched on a read that brought media alone.
+            Ok(true) => self.settle(i, window),
+            Ok(false) => {}
         }
         let rest = self.ctx.rest;
         if let Some(slot) = self.slots.get_mut(i).and_then(Option::as_mut) {
@@ -486,61 +487,56 @@ fn flush(slot: &mut Slot) -> Result<(), Gone> {
 }
 
 /// Reads the RTSP connection dry: `$` frames are counted, RTSP messages go to the session.
-fn read_tcp(slot: &mut Slot, bufs: &mut Bufs, window: bool) -> Result<(), Gone> {
-    let buf = &mut bufs.tcp;
+/// Ok(true) if a message did (its events and requests are then due).
+fn read_tcp(slot: &mut Slot, bufs: &mut Bufs, window: bool) -> Result<bool, Gone> {
+    let mut messages = false;
     loop {
-        // The carried partial frame goes in front of the new bytes: only it is copied,
-        // never the whole read.
-        let c = slot.carry.len();
-        buf[..c].copy_from_slice(&slot.carry);
-        let room = TCP_READ.min(buf.len() - c);
-        let n = match (&slot.tcp).read(&mut buf[c..c + room]) {
-            Ok(0) => {
+        let mut tcp = &slot.tcp;
+        let r = read_tcp_once(
+            &mut bufs.tcp,
+            &mut slot.carry,
+            &mut slot.rx,
+            &mut slot.session,
+            window,
+            |b| tcp.read(b).map(|n| (n, None)),
+        );
+        match r {
+            Ok(TcpRead::Eof) => {
                 return Err(if slot.stopping {
                     Gone::Closed
                 } else {
                     Gone::Failed("connection closed by server".into())
                 })
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Gone::Failed(format!("read: {e}"))),
-        };
-        let data = &buf[..c + n];
-        let used =
-            parse_stream(data, &mut slot.rx, &mut slot.session, window).map_err(Gone::Failed)?;
-        slot.carry.clear();
-        slot.carry.extend_from_slice(&data[used..]);
-        if n < room {
-            // Drained: new bytes bring a new edge.
-            return Ok(());
+            Ok(TcpRead::Read { more, messages: m }) => {
+                messages |= m;
+                if !more {
+                    // Drained: new bytes bring a new edge.
+                    return Ok(messages);
+                }
+            }
+            Err(TcpReadError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Ok(messages)
+            }
+            Err(TcpReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(TcpReadError::Io(e)) => return Err(Gone::Failed(format!("read: {e}"))),
+            Err(TcpReadError::Framing(e)) => return Err(Gone::Failed(e)),
         }
     }
 }
 
-/// Reads track `track`'s RTP socket dry, [`BATCH`] datagrams per call: whole datagrams
-/// until the reader's first keyframe has been seen (it may sit deep in a STAP), then
-/// headers only.
+/// Reads track `track`'s RTP socket dry, [`BATCH`] datagrams per call.
 fn read_udp(slot: &mut Slot, track: usize, bufs: &mut Bufs, window: bool) -> Result<(), Gone> {
     let Some(sock) = slot.rtp.get(track) else {
         return Ok(());
     };
     let fd = sock.as_raw_fd();
-    let take = if slot.rx.stats.first_keyframe_ms.is_some() {
-        HEAD_ONLY
-    } else {
-        SLOT
-    };
+    let take = slot.rx.udp_take();
     loop {
         match recv_batch(fd, &mut bufs.udp, take, &mut bufs.lens, None) {
             Ok(n) => {
-                for k in 0..n {
-                    let len = bufs.lens[k];
-                    let got = len.min(take);
-                    slot.rx
-                        .on_rtp(track, &bufs.udp[k * SLOT..k * SLOT + got], len, window);
-                }
+                slot.rx
+                    .on_datagrams(track, &bufs.udp, &bufs.lens[..n], take, None, window);
                 if n < BATCH {
                     // Drained: new datagrams bring a new edge.
                     return Ok(());
