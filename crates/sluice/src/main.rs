@@ -147,6 +147,10 @@ struct FloorArgs {
     /// Sender threads, each serving its share of the readers (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// TCP only: make the writes through io_uring (sockets registered, 64 writes per
+    /// submission) instead of one `send` call each, to see what batching them saves.
+    #[arg(long)]
+    io_uring: bool,
     /// Label copied into the JSON.
     #[arg(long)]
     label: Option<String>,
@@ -205,6 +209,7 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
             stream,
             duration,
             threads,
+            io_uring,
             label,
         }) => {
             use sluice_client::bench::floor;
@@ -218,6 +223,7 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 duration,
                 threads: threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                io_uring,
                 label,
             })?;
             println!("{}", serde_json::to_string(&report)?);

@@ -145,6 +145,10 @@ pub struct FloorOptions {
     /// Sender threads, each sending to its share of the readers (Sluice's fan-out uses a
     /// worker per core).
     pub threads: usize,
+    /// TCP only: write through io_uring, 64 writes per system call with the sockets
+    /// registered, instead of one `send` call per reader, to see what batching the writes
+    /// saves. UDP already batches (`sendmmsg`), so asking for it there is an error.
+    pub io_uring: bool,
     /// Free-form label copied to the report.
     pub label: Option<String>,
 }
@@ -157,6 +161,8 @@ pub struct FloorReport {
     pub label: Option<String>,
     /// `udp` or `tcp`.
     pub transport: &'static str,
+    /// How the sends are made: `sendmmsg` (UDP), `send` or `io_uring` (TCP).
+    pub send_call: &'static str,
     /// `hi` or `lo`.
     pub shape: &'static str,
     /// Receivers.
@@ -221,6 +227,9 @@ pub enum FloorError {
     /// A thread panicked or could not start.
     #[error("thread: {0}")]
     Thread(String),
+    /// io_uring was asked for UDP, whose sends are already batched by `sendmmsg`.
+    #[error("io_uring sends are for TCP: over UDP the floor already batches with sendmmsg")]
+    IoUringUdp,
 }
 
 fn setup<T>(what: &'static str, r: io::Result<T>) -> Result<T, FloorError> {
@@ -264,6 +273,9 @@ enum Receivers {
 
 /// Runs the floor measurement (blocking: two threads for about `duration` + 2 s).
 pub fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
+    if opts.io_uring && opts.udp {
+        return Err(FloorError::IoUringUdp);
+    }
     let flows = opts.shape.flows();
     let n = opts.readers.max(1);
     let limit = fd_limit();
@@ -364,9 +376,17 @@ pub fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
                 let senders = &senders;
                 for k in 0..threads {
                     let range = share(n, threads, k);
+                    let mut ring = match opts.io_uring {
+                        true => Some(UringSender::new(&senders[range.clone()])?),
+                        false => None,
+                    };
                     handles.push(scope.spawn(move || {
                         send_loop(&flows, t0, opts.duration, |_, f, packets, lat| {
-                            send_tcp(&senders[range.clone()], f.size, packets, lat)
+                            let framed = framed(f.size, packets);
+                            match ring.as_mut() {
+                                Some(ring) => ring.send(&framed, packets, lat),
+                                None => send_tcp(&senders[range.clone()], &framed, packets, lat),
+                            }
                         })
                     }));
                 }
@@ -396,6 +416,11 @@ pub fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
     Ok(FloorReport {
         label: opts.label,
         transport: if opts.udp { "udp" } else { "tcp" },
+        send_call: match (opts.udp, opts.io_uring) {
+            (true, _) => "sendmmsg",
+            (false, false) => "send",
+            (false, true) => "io_uring",
+        },
         shape: opts.shape.name(),
         readers_connected: n,
         window_s: round(wall, 2),
@@ -707,11 +732,25 @@ fn send_udp(
 /// wrote before session 10, cost ~10 % more at 400 readers of the 4 Mb/s stream.)
 fn send_tcp(
     senders: &[TcpStream],
-    size: usize,
+    framed: &[u8],
     packets: usize,
     lat: &mut LatencyClock<'_>,
 ) -> Sent {
     let mut out = Sent::default();
+    let frame = framed.len() as u64;
+    for s in senders {
+        out.calls += 1;
+        match io::Write::write(&mut &*s, framed) {
+            Ok(n) => out.wrote(n as u64, frame, packets, lat),
+            Err(_) => out.short_writes += 1,
+        }
+    }
+    out
+}
+
+/// A frame of `packets` packets of `size` payload bytes, `$`-framed and back to back (one
+/// slice, as Sluice frames a flush once for all its TCP readers).
+fn framed(size: usize, packets: usize) -> Vec<u8> {
     let header = [b'$', 0, (size >> 8) as u8, size as u8];
     let payload = &PAYLOAD[..size.min(PAYLOAD.len())];
     let mut framed = Vec::with_capacity(packets * (4 + payload.len()));
@@ -719,24 +758,96 @@ fn send_tcp(
         framed.extend_from_slice(&header);
         framed.extend_from_slice(payload);
     }
-    let frame = framed.len() as u64;
-    for s in senders {
-        out.calls += 1;
-        match io::Write::write(&mut &*s, &framed) {
-            Ok(n) => {
-                out.bytes += n as u64;
-                out.units += n as u64;
-                if n as u64 == frame {
-                    lat.sent(packets as u64);
-                    out.packets += packets as u64;
-                } else {
-                    out.short_writes += 1;
-                }
-            }
-            Err(_) => out.short_writes += 1,
+    framed
+}
+
+impl Sent {
+    /// A TCP write of a `frame`-byte frame of `packets` packets took `n` bytes.
+    fn wrote(&mut self, n: u64, frame: u64, packets: usize, lat: &mut LatencyClock<'_>) {
+        self.bytes += n;
+        self.units += n;
+        if n == frame {
+            lat.sent(packets as u64);
+            self.packets += packets as u64;
+        } else {
+            self.short_writes += 1;
         }
     }
-    out
+}
+
+/// Sends per io_uring submission: as many as the UDP floor's `sendmmsg` carries.
+const URING_BATCH: usize = SEND_BATCH;
+
+/// A sender thread's TCP writes through io_uring (`--io-uring`): its sockets registered
+/// with the ring (so no per-write file lookup), one `IORING_OP_SEND` per reader per frame,
+/// [`URING_BATCH`] of them per `io_uring_enter`. The sends are non-blocking
+/// (`MSG_DONTWAIT`), so each completes inside the submitting call, in this thread's time,
+/// like a `send`. This is the one way a server could cut the per-write system call and
+/// file lookup that [`send_tcp`] pays; the floor's figure with it says what that is worth.
+struct UringSender {
+    ring: io_uring::IoUring,
+    readers: u32,
+}
+
+impl UringSender {
+    /// A ring with `senders` registered as its fixed files 0..n.
+    fn new(senders: &[TcpStream]) -> Result<UringSender, FloorError> {
+        let ring = setup("io_uring", io_uring::IoUring::new(2 * URING_BATCH as u32))?;
+        let fds: Vec<RawFd> = senders.iter().map(|s| s.as_raw_fd()).collect();
+        setup(
+            "io_uring register_files",
+            ring.submitter().register_files(&fds),
+        )?;
+        Ok(UringSender {
+            ring,
+            readers: u32::try_from(fds.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Sends `framed` to every registered reader.
+    fn send(&mut self, framed: &[u8], packets: usize, lat: &mut LatencyClock<'_>) -> Sent {
+        let mut out = Sent::default();
+        let frame = framed.len() as u64;
+        let len = u32::try_from(framed.len()).unwrap_or(u32::MAX);
+        let mut next = 0;
+        while next < self.readers {
+            let end = next.saturating_add(URING_BATCH as u32).min(self.readers);
+            let mut pending = 0;
+            for i in next..end {
+                let sqe =
+                    io_uring::opcode::Send::new(io_uring::types::Fixed(i), framed.as_ptr(), len)
+                        .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                        .build();
+                // SAFETY: `framed` outlives the operation: this function does not return
+                // before every entry pushed here has completed (below).
+                match unsafe { self.ring.submission().push(&sqe) } {
+                    Ok(()) => pending += 1,
+                    Err(_) => out.short_writes += 1,
+                }
+            }
+            while pending > 0 {
+                out.calls += 1;
+                if let Err(e) = self.ring.submit_and_wait(pending) {
+                    // Until every entry has completed the kernel may still read `framed`:
+                    // wait again after a passing failure, give up the thread otherwise
+                    // (its join reports it as `FloorError::Thread`).
+                    match e.raw_os_error() {
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY) => continue,
+                        _ => panic!("io_uring submission failed: {e}"),
+                    }
+                }
+                for cqe in self.ring.completion() {
+                    pending = pending.saturating_sub(1);
+                    match u64::try_from(cqe.result()) {
+                        Ok(n) => out.wrote(n, frame, packets, lat),
+                        Err(_) => out.short_writes += 1,
+                    }
+                }
+            }
+            next = end;
+        }
+        out
+    }
 }
 
 /// The receiver thread: epoll (edge-triggered) over every socket, each drained on
@@ -810,18 +921,30 @@ mod tests {
     /// Both transports deliver everything they send and report a cost per Gbit/s.
     #[test]
     fn the_floor_delivers_every_packet_and_measures_the_sender() {
-        for udp in [true, false] {
+        for (udp, io_uring) in [(true, false), (false, false), (false, true)] {
             let r = run(FloorOptions {
                 readers: 20,
                 udp,
                 shape: Shape::Hi,
                 duration: Duration::from_secs(1),
                 threads: 2,
+                io_uring,
                 label: None,
-            })
-            .expect("floor runs");
+            });
+            let r = match r {
+                // A system may switch io_uring off (kernel.io_uring_disabled, seccomp).
+                Err(FloorError::Setup { what, source })
+                    if io_uring
+                        && matches!(source.raw_os_error(), Some(libc::EPERM | libc::ENOSYS)) =>
+                {
+                    eprintln!("io_uring unavailable here ({what}: {source}); not measured");
+                    continue;
+                }
+                r => r.expect("floor runs"),
+            };
             assert!(r.sent > 0, "{r:?}");
             assert_eq!(r.received, r.sent, "every packet/byte arrives: {r:?}");
+            assert_eq!(r.short_writes, 0, "{r:?}");
             // 20 readers × ~4.1 Mb/s.
             assert!(
                 (60.0..100.0).contains(&r.egress_mbit_s),
@@ -832,13 +955,41 @@ mod tests {
                 r.server.cpu_pct > 0.0 && r.server.cpu_pct_per_gbit > 0.0,
                 "{r:?}"
             );
-            assert!(r.send_calls_per_s > 0.0, "{r:?}");
             assert_eq!(r.sender_threads, 2);
             // Every packet-reader delivery of the window is timed: ~1 s × 377 packets × 20.
             let l = &r.fanout_latency_us;
             assert!((5_000..10_000).contains(&l.count), "{l:?}");
             assert!(l.p50 > 0 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
+            // Calls a second: UDP one sendmmsg per frame for 20 readers (47 frames/s);
+            // TCP a send per reader per frame (940/s); io_uring one submission per frame.
+            let calls = r.send_calls_per_s;
+            let expected = match (udp, io_uring) {
+                (true, _) => ("sendmmsg", 47.0 * 2.0),
+                (false, false) => ("send", 940.0),
+                (false, true) => ("io_uring", 47.0 * 2.0),
+            };
+            assert_eq!(r.send_call, expected.0);
+            assert!(
+                calls > expected.1 * 0.7 && calls < expected.1 * 1.3,
+                "{} calls/s, expected about {}: {r:?}",
+                calls,
+                expected.1
+            );
         }
+    }
+
+    #[test]
+    fn io_uring_is_refused_for_udp() {
+        let r = run(FloorOptions {
+            readers: 1,
+            udp: true,
+            shape: Shape::Lo,
+            duration: Duration::from_secs(1),
+            threads: 1,
+            io_uring: true,
+            label: None,
+        });
+        assert!(matches!(r, Err(FloorError::IoUringUdp)), "{r:?}");
     }
 
     #[test]
