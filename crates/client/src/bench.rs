@@ -592,20 +592,35 @@ const UDP_BUF: usize = BATCH * SLOT;
 /// A TCP read buffer: a read, with room for a carried partial frame or message in front.
 const TCP_BUF: usize = MAX_FRAME + MAX_HEAD + TCP_READ;
 
-/// The handshake tasks' read buffers (the media thread has its own).
-struct Scratch {
+/// A thread's read buffers: one `recvmmsg` batch of datagrams and their lengths, and a
+/// TCP read with its carry in front.
+struct ReadBufs {
     udp: Vec<u8>,
     lens: [usize; BATCH],
-    stamps: Box<stamp::Batch>,
     tcp: Vec<u8>,
+}
+
+impl ReadBufs {
+    fn new() -> ReadBufs {
+        ReadBufs {
+            udp: vec![0; UDP_BUF],
+            lens: [0; BATCH],
+            tcp: vec![0; TCP_BUF],
+        }
+    }
+}
+
+/// The handshake tasks' read buffers, and the stamps their reads ask for (the media
+/// thread has buffers of its own and takes no stamps).
+struct Scratch {
+    bufs: ReadBufs,
+    stamps: Box<stamp::Batch>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
-        udp: vec![0; UDP_BUF],
-        lens: [0; BATCH],
+        bufs: ReadBufs::new(),
         stamps: Box::new(stamp::Batch::new()),
-        tcp: vec![0; TCP_BUF],
     });
 }
 
@@ -1058,11 +1073,11 @@ impl Reader {
                 let Some(mut guard) = ready_now(sock) else {
                     return Ok(());
                 };
-                let stamps = Some(&mut *s.stamps);
-                match guard.try_io(|_| recv_batch(fd, &mut s.udp, take, &mut s.lens, stamps)) {
+                let (b, stamps) = (&mut s.bufs, Some(&mut *s.stamps));
+                match guard.try_io(|_| recv_batch(fd, &mut b.udp, take, &mut b.lens, stamps)) {
                     Ok(Ok(n)) => {
                         let stamps = Some(&s.stamps.at);
-                        rx.on_datagrams(i, &s.udp, &s.lens[..n], take, stamps, window);
+                        rx.on_datagrams(i, &b.udp, &b.lens[..n], take, stamps, window);
                         if n < BATCH {
                             // Drained: no need for one more call to learn EAGAIN.
                             guard.clear_ready();
@@ -1085,7 +1100,7 @@ impl Reader {
         let rx = &mut self.rx;
         let carry = &mut self.carry;
         SCRATCH.with(|s| {
-            let buf = &mut s.borrow_mut().tcp;
+            let buf = &mut s.borrow_mut().bufs.tcp;
             for _ in 0..16 {
                 let Some(mut guard) = ready_now(tcp) else {
                     return Ok(true);

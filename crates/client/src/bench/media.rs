@@ -1,6 +1,7 @@
-//! The load client's media thread. Once a reader's PLAY has been answered, its handshake
-//! task hands the reader's sockets, session and counters over, and from then on one
-//! thread reads every playing reader from one edge-triggered `mio` poll.
+//! The load client's media thread. Once a reader's PLAY has been answered and its first
+//! keyframe timed, its handshake task hands the reader's sockets, session and counters
+//! over, and from then on one thread reads every playing reader from one edge-triggered
+//! `mio` poll.
 //!
 //! Why a thread of its own: with a tokio task per reader, each wake-up of a reader went
 //! through the runtime's readiness bookkeeping, a task wake-up and a poll of the reader's
@@ -27,7 +28,7 @@ use sluice_rtsp::client::{ClientEvent, ClientSession};
 use tokio::sync::oneshot;
 
 use super::{
-    read_tcp_once, recv_batch, Ctx, ReaderStats, Rx, TcpRead, TcpReadError, BATCH, TCP_BUF, UDP_BUF,
+    read_tcp_once, recv_batch, Ctx, ReadBufs, ReaderStats, Rx, TcpRead, TcpReadError, BATCH,
 };
 
 /// How often every reader's session timers are checked.
@@ -130,11 +131,7 @@ impl MediaThread {
                     slots: Vec::new(),
                     free: Vec::new(),
                     rests: VecDeque::new(),
-                    bufs: Bufs {
-                        udp: vec![0; UDP_BUF],
-                        lens: [0; BATCH],
-                        tcp: vec![0; TCP_BUF],
-                    },
+                    bufs: ReadBufs::new(),
                     stop_at: None,
                 }
                 .run()
@@ -168,13 +165,6 @@ struct Slot {
     pending: u16,
 }
 
-/// Read buffers, one set for the thread.
-struct Bufs {
-    udp: Vec<u8>,
-    lens: [usize; BATCH],
-    tcp: Vec<u8>,
-}
-
 struct Media {
     ctx: Arc<Ctx>,
     poll: Poll,
@@ -183,7 +173,8 @@ struct Media {
     free: Vec<usize>,
     /// Resting readers by due time (the rest is constant, so pushes come in order).
     rests: VecDeque<(Instant, usize)>,
-    bufs: Bufs,
+    /// Read buffers, one set for the thread.
+    bufs: ReadBufs,
     /// TEARDOWN deadline, once stop has been seen.
     stop_at: Option<Instant>,
 }
@@ -205,7 +196,7 @@ impl Media {
             }
             let window = self.ctx.window.load(Ordering::Relaxed);
             let now = Instant::now();
-            self.accept(now);
+            self.accept(now, window);
             for ev in events.iter() {
                 if ev.token() == WAKE {
                     continue; // stop or shut-down: seen below
@@ -248,7 +239,7 @@ impl Media {
     }
 
     /// Takes in the readers handed over since the last wake.
-    fn accept(&mut self, now: Instant) {
+    fn accept(&mut self, now: Instant, window: bool) {
         while let Ok(p) = self.incoming.try_recv() {
             if p.rtp.len() > MAX_TRACKS {
                 let mut stats = p.rx.stats;
@@ -284,7 +275,6 @@ impl Media {
             if self.stop_at.is_some() {
                 self.close(i, now);
             } else {
-                let window = self.ctx.window.load(Ordering::Relaxed);
                 self.settle(i, window);
             }
         }
@@ -488,7 +478,7 @@ fn flush(slot: &mut Slot) -> Result<(), Gone> {
 
 /// Reads the RTSP connection dry: `$` frames are counted, RTSP messages go to the session.
 /// Ok(true) if a message did (its events and requests are then due).
-fn read_tcp(slot: &mut Slot, bufs: &mut Bufs, window: bool) -> Result<bool, Gone> {
+fn read_tcp(slot: &mut Slot, bufs: &mut ReadBufs, window: bool) -> Result<bool, Gone> {
     let mut messages = false;
     loop {
         let mut tcp = &slot.tcp;
@@ -526,7 +516,7 @@ fn read_tcp(slot: &mut Slot, bufs: &mut Bufs, window: bool) -> Result<bool, Gone
 }
 
 /// Reads track `track`'s RTP socket dry, [`BATCH`] datagrams per call.
-fn read_udp(slot: &mut Slot, track: usize, bufs: &mut Bufs, window: bool) -> Result<(), Gone> {
+fn read_udp(slot: &mut Slot, track: usize, bufs: &mut ReadBufs, window: bool) -> Result<(), Gone> {
     let Some(sock) = slot.rtp.get(track) else {
         return Ok(());
     };
