@@ -2,7 +2,7 @@
 //! subscribe to it.
 //!
 //! A source (an RTSP publisher, a pull, a file) calls [`Stream::push_rtp`] with each
-//! packet as a shared [`Bytes`]. The stream collects a frame's packets and hands the batch
+//! packet as a shared [`Bytes`](bytes::Bytes). The stream collects a frame's packets and hands the batch
 //! to every sink at once ([`Sink::handle_batch`]): the same buffers (a reference count,
 //! never a copy), and one shared [`Egress`] in which UDP readers queue their messages so
 //! that a frame reaches hundreds of readers in a few `sendmmsg` calls. A batch is flushed
@@ -12,7 +12,9 @@
 //! marker and no next frame yet). With a fan-out window ([`Stream::set_fanout_window`],
 //! `rtsp.fanout_window`), a live stream's batch instead spans up to that much media, across
 //! frames and tracks: every reader then gets several frames per send, for that much added
-//! latency. Live sources do not flush when their socket runs dry:
+//! latency. Where a batch ends is decided by the hub's [`Batcher`] (sans-IO, tested on a
+//! virtual clock); the stream keeps the locks, the fan-out and the delivery. Live sources
+//! do not flush when their socket runs dry:
 //! publishers write a frame packet by packet, and the reads would split it. But while a
 //! live source has more input at hand than one frame ([`Stream::hold_frames`]), the
 //! frames that end in it are collected and go out together when it is used up
@@ -28,7 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+#[cfg(test)]
+use bytes::Bytes;
+use bytes::BytesMut;
 use sluice_rtp::clock::SrMapping;
 use sluice_rtp::packet::{rewrite_header, RtpHeader};
 use sluice_rtp::rtcp::SenderInfo;
@@ -38,44 +42,23 @@ use crate::egress::{Egress, Refund, UdpPlan};
 use crate::gop::GopCache;
 use crate::outbox::Outbox;
 use crate::presentation::Presentation;
+use sluice_hub::batcher::Batcher;
+
+pub use sluice_hub::batcher::INPUT_PAUSE;
+pub use sluice_hub::packet::{EndReason, MediaPacket};
 
 /// Fewest sinks whose deliveries run on the fan-out threads instead of the source's
 /// ([`crate::outbox`]): as many as the fan-out cuts into shards. Below, a delivery takes
 /// well under a millisecond, less than the hand-over would add.
 pub const OFFLOAD_SINKS: usize = crate::fanout::SHARDED_SINKS;
 
-/// Most packets collected before a flush.
-const MAX_PENDING: usize = 64;
+/// Most packets collected before a flush (the batcher's per-frame cap), as the tests name it.
+#[cfg(test)]
+const MAX_PENDING: usize = sluice_hub::batcher::MAX_PENDING;
 
 /// Most packets collected before a flush with a fan-out window: a TCP reader's batch is
 /// still one vectored write (two slices per packet, [`crate::media_queue::MAX_IOV`]).
 const MAX_PENDING_WINDOWED: usize = crate::media_queue::MAX_IOV / 2;
-
-/// How long a live source's input may pause before the packets collected so far go out
-/// without waiting for the rest of their frame. Publishers write a frame's packets back
-/// to back (microseconds apart), so this does not split them, but a frame that arrives in
-/// two halves (ffmpeg does this at times, ~40 ms apart) no longer holds its first half.
-pub const INPUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// One RTP packet of a track as relayed to sinks.
-#[derive(Debug, Clone)]
-pub struct MediaPacket {
-    /// Index of the track in the stream's presentation.
-    pub track: usize,
-    /// The whole RTP packet, shared by every sink.
-    pub data: Bytes,
-    /// Its parsed header.
-    pub header: RtpHeader,
-    /// When Sluice received it.
-    pub received_at: Instant,
-}
-
-impl MediaPacket {
-    /// RTP payload bytes (what Sender Reports count as octets).
-    pub fn payload_len(&self) -> u32 {
-        self.data.len().saturating_sub(self.header.payload_offset) as u32
-    }
-}
 
 /// The first video track whose codec Sluice recognizes keyframes of: what the GOP cache
 /// and frame batching key on.
@@ -86,15 +69,6 @@ fn keyframe_track(presentation: &Presentation) -> Option<(usize, sluice_codec::C
             .flatten()
             .map(|c| (i, c))
     })
-}
-
-/// Why a stream ended, as told to its sinks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The source left (TEARDOWN, closed connection, timeout).
-    SourceGone,
-    /// A new source replaced this one; readers must DESCRIBE again.
-    Replaced,
 }
 
 /// A consumer of a stream: an RTSP reader, a multicast group, later recorders and web outputs.
@@ -161,15 +135,12 @@ impl Drop for FrameHold {
     }
 }
 
-/// The batch being collected, with what [`Stream::hold_frames`] needs.
+/// The batch being collected: the packets in arrival order, in the [`Batcher`] that
+/// decides where batches end (frame ends, holds, the fan-out window, pauses).
 #[derive(Debug)]
 struct Pending {
-    /// The packets, in arrival order.
-    packets: Vec<MediaPacket>,
-    /// How many of `packets` end at a frame's end (only non-zero while frames are held).
-    complete: usize,
-    /// Whether frames that end are held for [`Stream::release_frames`].
-    held: bool,
+    /// The packets and the batching decisions over them.
+    packets: Batcher,
 }
 
 /// Per-track live state kept by the stream.
@@ -218,12 +189,8 @@ pub struct Stream {
     gop: Mutex<GopCache>,
     /// Packets pushed but not yet handed to sinks (the batch being collected).
     pending: Mutex<Pending>,
-    /// The track whose frames are batched (the first video track).
-    video_track: Option<usize>,
     /// UDP datagrams sinks could not send (send buffer full), for the drop log.
     udp_dropped: AtomicU64,
-    /// Fan-out window in nanoseconds (0: a batch per frame); see [`Stream::set_fanout_window`].
-    window_ns: AtomicU64,
     /// This stream, for the fan-out job that delivers its offloaded batches.
     me: Weak<Stream>,
     /// Batches handed to the fan-out threads and not yet delivered.
@@ -281,13 +248,9 @@ impl Stream {
             version,
             gop: Mutex::new(GopCache::new(video)),
             pending: Mutex::new(Pending {
-                packets: Vec::with_capacity(MAX_PENDING),
-                complete: 0,
-                held: false,
+                packets: Batcher::new(video.map(|(i, _)| i), MAX_PENDING_WINDOWED),
             }),
-            video_track: video.map(|(i, _)| i),
             udp_dropped: AtomicU64::new(0),
-            window_ns: AtomicU64::new(0),
             me: me.clone(),
             outbox: Outbox::default(),
             plan_buffer: Mutex::new(Vec::new()),
@@ -300,27 +263,24 @@ impl Stream {
     /// sends per reader for up to `window` of added latency. Zero: a batch per frame.
     /// For live sources (publishers, pulls); a file source flushes each sample itself.
     pub fn set_fanout_window(&self, window: std::time::Duration) {
-        let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-        self.window_ns.store(ns, Ordering::Relaxed);
+        self.pending().packets.set_window(window);
     }
 
     /// The fan-out window (zero: a batch per frame).
     pub fn fanout_window(&self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.window_ns.load(Ordering::Relaxed))
+        self.pending().packets.window()
     }
 
     /// When a live source that last had input at `last_input` should flush the packets
     /// collected so far, if any: once its input has paused for [`INPUT_PAUSE`] or, with a
     /// fan-out window, once the window since the batch's first packet has passed.
     pub fn flush_at(&self, last_input: Instant) -> Option<Instant> {
-        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let first = pending.packets.first()?;
-        let window = self.fanout_window();
-        Some(if window.is_zero() {
-            last_input + INPUT_PAUSE
-        } else {
-            first.received_at + window
-        })
+        self.pending().packets.flush_at(last_input)
+    }
+
+    /// The batch being collected.
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The path this stream is published on.
@@ -496,61 +456,10 @@ impl Stream {
             packet.header.timestamp = mapped.timestamp;
             packet.header.ssrc = mapped.ssrc;
         }
-        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = &mut *guard;
-        let window = self.fanout_window();
-        if !window.is_zero() {
-            // A batch spans the window from its first packet's arrival; the source's
-            // flush timer ([`Stream::flush_at`]) ends it when no packet comes to.
-            let due = pending.packets.first().is_some_and(|first| {
-                packet
-                    .received_at
-                    .saturating_duration_since(first.received_at)
-                    >= window
-            });
-            pending.packets.push(packet);
-            if due || pending.packets.len() >= MAX_PENDING_WINDOWED {
-                self.flush_locked(pending, usize::MAX);
-            }
-            return;
-        }
-        let is_video = Some(packet.track) == self.video_track;
-        // A new frame begins: the previous one is complete even if its marker was lost.
-        let new_frame = pending.packets.last().is_some_and(|last| {
-            last.track == packet.track && last.header.timestamp != packet.header.timestamp
-        });
-        if new_frame {
-            self.end_frame(pending);
-        }
-        let frame_ends = !is_video || packet.header.marker;
-        pending.packets.push(packet);
-        if frame_ends {
-            self.end_frame(pending);
-        }
-        let cap = if pending.held {
-            MAX_PENDING_WINDOWED
-        } else {
-            MAX_PENDING
-        };
-        if pending.packets.len() >= cap {
-            // Complete frames go; an unfinished frame this long goes too, in parts.
-            let n = if pending.complete > 0 {
-                pending.complete
-            } else {
-                usize::MAX
-            };
-            self.flush_locked(pending, n);
-        }
-    }
-
-    /// A frame (or a non-video packet) has just ended: flush it, or while frames are
-    /// held, only count it as complete.
-    fn end_frame(&self, pending: &mut Pending) {
-        if pending.held {
-            pending.complete = pending.packets.len();
-        } else {
-            self.flush_locked(pending, usize::MAX);
-        }
+        let mut pending = self.pending();
+        let now = packet.received_at;
+        pending.packets.push(now, packet);
+        self.send_batches(&mut pending.packets);
     }
 
     /// The source has more input at hand (a read returned several frames, or more is
@@ -561,63 +470,53 @@ impl Stream {
     /// the batches grow with the load, not with a fixed delay. No effect with a fan-out
     /// window, which batches anyway.
     pub fn hold_frames(&self) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).held = true;
+        self.pending().packets.hold();
     }
 
     /// The source's input at hand is used up: the complete frames collected since
     /// [`Stream::hold_frames`] go to the sinks in one batch; an unfinished frame waits
     /// for its end as usual.
     pub fn release_frames(&self) {
-        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = &mut *guard;
-        pending.held = false;
-        if pending.complete > 0 {
-            let n = pending.complete;
-            self.flush_locked(pending, n);
-        }
-        // Held, an unfinished frame may have grown past the unheld cap; a window's batch
-        // waits for its window.
-        if pending.packets.len() >= MAX_PENDING && self.fanout_window().is_zero() {
-            self.flush_locked(pending, usize::MAX);
-        }
+        let mut pending = self.pending();
+        pending.packets.release();
+        self.send_batches(&mut pending.packets);
     }
 
     /// Hands the packets collected so far to the sinks (or to the fan-out threads that
     /// deliver them, see [`crate::outbox`]). Sources call it when they have no more
     /// input at hand, so a batch never waits for input that is not coming.
     pub fn flush(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if !pending.packets.is_empty() {
-            self.flush_locked(&mut pending, usize::MAX);
-        }
+        let mut pending = self.pending();
+        pending.packets.flush();
+        self.send_batches(&mut pending.packets);
     }
 
     /// Flushes the batch if its first packet arrived more than `max_age` before `now`: a
     /// frame without a marker bit, with no next frame yet to end it.
     pub fn flush_stale(&self, now: Instant, max_age: std::time::Duration) {
-        let max_age = max_age.max(self.fanout_window());
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = pending
-            .packets
-            .first()
-            .is_some_and(|p| now.saturating_duration_since(p.received_at) >= max_age);
-        if stale {
-            self.flush_locked(&mut pending, usize::MAX);
+        let mut pending = self.pending();
+        pending.packets.flush_stale(now, max_age);
+        self.send_batches(&mut pending.packets);
+    }
+
+    /// Hands every batch the batcher has cut to the sinks, oldest first.
+    fn send_batches(&self, batcher: &mut Batcher) {
+        while let Some(batch) = batcher.next_batch() {
+            self.send_batch(batch);
         }
     }
 
-    /// Hands the first `n` collected packets (all of them if fewer) to the sinks: here,
-    /// or with [`OFFLOAD_SINKS`] sinks or more on the fan-out threads, so that the source
-    /// (on a runtime worker) goes on at once. While offloaded batches wait, every batch
-    /// waits behind them, so the sinks see them in order.
-    fn flush_locked(&self, pending: &mut Pending, n: usize) {
-        let n = n.min(pending.packets.len());
+    /// Hands one batch to the sinks: here, or with [`OFFLOAD_SINKS`] sinks or more on the
+    /// fan-out threads, so that the source (on a runtime worker) goes on at once. While
+    /// offloaded batches wait, every batch waits behind them, so the sinks see them in
+    /// order.
+    fn send_batch(&self, batch: std::vec::Drain<'_, MediaPacket>) {
         let offload =
             self.subscribed.load(Ordering::Relaxed) >= OFFLOAD_SINKS || self.outbox.is_busy();
         if offload {
-            let mut batch = self.outbox.spare();
-            batch.extend(pending.packets.drain(..n));
-            if self.outbox.post(batch) {
+            let mut spare = self.outbox.spare();
+            spare.extend(batch);
+            if self.outbox.post(spare) {
                 match self.me.upgrade() {
                     Some(me) => crate::fanout::spawn(move || me.run_outbox()),
                     None => self.run_outbox(),
@@ -629,14 +528,8 @@ impl Stream {
                 off_the_runtime(|| self.outbox.wait_for_room());
             }
         } else {
-            self.deliver(&pending.packets[..n]);
-            if n == pending.packets.len() {
-                pending.packets.clear();
-            } else {
-                pending.packets.drain(..n);
-            }
+            self.deliver(batch.as_slice());
         }
-        pending.complete = pending.complete.saturating_sub(n);
     }
 
     /// The fan-out job: delivers the offloaded batches until none waits.

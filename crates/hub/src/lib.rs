@@ -1,0 +1,34 @@
+//! Sluice's hub: where a path's one source meets its many sinks, without sockets, tasks
+//! or clock reads.
+//!
+//! Everything here is plain data and decisions, so it is tested on a virtual clock: time
+//! comes in as an argument ([`std::time::Instant`] values the caller read), packets come
+//! in as shared [`bytes::Bytes`], and what to send out comes back as return values.
+//!
+//! - [`packet`]: the relayed [`MediaPacket`], a [`Batch`] of them and why a stream ends
+//!   ([`EndReason`]).
+//! - [`presentation`]: the tracks a source announced and the SDP readers get.
+//! - [`gop`]: the packets since the last keyframe, handed to a new reader first.
+//! - [`batcher`]: when a source's collected packets go out as one batch.
+//! - [`sink`]: the two-method [`Sink`] a stream hands its batches and its end to.
+//! - [`source`]: a source's handle on its path: its claim and its batcher.
+//! - [`registry`]: who publishes which path, look-ups, and lifecycle events that any
+//!   module can watch with a path pattern.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod batcher;
+pub mod gop;
+pub mod packet;
+pub mod presentation;
+pub mod registry;
+pub mod sink;
+pub mod source;
+
+pub use batcher::Batcher;
+pub use packet::{Batch, EndReason, MediaPacket};
+pub use presentation::{Presentation, PresentationError, Track};
+pub use registry::{Busy, Claim, Event, Owner, PathClaim, Pattern, Registry, SourceId};
+pub use sink::Sink;
+pub use source::SourceHandle;

@@ -1,0 +1,37 @@
+//! What a stream hands its output to.
+//!
+//! A sink (an RTSP reader group, a recorder, an HLS muxer, a WebRTC peer group) sees a
+//! stream as batches of shared packets and one end with its reason: two methods, nothing
+//! about sockets, shards or threads. It must never block the source: it owns a bounded
+//! queue and decides itself what happens when it is full (drop, disconnect, skip to the
+//! next keyframe).
+//!
+//! The server's RTSP fast path will sit behind this trait as one *reader-group* sink per
+//! path: its `on_batch` plans the batch once (UDP runs for `sendmmsg`/GSO, TCP `$` framing),
+//! then fans it out to its readers on the fan-out shards and offload threads, with the
+//! egress accounting, refunds and prefetch hints it has today; the stream knows the whole
+//! group as one sink. Until then the server's own `Sink` (crates/server/src/stream.rs)
+//! carries those details itself.
+
+use crate::packet::{Batch, EndReason};
+
+/// A consumer of a stream's batches.
+pub trait Sink: Send + Sync {
+    /// The next batch of packets (one frame, or several; see [`crate::batcher`]), in
+    /// stream order. Every batch reaches every subscribed sink as the same shared buffers.
+    /// Must not block.
+    fn on_batch(&self, batch: &Batch);
+
+    /// The stream ended; no batch follows.
+    fn on_end(&self, reason: EndReason);
+}
+
+impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
+    fn on_batch(&self, batch: &Batch) {
+        (**self).on_batch(batch);
+    }
+
+    fn on_end(&self, reason: EndReason) {
+        (**self).on_end(reason);
+    }
+}
