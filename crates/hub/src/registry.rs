@@ -509,6 +509,34 @@ mod tests {
         assert!(!m("*a*a*a*a*a*a*a*a*b", &long));
     }
 
+    /// The obvious backtracking matcher, exponential at worst: the reference for
+    /// [`Pattern::matches`].
+    fn naive(p: &[u8], s: &[u8]) -> bool {
+        match p {
+            [] => s.is_empty(),
+            [b'*', b'*', rest @ ..] => (0..=s.len()).any(|i| naive(rest, &s[i..])),
+            [b'*', rest @ ..] => {
+                let segment = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
+                (0..=segment).any(|i| naive(rest, &s[i..]))
+            }
+            [c, rest @ ..] => s.first() == Some(c) && naive(rest, &s[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        /// The quadratic matcher agrees with the backtracking one.
+        #[test]
+        fn patterns_match_as_the_backtracking_reference(
+            pattern in "[ab/*]{0,8}",
+            path in "[ab/]{0,10}",
+        ) {
+            proptest::prop_assert_eq!(
+                Pattern::new(&pattern).matches(&path),
+                naive(pattern.as_bytes(), path.as_bytes())
+            );
+        }
+    }
+
     fn reg() -> (Registry<&'static str>, WatcherId) {
         let mut r = Registry::new();
         let w = r.watch(Pattern::new("**"), 64);
