@@ -587,6 +587,211 @@ mod tests {
         matches!(op, Op::Flush | Op::Timeout(_) | Op::Stale(_))
     }
 
+    /// The server stream's batching as it was before the batcher (crates/server
+    /// stream.rs `push_rtp`, `end_frame`, `hold_frames`, `release_frames`, `flush`,
+    /// `flush_stale`, `flush_at` and `flush_locked`, delivering into `out`), ported
+    /// line by line: the reference the batcher must match.
+    struct Before {
+        packets: Vec<MediaPacket>,
+        complete: usize,
+        held: bool,
+        window: Duration,
+        video_track: Option<usize>,
+        out: Vec<Vec<u16>>,
+    }
+
+    impl Before {
+        fn push_rtp(&mut self, packet: MediaPacket) {
+            let window = self.window;
+            if !window.is_zero() {
+                let due = self.packets.first().is_some_and(|first| {
+                    packet
+                        .received_at
+                        .saturating_duration_since(first.received_at)
+                        >= window
+                });
+                self.packets.push(packet);
+                if due || self.packets.len() >= MAX {
+                    self.flush_locked(usize::MAX);
+                }
+                return;
+            }
+            let is_video = Some(packet.track) == self.video_track;
+            let new_frame = self.packets.last().is_some_and(|last| {
+                last.track == packet.track && last.header.timestamp != packet.header.timestamp
+            });
+            if new_frame {
+                self.end_frame();
+            }
+            let frame_ends = !is_video || packet.header.marker;
+            self.packets.push(packet);
+            if frame_ends {
+                self.end_frame();
+            }
+            let cap = if self.held { MAX } else { MAX_PENDING };
+            if self.packets.len() >= cap {
+                let n = if self.complete > 0 {
+                    self.complete
+                } else {
+                    usize::MAX
+                };
+                self.flush_locked(n);
+            }
+        }
+        fn end_frame(&mut self) {
+            if self.held {
+                self.complete = self.packets.len();
+            } else {
+                self.flush_locked(usize::MAX);
+            }
+        }
+        fn release_frames(&mut self) {
+            self.held = false;
+            if self.complete > 0 {
+                let n = self.complete;
+                self.flush_locked(n);
+            }
+            if self.packets.len() >= MAX_PENDING && self.window.is_zero() {
+                self.flush_locked(usize::MAX);
+            }
+        }
+        fn flush(&mut self) {
+            if !self.packets.is_empty() {
+                self.flush_locked(usize::MAX);
+            }
+        }
+        fn flush_stale(&mut self, now: Instant, max_age: Duration) {
+            let max_age = max_age.max(self.window);
+            let stale = self
+                .packets
+                .first()
+                .is_some_and(|p| now.saturating_duration_since(p.received_at) >= max_age);
+            if stale {
+                self.flush_locked(usize::MAX);
+            }
+        }
+        fn flush_at(&self, last_input: Instant) -> Option<Instant> {
+            let first = self.packets.first()?;
+            Some(if self.window.is_zero() {
+                last_input + INPUT_PAUSE
+            } else {
+                first.received_at + self.window
+            })
+        }
+        fn flush_locked(&mut self, n: usize) {
+            let n = n.min(self.packets.len());
+            self.out
+                .push(self.packets.drain(..n).map(|p| p.header.sequence).collect());
+            self.complete = self.complete.saturating_sub(n);
+        }
+    }
+
+    /// What the differential test below does to both.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Op(Op),
+        /// The fan-out window changes (the server sets it once, but any order must agree).
+        Window(u8),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            12 => op().prop_map(Step::Op),
+            1 => prop_oneof![Just(0u8), 1u8..60].prop_map(Step::Window),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The batcher cuts exactly where the server's stream cut before it existed: the
+        /// same batches after every step, the same packets waiting, the same flush time.
+        #[test]
+        fn the_batcher_cuts_exactly_where_the_stream_did(
+            steps in proptest::collection::vec(step(), 1..200)
+        ) {
+            let mut b = Batcher::new(Some(0), MAX);
+            let mut before = Before {
+                packets: Vec::new(),
+                complete: 0,
+                held: false,
+                window: Duration::ZERO,
+                video_track: Some(0),
+                out: Vec::new(),
+            };
+            let mut out: Vec<Vec<u16>> = Vec::new();
+            let mut now = Instant::now();
+            let (mut seq, mut video_ts, mut audio_ts) = (0u16, 0u32, 0u32);
+            for step in steps {
+                let both = |p: MediaPacket, b: &mut Batcher, before: &mut Before| {
+                    b.push(p.received_at, p.clone());
+                    before.push_rtp(p);
+                };
+                match step {
+                    Step::Window(ms) => {
+                        let w = Duration::from_millis(u64::from(ms));
+                        b.set_window(w);
+                        before.window = w;
+                    }
+                    Step::Op(Op::Push { audio, new_frame, marker, after_ms }) => {
+                        now += Duration::from_millis(u64::from(after_ms));
+                        let ts = if audio {
+                            audio_ts += 1024;
+                            audio_ts
+                        } else {
+                            if new_frame {
+                                video_ts += 3000;
+                            }
+                            video_ts
+                        };
+                        seq += 1;
+                        both(pkt(usize::from(audio), seq, ts, marker, now), &mut b, &mut before);
+                    }
+                    Step::Op(Op::LongFrame(n)) => {
+                        video_ts += 3000;
+                        for _ in 0..n {
+                            seq += 1;
+                            both(pkt(0, seq, video_ts, false, now), &mut b, &mut before);
+                        }
+                    }
+                    Step::Op(Op::Hold) => {
+                        b.hold();
+                        before.held = true;
+                    }
+                    Step::Op(Op::Release) => {
+                        b.release();
+                        before.release_frames();
+                    }
+                    Step::Op(Op::Flush) => {
+                        b.flush();
+                        before.flush();
+                    }
+                    Step::Op(Op::Timeout(ms)) => {
+                        // What the sources do with `flush_at`: flush once it has passed.
+                        let at = now + Duration::from_millis(u64::from(ms));
+                        proptest::prop_assert_eq!(b.flush_at(now), before.flush_at(now));
+                        if before.flush_at(now).is_some_and(|t| t <= at) {
+                            before.flush();
+                        }
+                        b.handle_timeout(at);
+                    }
+                    Step::Op(Op::Stale(ms)) => {
+                        let at = now + Duration::from_millis(u64::from(ms));
+                        b.flush_stale(at, Duration::from_millis(50));
+                        before.flush_stale(at, Duration::from_millis(50));
+                    }
+                }
+                while let Some(batch) = b.next_batch() {
+                    out.push(batch.map(|p| p.header.sequence).collect());
+                }
+                proptest::prop_assert_eq!(&out, &before.out);
+                let waiting: Vec<u16> = b.iter().map(|p| p.header.sequence).collect();
+                let waited: Vec<u16> = before.packets.iter().map(|p| p.header.sequence).collect();
+                proptest::prop_assert_eq!(waiting, waited);
+                proptest::prop_assert_eq!(b.flush_at(now), before.flush_at(now));
+            }
+        }
+    }
+
     proptest::proptest! {
         /// Whatever a source's pushes, holds, releases, flushes and timers: every packet
         /// is emitted once and in order; batches are never empty nor above `max_batch`;
