@@ -11,8 +11,18 @@
 use std::collections::VecDeque;
 
 use sluice_codec::{starts_random_access, Codec};
+use sluice_rtp::packet::RtpHeader;
 
 use crate::packet::MediaPacket;
+
+/// Where a new subscriber's numbering starts on a track (for RTP-Info).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackStart {
+    /// Sequence number of the subscriber's first packet on the track.
+    pub seq: u16,
+    /// RTP timestamp of that packet (or of the last one sent, when none is cached).
+    pub rtptime: u32,
+}
 
 /// Most packets kept.
 pub const MAX_PACKETS: usize = 4096;
@@ -121,6 +131,39 @@ impl GopCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Where a subscriber handed this cache starts on each of `tracks` tracks, given the
+    /// last header the stream delivered on each (`last`): at the track's first cached
+    /// packet, else right after its last delivered one (the next packet it will get), else
+    /// unknown. Computed under the same lock as the hand-over, so RTP-Info names exactly
+    /// the subscriber's first packet.
+    pub fn starts(
+        &self,
+        tracks: usize,
+        last: impl Fn(usize) -> Option<RtpHeader>,
+    ) -> Vec<Option<TrackStart>> {
+        let mut starts: Vec<Option<TrackStart>> = (0..tracks)
+            .map(|t| {
+                last(t).map(|h| TrackStart {
+                    seq: h.sequence.wrapping_add(1),
+                    rtptime: h.timestamp,
+                })
+            })
+            .collect();
+        let mut seen = vec![false; tracks];
+        for p in self.packets() {
+            if let (Some(slot), Some(first)) = (starts.get_mut(p.track), seen.get_mut(p.track)) {
+                if !*first {
+                    *first = true;
+                    *slot = Some(TrackStart {
+                        seq: p.header.sequence,
+                        rtptime: p.header.timestamp,
+                    });
+                }
+            }
+        }
+        starts
+    }
 }
 
 #[cfg(test)]
@@ -198,6 +241,28 @@ mod tests {
         assert!(g.is_empty(), "stays off until the next keyframe");
         g.handle_packet(&pkt(0, 10, 2, IDR));
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn starts_name_the_first_cached_packet_or_the_one_after_the_last_sent() {
+        let mut g = GopCache::new(Some((0, Codec::H264)));
+        g.handle_packet(&pkt(0, 10, 3000, IDR));
+        g.handle_packet(&pkt(0, 11, 6000, P));
+        g.handle_packet(&pkt(1, 70, 1024, AAC));
+        g.handle_packet(&pkt(7, 1, 0, AAC)); // a track the stream does not have
+        let last = |t: usize| {
+            let h = pkt(t, [11, 70, 5][t.min(2)], 9999, P).header;
+            Some(h)
+        };
+        let at = |seq, rtptime| Some(TrackStart { seq, rtptime });
+        assert_eq!(
+            g.starts(3, last),
+            vec![at(10, 3000), at(70, 1024), at(6, 9999)]
+        );
+        assert_eq!(GopCache::new(None).starts(2, |_| None), vec![None, None]);
+        // Numbering wraps.
+        let wrap = |_| Some(pkt(0, u16::MAX, 1, P).header);
+        assert_eq!(GopCache::new(None).starts(1, wrap), vec![at(0, 1)]);
     }
 
     #[test]

@@ -202,14 +202,7 @@ pub struct Stream {
     subscribed: AtomicUsize,
 }
 
-/// Where a new subscriber's numbering starts on a track (for RTP-Info).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrackStart {
-    /// Sequence number of the subscriber's first packet on the track.
-    pub seq: u16,
-    /// RTP timestamp of that packet (or of the last one sent, when none is cached).
-    pub rtptime: u32,
-}
+pub use sluice_hub::gop::TrackStart;
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -350,26 +343,8 @@ impl Stream {
         let id = SinkId(self.next_sink.fetch_add(1, Ordering::Relaxed));
         if !self.is_ended() {
             let gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
-            let mut starts: Vec<Option<TrackStart>> = (0..self.tracks.len())
-                .map(|t| {
-                    self.last_header(t).map(|h| TrackStart {
-                        seq: h.sequence.wrapping_add(1),
-                        rtptime: h.timestamp,
-                    })
-                })
-                .collect();
-            let mut seen = vec![false; self.tracks.len()];
+            let starts = gop.starts(self.tracks.len(), |t| self.last_header(t));
             for p in gop.packets() {
-                if let (Some(slot), Some(first)) = (starts.get_mut(p.track), seen.get_mut(p.track))
-                {
-                    if !*first {
-                        *first = true;
-                        *slot = Some(TrackStart {
-                            seq: p.header.sequence,
-                            rtptime: p.header.timestamp,
-                        });
-                    }
-                }
                 sink.handle_packet(p);
             }
             // Checked under the joining lock, which `end` drains after setting `ended`: a
