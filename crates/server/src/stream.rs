@@ -1,30 +1,28 @@
 //! The stream model: one source feeds a per-path [`Stream`]; any number of [`Sink`]s
 //! subscribe to it.
 //!
-//! A source (an RTSP publisher, a pull, a file) calls [`Stream::push_rtp`] with each
-//! packet as a shared [`Bytes`](bytes::Bytes). The stream collects a frame's packets and hands the batch
-//! to every sink at once ([`Sink::handle_batch`]): the same buffers (a reference count,
-//! never a copy), and one shared [`Egress`] in which UDP readers queue their messages so
-//! that a frame reaches hundreds of readers in a few `sendmmsg` calls. A batch is flushed
-//! at a video frame's last packet (RTP marker), when a new frame begins, for every
-//! non-video packet, at 64 packets, when the source calls [`Stream::flush`] (a file source
-//! after each sample), and by the server's reaper once it is 50 ms old (a frame without a
-//! marker and no next frame yet). With a fan-out window ([`Stream::set_fanout_window`],
-//! `rtsp.fanout_window`), a live stream's batch instead spans up to that much media, across
-//! frames and tracks: every reader then gets several frames per send, for that much added
-//! latency. Where a batch ends is decided by the hub's [`Batcher`] (sans-IO, tested on a
-//! virtual clock); the stream keeps the locks, the fan-out and the delivery. Live sources
-//! do not flush when their socket runs dry:
-//! publishers write a frame packet by packet, and the reads would split it. But while a
-//! live source has more input at hand than one frame ([`Stream::hold_frames`]), the
-//! frames that end in it are collected and go out together when it is used up
-//! ([`Stream::release_frames`]): a server that falls behind sends bigger batches instead
-//! of falling further behind, and an idle one still sends each frame as it ends. A
-//! stream with [`OFFLOAD_SINKS`] sinks or more does not deliver on its source's thread (a
-//! runtime worker, shared with other sessions' tasks): its batches go to the fan-out
-//! threads ([`crate::outbox`]), in order, and the source goes on at once. Sinks
-//! must not block: each owns a bounded queue and decides itself what happens when it is
-//! full. Adding a kind of source or sink never touches another.
+//! A source (an RTSP publisher, a pull, a file) calls [`Stream::push_rtp`] with each packet as
+//! a shared [`Bytes`](bytes::Bytes). The stream collects a frame's packets and hands the batch
+//! to every sink at once ([`Sink::handle_batch`]): the same buffers (a reference count, never a
+//! copy), and one shared [`Egress`] in which UDP readers queue their messages so that a frame
+//! reaches hundreds of readers in a few `sendmmsg` calls. A batch is flushed at a video frame's
+//! last packet (RTP marker), when a new frame begins, for every non-video packet, at 64
+//! packets, when the source calls [`Stream::flush`] (a file source after each sample), and by
+//! the server's reaper once it is 50 ms old (a frame without a marker and no next frame yet).
+//! With a fan-out window ([`Stream::set_fanout_window`], `rtsp.fanout_window`), a live stream's
+//! batch instead spans up to that much media, across frames and tracks: every reader then gets
+//! several frames per send, for that much added latency. Where a batch ends is decided by the
+//! hub's [`Batcher`] (sans-IO, tested on a virtual clock); the stream keeps the locks, the
+//! fan-out and the delivery. Live sources do not flush when their socket runs dry: publishers
+//! write a frame packet by packet, and the reads would split it. But while a live source has
+//! more input at hand than one frame ([`Stream::hold_frames`]), the frames that end in it are
+//! collected and go out together when it is used up ([`Stream::release_frames`]): a server that
+//! falls behind sends bigger batches instead of falling further behind, and an idle one still
+//! sends each frame as it ends. A stream with [`OFFLOAD_SINKS`] sinks or more does not deliver
+//! on its source's thread (a runtime worker, shared with other sessions' tasks): its batches go
+//! to the fan-out threads ([`crate::outbox`]), in order, and the source goes on at once. Sinks
+//! must not block: each owns a bounded queue and decides itself what happens when it is full.
+//! Adding a kind of source or sink never touches another.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -52,7 +50,7 @@ pub use sluice_hub::packet::{EndReason, MediaPacket};
 /// well under a millisecond, less than the hand-over would add.
 pub const OFFLOAD_SINKS: usize = crate::fanout::SHARDED_SINKS;
 
-/// Most packets collected before a flush (the batcher's per-frame cap), as the tests name it.
+/// Most packets collected before a flush (the batcher's per-frame cap), for the tests.
 #[cfg(test)]
 const MAX_PENDING: usize = sluice_hub::batcher::MAX_PENDING;
 
