@@ -733,9 +733,9 @@ mod tests {
         /// Whatever sources claim, ready and end: a path has at most one source, the one
         /// the model says; a claim is refused exactly when an exclusive one meets another
         /// owner's source or anyone meets another owner's configured source; a displaced
-        /// source is handed back (and its watchers see it replaced); and per path,
-        /// watchers see each source's Ready at most once, then at most one end, with
-        /// sources in claim order.
+        /// source is handed back; watchers get exactly the events the model expects (a
+        /// ready source displaced is Replaced); and per path, each source's Ready comes at
+        /// most once, then at most one end, with sources in claim order.
         #[test]
         fn one_source_per_path_and_events_in_order(ops in proptest::collection::vec(op(), 1..120)) {
             const PATHS: [&str; 3] = ["cams/a", "cams/b", "live"];
@@ -744,6 +744,8 @@ mod tests {
             // The model: path -> (value, owner, configured, ready, claim).
             let mut model: HashMap<&str, (u64, u8, bool, bool, PathClaim)> = HashMap::new();
             let mut claims: Vec<PathClaim> = Vec::new();
+            // The events the model says watchers get, in order.
+            let mut expected: Vec<Event> = Vec::new();
             for (n, op) in ops.into_iter().enumerate() {
                 let value = n as u64;
                 match op {
@@ -757,6 +759,13 @@ mod tests {
                             Ok(p) => {
                                 proptest::prop_assert!(!refused);
                                 let old = model.insert(path, (value, owner, claim == Claim::Override, false, p.claim.clone()));
+                                if let Some(old) = old.as_ref().filter(|o| o.3) {
+                                    expected.push(Event::Replaced {
+                                        path: path.into(),
+                                        old: old.4.source(),
+                                        new: p.claim.source(),
+                                    });
+                                }
                                 proptest::prop_assert_eq!(p.replaced, old.map(|o| o.0));
                                 claims.push(p.claim);
                             }
@@ -767,8 +776,9 @@ mod tests {
                         if let Some(c) = claims.get(usize::from(i) % claims.len().max(1)) {
                             let holds = model.get(c.path()).is_some_and(|m| m.4 == *c);
                             proptest::prop_assert_eq!(r.set_ready(c), holds);
-                            if let Some(m) = model.get_mut(c.path()).filter(|m| m.4 == *c) {
+                            if let Some(m) = model.get_mut(c.path()).filter(|m| m.4 == *c && !m.3) {
                                 m.3 = true;
+                                expected.push(Event::Ready { path: c.path().into(), source: c.source() });
                             }
                         }
                     }
@@ -778,7 +788,11 @@ mod tests {
                             let holds = model.get(c.path()).is_some_and(|m| m.4 == *c);
                             let got = r.end(c, reason);
                             if holds {
-                                proptest::prop_assert_eq!(got, model.remove(c.path()).map(|m| m.0));
+                                let m = model.remove(c.path());
+                                if m.as_ref().is_some_and(|m| m.3) {
+                                    expected.push(Event::Ended { path: c.path().into(), source: c.source(), reason });
+                                }
+                                proptest::prop_assert_eq!(got, m.map(|m| m.0));
                             } else {
                                 proptest::prop_assert_eq!(got, None);
                             }
@@ -794,10 +808,13 @@ mod tests {
                 }
                 proptest::prop_assert_eq!(r.len(), model.len());
             }
-            // Per path: Ready(s), then Ended(s) or Replaced(s → t), then Ready of a
-            // later source...
+            // Exactly the events the model expects, in order...
+            let events: Vec<Event> = std::iter::from_fn(|| r.poll_event(w)).collect();
+            proptest::prop_assert_eq!(&events, &expected);
+            // ... which per path are Ready(s), then Ended(s) or Replaced(s → t), then
+            // Ready of a later source...
             let mut state: HashMap<String, (Option<SourceId>, bool)> = HashMap::new();
-            while let Some(e) = r.poll_event(w) {
+            for e in events {
                 let path = e.path().map(str::to_owned);
                 proptest::prop_assert!(path.is_some(), "no event was dropped");
                 let (last, live) = state.entry(path.unwrap_or_default()).or_insert((None, false));
