@@ -23,6 +23,7 @@ use sluice_rtp::rtcp::{self, SenderInfo};
 use tracing::{debug, info, warn};
 
 use crate::egress::{Egress, Refund, UdpPlan};
+use crate::latency::LatencyHistogram;
 use crate::media_queue::{channel_of, ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL};
 use crate::stream::{EndReason, MediaPacket, Sink, Stream};
 
@@ -103,6 +104,9 @@ pub struct ReaderSink {
     created: Instant,
     /// TCP: the RTP channel per track.
     channels: ChannelMap,
+    /// UDP: where the latency of this sink's sends is recorded (see
+    /// [`ReaderSink::recording_latency`]).
+    latency: Option<Arc<LatencyHistogram>>,
 }
 
 /// Most packets a closed gate holds: the GOP cache handed over at subscription, plus what
@@ -155,7 +159,17 @@ impl ReaderSink {
             next_report_ms: AtomicU64::new(1000),
             created: Instant::now(),
             channels,
+            latency: None,
         }
+    }
+
+    /// This sink, recording the ingest → egress latency of its UDP sends into `latency`:
+    /// its server's histogram, so that servers sharing a process measure apart. (A TCP
+    /// reader's writes are recorded by its connection's [`MediaQueue`].) A sink made
+    /// without it (tests, micro-benchmarks) records nothing.
+    pub fn recording_latency(mut self, latency: Arc<LatencyHistogram>) -> ReaderSink {
+        self.latency = Some(latency);
+        self
     }
 
     /// Whether this sink's Sender Reports are due at `now`; if so, schedules the next
@@ -247,7 +261,7 @@ impl ReaderSink {
     fn send_udp(&self, rtp: &Arc<MediaSocket>, gso: bool, egress: &mut Egress<'_>) {
         for run in egress.runs() {
             if let Some(Target::Udp { rtp: to, .. }) = self.targets.get(run.track) {
-                egress.send_udp(rtp, *to, run, gso);
+                egress.send_udp(rtp, *to, run, gso, self.latency.as_ref());
                 self.count(
                     run.track,
                     u32::from(run.packets),
