@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::load::{recv_batch, BATCH, HEAD_ONLY, TCP_READ, UDP_BUF};
+
 /// A packet flow of the modelled stream: `per_s` sends a second per reader, each
 /// `packets` packets of `size` bytes (one frame; one GSO run over UDP, one `send` over TCP),
 /// except that every `key_every`-th frame, from the first, is a keyframe of `key_packets`.
@@ -876,9 +878,9 @@ fn receive(
         unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     }
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut buf = vec![0u8; crate::load::UDP_BUF];
-    let mut lens = [0usize; crate::load::BATCH];
-    let mut tcp_buf = vec![0u8; crate::load::TCP_READ];
+    let mut buf = vec![0u8; UDP_BUF];
+    let mut lens = [0usize; BATCH];
+    let mut tcp_buf = vec![0u8; TCP_READ];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: the kernel writes at most `events.len()` entries into `events`.
         let k = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
@@ -888,10 +890,9 @@ fn receive(
             };
             if udp {
                 // The load client's own read: 64 datagrams per call, 64 bytes of each.
-                while let Ok(m) = crate::load::recv_batch(fd, &mut buf, crate::load::HEAD_ONLY, &mut lens, None)
-                {
+                while let Ok(m) = recv_batch(fd, &mut buf, HEAD_ONLY, &mut lens, None) {
                     received.fetch_add(m as u64, Ordering::Relaxed);
-                    if m < crate::load::BATCH {
+                    if m < BATCH {
                         break;
                     }
                 }

@@ -45,8 +45,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sluice_codec::{codec_from_encoding, starts_random_access, Codec};
 use sluice_client::authority;
+use sluice_codec::{codec_from_encoding, starts_random_access, Codec};
 use smallvec::{smallvec, SmallVec};
 
 use sluice_rtsp::client::{ClientConfig, ClientEvent, ClientMode, ClientSession, ClientTransport};
