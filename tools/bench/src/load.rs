@@ -9,7 +9,7 @@
 //!   current-thread runtime by default); the task is a hand-written poll loop over the
 //!   reader's sockets, not a `select!` re-creating futures per packet.
 //! - Once a reader's PLAY is answered and its first keyframe timed, the reader moves to
-//!   the media thread (`bench/media.rs`), which reads every playing reader from one edge-triggered poll,
+//!   the media thread (`load/media.rs`), which reads every playing reader from one edge-triggered poll,
 //!   with no task wake-up per read.
 //! - The RTSP handshake and keep-alives are driven by the sans-IO
 //!   [`ClientSession`], but the TCP byte stream is framed here: `$` interleaved frames are
@@ -25,7 +25,7 @@
 //! Per reader it measures the PLAY reply time, the first RTP packet and the first packet
 //! beginning a keyframe on the first video track ([`sluice_codec::starts_random_access`]:
 //! an H.264 IDR or H.265 IRAP slice, also inside aggregation and fragmentation units, not parameter sets alone),
-//! all relative to sending PLAY and ending when the kernel queued the bytes (`bench/stamp.rs`);
+//! all relative to sending PLAY and ending when the kernel queued the bytes (`load/stamp.rs`);
 //! packets and bytes; loss from RTP sequence numbers
 //! (RFC 3550: expected − received over the extended sequence range, per track).
 
