@@ -790,6 +790,39 @@ mod tests {
         assert_eq!(sink.dropped(), 0);
     }
 
+    #[tokio::test]
+    async fn a_udp_readers_live_sends_are_timed_into_the_histogram_it_was_given() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = Arc::new(MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let servers = Arc::new(LatencyHistogram::new());
+        let timed = Arc::new(
+            ReaderSink::new(
+                format!("to {to}"),
+                vec![Target::Udp { rtp: to, rtcp: to }],
+                Outbox::Udp {
+                    rtp: tx.clone(),
+                    rtcp: tx.clone(),
+                    gso: false,
+                },
+                Duration::from_secs(5),
+                Arc::new(|_| {}),
+            )
+            .recording_latency(servers.clone()),
+        );
+        let untimed = udp_reader(to, &tx);
+        timed.open();
+        untimed.open();
+        deliver(&timed, &[packet(0), packet(1), packet(2)]);
+        assert_eq!(servers.take().count, 3, "each packet sent, once");
+        deliver(&untimed, &[packet(3), packet(4)]);
+        assert_eq!(
+            servers.take().count,
+            0,
+            "another sink's sends are not this one's"
+        );
+    }
+
     /// On a current-thread runtime no task runs until the test yields: what arrives before
     /// that was sent by `open` itself.
     #[tokio::test]
