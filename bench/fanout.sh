@@ -7,7 +7,7 @@
 #
 # Environment overrides:
 #   BENCH_CASES="hi:udp:400 hi:tcp:400"   only these cases (stream hi|lo : transport : readers)
-#   BENCH_SERVERS="sluice gst floor"      which servers, in this order (floor: `sluice bench floor`, the
+#   BENCH_SERVERS="sluice gst floor"      which servers, in this order (floor: `sluice-bench floor`, the
 #                                         kernel's own cost for the same fan-out, no server; see below)
 #   BENCH_DURATION=20                     measurement window per run, seconds
 #   BENCH_ORDER=interleaved|grouped       interleaved (default): for each case, every server in turn,
@@ -16,13 +16,14 @@
 #                                         then up to a quarter of an hour apart)
 #   BENCH_REPEAT=3                        run every case this many times (default 1); the table shows
 #                                         each server's median run and every repetition's S / ⅓ G
-#   CARGO_TARGET_DIR=/tmp/target-bench    where sluice is built (--release)
-#   SLUICE_BIN=/path/to/sluice            use this binary, do not build
+#   CARGO_TARGET_DIR=/tmp/target-bench    where sluice and sluice-bench are built (--release)
+#   SLUICE_BIN=/path/to/sluice            use this server binary, do not build it
+#   SLUICE_BENCH_BIN=/path/to/sluice-bench   use this load client / floor binary (tools/bench), do not build it
 #   BENCH_FANOUT_WINDOW=40ms              run Sluice with [rtsp] fanout_window (default: a batch per frame)
 #   BENCH_PERF=auto|1|0                   perf-sample each server during the window to split its CPU into
 #                                         the loopback receive path and its own work (auto: if perf exists)
 #
-# Each run is one `sluice bench load` process (handshakes on current-thread tokio, playing readers
+# Each run is one `sluice-bench load` process (tools/bench: the benchmark tools, not part of the product) (handshakes on current-thread tokio, playing readers
 # on one media thread, recvmmsg) that samples the server process's utime+stime and VmRSS itself
 # over the window (--server-pid); one JSON line per run goes to bench/out/<stamp>.jsonl; the
 # side-by-side table is printed and appended to bench/RESULTS.md. See bench/README.md.
@@ -35,6 +36,7 @@ QUICK=0
 
 TARGET=${CARGO_TARGET_DIR:-/tmp/target-bench}
 BIN=$TARGET/release/sluice
+BENCH_BIN=$TARGET/release/sluice-bench
 MEDIA=$ROOT/bench/media
 OUTDIR=$ROOT/bench/out
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -98,11 +100,13 @@ if (( $(ulimit -n) < 60000 )); then
 fi
 
 # ---- build ------------------------------------------------------------------------------------------
-if [[ -n ${SLUICE_BIN:-} ]]; then
-  BIN=$SLUICE_BIN   # a prebuilt binary (e.g. while the tree is mid-edit)
-else
-  echo "building sluice (release) into $TARGET ..."
-  CARGO_TARGET_DIR=$TARGET cargo build --release -p sluice --quiet
+# Prebuilt binaries (e.g. while the tree is mid-edit) are used as they are; the rest is built.
+BUILD=()
+if [[ -n ${SLUICE_BIN:-} ]]; then BIN=$SLUICE_BIN; else BUILD+=(-p sluice); fi
+if [[ -n ${SLUICE_BENCH_BIN:-} ]]; then BENCH_BIN=$SLUICE_BENCH_BIN; else BUILD+=(-p sluice-bench); fi
+if (( ${#BUILD[@]} > 0 )); then
+  echo "building ${BUILD[*]} (release) into $TARGET ..."
+  CARGO_TARGET_DIR=$TARGET cargo build --release "${BUILD[@]}" --quiet
 fi
 
 # ---- media (PEERS.md commands; cached in bench/media) -----------------------------------------------
@@ -200,7 +204,7 @@ start_gst() {
   wait_ready "$URL"
   # gst-rtsp-server tears the shared pipeline down when the last reader leaves: keep one reader
   # connected across runs (PEERS.md). Bounded: killed at stop_server, at most 1 h anyway.
-  "$BIN" bench load "$URL" --readers 1 --transport tcp --duration 3600 --udp-port-base 62000 \
+  "$BENCH_BIN" load "$URL" --readers 1 --transport tcp --duration 3600 --udp-port-base 62000 \
     >>"$LOGDIR/gst-keeper.log" 2>&1 &
   PIDS+=("$!")
   sleep 2
@@ -259,8 +263,7 @@ m = {"label": label, "url": rs[0]["url"], "transport": rs[0]["transport"], "proc
      "no_keyframe": S("no_keyframe"), "client_cpu_pct": round(S("client_cpu_pct"), 2), "client_rss_mib": round(S("client_rss_mib"), 2),
      "udp_rcvbuf_errors": max(r["udp_rcvbuf_errors"] for r in rs), "window_start_unix": min(r["window_start_unix"] for r in rs)}
 el = [r["egress_latency_us"] for r in rs if r.get("egress_latency_us")]
-if el:
-    m["egress_latency_us"] = el[0]
+m["egress_latency_us"] = el[0] if el else None
 sv = [r["server"] for r in rs if r.get("server")]
 if sv:
     cpu = sum(x["cpu_pct"] for x in sv) / len(sv)
@@ -342,7 +345,7 @@ run_case() {
   if (( procs <= 1 )); then
     : >"$err"
     if [[ $PERF == 1 ]]; then perf_sample "$err" - "$rxshare" & pp=$!; fi
-    line=$(timeout "$limit" "$BIN" bench load "$URL" --readers "$n" --transport "$transport" \
+    line=$(timeout "$limit" "$BENCH_BIN" load "$URL" --readers "$n" --transport "$transport" \
       --duration "$DURATION" --server-pid "$SERVER_PID" --label "$label" 2>"$err") || line=""
     cat "$err" >>"$LOGDIR/load.log"
   else
@@ -357,9 +360,9 @@ run_case() {
     while (( left > 0 )); do
       local k=$(( left < share ? left : share ))
       # The connect storm stays 64 handshakes at a time in all, shared by the processes.
-      timeout "$limit" "$BIN" bench load "$URL" --readers "$k" --transport "$transport" --duration "$DURATION" \
+      timeout "$limit" "$BENCH_BIN" load "$URL" --readers "$k" --transport "$transport" --duration "$DURATION" \
         --concurrency $(( 64 / procs > 0 ? 64 / procs : 1 )) --server-pid "$SERVER_PID" --label "$label" --samples --window-start-unix "$at" \
-        --udp-port-base $(( 10000 + i * (share * 4 + 64) )) $( (( i > 0 )) && echo --no-egress-latency ) \
+        --udp-port-base $(( 10000 + i * (share * 4 + 64) )) \
         >>"$parts" 2>>"$LOGDIR/load.log" &
       lp+=("$!")
       left=$(( left - k )); i=$(( i + 1 ))
@@ -385,7 +388,7 @@ run_case() {
   sleep 2
 }
 
-# The kernel floor for one case: `sluice bench floor` sends the same stream shape to N local
+# The kernel floor for one case: `sluice-bench floor` sends the same stream shape to N local
 # receivers with nothing but the send calls (sendmmsg + GSO per 64 readers, or a writev per reader per
 # frame); its CPU per Gbit/s is what loopback charges any sender for that fan-out.
 run_floor() {
@@ -393,7 +396,7 @@ run_floor() {
   local label="floor $variant $transport $n"
   heading "$label"
   local line
-  line=$(timeout $(( DURATION + 120 )) "$BIN" bench floor --transport "$transport" --stream "$variant" --readers "$n" \
+  line=$(timeout $(( DURATION + 120 )) "$BENCH_BIN" floor --transport "$transport" --stream "$variant" --readers "$n" \
     --duration "$DURATION" --label "$label" 2>>"$LOGDIR/floor.log") || line=""
   if [[ -n $line ]]; then
     line=$(record "$line")
@@ -528,13 +531,13 @@ if repeat > 1:
           "repetition's Sluice figure against a third of that repetition's gst figure, in order.")
 print()
 print("CPU = server utime+stime over the window, % of one core. RSS = VmRSS at the end of the window "
-      "(growth per connected reader from before the first connect). ingest→egress = Sluice's own histogram "
-      "(GET_PARAMETER sluice.egress_latency): packet received → the send call carrying it to a reader returned, "
-      "per packet and reader, bucket upper bounds. key = PLAY sent → first keyframe packet; "
+      "(growth per connected reader from before the first connect). ingest→egress = Sluice's own histogram: "
+      "packet received → the send call carrying it to a reader returned, per packet and reader, bucket upper "
+      "bounds (empty until the server's metrics endpoint exports it: bench/README.md). key = PLAY sent → first keyframe packet; "
       "PLAY = PLAY sent → reply. S = Sluice, G = gst-rtsp-server; ratio = S / G (lower is better for Sluice). "
       "rx path = % of the server's perf samples under net_rx_action: the receivers' kernel work that loopback "
       "runs inside the server's send calls; own CPU = CPU × (1 − rx path), the server's own work per Gbit/s. "
-      "floor = `sluice bench floor`'s sender: the same stream shape sent to as many local receivers with nothing "
+      "floor = `sluice-bench floor`'s sender: the same stream shape sent to as many local receivers with nothing "
       "but the send calls (no server), the CPU per Gbit/s that loopback charges any sender for this fan-out; "
       "⅓ G = the issue's target, a third of gst's CPU per Gbit/s. floor fan-out = its sender threads' (one per core) "
       "time from a frame's due time to the send call that carried it to a reader, per packet and reader: "

@@ -113,8 +113,10 @@ impl Drop for Connection {
     }
 }
 
-/// The `host:port` of an rtsp URL (default port 554).
-pub(crate) fn authority(url: &str) -> Option<String> {
+/// The `host:port` an `rtsp://` URL connects to (port 554 when it names none; credentials
+/// dropped), or `None` for another scheme or no host: public so that a tool opening its own
+/// sockets (the load client of `tools/bench`) reaches the server [`Connection::open`] would.
+pub fn authority(url: &str) -> Option<String> {
     let rest = url.strip_prefix("rtsp://")?;
     let auth = rest.split(['/', '?', '#']).next()?;
     let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);

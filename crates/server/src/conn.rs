@@ -19,8 +19,9 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::handler::Connection;
-use crate::latency::EGRESS_LATENCY;
-use crate::media_queue::{frame_headers, frame_stats, gather, recycle, MediaQueue, Taken, TcpOut};
+use crate::media_queue::{
+    frame_headers, gather, record_latency, recycle, MediaQueue, Taken, TcpOut,
+};
 use crate::server::Server;
 use crate::stream::FrameHold;
 
@@ -127,7 +128,10 @@ async fn serve<R, W>(
         local,
         tls,
     } = from;
-    let media = Arc::new(MediaQueue::new(server.config().rtsp.reader_queue, direct));
+    let media = Arc::new(
+        MediaQueue::new(server.config().rtsp.reader_queue, direct)
+            .recording_latency(server.egress_latency().clone()),
+    );
     let handle = Arc::new(ConnHandle {
         id,
         peer,
@@ -313,16 +317,13 @@ async fn run_writer<W: AsyncWrite + Unpin>(
                 }
             }
             let close = taken.items.iter().any(|t| matches!(t, TcpOut::Close));
-            let (oldest, frames) = frame_stats(&taken.items);
             if write_items(&mut wr, &taken.items, &mut headers, &mut scratch)
                 .await
                 .is_err()
             {
                 break 'run;
             }
-            if let Some(t) = oldest {
-                EGRESS_LATENCY.record(Instant::now().saturating_duration_since(t), frames);
-            }
+            record_latency(&taken.items, media.latency());
             if close {
                 break 'run;
             }

@@ -9,7 +9,7 @@
 //! A GSO run's packets are copied once per flush, back to back, into a buffer the caller
 //! lends the plan, and every reader's message for the run is that one contiguous slice:
 //! the kernel then copies each message from one place instead of walking a slice per
-//! packet. `sluice bench floor` measured ~7 % less sender CPU at 400 readers of the 4 Mb/s
+//! packet. `sluice-bench floor` measured ~7 % less sender CPU at 400 readers of the 4 Mb/s
 //! stream with one slice per run than with one per packet (10.55 against 11.36 %/Gbit/s,
 //! three alternating pairs).
 
@@ -24,7 +24,7 @@ use crate::media_queue::ChannelMap;
 use crate::media_socket::MediaSocket;
 
 use crate::direct_budget;
-use crate::latency::EGRESS_LATENCY;
+use crate::latency::LatencyHistogram;
 use crate::stream::MediaPacket;
 use crate::udp_send::{self, Datagram, Sent};
 
@@ -148,6 +148,9 @@ pub struct Egress<'p> {
     sent: Sent,
     /// When the oldest packet of the batch arrived.
     oldest: Option<Instant>,
+    /// Where the UDP sends' latency is recorded: the histogram the first sink to send
+    /// handed over (a stream's sinks are all one server's).
+    latency: Option<Arc<LatencyHistogram>>,
     /// The packets as one shared allocation, made for the first queue-based sink.
     shared: Option<Arc<[MediaPacket]>>,
     /// The packets framed for TCP readers with these channels ([`Egress::framed`]).
@@ -193,6 +196,7 @@ impl<'p> Egress<'p> {
             refused: Vec::new(),
             sent: Sent::default(),
             oldest: packets.iter().map(|p| p.received_at).min(),
+            latency: None,
             shared: None,
             framed: None,
             framed_asked: 0,
@@ -264,7 +268,7 @@ impl<'p> Egress<'p> {
     /// channels the first framing was made for. `None` for the first reader and for
     /// readers on other channels: they are written from the packets.
     ///
-    /// `sluice bench floor` sent 400 TCP readers of the 4 Mb/s stream for ~10 % less CPU
+    /// `sluice-bench floor` sent 400 TCP readers of the 4 Mb/s stream for ~10 % less CPU
     /// with one slice per frame than with a header and a payload slice per packet
     /// (7.23 against 8.04 %/Gbit/s, three alternating pairs).
     pub fn framed(&mut self, channels: &ChannelMap) -> Option<Bytes> {
@@ -297,8 +301,20 @@ impl<'p> Egress<'p> {
 
     /// Queues `run` to `to` from `socket` (as one GSO message if `gso`, else a message
     /// per packet); sent with other readers' messages in one `sendmmsg` (at most
-    /// [`udp_send::MAX_BATCH`] queued at a time).
-    pub fn send_udp(&mut self, socket: &Arc<MediaSocket>, to: SocketAddr, run: &Run, gso: bool) {
+    /// [`udp_send::MAX_BATCH`] queued at a time), whose ingest → egress latency is
+    /// recorded into `latency` (the sending sink's server's histogram; `None`: nowhere).
+    pub fn send_udp(
+        &mut self,
+        socket: &Arc<MediaSocket>,
+        to: SocketAddr,
+        run: &Run,
+        gso: bool,
+        latency: Option<&Arc<LatencyHistogram>>,
+    ) {
+        if self.latency.is_none() {
+            // Once per flush, not per reader: one reference count for the whole flush.
+            self.latency = latency.cloned();
+        }
         if !self.socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
             self.flush_udp();
             self.socket = Some(socket.clone());
@@ -364,8 +380,8 @@ impl<'p> Egress<'p> {
                     refused.push(owner);
                 }
             });
-            if let Some(oldest) = self.oldest {
-                EGRESS_LATENCY.record(
+            if let (Some(oldest), Some(latency)) = (self.oldest, &self.latency) {
+                latency.record(
                     Instant::now().saturating_duration_since(oldest),
                     sent.packets,
                 );
@@ -500,7 +516,7 @@ mod tests {
         let mut egress = Egress::new(&packets, &plan);
         egress.begin_sink();
         for run in plan.runs() {
-            egress.send_udp(&tx, to, run, gso);
+            egress.send_udp(&tx, to, run, gso, None);
         }
         let sent = egress.finish();
         assert_eq!(sent.packets, 3);

@@ -33,9 +33,6 @@ use crate::vod::{self, OpenedMedia, VodError};
 pub const PUBLIC: &str =
     "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
 
-/// The GET_PARAMETER name of the ingest → egress latency summary (see [`crate::latency`]).
-pub const EGRESS_LATENCY_PARAMETER: &str = "sluice.egress_latency";
-
 /// The Server header value.
 pub const SERVER_NAME: &str = concat!("Sluice/", env!("CARGO_PKG_VERSION"));
 
@@ -1098,13 +1095,16 @@ impl Connection {
             _ => Outbox::Tcp(self.handle.media.clone()),
         };
         let conn = self.handle.clone();
-        let sink = Arc::new(ReaderSink::new(
-            session.id.clone(),
-            targets,
-            outbox,
-            cfg.rtsp.slow_reader_timeout,
-            Arc::new(move |why| conn.close(why)),
-        ));
+        let sink = Arc::new(
+            ReaderSink::new(
+                session.id.clone(),
+                targets,
+                outbox,
+                cfg.rtsp.slow_reader_timeout,
+                Arc::new(move |why| conn.close(why)),
+            )
+            .recording_latency(self.server.egress_latency().clone()),
+        );
         let (sink_id, starts) = stream.subscribe(sink.clone());
         inner.playing = Some(Playing {
             sink_id,
@@ -1304,16 +1304,8 @@ impl Connection {
     fn parameter(&mut self, req: &Request) -> Handled {
         let session = self.own_session(req)?;
         let body = String::from_utf8_lossy(&req.body);
-        let names: Vec<&str> = body
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        // One parameter is known, read-only: the ingest → egress latency histogram since
-        // it was last read (read by `sluice bench load` at its window's start and end).
-        let known = req.method == Method::GetParameter
-            && names.iter().all(|n| *n == EGRESS_LATENCY_PARAMETER);
-        if !names.is_empty() && !known {
+        // No parameter is supported, to read or to set: only the empty keep-alive.
+        if !body.trim().is_empty() {
             return Err(Refusal::new(
                 StatusCode::PARAMETER_NOT_UNDERSTOOD,
                 format!(
@@ -1325,13 +1317,6 @@ impl Connection {
         let mut resp = Response::new(StatusCode::OK);
         if let Some(s) = session {
             resp = resp.with_header("Session", s.id.clone());
-        }
-        if !names.is_empty() {
-            let value = crate::latency::EGRESS_LATENCY.take();
-            resp = resp.with_body(
-                "text/parameters",
-                format!("{EGRESS_LATENCY_PARAMETER}: {value}\r\n"),
-            );
         }
         Ok(resp)
     }

@@ -1,8 +1,11 @@
 //! Ingest → egress latency: how long a packet spent in Sluice, from the moment it was
 //! received from its source to the moment the send system call that carried it to a
 //! reader returned. Recorded per send call, weighted by the packets it carried, into a
-//! lock-free log-scale histogram striped by thread; read (and reset) by the
-//! `sluice.egress_latency` GET_PARAMETER that `sluice bench load` uses.
+//! lock-free log-scale histogram striped by thread. Each [`crate::Server`] owns one
+//! ([`crate::Server::egress_latency`]) and hands it to its reader path (the connections'
+//! media queues and writers, and its reader sinks' UDP sends), so that servers sharing a
+//! process measure apart; whoever exports it (the metrics endpoint) reads and resets it
+//! with [`LatencyHistogram::take`].
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -52,9 +55,6 @@ fn stripe_of_this_thread() -> usize {
         })
     })
 }
-
-/// The process-wide ingest → egress histogram.
-pub static EGRESS_LATENCY: LatencyHistogram = LatencyHistogram::new();
 
 /// Percentiles read from a histogram (bucket upper bounds, µs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,7 +154,7 @@ fn summarize(counts: &[u64]) -> Summary {
 }
 
 impl std::fmt::Display for Summary {
-    /// `count=N p50_us=… p90_us=… p99_us=… max_us=…` (the GET_PARAMETER value).
+    /// `count=N p50_us=… p90_us=… p99_us=… max_us=…`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,

@@ -23,7 +23,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::latency::EGRESS_LATENCY;
+use crate::latency::LatencyHistogram;
 use crate::presentation::MAX_TRACKS;
 use crate::stream::MediaPacket;
 
@@ -144,6 +144,9 @@ pub struct MediaQueue {
     room: Notify,
     capacity: usize,
     closed: AtomicBool,
+    /// Where the ingest → egress latency of what this queue's connection writes is
+    /// recorded (the server's histogram); `None`: nowhere.
+    latency: Option<Arc<LatencyHistogram>>,
 }
 
 /// The queue under its lock.
@@ -196,7 +199,23 @@ impl MediaQueue {
             room: Notify::new(),
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
+            latency: None,
         }
+    }
+
+    /// This queue, recording the ingest → egress latency of the media its connection
+    /// writes (directly from the pushing thread, or by the connection's writer) into
+    /// `latency`: the server's own histogram, so that servers sharing a process measure
+    /// apart. A queue made without it (tests, micro-benchmarks) records nothing.
+    pub fn recording_latency(mut self, latency: Arc<LatencyHistogram>) -> MediaQueue {
+        self.latency = Some(latency);
+        self
+    }
+
+    /// The histogram this queue's writes are recorded into, if any (see
+    /// [`MediaQueue::recording_latency`]).
+    pub fn latency(&self) -> Option<&LatencyHistogram> {
+        self.latency.as_deref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
@@ -262,7 +281,7 @@ impl MediaQueue {
         }
         let q = self.lock();
         let mut q = if direct {
-            match self.write_now(q, |fd| write_direct(fd, &item)) {
+            match self.write_now(q, |fd| write_direct(fd, &item, self.latency())) {
                 Some(q) => q,
                 None => return Ok(()),
             }
@@ -397,8 +416,8 @@ thread_local! {
 }
 
 /// Writes `item`'s interleaved frames to the socket `fd` with one non-blocking vectored
-/// write.
-fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
+/// write; a whole write's latency is recorded into `latency`.
+fn write_direct(fd: RawFd, item: &TcpOut, latency: Option<&LatencyHistogram>) -> Direct {
     let items = std::slice::from_ref(item);
     if matches!(item, TcpOut::Close) || 2 * item.frames() > MAX_IOV {
         return Direct::NotWritten;
@@ -412,7 +431,7 @@ fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
         // cut-short write is a slice of it, not a copy.
         let result = write_bytes(fd, image);
         if matches!(result, Direct::Written) {
-            record_latency(items);
+            record_latency(items, latency);
         }
         return result;
     }
@@ -427,7 +446,7 @@ fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
         let total: usize = iov.iter().map(|s| s.len()).sum();
         let result = match send_vectored(fd, &iov) {
             Ok(n) if n >= total => {
-                record_latency(items);
+                record_latency(items, latency);
                 Direct::Written
             }
             Ok(n) => Direct::Partial(rest_after(&iov, n)),
@@ -438,11 +457,15 @@ fn write_direct(fd: RawFd, item: &TcpOut) -> Direct {
     })
 }
 
-/// Records the ingest → egress latency of `items`' relayed packets, just written.
-fn record_latency(items: &[TcpOut]) {
+/// Records the ingest → egress latency of `items`' relayed packets, just written, into
+/// `latency`.
+pub fn record_latency(items: &[TcpOut], latency: Option<&LatencyHistogram>) {
+    let Some(latency) = latency else {
+        return;
+    };
     let (oldest, frames) = frame_stats(items);
     if let Some(t) = oldest {
-        EGRESS_LATENCY.record(Instant::now().saturating_duration_since(t), frames);
+        latency.record(Instant::now().saturating_duration_since(t), frames);
     }
 }
 

@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::latency::LatencyHistogram;
 use crate::media_socket::MediaSocket;
 use ipnet::Ipv4Net;
 use tokio::task::JoinHandle;
@@ -46,6 +47,8 @@ pub struct Multicast {
     rtp_port: u16,
     socket: Arc<MediaSocket>,
     groups: Mutex<HashMap<String, Group>>,
+    /// Where the groups' sends are timed (see [`Multicast::recording_latency`]).
+    latency: Option<Arc<LatencyHistogram>>,
 }
 
 impl Multicast {
@@ -63,7 +66,15 @@ impl Multicast {
             rtp_port,
             socket: Arc::new(MediaSocket::from_socket(s)?),
             groups: Mutex::new(HashMap::new()),
+            latency: None,
         })
+    }
+
+    /// These groups, recording the ingest → egress latency of their sends into `latency`
+    /// (the server's histogram, as its other readers do); without it, nowhere.
+    pub fn recording_latency(mut self, latency: Arc<LatencyHistogram>) -> Multicast {
+        self.latency = Some(latency);
+        self
     }
 
     /// RTP port of `track` in every group.
@@ -137,7 +148,7 @@ impl Multicast {
                 }
             })
             .collect();
-        let sink = Arc::new(ReaderSink::new(
+        let mut sink = ReaderSink::new(
             format!("multicast {}", g.addr),
             targets,
             Outbox::Udp {
@@ -149,7 +160,11 @@ impl Multicast {
             },
             Duration::MAX,
             Arc::new(|_| {}),
-        ));
+        );
+        if let Some(latency) = &self.latency {
+            sink = sink.recording_latency(latency.clone());
+        }
+        let sink = Arc::new(sink);
         // Subscribe gated, then open: the GOP cache handed over at subscription goes out
         // as paced catch-up, not as a burst members' socket buffers cannot absorb.
         let sink_id = stream.add_sink(sink.clone());

@@ -23,6 +23,7 @@ use sluice_rtp::rtcp::{self, SenderInfo};
 use tracing::{debug, info, warn};
 
 use crate::egress::{Egress, Refund, UdpPlan};
+use crate::latency::LatencyHistogram;
 use crate::media_queue::{channel_of, ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL};
 use crate::stream::{EndReason, MediaPacket, Sink, Stream};
 
@@ -103,6 +104,9 @@ pub struct ReaderSink {
     created: Instant,
     /// TCP: the RTP channel per track.
     channels: ChannelMap,
+    /// UDP: where the latency of this sink's sends is recorded (see
+    /// [`ReaderSink::recording_latency`]).
+    latency: Option<Arc<LatencyHistogram>>,
 }
 
 /// Most packets a closed gate holds: the GOP cache handed over at subscription, plus what
@@ -155,7 +159,17 @@ impl ReaderSink {
             next_report_ms: AtomicU64::new(1000),
             created: Instant::now(),
             channels,
+            latency: None,
         }
+    }
+
+    /// This sink, recording the ingest → egress latency of its UDP sends into `latency`:
+    /// its server's histogram, so that servers sharing a process measure apart. (A TCP
+    /// reader's writes are recorded by its connection's [`MediaQueue`].) A sink made
+    /// without it (tests, micro-benchmarks) records nothing.
+    pub fn recording_latency(mut self, latency: Arc<LatencyHistogram>) -> ReaderSink {
+        self.latency = Some(latency);
+        self
     }
 
     /// Whether this sink's Sender Reports are due at `now`; if so, schedules the next
@@ -247,7 +261,7 @@ impl ReaderSink {
     fn send_udp(&self, rtp: &Arc<MediaSocket>, gso: bool, egress: &mut Egress<'_>) {
         for run in egress.runs() {
             if let Some(Target::Udp { rtp: to, .. }) = self.targets.get(run.track) {
-                egress.send_udp(rtp, *to, run, gso);
+                egress.send_udp(rtp, *to, run, gso, self.latency.as_ref());
                 self.count(
                     run.track,
                     u32::from(run.packets),
@@ -774,6 +788,39 @@ mod tests {
         assert_eq!(got, (0..seq).collect::<Vec<_>>());
         assert_eq!(sink.packets_sent(0), u32::from(seq));
         assert_eq!(sink.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_udp_readers_live_sends_are_timed_into_the_histogram_it_was_given() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = Arc::new(MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let servers = Arc::new(LatencyHistogram::new());
+        let timed = Arc::new(
+            ReaderSink::new(
+                format!("to {to}"),
+                vec![Target::Udp { rtp: to, rtcp: to }],
+                Outbox::Udp {
+                    rtp: tx.clone(),
+                    rtcp: tx.clone(),
+                    gso: false,
+                },
+                Duration::from_secs(5),
+                Arc::new(|_| {}),
+            )
+            .recording_latency(servers.clone()),
+        );
+        let untimed = udp_reader(to, &tx);
+        timed.open();
+        untimed.open();
+        deliver(&timed, &[packet(0), packet(1), packet(2)]);
+        assert_eq!(servers.take().count, 3, "each packet sent, once");
+        deliver(&untimed, &[packet(3), packet(4)]);
+        assert_eq!(
+            servers.take().count,
+            0,
+            "another sink's sends are not this one's"
+        );
     }
 
     /// On a current-thread runtime no task runs until the test yields: what arrives before

@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::auth::Authenticator;
 use crate::config::{Config, SourceKind, TransportKind};
 use crate::file_source::FileSource;
+use crate::latency::LatencyHistogram;
 use crate::multicast::Multicast;
 use crate::pull::Pull;
 use crate::session::{Session, TrackTransport};
@@ -118,6 +119,8 @@ pub struct Server {
     conn_total: AtomicUsize,
     conn_counts: Mutex<HashMap<IpAddr, usize>>,
     last_limit_log: AtomicU64,
+    /// This server's ingest → egress latency (see [`Server::egress_latency`]).
+    egress_latency: Arc<LatencyHistogram>,
 }
 
 impl std::fmt::Debug for Server {
@@ -156,15 +159,17 @@ impl Server {
         } else {
             None
         };
+        // Created once per server and handed to its reader path (see `egress_latency`).
+        let egress_latency = Arc::new(LatencyHistogram::new());
         let multicast = if config.allows(TransportKind::Multicast) {
             Some(
-                Multicast::new(r.multicast_range, r.multicast_rtp_port, r.multicast_ttl).map_err(
-                    |source| ServerError::Bind {
+                Multicast::new(r.multicast_range, r.multicast_rtp_port, r.multicast_ttl)
+                    .map_err(|source| ServerError::Bind {
                         what: "multicast sender",
                         addr: "0.0.0.0:0".into(),
                         source,
-                    },
-                )?,
+                    })?
+                    .recording_latency(egress_latency.clone()),
             )
         } else {
             None
@@ -203,6 +208,7 @@ impl Server {
             conn_total: AtomicUsize::new(0),
             conn_counts: Mutex::new(HashMap::new()),
             last_limit_log: AtomicU64::new(u64::MAX),
+            egress_latency,
         });
         server.start_configured_sources()?;
         Ok(server)
@@ -290,6 +296,14 @@ impl Server {
     /// The RTSP listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// How long packets spent in this server, from their source to the send that carried
+    /// them to a reader: every send to one of its readers records into it, and only into
+    /// it (servers sharing a process measure apart). An exporter (the metrics endpoint)
+    /// reads and resets it with [`LatencyHistogram::take`].
+    pub fn egress_latency(&self) -> &Arc<LatencyHistogram> {
+        &self.egress_latency
     }
 
     /// Number of live sessions.
@@ -606,5 +620,88 @@ fn release_freed_memory() {
     // the arena locks itself and is safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_client::{ClientEvent, ClientMode, Connection, Options};
+
+    /// One PCMU track: every packet a frame of its own.
+    const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                       m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=control:trackID=0\r\n";
+
+    /// A server on a free loopback port, TCP transport only (no fixed UDP ports to share).
+    async fn running_server() -> Arc<Server> {
+        let config = Config::from_toml(
+            "[rtsp]\nlisten = \"127.0.0.1:0\"\ntransports = [\"tcp\"]\n[demo]\nenabled = false\n",
+        )
+        .expect("config");
+        let server = Server::bind(config).await.expect("bind");
+        tokio::spawn(server.clone().run());
+        server
+    }
+
+    /// A client session on `server`'s path `live`, once PLAY or RECORD is answered.
+    async fn open(server: &Server, mode: ClientMode) -> Connection {
+        let mut c = Connection::open(Options {
+            url: format!("rtsp://{}/live", server.local_addr()),
+            credentials: None,
+            udp: false,
+            mode,
+            connect_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("connect");
+        loop {
+            if let ClientEvent::Playing { .. } = c.next_event().await.expect("handshake") {
+                return c;
+            }
+        }
+    }
+
+    /// Relays `n` packets from a publisher to a TCP reader of `server`; returns once the
+    /// reader has them all.
+    async fn relay(server: &Server, n: u16) {
+        let mut publisher = open(server, ClientMode::Record { sdp: SDP.into() }).await;
+        let mut reader = open(server, ClientMode::Play).await;
+        for seq in 0..n {
+            // V=2, marker, PT 0; sequence, timestamp, SSRC 1; 20 ms of silence.
+            let mut p = vec![0x80, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            p.extend([0xff; 160]);
+            publisher.send_rtp(0, &p).await.expect("publish");
+        }
+        let mut got = 0;
+        while got < n {
+            if let ClientEvent::Rtp { .. } = reader.next_event().await.expect("read") {
+                got += 1;
+            }
+        }
+    }
+
+    /// Packets `h` counts once `want` are in (a write is recorded just after it returned,
+    /// possibly after the reader read it) and a little longer, to see any extra.
+    async fn recorded(h: &LatencyHistogram, want: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut total = 0;
+        while total < want && Instant::now() < deadline {
+            total += h.take().count;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        total + h.take().count
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_in_one_process_measure_their_egress_latency_apart() {
+        let (a, b) = (running_server().await, running_server().await);
+        assert!(!Arc::ptr_eq(a.egress_latency(), b.egress_latency()));
+        relay(&a, 5).await;
+        relay(&b, 3).await;
+        assert_eq!(recorded(a.egress_latency(), 5).await, 5, "a's own packets");
+        assert_eq!(recorded(b.egress_latency(), 3).await, 3, "b's own packets");
     }
 }

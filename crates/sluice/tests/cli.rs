@@ -43,6 +43,19 @@ fn version_and_help_are_clean() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
 }
 
+/// The benchmark tools are not part of the product (they are `sluice-bench`, in
+/// tools/bench): `sluice bench …` is refused as any unknown command is, and not offered.
+#[test]
+fn bench_is_an_unknown_command() {
+    let out = sluice(&["bench", "load", "rtsp://127.0.0.1:9/x", "--readers", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error: {err}");
+    assert!(err.contains("unrecognized subcommand 'bench'"), "{err}");
+    let help = sluice(&["--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(!help.contains("bench"), "{help}");
+}
+
 #[test]
 fn unknown_config_key_is_an_error_naming_it() {
     let tmp = TempDir::new("sluice-cli");

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub(super) type Control = [u64; 8];
 
 /// Control buffers and arrival times for one `recvmmsg` batch.
-pub(super) struct Batch {
+pub(crate) struct Batch {
     /// One control buffer per datagram.
     pub ctl: [Control; super::BATCH],
     /// Each datagram's arrival, filled in by [`super::recv_batch`].

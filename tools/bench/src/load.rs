@@ -1,15 +1,15 @@
-//! `sluice bench load`: a fan-out load client. One process opens N RTSP reader sessions
+//! `sluice-bench load`: a fan-out load client. One process opens N RTSP reader sessions
 //! (DESCRIBE/SETUP/PLAY) against one URL, keeps them playing for a measurement window, and
 //! reports totals and percentiles as one JSON line.
 //!
 //! It has to cost far less CPU than the server it measures, so it is built for few
 //! syscalls and no per-packet allocation:
 //!
-//! - Handshakes run as one task per reader on a small runtime (the CLI uses a
+//! - Handshakes run as one task per reader on a small runtime (the tool uses a
 //!   current-thread runtime by default); the task is a hand-written poll loop over the
 //!   reader's sockets, not a `select!` re-creating futures per packet.
 //! - Once a reader's PLAY is answered and its first keyframe timed, the reader moves to
-//!   the media thread (`bench/media.rs`), which reads every playing reader from one edge-triggered poll,
+//!   the media thread (`load/media.rs`), which reads every playing reader from one edge-triggered poll,
 //!   with no task wake-up per read.
 //! - The RTSP handshake and keep-alives are driven by the sans-IO
 //!   [`ClientSession`], but the TCP byte stream is framed here: `$` interleaved frames are
@@ -25,11 +25,10 @@
 //! Per reader it measures the PLAY reply time, the first RTP packet and the first packet
 //! beginning a keyframe on the first video track ([`sluice_codec::starts_random_access`]:
 //! an H.264 IDR or H.265 IRAP slice, also inside aggregation and fragmentation units, not parameter sets alone),
-//! all relative to sending PLAY and ending when the kernel queued the bytes (`bench/stamp.rs`);
+//! all relative to sending PLAY and ending when the kernel queued the bytes (`load/stamp.rs`);
 //! packets and bytes; loss from RTP sequence numbers
 //! (RFC 3550: expected − received over the extended sequence range, per track).
 
-pub mod floor;
 mod media;
 mod stamp;
 
@@ -46,10 +45,10 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use sluice_client::authority;
 use sluice_codec::{codec_from_encoding, starts_random_access, Codec};
 use smallvec::{smallvec, SmallVec};
 
-use crate::connection::authority;
 use sluice_rtsp::client::{ClientConfig, ClientEvent, ClientMode, ClientSession, ClientTransport};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -91,10 +90,6 @@ pub struct LoadOptions {
     /// measured cheaper on loopback, where one fan-out burst makes many readers ready per
     /// `epoll_wait` anyway, while resting readers add timer wake-ups.
     pub rest: Duration,
-    /// Ask the server for its ingest → egress latency over the window (the
-    /// `sluice.egress_latency` GET_PARAMETER, which resets on read: only one of several
-    /// load processes measuring one window may ask).
-    pub egress_latency: bool,
 }
 
 impl LoadOptions {
@@ -115,7 +110,6 @@ impl LoadOptions {
             window_start_unix: None,
             samples: false,
             rest: Duration::ZERO,
-            egress_latency: true,
         }
     }
 }
@@ -235,9 +229,9 @@ pub struct LoadReport {
     /// Server process sample, with --server-pid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSample>,
-    /// The server's ingest → egress latency over the window (Sluice only: the
-    /// `sluice.egress_latency` GET_PARAMETER; absent when the server does not answer it).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The server's ingest → egress latency over the window. Always null for now: the
+    /// field stays in the schema (bench/fanout.sh reads it) and is filled again once the
+    /// server's metrics endpoint exports its histogram.
     pub egress_latency_us: Option<EgressLatency>,
     /// Window start, Unix seconds.
     pub window_start_unix: f64,
@@ -260,69 +254,6 @@ pub struct EgressLatency {
     pub p99: f64,
     /// Largest.
     pub max: f64,
-}
-
-impl EgressLatency {
-    /// Parses `count=N p50_us=… p90_us=… p99_us=… max_us=…`.
-    fn parse(v: &str) -> Option<EgressLatency> {
-        let mut out = EgressLatency::default();
-        let mut seen = 0;
-        for kv in v.split_whitespace() {
-            let (k, v) = kv.split_once('=')?;
-            let x: f64 = v.parse().ok()?;
-            match k {
-                "count" => out.count = x as u64,
-                "p50_us" => out.p50 = x,
-                "p90_us" => out.p90 = x,
-                "p99_us" => out.p99 = x,
-                "max_us" => out.max = x,
-                _ => continue,
-            }
-            seen += 1;
-        }
-        (seen == 5).then_some(out)
-    }
-}
-
-/// Asks the server at `addr` for `sluice.egress_latency` (and so resets it). None when
-/// it does not answer 200 with that parameter (another server, an old Sluice).
-async fn query_egress_latency(url: &str, addr: SocketAddr) -> Option<EgressLatency> {
-    use sluice_rtsp::{Decoder, Frame, Limits, Message, Method, Request, StatusCode};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fut = async {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let mut req = Request::new(Method::GetParameter, url);
-        req.headers.set("CSeq", "1");
-        req.headers.set("Content-Type", "text/parameters");
-        req.body = bytes::Bytes::from_static(b"sluice.egress_latency\r\n");
-        let mut out = bytes::BytesMut::new();
-        req.encode(&mut out);
-        tcp.write_all(&out).await.ok()?;
-        let mut decoder = Decoder::new(Limits::default());
-        let mut buf = bytes::BytesMut::with_capacity(1024);
-        loop {
-            if tcp.read_buf(&mut buf).await.ok()? == 0 {
-                return None;
-            }
-            match decoder.decode(&mut buf).ok()? {
-                None => continue,
-                Some(Frame::Message(Message::Response(r))) if r.status == StatusCode::OK => {
-                    let body = String::from_utf8_lossy(&r.body).into_owned();
-                    return body.lines().find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        (k.trim() == "sluice.egress_latency")
-                            .then(|| EgressLatency::parse(v.trim()))
-                            .flatten()
-                    });
-                }
-                Some(_) => return None,
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .ok()
-        .flatten()
 }
 
 /// Raw per-reader samples (connected readers), for merging several processes' reports.
@@ -580,15 +511,15 @@ fn is_video(c: Codec) -> bool {
 // ----- per-thread scratch buffers -----
 
 /// recvmmsg batch size and slot size.
-const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 const SLOT: usize = 2048;
 /// TCP read size (plus room for a carried partial frame in front).
-const TCP_READ: usize = 128 * 1024;
+pub(crate) const TCP_READ: usize = 128 * 1024;
 const MAX_FRAME: usize = 4 + 65535;
 /// Largest RTSP message head accepted from the server.
 const MAX_HEAD: usize = 64 * 1024;
 /// A UDP read buffer: BATCH slots of SLOT bytes.
-const UDP_BUF: usize = BATCH * SLOT;
+pub(crate) const UDP_BUF: usize = BATCH * SLOT;
 /// A TCP read buffer: a read, with room for a carried partial frame or message in front.
 const TCP_BUF: usize = MAX_FRAME + MAX_HEAD + TCP_READ;
 
@@ -628,11 +559,11 @@ thread_local! {
 /// RTP header and then some. With MSG_TRUNC the kernel still reports each datagram's
 /// full length, so counting stays exact while the payload copy — the largest part of
 /// the receive cost — is skipped.
-const HEAD_ONLY: usize = 64;
+pub(crate) const HEAD_ONLY: usize = 64;
 
 /// One `recvmmsg` into `buf` (BATCH slots of SLOT bytes, of which the first `take` are
 /// filled); full datagram lengths into `lens`, and with `stamps` each datagram's arrival.
-fn recv_batch(
+pub(crate) fn recv_batch(
     fd: i32,
     buf: &mut [u8],
     take: usize,
@@ -1488,10 +1419,6 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
     }
 
     // The window.
-    if opts.egress_latency {
-        // Resets the server's histogram: what it reports at the end is this window's.
-        query_egress_latency(&opts.url, addr).await;
-    }
     let rcvbuf0 = udp_rcvbuf_errors();
     let server0 = server_pid.as_deref().and_then(proc_sample);
     let client0 = proc_sample("self");
@@ -1511,11 +1438,6 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
     let server1 = server_pid.as_deref().and_then(proc_sample);
     let client1 = proc_sample("self");
     let rcvbuf1 = udp_rcvbuf_errors();
-    let egress_latency_us = if opts.egress_latency {
-        query_egress_latency(&opts.url, addr).await
-    } else {
-        None
-    };
 
     // Stop: TEARDOWN everywhere, collect.
     ctx.stopping.store(true, Ordering::Relaxed);
@@ -1653,7 +1575,7 @@ pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadRepor
         client_rss_mib,
         udp_rcvbuf_errors: rcvbuf1.saturating_sub(rcvbuf0),
         server,
-        egress_latency_us,
+        egress_latency_us: None,
         window_start_unix: w0_unix,
         samples,
     })
@@ -1716,15 +1638,6 @@ mod tests {
         p.push(0x65);
         p.extend([0, 2]);
         assert_eq!(rtp_payload(&p), Some(&[0x65u8][..]));
-    }
-
-    #[test]
-    fn egress_latency_value() {
-        let l =
-            EgressLatency::parse("count=10 p50_us=45 p90_us=108 p99_us=512 max_us=2048").unwrap();
-        assert_eq!((l.count, l.p50, l.p99, l.max), (10, 45.0, 512.0, 2048.0));
-        assert!(EgressLatency::parse("count=10 p50_us=x").is_none());
-        assert!(EgressLatency::parse("count=10").is_none());
     }
 
     #[test]

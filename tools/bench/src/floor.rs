@@ -1,4 +1,4 @@
-//! `sluice bench floor`: what the kernel alone charges a fan-out sender on loopback.
+//! `sluice-bench floor`: what the kernel alone charges a fan-out sender on loopback.
 //!
 //! A sender thread sends a stream's packets to N local receivers with nothing but the
 //! system calls a fan-out server cannot avoid, the same ones Sluice makes: over UDP one
@@ -8,7 +8,7 @@
 //! reader, as Sluice does). No RTSP, no parsing, no queues: payloads come from one static
 //! buffer. A receiver thread
 //! drains the sockets (epoll, `recvmmsg` of 64-byte heads with `MSG_TRUNC`, as
-//! `sluice bench load` does) and counts what arrived, so nothing is dropped unnoticed.
+//! `sluice-bench load` does) and counts what arrived, so nothing is dropped unnoticed.
 //!
 //! The sender thread's utime+stime per Gbit/s of payload is then the floor for any
 //! server's "CPU per Gbit/s" in `bench/fanout.sh`: on loopback it includes the receivers'
@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::load::{recv_batch, BATCH, HEAD_ONLY, TCP_READ, UDP_BUF};
 
 /// A packet flow of the modelled stream: `per_s` sends a second per reader, each
 /// `packets` packets of `size` bytes (one frame; one GSO run over UDP, one `send` over TCP),
@@ -55,7 +57,8 @@ impl Flow {
         }
     }
 
-    /// Packets a second, on average over a GOP.
+    /// Packets a second, on average over a GOP (what the tests check the shapes by).
+    #[cfg(test)]
     pub fn packets_per_s(&self) -> f64 {
         let per_gop = match self.key_every {
             0 => self.packets as f64,
@@ -875,9 +878,9 @@ fn receive(
         unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     }
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut buf = vec![0u8; super::UDP_BUF];
-    let mut lens = [0usize; super::BATCH];
-    let mut tcp_buf = vec![0u8; super::TCP_READ];
+    let mut buf = vec![0u8; UDP_BUF];
+    let mut lens = [0usize; BATCH];
+    let mut tcp_buf = vec![0u8; TCP_READ];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: the kernel writes at most `events.len()` entries into `events`.
         let k = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
@@ -887,10 +890,9 @@ fn receive(
             };
             if udp {
                 // The load client's own read: 64 datagrams per call, 64 bytes of each.
-                while let Ok(m) = super::recv_batch(fd, &mut buf, super::HEAD_ONLY, &mut lens, None)
-                {
+                while let Ok(m) = recv_batch(fd, &mut buf, HEAD_ONLY, &mut lens, None) {
                     received.fetch_add(m as u64, Ordering::Relaxed);
-                    if m < super::BATCH {
+                    if m < BATCH {
                         break;
                     }
                 }
