@@ -17,11 +17,12 @@ pub mod interleaved;
 pub mod message;
 pub mod method;
 pub mod redact;
+pub mod server;
 pub mod server_session;
 pub mod status;
 
 pub use decoder::*;
-pub use headers::{range::*, rtp_info::*, session::*, transport::*};
+pub use headers::{range::*, rtp_info::*, scale::*, session::*, transport::*};
 pub use message::*;
 pub use method::Method;
 pub use redact::redact_credentials;
