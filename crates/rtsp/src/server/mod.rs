@@ -1212,17 +1212,43 @@ impl ServerConnection {
     /// must be the one that created it (a session id replayed by another user is 454,
     /// exactly as an unknown one, so its existence is not revealed).
     fn authorize_session(&mut self, req: &Request, access: Access, id: &str) -> Result<(), Refusal> {
-        let Some((path, owner)) = self.entry(id).map(|e| (e.path.clone(), e.principal.clone())) else {
+        let Some(path) = self.entry(id).map(|e| e.path.clone()) else {
             return Err(Refusal::new(StatusCode::SESSION_NOT_FOUND, "session ended"));
         };
         let who = self.authorize(req, access, &path)?;
-        if who != owner && owner != ANYONE {
-            return Err(Refusal::new(
+        self.check_owner(id, &who)
+    }
+
+    /// A session is used only by the principal that created it (or by anyone when it
+    /// was created anonymously).
+    fn check_owner(&self, id: &str, who: &str) -> Result<(), Refusal> {
+        match self.entry(id) {
+            Some(e) if e.principal == who || e.principal == ANYONE => Ok(()),
+            Some(_) => Err(Refusal::new(
                 StatusCode::SESSION_NOT_FOUND,
                 "session belongs to another user",
-            ));
+            )),
+            None => Err(Refusal::new(StatusCode::SESSION_NOT_FOUND, "session ended")),
         }
-        Ok(())
+    }
+
+    /// For requests that need no permission (PAUSE, TEARDOWN, GET/SET_PARAMETER): the
+    /// connection's ownership suffices, but credentials naming another user are 454.
+    fn check_owner_if_credentialed(&mut self, req: &Request, id: &str) -> Result<(), Refusal> {
+        if req.headers.get("Authorization").is_none() {
+            return Ok(());
+        }
+        let Some((path, access)) = self.entry(id).map(|e| {
+            let access = match e.role() {
+                Role::Player => Access::Read,
+                Role::Recorder => Access::Publish,
+            };
+            (e.path.clone(), access)
+        }) else {
+            return Err(Refusal::new(StatusCode::SESSION_NOT_FOUND, "session ended"));
+        };
+        let who = self.authorize(req, access, &path)?;
+        self.check_owner(id, &who)
     }
 
     fn path_of(req: &Request) -> Result<String, Refusal> {
@@ -1322,6 +1348,9 @@ impl ServerConnection {
         let lookup = if track.is_some() { base } else { path.as_str() };
         // Before anything is opened or pulled.
         let principal = self.authorize(req, Access::Read, lookup)?;
+        if let Some(id) = &existing {
+            self.check_owner(id, &principal)?;
+        }
         Ok(Step::Ask(
             Question::Stream {
                 path: lookup.to_owned(),
@@ -1393,6 +1422,9 @@ impl ServerConnection {
                 )
             })?;
         let principal = self.authorize(req, Access::Publish, &announced.path)?;
+        if let Some(id) = &existing {
+            self.check_owner(id, &principal)?;
+        }
         let rest = path
             .strip_prefix(announced.path.as_str())
             .unwrap_or_default()
@@ -1625,6 +1657,7 @@ impl ServerConnection {
 
     fn pause(&mut self, req: &Request) -> Handled {
         let id = self.require_session(req)?;
+        self.check_owner_if_credentialed(req, &id)?;
         self.session_url(req, &id)?;
         let now = self.now;
         let Some(e) = self.sessions.iter_mut().find(|s| s.id == id) else {
@@ -1668,6 +1701,7 @@ impl ServerConnection {
 
     fn teardown(&mut self, req: &Request) -> Handled {
         let id = self.require_session(req)?;
+        self.check_owner_if_credentialed(req, &id)?;
         let track = self.session_url(req, &id)?;
         let Some(e) = self.sessions.iter_mut().find(|s| s.id == id) else {
             return Err(Refusal::new(StatusCode::SESSION_NOT_FOUND, "session ended"));
@@ -1694,6 +1728,9 @@ impl ServerConnection {
 
     fn parameter(&mut self, req: &Request) -> Handled {
         let session = self.own_session(req)?;
+        if let Some(id) = &session {
+            self.check_owner_if_credentialed(req, id)?;
+        }
         let body = String::from_utf8_lossy(&req.body);
         let names: Vec<String> = body
             .lines()
