@@ -573,10 +573,15 @@ struct Announced {
 /// The outcome of one step of handling a request.
 enum Step {
     Answer(Response),
-    Ask(Question, Parked),
+    Ask(Box<(Question, Parked)>),
 }
 
 type Handled = Result<Step, Refusal>;
+
+/// A step that asks `question`, parking the request as `parked`.
+fn ask(question: Question, parked: Parked) -> Handled {
+    Ok(Step::Ask(Box::new((question, parked))))
+}
 
 /// A sans-IO RTSP server connection. See the [module docs](self).
 pub struct ServerConnection {
@@ -681,7 +686,10 @@ impl ServerConnection {
         }
         if self.outstanding.is_some() {
             if self.queue.len() >= MAX_QUEUED_REQUESTS {
-                let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "too many pipelined requests");
+                let r = Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many pipelined requests",
+                );
                 self.refuse(&request, r);
             } else {
                 self.queue.push_back(request);
@@ -789,7 +797,11 @@ impl ServerConnection {
     // ----- answer_* -----
 
     /// Answers [`Question::Describe`] with the SDP, or a refusal (404 when no stream).
-    pub fn answer_describe(&mut self, token: Token, answer: Result<Bytes, Refusal>) -> Result<(), AnswerError> {
+    pub fn answer_describe(
+        &mut self,
+        token: Token,
+        answer: Result<Bytes, Refusal>,
+    ) -> Result<(), AnswerError> {
         let (request, parked) = self.take(token, "describe")?;
         let Parked::Describe { path } = parked else {
             return Err(Self::wrong_kind(token, "describe"));
@@ -804,7 +816,11 @@ impl ServerConnection {
     }
 
     /// Answers [`Question::Announce`]: `Ok` when the path is this connection's now.
-    pub fn answer_announce(&mut self, token: Token, answer: Result<(), Refusal>) -> Result<(), AnswerError> {
+    pub fn answer_announce(
+        &mut self,
+        token: Token,
+        answer: Result<(), Refusal>,
+    ) -> Result<(), AnswerError> {
         let (request, parked) = self.take(token, "announce")?;
         let Parked::Announce { path, controls } = parked else {
             return Err(Self::wrong_kind(token, "announce"));
@@ -818,7 +834,11 @@ impl ServerConnection {
     }
 
     /// Answers [`Question::Stream`] with the stream's shape, or a refusal (404).
-    pub fn answer_stream(&mut self, token: Token, answer: Result<StreamInfo, Refusal>) -> Result<(), AnswerError> {
+    pub fn answer_stream(
+        &mut self,
+        token: Token,
+        answer: Result<StreamInfo, Refusal>,
+    ) -> Result<(), AnswerError> {
         let (request, parked) = self.take(token, "stream")?;
         let Parked::Stream {
             path,
@@ -839,7 +859,11 @@ impl ServerConnection {
 
     /// Answers [`Question::Setup`]: `Ok` commits the track (with the multicast group
     /// granted, for a multicast transport without one).
-    pub fn answer_setup(&mut self, token: Token, answer: Result<SetupGrant, Refusal>) -> Result<(), AnswerError> {
+    pub fn answer_setup(
+        &mut self,
+        token: Token,
+        answer: Result<SetupGrant, Refusal>,
+    ) -> Result<(), AnswerError> {
         let (request, parked) = self.take(token, "setup")?;
         let Parked::Setup {
             session,
@@ -885,7 +909,9 @@ impl ServerConnection {
                 .sessions
                 .iter_mut()
                 .find(|s| s.id == session)
-                .ok_or_else(|| Refusal::new(StatusCode::SESSION_NOT_FOUND, "session ended meanwhile"))?;
+                .ok_or_else(|| {
+                    Refusal::new(StatusCode::SESSION_NOT_FOUND, "session ended meanwhile")
+                })?;
             if !new_session {
                 entry
                     .machine
@@ -927,7 +953,11 @@ impl ServerConnection {
 
     /// Answers [`Question::Play`]: `Ok` when media starts (or plays on) as described;
     /// a refusal leaves the session as it was.
-    pub fn answer_play(&mut self, token: Token, answer: Result<PlayGrant, Refusal>) -> Result<(), AnswerError> {
+    pub fn answer_play(
+        &mut self,
+        token: Token,
+        answer: Result<PlayGrant, Refusal>,
+    ) -> Result<(), AnswerError> {
         let (request, parked) = self.take(token, "play")?;
         let Parked::Play {
             session,
@@ -942,7 +972,9 @@ impl ServerConnection {
                 .sessions
                 .iter_mut()
                 .find(|s| s.id == session)
-                .ok_or_else(|| Refusal::new(StatusCode::SESSION_NOT_FOUND, "session ended meanwhile"))?;
+                .ok_or_else(|| {
+                    Refusal::new(StatusCode::SESSION_NOT_FOUND, "session ended meanwhile")
+                })?;
             entry
                 .machine
                 .handle_play(now)
@@ -1040,7 +1072,11 @@ impl ServerConnection {
     }
 
     /// Removes the outstanding request if `token` and the answer kind match.
-    fn take(&mut self, token: Token, answered: &'static str) -> Result<(Request, Parked), AnswerError> {
+    fn take(
+        &mut self,
+        token: Token,
+        answered: &'static str,
+    ) -> Result<(Request, Parked), AnswerError> {
         let Some(o) = &self.outstanding else {
             return Err(AnswerError::UnknownToken(token));
         };
@@ -1054,7 +1090,10 @@ impl ServerConnection {
                 answered,
             });
         }
-        let o = self.outstanding.take().ok_or(AnswerError::UnknownToken(token))?;
+        let o = self
+            .outstanding
+            .take()
+            .ok_or(AnswerError::UnknownToken(token))?;
         Ok((o.request, o.parked))
     }
 
@@ -1081,7 +1120,8 @@ impl ServerConnection {
     fn complete(&mut self, request: Request, result: Handled) {
         match result {
             Ok(Step::Answer(resp)) => self.respond(&request, resp),
-            Ok(Step::Ask(question, parked)) => {
+            Ok(Step::Ask(boxed)) => {
+                let (question, parked) = *boxed;
                 let token = Token(self.next_token);
                 self.next_token = self.next_token.wrapping_add(1);
                 self.actions.push_back(Action::Ask { token, question });
@@ -1134,7 +1174,10 @@ impl ServerConnection {
             ));
         }
         if req.cseq().is_none() {
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, "missing or invalid CSeq"));
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "missing or invalid CSeq",
+            ));
         }
         if let (Some(port), false, false) = (
             self.config.require_tls,
@@ -1145,7 +1188,9 @@ impl ServerConnection {
                 StatusCode::FORBIDDEN,
                 format!("TLS required: use rtsps:// on port {port}"),
             );
-            r.phrase = Some(format!("Forbidden - TLS required, use rtsps:// port {port}"));
+            r.phrase = Some(format!(
+                "Forbidden - TLS required, use rtsps:// port {port}"
+            ));
             return Err(r);
         }
         let Some(need) = table::need(&req.method) else {
@@ -1155,7 +1200,10 @@ impl ServerConnection {
             ));
         };
         if need == Need::Session && req.session_id().is_none() {
-            return Err(Refusal::new(StatusCode::SESSION_NOT_FOUND, "no Session header"));
+            return Err(Refusal::new(
+                StatusCode::SESSION_NOT_FOUND,
+                "no Session header",
+            ));
         }
         match req.method {
             Method::Options => {
@@ -1211,7 +1259,12 @@ impl ServerConnection {
     /// Like [`Self::authorize`] for a request on an existing session: the principal
     /// must be the one that created it (a session id replayed by another user is 454,
     /// exactly as an unknown one, so its existence is not revealed).
-    fn authorize_session(&mut self, req: &Request, access: Access, id: &str) -> Result<(), Refusal> {
+    fn authorize_session(
+        &mut self,
+        req: &Request,
+        access: Access,
+        id: &str,
+    ) -> Result<(), Refusal> {
         let Some(path) = self.entry(id).map(|e| e.path.clone()) else {
             return Err(Refusal::new(StatusCode::SESSION_NOT_FOUND, "session ended"));
         };
@@ -1287,17 +1340,20 @@ impl ServerConnection {
     fn describe(&mut self, req: &Request) -> Handled {
         let path = Self::path_of(req)?;
         self.authorize(req, Access::Read, &path)?;
-        Ok(Step::Ask(
+        ask(
             Question::Describe { path: path.clone() },
             Parked::Describe { path },
-        ))
+        )
     }
 
     fn announce(&mut self, req: &Request) -> Handled {
         let path = Self::path_of(req)?;
         self.authorize(req, Access::Publish, &path)?;
         if path.is_empty() {
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, "ANNOUNCE needs a path"));
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "ANNOUNCE needs a path",
+            ));
         }
         let ctype = req.headers.get("Content-Type").unwrap_or("");
         if !ctype.to_ascii_lowercase().starts_with("application/sdp") {
@@ -1315,7 +1371,7 @@ impl ServerConnection {
             .enumerate()
             .map(|(i, c)| c.unwrap_or_else(|| format!("trackID={i}")))
             .collect();
-        Ok(Step::Ask(
+        ask(
             Question::Announce {
                 path: path.clone(),
                 sdp: req.body.clone(),
@@ -1326,15 +1382,14 @@ impl ServerConnection {
                     .filter(|p| *p != path),
             },
             Parked::Announce { path, controls },
-        ))
+        )
     }
 
     fn setup(&mut self, req: &Request) -> Handled {
         let path = Self::path_of(req)?;
-        let header = req
-            .headers
-            .get("Transport")
-            .ok_or_else(|| Refusal::new(StatusCode::UNSUPPORTED_TRANSPORT, "no Transport header"))?;
+        let header = req.headers.get("Transport").ok_or_else(|| {
+            Refusal::new(StatusCode::UNSUPPORTED_TRANSPORT, "no Transport header")
+        })?;
         let specs = parse_transport(header)
             .map_err(|e| Refusal::new(StatusCode::UNSUPPORTED_TRANSPORT, e.to_string()))?;
         let record = specs
@@ -1351,7 +1406,7 @@ impl ServerConnection {
         if let Some(id) = &existing {
             self.check_owner(id, &principal)?;
         }
-        Ok(Step::Ask(
+        ask(
             Question::Stream {
                 path: lookup.to_owned(),
                 session: existing.clone(),
@@ -1363,15 +1418,15 @@ impl ServerConnection {
                 existing,
                 principal,
             },
-        ))
+        )
     }
 
     /// The track a publisher's SETUP URL names among the announced controls, given the
     /// URL's path relative to the presentation (`rest`) or the whole URL.
     fn publisher_track(controls: &[String], url: &str, rest: &str) -> Option<usize> {
-        controls.iter().position(|c| {
-            c == rest || c == url || (c.contains("://") && url.ends_with(c.as_str()))
-        })
+        controls
+            .iter()
+            .position(|c| c == rest || c == url || (c.contains("://") && url.ends_with(c.as_str())))
     }
 
     /// Whether an existing session may take `track` in `role` (dry run of the state
@@ -1384,7 +1439,10 @@ impl ServerConnection {
             ));
         }
         if track >= MAX_TRACKS {
-            return Err(Refusal::new(StatusCode::NOT_FOUND, "track index out of range"));
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "track index out of range",
+            ));
         }
         if e.state() != State::Ready && !e.machine.has_track(track) {
             return Err(Refusal::new(
@@ -1431,7 +1489,12 @@ impl ServerConnection {
             .trim_start_matches('/');
         let track = Self::publisher_track(&announced.controls, &req.uri, rest)
             .or_else(|| (rest.is_empty() && announced.controls.len() == 1).then_some(0))
-            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no announced track {rest:?}")))?;
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no announced track {rest:?}"),
+                )
+            })?;
         let (session_kind, new_session, id) = match &existing {
             Some(id) => {
                 let e = self
@@ -1448,7 +1511,10 @@ impl ServerConnection {
             }
             None => {
                 if track >= MAX_TRACKS {
-                    return Err(Refusal::new(StatusCode::NOT_FOUND, "track index out of range"));
+                    return Err(Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        "track index out of range",
+                    ));
                 }
                 (None, true, self.new_id())
             }
@@ -1465,7 +1531,7 @@ impl ServerConnection {
                 channels: &self.channels,
             },
         )?;
-        Ok(Step::Ask(
+        ask(
             Question::Setup {
                 session: id.clone(),
                 new_session,
@@ -1486,7 +1552,7 @@ impl ServerConnection {
                 ssrc: None,
                 seekable: false,
             },
-        ))
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1507,7 +1573,10 @@ impl ServerConnection {
         }
         let track = url_track.unwrap_or(0);
         if track >= info.tracks || track >= MAX_TRACKS {
-            return Err(Refusal::new(StatusCode::NOT_FOUND, format!("no track {track}")));
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("no track {track}"),
+            ));
         }
         let (session_kind, session_group, new_session, id) = match &existing {
             Some(id) => {
@@ -1537,7 +1606,7 @@ impl ServerConnection {
                 channels: &self.channels,
             },
         )?;
-        Ok(Step::Ask(
+        ask(
             Question::Setup {
                 session: id.clone(),
                 new_session,
@@ -1558,7 +1627,7 @@ impl ServerConnection {
                 ssrc: info.ssrc.get(track).copied().flatten(),
                 seekable: info.seekable,
             },
-        ))
+        )
     }
 
     /// Checks that a PLAY/PAUSE/RECORD/TEARDOWN URL names the session's path (or one of
@@ -1609,7 +1678,8 @@ impl ServerConnection {
         }
         let range = match req.headers.get("Range") {
             Some(v) => Some(
-                Range::parse(v).map_err(|err| Refusal::new(StatusCode::INVALID_RANGE, err.to_string()))?,
+                Range::parse(v)
+                    .map_err(|err| Refusal::new(StatusCode::INVALID_RANGE, err.to_string()))?,
             ),
             None => None,
         };
@@ -1646,13 +1716,13 @@ impl ServerConnection {
             scale,
             start: e.state() != State::Playing,
         };
-        Ok(Step::Ask(
+        ask(
             question,
             Parked::Play {
                 session: id,
                 scale_asked: scale.is_some(),
             },
-        ))
+        )
     }
 
     fn pause(&mut self, req: &Request) -> Handled {
@@ -1671,7 +1741,9 @@ impl ServerConnection {
             session: id.clone(),
             stopped,
         });
-        Ok(Step::Answer(Response::new(StatusCode::OK).with_header("Session", id)))
+        Ok(Step::Answer(
+            Response::new(StatusCode::OK).with_header("Session", id),
+        ))
     }
 
     fn record(&mut self, req: &Request) -> Handled {
@@ -1696,7 +1768,9 @@ impl ServerConnection {
             session: id.clone(),
             started,
         });
-        Ok(Step::Answer(Response::new(StatusCode::OK).with_header("Session", id)))
+        Ok(Step::Answer(
+            Response::new(StatusCode::OK).with_header("Session", id),
+        ))
     }
 
     fn teardown(&mut self, req: &Request) -> Handled {
@@ -1717,7 +1791,9 @@ impl ServerConnection {
                 session: id.clone(),
                 track: t,
             });
-            return Ok(Step::Answer(Response::new(StatusCode::OK).with_header("Session", id)));
+            return Ok(Step::Answer(
+                Response::new(StatusCode::OK).with_header("Session", id),
+            ));
         }
         if e.role() == Role::Recorder {
             self.announced = None;
@@ -1756,13 +1832,13 @@ impl ServerConnection {
             }
             return Ok(Step::Answer(resp));
         }
-        Ok(Step::Ask(
+        ask(
             Question::Parameters {
                 session: session.clone(),
                 names,
             },
             Parked::Parameters { session },
-        ))
+        )
     }
 
     fn end_session(&mut self, id: &str, reason: EndReason) {

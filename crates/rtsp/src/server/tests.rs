@@ -77,7 +77,10 @@ impl World {
                         "already has a publisher",
                     ))
                 } else if path.starts_with("vod/") {
-                    Err(Refusal::new(StatusCode::FORBIDDEN, "vod/ serves stored files"))
+                    Err(Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        "vod/ serves stored files",
+                    ))
                 } else if !sdp.starts_with(b"v=0") {
                     Err(Refusal::new(StatusCode::BAD_REQUEST, "bad SDP"))
                 } else {
@@ -105,14 +108,23 @@ impl World {
                 ..
             } => {
                 let r = if new_session && self.full {
-                    Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "session limit (1) reached"))
+                    Err(Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "session limit (1) reached",
+                    ))
                 } else if new_session && role == Role::Player && self.readers_full {
-                    Err(Refusal::new(StatusCode::NOT_ENOUGH_BANDWIDTH, "reader limit reached"))
+                    Err(Refusal::new(
+                        StatusCode::NOT_ENOUGH_BANDWIDTH,
+                        "reader limit reached",
+                    ))
                 } else {
                     match transport {
-                        TrackTransport::Multicast { group: None, .. } if self.no_groups => Err(
-                            Refusal::new(StatusCode::NOT_ENOUGH_BANDWIDTH, "no multicast group left"),
-                        ),
+                        TrackTransport::Multicast { group: None, .. } if self.no_groups => {
+                            Err(Refusal::new(
+                                StatusCode::NOT_ENOUGH_BANDWIDTH,
+                                "no multicast group left",
+                            ))
+                        }
                         TrackTransport::Multicast { group: None, .. } => Ok(SetupGrant {
                             multicast_group: Some(IpAddr::V4(Ipv4Addr::new(239, 1, 2, 3))),
                         }),
@@ -179,7 +191,10 @@ impl World {
             }
             Question::Parameters { names, .. } => conn.answer_parameters(
                 token,
-                Ok(names.into_iter().map(|n| (n, "p50=1ms".to_owned())).collect()),
+                Ok(names
+                    .into_iter()
+                    .map(|n| (n, "p50=1ms".to_owned()))
+                    .collect()),
             ),
         };
         r.unwrap_or_else(|e| panic!("{e}"));
@@ -187,8 +202,11 @@ impl World {
 }
 
 /// Digest (MD5, fixed nonce) and Basic, with users and per-path permissions.
+/// A user: name, password, and what they may do where ("" = every path).
+type User = (&'static str, &'static str, Vec<(Access, &'static str)>);
+
 struct TestAuth {
-    users: Vec<(&'static str, &'static str, Vec<(Access, &'static str)>)>,
+    users: Vec<User>,
 }
 
 const NONCE: &str = "0123456789abcdef";
@@ -197,7 +215,11 @@ impl TestAuth {
     fn new() -> TestAuth {
         TestAuth {
             users: vec![
-                ("alice", "secret", vec![(Access::Read, ""), (Access::Publish, "")]),
+                (
+                    "alice",
+                    "secret",
+                    vec![(Access::Read, ""), (Access::Publish, "")],
+                ),
                 ("bob", "hunter2", vec![(Access::Read, "")]),
                 ("carol", "pw", vec![(Access::Read, "live/one")]),
             ],
@@ -519,7 +541,9 @@ fn play_tcp_two_tracks_end_to_end() {
     let mut h = Harness::new();
     let mut c = client(&h, &format!("{BASE}/live/cam"), ClientTransport::Tcp);
     let ev = pump(&mut c, &mut h);
-    let described = ev.iter().any(|e| matches!(e, ClientEvent::Described { server: Some(s), .. } if s == SERVER_NAME));
+    let described = ev
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Described { server: Some(s), .. } if s == SERVER_NAME));
     assert!(described, "{ev:?}");
     let t = setups(&ev);
     assert_eq!(t.len(), 2);
@@ -546,15 +570,25 @@ fn play_tcp_two_tracks_end_to_end() {
     let s = h.conn.session(&id).unwrap();
     assert_eq!(s.state, State::Playing);
     assert_eq!(s.role, Role::Player);
-    assert_eq!(h.conn.channel(2).map(|u| (u.track, u.rtcp)), Some((1, false)));
-    assert_eq!(h.conn.channel(3).map(|u| (u.track, u.rtcp)), Some((1, true)));
+    assert_eq!(
+        h.conn.channel(2).map(|u| (u.track, u.rtcp)),
+        Some((1, false))
+    );
+    assert_eq!(
+        h.conn.channel(3).map(|u| (u.track, u.rtcp)),
+        Some((1, true))
+    );
     assert_eq!(h.conn.channel(4), None);
 }
 
 #[test]
 fn play_udp_reply_names_client_and_server_ports() {
     let mut h = Harness::new();
-    let mut c = client(&h, &format!("{BASE}/live/cam"), ClientTransport::Udp { rtp_port: 5000 });
+    let mut c = client(
+        &h,
+        &format!("{BASE}/live/cam"),
+        ClientTransport::Udp { rtp_port: 5000 },
+    );
     let ev = pump(&mut c, &mut h);
     let t = setups(&ev);
     assert_eq!(t[0].client_port, Some((5000, 5001)));
@@ -583,7 +617,10 @@ fn setup_reply_carries_session_timeout() {
     assert_eq!(r.status, StatusCode::OK);
     let s = SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap();
     assert_eq!(s.timeout, Some(60));
-    assert_eq!(r.headers.get("Transport"), Some("RTP/AVP;unicast;client_port=6000-6001;server_port=8000-8001;ssrc=DEADBEEF;mode=play"));
+    assert_eq!(
+        r.headers.get("Transport"),
+        Some("RTP/AVP;unicast;client_port=6000-6001;server_port=8000-8001;ssrc=DEADBEEF;mode=play")
+    );
 }
 
 #[test]
@@ -601,7 +638,9 @@ fn multicast_setup_gets_group_port_and_ttl() {
     assert_eq!(t.port, Some((9002, 9003)));
     assert_eq!(t.ttl, Some(16));
     // The second track reuses the session's group without asking for one.
-    let id = SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap().id;
+    let id = SessionHeader::parse(r.headers.get("Session").unwrap())
+        .unwrap()
+        .id;
     h.world.no_groups = true;
     let r = h.req(
         "SETUP",
@@ -663,7 +702,11 @@ fn record_tcp_end_to_end() {
 #[test]
 fn record_udp_and_receiver_reports_on_the_clock() {
     let mut h = Harness::new();
-    let mut p = publisher(&h, &format!("{BASE}/pub/cam"), ClientTransport::Udp { rtp_port: 5000 });
+    let mut p = publisher(
+        &h,
+        &format!("{BASE}/pub/cam"),
+        ClientTransport::Udp { rtp_port: 5000 },
+    );
     let ev = pump(&mut p, &mut h);
     let t = setups(&ev);
     assert_eq!(t[0].server_port, Some((8000, 8001)));
@@ -677,11 +720,19 @@ fn record_udp_and_receiver_reports_on_the_clock() {
     let reports = h
         .actions
         .iter()
-        .filter(|a| **a == Action::SendReceiverReports { session: id.clone() })
+        .filter(|a| {
+            **a == Action::SendReceiverReports {
+                session: id.clone(),
+            }
+        })
         .count();
     assert_eq!(reports, 3);
     // PAUSE stops them.
-    let r = h.req("PAUSE", &format!("{BASE}/pub/cam"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "PAUSE",
+        &format!("{BASE}/pub/cam"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::OK);
     h.advance(Duration::from_secs(6));
     let after = h
@@ -701,7 +752,9 @@ fn vod_play_range_scale_and_rtp_info() {
             &format!("{BASE}/vod/movie/trackID=0"),
             &["Transport: RTP/AVP/TCP;unicast;interleaved=0-1"],
         );
-        SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap().id
+        SessionHeader::parse(r.headers.get("Session").unwrap())
+            .unwrap()
+            .id
     };
     let r = h.req(
         "PLAY",
@@ -716,7 +769,11 @@ fn vod_play_range_scale_and_rtp_info() {
     assert_eq!(info[0].url, format!("{BASE}/vod/movie/trackID=0"));
     assert_eq!((info[0].seq, info[0].rtptime), (Some(100), Some(9000)));
     // Without Scale in the request, no Scale in the answer.
-    let r = h.req("PLAY", &format!("{BASE}/vod/movie"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "PLAY",
+        &format!("{BASE}/vod/movie"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.headers.get("Scale"), None);
 }
 
@@ -728,7 +785,9 @@ fn vod_play_refused_range_keeps_session_ready() {
         &format!("{BASE}/vod/movie/trackID=0"),
         &["Transport: RTP/AVP/TCP;unicast;interleaved=0-1"],
     );
-    let id = SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap().id;
+    let id = SessionHeader::parse(r.headers.get("Session").unwrap())
+        .unwrap()
+        .id;
     for (headers, status) in [
         (vec!["Range: npt=30-"], 457),
         (vec!["Range: smpte=0:00:00-"], 457),
@@ -749,7 +808,11 @@ fn vod_play_refused_range_keeps_session_ready() {
 fn pause_and_resume() {
     let mut h = Harness::new();
     let (_, id) = play_live(&mut h, ClientTransport::Tcp);
-    let r = h.req("PAUSE", &format!("{BASE}/live/cam"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "PAUSE",
+        &format!("{BASE}/live/cam"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers.get("Session"), Some(id.as_str()));
     assert_eq!(h.conn.session(&id).unwrap().state, State::Ready);
@@ -758,9 +821,17 @@ fn pause_and_resume() {
         stopped: true
     }));
     // PAUSE in Ready changes nothing but is fine.
-    let r = h.req("PAUSE", &format!("{BASE}/live/cam"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "PAUSE",
+        &format!("{BASE}/live/cam"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::OK);
-    let r = h.req("PLAY", &format!("{BASE}/live/cam"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "PLAY",
+        &format!("{BASE}/live/cam"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(h.conn.session(&id).unwrap().state, State::Playing);
 }
@@ -777,7 +848,11 @@ fn teardown_ends_session_and_frees_channels() {
     assert_eq!(h.ended(), vec![(id.clone(), EndReason::Teardown)]);
     assert_eq!(h.conn.poll_timeout(), None);
     // The id is dead now.
-    let r = h.req("PLAY", &format!("{BASE}/live/cam"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "PLAY",
+        &format!("{BASE}/live/cam"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::SESSION_NOT_FOUND);
 }
 
@@ -838,7 +913,13 @@ fn pipelined_requests_answer_in_order() {
     let got: Vec<(Option<u32>, u16)> = v.iter().map(|r| (r.cseq(), r.status.0)).collect();
     assert_eq!(
         got,
-        vec![(Some(1), 200), (Some(2), 200), (Some(3), 200), (Some(4), 404), (Some(5), 200)]
+        vec![
+            (Some(1), 200),
+            (Some(2), 200),
+            (Some(3), 200),
+            (Some(4), 404),
+            (Some(5), 200)
+        ]
     );
 }
 
@@ -852,7 +933,12 @@ fn requests_wait_behind_an_unanswered_question() {
     assert!(h.raw(&text).is_empty());
     assert!(h.conn.is_waiting());
     let (token, q) = h.held.remove(0);
-    assert_eq!(q, Question::Describe { path: "live/cam".into() });
+    assert_eq!(
+        q,
+        Question::Describe {
+            path: "live/cam".into()
+        }
+    );
     // A wrong answer kind or token is refused and changes nothing.
     assert!(matches!(
         h.conn.answer_play(token, Ok(PlayGrant::default())),
@@ -862,11 +948,16 @@ fn requests_wait_behind_an_unanswered_question() {
         h.conn.answer_describe(Token(99), Ok(Bytes::new())),
         Err(AnswerError::UnknownToken(_))
     ));
-    h.conn.answer_describe(token, Ok(Bytes::from_static(SDP1.as_bytes()))).unwrap();
+    h.conn
+        .answer_describe(token, Ok(Bytes::from_static(SDP1.as_bytes())))
+        .unwrap();
     let v = responses(&h.output());
     let got: Vec<_> = v.iter().map(|r| (r.cseq(), r.status.0)).collect();
     assert_eq!(got, vec![(Some(1), 200), (Some(2), 200)]);
-    assert_eq!(v[0].headers.get("Content-Base"), Some(&*format!("{BASE}/live/cam/")));
+    assert_eq!(
+        v[0].headers.get("Content-Base"),
+        Some(&*format!("{BASE}/live/cam/"))
+    );
     assert_eq!(v[0].headers.get("Content-Type"), Some("application/sdp"));
     assert!(!h.conn.is_waiting());
 }
@@ -882,7 +973,9 @@ fn pipelining_is_bounded() {
     let v = h.raw(&text);
     // The two beyond the bound are refused at once; the rest wait.
     assert_eq!(v.len(), 2);
-    assert!(v.iter().all(|r| r.status == StatusCode::SERVICE_UNAVAILABLE));
+    assert!(v
+        .iter()
+        .all(|r| r.status == StatusCode::SERVICE_UNAVAILABLE));
 }
 
 #[test]
@@ -909,7 +1002,9 @@ fn status_400_missing_or_bad_cseq() {
     let mut h = Harness::new();
     let v = h.raw("OPTIONS * RTSP/1.0\r\n\r\nOPTIONS * RTSP/1.0\r\nCSeq: x1\r\n\r\n");
     assert_eq!(v.len(), 2);
-    assert!(v.iter().all(|r| r.status == StatusCode::BAD_REQUEST && r.cseq().is_none()));
+    assert!(v
+        .iter()
+        .all(|r| r.status == StatusCode::BAD_REQUEST && r.cseq().is_none()));
     assert_eq!(h.refused(), vec![400, 400]);
 }
 
@@ -918,7 +1013,12 @@ fn status_400_not_an_rtsp_url_and_pathless_announce() {
     let mut h = Harness::new();
     let r = h.req("DESCRIBE", "http://127.0.0.1/live/cam", &[]);
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = h.req_body("ANNOUNCE", &format!("{BASE}/"), &["Content-Type: application/sdp"], PUB_SDP);
+    let r = h.req_body(
+        "ANNOUNCE",
+        &format!("{BASE}/"),
+        &["Content-Type: application/sdp"],
+        PUB_SDP,
+    );
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
 
@@ -930,7 +1030,11 @@ fn status_401_then_digest_login_succeeds() {
     assert_eq!(failed_status(&ev), Some(401), "{ev:?}");
     assert!(h.refused().contains(&401));
     let mut h = Harness::authed();
-    let mut c = client(&h, &format!("rtsp://alice:secret@127.0.0.1:8554/live/cam"), ClientTransport::Tcp);
+    let mut c = client(
+        &h,
+        "rtsp://alice:secret@127.0.0.1:8554/live/cam",
+        ClientTransport::Tcp,
+    );
     let ev = pump(&mut c, &mut h);
     assert!(playing(&ev).is_some(), "{ev:?}");
     assert_eq!(h.conn.sessions()[0].principal, "alice");
@@ -960,7 +1064,9 @@ fn status_403_no_permission() {
             ..client_config(
                 &format!("{BASE}/pub/cam"),
                 ClientTransport::Tcp,
-                ClientMode::Record { sdp: PUB_SDP.into() },
+                ClientMode::Record {
+                    sdp: PUB_SDP.into(),
+                },
             )
         },
         h.now,
@@ -969,7 +1075,11 @@ fn status_403_no_permission() {
     let ev = pump(&mut p, &mut h);
     assert_eq!(failed_status(&ev), Some(403), "{ev:?}");
     // carol may read live/one only.
-    let mut c = client(&h, "rtsp://carol:pw@127.0.0.1:8554/live/cam", ClientTransport::Tcp);
+    let mut c = client(
+        &h,
+        "rtsp://carol:pw@127.0.0.1:8554/live/cam",
+        ClientTransport::Tcp,
+    );
     let ev = pump(&mut c, &mut h);
     assert_eq!(failed_status(&ev), Some(403), "{ev:?}");
 }
@@ -1019,7 +1129,11 @@ fn status_404_unknown_path_bad_path_and_track() {
 fn status_404_url_of_another_path_on_a_session() {
     let mut h = Harness::new();
     let (_, id) = play_live(&mut h, ClientTransport::Tcp);
-    let r = h.req("PAUSE", &format!("{BASE}/live/one"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "PAUSE",
+        &format!("{BASE}/live/one"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(h.conn.session(&id).unwrap().state, State::Playing);
 }
@@ -1027,7 +1141,12 @@ fn status_404_url_of_another_path_on_a_session() {
 #[test]
 fn status_415_announce_without_sdp_type() {
     let mut h = Harness::new();
-    let r = h.req_body("ANNOUNCE", &format!("{BASE}/pub/x"), &["Content-Type: text/plain"], PUB_SDP);
+    let r = h.req_body(
+        "ANNOUNCE",
+        &format!("{BASE}/pub/x"),
+        &["Content-Type: text/plain"],
+        PUB_SDP,
+    );
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(h.conn.announced_path(), None);
 }
@@ -1037,7 +1156,12 @@ fn status_451_unknown_parameter() {
     let mut h = Harness::new();
     let r = h.req_body("GET_PARAMETER", &format!("{BASE}/"), &[], "volume\r\n");
     assert_eq!(r.status, StatusCode::PARAMETER_NOT_UNDERSTOOD);
-    let r = h.req_body("SET_PARAMETER", &format!("{BASE}/"), &[], "sluice.egress_latency\r\n");
+    let r = h.req_body(
+        "SET_PARAMETER",
+        &format!("{BASE}/"),
+        &[],
+        "sluice.egress_latency\r\n",
+    );
     assert_eq!(r.status, StatusCode::PARAMETER_NOT_UNDERSTOOD);
 }
 
@@ -1071,7 +1195,11 @@ fn status_454_without_session_or_unknown() {
     for m in ["PLAY", "PAUSE", "RECORD", "TEARDOWN"] {
         let r = h.req(m, &format!("{BASE}/live/cam"), &[]);
         assert_eq!(r.status, StatusCode::SESSION_NOT_FOUND, "{m}");
-        let r = h.req(m, &format!("{BASE}/live/cam"), &["Session: 0000000000000001"]);
+        let r = h.req(
+            m,
+            &format!("{BASE}/live/cam"),
+            &["Session: 0000000000000001"],
+        );
         assert_eq!(r.status, StatusCode::SESSION_NOT_FOUND, "{m}");
     }
     let r = h.req("GET_PARAMETER", &format!("{BASE}/"), &["Session: DEADBEEF"]);
@@ -1090,7 +1218,11 @@ fn status_455_method_not_valid_in_state() {
     assert_eq!(r.status, StatusCode::METHOD_NOT_VALID_IN_THIS_STATE);
     // RECORD on a player session.
     let (_, id) = play_live(&mut h, ClientTransport::Tcp);
-    let r = h.req("RECORD", &format!("{BASE}/live/cam"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "RECORD",
+        &format!("{BASE}/live/cam"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::METHOD_NOT_VALID_IN_THIS_STATE);
 }
 
@@ -1102,13 +1234,22 @@ fn status_455_new_track_while_playing_and_play_on_recorder() {
         &format!("{BASE}/live/cam/trackID=0"),
         &["Transport: RTP/AVP/TCP;interleaved=0-1"],
     );
-    let id = SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap().id;
-    let r = h.req("PLAY", &format!("{BASE}/live/cam"), &[&format!("Session: {id}")]);
+    let id = SessionHeader::parse(r.headers.get("Session").unwrap())
+        .unwrap()
+        .id;
+    let r = h.req(
+        "PLAY",
+        &format!("{BASE}/live/cam"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::OK);
     let r = h.req(
         "SETUP",
         &format!("{BASE}/live/cam/trackID=1"),
-        &["Transport: RTP/AVP/TCP;interleaved=2-3", &format!("Session: {id}")],
+        &[
+            "Transport: RTP/AVP/TCP;interleaved=2-3",
+            &format!("Session: {id}"),
+        ],
     );
     assert_eq!(r.status, StatusCode::METHOD_NOT_VALID_IN_THIS_STATE);
     assert_eq!(h.conn.channel(2), None, "a refused SETUP allocates nothing");
@@ -1117,7 +1258,11 @@ fn status_455_new_track_while_playing_and_play_on_recorder() {
     let mut p = publisher(&h, &format!("{BASE}/pub/cam"), ClientTransport::Tcp);
     pump(&mut p, &mut h);
     let pid = p.session_id().unwrap().to_owned();
-    let r = h.req("PLAY", &format!("{BASE}/pub/cam"), &[&format!("Session: {pid}")]);
+    let r = h.req(
+        "PLAY",
+        &format!("{BASE}/pub/cam"),
+        &[&format!("Session: {pid}")],
+    );
     assert_eq!(r.status, StatusCode::METHOD_NOT_VALID_IN_THIS_STATE);
 }
 
@@ -1170,7 +1315,10 @@ fn status_459_aggregate_setup_and_session_of_another_path() {
     let r = h.req(
         "SETUP",
         &format!("{BASE}/live/cam/trackID=0"),
-        &["Transport: RTP/AVP/TCP;interleaved=4-5", &format!("Session: {id}")],
+        &[
+            "Transport: RTP/AVP/TCP;interleaved=4-5",
+            &format!("Session: {id}"),
+        ],
     );
     assert_eq!(r.status, StatusCode::AGGREGATE_OPERATION_NOT_ALLOWED);
 }
@@ -1207,7 +1355,11 @@ fn status_461_transport_refusals() {
     // UDP with no server socket, and a policy without TCP.
     h.conn.config.transport.server_port = None;
     h.conn.config.transport.tcp = false;
-    let r = h.req("SETUP", &uri, &["Transport: RTP/AVP;unicast;client_port=5000-5001"]);
+    let r = h.req(
+        "SETUP",
+        &uri,
+        &["Transport: RTP/AVP;unicast;client_port=5000-5001"],
+    );
     assert_eq!(r.status, StatusCode::UNSUPPORTED_TRANSPORT);
     let r = h.req("SETUP", &uri, &["Transport: RTP/AVP/TCP;interleaved=0-1"]);
     assert_eq!(r.status, StatusCode::UNSUPPORTED_TRANSPORT);
@@ -1243,11 +1395,16 @@ fn status_461_mixed_transport_kinds_in_one_session() {
         &format!("{BASE}/live/cam/trackID=0"),
         &["Transport: RTP/AVP/TCP;interleaved=0-1"],
     );
-    let id = SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap().id;
+    let id = SessionHeader::parse(r.headers.get("Session").unwrap())
+        .unwrap()
+        .id;
     let r = h.req(
         "SETUP",
         &format!("{BASE}/live/cam/trackID=1"),
-        &["Transport: RTP/AVP;unicast;client_port=5000-5001", &format!("Session: {id}")],
+        &[
+            "Transport: RTP/AVP;unicast;client_port=5000-5001",
+            &format!("Session: {id}"),
+        ],
     );
     assert_eq!(r.status, StatusCode::UNSUPPORTED_TRANSPORT);
 }
@@ -1298,14 +1455,21 @@ fn session_replayed_from_another_connection_is_454() {
         assert_eq!(r.status, StatusCode::SESSION_NOT_FOUND, "{m}");
     }
     assert!(!b.conn.has_sessions(), "never adopted");
-    assert!(b.actions.iter().all(|x| !matches!(x, Action::Pause { .. } | Action::EndSession { .. })));
+    assert!(b
+        .actions
+        .iter()
+        .all(|x| !matches!(x, Action::Pause { .. } | Action::EndSession { .. })));
     assert_eq!(a.conn.session(&id).unwrap().state, State::Playing);
 }
 
 #[test]
 fn session_replayed_by_another_user_is_454() {
     let mut h = Harness::authed();
-    let mut c = client(&h, "rtsp://alice:secret@127.0.0.1:8554/live/cam", ClientTransport::Tcp);
+    let mut c = client(
+        &h,
+        "rtsp://alice:secret@127.0.0.1:8554/live/cam",
+        ClientTransport::Tcp,
+    );
     assert!(playing(&pump(&mut c, &mut h)).is_some());
     let id = c.session_id().unwrap().to_owned();
     let basic = |u: &str, p: &str| {
@@ -1344,7 +1508,11 @@ fn anonymous_sessions_are_usable_by_their_connection() {
     let mut h = Harness::new();
     let id = setup_one(&mut h);
     assert_eq!(h.conn.session(&id).unwrap().principal, ANYONE);
-    let r = h.req("PLAY", &format!("{BASE}/live/one"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "PLAY",
+        &format!("{BASE}/live/one"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -1361,7 +1529,11 @@ fn keepalive_expiry_ends_the_session() {
     assert!(!h.conn.has_sessions());
     assert_eq!(h.ended(), vec![(id.clone(), EndReason::Timeout)]);
     assert_eq!(h.conn.channel(0), None);
-    let r = h.req("PLAY", &format!("{BASE}/live/one"), &[&format!("Session: {id}")]);
+    let r = h.req(
+        "PLAY",
+        &format!("{BASE}/live/one"),
+        &[&format!("Session: {id}")],
+    );
     assert_eq!(r.status, StatusCode::SESSION_NOT_FOUND);
 }
 
@@ -1374,7 +1546,9 @@ fn keepalive_refresh_by_get_parameter_and_options() {
         &format!("{BASE}/live/one"),
         &["Transport: RTP/AVP;unicast;client_port=5000-5001"],
     );
-    let id = SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap().id;
+    let id = SessionHeader::parse(r.headers.get("Session").unwrap())
+        .unwrap()
+        .id;
     let s = format!("Session: {id}");
     h.advance(Duration::from_secs(40));
     let r = h.req("GET_PARAMETER", &format!("{BASE}/live/one"), &[&s]);
@@ -1412,7 +1586,9 @@ fn udp_session_activity_refreshes() {
         &format!("{BASE}/live/one"),
         &["Transport: RTP/AVP;unicast;client_port=5000-5001"],
     );
-    let id = SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap().id;
+    let id = SessionHeader::parse(r.headers.get("Session").unwrap())
+        .unwrap()
+        .id;
     h.now += Duration::from_secs(50);
     h.conn.handle_session_activity(&id, h.now);
     h.advance(Duration::from_secs(50));
@@ -1430,7 +1606,9 @@ fn connection_close_keeps_udp_players_until_timeout() {
         &format!("{BASE}/live/one"),
         &["Transport: RTP/AVP;unicast;client_port=5000-5001"],
     );
-    let udp = SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap().id;
+    let udp = SessionHeader::parse(r.headers.get("Session").unwrap())
+        .unwrap()
+        .id;
     h.conn.handle_close(h.now);
     h.run_actions();
     assert_eq!(h.ended(), vec![(tcp, EndReason::ConnectionClosed)]);
@@ -1479,7 +1657,12 @@ fn announce_again_names_the_replaced_path() {
 #[test]
 fn record_setup_of_unknown_track_is_404() {
     let mut h = Harness::new();
-    let r = h.req_body("ANNOUNCE", &format!("{BASE}/pub/cam"), &["Content-Type: application/sdp"], PUB_SDP);
+    let r = h.req_body(
+        "ANNOUNCE",
+        &format!("{BASE}/pub/cam"),
+        &["Content-Type: application/sdp"],
+        PUB_SDP,
+    );
     assert_eq!(r.status, StatusCode::OK);
     let r = h.req(
         "SETUP",
@@ -1500,7 +1683,10 @@ fn record_setup_of_unknown_track_is_404() {
         &["Transport: RTP/AVP/TCP;interleaved=0-1;mode=record"],
     );
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.headers.get("Transport"), Some("RTP/AVP/TCP;unicast;interleaved=0-1;mode=record"));
+    assert_eq!(
+        r.headers.get("Transport"),
+        Some("RTP/AVP/TCP;unicast;interleaved=0-1;mode=record")
+    );
 }
 
 #[test]
@@ -1517,7 +1703,9 @@ fn deterministic_ids_skip_collisions() {
         &format!("{BASE}/live/cam/trackID=0"),
         &["Transport: RTP/AVP/TCP;interleaved=4-5"],
     );
-    let b = SessionHeader::parse(r.headers.get("Session").unwrap()).unwrap().id;
+    let b = SessionHeader::parse(r.headers.get("Session").unwrap())
+        .unwrap()
+        .id;
     assert_eq!(b, "0000000000000002");
 }
 

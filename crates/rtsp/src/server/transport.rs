@@ -175,7 +175,10 @@ pub(crate) fn channels_for(
 /// Picks the first offered transport-spec the policy supports, in the client's order of
 /// preference; the refusal is the last reason an offer was passed over (461 unless a
 /// multicast port range ran out).
-pub(crate) fn negotiate(policy: &TransportPolicy, offer: &Offer<'_>) -> Result<TrackTransport, Refusal> {
+pub(crate) fn negotiate(
+    policy: &TransportPolicy,
+    offer: &Offer<'_>,
+) -> Result<TrackTransport, Refusal> {
     let mut last = unsupported("no acceptable transport offered");
     for spec in offer.specs {
         let kind = if spec.is_tcp() {
