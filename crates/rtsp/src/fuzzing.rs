@@ -540,6 +540,7 @@ pub fn server_connection(data: &[u8]) {
     };
     let refuse = config & 1 != 0;
     let step = Duration::from_secs(u64::from(config >> 3));
+    let t0 = Instant::now();
     let make = || {
         let mut c = ServerConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
         if config & 2 != 0 {
@@ -564,6 +565,7 @@ pub fn server_connection(data: &[u8]) {
                 n += 1;
                 n % 3 // repeats: exercises id collisions
             }),
+            t0,
         )
     };
     let answer = |conn: &mut ServerConnection| {
@@ -626,7 +628,6 @@ pub fn server_connection(data: &[u8]) {
             assert!(r.is_ok(), "answer to the current question refused: {r:?}");
         }
     };
-    let t0 = Instant::now();
     // Runs the connection over `parts`; returns (responses bytes, request CSeqs).
     let run = |parts: &[&[u8]]| {
         let mut conn = make();

@@ -49,7 +49,7 @@
 //!
 //! let now = Instant::now();
 //! let config = ServerConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
-//! let mut conn = ServerConnection::new(config, Box::new(AllowAll), Box::new(|| 7u64));
+//! let mut conn = ServerConnection::new(config, Box::new(AllowAll), Box::new(|| 7u64), now);
 //! let mut decoder = Decoder::default();
 //! let mut inbuf = BytesMut::from(&b"DESCRIBE rtsp://h/nowhere RTSP/1.0\r\nCSeq: 1\r\n\r\n"[..]);
 //! // read → decode → handle → execute actions → write
@@ -612,12 +612,13 @@ impl fmt::Debug for ServerConnection {
 }
 
 impl ServerConnection {
-    /// A connection for a client just accepted, checking requests with `auth` and
-    /// naming sessions from `ids`.
+    /// A connection for a client accepted at `now`, checking requests with `auth` and
+    /// naming sessions from `ids`. Nothing is queued until the first request.
     pub fn new(
         config: ServerConfig,
         auth: Box<dyn Authenticator>,
         ids: Box<dyn IdSource>,
+        now: Instant,
     ) -> ServerConnection {
         ServerConnection {
             config,
@@ -632,7 +633,7 @@ impl ServerConnection {
             actions: VecDeque::new(),
             next_token: 0,
             closed: false,
-            now: Instant::now(),
+            now,
         }
     }
 

@@ -315,10 +315,11 @@ impl Harness {
     }
 
     fn with(config: ServerConfig, auth: Box<dyn Authenticator>, world: World) -> Harness {
+        let now = Instant::now();
         Harness {
-            conn: ServerConnection::new(config, auth, ids()),
+            conn: ServerConnection::new(config, auth, ids(), now),
             world,
-            now: Instant::now(),
+            now,
             decoder: Decoder::default(),
             inbuf: BytesMut::new(),
             actions: Vec::new(),
