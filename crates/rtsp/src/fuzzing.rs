@@ -524,7 +524,8 @@ pub fn client_session(data: &[u8]) {
 /// granted; bit 1: TLS required; bit 2: UDP and multicast on; bits 3–7: how many
 /// seconds pass between requests), byte 1 splits the stream for a second run fed in
 /// two parts. Invariants: no panic; every output decodes as one response per
-/// request, in request order, echoing its CSeq; feeding in parts changes nothing;
+/// request (and one for an undecodable tail), in request order, echoing its CSeq;
+/// feeding in parts changes nothing;
 /// interleaved channels only belong to live sessions; a timer exists exactly while
 /// sessions do; after close and the last timeout, nothing is left.
 pub fn server_connection(data: &[u8]) {
@@ -660,7 +661,15 @@ pub fn server_connection(data: &[u8]) {
                     }
                     Ok(Some(Frame::Message(Message::Response(_)))) => {}
                     Ok(None) => break,
-                    Err(_) => break 'feed,
+                    Err(e) => {
+                        cseqs.push(e.cseq());
+                        conn.handle_decode_error(now, &e);
+                        answer(&mut conn);
+                        while let Some(b) = conn.poll_transmit() {
+                            out.extend_from_slice(&b);
+                        }
+                        break 'feed;
+                    }
                 }
             }
         }

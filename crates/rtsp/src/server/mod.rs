@@ -24,7 +24,7 @@
 //! - `handle_*` feed an event in: [`ServerConnection::handle_request`],
 //!   [`ServerConnection::handle_timeout`], [`ServerConnection::handle_activity`],
 //!   [`ServerConnection::handle_session_activity`], [`ServerConnection::handle_publisher_replaced`],
-//!   [`ServerConnection::handle_close`];
+//!   [`ServerConnection::handle_decode_error`], [`ServerConnection::handle_close`];
 //! - `answer_*` answer an [`Action::Ask`];
 //! - `poll_*` take output: [`ServerConnection::poll_transmit`],
 //!   [`ServerConnection::poll_action`], [`ServerConnection::poll_timeout`].
@@ -96,8 +96,8 @@ use bytes::{Bytes, BytesMut};
 use crate::client::quirks::sdp_controls;
 use crate::server_session::{Role, ServerSession, State, Transition, MAX_TRACKS};
 use crate::{
-    format_rtp_info, parse_transport, redact_credentials, Method, Range, Request, Response,
-    RtpInfo, Scale, SessionHeader, StatusCode, TransportMode, Version,
+    format_rtp_info, parse_transport, redact_credentials, DecodeError, Method, Range, Request,
+    Response, RtpInfo, Scale, SessionHeader, StatusCode, TransportMode, Version,
 };
 
 pub use sessions::SessionInfo;
@@ -463,9 +463,9 @@ pub enum Action {
     },
     /// A request was refused (for the log: one line per refusal).
     Refused {
-        /// The method.
+        /// The method (an empty extension method for an undecodable request).
         method: Method,
-        /// The URI with credentials redacted.
+        /// The URI with credentials redacted (empty for an undecodable request).
         uri: String,
         /// The status sent.
         status: StatusCode,
@@ -597,6 +597,10 @@ pub struct ServerConnection {
     actions: VecDeque<Action>,
     next_token: u64,
     closed: bool,
+    /// The stream could not be decoded: no further request is taken, and this answer
+    /// goes out after the requests before it.
+    final_answer: Option<Response>,
+    stopped: bool,
     /// The latest time handed in, for work resumed by an `answer_*` call.
     now: Instant,
 }
@@ -633,6 +637,8 @@ impl ServerConnection {
             actions: VecDeque::new(),
             next_token: 0,
             closed: false,
+            final_answer: None,
+            stopped: false,
             now,
         }
     }
@@ -682,7 +688,7 @@ impl ServerConnection {
     /// question is unanswered are handled in order afterwards.
     pub fn handle_request(&mut self, now: Instant, request: Request) {
         self.advance(now);
-        if self.closed {
+        if self.closed || self.stopped {
             return;
         }
         if self.outstanding.is_some() {
@@ -793,6 +799,31 @@ impl ServerConnection {
         for id in ids {
             self.end_session(&id, EndReason::ConnectionClosed);
         }
+    }
+
+    /// The byte stream could not be decoded: answers with the error's status (400, or 413
+    /// for a body over the limit), echoing the CSeq when it was recovered, with
+    /// `Connection: close`, after the responses to the requests before it; takes no
+    /// further request. Once that answer is written, close the socket and call
+    /// [`ServerConnection::handle_close`].
+    pub fn handle_decode_error(&mut self, now: Instant, error: &DecodeError) {
+        self.advance(now);
+        if self.closed || self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let mut resp = Response::new(error.status()).with_header("Connection", "close");
+        if let Some(c) = error.cseq() {
+            resp = resp.with_header("CSeq", c.to_string());
+        }
+        self.actions.push_back(Action::Refused {
+            method: Method::Extension(String::new()),
+            uri: String::new(),
+            status: error.status(),
+            why: format!("malformed request: {error}"),
+        });
+        self.final_answer = Some(resp);
+        self.drain_queue();
     }
 
     // ----- answer_* -----
@@ -1107,6 +1138,14 @@ impl ServerConnection {
     fn drain_queue(&mut self) {
         while self.outstanding.is_none() {
             let Some(req) = self.queue.pop_front() else {
+                if let Some(mut resp) = self.final_answer.take() {
+                    resp.headers.set("Server", self.config.server_name.clone());
+                    let mut out = BytesMut::new();
+                    resp.encode(&mut out);
+                    if !self.closed {
+                        self.transmit.push_back(out.freeze());
+                    }
+                }
                 return;
             };
             self.process(req);

@@ -1715,3 +1715,41 @@ fn scale_header_round_trip_in_reply() {
     assert_eq!(Scale(-1.0).to_string(), "-1");
     assert_eq!(Scale(0.5).to_string(), "0.5");
 }
+
+#[test]
+fn decode_error_answers_after_earlier_requests_then_stops() {
+    let mut h = Harness::new();
+    h.world.hold = true;
+    h.raw(&format!(
+        "DESCRIBE {BASE}/live/cam RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+    ));
+    let err = crate::DecodeError::BadHeader {
+        line: "x".into(),
+        cseq: Some(2),
+    };
+    h.conn.handle_decode_error(h.now, &err);
+    assert!(
+        h.output().is_empty(),
+        "the 400 waits for the DESCRIBE answer"
+    );
+    let (t, _) = h.held.remove(0);
+    h.conn
+        .answer_describe(t, Ok(Bytes::from_static(SDP1.as_bytes())))
+        .unwrap();
+    let v = responses(&h.output());
+    let got: Vec<_> = v.iter().map(|r| (r.cseq(), r.status.0)).collect();
+    assert_eq!(got, vec![(Some(1), 200), (Some(2), 400)]);
+    assert_eq!(v[1].headers.get("Connection"), Some("close"));
+    // Nothing more is taken.
+    assert!(h.raw("OPTIONS * RTSP/1.0\r\nCSeq: 3\r\n\r\n").is_empty());
+    let big = crate::DecodeError::BodyTooLarge {
+        length: 1,
+        limit: 0,
+        cseq: None,
+    };
+    let mut h = Harness::new();
+    h.conn.handle_decode_error(h.now, &big);
+    let v = responses(&h.output());
+    assert_eq!(v[0].status, StatusCode::REQUEST_ENTITY_TOO_LARGE);
+    assert_eq!(v[0].cseq(), None);
+}
