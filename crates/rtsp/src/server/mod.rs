@@ -727,10 +727,14 @@ impl ServerConnection {
                 continue;
             }
             if let Some(step) = interval.filter(|i| !i.is_zero()) {
-                let mut next = due + step;
-                while next <= now {
-                    next += step;
-                }
+                // The first slot after `now` on the grid that started at `due` (missed
+                // slots are not made up).
+                let missed = now.saturating_duration_since(due).as_nanos() / step.as_nanos();
+                let next = u32::try_from(missed + 1)
+                    .ok()
+                    .and_then(|n| step.checked_mul(n))
+                    .and_then(|d| due.checked_add(d))
+                    .unwrap_or(now + step);
                 s.next_rtcp = Some(next);
             } else {
                 s.next_rtcp = None;

@@ -1753,3 +1753,24 @@ fn decode_error_answers_after_earlier_requests_then_stops() {
     assert_eq!(v[0].status, StatusCode::REQUEST_ENTITY_TOO_LARGE);
     assert_eq!(v[0].cseq(), None);
 }
+
+#[test]
+fn missed_receiver_reports_are_not_made_up() {
+    let mut h = Harness::new();
+    let mut p = publisher(&h, &format!("{BASE}/pub/cam"), ClientTransport::Tcp);
+    pump(&mut p, &mut h);
+    // 1 s to the first report, then a 12 s stall (the connection's bytes keep it alive).
+    h.now += Duration::from_secs(13);
+    h.conn.handle_activity(h.now);
+    h.conn.handle_timeout(h.now);
+    h.run_actions();
+    let n = h
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::SendReceiverReports { .. }))
+        .count();
+    assert_eq!(n, 1);
+    // Next slot on the 1 s + 5k grid after 13 s: 16 s.
+    let t0 = h.now - Duration::from_secs(13);
+    assert_eq!(h.conn.poll_timeout(), Some(t0 + Duration::from_secs(16)));
+}
