@@ -894,7 +894,9 @@ impl ServerConnection {
     }
 
     /// Answers [`Question::Setup`]: `Ok` commits the track (with the multicast group
-    /// granted, for a multicast transport without one).
+    /// granted, for a multicast transport without one). The connection then refuses only
+    /// if the session ended while the question was open (its [`Action::EndSession`] was
+    /// already emitted) or a multicast grant lacks a group (500).
     pub fn answer_setup(
         &mut self,
         token: Token,
@@ -954,7 +956,10 @@ impl ServerConnection {
                     .handle_setup(role, track, now)
                     .map_err(|st| Refusal::new(st, "SETUP not valid in this state"))?;
             }
+            // A repeated SETUP of a track replaces its transport and frees its channels.
             entry.transports.insert(track, transport);
+            self.channels
+                .retain(|_, c| !(c.session == session && c.track == track));
             let timeout = u32::try_from(entry.machine.timeout().as_secs()).unwrap_or(u32::MAX);
             if let TrackTransport::Tcp { rtp, rtcp } = transport {
                 for (ch, is_rtcp) in [(rtp, false), (rtcp, true)] {

@@ -1774,3 +1774,27 @@ fn missed_receiver_reports_are_not_made_up() {
     let t0 = h.now - Duration::from_secs(13);
     assert_eq!(h.conn.poll_timeout(), Some(t0 + Duration::from_secs(16)));
 }
+
+#[test]
+fn repeated_setup_of_a_track_moves_its_channels() {
+    let mut h = Harness::new();
+    let id = setup_one(&mut h);
+    let r = h.req(
+        "SETUP",
+        &format!("{BASE}/live/one/trackID=0"),
+        &[
+            "Transport: RTP/AVP/TCP;interleaved=6-7",
+            &format!("Session: {id}"),
+        ],
+    );
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(h.conn.channel(0), None);
+    assert_eq!(
+        h.conn.channel(6).map(|u| u.session.clone()),
+        Some(id.clone())
+    );
+    assert_eq!(
+        h.conn.session(&id).unwrap().transports,
+        vec![(0, TrackTransport::Tcp { rtp: 6, rtcp: 7 })]
+    );
+}
