@@ -1502,13 +1502,20 @@ impl ServerConnection {
         Ok(())
     }
 
-    fn new_id(&mut self) -> String {
-        loop {
+    /// A fresh session id: a few draws that collide with a session of this connection
+    /// are skipped; a source that keeps colliding is broken, and SETUP gets 503 rather
+    /// than a loop.
+    fn new_id(&mut self) -> Result<String, Refusal> {
+        for _ in 0..16 {
             let id = format!("{:016X}", self.ids.next_u64());
             if self.entry(&id).is_none() {
-                return id;
+                return Ok(id);
             }
         }
+        Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session id source keeps repeating itself",
+        ))
     }
 
     fn setup_record(
@@ -1565,7 +1572,7 @@ impl ServerConnection {
                         "track index out of range",
                     ));
                 }
-                (None, true, self.new_id())
+                (None, true, self.new_id()?)
             }
         };
         let transport = negotiate(
@@ -1641,7 +1648,7 @@ impl ServerConnection {
                 Self::check_setup_state(e, Role::Player, track)?;
                 (e.kind(), e.group(), false, id.clone())
             }
-            None => (None, None, true, self.new_id()),
+            None => (None, None, true, self.new_id()?),
         };
         let transport = negotiate(
             &self.config.transport,

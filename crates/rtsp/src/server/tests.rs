@@ -1798,3 +1798,17 @@ fn repeated_setup_of_a_track_moves_its_channels() {
         vec![(0, TrackTransport::Tcp { rtp: 6, rtcp: 7 })]
     );
 }
+
+#[test]
+fn a_repeating_id_source_gets_503_not_a_hang() {
+    let mut h = Harness::new();
+    h.conn.ids = Box::new(|| 5u64);
+    setup_one(&mut h);
+    let r = h.req(
+        "SETUP",
+        &format!("{BASE}/live/cam/trackID=0"),
+        &["Transport: RTP/AVP/TCP;interleaved=4-5"],
+    );
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.conn.sessions().len(), 1);
+}
