@@ -2,8 +2,12 @@
 //!
 //! This crate decodes and encodes RTSP messages and `$`-interleaved binary
 //! frames, and parses the typed headers a media server needs (`Transport`,
-//! `Range`, `RTP-Info`, `Session`, `CSeq`). It performs no I/O and reads no
+//! `Range`, `RTP-Info`, `Scale`, `Session`, `CSeq`). It performs no I/O and reads no
 //! clocks: callers feed bytes in and take frames out.
+//!
+//! Two protocol state machines are built on it: [`client::ClientSession`] (one client
+//! session) and [`server::ServerConnection`] (every RTSP decision of a server for one
+//! client connection).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -17,11 +21,12 @@ pub mod interleaved;
 pub mod message;
 pub mod method;
 pub mod redact;
+pub mod server;
 pub mod server_session;
 pub mod status;
 
 pub use decoder::*;
-pub use headers::{range::*, rtp_info::*, session::*, transport::*};
+pub use headers::{range::*, rtp_info::*, scale::*, session::*, transport::*};
 pub use message::*;
 pub use method::Method;
 pub use redact::redact_credentials;

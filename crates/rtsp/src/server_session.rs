@@ -4,6 +4,9 @@
 //! publisher: ANNOUNCE, SETUP with `mode=record`, RECORD). This machine decides which
 //! method is valid in which state, tracks which tracks were set up, and keeps the session
 //! timeout from the time values it is handed; it never reads a clock or touches a socket.
+//!
+//! [`crate::server::ServerConnection`] keeps one per session; `sluice-server`'s handler
+//! still uses it directly until its glue drives the connection instead.
 
 use std::time::{Duration, Instant};
 

@@ -55,3 +55,8 @@ fn auth_corpus() {
 fn client_session_corpus() {
     assert!(run_corpus("client_session", fuzzing::client_session) > 0);
 }
+
+#[test]
+fn server_connection_corpus() {
+    assert!(run_corpus("server_connection", fuzzing::server_connection) > 0);
+}

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod range;
 pub mod rtp_info;
+pub mod scale;
 pub mod session;
 pub mod transport;
 
