@@ -8,6 +8,8 @@
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #      cargo doc --workspace --no-deps   with rustdoc warnings as errors
+#      scripts/check-house-rules.sh  the architecture's house rules a script can
+#                                    see (sans-IO crates, unsafe, module imports)
 #   4. scripts/fuzz-smoke.sh 5        every fuzz target 5 s (SLUICE_FUZZ_SECS)
 #   5. cargo test --workspace        unit tests + real-peer integration tests
 #                                    (crates/sluice/tests: ffmpeg/GStreamer/
@@ -31,6 +33,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "==> cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+echo "==> house rules"
+bash scripts/check-house-rules.sh
 
 # Coverage-guided fuzzing, briefly: every cargo-fuzz target from its seed corpus
 # (scripts/fuzz-long.sh runs one for long). SLUICE_FUZZ_SECS sets the time per target.

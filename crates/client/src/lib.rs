@@ -6,6 +6,7 @@
 //! the caller the session's events. Used by pull sources (the server relaying cameras),
 //! `sluice probe`, `sluice record` and `sluice publish`.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod connection;

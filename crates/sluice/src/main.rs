@@ -3,6 +3,7 @@
 // The doc comments on the argument types are clap's `--help` text, shown verbatim: URL
 // patterns such as `rtsp://[user:pass@]host[:port]/path` are not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links)]
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
