@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod ntp;
 pub mod packet;

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod client;
 pub mod decoder;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod headers;
 pub mod interleaved;

@@ -16,6 +16,7 @@ pub mod direct_budget;
 pub mod egress;
 pub mod fanout;
 pub mod file_source;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gop;
 pub mod handler;
