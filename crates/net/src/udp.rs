@@ -157,6 +157,14 @@ pub struct Datagram<'a> {
     pub packets: u16,
 }
 
+/// Whether `e`, the error of a [`sendmmsg`] whose first message was a GSO run, says
+/// the run was refused as such: `EIO` (the device cannot segment it: no checksum
+/// offload) or `EINVAL` (the kernel will not). Sent as separate datagrams, its
+/// packets may still go.
+pub fn refuses_gso(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+}
+
 /// Room for one message's control data: a `UDP_SEGMENT` cmsg carrying a u16.
 const CMSG_SPACE: usize = 32;
 
@@ -376,7 +384,10 @@ mod tests {
         assert_eq!((n, err.is_none()), (1, true));
         let (n, err) = sendmmsg(&tx, &msgs[1..]);
         assert_eq!(n, 0);
-        assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
+        let err = err.expect("the refused message's error");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert!(refuses_gso(&err));
+        assert!(!refuses_gso(&io::ErrorKind::WouldBlock.into()));
         let mut buf = [0u8; 16];
         assert_eq!(recv(&rx, &mut buf).await, 3);
     }
