@@ -865,6 +865,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_udp_reader_asks_for_gso_runs_only_while_its_socket_sends_them() {
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let tx = Arc::new(MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        // Not probed: the socket sends no GSO runs, whatever the reader was set up with.
+        assert!(!udp_reader_with(to, &tx, true).sends_gso_runs());
+        if tx.probe_gso() {
+            assert!(udp_reader_with(to, &tx, true).sends_gso_runs());
+            assert!(!udp_reader_with(to, &tx, false).sends_gso_runs());
+            tx.disable_gso();
+            assert!(!udp_reader_with(to, &tx, true).sends_gso_runs());
+        }
+    }
+
+    #[tokio::test]
     async fn sender_report_counts_leave_out_datagrams_the_kernel_refused() {
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let good = rx.local_addr().unwrap();

@@ -191,6 +191,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_gso_run_refused_turns_gso_off_for_its_socket_only() {
+        let tx = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let other = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        if !(tx.probe_gso() && other.probe_gso()) {
+            return; // no UDP GSO here
+        }
+        // The kernel refuses a run to port 0 with EINVAL, as it would a device's refusal.
+        let nowhere: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let packets = [[1u8; 100], [2u8; 100]];
+        let parts: Vec<IoSlice<'_>> = packets.iter().map(|p| IoSlice::new(p)).collect();
+        let run = Datagram {
+            to: nowhere,
+            parts: &parts,
+            segment: Some(100),
+            packets: 2,
+        };
+        let sent = send_batch(&tx, &[run]);
+        // Split and sent packet by packet, each refused (port 0) and counted.
+        assert_eq!((sent.packets, sent.dropped), (0, 2));
+        assert!(!tx.gso());
+        assert!(other.gso(), "another socket (another server's) keeps GSO");
+    }
+
+    #[tokio::test]
     async fn a_refused_message_is_dropped_and_named_and_the_rest_still_go() {
         let tx = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
