@@ -299,10 +299,11 @@ impl<'p> Egress<'p> {
         self.plan.runs()
     }
 
-    /// Queues `run` to `to` from `socket` (as one GSO message if `gso` and the socket still
-    /// sends GSO runs ([`MediaSocket::gso`]), else a message per packet); sent with other readers' messages in one `sendmmsg` (at most
-    /// [`udp_send::MAX_BATCH`] queued at a time), whose ingest → egress latency is
-    /// recorded into `latency` (the sending sink's server's histogram; `None`: nowhere).
+    /// Queues `run` to `to` from `socket` (as one GSO message if `gso` and the socket
+    /// still sends GSO runs ([`MediaSocket::gso`]), else a message per packet); sent with
+    /// other readers' messages in one `sendmmsg` (at most [`udp_send::MAX_BATCH`] queued
+    /// at a time), whose ingest → egress latency is recorded into `latency` (the sending
+    /// sink's server's histogram; `None`: nowhere).
     pub fn send_udp(
         &mut self,
         socket: &Arc<MediaSocket>,
