@@ -138,7 +138,7 @@ fn fan_out_udp(c: &mut Criterion) {
             sluice_server::media_socket::MediaSocket::bind("127.0.0.1:0".parse().expect("addr"))
                 .expect("bind"),
         );
-        let gso = gso && sluice_server::udp_send::probe_gso(&tx);
+        let gso = gso && tx.probe_gso();
         let rxs: Vec<std::net::UdpSocket> = (0..readers)
             .map(|_| {
                 let r = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");

@@ -420,7 +420,7 @@ impl AsyncWrite for SharedWrite {
         // `sendmsg` rather than tokio's `writev` (see `media_queue::send_vectored`).
         self.poll_with(cx, |s| {
             s.try_io(tokio::io::Interest::WRITABLE, || {
-                crate::media_queue::send_vectored(std::os::fd::AsRawFd::as_raw_fd(s), bufs)
+                crate::media_queue::send_vectored(s, bufs)
             })
         })
     }

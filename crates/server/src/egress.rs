@@ -299,10 +299,11 @@ impl<'p> Egress<'p> {
         self.plan.runs()
     }
 
-    /// Queues `run` to `to` from `socket` (as one GSO message if `gso`, else a message
-    /// per packet); sent with other readers' messages in one `sendmmsg` (at most
-    /// [`udp_send::MAX_BATCH`] queued at a time), whose ingest → egress latency is
-    /// recorded into `latency` (the sending sink's server's histogram; `None`: nowhere).
+    /// Queues `run` to `to` from `socket` (as one GSO message if `gso` and the socket
+    /// still sends GSO runs ([`MediaSocket::gso`]), else a message per packet); sent with
+    /// other readers' messages in one `sendmmsg` (at most [`udp_send::MAX_BATCH`] queued
+    /// at a time), whose ingest → egress latency is recorded into `latency` (the sending
+    /// sink's server's histogram; `None`: nowhere).
     pub fn send_udp(
         &mut self,
         socket: &Arc<MediaSocket>,
@@ -319,6 +320,7 @@ impl<'p> Egress<'p> {
             self.flush_udp();
             self.socket = Some(socket.clone());
         }
+        let gso = gso && socket.gso();
         let range = run.start..run.start + usize::from(run.packets);
         let parts = &self.plan.slices[range.clone()];
         if gso || run.packets == 1 {
@@ -510,7 +512,7 @@ mod tests {
         let tx = Arc::new(MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = rx.local_addr().unwrap();
-        let gso = udp_send::gso_enabled();
+        let gso = tx.probe_gso();
         let mut buffer = Vec::new();
         let plan = UdpPlan::new(&packets, gso, &mut buffer);
         let mut egress = Egress::new(&packets, &plan);

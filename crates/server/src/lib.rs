@@ -4,8 +4,11 @@
 //!
 //! Protocol decisions live in the sans-IO crates (`sluice-rtsp`, `sluice-rtp`) and in
 //! the pure modules here ([`presentation`], [`url`]); the rest owns sockets, tasks and
-//! timers and stays thin.
+//! timers and stays thin. System calls without a safe std, tokio or socket2 API (batched
+//! UDP sends, `sendmsg`, prefetch hints) are `sluice-net`'s, the one crate allowed
+//! `unsafe`; this crate forbids it.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod at_hand;

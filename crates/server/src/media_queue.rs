@@ -13,15 +13,16 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+use sluice_net::tcp::HeldFd;
 
 use crate::latency::LatencyHistogram;
 use crate::presentation::MAX_TRACKS;
@@ -159,15 +160,13 @@ struct Queued {
     frames: usize,
     /// The writer took items and has not come back empty-handed: it owns the socket.
     writing: bool,
-    /// The socket, for direct writes (plain TCP only; dropped once the writer is gone).
-    /// It keeps the socket, and so `direct_fd`, open.
-    direct: Option<Arc<OwnedWriteHalf>>,
-    /// `direct`'s file descriptor, read once: a direct write goes straight to `sendmsg(2)`
+    /// The socket, for direct writes (plain TCP only; dropped once the writer is gone),
+    /// with its file descriptor read once: a direct write goes straight to `sendmsg(2)`
     /// from here instead of through three pointers to tokio's readiness state, which
     /// with thousands of readers are cache misses per reader per batch (see
     /// [`crate::prefetch`]). Tokio's readiness is not updated by these writes; the
     /// writer task, which does go through tokio, meets any `EAGAIN` itself.
-    direct_fd: Option<RawFd>,
+    direct: Option<HeldFd<Arc<OwnedWriteHalf>>>,
 }
 
 impl Queued {
@@ -189,10 +188,7 @@ impl MediaQueue {
     pub fn new(capacity: usize, direct: Option<Arc<OwnedWriteHalf>>) -> MediaQueue {
         MediaQueue {
             state: Mutex::new(Queued {
-                direct_fd: direct
-                    .as_ref()
-                    .map(|w| AsRef::<TcpStream>::as_ref(&**w).as_raw_fd()),
-                direct,
+                direct: direct.map(HeldFd::new),
                 ..Queued::default()
             }),
             wake: Notify::new(),
@@ -335,11 +331,11 @@ impl MediaQueue {
     fn write_now<'q>(
         &self,
         mut q: MutexGuard<'q, Queued>,
-        write: impl FnOnce(RawFd) -> Direct,
+        write: impl FnOnce(BorrowedFd<'_>) -> Direct,
     ) -> Option<MutexGuard<'q, Queued>> {
-        let direct = match (&q.direct, q.direct_fd) {
-            // `q.direct` (held under the lock for the call) keeps `fd` open.
-            (Some(_), Some(fd)) if q.socket_free() => write(fd),
+        let direct = match &q.direct {
+            // `q.direct` (held under the lock for the call) keeps the socket open.
+            Some(socket) if q.socket_free() => write(socket.fd()),
             _ => Direct::NotWritten,
         };
         match direct {
@@ -365,7 +361,6 @@ impl MediaQueue {
         self.closed.store(true, Ordering::Release);
         let mut q = self.lock();
         q.direct = None;
-        q.direct_fd = None;
         drop(q);
         self.room.notify_one();
     }
@@ -417,7 +412,7 @@ thread_local! {
 
 /// Writes `item`'s interleaved frames to the socket `fd` with one non-blocking vectored
 /// write; a whole write's latency is recorded into `latency`.
-fn write_direct(fd: RawFd, item: &TcpOut, latency: Option<&LatencyHistogram>) -> Direct {
+fn write_direct(fd: BorrowedFd<'_>, item: &TcpOut, latency: Option<&LatencyHistogram>) -> Direct {
     let items = std::slice::from_ref(item);
     if matches!(item, TcpOut::Close) || 2 * item.frames() > MAX_IOV {
         return Direct::NotWritten;
@@ -471,7 +466,7 @@ pub fn record_latency(items: &[TcpOut], latency: Option<&LatencyHistogram>) {
 
 /// Writes `bytes` (an encoded response, or a framed batch) to the socket `fd` with one non-blocking write;
 /// the rest of a cut-short write is a slice of it, not a copy.
-fn write_bytes(fd: RawFd, bytes: &Bytes) -> Direct {
+fn write_bytes(fd: BorrowedFd<'_>, bytes: &Bytes) -> Direct {
     match send_vectored(fd, &[IoSlice::new(bytes)]) {
         Ok(n) if n >= bytes.len() => Direct::Written,
         Ok(n) if n > 0 => Direct::Partial(bytes.slice(n..)),
@@ -479,30 +474,17 @@ fn write_bytes(fd: RawFd, bytes: &Bytes) -> Direct {
     }
 }
 
-/// One non-blocking `sendmsg(2)` of `iov` to the TCP socket `fd`.
-/// The caller keeps `fd` open for the call.
+/// One non-blocking `sendmsg(2)` of `iov` (at most [`MAX_IOV`] slices of it) to the TCP
+/// socket `fd` ([`sluice_net::tcp::send_vectored`]: never blocks, a reader gone is an
+/// error and not a `SIGPIPE`).
 ///
 /// `sendmsg`, not `writev`: both end in the same `tcp_sendmsg`, but `writev` goes through
 /// the file layer first (`fdget_pos`, `rw_verify_area`, `fsnotify_modify`). With one small
 /// write per reader per frame that is measurable: at 1,000 readers of the 200 kb/s stream
 /// Sluice cost 3 % less CPU in 7 alternating pairs, and the floor's bare sender 18 % less.
-pub(crate) fn send_vectored(fd: RawFd, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+pub(crate) fn send_vectored(fd: impl AsFd, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
     let count = iov.len().min(MAX_IOV);
-    // SAFETY: an all-zero `msghdr` is valid (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr().cast::<libc::iovec>().cast_mut();
-    msg.msg_iovlen = count as _;
-    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (std guarantees it on
-    // Unix); the slices borrow live buffers for the call, and the kernel only reads
-    // them and at most `count` entries (it does not write through `msg_iov`); `fd` is
-    // open (the caller holds its owner). MSG_DONTWAIT: never block (tokio sockets are
-    // non-blocking anyway); MSG_NOSIGNAL: a reader gone is an error, not SIGPIPE.
-    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    sluice_net::tcp::send_vectored(fd, &iov[..count])
 }
 
 /// The bytes of `slices` after the first `n`, copied (only when a socket cuts a write short).
@@ -671,6 +653,7 @@ pub fn frame_stats(items: &[TcpOut]) -> (Option<Instant>, u64) {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
 
     fn frame(n: u8) -> TcpOut {
         TcpOut::Frame {

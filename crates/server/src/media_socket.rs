@@ -9,21 +9,29 @@
 //! never waits for room (a full send buffer drops and counts the datagram), so these
 //! sockets are registered for reading only, and the one sender that does wait for room
 //! (a reader's paced catch-up) asks the kernel with [`MediaSocket::has_room`].
+//!
+//! The registration and the system calls are `sluice-net`'s
+//! ([`sluice_net::udp::UdpSocket`]); this module decides the buffer sizes and keeps
+//! whether the socket sends GSO runs.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 /// A non-blocking UDP socket the runtime wakes a task on when a datagram arrives, and
-/// never for room to send.
+/// never for room to send; with whether it sends GSO runs as such.
 #[derive(Debug)]
 pub struct MediaSocket {
-    io: AsyncFd<Socket>,
+    io: sluice_net::udp::UdpSocket,
+    /// Whether GSO runs sent from this socket go as one message each: set by
+    /// [`MediaSocket::probe_gso`], cleared for good when the kernel or the device refuses
+    /// a run ([`crate::udp_send::send_batch`]). This socket's own, not the process's: a
+    /// server (or a test) next to another in one process does not turn GSO off for it.
+    gso: AtomicBool,
 }
 
 impl MediaSocket {
@@ -38,56 +46,55 @@ impl MediaSocket {
         MediaSocket::from_socket(socket)
     }
 
-    /// Wraps a bound UDP socket (made non-blocking here). Must be called within the runtime.
+    /// Wraps a bound UDP socket (made non-blocking here), GSO off until
+    /// [`MediaSocket::probe_gso`] finds it works. Must be called within the runtime.
     pub fn from_socket(socket: Socket) -> io::Result<MediaSocket> {
-        socket.set_nonblocking(true)?;
-        // SAFETY: the `Socket` owns its descriptor, returns that same one from every
-        // `as_raw_fd`, and closes it only when dropped, which is when the `AsyncFd` (after
-        // deregistering it) drops it.
-        let io = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        Ok(MediaSocket { io })
+        Ok(MediaSocket {
+            io: sluice_net::udp::UdpSocket::new(socket)?,
+            gso: AtomicBool::new(false),
+        })
+    }
+
+    /// Asks the kernel whether this socket can send GSO runs (Linux ≥ 4.18), turns GSO on
+    /// for it if so, and says whether it did.
+    pub fn probe_gso(&self) -> bool {
+        let on = sluice_net::udp::probe_gso(self);
+        self.gso.store(on, Ordering::Relaxed);
+        on
+    }
+
+    /// Whether GSO runs sent from this socket currently go as one message each (else
+    /// each packet is a message of its own): probed, and not refused since.
+    pub fn gso(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// Turns GSO off for good on this socket (the kernel or device refused a run).
+    pub(crate) fn disable_gso(&self) {
+        self.gso.store(false, Ordering::Relaxed);
     }
 
     /// The address the socket is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io
-            .get_ref()
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("not an IP socket"))
+        self.io.local_addr()
     }
 
     /// Waits for a datagram and appends it to `buf`'s spare capacity (a longer one is cut
     /// to fit); returns its length and sender. Cancel-safe: dropped while waiting, it has
     /// taken nothing.
     pub async fn recv_buf_from(&self, buf: &mut BytesMut) -> io::Result<(usize, SocketAddr)> {
-        loop {
-            let mut ready = self.io.readable().await?;
-            if let Ok(received) = ready.try_io(|io| recv_into(io.get_ref(), buf)) {
-                return received;
-            }
-        }
+        self.io.recv_buf_from(buf).await
     }
 
     /// Sends one datagram to `to` if the send buffer has room; never waits.
     pub fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.io.get_ref().send_to(data, &to.into())
+        self.io.socket().send_to(data, &to.into())
     }
 
     /// Whether the send buffer has room for more (what a tokio socket's write readiness
     /// reports), asked of the kernel without waiting.
     pub fn has_room(&self) -> bool {
-        let mut poll = libc::pollfd {
-            fd: self.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: `poll` is one valid, initialised pollfd that outlives the call, the
-        // count says one, and a zero timeout returns at once.
-        let n = unsafe { libc::poll(&mut poll, 1, 0) };
-        // On an error, say there is room: the send that follows reports it.
-        n != 1 || poll.revents & libc::POLLOUT != 0
+        self.io.has_room()
     }
 }
 
@@ -97,16 +104,10 @@ impl AsRawFd for MediaSocket {
     }
 }
 
-/// One non-blocking receive into `buf`'s spare capacity.
-fn recv_into(socket: &Socket, buf: &mut BytesMut) -> io::Result<(usize, SocketAddr)> {
-    let (n, from) = socket.recv_from(buf.spare_capacity_mut())?;
-    // SAFETY: `recv_from` wrote the datagram's first `n` bytes into the spare capacity
-    // (never more than its length), so they are initialised.
-    unsafe { buf.set_len(buf.len() + n) };
-    let from = from
-        .as_socket()
-        .ok_or_else(|| io::Error::other("datagram from a non-IP address"))?;
-    Ok((n, from))
+impl AsFd for MediaSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.as_fd()
+    }
 }
 
 #[cfg(test)]
@@ -128,5 +129,18 @@ mod tests {
                 .unwrap();
         assert_eq!((n, from), (5, a.local_addr().unwrap()));
         assert_eq!(&buf[..], b"oldhello");
+    }
+
+    #[tokio::test]
+    async fn gso_is_off_until_probed_and_each_socket_has_its_own() {
+        let a = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(!a.gso());
+        let on = a.probe_gso();
+        assert_eq!(a.gso(), on);
+        b.probe_gso();
+        a.disable_gso();
+        assert!(!a.gso());
+        assert_eq!(b.gso(), on);
     }
 }

@@ -615,12 +615,7 @@ impl Server {
 /// heap pages in its per-thread arenas (it only trims the top of the main heap), so
 /// without this the server's RSS stays at the storm's peak for good.
 fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and trims the allocator's own free lists; it takes
-    // the arena locks itself and is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    sluice_net::mem::release_freed_memory();
 }
 
 #[cfg(test)]

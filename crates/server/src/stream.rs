@@ -88,6 +88,12 @@ pub trait Sink: Send + Sync {
     /// A UDP message this sink queued in [`Egress::send_udp`] was refused by the kernel:
     /// what it counted for it, to take back.
     fn handle_refused(&self, _refund: Refund) {}
+    /// Whether this sink sends GSO runs (a UDP reader whose socket can): the stream then
+    /// plans its batches into runs ([`UdpPlan`]). Asked once, at subscription. The
+    /// default: no.
+    fn sends_gso_runs(&self) -> bool {
+        false
+    }
     /// The stream has ended; no more packets will come.
     fn handle_end(&self, reason: EndReason);
     /// The source reached the end of its media (a file's end or a PLAY range's end) but
@@ -198,6 +204,10 @@ pub struct Stream {
     plan_buffer: Mutex<Vec<u8>>,
     /// Sinks subscribed and not removed (joined or joining): whether a flush is offloaded.
     subscribed: AtomicUsize,
+    /// Whether a flush plans GSO runs: set for good once a sink that sends them
+    /// subscribed ([`Sink::sends_gso_runs`]). Each sink's socket still decides, at
+    /// send time, whether a run goes as one message; the runs are only the plan's copy.
+    gso_runs: AtomicBool,
 }
 
 pub use sluice_hub::gop::TrackStart;
@@ -246,6 +256,7 @@ impl Stream {
             outbox: Outbox::default(),
             plan_buffer: Mutex::new(Vec::new()),
             subscribed: AtomicUsize::new(0),
+            gso_runs: AtomicBool::new(false),
         })
     }
 
@@ -339,6 +350,9 @@ impl Stream {
     /// sink joins the delivery list at the next flush.
     pub fn subscribe(&self, sink: Arc<dyn Sink>) -> (SinkId, Vec<Option<TrackStart>>) {
         let id = SinkId(self.next_sink.fetch_add(1, Ordering::Relaxed));
+        if sink.sends_gso_runs() {
+            self.gso_runs.store(true, Ordering::Relaxed);
+        }
         if !self.is_ended() {
             let gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
             let starts = gop.starts(self.tracks.len(), |t| self.last_header(t));
@@ -554,7 +568,7 @@ impl Stream {
         let mut lent = self.plan_buffer.try_lock().ok();
         let mut own = Vec::new();
         let buffer = lent.as_deref_mut().unwrap_or(&mut own);
-        let plan = UdpPlan::new(batch, crate::udp_send::gso_enabled(), buffer);
+        let plan = UdpPlan::new(batch, self.gso_runs.load(Ordering::Relaxed), buffer);
         let sent = crate::fanout::deliver(&sinks, batch, &plan);
         drop(sinks);
         if sent.dropped > 0 && self.udp_dropped.fetch_add(sent.dropped, Ordering::Relaxed) == 0 {

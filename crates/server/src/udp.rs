@@ -56,7 +56,7 @@ impl UdpHub {
     pub async fn bind(ip: std::net::IpAddr, rtp_port: u16) -> std::io::Result<UdpHub> {
         let rtp = MediaSocket::bind(SocketAddr::new(ip, rtp_port))?;
         let rtcp = MediaSocket::bind(SocketAddr::new(ip, rtp_port + 1))?;
-        let gso = crate::udp_send::probe_gso(&rtp);
+        let gso = rtp.probe_gso();
         debug!(gso, "UDP segmentation offload");
         Ok(UdpHub {
             gso,

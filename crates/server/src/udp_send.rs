@@ -1,75 +1,18 @@
 //! Batched UDP egress: many datagrams, to many readers, in one `sendmmsg(2)` call, each
 //! message optionally a UDP GSO run (`UDP_SEGMENT`: several equal-sized RTP packets to
-//! one reader that the kernel splits into datagrams).
+//! one reader that the kernel splits into datagrams). The fan-out of one frame to N
+//! readers is then N/64 system calls instead of N × packets.
 //!
-//! Hand-written over `libc` because no maintained crate does this: `quinn-udp` sends one
-//! message per syscall (GSO but no `sendmmsg`), tokio and socket2 neither batch nor take
-//! control messages. The fan-out of one frame to N readers is then N/64 syscalls
-//! instead of N × packets.
+//! The system call itself is `sluice-net`'s ([`sluice_net::udp::sendmmsg`]); this module
+//! decides what is sent: it plans runs, drops (and counts) what the kernel refuses, and
+//! resends a run the device refuses as GSO packet by packet, turning GSO off for the
+//! socket ([`MediaSocket::gso`]).
 
 use std::io::IoSlice;
-use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::media_socket::MediaSocket;
 
-/// Most messages per `sendmmsg` call.
-pub const MAX_BATCH: usize = 64;
-/// Most segments in one GSO message (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
-pub const MAX_SEGMENTS: usize = 64;
-/// Most bytes in one GSO message (an IP packet's limit, less headers).
-pub const MAX_GSO_BYTES: usize = 65_000;
-
-/// Whether GSO is used; cleared for good when the kernel or device refuses it.
-static GSO: AtomicBool = AtomicBool::new(true);
-
-/// Whether the socket can send GSO runs: probes `UDP_SEGMENT` once (Linux ≥ 4.18).
-pub fn probe_gso(socket: &MediaSocket) -> bool {
-    let on = set_segment(socket, 1200).is_ok() && set_segment(socket, 0).is_ok();
-    if !on {
-        GSO.store(false, Ordering::Relaxed);
-    }
-    on
-}
-
-/// Whether GSO runs are currently sent as such (else each packet is its own message).
-pub fn gso_enabled() -> bool {
-    GSO.load(Ordering::Relaxed)
-}
-
-fn set_segment(socket: &MediaSocket, size: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid local; the fd is
-    // owned by `socket` and open for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// One message: a datagram, or (with `segment`) a GSO run of datagrams of `segment` bytes
-/// each (the last may be shorter), all to `to`.
-#[derive(Debug, Clone, Copy)]
-pub struct Datagram<'a> {
-    /// Destination.
-    pub to: SocketAddr,
-    /// The bytes, gathered from these slices (packets of a run, back to back).
-    pub parts: &'a [IoSlice<'a>],
-    /// GSO segment size, when the message is a run of more than one packet.
-    pub segment: Option<u16>,
-    /// Packets in the message (1, or the run's length).
-    pub packets: u16,
-}
+pub use sluice_net::udp::{Datagram, MAX_BATCH, MAX_GSO_BYTES, MAX_SEGMENTS};
 
 /// What a batch send did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +35,8 @@ impl std::ops::AddAssign for Sent {
 
 /// Sends `msgs` from `socket` (non-blocking) in `sendmmsg` batches of up to [`MAX_BATCH`].
 /// A message the kernel refuses is dropped (UDP semantics; counted) and the rest still go.
-/// A GSO run refused as such (EIO/EINVAL: no checksum offload) turns GSO off and is
-/// resent packet by packet.
+/// A GSO run refused as such (EIO/EINVAL: no checksum offload) turns GSO off for
+/// `socket` and is resent packet by packet.
 pub fn send_batch(socket: &MediaSocket, msgs: &[Datagram<'_>]) -> Sent {
     send_batch_noting(socket, msgs, |_| {})
 }
@@ -110,7 +53,7 @@ pub fn send_batch_noting(
     let mut rest = msgs;
     while !rest.is_empty() {
         let chunk = &rest[..rest.len().min(MAX_BATCH)];
-        let (n, mut err) = sendmmsg(socket, chunk);
+        let (n, mut err) = sluice_net::udp::sendmmsg(socket, chunk);
         sent.syscalls += 1;
         if n == 0 && err.is_none() {
             err = Some(std::io::ErrorKind::WriteZero.into());
@@ -122,10 +65,9 @@ pub fn send_batch_noting(
             let Some((first, after)) = rest.split_first() else {
                 break;
             };
-            let gso_refused = first.segment.is_some()
-                && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL));
+            let gso_refused = first.segment.is_some() && sluice_net::udp::refuses_gso(&e);
             if gso_refused {
-                GSO.store(false, Ordering::Relaxed);
+                socket.disable_gso();
                 sent += send_split(socket, first);
             } else {
                 sent.dropped += u64::from(first.packets);
@@ -162,104 +104,6 @@ fn send_split(socket: &MediaSocket, run: &Datagram<'_>) -> Sent {
     send_batch(socket, &singles)
 }
 
-/// Room for one message's control data: a `UDP_SEGMENT` cmsg carrying a u16.
-const CMSG_SPACE: usize = 32;
-
-/// One `sendmmsg` over `msgs` (≤ MAX_BATCH): how many were sent, and the error that
-/// stopped it before the end, if any.
-fn sendmmsg(socket: &MediaSocket, msgs: &[Datagram<'_>]) -> (usize, Option<std::io::Error>) {
-    let len = msgs.len().min(MAX_BATCH);
-    let msgs = &msgs[..len];
-    // Plain-old-data arrays on the stack: zeroed is a valid value for all of them.
-    // SAFETY: mmsghdr, sockaddr_storage are C structs for which all-zero bytes are valid.
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    let mut cmsgs = [[0u64; CMSG_SPACE / 8]; MAX_BATCH];
-    for (i, m) in msgs.iter().enumerate() {
-        let addr_len = write_sockaddr(&mut addrs[i], m.to);
-        let hdr = &mut hdrs[i].msg_hdr;
-        hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-        hdr.msg_namelen = addr_len;
-        // IoSlice is ABI-compatible with iovec on Unix (documented by std).
-        hdr.msg_iov = m.parts.as_ptr() as *mut libc::iovec;
-        hdr.msg_iovlen = m.parts.len() as _;
-        // A run planned as one GSO message always carries its segment size: sent without
-        // it, the kernel would send the whole run as one concatenated datagram. (Whether
-        // to plan runs at all is decided earlier, by `gso_enabled()`; a run refused here
-        // is split by `send_batch`.)
-        if let Some(seg) = m.segment {
-            let buf = &mut cmsgs[i];
-            hdr.msg_control = buf.as_mut_ptr().cast();
-            // SAFETY: CMSG_SPACE of a u16 is 24 bytes on 64-bit Linux (16 on 32-bit),
-            // within the 32-byte, 8-aligned buffer; the macros only compute offsets
-            // within it.
-            unsafe {
-                hdr.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as _;
-                let c = libc::CMSG_FIRSTHDR(hdr);
-                (*c).cmsg_level = libc::SOL_UDP;
-                (*c).cmsg_type = libc::UDP_SEGMENT;
-                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
-            }
-        }
-    }
-    loop {
-        // SAFETY: `hdrs[..len]` are initialized above; each points at an address in
-        // `addrs`, control data in `cmsgs` and iovecs borrowed from `msgs`, all alive
-        // until this call returns. The fd belongs to `socket`.
-        let r = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                len as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if r >= 0 {
-            let n = r as usize;
-            // A partial send stops before a failing message: the caller retries from there,
-            // which sends it or returns its error.
-            return (n, None);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        return (0, Some(e));
-    }
-}
-
-/// Writes `addr` as a C socket address; returns its length.
-fn write_sockaddr(out: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
-            let sin =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.ip().octets()),
-            };
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in6.
-            let sin6 =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr = libc::in6_addr {
-                s6_addr: a.ip().octets(),
-            };
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-        }
-    }
-}
-
 /// Splits one track's packets (in order) into sendable messages' packet ranges: runs of
 /// equal-sized packets (the last of a run may be shorter) within the GSO limits, or
 /// single packets when GSO is off.
@@ -290,6 +134,7 @@ pub fn runs(sizes: impl IntoIterator<Item = usize>, gso: bool, out: &mut Vec<(us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     fn r(sizes: &[usize], gso: bool) -> Vec<(usize, usize, u16)> {
@@ -346,6 +191,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_gso_run_refused_turns_gso_off_for_its_socket_only() {
+        let tx = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let other = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        if !(tx.probe_gso() && other.probe_gso()) {
+            return; // no UDP GSO here
+        }
+        // The kernel refuses a run to port 0 with EINVAL, as it would a device's refusal.
+        let nowhere: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let packets = [[1u8; 100], [2u8; 100]];
+        let parts: Vec<IoSlice<'_>> = packets.iter().map(|p| IoSlice::new(p)).collect();
+        let run = Datagram {
+            to: nowhere,
+            parts: &parts,
+            segment: Some(100),
+            packets: 2,
+        };
+        let sent = send_batch(&tx, &[run]);
+        // Split and sent packet by packet, each refused (port 0) and counted.
+        assert_eq!((sent.packets, sent.dropped), (0, 2));
+        assert!(!tx.gso());
+        assert!(other.gso(), "another socket (another server's) keeps GSO");
+    }
+
+    #[tokio::test]
     async fn a_refused_message_is_dropped_and_named_and_the_rest_still_go() {
         let tx = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -379,7 +248,7 @@ mod tests {
         let tx = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let rx1 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let rx2 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let gso = probe_gso(&tx);
+        let gso = tx.probe_gso();
         let a = [7u8; 1000];
         let b = [8u8; 1000];
         let c = [9u8; 300];
