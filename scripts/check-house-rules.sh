@@ -9,7 +9,7 @@
 #   2. The sans-IO crates read no clock outside tests: no `Instant::now()` / `SystemTime::now()`
 #      in their src/ before the file's `#[cfg(test)]` (fuzzing helpers, compiled only
 #      with the `fuzzing` feature, count as tests).
-#   3. `unsafe` appears only in the crates allowed it (see UNSAFE_ALLOWED); every other
+#   3. `unsafe` appears only in the net crate and tools/ (UNSAFE_ALLOWED); every other
 #      library crate root says `#![forbid(unsafe_code)]`.
 #   4. A server module folder (crates/server/src/<module>/) imports no other module folder
 #      (config and auth are shared by all).
@@ -19,8 +19,7 @@ cd "$(dirname "$0")/.."
 
 SANS_IO=(rtsp rtp codec media hub)
 FORBIDDEN_DEPS='^(tokio|mio|libc|socket2|io-uring) '
-# The server's fast path keeps its system calls until they move to the net crate (issue 22).
-UNSAFE_ALLOWED=(crates/net crates/server tools)
+UNSAFE_ALLOWED=(crates/net tools)
 fail=0
 breach() { echo "house rule: $*" >&2; fail=1; }
 
