@@ -5,6 +5,14 @@
 //! Timing: each track's RTP timestamps are unwrapped relative to its RTP-Info `rtptime`
 //! (all tracks' rtptimes name the same instant, so tracks stay in sync), and the file
 //! starts at the first video keyframe (or first audio frame when there is no video).
+//! A sender whose RTP clock does not advance (every access unit with one timestamp, as a
+//! GStreamer pipeline fed untimestamped buffers sends) cannot be timed by RTP; such a track
+//! is timed by arrival instead (see [`TrackClock`]).
+//!
+//! Bounds: the file must be able to start (every recorded track's parameter sets and, with
+//! video, a keyframe) within [`START_TIMEOUT`], or recording fails naming the track and
+//! what it lacks; a `duration` ends the run in wall time too, so a stream whose media time
+//! stalls cannot keep it open.
 
 use std::fs::File;
 use std::future::Future;
@@ -16,10 +24,24 @@ use sluice_codec::depacketizer::{AccessUnit, Depacketizer};
 use sluice_media::mux::Mp4Writer;
 use sluice_rtp::packet::parse_rtp;
 use sluice_rtp::stats::ReceiverStats;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::probe::{media_descs, redact};
 use crate::{ClientEvent, ClientMode, Connection, ConnectionError, Options};
+
+/// How long recording may take to start: from connecting until every recorded track's
+/// parameter sets and (with video) a keyframe are known. Long enough for a camera with a
+/// several-second GOP, short enough that a stream that can never be recorded is reported
+/// instead of waited on forever.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Once the file started, a `duration` run ends at the latest this long after the duration
+/// has passed in wall time, even if the stream's media time lags (or stalls).
+const DURATION_SLACK: Duration = Duration::from_secs(5);
+
+/// Access units buffered before the file can start; more means the stream cannot start a
+/// file in any reasonable time (bounds memory, not only time).
+const MAX_PENDING_BYTES: usize = 256 << 20;
 
 /// Why a recording failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +52,23 @@ pub enum RecordError {
     /// No track can be recorded.
     #[error("no recordable track (supported: H.264, H.265, AAC, Opus); offered: {0}")]
     NoTracks(String),
-    /// Codec parameters never became known.
-    #[error("no codec parameters (SPS/PPS) received for track {0}")]
-    NoParams(usize),
+    /// The stream never started playing.
+    #[error("the stream did not start playing within {0:.1?}; nothing was written")]
+    NotPlaying(Duration),
+    /// The file could not start: a recorded track lacked what the file needs first.
+    #[error(
+        "cannot record track {track} ({encoding}): {missing} within {waited:.1?}; nothing was written"
+    )]
+    NotStarted {
+        /// Index of the track in the SDP.
+        track: usize,
+        /// Its SDP encoding name (e.g. `H264`).
+        encoding: String,
+        /// What it lacked.
+        missing: Missing,
+        /// How long recording waited.
+        waited: Duration,
+    },
     /// Writing the file failed.
     #[error("cannot write {path}: {reason}")]
     Write {
@@ -41,6 +77,30 @@ pub enum RecordError {
         /// Why.
         reason: String,
     },
+}
+
+/// What a track lacked when the file could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// No RTP packet arrived on it.
+    Media,
+    /// Its codec parameter sets (H.264 SPS/PPS, H.265 VPS/SPS/PPS) were neither in the SDP
+    /// (`sprop-*`) nor in-band.
+    ParameterSets,
+    /// No keyframe (H.264 IDR, H.265 IRAP) arrived, so no video could be decoded.
+    Keyframe,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Missing::Media => "no RTP packets arrived",
+            Missing::ParameterSets => {
+                "no parameter sets (SPS/PPS) arrived, neither in the SDP's sprop nor in-band"
+            }
+            Missing::Keyframe => "no keyframe arrived",
+        })
+    }
 }
 
 /// What to record.
@@ -71,11 +131,69 @@ pub struct RecordStats {
     pub elapsed: Duration,
 }
 
+/// A track whose RTP timestamp has not changed across access units arriving this long apart
+/// (seconds) has a frozen RTP clock. Several access units with one timestamp within a
+/// moment are normal (slices sent with their own marker bits); half a second of them is not.
+const FROZEN_AFTER: f64 = 0.5;
+
+/// How a track's access units are timed: by RTP timestamp, or by arrival when the sender's
+/// RTP clock does not advance (RFC 3550 wants a timestamp per sampling instant, but a
+/// GStreamer pipeline fed untimestamped buffers, for one, stamps every frame alike).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TrackClock {
+    /// No access unit yet.
+    Unseen,
+    /// All access units so far carried `ts`; the first arrived at `since` (seconds).
+    Probing { ts: u32, since: f64 },
+    /// Timestamps advance: time by RTP.
+    Rtp,
+    /// Timestamps are frozen: time by arrival.
+    Arrival,
+}
+
+impl TrackClock {
+    /// Notes an access unit with RTP timestamp `ts` arriving at `at` (seconds).
+    fn observe(&mut self, ts: u32, at: f64) {
+        match *self {
+            TrackClock::Unseen => *self = TrackClock::Probing { ts, since: at },
+            TrackClock::Probing { ts: first, since } => {
+                if ts != first {
+                    *self = TrackClock::Rtp;
+                } else if at - since >= FROZEN_AFTER {
+                    *self = TrackClock::Arrival;
+                }
+            }
+            TrackClock::Rtp | TrackClock::Arrival => {}
+        }
+    }
+
+    /// Whether the timing is known well enough at `now` (seconds) to start the file: a track
+    /// still probing may turn out frozen, so the file waits for it (at most [`FROZEN_AFTER`]).
+    fn settled(&self, now: f64) -> bool {
+        match *self {
+            TrackClock::Probing { since, .. } => now - since >= FROZEN_AFTER,
+            _ => true,
+        }
+    }
+
+    /// The time of an access unit: `rtp` from its timestamp, `arrival` from its arrival
+    /// (both seconds on the recording's timeline).
+    fn pick(&self, rtp: f64, arrival: f64) -> f64 {
+        match self {
+            TrackClock::Arrival => arrival,
+            _ => rtp,
+        }
+    }
+}
+
 struct Track {
     dep: Depacketizer,
+    encoding: String,
     clock: u32,
     video: bool,
     stats: ReceiverStats,
+    packets: u64,
+    timing: TrackClock,
     origin: Option<u32>,
     last_ts: u32,
     last_rel: i64,
@@ -97,13 +215,37 @@ impl Track {
     }
 }
 
+/// An access unit waiting for the file to start, with both of its possible times (seconds).
+struct Pending {
+    track: usize,
+    rtp_secs: f64,
+    arrival_secs: f64,
+    au: AccessUnit,
+}
+
+/// The file once it started.
+struct Output {
+    writer: Mp4Writer<BufWriter<File>>,
+    /// Writer track of each SDP track (None: not recorded).
+    index: Vec<Option<usize>>,
+    /// Recording time (seconds) of the file's start.
+    origin: f64,
+    /// When it started.
+    at: Instant,
+}
+
 /// Records until the duration is reached, the stream ends, or `stop` completes; `progress`
 /// is called about once a second.
+///
+/// Fails with [`RecordError::NotStarted`] (nothing written) when the file cannot start
+/// within [`START_TIMEOUT`] or before the stream ends; with a `duration`, returns at the
+/// latest a few seconds after the duration in wall time, even if less media arrived.
 pub async fn record(
     opts: RecordOptions,
     stop: impl Future<Output = ()>,
     mut progress: impl FnMut(&RecordStats),
 ) -> Result<RecordStats, RecordError> {
+    let started = Instant::now();
     let mut conn = Connection::open(Options {
         url: opts.url.clone(),
         credentials: None,
@@ -112,24 +254,30 @@ pub async fn record(
         connect_timeout: Duration::from_secs(10),
     })
     .await?;
-    let started = Instant::now();
     let out_path = opts.output.display().to_string();
     let mut tracks: Vec<Option<Track>> = Vec::new();
-    // Access units waiting for the writer: (track, seconds since origin, AU).
-    let mut pending: Vec<(usize, f64, AccessUnit)> = Vec::new();
-    let mut writer: Option<Mp4Writer<BufWriter<File>>> = None;
-    let mut writer_index: Vec<Option<usize>> = Vec::new();
-    let mut origin_secs = 0.0f64;
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let mut output: Option<Output> = None;
+    // Arrival times count from PLAY, the instant the RTP-Info rtptimes name.
+    let mut playing_at: Option<Instant> = None;
     let mut stats = RecordStats::default();
     let mut last_progress = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
         let ev = tokio::select! {
-            ev = conn.next_event() => ev,
+            ev = conn.next_event() => Some(ev),
+            _ = tick.tick() => None,
             _ = &mut stop => break,
         };
+        let now = Instant::now();
+        let base = playing_at.unwrap_or(started);
+        let now_secs = now.saturating_duration_since(base).as_secs_f64();
         match ev {
-            Ok(ClientEvent::Described { sdp, .. }) => {
+            None => {}
+            Some(Ok(ClientEvent::Described { sdp, .. })) => {
                 let descs = media_descs(&sdp).map_err(|e| RecordError::NoTracks(e.to_string()))?;
                 for (i, d) in descs.iter().enumerate() {
                     match Depacketizer::new(
@@ -140,8 +288,11 @@ pub async fn record(
                     ) {
                         Ok(dep) => tracks.push(Some(Track {
                             clock: d.clock_rate.max(1),
+                            encoding: d.encoding.clone(),
                             video: d.media == "video",
                             stats: ReceiverStats::new(d.clock_rate.max(1)),
+                            packets: 0,
+                            timing: TrackClock::Unseen,
                             dep,
                             origin: None,
                             last_ts: 0,
@@ -160,20 +311,22 @@ pub async fn record(
                     return Err(RecordError::NoTracks(offered.join(", ")));
                 }
             }
-            Ok(ClientEvent::Playing { rtp_info, .. }) => {
+            Some(Ok(ClientEvent::Playing { rtp_info, .. })) => {
+                playing_at = Some(now);
                 for (t, info) in tracks.iter_mut().zip(rtp_info) {
                     if let (Some(t), Some(ts)) = (t, info.and_then(|i| i.rtptime)) {
                         t.origin = Some(ts);
                     }
                 }
             }
-            Ok(ClientEvent::Rtp { track, data }) => {
+            Some(Ok(ClientEvent::Rtp { track, data })) => {
                 stats.packets += 1;
                 let Some(Some(t)) = tracks.get_mut(track) else {
                     continue;
                 };
+                t.packets += 1;
                 if let Ok(h) = parse_rtp(&data) {
-                    t.stats.handle_packet(&h, Instant::now());
+                    t.stats.handle_packet(&h, now);
                 }
                 let aus = match t.dep.push(&data) {
                     Ok(a) => a,
@@ -183,14 +336,20 @@ pub async fn record(
                     }
                 };
                 for au in aus {
+                    let was = t.timing;
+                    t.timing.observe(au.rtp_timestamp, now_secs);
+                    if t.timing == TrackClock::Arrival && was != TrackClock::Arrival {
+                        warn!(track, encoding = %t.encoding, "the sender's RTP timestamps do not advance; timing the track by arrival");
+                    }
                     let rel = t.rel(au.rtp_timestamp);
-                    let secs = rel as f64 / f64::from(t.clock);
-                    match &mut writer {
-                        Some(w) => {
-                            let Some(Some(wi)) = writer_index.get(track) else {
+                    let rtp_secs = rel as f64 / f64::from(t.clock);
+                    match &mut output {
+                        Some(o) => {
+                            let Some(Some(wi)) = o.index.get(track) else {
                                 continue;
                             };
-                            write_au(w, *wi, t, secs - origin_secs, &au).map_err(|reason| {
+                            let secs = t.timing.pick(rtp_secs, now_secs) - o.origin;
+                            write_au(&mut o.writer, *wi, t, secs, &au).map_err(|reason| {
                                 RecordError::Write {
                                     path: out_path.clone(),
                                     reason,
@@ -198,44 +357,59 @@ pub async fn record(
                             })?;
                             stats.duration = stats
                                 .duration
-                                .max(Duration::from_secs_f64((secs - origin_secs).max(0.0)));
+                                .max(Duration::from_secs_f64(secs.max(0.0)));
                         }
-                        None => pending.push((track, secs, au)),
-                    }
-                }
-                if writer.is_none() {
-                    if let Some((w, idx, origin)) = try_start(&opts, &mut tracks, &mut pending)? {
-                        writer = Some(w);
-                        writer_index = idx;
-                        origin_secs = origin;
-                    } else if pending.len() > 20_000 {
-                        let missing = tracks
-                            .iter()
-                            .position(|t| t.as_ref().is_some_and(|t| t.dep.params().is_none()))
-                            .unwrap_or(0);
-                        return Err(RecordError::NoParams(missing));
-                    }
-                }
-                if let Some(limit) = opts.duration {
-                    if stats.duration >= limit {
-                        break;
+                        None => {
+                            pending_bytes += au.data.len();
+                            pending.push(Pending {
+                                track,
+                                rtp_secs,
+                                arrival_secs: now_secs,
+                                au,
+                            });
+                        }
                     }
                 }
             }
-            Ok(ClientEvent::Closed) | Err(ConnectionError::Closed) => break,
-            Ok(_) => {}
-            Err(e) => {
-                if writer.is_none() {
+            Some(Ok(ClientEvent::Closed)) | Some(Err(ConnectionError::Closed)) => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                if output.is_none() {
                     return Err(e.into());
                 }
                 warn!(url = %redact(&opts.url), error = %e, "stream ended with an error; finishing the file");
                 break;
             }
         }
+        if output.is_none() && playing_at.is_some() {
+            output = try_start(&opts, &mut tracks, &mut pending, now_secs)?;
+            if output.is_some() {
+                pending_bytes = 0;
+                info!(output = %out_path, waited_ms = now.duration_since(started).as_millis() as u64, "recording started");
+            } else if pending_bytes > MAX_PENDING_BYTES
+                || now.duration_since(started) >= START_TIMEOUT
+            {
+                return Err(not_started(&tracks, &pending, now.duration_since(started)));
+            }
+        } else if output.is_none() && now.duration_since(started) >= START_TIMEOUT {
+            return Err(RecordError::NotPlaying(now.duration_since(started)));
+        }
+        if let (Some(limit), Some(o)) = (opts.duration, &output) {
+            if stats.duration >= limit {
+                break;
+            }
+            if now.duration_since(o.at) >= limit + DURATION_SLACK {
+                warn!(
+                    recorded_ms = stats.duration.as_millis() as u64,
+                    "the stream delivered less media than wall time passed; finishing the file"
+                );
+                break;
+            }
+        }
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             stats.elapsed = started.elapsed();
-            stats.bytes = writer.as_ref().map_or(0, |w| w.bytes_written());
+            stats.bytes = output.as_ref().map_or(0, |o| o.writer.bytes_written());
             stats.lost = tracks
                 .iter()
                 .flatten()
@@ -251,70 +425,115 @@ pub async fn record(
         .flatten()
         .map(|t| t.stats.cumulative_lost())
         .sum();
-    match writer {
-        Some(w) => {
-            stats.bytes = w.bytes_written();
-            let inner = w.finish().map_err(|e| RecordError::Write {
+    match output {
+        Some(o) => {
+            stats.bytes = o.writer.bytes_written();
+            let inner = o.writer.finish().map_err(|e| RecordError::Write {
                 path: out_path.clone(),
                 reason: e.to_string(),
             })?;
-            inner.into_inner().map_err(|e| RecordError::Write {
+            let file = inner.into_inner().map_err(|e| RecordError::Write {
                 path: out_path.clone(),
                 reason: e.to_string(),
             })?;
+            stats.bytes = file.metadata().map_or(stats.bytes, |m| m.len());
         }
-        None => {
-            let missing = tracks
-                .iter()
-                .position(|t| t.as_ref().is_some_and(|t| t.dep.params().is_none()))
-                .unwrap_or(0);
-            return Err(RecordError::NoParams(missing));
+        None if playing_at.is_none() => {
+            return Err(RecordError::NotPlaying(started.elapsed()));
         }
+        None => return Err(not_started(&tracks, &pending, started.elapsed())),
     }
     progress(&stats);
     Ok(stats)
 }
 
-/// Creates the writer once every recorded track's parameters are known and (with video)
-/// a keyframe arrived; writes the pending access units from that keyframe on.
-#[allow(clippy::type_complexity)]
+/// Why the file has not started: the first recorded track that got no packets while lacking
+/// parameter sets, else the first one lacking parameter sets, else the first video track
+/// without a keyframe, else the first track without packets.
+fn not_started(tracks: &[Option<Track>], pending: &[Pending], waited: Duration) -> RecordError {
+    let recorded = || tracks.iter().enumerate().filter_map(|(i, t)| Some((i, t.as_ref()?)));
+    let no_params = recorded().find(|(_, t)| t.dep.params().is_none());
+    let found = match no_params {
+        Some((i, t)) if t.packets == 0 => Some((i, t, Missing::Media)),
+        Some((i, t)) => Some((i, t, Missing::ParameterSets)),
+        None => recorded()
+            .find(|(i, t)| {
+                t.video && !pending.iter().any(|p| p.track == *i && p.au.keyframe)
+            })
+            .map(|(i, t)| {
+                let missing = if t.packets == 0 {
+                    Missing::Media
+                } else {
+                    Missing::Keyframe
+                };
+                (i, t, missing)
+            })
+            .or_else(|| {
+                recorded()
+                    .find(|(_, t)| t.packets == 0)
+                    .map(|(i, t)| (i, t, Missing::Media))
+            }),
+    };
+    let (track, t, missing) = match found {
+        Some(f) => f,
+        // Everything was at hand but the file still did not start (a track's timing was
+        // still being probed when the stream ended): report the first track's lack of media.
+        None => match recorded().next() {
+            Some((i, t)) => (i, t, Missing::Media),
+            None => return RecordError::NoTracks(String::new()),
+        },
+    };
+    RecordError::NotStarted {
+        track,
+        encoding: t.encoding.clone(),
+        missing,
+        waited,
+    }
+}
+
+/// Creates the writer once every recorded track's parameters and timing are known and
+/// (with video) a keyframe arrived; writes the pending access units from that keyframe on.
 fn try_start(
     opts: &RecordOptions,
     tracks: &mut [Option<Track>],
-    pending: &mut Vec<(usize, f64, AccessUnit)>,
-) -> Result<Option<(Mp4Writer<BufWriter<File>>, Vec<Option<usize>>, f64)>, RecordError> {
-    if tracks.iter().flatten().any(|t| t.dep.params().is_none()) {
+    pending: &mut Vec<Pending>,
+    now_secs: f64,
+) -> Result<Option<Output>, RecordError> {
+    if tracks
+        .iter()
+        .flatten()
+        .any(|t| t.dep.params().is_none() || !t.timing.settled(now_secs))
+    {
         return Ok(None);
     }
+    let secs_of = |tracks: &[Option<Track>], p: &Pending| {
+        tracks
+            .get(p.track)
+            .and_then(|t| t.as_ref())
+            .map(|t| t.timing.pick(p.rtp_secs, p.arrival_secs))
+    };
     let has_video = tracks.iter().flatten().any(|t| t.video);
-    let origin = if has_video {
-        match pending.iter().find(|(i, _, au)| {
-            au.keyframe
+    let first = if has_video {
+        pending.iter().find(|p| {
+            p.au.keyframe
                 && tracks
-                    .get(*i)
+                    .get(p.track)
                     .and_then(|t| t.as_ref())
                     .is_some_and(|t| t.video)
-        }) {
-            Some((_, secs, _)) => *secs,
-            None => return Ok(None),
-        }
+        })
     } else {
-        match pending.first() {
-            Some((_, secs, _)) => *secs,
-            None => return Ok(None),
-        }
+        pending.first()
+    };
+    let Some(origin) = first.and_then(|p| secs_of(tracks, p)) else {
+        return Ok(None);
     };
     let mut index = Vec::with_capacity(tracks.len());
     let mut params = Vec::new();
     for t in tracks.iter() {
-        match t {
-            Some(t) => {
+        match t.as_ref().and_then(|t| t.dep.params()) {
+            Some(p) => {
                 index.push(Some(params.len()));
-                params.push(
-                    t.dep
-                        .params()
-                        .unwrap_or_else(|| unreachable!("checked above")),
-                );
+                params.push(p);
             }
             None => index.push(None),
         }
@@ -328,19 +547,27 @@ fn try_start(
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    for (i, secs, au) in pending.drain(..) {
+    for p in pending.drain(..) {
+        let Some(secs) = secs_of(tracks, &p) else {
+            continue;
+        };
         if secs < origin - 1e-6 {
             continue;
         }
-        let (Some(Some(t)), Some(Some(wi))) = (tracks.get_mut(i), index.get(i)) else {
+        let (Some(Some(t)), Some(Some(wi))) = (tracks.get_mut(p.track), index.get(p.track)) else {
             continue;
         };
-        write_au(&mut w, *wi, t, secs - origin, &au).map_err(|reason| RecordError::Write {
+        write_au(&mut w, *wi, t, secs - origin, &p.au).map_err(|reason| RecordError::Write {
             path: path.clone(),
             reason,
         })?;
     }
-    Ok(Some((w, index, origin)))
+    Ok(Some(Output {
+        writer: w,
+        index,
+        origin,
+        at: Instant::now(),
+    }))
 }
 
 fn write_au(
@@ -363,4 +590,60 @@ fn write_au(
     t.last_dts = Some(dts);
     w.write_sample(index, dts, offset, au.keyframe, &au.data)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advancing_timestamps_time_by_rtp_at_the_second_access_unit() {
+        let mut c = TrackClock::Unseen;
+        assert!(c.settled(0.0));
+        c.observe(1000, 0.0);
+        assert!(!c.settled(0.1), "one access unit says nothing yet");
+        c.observe(4000, 0.033);
+        assert_eq!(c, TrackClock::Rtp);
+        assert!(c.settled(0.033));
+        assert_eq!(c.pick(1.0, 2.0), 1.0);
+        // A later repeat (slices with their own marker bits) changes nothing.
+        c.observe(4000, 5.0);
+        assert_eq!(c, TrackClock::Rtp);
+    }
+
+    #[test]
+    fn a_frozen_clock_is_timed_by_arrival_after_half_a_second() {
+        let mut c = TrackClock::Unseen;
+        for i in 0..15 {
+            c.observe(77, f64::from(i) / 30.0);
+        }
+        assert!(matches!(c, TrackClock::Probing { .. }));
+        assert!(!c.settled(0.4));
+        c.observe(77, 0.5);
+        assert_eq!(c, TrackClock::Arrival);
+        assert_eq!(c.pick(0.0, 2.5), 2.5);
+    }
+
+    #[test]
+    fn a_single_access_unit_settles_after_the_probe_window() {
+        let mut c = TrackClock::Unseen;
+        c.observe(5, 1.0);
+        assert!(!c.settled(1.2));
+        assert!(c.settled(1.0 + FROZEN_AFTER));
+        assert_eq!(c.pick(3.0, 4.0), 3.0, "undecided tracks keep RTP time");
+    }
+
+    #[test]
+    fn errors_name_the_track_and_what_it_lacks() {
+        let e = RecordError::NotStarted {
+            track: 0,
+            encoding: "H264".into(),
+            missing: Missing::Keyframe,
+            waited: Duration::from_secs(10),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot record track 0 (H264): no keyframe arrived within 10.0s; nothing was written"
+        );
+    }
 }
