@@ -355,9 +355,8 @@ pub async fn record(
                                     reason,
                                 }
                             })?;
-                            stats.duration = stats
-                                .duration
-                                .max(Duration::from_secs_f64(secs.max(0.0)));
+                            stats.duration =
+                                stats.duration.max(Duration::from_secs_f64(secs.max(0.0)));
                         }
                         None => {
                             pending_bytes += au.data.len();
@@ -451,15 +450,18 @@ pub async fn record(
 /// parameter sets, else the first one lacking parameter sets, else the first video track
 /// without a keyframe, else the first track without packets.
 fn not_started(tracks: &[Option<Track>], pending: &[Pending], waited: Duration) -> RecordError {
-    let recorded = || tracks.iter().enumerate().filter_map(|(i, t)| Some((i, t.as_ref()?)));
+    let recorded = || {
+        tracks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, t.as_ref()?)))
+    };
     let no_params = recorded().find(|(_, t)| t.dep.params().is_none());
     let found = match no_params {
         Some((i, t)) if t.packets == 0 => Some((i, t, Missing::Media)),
         Some((i, t)) => Some((i, t, Missing::ParameterSets)),
         None => recorded()
-            .find(|(i, t)| {
-                t.video && !pending.iter().any(|p| p.track == *i && p.au.keyframe)
-            })
+            .find(|(i, t)| t.video && !pending.iter().any(|p| p.track == *i && p.au.keyframe))
             .map(|(i, t)| {
                 let missing = if t.packets == 0 {
                     Missing::Media
