@@ -134,6 +134,11 @@ pub struct PathConfig {
     /// RTSP sources: the cap of the reconnect backoff (1 s doubling, with jitter).
     #[serde(default = "default_reconnect_max", deserialize_with = "de_duration")]
     pub source_reconnect_max: Duration,
+    /// RTSP sources: a playing upstream that sends no RTP packet for this long (its
+    /// connection may stay open, e.g. a hung camera) is dropped and reconnected, over TCP
+    /// and UDP alike; readers keep their sessions and continuous sequence numbers.
+    #[serde(default = "default_source_timeout", deserialize_with = "de_duration")]
+    pub source_timeout: Duration,
 }
 
 fn default_start_timeout() -> Duration {
@@ -145,6 +150,14 @@ fn default_close_after() -> Duration {
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(30)
 }
+fn default_source_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Bounds of `source_timeout`: shorter would mistake a normal gap between frames (a 2 fps
+/// camera) for a hung upstream; longer leaves readers on a frozen picture for minutes.
+const SOURCE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(500)..=Duration::from_secs(600);
 
 /// How a pull source asks its upstream for media.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -522,6 +535,12 @@ impl Config {
                     if p.source_reconnect_max < Duration::from_secs(1) {
                         return bad("source_reconnect_max must be at least 1s".into());
                     }
+                    if !SOURCE_TIMEOUT_RANGE.contains(&p.source_timeout) {
+                        return bad(format!(
+                            "source_timeout must be between 500ms and 10m, got {}",
+                            humantime::format_duration(p.source_timeout)
+                        ));
+                    }
                 }
             }
         }
@@ -662,6 +681,18 @@ mod tests {
             c.paths["cam1"].source_on_demand_close_after,
             Duration::from_secs(10)
         );
+        assert_eq!(c.paths["cam1"].source_timeout, Duration::from_secs(5));
+        let c =
+            Config::from_toml("[paths.cam]\nsource = \"rtsp://x/\"\nsource_timeout = \"1500ms\"\n")
+                .unwrap();
+        assert_eq!(c.paths["cam"].source_timeout, Duration::from_millis(1500));
+        for bad in ["100ms", "1h"] {
+            let e = Config::from_toml(&format!(
+                "[paths.cam]\nsource = \"rtsp://x/\"\nsource_timeout = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("source_timeout"), "{bad}: {e}");
+        }
         let e = Config::from_toml("[paths.\"~^(\"]\nsource = \"rtsp://x/\"\n").unwrap_err();
         assert!(e.to_string().contains("regular expression"), "{e}");
         let e = Config::from_toml("[paths.a]\nsource = \"rtsp://x/\"\nloop = true\n").unwrap_err();
