@@ -143,46 +143,80 @@ const FROZEN_AFTER: f64 = 0.5;
 enum TrackClock {
     /// No access unit yet.
     Unseen,
-    /// All access units so far carried `ts`; the first arrived at `since` (seconds).
-    Probing { ts: u32, since: f64 },
+    /// All `count` access units so far carried `ts`; the first arrived at `since` (seconds).
+    Probing { ts: u32, since: f64, count: u32 },
     /// Timestamps advance: time by RTP.
     Rtp,
-    /// Timestamps are frozen: time by arrival.
-    Arrival,
+    /// Timestamps are frozen: time by arrival, on a grid of `frame` seconds (see [`grid_time`]).
+    Arrival { frame: f64 },
 }
 
 impl TrackClock {
-    /// Notes an access unit with RTP timestamp `ts` arriving at `at` (seconds).
-    fn observe(&mut self, ts: u32, at: f64) {
+    /// Notes an access unit with RTP timestamp `ts` arriving at `at` (seconds); `framerate`
+    /// is the SDP's, if any (else the frame rate is estimated from the probed arrivals).
+    fn observe(&mut self, ts: u32, at: f64, framerate: Option<f64>) {
         match *self {
-            TrackClock::Unseen => *self = TrackClock::Probing { ts, since: at },
-            TrackClock::Probing { ts: first, since } => {
+            TrackClock::Unseen => {
+                *self = TrackClock::Probing {
+                    ts,
+                    since: at,
+                    count: 1,
+                }
+            }
+            TrackClock::Probing {
+                ts: first,
+                since,
+                count,
+            } => {
+                let count = count.saturating_add(1);
                 if ts != first {
                     *self = TrackClock::Rtp;
                 } else if at - since >= FROZEN_AFTER {
-                    *self = TrackClock::Arrival;
+                    // Whole frames per second: what cameras send, and what keeps a player's
+                    // constant frame rate from merging or splitting frames.
+                    let measured = f64::from(count - 1) / (at - since);
+                    let fps = framerate.unwrap_or(measured).round().clamp(1.0, 240.0);
+                    *self = TrackClock::Arrival { frame: 1.0 / fps };
+                } else {
+                    *self = TrackClock::Probing {
+                        ts: first,
+                        since,
+                        count,
+                    };
                 }
             }
-            TrackClock::Rtp | TrackClock::Arrival => {}
+            TrackClock::Rtp | TrackClock::Arrival { .. } => {}
         }
     }
 
     /// Whether the timing is known well enough at `now` (seconds) to start the file: a track
-    /// still probing may turn out frozen, so the file waits for it (at most [`FROZEN_AFTER`]).
+    /// still probing may turn out frozen, so the file waits for it. Several access units
+    /// with one timestamp wait for the next one to decide; a lone access unit (a slow
+    /// track) counts as RTP-timed once [`FROZEN_AFTER`] passed without another.
     fn settled(&self, now: f64) -> bool {
         match *self {
-            TrackClock::Probing { since, .. } => now - since >= FROZEN_AFTER,
+            TrackClock::Probing { since, count, .. } => count < 2 && now - since >= FROZEN_AFTER,
             _ => true,
         }
     }
+}
 
-    /// The time of an access unit: `rtp` from its timestamp, `arrival` from its arrival
-    /// (both seconds on the recording's timeline).
-    fn pick(&self, rtp: f64, arrival: f64) -> f64 {
-        match self {
-            TrackClock::Arrival => arrival,
-            _ => rtp,
-        }
+/// The time (seconds) of a frame of a track timed by arrival: one `frame` after the
+/// previous frame's time `last`, nudged toward its `arrival` by at most an eighth of a frame
+/// (so the grid follows the sender's real rate without its jitter), or moved on by whole
+/// frames when it arrives more than two frames late (frames were lost or the sender
+/// stalled). Raw arrival times would do instead if players did not map jittery frames onto
+/// a constant frame rate, where two can land on one instant.
+fn grid_time(last: Option<f64>, frame: f64, arrival: f64) -> f64 {
+    let Some(last) = last else {
+        return arrival;
+    };
+    let expected = last + frame;
+    let late = arrival - expected;
+    if late > 2.0 * frame {
+        expected + (late / frame).round() * frame
+    } else {
+        expected + (late / 16.0).clamp(-frame / 8.0, frame / 8.0)
     }
 }
 
@@ -191,9 +225,13 @@ struct Track {
     encoding: String,
     clock: u32,
     video: bool,
+    /// `a=framerate` of the SDP.
+    framerate: Option<f64>,
     stats: ReceiverStats,
     packets: u64,
     timing: TrackClock,
+    /// The last arrival-timed frame's time (see [`grid_time`]).
+    grid_last: Option<f64>,
     origin: Option<u32>,
     last_ts: u32,
     last_rel: i64,
@@ -212,6 +250,19 @@ impl Track {
         self.last_rel += i64::from(ts.wrapping_sub(self.last_ts) as i32);
         self.last_ts = ts;
         self.last_rel
+    }
+
+    /// The time (seconds) of the next access unit: `rtp` from its timestamp, or, for a track
+    /// timed by arrival, its place on the frame grid given its `arrival`.
+    fn time(&mut self, rtp: f64, arrival: f64) -> f64 {
+        match self.timing {
+            TrackClock::Arrival { frame } => {
+                let t = grid_time(self.grid_last, frame, arrival);
+                self.grid_last = Some(t);
+                t
+            }
+            _ => rtp,
+        }
     }
 }
 
@@ -290,6 +341,8 @@ pub async fn record(
                             clock: d.clock_rate.max(1),
                             encoding: d.encoding.clone(),
                             video: d.media == "video",
+                            framerate: d.framerate,
+                            grid_last: None,
                             stats: ReceiverStats::new(d.clock_rate.max(1)),
                             packets: 0,
                             timing: TrackClock::Unseen,
@@ -336,10 +389,10 @@ pub async fn record(
                     }
                 };
                 for au in aus {
-                    let was = t.timing;
-                    t.timing.observe(au.rtp_timestamp, now_secs);
-                    if t.timing == TrackClock::Arrival && was != TrackClock::Arrival {
-                        warn!(track, encoding = %t.encoding, "the sender's RTP timestamps do not advance; timing the track by arrival");
+                    let probing = matches!(t.timing, TrackClock::Probing { .. });
+                    t.timing.observe(au.rtp_timestamp, now_secs, t.framerate);
+                    if let (true, TrackClock::Arrival { frame }) = (probing, t.timing) {
+                        warn!(track, encoding = %t.encoding, fps = (1.0 / frame).round(), "the sender's RTP timestamps do not advance; timing the track by arrival");
                     }
                     let rel = t.rel(au.rtp_timestamp);
                     let rtp_secs = rel as f64 / f64::from(t.clock);
@@ -348,7 +401,7 @@ pub async fn record(
                             let Some(Some(wi)) = o.index.get(track) else {
                                 continue;
                             };
-                            let secs = t.timing.pick(rtp_secs, now_secs) - o.origin;
+                            let secs = t.time(rtp_secs, now_secs) - o.origin;
                             write_au(&mut o.writer, *wi, t, secs, &au).map_err(|reason| {
                                 RecordError::Write {
                                     path: out_path.clone(),
@@ -508,25 +561,42 @@ fn try_start(
     {
         return Ok(None);
     }
-    let secs_of = |tracks: &[Option<Track>], p: &Pending| {
-        tracks
-            .get(p.track)
-            .and_then(|t| t.as_ref())
-            .map(|t| t.timing.pick(p.rtp_secs, p.arrival_secs))
-    };
+    // The pending access units' times, computed on copies of the frame grids: they only
+    // become the tracks' own if the file starts now.
+    let mut grid: Vec<Option<f64>> = tracks
+        .iter()
+        .map(|t| t.as_ref().and_then(|t| t.grid_last))
+        .collect();
+    let times: Vec<Option<f64>> = pending
+        .iter()
+        .map(|p| {
+            let t = tracks.get(p.track)?.as_ref()?;
+            Some(match t.timing {
+                TrackClock::Arrival { frame } => {
+                    let last = grid.get_mut(p.track)?;
+                    let v = grid_time(*last, frame, p.arrival_secs);
+                    *last = Some(v);
+                    v
+                }
+                _ => p.rtp_secs,
+            })
+        })
+        .collect();
     let has_video = tracks.iter().flatten().any(|t| t.video);
     let first = if has_video {
-        pending.iter().find(|p| {
+        pending.iter().position(|p| {
             p.au.keyframe
                 && tracks
                     .get(p.track)
                     .and_then(|t| t.as_ref())
                     .is_some_and(|t| t.video)
         })
+    } else if pending.is_empty() {
+        None
     } else {
-        pending.first()
+        Some(0)
     };
-    let Some(origin) = first.and_then(|p| secs_of(tracks, p)) else {
+    let Some(origin) = first.and_then(|i| times.get(i).copied().flatten()) else {
         return Ok(None);
     };
     let mut index = Vec::with_capacity(tracks.len());
@@ -549,8 +619,13 @@ fn try_start(
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    for p in pending.drain(..) {
-        let Some(secs) = secs_of(tracks, &p) else {
+    for (t, last) in tracks.iter_mut().zip(grid) {
+        if let Some(t) = t {
+            t.grid_last = last;
+        }
+    }
+    for (p, secs) in pending.drain(..).zip(times) {
+        let Some(secs) = secs else {
             continue;
         };
         if secs < origin - 1e-6 {
@@ -602,14 +677,13 @@ mod tests {
     fn advancing_timestamps_time_by_rtp_at_the_second_access_unit() {
         let mut c = TrackClock::Unseen;
         assert!(c.settled(0.0));
-        c.observe(1000, 0.0);
+        c.observe(1000, 0.0, None);
         assert!(!c.settled(0.1), "one access unit says nothing yet");
-        c.observe(4000, 0.033);
+        c.observe(4000, 0.033, None);
         assert_eq!(c, TrackClock::Rtp);
         assert!(c.settled(0.033));
-        assert_eq!(c.pick(1.0, 2.0), 1.0);
         // A later repeat (slices with their own marker bits) changes nothing.
-        c.observe(4000, 5.0);
+        c.observe(4000, 5.0, None);
         assert_eq!(c, TrackClock::Rtp);
     }
 
@@ -617,22 +691,58 @@ mod tests {
     fn a_frozen_clock_is_timed_by_arrival_after_half_a_second() {
         let mut c = TrackClock::Unseen;
         for i in 0..15 {
-            c.observe(77, f64::from(i) / 30.0);
+            c.observe(77, f64::from(i) / 29.0, None);
         }
-        assert!(matches!(c, TrackClock::Probing { .. }));
+        assert!(matches!(c, TrackClock::Probing { count: 15, .. }));
         assert!(!c.settled(0.4));
-        c.observe(77, 0.5);
-        assert_eq!(c, TrackClock::Arrival);
-        assert_eq!(c.pick(0.0, 2.5), 2.5);
+        assert!(
+            !c.settled(0.6),
+            "repeated timestamps wait for the next access unit"
+        );
+        c.observe(77, 0.52, None);
+        assert_eq!(c, TrackClock::Arrival { frame: 1.0 / 29.0 });
+        // The SDP's a=framerate wins over the estimate.
+        let mut c = TrackClock::Unseen;
+        c.observe(77, 0.0, Some(30.0));
+        c.observe(77, 0.6, Some(30.0));
+        assert_eq!(c, TrackClock::Arrival { frame: 1.0 / 30.0 });
     }
 
     #[test]
     fn a_single_access_unit_settles_after_the_probe_window() {
         let mut c = TrackClock::Unseen;
-        c.observe(5, 1.0);
+        c.observe(5, 1.0, None);
         assert!(!c.settled(1.2));
         assert!(c.settled(1.0 + FROZEN_AFTER));
-        assert_eq!(c.pick(3.0, 4.0), 3.0, "undecided tracks keep RTP time");
+    }
+
+    #[test]
+    fn the_frame_grid_smooths_jitter_and_skips_gaps() {
+        let d = 1.0 / 30.0;
+        let mut last = None;
+        let mut times = Vec::new();
+        // Jittery arrivals (±12 ms) at 30 fps, then a 1 s stall.
+        for i in 0..60 {
+            let jitter = if i % 2 == 0 { 0.012 } else { -0.012 };
+            let arrival = f64::from(i) * d + jitter + if i >= 30 { 1.0 } else { 0.0 };
+            let t = grid_time(last, d, arrival);
+            last = Some(t);
+            times.push(t);
+        }
+        for w in times.windows(2) {
+            let step = w[1] - w[0];
+            assert!(
+                (step - d).abs() <= d / 8.0 + 1e-9 || step > 2.0 * d,
+                "step {step}"
+            );
+        }
+        let gap = times[30] - times[29];
+        assert!((gap - (1.0 + d)).abs() < d, "the stall is kept: {gap}");
+        assert!(
+            (times[59] - (59.0 * d + 1.0)).abs() < d,
+            "the grid follows the arrivals: {}",
+            times[59]
+        );
     }
 
     #[test]
