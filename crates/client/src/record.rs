@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sluice_codec::depacketizer::{AccessUnit, Depacketizer};
+use sluice_codec::picorder::H264PicOrder;
+use sluice_codec::Codec;
 use sluice_media::mux::Mp4Writer;
 use sluice_rtp::packet::parse_rtp;
 use sluice_rtp::stats::ReceiverStats;
@@ -232,6 +234,14 @@ struct Track {
     timing: TrackClock,
     /// The last arrival-timed frame's time (see [`grid_time`]).
     grid_last: Option<f64>,
+    /// Arrival-timed H.264: picture order counts, to present B-frames in order.
+    order: Option<H264PicOrder>,
+    /// Arrival-timed H.264: the access units since the last IDR, with their decode times and
+    /// picture order counts, until the next IDR tells their presentation times.
+    gop: Vec<(f64, Option<i64>, AccessUnit)>,
+    /// How far presentation times are behind decode times (seconds, never decreasing, so
+    /// presentation times stay increasing across GOPs): the reorder delay seen so far.
+    shift: f64,
     origin: Option<u32>,
     last_ts: u32,
     last_rel: i64,
@@ -264,7 +274,77 @@ impl Track {
             _ => rtp,
         }
     }
+
+    /// Writes an access unit at `secs` (seconds from the file's start; skipped before it).
+    /// RTP-timed: `secs` is its presentation time. Arrival-timed: `secs` is its decode time,
+    /// and H.264 is held until the next IDR so that B-frames get presentation times in
+    /// picture order (arrival order is decode order).
+    fn emit(
+        &mut self,
+        w: &mut Mp4Writer<BufWriter<File>>,
+        index: usize,
+        secs: f64,
+        au: AccessUnit,
+    ) -> Result<(), String> {
+        if secs < 0.0 {
+            return Ok(()); // before the file's start
+        }
+        let reorder =
+            matches!(self.timing, TrackClock::Arrival { .. }) && self.dep.codec() == Codec::H264;
+        if !reorder {
+            let dts = match self.timing {
+                TrackClock::Arrival { .. } => secs,
+                _ => f64::NAN, // from the presentation time
+            };
+            return write_sample(w, index, self, dts, secs, &au);
+        }
+        let order = match &mut self.order {
+            Some(o) => o,
+            None => {
+                let avcc = self.dep.params().map(|p| p.config).unwrap_or_default();
+                self.order.insert(H264PicOrder::from_avcc(&avcc))
+            }
+        };
+        let poc = order.push(&au.data);
+        if au.keyframe || self.gop.len() >= MAX_GOP {
+            self.flush(w, index)?;
+        }
+        self.gop.push((secs, poc, au));
+        Ok(())
+    }
+
+    /// Writes the held access units (see [`Track::emit`]): the k-th in picture order is
+    /// presented at the k-th decode time plus the reorder delay.
+    fn flush(&mut self, w: &mut Mp4Writer<BufWriter<File>>, index: usize) -> Result<(), String> {
+        let gop = std::mem::take(&mut self.gop);
+        let mut by_poc: Vec<usize> = (0..gop.len()).collect();
+        if gop.iter().all(|g| g.1.is_some()) {
+            by_poc.sort_by_key(|&i| (gop.get(i).and_then(|g| g.1), i));
+        }
+        let dts: Vec<f64> = gop.iter().map(|g| g.0).collect();
+        // The k-th in picture order is presented at the k-th decode time (plus the shift),
+        // which must not be before its own decode time.
+        for (k, &i) in by_poc.iter().enumerate() {
+            if let (Some(di), Some(dk)) = (dts.get(i), dts.get(k)) {
+                self.shift = self.shift.max(di - dk);
+            }
+        }
+        let mut pts = dts.clone();
+        for (k, &i) in by_poc.iter().enumerate() {
+            if let (Some(p), Some(dk)) = (pts.get_mut(i), dts.get(k)) {
+                *p = dk + self.shift;
+            }
+        }
+        for ((dts, _, au), pts) in gop.iter().zip(pts) {
+            write_sample(w, index, self, *dts, pts, au)?;
+        }
+        Ok(())
+    }
 }
+
+/// Most access units held for reordering; a longer GOP is written in parts (a B-frame at a
+/// part's edge may then be presented slightly out of order).
+const MAX_GOP: usize = 1024;
 
 /// An access unit waiting for the file to start, with both of its possible times (seconds).
 struct Pending {
@@ -343,6 +423,9 @@ pub async fn record(
                             video: d.media == "video",
                             framerate: d.framerate,
                             grid_last: None,
+                            order: None,
+                            gop: Vec::new(),
+                            shift: 0.0,
                             stats: ReceiverStats::new(d.clock_rate.max(1)),
                             packets: 0,
                             timing: TrackClock::Unseen,
@@ -402,7 +485,7 @@ pub async fn record(
                                 continue;
                             };
                             let secs = t.time(rtp_secs, now_secs) - o.origin;
-                            write_au(&mut o.writer, *wi, t, secs, &au).map_err(|reason| {
+                            t.emit(&mut o.writer, *wi, secs, au).map_err(|reason| {
                                 RecordError::Write {
                                     path: out_path.clone(),
                                     reason,
@@ -478,7 +561,16 @@ pub async fn record(
         .map(|t| t.stats.cumulative_lost())
         .sum();
     match output {
-        Some(o) => {
+        Some(mut o) => {
+            for (t, wi) in tracks.iter_mut().zip(&o.index) {
+                if let (Some(t), Some(wi)) = (t, wi) {
+                    t.flush(&mut o.writer, *wi)
+                        .map_err(|reason| RecordError::Write {
+                            path: out_path.clone(),
+                            reason,
+                        })?;
+                }
+            }
             stats.bytes = o.writer.bytes_written();
             let inner = o.writer.finish().map_err(|e| RecordError::Write {
                 path: out_path.clone(),
@@ -634,10 +726,11 @@ fn try_start(
         let (Some(Some(t)), Some(Some(wi))) = (tracks.get_mut(p.track), index.get(p.track)) else {
             continue;
         };
-        write_au(&mut w, *wi, t, secs - origin, &p.au).map_err(|reason| RecordError::Write {
-            path: path.clone(),
-            reason,
-        })?;
+        t.emit(&mut w, *wi, secs - origin, p.au)
+            .map_err(|reason| RecordError::Write {
+                path: path.clone(),
+                reason,
+            })?;
     }
     Ok(Some(Output {
         writer: w,
@@ -647,21 +740,27 @@ fn try_start(
     }))
 }
 
-fn write_au(
+/// Writes one sample at decode time `dts` and presentation time `pts` (seconds from the
+/// file's start); a NaN `dts` means "the presentation time" (RTP-timed tracks). Decode times
+/// are kept strictly increasing, as MP4 requires.
+fn write_sample(
     w: &mut Mp4Writer<BufWriter<File>>,
     index: usize,
     t: &mut Track,
-    secs: f64,
+    dts: f64,
+    pts: f64,
     au: &AccessUnit,
 ) -> Result<(), String> {
-    if secs < 0.0 {
-        return Ok(()); // before the file's start
-    }
-    // RTP gives presentation times; keep decode times strictly increasing.
-    let pts = (secs * f64::from(t.clock)).round() as u64;
+    let clock = f64::from(t.clock);
+    let pts = (pts.max(0.0) * clock).round() as u64;
+    let dts = if dts.is_nan() {
+        pts
+    } else {
+        (dts.max(0.0) * clock).round() as u64
+    };
     let dts = match t.last_dts {
-        Some(prev) if pts <= prev => prev + 1,
-        _ => pts,
+        Some(prev) if dts <= prev => prev + 1,
+        _ => dts,
     };
     let offset = i32::try_from(pts as i64 - dts as i64).unwrap_or(0);
     t.last_dts = Some(dts);

@@ -204,6 +204,13 @@ fn record_a_gstreamer_camera_for_10s() {
     record_gstreamer_camera(false);
 }
 
+/// The same camera sending B-frames: arrival order is decode order, so presentation times
+/// come from the pictures' order counts.
+#[test]
+fn record_a_gstreamer_camera_with_b_frames_for_10s() {
+    record_gstreamer_camera(true);
+}
+
 /// A camera that cannot be recorded (its only keyframe is 30 s away) makes `sluice record`
 /// fail within a bounded time, naming the track and what it lacks, and writing no file, even
 /// with a `--duration` that nothing reached.
