@@ -7,7 +7,8 @@
 //! starts at the first video keyframe (or first audio frame when there is no video).
 //! A sender whose RTP clock does not advance (every access unit with one timestamp, as a
 //! GStreamer pipeline fed untimestamped buffers sends) cannot be timed by RTP; such a track
-//! is timed by arrival instead (see [`TrackClock`]).
+//! is timed by arrival instead, on a steady frame grid, with H.264 B-frames put back in
+//! picture order.
 //!
 //! Bounds: the file must be able to start (every recorded track's parameter sets and, with
 //! video, a keyframe) within [`START_TIMEOUT`], or recording fails naming the track and
