@@ -845,6 +845,62 @@ mod tests {
         );
     }
 
+    fn track(encoding: &str, fmtp: Option<&str>, video: bool, packets: u64) -> Option<Track> {
+        let dep = Depacketizer::new(encoding, 90_000, None, fmtp).unwrap();
+        Some(Track {
+            dep,
+            encoding: encoding.into(),
+            clock: 90_000,
+            video,
+            framerate: None,
+            stats: ReceiverStats::new(90_000),
+            packets,
+            timing: TrackClock::Unseen,
+            grid_last: None,
+            order: None,
+            gop: Vec::new(),
+            shift: 0.0,
+            origin: None,
+            last_ts: 0,
+            last_rel: 0,
+            last_dts: None,
+            started: false,
+        })
+    }
+
+    /// x264's 640x360 SPS and PPS, as an SDP carries them.
+    const SPROP: &str =
+        "packetization-mode=1;sprop-parameter-sets=Z2QAHqzZQKAv+XARAAADAAEAAAMAPA8WLZY=,aO+Pyw==";
+
+    #[test]
+    fn not_started_names_what_the_track_lacks() {
+        let waited = Duration::from_secs(10);
+        let missing = |tracks: &[Option<Track>]| match not_started(tracks, &[], waited) {
+            RecordError::NotStarted { track, missing, .. } => (track, missing),
+            e => panic!("{e}"),
+        };
+        // No sprop, packets came but no SPS/PPS among them.
+        assert_eq!(
+            missing(&[track("H264", None, true, 50)]),
+            (0, Missing::ParameterSets)
+        );
+        // No sprop and nothing came at all: the lack of media is the news.
+        assert_eq!(
+            missing(&[track("H264", None, true, 0)]),
+            (0, Missing::Media)
+        );
+        // Parameter sets known, packets came, no IDR among them.
+        assert_eq!(
+            missing(&[track("H264", Some(SPROP), true, 50)]),
+            (0, Missing::Keyframe)
+        );
+        // The track that lacks something is named, not the first one.
+        assert_eq!(
+            missing(&[None, track("H264", None, true, 5)]),
+            (1, Missing::ParameterSets)
+        );
+    }
+
     #[test]
     fn errors_name_the_track_and_what_it_lacks() {
         let e = RecordError::NotStarted {
