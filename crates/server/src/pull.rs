@@ -174,7 +174,7 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
     let mut playing_since: Option<Instant> = None;
     let mut had_media = false;
     let mut last_media: Option<Instant> = None;
-    let silence_limit = pull.config.source_timeout;
+    let silence_limit = pull.config.source_timeout();
     // Often enough to notice silence within a quarter of the limit past it.
     let mut tick = tokio::time::interval(
         (silence_limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)),
