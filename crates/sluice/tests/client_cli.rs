@@ -228,7 +228,11 @@ fn record_without_a_keyframe_fails_clearly_and_in_bounded_time() {
     // The camera's shared pipeline starts with its first reader, at the file's only
     // keyframe: let another reader start it, so the recorder joins after that keyframe.
     let _first = FfmpegReader::spawn(&up.url(), "tcp", 25.0, &dir, None);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for(Duration::from_secs(10), || {
+        (up.connections() >= 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the first reader never reached the camera\n{}", up.log()));
+    std::thread::sleep(Duration::from_secs(2));
     let out = dir.join("nothing.mp4");
     let r = sluice_run(
         &[

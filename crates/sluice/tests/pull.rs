@@ -534,7 +534,7 @@ fn silent_upstream_is_noticed_and_reconnected_with_continuity() {
             tail(&server.log(), 30)
         );
         assert!(
-            noticed <= Duration::from_millis(2500),
+            noticed <= Duration::from_secs(3),
             "path {p}: silence noticed after {noticed:?} with source_timeout 1s"
         );
     }
