@@ -62,6 +62,8 @@ pub struct MediaDesc {
     pub channels: Option<u16>,
     /// Format parameters.
     pub fmtp: Option<String>,
+    /// Frame rate from `a=framerate` (RFC 4566), when stated and positive.
+    pub framerate: Option<f64>,
 }
 
 /// Reads each media section's first format from an SDP.
@@ -99,6 +101,11 @@ pub fn media_descs(sdp: &[u8]) -> Result<Vec<MediaDesc>, String> {
                 let (num, rest) = v.trim().split_once(' ')?;
                 (num.parse::<u8>().ok()? == pt).then(|| rest.trim().to_owned())
             });
+            let framerate = m
+                .get_first_attribute_value("framerate")
+                .flatten()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|f| f.is_finite() && *f > 0.0);
             MediaDesc {
                 media: m.media.clone(),
                 payload_type: pt,
@@ -106,6 +113,7 @@ pub fn media_descs(sdp: &[u8]) -> Result<Vec<MediaDesc>, String> {
                 clock_rate,
                 channels,
                 fmtp,
+                framerate,
             }
         })
         .collect())

@@ -23,6 +23,7 @@ pub mod depacketizer;
 pub mod keyframe;
 pub mod packetizer;
 pub mod params;
+pub mod picorder;
 
 pub use depacketizer::{AccessUnit, DepacketizeError, Depacketizer};
 pub use keyframe::{codec_from_encoding, starts_keyframe, starts_random_access};

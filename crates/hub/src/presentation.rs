@@ -46,6 +46,8 @@ pub struct Presentation {
     sdp: Session,
     tracks: Vec<Track>,
     duration: Option<f64>,
+    /// Live although made from stored media (a looping file): advertised with an open range.
+    live: bool,
 }
 
 impl Presentation {
@@ -93,6 +95,7 @@ impl Presentation {
             sdp,
             tracks,
             duration: None,
+            live: false,
         })
     }
 
@@ -100,6 +103,16 @@ impl Presentation {
     /// `a=range:npt=0-<duration>`; live presentations have none.
     pub fn with_duration(mut self, seconds: f64) -> Presentation {
         self.duration = Some(seconds);
+        self
+    }
+
+    /// Marks the presentation as an endless live stream although it is made from stored
+    /// media (a looping file source): readers' SDP gets the open range `a=range:npt=now-`,
+    /// which ffmpeg, GStreamer and VLC (live555) read as live (no duration, no seeking),
+    /// instead of the file's length.
+    pub fn live(mut self) -> Presentation {
+        self.duration = None;
+        self.live = true;
         self
     }
 
@@ -156,6 +169,8 @@ impl Presentation {
         out.push_str("a=control:*\r\n");
         if let Some(d) = self.duration {
             out.push_str(&format!("a=range:npt=0-{d:.3}\r\n"));
+        } else if self.live {
+            out.push_str("a=range:npt=now-\r\n");
         }
         for (i, m) in self.sdp.medias.iter().enumerate() {
             out.push_str(&format!("m={} 0 {} {}\r\n", m.media, m.proto, m.fmt));
@@ -258,6 +273,23 @@ mod tests {
         // What we serve must itself parse.
         let again = Presentation::from_sdp(sdp.as_bytes()).unwrap();
         assert_eq!(again.tracks().len(), 2);
+    }
+
+    #[test]
+    fn stored_media_has_a_finite_range_and_live_an_open_one() {
+        let p = Presentation::from_sdp(FFMPEG_SDP.as_bytes()).unwrap();
+        assert!(
+            !p.reader_sdp(1).contains("a=range"),
+            "a publisher states no range"
+        );
+        let vod = p.clone().with_duration(10.0);
+        assert!(vod.reader_sdp(1).contains("a=range:npt=0-10.000\r\n"));
+        let looping = vod.live();
+        let sdp = looping.reader_sdp(1);
+        assert!(sdp.contains("a=range:npt=now-\r\n"), "{sdp}");
+        assert!(!sdp.contains("npt=0-"), "{sdp}");
+        assert_eq!(looping.duration(), None);
+        assert!(Presentation::from_sdp(sdp.as_bytes()).is_ok());
     }
 
     #[test]

@@ -134,6 +134,16 @@ pub struct PathConfig {
     /// RTSP sources: the cap of the reconnect backoff (1 s doubling, with jitter).
     #[serde(default = "default_reconnect_max", deserialize_with = "de_duration")]
     pub source_reconnect_max: Duration,
+    /// RTSP sources: a playing upstream that sends no RTP packet for this long (its
+    /// connection may stay open, e.g. a hung camera) is dropped and reconnected, over TCP
+    /// and UDP alike; readers keep their sessions and continuous sequence numbers.
+    /// Default 5 s (see [`PathConfig::source_timeout`]); refused on file sources.
+    #[serde(
+        default,
+        rename = "source_timeout",
+        deserialize_with = "de_opt_duration"
+    )]
+    pub source_timeout_set: Option<Duration>,
 }
 
 fn default_start_timeout() -> Duration {
@@ -145,6 +155,13 @@ fn default_close_after() -> Duration {
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(30)
 }
+/// `source_timeout` when the path does not set it.
+const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bounds of `source_timeout`: shorter would mistake a normal gap between frames (a 2 fps
+/// camera) for a hung upstream; longer leaves readers on a frozen picture for minutes.
+const SOURCE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(500)..=Duration::from_secs(600);
 
 /// How a pull source asks its upstream for media.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -169,6 +186,12 @@ pub enum SourceKind {
 }
 
 impl PathConfig {
+    /// RTSP sources: how long a playing upstream may send no RTP before it is dropped and
+    /// reconnected (`source_timeout`, default 5 s).
+    pub fn source_timeout(&self) -> Duration {
+        self.source_timeout_set.unwrap_or(DEFAULT_SOURCE_TIMEOUT)
+    }
+
     /// The file of a `file://` source.
     pub fn file(&self) -> Option<PathBuf> {
         self.source.strip_prefix("file://").map(PathBuf::from)
@@ -507,9 +530,10 @@ impl Config {
                     let rtsp_only = p.source_user.is_some()
                         || p.source_pass.is_some()
                         || p.source_on_demand.is_some()
-                        || p.source_transport != SourceTransport::Auto;
+                        || p.source_transport != SourceTransport::Auto
+                        || p.source_timeout_set.is_some();
                     if rtsp_only {
-                        return bad("source_user/source_pass/source_on_demand/source_transport apply to rtsp:// sources only".into());
+                        return bad("source_user/source_pass/source_on_demand/source_transport/source_timeout apply to rtsp:// sources only".into());
                     }
                 }
                 Ok(SourceKind::Rtsp(_)) => {
@@ -521,6 +545,12 @@ impl Config {
                     }
                     if p.source_reconnect_max < Duration::from_secs(1) {
                         return bad("source_reconnect_max must be at least 1s".into());
+                    }
+                    if !SOURCE_TIMEOUT_RANGE.contains(&p.source_timeout()) {
+                        return bad(format!(
+                            "source_timeout must be between 500ms and 10m, got {}",
+                            humantime::format_duration(p.source_timeout())
+                        ));
                     }
                 }
             }
@@ -581,6 +611,10 @@ pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
             "invalid duration {s:?} ({e}); use e.g. \"60s\" or \"1m\""
         ))
     })
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 fn de_ipv4net<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Net, D::Error> {
@@ -662,6 +696,24 @@ mod tests {
             c.paths["cam1"].source_on_demand_close_after,
             Duration::from_secs(10)
         );
+        assert_eq!(c.paths["cam1"].source_timeout(), Duration::from_secs(5));
+        let c =
+            Config::from_toml("[paths.cam]\nsource = \"rtsp://x/\"\nsource_timeout = \"1500ms\"\n")
+                .unwrap();
+        assert_eq!(c.paths["cam"].source_timeout(), Duration::from_millis(1500));
+        for bad in ["100ms", "1h"] {
+            let e = Config::from_toml(&format!(
+                "[paths.cam]\nsource = \"rtsp://x/\"\nsource_timeout = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("source_timeout"), "{bad}: {e}");
+        }
+        let e = Config::from_toml(&format!(
+            "[paths.cam]\nsource = \"file://{}\"\nsource_timeout = \"5s\"\n",
+            file.display()
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("rtsp:// sources only"), "{e}");
         let e = Config::from_toml("[paths.\"~^(\"]\nsource = \"rtsp://x/\"\n").unwrap_err();
         assert!(e.to_string().contains("regular expression"), "{e}");
         let e = Config::from_toml("[paths.a]\nsource = \"rtsp://x/\"\nloop = true\n").unwrap_err();

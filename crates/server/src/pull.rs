@@ -7,7 +7,9 @@
 //! with the same media, the stream's timeline keeps their sequence numbers and
 //! timestamps continuous; when its media changed, their sessions end so they DESCRIBE
 //! again. `auto` transport tries UDP first and falls back to TCP when the upstream
-//! refuses UDP or no packet arrives within 3 s. On-demand pulls start with the first
+//! refuses UDP or no packet arrives within 3 s. A playing upstream that sends no RTP for
+//! `source_timeout` (a hung camera keeps its TCP connection open) is dropped and
+//! reconnected like one that went away. On-demand pulls start with the first
 //! reader and stop `source_on_demand_close_after` after the last one leaves.
 
 use std::sync::{Arc, Mutex, Weak};
@@ -171,7 +173,12 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
     let mut ingest: Option<Arc<Ingest>> = None;
     let mut playing_since: Option<Instant> = None;
     let mut had_media = false;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_media: Option<Instant> = None;
+    let silence_limit = pull.config.source_timeout();
+    // Often enough to notice silence within a quarter of the limit past it.
+    let mut tick = tokio::time::interval(
+        (silence_limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+    );
     let mut last_rr = Instant::now();
     loop {
         tokio::select! {
@@ -208,6 +215,7 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
                         if let Some(i) = &ingest {
                             i.handle_rtp(track, data, now);
                             had_media = true;
+                            last_media = Some(now);
                         }
                     }
                     Ok(ClientEvent::Rtcp { track, data }) => {
@@ -240,6 +248,14 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
                     if now.duration_since(since) >= UDP_SILENCE {
                         conn.close(Duration::from_secs(1)).await;
                         return Outcome::SwitchToTcp;
+                    }
+                } else if let Some(since) = last_media.or(playing_since) {
+                    let silent = now.duration_since(since);
+                    if silent >= silence_limit {
+                        warn!(path = %pull.path, source = %url, silent_ms = silent.as_millis() as u64, source_timeout = %humantime::format_duration(silence_limit), "pull source sent no media within source_timeout; dropping it to reconnect");
+                        // A hung upstream will not answer the TEARDOWN: do not wait long.
+                        conn.close(Duration::from_millis(200)).await;
+                        return Outcome::Lost { had_media };
                     }
                 }
                 if now.duration_since(last_rr) >= RTCP_INTERVAL {

@@ -241,7 +241,13 @@ impl Server {
         }
         for (name, media, looping) in opened {
             let version = self.next_version();
-            let stream = Stream::new(name.clone(), media.presentation, version);
+            // A looping file never ends: readers must see a live stream, not the file's length.
+            let presentation = if looping {
+                media.presentation.live()
+            } else {
+                media.presentation
+            };
+            let stream = Stream::new(name.clone(), presentation, version);
             stream.set_gop_cache(self.config.rtsp.gop_cache);
             stream.set_ready();
             let source = FileSource::new(

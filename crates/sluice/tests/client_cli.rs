@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::rtsp_client::{describe, describe_status};
 use common::upstream::{
-    h264_aac_mp4, probe_file, sluice_run, sluice_spawn, FileProbe, GstUpstream, UpstreamOpts,
+    h264_aac_mp4, h264_high_annexb, probe_file, sluice_run, sluice_spawn, FileProbe, GstUpstream,
+    UpstreamOpts,
 };
 use common::*;
 
@@ -100,6 +101,172 @@ fn record_h264_aac_for_10s_over_udp() {
 #[test]
 fn record_h265_opus_for_10s() {
     record_10s(&media().h265_opus, "tcp", "hevc", "opus");
+}
+
+/// A gst-rtsp-server camera (`rtph264pay config-interval=1`, H.264 High 640x360 at 30 fps,
+/// video only) fed an elementary stream without timestamps: every RTP packet carries one
+/// timestamp. `sluice record` still writes 10 s that ffprobe reads as such and that decode
+/// without an error, about 30 frames a second.
+fn record_gstreamer_camera(bframes: bool) {
+    let dir = test_dir(&format!("cli-record-gst-camera-bf{bframes}"));
+    let up = GstUpstream::start(
+        UpstreamOpts {
+            h264: Some(h264_high_annexb(10, 30, bframes)),
+            fps: Some(30),
+            ..Default::default()
+        },
+        &dir,
+    );
+    let out = dir.join("camera.mp4");
+    let r = sluice_run(
+        &[
+            "record",
+            &up.url(),
+            "-o",
+            out.to_str().unwrap(),
+            "--duration",
+            "10s",
+        ],
+        Duration::from_secs(40),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        r.success,
+        "sluice record of the gst camera exited with {:?}\nstderr:\n{}",
+        r.code, r.stderr
+    );
+    assert!(
+        r.elapsed >= Duration::from_secs(9) && r.elapsed <= Duration::from_secs(20),
+        "recorded 10 s of a live camera in {:?}\n{}",
+        r.elapsed,
+        r.stderr
+    );
+    let p = probe_file(&out).unwrap_or_else(|e| panic!("{e}\nsluice stderr:\n{}", r.stderr));
+    let v = p
+        .video()
+        .unwrap_or_else(|| panic!("no video stream\n{}", p.raw));
+    assert_eq!(v.codec_name, "h264", "{}", p.raw);
+    assert_eq!(v.profile, "High", "{}", p.raw);
+    assert_eq!((v.width, v.height), (640, 360), "{}", p.raw);
+    assert!(p.audio().is_none(), "the camera has no audio\n{}", p.raw);
+    assert!(
+        (p.format_duration - 10.0).abs() <= 0.3,
+        "camera recording is {:.3} s, want 10 ± 0.3 s\n{}",
+        p.format_duration,
+        p.raw
+    );
+    let mut cmd = std::process::Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-v", "error", "-i"])
+        .arg(&out)
+        .args(["-f", "null", "-"]);
+    let (status, err) = common::media::run_with_timeout(cmd, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ffmpeg decode: {e}"));
+    assert!(
+        status.success() && err.trim().is_empty(),
+        "decoding the camera recording: {status}\n{err}"
+    );
+    let frames = decoded_frames(&out);
+    assert!(
+        (280..=320).contains(&frames),
+        "{frames} frames decoded from 10 s of a 30 fps camera (want ≈300)"
+    );
+    eprintln!(
+        "gst camera (B-frames: {bframes}): {:.3} s, {frames} frames, in {:?}",
+        p.format_duration, r.elapsed
+    );
+}
+
+/// Video frames ffprobe decodes from a file.
+fn decoded_frames(file: &Path) -> u64 {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .expect("run ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("ffprobe frame count of {}: {text:?}", file.display()))
+}
+
+#[test]
+fn record_a_gstreamer_camera_for_10s() {
+    record_gstreamer_camera(false);
+}
+
+/// The same camera sending B-frames: arrival order is decode order, so presentation times
+/// come from the pictures' order counts.
+#[test]
+fn record_a_gstreamer_camera_with_b_frames_for_10s() {
+    record_gstreamer_camera(true);
+}
+
+/// A camera that cannot be recorded (its only keyframe is 30 s away) makes `sluice record`
+/// fail within a bounded time, naming the track and what it lacks, and writing no file, even
+/// with a `--duration` that nothing reached.
+#[test]
+fn record_without_a_keyframe_fails_clearly_and_in_bounded_time() {
+    let dir = test_dir("cli-record-no-keyframe");
+    let up = GstUpstream::start(
+        UpstreamOpts {
+            h264: Some(h264_high_annexb(30, 900, false)),
+            fps: Some(30),
+            ..Default::default()
+        },
+        &dir,
+    );
+    // The camera's shared pipeline starts with its first reader, at the file's only
+    // keyframe: let another reader start it, so the recorder joins after that keyframe.
+    let _first = FfmpegReader::spawn(&up.url(), "tcp", 25.0, &dir, None);
+    wait_for(Duration::from_secs(10), || {
+        (up.connections() >= 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the first reader never reached the camera\n{}", up.log()));
+    std::thread::sleep(Duration::from_secs(2));
+    let out = dir.join("nothing.mp4");
+    let r = sluice_run(
+        &[
+            "record",
+            &up.url(),
+            "-o",
+            out.to_str().unwrap(),
+            "--duration",
+            "3s",
+        ],
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !r.success,
+        "record without a keyframe succeeded?\n{}",
+        r.stderr
+    );
+    assert!(
+        r.elapsed <= Duration::from_secs(15),
+        "record gave up after {:?}",
+        r.elapsed
+    );
+    assert!(
+        r.stderr.contains("track 0 (H264)") && r.stderr.contains("no keyframe"),
+        "the error does not name the track and what it lacks:\n{}",
+        r.stderr
+    );
+    assert!(!out.exists(), "a file was written: {}", out.display());
+    eprintln!(
+        "record without a keyframe: {:?}: {}",
+        r.elapsed,
+        r.stderr.trim()
+    );
 }
 
 #[test]

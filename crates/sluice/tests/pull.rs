@@ -486,3 +486,110 @@ fn regex_relay_path_chains_origin_to_edge() {
     );
     assert!(t0.elapsed() <= Duration::from_secs(9));
 }
+
+/// A hung upstream (SIGSTOPped: its TCP connection stays open, it sends nothing) is
+/// noticed within `source_timeout`, over TCP and UDP, and reconnected once it runs again;
+/// readers keep their sessions and see continuous RTP sequence numbers.
+#[test]
+fn silent_upstream_is_noticed_and_reconnected_with_continuity() {
+    use common::vod_client::{seq_diff, VodSession};
+    let dir = test_dir("pull-silent");
+    let mut up = GstUpstream::start(UpstreamOpts::default(), &dir);
+    let src = up.url();
+    let server = Server::start(&format!(
+        "[paths.t]\nsource = \"{src}\"\nsource_transport = \"tcp\"\nsource_timeout = \"1s\"\n\
+         [paths.u]\nsource = \"{src}\"\nsource_transport = \"udp\"\nsource_timeout = \"1s\"\n"
+    ));
+    let paths = ["t", "u"];
+    for p in paths {
+        wait_playing(&server, p, Duration::from_secs(15));
+    }
+    let read_for = Duration::from_secs(13);
+    let readers: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let url = server.url(p);
+            std::thread::spawn(move || {
+                let mut s = VodSession::open(&url).unwrap_or_else(|e| panic!("open {url}: {e}"));
+                let v = s.video();
+                let r = s.play(&[]);
+                assert_eq!(r.status, 200, "PLAY {url}: {r:?}");
+                (s.collect(read_for, true), v)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let connections_before = up.connections();
+    let t_stop = Instant::now();
+    up.proc.signal(libc::SIGSTOP);
+    for p in paths {
+        let needle = format!("path={p} ");
+        let line = server.wait_log_line(Duration::from_secs(4), |l| {
+            l.contains("sent no media within source_timeout") && unquoted(l).contains(&needle)
+        });
+        let noticed = t_stop.elapsed();
+        assert!(
+            line.is_some(),
+            "path {p}: the silent upstream was not noticed within {noticed:?}; log:\n{}",
+            tail(&server.log(), 30)
+        );
+        assert!(
+            noticed <= Duration::from_secs(3),
+            "path {p}: silence noticed after {noticed:?} with source_timeout 1s"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(t_stop.elapsed()));
+    up.proc.signal(libc::SIGCONT);
+    let t_back = Instant::now();
+    let reconnected = wait_for(Duration::from_secs(10), || {
+        (up.connections() >= connections_before + paths.len()).then_some(())
+    });
+    assert!(
+        reconnected.is_some(),
+        "the pulls did not reconnect after the upstream ran again ({} connections, {} before)\n{}\n{}",
+        up.connections(),
+        connections_before,
+        up.log(),
+        tail(&server.log(), 30)
+    );
+    for (p, reader) in paths.iter().zip(readers) {
+        let (c, v) = reader.join().expect("reader thread");
+        let ctx = format!("path {p}; server log:\n{}", tail(&server.log(), 25));
+        assert!(
+            c.bye_at.is_none(),
+            "path {p}: the reader's session ended\n{ctx}"
+        );
+        let video: Vec<_> = c.track(v).collect();
+        let before = video.iter().filter(|x| x.at <= t_stop).count();
+        assert!(
+            before >= 50,
+            "path {p}: {before} video packets before the stop\n{ctx}"
+        );
+        let resumed = video
+            .iter()
+            .find(|x| x.at > t_back)
+            .map(|x| x.at.duration_since(t_back))
+            .unwrap_or_else(|| panic!("path {p}: no media after the upstream ran again\n{ctx}"));
+        assert!(
+            resumed <= Duration::from_secs(5),
+            "path {p}: media resumed {resumed:?} after the upstream ran again\n{ctx}"
+        );
+        let after = video.iter().filter(|x| x.at > t_back).count();
+        assert!(
+            after >= 50,
+            "path {p}: {after} video packets after resuming\n{ctx}"
+        );
+        let jumps: Vec<String> = video
+            .windows(2)
+            .filter(|w| seq_diff(w[1].seq, w[0].seq) != 1)
+            .map(|w| format!("{} → {}", w[0].seq, w[1].seq))
+            .collect();
+        assert!(
+            jumps.is_empty(),
+            "path {p}: RTP sequence numbers jump across the reconnect: {jumps:?}\n{ctx}"
+        );
+        eprintln!(
+            "path {p}: {before} packets before the stop, resumed {resumed:?} after SIGCONT, {after} after"
+        );
+    }
+}

@@ -1162,3 +1162,54 @@ fn damaged_files_never_crash_the_server() {
     let c = s.collect(Duration::from_secs(1), false);
     assert!(c.frames(v) >= 15, "{} frames", c.frames(v));
 }
+
+/// `ffprobe URL`'s `Duration:` line (its text report, what a user reads).
+fn ffprobe_duration_line(url: &str) -> String {
+    let mut cmd = Command::new("ffprobe");
+    cmd.args(["-rtsp_transport", "tcp", "-timeout", "10000000", url])
+        .stdin(std::process::Stdio::null());
+    let (status, stderr) = run_with_timeout(cmd, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("ffprobe {url}: {e}"));
+    assert!(status.success(), "ffprobe {url} failed:\n{stderr}");
+    stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("Duration:"))
+        .unwrap_or_else(|| panic!("ffprobe {url} printed no Duration line:\n{stderr}"))
+        .trim()
+        .to_string()
+}
+
+/// The demo and a looping file path are endless live streams: their SDP has an open range
+/// (`a=range:npt=now-`) and ffprobe reports no duration; a stored file served on demand keeps
+/// its finite duration.
+#[test]
+fn looping_sources_advertise_live_and_stored_files_their_duration() {
+    let m = vod_media();
+    let abs = m.loop4_mp4.canonicalize().unwrap();
+    let server = Server::start(&format!(
+        "{}[paths.loopy]\nsource = \"file://{}\"\nloop = true\n",
+        vod_config(&m.dir),
+        abs.display()
+    ));
+    for path in ["demo", "loopy"] {
+        let url = server.url(path);
+        let line = ffprobe_duration_line(&url);
+        assert!(
+            line.starts_with("Duration: N/A"),
+            "{url} is live but ffprobe says {line:?}"
+        );
+        let addr = common::rtsp_client::addr_of(&url).expect("address");
+        let r = RtspClient::connect(addr)
+            .and_then(|mut c| c.request("DESCRIBE", &url, &[("Accept", "application/sdp")], b""))
+            .unwrap_or_else(|e| panic!("DESCRIBE {url}: {e}"));
+        assert_eq!(r.status, 200, "DESCRIBE {url}");
+        let sdp = String::from_utf8_lossy(&r.body);
+        assert!(sdp.contains("a=range:npt=now-\r\n"), "{url} SDP:\n{sdp}");
+    }
+    let url = vod_url(&server, &m.clip_mp4);
+    let line = ffprobe_duration_line(&url);
+    assert!(
+        line.starts_with("Duration: 00:00:20.0") || line.starts_with("Duration: 00:00:19.9"),
+        "{url} is a 20 s file but ffprobe says {line:?}"
+    );
+}

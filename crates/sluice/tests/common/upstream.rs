@@ -28,6 +28,10 @@ pub struct UpstreamOpts {
     pub tcp_only: bool,
     /// Serve audio (AAC) too (default: video only when false).
     pub audio: bool,
+    /// Loop this Annex-B H.264 file instead of the test media's (e.g. [`h264_high_annexb`]).
+    pub h264: Option<PathBuf>,
+    /// Pace the video at this frame rate (default 25, the test media's).
+    pub fps: Option<u32>,
 }
 
 /// gst-rtsp-server serving the test media's raw H.264 (+ AAC) at
@@ -151,9 +155,10 @@ impl GstUpstream {
             let mut cmd = Command::new("/usr/bin/python3");
             cmd.arg("-u")
                 .arg(&script)
-                .args(["--port", &port.to_string(), "--fps", "25"])
+                .args(["--port", &port.to_string()])
+                .args(["--fps", &opts.fps.unwrap_or(25).to_string()])
                 .arg("--h264")
-                .arg(&m.h264_annexb);
+                .arg(opts.h264.as_ref().unwrap_or(&m.h264_annexb));
             if opts.audio {
                 cmd.arg("--aac").arg(&m.aac_adts);
             }
@@ -289,6 +294,46 @@ pub const X264: &[&str] = &[
     "0",
 ];
 
+/// 640x360 30 fps H.264 High profile, Annex B (a camera's elementary stream), `secs` long,
+/// a keyframe every `gop` frames, with or without B-frames; generated once.
+pub fn h264_high_annexb(secs: u32, gop: u32, bframes: bool) -> PathBuf {
+    let name = format!(
+        "h264_high_640x360_30fps_{secs}s_g{gop}{}.h264",
+        if bframes { "_bf" } else { "" }
+    );
+    let t = secs.to_string();
+    let g = gop.to_string();
+    extra_media(
+        &name,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30",
+            "-t",
+            &t,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "high",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            &g,
+            "-keyint_min",
+            &g,
+            "-sc_threshold",
+            "0",
+            "-bf",
+            if bframes { "2" } else { "0" },
+            "-bsf:v",
+            "h264_mp4toannexb",
+        ],
+    )
+}
+
 /// `size` (e.g. `640x360`) 25 fps H.264 + AAC 48 kHz mono MP4 of `secs` seconds, generated once.
 pub fn h264_aac_mp4(secs: u32, size: &str) -> PathBuf {
     let name = format!("h264_aac_{size}_{secs}s.mp4");
@@ -407,6 +452,8 @@ pub struct FileStream {
     pub height: u32,
     pub sample_rate: u32,
     pub duration: f64,
+    /// H.264/H.265 profile as ffprobe names it (`High`, `Main` …).
+    pub profile: String,
 }
 
 /// ffprobe's view of a local media file.
@@ -465,6 +512,7 @@ pub fn probe_file(path: &Path) -> Result<FileProbe, String> {
                     height: num(&s["height"]) as u32,
                     sample_rate: num(&s["sample_rate"]) as u32,
                     duration: num(&s["duration"]),
+                    profile: s["profile"].as_str().unwrap_or("").into(),
                 })
                 .collect()
         })
