@@ -30,6 +30,8 @@ mod mkv;
 mod mp4;
 mod source;
 
+pub mod player;
+
 pub mod mux;
 
 /// The codec description types, from `sluice-codec`.
