@@ -51,16 +51,6 @@ pub enum PlayError {
     Media(#[from] MediaError),
 }
 
-/// [`Player::new`] was given a different number of track outputs than the file has tracks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{outputs} track outputs for a file with {tracks} tracks")]
-pub struct TrackCountMismatch {
-    /// Tracks of the demuxer.
-    pub tracks: usize,
-    /// Outputs given.
-    pub outputs: usize,
-}
-
 /// How one track leaves the player.
 #[derive(Debug, Clone)]
 pub struct TrackOutput {
@@ -190,8 +180,8 @@ impl Track {
 
     /// RTP timestamp of media time `secs` after `loops` loops.
     fn rtp_at(&self, secs: f64, loops: u32, duration: Duration) -> u32 {
-        let ticks = (secs * f64::from(self.clock_rate)).round() as i128
-            + self.loop_ticks(loops, duration);
+        let ticks =
+            (secs * f64::from(self.clock_rate)).round() as i128 + self.loop_ticks(loops, duration);
         self.rtp_offset.wrapping_add(ticks as u32)
     }
 }
@@ -239,19 +229,14 @@ impl std::fmt::Debug for Player {
 
 impl Player {
     /// A paused player of `demuxer` (positioned at the start) with one output per demuxer
-    /// track, in file order.
+    /// track, in file order. Samples of tracks beyond `outputs` are not sent, so a caller
+    /// may leave out trailing tracks it cannot packetize.
     pub fn new(
         demuxer: Box<dyn Demuxer>,
         outputs: Vec<TrackOutput>,
         options: PlayerOptions,
-    ) -> Result<Player, TrackCountMismatch> {
+    ) -> Player {
         let info = demuxer.info();
-        if info.tracks.len() != outputs.len() {
-            return Err(TrackCountMismatch {
-                tracks: info.tracks.len(),
-                outputs: outputs.len(),
-            });
-        }
         let tracks = info
             .tracks
             .iter()
@@ -265,7 +250,7 @@ impl Player {
             })
             .collect();
         let duration = info.duration;
-        Ok(Player {
+        Player {
             demuxer,
             tracks,
             duration,
@@ -275,7 +260,7 @@ impl Player {
             pending: None,
             position: 0.0,
             next_keyframe: None,
-        })
+        }
     }
 
     /// The file's duration in seconds.
