@@ -2,7 +2,7 @@
 //! pace, optionally looping with continuous timestamps.
 //!
 //! The pacing and timestamp arithmetic is the sans-IO
-//! [`Player`](sluice_media::player::Player) the server's file sources use; this module
+//! [`Player`] the server's file sources use; this module
 //! sleeps until it says a sample is due (serving the connection meanwhile) and sends.
 
 use std::future::Future;

@@ -9,7 +9,7 @@
 //! more than the read), so memory does not grow with the file.
 //!
 //! The timing, seeking, Scale and loop arithmetic is the sans-IO
-//! [`Player`](sluice_media::player::Player) shared with `sluice publish`; this module only
+//! [`Player`] shared with `sluice publish`; this module only
 //! sleeps until it says a sample is due and pushes the packets into the stream.
 
 use std::sync::{Arc, Mutex};
