@@ -1,11 +1,16 @@
 //! `sluice publish`: plays a file into an RTSP server with ANNOUNCE/RECORD at real-time
 //! pace, optionally looping with continuous timestamps.
+//!
+//! The pacing and timestamp arithmetic is the sans-IO
+//! [`Player`] the server's file sources use; this module
+//! sleeps until it says a sample is due (serving the connection meanwhile) and sends.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sluice_codec::packetizer::Packetizer;
+use sluice_media::player::{EndReason, Player, PlayerOptions, Poll, TrackOutput};
 use sluice_media::Demuxer;
 
 use crate::{ClientEvent, ClientMode, Connection, ConnectionError, Options};
@@ -52,12 +57,6 @@ pub struct PublishStats {
     pub loops: u32,
 }
 
-struct Out {
-    packetizer: Packetizer,
-    timescale: u32,
-    rtp_offset: u32,
-}
-
 /// The SDP announced for a file: its packetizers' media sections with `trackID=N` controls.
 pub fn announce_sdp(packetizers: &[Packetizer]) -> String {
     let mut sdp = String::from("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=Sluice publish\r\nt=0 0\r\n");
@@ -80,10 +79,10 @@ pub async fn publish(
         path: path.clone(),
         reason,
     };
-    let mut demuxer: Box<dyn Demuxer> =
+    let demuxer: Box<dyn Demuxer> =
         sluice_media::open(&opts.file).map_err(|e| media_err(e.to_string()))?;
     let info = demuxer.info().clone();
-    let mut outs = Vec::new();
+    let mut packetizers = Vec::new();
     for (i, t) in info.tracks.iter().enumerate() {
         let p = Packetizer::new(
             &t.params,
@@ -93,20 +92,26 @@ pub async fn publish(
             1400,
         )
         .map_err(|e| media_err(format!("track {i}: {e}")))?;
-        outs.push(Out {
-            packetizer: p,
-            timescale: t.timescale.max(1),
-            rtp_offset: rand::random(),
-        });
+        packetizers.push(p);
     }
-    if outs.is_empty() {
+    if packetizers.is_empty() {
         return Err(media_err("no tracks".into()));
     }
-    let sdp = announce_sdp(
-        &outs
-            .iter()
-            .map(|o| o.packetizer.clone())
-            .collect::<Vec<_>>(),
+    let sdp = announce_sdp(&packetizers);
+    let outputs = packetizers
+        .into_iter()
+        .map(|packetizer| TrackOutput {
+            packetizer,
+            rtp_offset: rand::random(),
+        })
+        .collect();
+    let mut player = Player::new(
+        demuxer,
+        outputs,
+        PlayerOptions {
+            looping: opts.looping,
+            lead: Duration::ZERO,
+        },
     );
     let mut conn = Connection::open(Options {
         url: opts.url.clone(),
@@ -123,71 +128,42 @@ pub async fn publish(
         }
     }
     tokio::pin!(stop);
-    let duration = info.duration.as_secs_f64();
-    let start = Instant::now();
+    let duration = player.duration();
+    player
+        .play(None, None, 1.0, Instant::now())
+        .map_err(|e| media_err(e.to_string()))?;
     let mut stats = PublishStats::default();
     let mut last_progress = Instant::now();
-    let mut packets = Vec::new();
     loop {
-        let sample = match demuxer.next_sample() {
-            Ok(Some(s)) => s,
-            Ok(None) if opts.looping && duration > 0.0 => {
-                demuxer
-                    .seek(Duration::ZERO)
-                    .map_err(|e| media_err(e.to_string()))?;
-                stats.loops += 1;
+        let burst = match player.poll(Instant::now()) {
+            Poll::Send(burst) => burst,
+            Poll::Skipped(_) => continue,
+            Poll::Ended(EndReason::Failed(e)) => return Err(media_err(e.to_string())),
+            Poll::Ended(_) | Poll::Idle => break,
+            Poll::WaitUntil(due) => {
+                // Wait for the sample's time while serving the connection (keep-alives, RRs).
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    ev = conn.next_event() => match ev {
+                        Ok(ClientEvent::Closed) => return Ok(stats),
+                        Ok(_) => {}
+                        Err(e) => return Err(e.into()),
+                    },
+                    _ = &mut stop => {
+                        conn.close(Duration::from_secs(2)).await;
+                        return Ok(stats);
+                    }
+                }
                 continue;
             }
-            Ok(None) => break,
-            Err(e) => return Err(media_err(e.to_string())),
         };
-        let Some(out) = outs.get_mut(sample.track) else {
-            continue;
-        };
-        // Samples ending before presentation time 0 (AAC priming cut by the edit list) are
-        // not presented; sending them again at a loop would step timestamps back.
-        if sample.pts.saturating_add(i64::from(sample.duration)) <= 0 {
-            continue;
-        }
-        let loop_secs = f64::from(stats.loops) * duration;
-        let media = sample.dts as f64 / f64::from(out.timescale) + loop_secs;
-        let due = start + Duration::from_secs_f64(media.max(0.0));
-        // Wait for the sample's time while serving the connection (keep-alives, RRs).
-        loop {
-            if Instant::now() >= due {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(due.into()) => break,
-                ev = conn.next_event() => match ev {
-                    Ok(ClientEvent::Closed) => return Ok(stats),
-                    Ok(_) => {}
-                    Err(e) => return Err(e.into()),
-                },
-                _ = &mut stop => {
-                    conn.close(Duration::from_secs(2)).await;
-                    return Ok(stats);
-                }
-            }
-        }
-        let clock = out.packetizer.clock_rate();
-        let pts_ticks = (i128::from(sample.pts) * i128::from(clock) / i128::from(out.timescale))
-            as i64
-            + (loop_secs * f64::from(clock)).round() as i64;
-        let ts = out.rtp_offset.wrapping_add(pts_ticks as u32);
-        packets.clear();
-        if out
-            .packetizer
-            .packetize(&sample.data, ts, sample.keyframe, &mut packets)
-            .is_err()
-        {
-            continue;
-        }
-        for p in &packets {
-            conn.send_rtp(sample.track, p).await?;
+        for p in &burst.packets {
+            conn.send_rtp(burst.track, p).await?;
             stats.packets += 1;
             stats.bytes += p.len() as u64;
         }
+        stats.loops = burst.loops;
+        let media = f64::from(burst.loops) * duration + burst.position;
         stats.duration = Duration::from_secs_f64(media.max(0.0));
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();

@@ -1,7 +1,9 @@
 //! Demuxers for stored media files served on demand: MP4/MOV (regular and fragmented) and
 //! Matroska/WebM, read into timed [`Sample`]s with seeking and a keyframe index.
 //!
-//! [`mux`] writes fragmented MP4 (for recording and fMP4 segments).
+//! [`mux`] writes fragmented MP4 (for recording and fMP4 segments). [`player`] is the sans-IO
+//! player the server's file sources and `sluice publish` share: samples to timed RTP, with
+//! seeking, Scale and looping.
 //!
 //! Files are untrusted: parsing never panics, every allocation is bounded by the file size, and
 //! only index tables are kept in memory — sample data is read on demand by offset.
@@ -29,6 +31,8 @@ mod media;
 mod mkv;
 mod mp4;
 mod source;
+
+pub mod player;
 
 pub mod mux;
 
