@@ -34,7 +34,7 @@ use crate::load::{recv_batch, BATCH, HEAD_ONLY, TCP_READ, UDP_BUF};
 /// `packets` packets of `size` bytes (one frame; one GSO run over UDP, one `send` over TCP),
 /// except that every `key_every`-th frame, from the first, is a keyframe of `key_packets`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flow {
+pub(crate) struct Flow {
     /// Frames per second.
     pub per_s: u32,
     /// Packets per frame.
@@ -49,7 +49,7 @@ pub struct Flow {
 
 impl Flow {
     /// Packets of frame `index` (counted from 0, the first keyframe).
-    pub fn packets_of(&self, index: u64) -> usize {
+    pub(crate) fn packets_of(&self, index: u64) -> usize {
         if self.key_every > 0 && index % u64::from(self.key_every) == 0 {
             self.key_packets
         } else {
@@ -59,7 +59,7 @@ impl Flow {
 
     /// Packets a second, on average over a GOP (what the tests check the shapes by).
     #[cfg(test)]
-    pub fn packets_per_s(&self) -> f64 {
+    pub(crate) fn packets_per_s(&self) -> f64 {
         let per_gop = match self.key_every {
             0 => self.packets as f64,
             k => (self.key_packets + (k as usize - 1) * self.packets) as f64 / f64::from(k),
@@ -74,7 +74,7 @@ impl Flow {
 /// keyframe every 60 frames, of 40.2 KB on average in `hi` (other frames 16.5 KB) and 2.6 KB
 /// in `lo` (other frames 0.67 KB), as `ffprobe -show_entries packet=size,flags` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     /// 1080p30 H.264 at 4 Mb/s (30 frames/s of 12 packets of 1,400 bytes, every 60th a
     /// keyframe of 29) + AAC 128 kb/s (17 packets/s of 940 bytes).
     Hi,
@@ -88,7 +88,7 @@ const GOP_FRAMES: u32 = 60;
 
 impl Shape {
     /// The flows: video first, then audio (sent to a second port per reader over UDP).
-    pub fn flows(self) -> [Flow; 2] {
+    pub(crate) fn flows(self) -> [Flow; 2] {
         match self {
             Shape::Hi => [
                 Flow {
@@ -126,7 +126,7 @@ impl Shape {
     }
 
     /// `hi` or `lo`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Shape::Hi => "hi",
             Shape::Lo => "lo",
@@ -136,7 +136,7 @@ impl Shape {
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct FloorOptions {
+pub(crate) struct FloorOptions {
     /// Receivers.
     pub readers: usize,
     /// true: UDP datagrams (GSO runs); false: TCP interleaved frames.
@@ -159,7 +159,7 @@ pub struct FloorOptions {
 /// The result, one JSON line; `server` uses the load report's key names so that
 /// `bench/fanout.sh` tabulates it beside the servers.
 #[derive(Debug, Clone, Serialize)]
-pub struct FloorReport {
+pub(crate) struct FloorReport {
     /// Copied from the options.
     pub label: Option<String>,
     /// `udp` or `tcp`.
@@ -197,7 +197,7 @@ pub struct FloorReport {
 
 /// The sender thread's cost.
 #[derive(Debug, Clone, Serialize)]
-pub struct FloorSender {
+pub(crate) struct FloorSender {
     /// utime+stime over the window, % of one core.
     pub cpu_pct: f64,
     /// `cpu_pct` per Gbit/s of egress.
@@ -208,7 +208,7 @@ pub struct FloorSender {
 
 /// Why the floor could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum FloorError {
+pub(crate) enum FloorError {
     /// A socket call failed while setting up.
     #[error("{what}: {source}")]
     Setup {
@@ -275,7 +275,7 @@ enum Receivers {
 }
 
 /// Runs the floor measurement (blocking: two threads for about `duration` + 2 s).
-pub fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
+pub(crate) fn run(opts: FloorOptions) -> Result<FloorReport, FloorError> {
     if opts.io_uring && opts.udp {
         return Err(FloorError::IoUringUdp);
     }
@@ -520,7 +520,7 @@ fn share(n: usize, threads: usize, k: usize) -> std::ops::Range<usize> {
 
 /// Percentiles of the fan-out latency, µs (bucket upper bounds, 10 µs wide).
 #[derive(Debug, Clone, Serialize)]
-pub struct LatencySummary {
+pub(crate) struct LatencySummary {
     /// Packet-reader deliveries counted.
     pub count: u64,
     /// Median.

@@ -55,7 +55,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     /// `rtsp://host[:port]/path` to read.
     pub url: String,
     /// Reader sessions to open.
@@ -94,7 +94,7 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// Defaults for `url`: 1 reader over UDP for 20 s, 64 concurrent handshakes.
-    pub fn new(url: impl Into<String>) -> LoadOptions {
+    pub(crate) fn new(url: impl Into<String>) -> LoadOptions {
         LoadOptions {
             url: url.into(),
             readers: 1,
@@ -116,7 +116,7 @@ impl LoadOptions {
 
 /// p50/p90/p99/max of a set of samples (milliseconds), over `n` samples.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     /// Samples.
     pub n: usize,
     /// Median.
@@ -150,7 +150,7 @@ impl Percentiles {
 
 /// The sampled server process over the window.
 #[derive(Debug, Clone, Serialize)]
-pub struct ServerSample {
+pub(crate) struct ServerSample {
     /// Process id.
     pub pid: u32,
     /// utime+stime over the window, in % of one core.
@@ -169,7 +169,7 @@ pub struct ServerSample {
 
 /// Result of a load run (one JSON line).
 #[derive(Debug, Clone, Serialize)]
-pub struct LoadReport {
+pub(crate) struct LoadReport {
     /// `--label`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
@@ -243,7 +243,7 @@ pub struct LoadReport {
 /// A server's ingest → egress latency histogram summary, microseconds (bucket upper
 /// bounds: within a fifth).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct EgressLatency {
+pub(crate) struct EgressLatency {
     /// Packets measured (per reader sent).
     pub count: u64,
     /// Median.
@@ -258,7 +258,7 @@ pub struct EgressLatency {
 
 /// Raw per-reader samples (connected readers), for merging several processes' reports.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Samples {
+pub(crate) struct Samples {
     /// Send PLAY → reply, ms.
     pub play_reply_ms: Vec<f64>,
     /// Connect → PLAY reply, ms.
@@ -275,7 +275,7 @@ pub struct Samples {
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// The URL is not `rtsp://host[:port]/...`.
     #[error("invalid URL {0:?}")]
     InvalidUrl(String),
@@ -1283,7 +1283,10 @@ async fn describe(url: &str, addr: SocketAddr, timeout: Duration) -> Result<usiz
 }
 
 /// Runs the load and returns its report. `progress` gets human-readable lines (stderr).
-pub async fn run(opts: LoadOptions, progress: impl Fn(&str)) -> Result<LoadReport, LoadError> {
+pub(crate) async fn run(
+    opts: LoadOptions,
+    progress: impl Fn(&str),
+) -> Result<LoadReport, LoadError> {
     let auth = authority(&opts.url).ok_or_else(|| LoadError::InvalidUrl(opts.url.clone()))?;
     let addr = tokio::net::lookup_host(&auth)
         .await

@@ -13,10 +13,10 @@ const CONTAINERS: [&[u8; 4]; 13] = [
 ];
 
 /// Why a box tree was refused.
-pub type BoundsError = String;
+pub(super) type BoundsError = String;
 
 /// Checks the box at the start of `data` (a whole `moov`/`moof` box) and its subtree.
-pub fn check(data: &[u8]) -> Result<(), BoundsError> {
+pub(super) fn check(data: &[u8]) -> Result<(), BoundsError> {
     check_boxes(data, 0)
 }
 

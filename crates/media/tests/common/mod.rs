@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 /// A test file: its name and the ffmpeg output arguments that make it.
-pub struct Spec {
+pub(crate) struct Spec {
     pub name: &'static str,
     pub args: &'static [&'static str],
 }
@@ -30,17 +30,17 @@ const X264: &[&str] = &[
 ];
 
 /// H.264 + AAC, moov at the end.
-pub const MP4: Spec = Spec {
+pub(crate) const MP4: Spec = Spec {
     name: "h264_aac.mp4",
     args: &["-c:a", "aac", "-b:a", "64k"],
 };
 /// H.264 + AAC, moov first.
-pub const MP4_FASTSTART: Spec = Spec {
+pub(crate) const MP4_FASTSTART: Spec = Spec {
     name: "h264_aac_faststart.mp4",
     args: &["-c:a", "aac", "-b:a", "64k", "-movflags", "+faststart"],
 };
 /// H.264 + AAC, fragmented.
-pub const FMP4: Spec = Spec {
+pub(crate) const FMP4: Spec = Spec {
     name: "h264_aac_frag.mp4",
     args: &[
         "-c:a",
@@ -52,17 +52,17 @@ pub const FMP4: Spec = Spec {
     ],
 };
 /// H.265 + Opus in Matroska.
-pub const MKV_HEVC: Spec = Spec {
+pub(crate) const MKV_HEVC: Spec = Spec {
     name: "h265_opus.mkv",
     args: &["-c:a", "libopus", "-b:a", "48k"],
 };
 /// VP9 + Opus in WebM.
-pub const WEBM: Spec = Spec {
+pub(crate) const WEBM: Spec = Spec {
     name: "vp9_opus.webm",
     args: &["-c:a", "libopus", "-b:a", "48k"],
 };
 /// H.264 + AAC in Matroska.
-pub const MKV_H264: Spec = Spec {
+pub(crate) const MKV_H264: Spec = Spec {
     name: "h264_aac.mkv",
     args: &["-c:a", "aac", "-b:a", "64k"],
 };
@@ -70,14 +70,14 @@ pub const MKV_H264: Spec = Spec {
 static LOCK: Mutex<()> = Mutex::new(());
 
 /// Directory for generated media.
-pub fn media_dir() -> PathBuf {
+pub(crate) fn media_dir() -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sluice-media-tests");
     std::fs::create_dir_all(&d).expect("create media dir");
     d
 }
 
 /// Path of the file for `spec`, generating it with ffmpeg if missing.
-pub fn media(spec: &Spec) -> PathBuf {
+pub(crate) fn media(spec: &Spec) -> PathBuf {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = media_dir().join(spec.name);
     if path.exists() {
@@ -149,7 +149,7 @@ fn ffprobe(path: &Path, args: &[&str]) -> String {
 }
 
 /// Container duration in seconds per ffprobe.
-pub fn probe_duration(path: &Path) -> f64 {
+pub(crate) fn probe_duration(path: &Path) -> f64 {
     ffprobe(
         path,
         &["-show_entries", "format=duration", "-of", "csv=p=0"],
@@ -160,7 +160,7 @@ pub fn probe_duration(path: &Path) -> f64 {
 }
 
 /// Packet count of each stream per ffprobe `-count_packets`.
-pub fn probe_packet_counts(path: &Path) -> Vec<usize> {
+pub(crate) fn probe_packet_counts(path: &Path) -> Vec<usize> {
     ffprobe(
         path,
         &[
@@ -178,7 +178,7 @@ pub fn probe_packet_counts(path: &Path) -> Vec<usize> {
 }
 
 /// Sizes of the first `n` packets of stream `stream` per ffprobe.
-pub fn probe_packet_sizes(path: &Path, stream: usize, n: usize) -> Vec<usize> {
+pub(crate) fn probe_packet_sizes(path: &Path, stream: usize, n: usize) -> Vec<usize> {
     let sel = format!("{stream}");
     let interval = format!("%+#{n}");
     ffprobe(
@@ -202,7 +202,7 @@ pub fn probe_packet_sizes(path: &Path, stream: usize, n: usize) -> Vec<usize> {
 }
 
 /// A tiny file (64x64, 10 fps, 0.5 s, 8 kHz audio) for mutation tests and fuzz seeds.
-pub fn tiny(name: &str) -> PathBuf {
+pub(crate) fn tiny(name: &str) -> PathBuf {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = media_dir().join(name);
     if path.exists() {
@@ -282,7 +282,7 @@ pub fn tiny(name: &str) -> PathBuf {
 }
 
 /// Opens `data` and exercises everything with bounds; returns whether it opened. Must not panic.
-pub fn exercise(data: Vec<u8>) -> bool {
+pub(crate) fn exercise(data: Vec<u8>) -> bool {
     let len = data.len();
     let Ok(mut d) = sluice_media::open_reader(std::io::Cursor::new(data)) else {
         return false;

@@ -26,21 +26,21 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         self.machine.role()
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.machine.state()
     }
 
     /// The kind every track of the session uses, once one is set up.
-    pub fn kind(&self) -> Option<TransportKind> {
+    pub(crate) fn kind(&self) -> Option<TransportKind> {
         self.transports.values().next().map(TrackTransport::kind)
     }
 
     /// The multicast group of the session, if it has one.
-    pub fn group(&self) -> Option<std::net::IpAddr> {
+    pub(crate) fn group(&self) -> Option<std::net::IpAddr> {
         self.transports.values().find_map(|t| match t {
             TrackTransport::Multicast { group, .. } => *group,
             _ => None,
@@ -49,14 +49,14 @@ impl Entry {
 
     /// Whether no track is interleaved on the connection (such player sessions outlive
     /// the connection until they time out).
-    pub fn udp_only(&self) -> bool {
+    pub(crate) fn udp_only(&self) -> bool {
         self.transports
             .values()
             .all(|t| !matches!(t, TrackTransport::Tcp { .. }))
     }
 
     /// The next deadline: expiry or receiver report.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         let expiry = self.machine.poll_timeout();
         self.next_rtcp.map_or(expiry, |r| r.min(expiry))
     }

@@ -22,14 +22,14 @@ fn cmd_in(netns: Option<&Netns>, program: &str) -> Command {
 }
 
 /// `ffmpeg -re -stream_loop -1 -i FILE -c copy -f rtsp -rtsp_transport T URL`.
-pub struct FfmpegPublisher {
+pub(crate) struct FfmpegPublisher {
     pub proc: Proc,
     pub url: String,
 }
 
 impl FfmpegPublisher {
     /// Spawns the publisher (does not wait; see [`FfmpegPublisher::wait_publishing`]).
-    pub fn spawn(
+    pub(crate) fn spawn(
         file: &Path,
         url: &str,
         transport: &str,
@@ -66,11 +66,11 @@ impl FfmpegPublisher {
     }
 
     /// Spawns the publisher and waits until it is recording, panicking otherwise.
-    pub fn start(file: &Path, url: &str, transport: &str, dir: &Path) -> Self {
+    pub(crate) fn start(file: &Path, url: &str, transport: &str, dir: &Path) -> Self {
         Self::start_with(file, url, transport, dir, None)
     }
 
-    pub fn start_with(
+    pub(crate) fn start_with(
         file: &Path,
         url: &str,
         transport: &str,
@@ -89,7 +89,7 @@ impl FfmpegPublisher {
     /// Waits until ffmpeg has completed ANNOUNCE/SETUP/RECORD (it prints the
     /// `Output #0, rtsp` header only after `avformat_write_header`
     /// succeeded) and is sending. `Err` carries its stderr if it exited.
-    pub fn wait_publishing(&mut self, timeout: Duration) -> Result<(), String> {
+    pub(crate) fn wait_publishing(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let err = self.proc.stderr();
@@ -113,14 +113,14 @@ impl FfmpegPublisher {
     }
 
     /// Kills the publisher abruptly (SIGKILL: no TEARDOWN is sent).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.proc.kill();
     }
 }
 
 /// What an ffmpeg reader saw.
 #[derive(Debug, Clone, Default)]
-pub struct FfmpegReport {
+pub(crate) struct FfmpegReport {
     pub video_codec: Option<String>,
     pub width: u32,
     pub height: u32,
@@ -140,7 +140,7 @@ pub struct FfmpegReport {
 
 impl FfmpegReport {
     /// Parses ffmpeg `-v verbose` stderr.
-    pub fn parse(stderr: &str) -> FfmpegReport {
+    pub(crate) fn parse(stderr: &str) -> FfmpegReport {
         let mut r = FfmpegReport::default();
         let mut in_input = false;
         for raw in stderr.split(['\n', '\r']) {
@@ -191,7 +191,7 @@ impl FfmpegReport {
     }
 
     /// Last lines of ffmpeg's stderr, for assertion messages.
-    pub fn tail(&self) -> String {
+    pub(crate) fn tail(&self) -> String {
         super::tail(&self.stderr.replace('\r', "\n"), 25)
     }
 }
@@ -219,7 +219,7 @@ fn number_before(line: &str, marker: &str) -> Option<u64> {
 }
 
 /// A running ffmpeg reader: `ffmpeg -rtsp_transport T -i URL -t SECS -f null -`.
-pub struct FfmpegReader {
+pub(crate) struct FfmpegReader {
     pub proc: Proc,
     pub url: String,
 }
@@ -227,7 +227,7 @@ pub struct FfmpegReader {
 impl FfmpegReader {
     /// `transport`: `udp`, `tcp` or `udp_multicast`. `-t` is `media_secs`
     /// of stream time; the harness still enforces a wall-clock deadline.
-    pub fn spawn(
+    pub(crate) fn spawn(
         url: &str,
         transport: &str,
         media_secs: f64,
@@ -239,7 +239,7 @@ impl FfmpegReader {
 
     /// Like [`FfmpegReader::spawn`], with `extra` input options placed before `-i`
     /// (e.g. TLS options for `rtsps://`; credentials go in the URL).
-    pub fn spawn_args(
+    pub(crate) fn spawn_args(
         url: &str,
         transport: &str,
         media_secs: f64,
@@ -272,13 +272,13 @@ impl FfmpegReader {
 
     /// Waits until ffmpeg exits by itself or `deadline_after_start` passes
     /// since spawn (then SIGINT, so it still prints its statistics).
-    pub fn finish(self, deadline_after_start: Duration) -> FfmpegReport {
+    pub(crate) fn finish(self, deadline_after_start: Duration) -> FfmpegReport {
         let at = self.proc.started + deadline_after_start;
         self.finish_at(at)
     }
 
     /// Like [`FfmpegReader::finish`] with an absolute deadline.
-    pub fn finish_at(mut self, deadline: Instant) -> FfmpegReport {
+    pub(crate) fn finish_at(mut self, deadline: Instant) -> FfmpegReport {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let by_itself = self.proc.wait_timeout(remaining).is_some();
         let status = self.proc.stop(Duration::from_secs(5));
@@ -293,11 +293,11 @@ impl FfmpegReader {
 /// Reads `url` for `secs` seconds of media (`-t secs+1` to cover the wait
 /// for the first keyframe: no GOP cache) with a wall-clock limit of
 /// `secs + 12` s. Compare `video_frames` against `min_frames(secs, ..)`.
-pub fn ffmpeg_read(url: &str, transport: &str, secs: Duration, dir: &Path) -> FfmpegReport {
+pub(crate) fn ffmpeg_read(url: &str, transport: &str, secs: Duration, dir: &Path) -> FfmpegReport {
     ffmpeg_read_with(url, transport, secs, dir, None)
 }
 
-pub fn ffmpeg_read_with(
+pub(crate) fn ffmpeg_read_with(
     url: &str,
     transport: &str,
     secs: Duration,
@@ -310,7 +310,7 @@ pub fn ffmpeg_read_with(
 
 /// ffprobe's view of one stream.
 #[derive(Debug, Clone, Default)]
-pub struct ProbeStream {
+pub(crate) struct ProbeStream {
     pub codec_type: String,
     pub codec_name: String,
     pub width: u32,
@@ -320,21 +320,21 @@ pub struct ProbeStream {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ProbeReport {
+pub(crate) struct ProbeReport {
     pub streams: Vec<ProbeStream>,
 }
 
 impl ProbeReport {
-    pub fn video(&self) -> Option<&ProbeStream> {
+    pub(crate) fn video(&self) -> Option<&ProbeStream> {
         self.streams.iter().find(|s| s.codec_type == "video")
     }
-    pub fn audio(&self) -> Option<&ProbeStream> {
+    pub(crate) fn audio(&self) -> Option<&ProbeStream> {
         self.streams.iter().find(|s| s.codec_type == "audio")
     }
 }
 
 /// `ffprobe -rtsp_transport tcp -show_streams -of json URL` (20 s limit).
-pub fn ffprobe(url: &str) -> Result<ProbeReport, String> {
+pub(crate) fn ffprobe(url: &str) -> Result<ProbeReport, String> {
     let mut cmd = Command::new("ffprobe");
     cmd.args([
         "-v",

@@ -24,14 +24,14 @@ fn cmd_in(netns: Option<&Netns>) -> Command {
 /// `filesrc ! qtdemux ! {h264parse, aacparse} ! rtspclientsink`: publishes an
 /// H.264+AAC MP4 once, paced in real time (`filesrc` does not loop: use
 /// `media().h264_aac_long`, 30 s).
-pub struct GstPublisher {
+pub(crate) struct GstPublisher {
     pub proc: Proc,
     pub url: String,
 }
 
 impl GstPublisher {
     /// `protocols`: `tcp` or `udp`.
-    pub fn spawn(
+    pub(crate) fn spawn(
         mp4: &Path,
         url: &str,
         protocols: &str,
@@ -55,7 +55,7 @@ impl GstPublisher {
 
     /// Spawns and waits until the server describes the path (the publisher
     /// has announced and recorded), panicking otherwise.
-    pub fn start(mp4: &Path, url: &str, protocols: &str, dir: &Path) -> Self {
+    pub(crate) fn start(mp4: &Path, url: &str, protocols: &str, dir: &Path) -> Self {
         let mut p = Self::spawn(mp4, url, protocols, dir, None);
         let ok = super::wait_for(Duration::from_secs(10), || {
             if !p.proc.is_running() {
@@ -80,13 +80,13 @@ impl GstPublisher {
 
 /// Video codec of the stream a GStreamer reader depayloads/decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GstVideo {
+pub(crate) enum GstVideo {
     H264,
     H265,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct GstReport {
+pub(crate) struct GstReport {
     /// Decoded video frames that reached the sink.
     pub video_frames: u64,
     pub width: u32,
@@ -103,7 +103,7 @@ pub struct GstReport {
 }
 
 impl GstReport {
-    pub fn parse(output: &str) -> GstReport {
+    pub(crate) fn parse(output: &str) -> GstReport {
         let mut r = GstReport::default();
         for line in output.lines() {
             if line.contains("last-message = chain") {
@@ -135,7 +135,7 @@ fn int_field(line: &str, key: &str) -> Option<u32> {
 /// avdec ! fakesink silent=false` for `wall` of wall-clock time; decoded
 /// frames are counted from fakesink's `last-message = chain` notifications.
 /// `protocols`: `udp`, `tcp` or `udp-mcast`.
-pub fn gst_read(
+pub(crate) fn gst_read(
     url: &str,
     protocols: &str,
     codec: GstVideo,
@@ -148,7 +148,7 @@ pub fn gst_read(
 
 /// Like [`gst_read`], with extra `rtspsrc` properties (`user-id=…`, `user-pw=…`,
 /// `tls-validation-flags=0`, …).
-pub fn gst_read_props(
+pub(crate) fn gst_read_props(
     url: &str,
     protocols: &str,
     codec: GstVideo,

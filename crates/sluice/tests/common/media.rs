@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// The generated media set.
 #[derive(Debug, Clone)]
-pub struct Media {
+pub(crate) struct Media {
     /// 640x360 25 fps H.264 (baseline, 1 s GOP, no B-frames) + AAC 48 kHz mono, 10 s.
     pub h264_aac: PathBuf,
     /// Same as `h264_aac` but 30 s long, for publishers that cannot loop
@@ -100,7 +100,7 @@ fn generate(dir: &Path, name: &str, args: Vec<String>) -> PathBuf {
 }
 
 /// Runs a command to completion with a timeout; returns (status, stderr).
-pub fn run_with_timeout(
+pub(crate) fn run_with_timeout(
     mut cmd: Command,
     timeout: Duration,
 ) -> Result<(std::process::ExitStatus, String), String> {
@@ -136,7 +136,7 @@ fn args(parts: &[&[&str]], lead: Vec<String>) -> Vec<String> {
 }
 
 /// Returns the test media, generating it on first use.
-pub fn media() -> &'static Media {
+pub(crate) fn media() -> &'static Media {
     static MEDIA: OnceLock<Media> = OnceLock::new();
     MEDIA.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -238,7 +238,7 @@ pub fn media() -> &'static Media {
 /// Stored media for the on-demand (`[vod]`) tests, all inside one directory that the
 /// tests serve with `[vod] dir = ...`. Generated once, like [`media`].
 #[derive(Debug, Clone)]
-pub struct VodMedia {
+pub(crate) struct VodMedia {
     /// The directory to serve; every file below is reachable at `vod/<name>`.
     pub dir: PathBuf,
     /// `clip.mp4`: 640x360 25 fps H.264 (1 s GOP: keyframes at every whole second)
@@ -259,10 +259,10 @@ pub struct VodMedia {
 }
 
 /// Duration of `VodMedia::clip_*` in seconds.
-pub const VOD_CLIP_SECS: f64 = 20.0;
+pub(crate) const VOD_CLIP_SECS: f64 = 20.0;
 
 /// Returns the on-demand media set, generating it on first use (a few seconds).
-pub fn vod_media() -> &'static VodMedia {
+pub(crate) fn vod_media() -> &'static VodMedia {
     static MEDIA: OnceLock<VodMedia> = OnceLock::new();
     MEDIA.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -361,7 +361,7 @@ pub fn vod_media() -> &'static VodMedia {
 
 /// What ffprobe says about a local media file.
 #[derive(Debug, Clone, Default)]
-pub struct FileFacts {
+pub(crate) struct FileFacts {
     /// `format.duration` in seconds.
     pub duration: f64,
     /// Number of video packets (frames).
@@ -371,7 +371,7 @@ pub struct FileFacts {
 }
 
 /// Runs ffprobe on a local file: duration, video frame count, keyframe times.
-pub fn file_facts(path: &Path) -> FileFacts {
+pub(crate) fn file_facts(path: &Path) -> FileFacts {
     let mut cmd = Command::new("ffprobe");
     cmd.args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
         .arg("format=duration:packet=pts_time,flags")

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-pub struct Netns {
+pub(crate) struct Netns {
     name: String,
 }
 
@@ -29,7 +29,7 @@ impl Netns {
     /// Creates the namespace. Returns `None` when not running as root (the
     /// caller then skips the test with a message); panics if root but the
     /// namespace cannot be set up.
-    pub fn new() -> Option<Netns> {
+    pub(crate) fn new() -> Option<Netns> {
         static N: AtomicU32 = AtomicU32::new(0);
         if !super::is_root() {
             // In CI (root) a skip would hide a broken multicast path: fail instead.
@@ -66,19 +66,19 @@ impl Netns {
         Some(ns)
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// A command that runs `program` inside the namespace.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name]).arg(program);
         c
     }
 
     /// Whether a TCP connect to 127.0.0.1:`port` inside the namespace works.
-    pub fn tcp_connects(&self, port: u16) -> bool {
+    pub(crate) fn tcp_connects(&self, port: u16) -> bool {
         let mut c = self.command("bash");
         c.arg("-c")
             .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}"))

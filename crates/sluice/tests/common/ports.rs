@@ -53,7 +53,7 @@ fn udp_free(port: u16) -> bool {
 }
 
 /// A TCP port currently free on 127.0.0.1 and 0.0.0.0.
-pub fn free_tcp_port() -> u16 {
+pub(crate) fn free_tcp_port() -> u16 {
     for attempt in 0..4000 {
         let p = candidate(attempt, 1);
         if tcp_free(p) {
@@ -64,12 +64,12 @@ pub fn free_tcp_port() -> u16 {
 }
 
 /// An even UDP port `p` with `p` and `p + 1` free (RTP + RTCP).
-pub fn free_udp_pair() -> u16 {
+pub(crate) fn free_udp_pair() -> u16 {
     free_udp_block(2)
 }
 
 /// An even UDP port `p` with `p .. p + n` all free (e.g. multicast tracks).
-pub fn free_udp_block(n: u16) -> u16 {
+pub(crate) fn free_udp_block(n: u16) -> u16 {
     for attempt in 0..4000 {
         let p = candidate(attempt, u32::from(n));
         if (0..n).all(|i| udp_free(p + i)) {

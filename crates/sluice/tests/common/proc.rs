@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 /// A spawned external process. stdout and stderr go to files in the test
 /// directory. Dropping it kills the process; if the test is panicking, the
 /// tail of its stderr is printed.
-pub struct Proc {
+pub(crate) struct Proc {
     pub name: String,
     child: Child,
     pub stdout_path: PathBuf,
@@ -21,7 +21,7 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with stdin closed and output captured to
     /// `dir/<name>.stdout` / `dir/<name>.stderr`.
-    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Proc {
+    pub(crate) fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Proc {
         let stdout_path = dir.join(format!("{name}.stdout"));
         let stderr_path = dir.join(format!("{name}.stderr"));
         let out = std::fs::File::create(&stdout_path).expect("create stdout file");
@@ -42,37 +42,37 @@ impl Proc {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Don't dump this process's stderr when the test fails (for noisy peers).
-    pub fn quiet_on_panic(&mut self) {
+    pub(crate) fn quiet_on_panic(&mut self) {
         self.quiet_on_panic = true;
     }
 
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.stdout_path).unwrap_or_default()).into_owned()
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.stderr_path).unwrap_or_default()).into_owned()
     }
 
     /// Exit status if the process has exited.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = self.child.try_wait().ok().flatten();
         }
         self.status
     }
 
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.try_wait().is_none()
     }
 
     /// Waits up to `timeout` for the process to exit by itself.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.try_wait() {
@@ -86,7 +86,7 @@ impl Proc {
     }
 
     /// Sends a signal (e.g. `libc::SIGINT`) if still running.
-    pub fn signal(&mut self, sig: i32) {
+    pub(crate) fn signal(&mut self, sig: i32) {
         if self.is_running() {
             // SAFETY: plain kill(2) on our own child's pid.
             unsafe {
@@ -96,13 +96,13 @@ impl Proc {
     }
 
     /// Whether [`Proc::stop`] had to interrupt the process.
-    pub fn was_interrupted(&self) -> bool {
+    pub(crate) fn was_interrupted(&self) -> bool {
         self.interrupted
     }
 
     /// Stops the process gracefully: SIGINT (ffmpeg and gst-launch then
     /// print their final statistics), then SIGKILL after `grace`.
-    pub fn stop(&mut self, grace: Duration) -> ExitStatus {
+    pub(crate) fn stop(&mut self, grace: Duration) -> ExitStatus {
         if let Some(s) = self.try_wait() {
             return s;
         }
@@ -115,7 +115,7 @@ impl Proc {
     }
 
     /// Kills the process (SIGKILL) and reaps it.
-    pub fn kill(&mut self) -> ExitStatus {
+    pub(crate) fn kill(&mut self) -> ExitStatus {
         if let Some(s) = self.try_wait() {
             return s;
         }

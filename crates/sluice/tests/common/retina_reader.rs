@@ -10,13 +10,13 @@ use retina::client::{
 use retina::codec::CodecItem;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetinaTransport {
+pub(crate) enum RetinaTransport {
     Tcp,
     Udp,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct RetinaReport {
+pub(crate) struct RetinaReport {
     pub video_frames: u64,
     pub audio_frames: u64,
     /// Sum of `frame.loss()` over all frames: RTP packets lost.
@@ -36,7 +36,7 @@ pub struct RetinaReport {
 /// Connects, SETUPs every track, PLAYs and consumes the demuxed stream for
 /// `dur`. Connection/setup failures are `Err`; a failure mid-stream is
 /// recorded in `error` with the counts so far.
-pub async fn retina_read(
+pub(crate) async fn retina_read(
     url: &str,
     transport: RetinaTransport,
     dur: Duration,
@@ -45,7 +45,7 @@ pub async fn retina_read(
 }
 
 /// [`retina_read`] with explicit session options (e.g. `.creds(..)`).
-pub async fn retina_read_opts(
+pub(crate) async fn retina_read_opts(
     url: &str,
     transport: RetinaTransport,
     dur: Duration,
@@ -119,7 +119,7 @@ pub async fn retina_read_opts(
 
 /// [`retina_read`] on a fresh current-thread runtime, with a hard overall
 /// limit of `dur + 40 s`.
-pub fn retina_read_blocking(
+pub(crate) fn retina_read_blocking(
     url: &str,
     transport: RetinaTransport,
     dur: Duration,
@@ -128,7 +128,7 @@ pub fn retina_read_blocking(
 }
 
 /// [`retina_read_blocking`] with explicit session options (e.g. credentials).
-pub fn retina_read_blocking_opts(
+pub(crate) fn retina_read_blocking_opts(
     url: &str,
     transport: RetinaTransport,
     dur: Duration,

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default)]
-pub struct RtspResponse {
+pub(crate) struct RtspResponse {
     pub version: String,
     pub status: u16,
     pub reason: String,
@@ -15,7 +15,7 @@ pub struct RtspResponse {
 
 impl RtspResponse {
     /// Case-insensitive header lookup.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -23,31 +23,31 @@ impl RtspResponse {
     }
 
     /// The Session header's id without `;timeout=...`.
-    pub fn session_id(&self) -> Option<String> {
+    pub(crate) fn session_id(&self) -> Option<String> {
         self.header("Session")
             .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
     }
 
-    pub fn body_str(&self) -> String {
+    pub(crate) fn body_str(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// One interleaved `$` frame: channel and payload.
 #[derive(Debug, Clone)]
-pub struct Interleaved {
+pub(crate) struct Interleaved {
     pub channel: u8,
     pub data: Vec<u8>,
 }
 
 /// What arrived next on the connection.
 #[derive(Debug)]
-pub enum Incoming {
+pub(crate) enum Incoming {
     Response(RtspResponse),
     Data(Interleaved),
 }
 
-pub struct RtspClient {
+pub(crate) struct RtspClient {
     pub stream: TcpStream,
     buf: Vec<u8>,
     cseq: u32,
@@ -55,7 +55,7 @@ pub struct RtspClient {
 }
 
 impl RtspClient {
-    pub fn connect(addr: SocketAddr) -> std::io::Result<RtspClient> {
+    pub(crate) fn connect(addr: SocketAddr) -> std::io::Result<RtspClient> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_millis(200)))?;
         stream.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -68,14 +68,14 @@ impl RtspClient {
         })
     }
 
-    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
     }
 
     /// Sends `METHOD url RTSP/1.0` with a fresh CSeq and the given headers
     /// (and body, with Content-Length) and waits for the response,
     /// skipping interleaved data. Returns the response and the CSeq used.
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         method: &str,
         url: &str,
@@ -100,12 +100,12 @@ impl RtspClient {
         self.read_response(Duration::from_secs(10))
     }
 
-    pub fn last_cseq(&self) -> u32 {
+    pub(crate) fn last_cseq(&self) -> u32 {
         self.cseq
     }
 
     /// Reads until a response arrives (interleaved data is discarded).
-    pub fn read_response(&mut self, timeout: Duration) -> std::io::Result<RtspResponse> {
+    pub(crate) fn read_response(&mut self, timeout: Duration) -> std::io::Result<RtspResponse> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -124,7 +124,7 @@ impl RtspClient {
 
     /// Next response or interleaved frame, `None` on timeout. EOF is an
     /// `UnexpectedEof` error.
-    pub fn next_incoming(&mut self, timeout: Duration) -> std::io::Result<Option<Incoming>> {
+    pub(crate) fn next_incoming(&mut self, timeout: Duration) -> std::io::Result<Option<Incoming>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(item) = self.try_parse()? {
@@ -152,7 +152,7 @@ impl RtspClient {
 
     /// Whether the server closes the connection within `timeout` (any data
     /// received meanwhile is discarded).
-    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+    pub(crate) fn wait_closed(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let mut tmp = [0u8; 16384];
@@ -229,7 +229,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// DESCRIBE status for `url` (`None` on connection/parse failure).
-pub fn describe_status(url: &str) -> Option<u16> {
+pub(crate) fn describe_status(url: &str) -> Option<u16> {
     let addr = addr_of(url)?;
     let mut c = RtspClient::connect(addr).ok()?;
     c.request("DESCRIBE", url, &[("Accept", "application/sdp")], b"")
@@ -238,7 +238,7 @@ pub fn describe_status(url: &str) -> Option<u16> {
 }
 
 /// `127.0.0.1:PORT` from `rtsp://127.0.0.1:PORT/...`.
-pub fn addr_of(url: &str) -> Option<SocketAddr> {
+pub(crate) fn addr_of(url: &str) -> Option<SocketAddr> {
     let rest = url.strip_prefix("rtsp://")?;
     let hostport = rest.split('/').next()?;
     hostport.parse().ok()
@@ -246,7 +246,7 @@ pub fn addr_of(url: &str) -> Option<SocketAddr> {
 
 /// Absolute control URLs of each media section of `sdp`, resolved against
 /// `base` (the Content-Base header or request URL).
-pub fn media_control_urls(sdp: &str, base: &str) -> Vec<String> {
+pub(crate) fn media_control_urls(sdp: &str, base: &str) -> Vec<String> {
     let mut session_control: Option<String> = None;
     let mut out = Vec::new();
     let mut in_media = false;
@@ -278,7 +278,7 @@ pub fn media_control_urls(sdp: &str, base: &str) -> Vec<String> {
 }
 
 /// A minimal H.264 SDP (640x360 baseline SPS/PPS) for raw ANNOUNCE.
-pub fn h264_sdp() -> String {
+pub(crate) fn h264_sdp() -> String {
     "v=0\r\n\
      o=- 0 0 IN IP4 127.0.0.1\r\n\
      s=sluice-it\r\n\
@@ -294,7 +294,7 @@ pub fn h264_sdp() -> String {
 /// Publishes `url` with a raw client: ANNOUNCE (H.264 SDP), SETUP
 /// (TCP interleaved, mode=record), RECORD. Returns the connected client
 /// (keep it alive to keep the path published) and the session id.
-pub fn raw_publish(url: &str) -> (RtspClient, String) {
+pub(crate) fn raw_publish(url: &str) -> (RtspClient, String) {
     let mut c = RtspClient::connect(addr_of(url).expect("rtsp url")).expect("connect");
     let r = c
         .request(
@@ -332,7 +332,7 @@ pub fn raw_publish(url: &str) -> (RtspClient, String) {
 }
 
 /// DESCRIBE `url` and return (response, absolute control URL per track).
-pub fn describe(c: &mut RtspClient, url: &str) -> (RtspResponse, Vec<String>) {
+pub(crate) fn describe(c: &mut RtspClient, url: &str) -> (RtspResponse, Vec<String>) {
     let r = c
         .request("DESCRIBE", url, &[("Accept", "application/sdp")], b"")
         .expect("DESCRIBE");

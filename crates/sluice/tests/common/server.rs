@@ -9,9 +9,9 @@ use super::netns::Netns;
 use super::ports::{free_tcp_port, free_udp_block, free_udp_pair};
 use super::proc::Proc;
 
-pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct Server {
+pub(crate) struct Server {
     proc: Proc,
     port: u16,
     pub rtp_port: u16,
@@ -25,7 +25,7 @@ pub struct Server {
 /// extended by `extra_toml`. Lines of `extra_toml` outside any table or in
 /// `[rtsp]` replace the default with the same key (or are added); other
 /// tables are appended verbatim.
-pub fn build_config(port: u16, rtp: u16, mrtp: u16, extra_toml: &str) -> String {
+pub(crate) fn build_config(port: u16, rtp: u16, mrtp: u16, extra_toml: &str) -> String {
     let mut rtsp: Vec<(String, String)> = vec![
         ("listen".into(), format!("\"127.0.0.1:{port}\"")),
         ("rtp_port".into(), rtp.to_string()),
@@ -82,17 +82,17 @@ pub fn build_config(port: u16, rtp: u16, mrtp: u16, extra_toml: &str) -> String 
 impl Server {
     /// Starts the server on free loopback ports and waits until its RTSP
     /// port accepts TCP connections.
-    pub fn start(extra_toml: &str) -> Server {
+    pub(crate) fn start(extra_toml: &str) -> Server {
         Self::start_with(None, extra_toml)
     }
 
     /// Like [`Server::start`], but inside `netns` (if given).
-    pub fn start_with(netns: Option<&Netns>, extra_toml: &str) -> Server {
+    pub(crate) fn start_with(netns: Option<&Netns>, extra_toml: &str) -> Server {
         let dir = super::test_dir("server");
         Self::start_in_dir(&dir, netns, extra_toml)
     }
 
-    pub fn start_in_dir(dir: &Path, netns: Option<&Netns>, extra_toml: &str) -> Server {
+    pub(crate) fn start_in_dir(dir: &Path, netns: Option<&Netns>, extra_toml: &str) -> Server {
         let port = free_tcp_port();
         let rtp_port = free_udp_pair();
         let multicast_rtp_port = free_udp_block(4);
@@ -152,16 +152,16 @@ impl Server {
         }
     }
 
-    pub fn rtsp_port(&self) -> u16 {
+    pub(crate) fn rtsp_port(&self) -> u16 {
         self.port
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.port).into()
     }
 
     /// `rtsp://127.0.0.1:PORT/<path>` (leading `/` optional).
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!(
             "rtsp://127.0.0.1:{}/{}",
             self.port,
@@ -170,17 +170,21 @@ impl Server {
     }
 
     /// The server's captured stderr (tracing logs) so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.proc.stderr()
     }
 
     /// Whether the server process is still alive.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.proc.is_running()
     }
 
     /// Waits until the log contains a line matching `pred`.
-    pub fn wait_log_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+    pub(crate) fn wait_log_line(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         super::wait_for(timeout, || {
             self.log().lines().find(|l| pred(l)).map(str::to_string)
         })

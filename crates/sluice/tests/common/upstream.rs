@@ -21,7 +21,7 @@ fn uniq(prefix: &str) -> String {
 
 /// How to start a [`GstUpstream`].
 #[derive(Debug, Clone, Default)]
-pub struct UpstreamOpts {
+pub(crate) struct UpstreamOpts {
     /// Require RTSP Digest authentication with these credentials.
     pub digest: Option<(String, String)>,
     /// Refuse UDP transports (SETUP with UDP gets 461).
@@ -36,7 +36,7 @@ pub struct UpstreamOpts {
 
 /// gst-rtsp-server serving the test media's raw H.264 (+ AAC) at
 /// `rtsp://127.0.0.1:PORT/live`, looped and paced at 25 fps.
-pub struct GstUpstream {
+pub(crate) struct GstUpstream {
     /// Declared first: it disconnects before the upstream is killed.
     _keeper: Option<AudioKeeper>,
     pub proc: Proc,
@@ -144,7 +144,7 @@ impl Drop for AudioKeeper {
 
 impl GstUpstream {
     /// Starts it on a free port and waits until it listens.
-    pub fn start(opts: UpstreamOpts, dir: &Path) -> GstUpstream {
+    pub(crate) fn start(opts: UpstreamOpts, dir: &Path) -> GstUpstream {
         let m = media();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests")
@@ -212,22 +212,22 @@ impl GstUpstream {
     }
 
     /// `rtsp://127.0.0.1:PORT/live`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("rtsp://127.0.0.1:{}/live", self.port)
     }
 
     /// `rtsp://USER:PASS@127.0.0.1:PORT/live`.
-    pub fn url_with(&self, user: &str, pass: &str) -> String {
+    pub(crate) fn url_with(&self, user: &str, pass: &str) -> String {
         format!("rtsp://{user}:{pass}@127.0.0.1:{}/live", self.port)
     }
 
     /// Its event log (stdout): `client connected N` / `client closed N` lines.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.proc.stdout()
     }
 
     /// How many RTSP clients ever connected.
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.log()
             .lines()
             .filter(|l| l.starts_with("client connected"))
@@ -235,7 +235,7 @@ impl GstUpstream {
     }
 
     /// Clients connected now (the last event's count).
-    pub fn connected_now(&self) -> usize {
+    pub(crate) fn connected_now(&self) -> usize {
         self.log()
             .lines()
             .rev()
@@ -250,7 +250,7 @@ impl GstUpstream {
 
 /// A media file generated once into the shared media cache with
 /// `ffmpeg -y <args> <cache>/<name>` (lavfi inputs only), e.g. a 320x240 variant.
-pub fn extra_media(name: &str, args: &[&str]) -> PathBuf {
+pub(crate) fn extra_media(name: &str, args: &[&str]) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -275,7 +275,7 @@ pub fn extra_media(name: &str, args: &[&str]) -> PathBuf {
 }
 
 /// The x264 settings of the standard test media (baseline, 1 s GOP, no B-frames).
-pub const X264: &[&str] = &[
+pub(crate) const X264: &[&str] = &[
     "-c:v",
     "libx264",
     "-preset",
@@ -296,7 +296,7 @@ pub const X264: &[&str] = &[
 
 /// 640x360 30 fps H.264 High profile, Annex B (a camera's elementary stream), `secs` long,
 /// a keyframe every `gop` frames, with or without B-frames; generated once.
-pub fn h264_high_annexb(secs: u32, gop: u32, bframes: bool) -> PathBuf {
+pub(crate) fn h264_high_annexb(secs: u32, gop: u32, bframes: bool) -> PathBuf {
     let name = format!(
         "h264_high_640x360_30fps_{secs}s_g{gop}{}.h264",
         if bframes { "_bf" } else { "" }
@@ -335,7 +335,7 @@ pub fn h264_high_annexb(secs: u32, gop: u32, bframes: bool) -> PathBuf {
 }
 
 /// `size` (e.g. `640x360`) 25 fps H.264 + AAC 48 kHz mono MP4 of `secs` seconds, generated once.
-pub fn h264_aac_mp4(secs: u32, size: &str) -> PathBuf {
+pub(crate) fn h264_aac_mp4(secs: u32, size: &str) -> PathBuf {
     let name = format!("h264_aac_{size}_{secs}s.mp4");
     let video = format!("testsrc2=size={size}:rate=25");
     let t = secs.to_string();
@@ -373,7 +373,7 @@ pub fn h264_aac_mp4(secs: u32, size: &str) -> PathBuf {
 
 /// Output of a finished `sluice` client command.
 #[derive(Debug, Clone)]
-pub struct CliOutput {
+pub(crate) struct CliOutput {
     pub success: bool,
     pub code: Option<i32>,
     pub stdout: String,
@@ -382,14 +382,14 @@ pub struct CliOutput {
 }
 
 /// A `sluice <args>` command with client logging at its defaults (RUST_LOG unset).
-pub fn sluice_cmd(args: &[&str]) -> Command {
+pub(crate) fn sluice_cmd(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
     cmd.args(args).env_remove("RUST_LOG");
     cmd
 }
 
 /// Runs `sluice <args>` to completion (killed after `timeout`: then `Err`).
-pub fn sluice_run(args: &[&str], timeout: Duration) -> Result<CliOutput, String> {
+pub(crate) fn sluice_run(args: &[&str], timeout: Duration) -> Result<CliOutput, String> {
     let start = Instant::now();
     let mut child = sluice_cmd(args)
         .stdin(Stdio::null())
@@ -439,13 +439,13 @@ pub fn sluice_run(args: &[&str], timeout: Duration) -> Result<CliOutput, String>
 }
 
 /// Spawns `sluice <args>` as a managed process (output in `dir`).
-pub fn sluice_spawn(name: &str, args: &[&str], dir: &Path) -> Proc {
+pub(crate) fn sluice_spawn(name: &str, args: &[&str], dir: &Path) -> Proc {
     Proc::spawn(&uniq(name), sluice_cmd(args), dir)
 }
 
 /// One stream of a local media file, per ffprobe.
 #[derive(Debug, Clone, Default)]
-pub struct FileStream {
+pub(crate) struct FileStream {
     pub codec_type: String,
     pub codec_name: String,
     pub width: u32,
@@ -458,23 +458,23 @@ pub struct FileStream {
 
 /// ffprobe's view of a local media file.
 #[derive(Debug, Clone, Default)]
-pub struct FileProbe {
+pub(crate) struct FileProbe {
     pub format_duration: f64,
     pub streams: Vec<FileStream>,
     pub raw: String,
 }
 
 impl FileProbe {
-    pub fn video(&self) -> Option<&FileStream> {
+    pub(crate) fn video(&self) -> Option<&FileStream> {
         self.streams.iter().find(|s| s.codec_type == "video")
     }
-    pub fn audio(&self) -> Option<&FileStream> {
+    pub(crate) fn audio(&self) -> Option<&FileStream> {
         self.streams.iter().find(|s| s.codec_type == "audio")
     }
 }
 
 /// `ffprobe -show_format -show_streams -of json FILE`.
-pub fn probe_file(path: &Path) -> Result<FileProbe, String> {
+pub(crate) fn probe_file(path: &Path) -> Result<FileProbe, String> {
     let mut cmd = Command::new("ffprobe");
     cmd.args([
         "-v",
@@ -525,6 +525,6 @@ pub fn probe_file(path: &Path) -> Result<FileProbe, String> {
 }
 
 /// A log line with `key="value"` / `key=value` normalised to `key=value`.
-pub fn unquoted(line: &str) -> String {
+pub(crate) fn unquoted(line: &str) -> String {
     line.replace('"', "")
 }

@@ -10,7 +10,7 @@ use super::rtsp_client::{addr_of, media_control_urls, Incoming, RtspClient, Rtsp
 
 /// One received RTP packet.
 #[derive(Debug, Clone)]
-pub struct RtpPkt {
+pub(crate) struct RtpPkt {
     /// Track index (interleaved channel / 2).
     pub track: usize,
     pub seq: u16,
@@ -24,7 +24,7 @@ pub struct RtpPkt {
 
 /// Something that arrived on the RTSP connection.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub(crate) enum Event {
     Rtp(RtpPkt),
     /// An RTCP compound packet containing a BYE, on `track`'s RTCP channel.
     Bye {
@@ -39,7 +39,7 @@ pub enum Event {
 
 /// One track of the described presentation.
 #[derive(Debug, Clone)]
-pub struct VodTrack {
+pub(crate) struct VodTrack {
     /// `video`, `audio`, ...
     pub media: String,
     /// Encoding name from `a=rtpmap`, e.g. `H264`, `MPEG4-GENERIC`.
@@ -49,13 +49,13 @@ pub struct VodTrack {
 
 /// Parsed `RTP-Info` entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RtpInfoEntry {
+pub(crate) struct RtpInfoEntry {
     pub track: usize,
     pub seq: Option<u16>,
     pub rtptime: Option<u32>,
 }
 
-pub struct VodSession {
+pub(crate) struct VodSession {
     pub client: RtspClient,
     /// The aggregate URL (Content-Base) for PLAY/PAUSE/TEARDOWN.
     pub base: String,
@@ -68,7 +68,7 @@ pub struct VodSession {
 
 impl VodSession {
     /// DESCRIBE `url` and SETUP every track over TCP (track i on channels 2i, 2i+1).
-    pub fn open(url: &str) -> Result<VodSession, String> {
+    pub(crate) fn open(url: &str) -> Result<VodSession, String> {
         let addr = addr_of(url).ok_or_else(|| format!("bad url {url}"))?;
         let client = RtspClient::connect(addr).map_err(|e| format!("connect: {e}"))?;
         let mut s = VodSession {
@@ -129,7 +129,7 @@ impl VodSession {
     }
 
     /// Index of the first video track.
-    pub fn video(&self) -> usize {
+    pub(crate) fn video(&self) -> usize {
         self.tracks
             .iter()
             .position(|t| t.media == "video")
@@ -138,7 +138,7 @@ impl VodSession {
 
     /// Sends a request and waits for its response; interleaved frames arriving meanwhile
     /// are queued for [`VodSession::next_event`].
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         method: &str,
         url: &str,
@@ -176,16 +176,16 @@ impl VodSession {
     }
 
     /// PLAY (aggregate) with the session and `headers`.
-    pub fn play(&mut self, headers: &[(&str, &str)]) -> RtspResponse {
+    pub(crate) fn play(&mut self, headers: &[(&str, &str)]) -> RtspResponse {
         self.aggregate("PLAY", headers)
     }
 
     /// PAUSE (aggregate).
-    pub fn pause(&mut self) -> RtspResponse {
+    pub(crate) fn pause(&mut self) -> RtspResponse {
         self.aggregate("PAUSE", &[])
     }
 
-    pub fn teardown(&mut self) -> RtspResponse {
+    pub(crate) fn teardown(&mut self) -> RtspResponse {
         self.aggregate("TEARDOWN", &[])
     }
 
@@ -199,12 +199,12 @@ impl VodSession {
     }
 
     /// Drops everything queued so far.
-    pub fn clear_queue(&mut self) {
+    pub(crate) fn clear_queue(&mut self) {
         self.queue.clear();
     }
 
     /// The next RTP/RTCP event, `None` after `timeout` without one.
-    pub fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+    pub(crate) fn next_event(&mut self, timeout: Duration) -> Option<Event> {
         if let Some(ev) = self.queue.pop_front() {
             return Some(ev);
         }
@@ -231,7 +231,7 @@ impl VodSession {
 
     /// Collects events for `dur` or, with `until_bye`, until a BYE arrives (whichever is
     /// first). Returns the RTP packets and the BYE's arrival time.
-    pub fn collect(&mut self, dur: Duration, until_bye: bool) -> Collected {
+    pub(crate) fn collect(&mut self, dur: Duration, until_bye: bool) -> Collected {
         let deadline = Instant::now() + dur;
         let mut c = Collected::default();
         while Instant::now() < deadline {
@@ -253,23 +253,23 @@ impl VodSession {
 
 /// Packets collected by [`VodSession::collect`].
 #[derive(Debug, Clone, Default)]
-pub struct Collected {
+pub(crate) struct Collected {
     pub packets: Vec<RtpPkt>,
     pub bye_at: Option<Instant>,
 }
 
 impl Collected {
-    pub fn track(&self, track: usize) -> impl Iterator<Item = &RtpPkt> {
+    pub(crate) fn track(&self, track: usize) -> impl Iterator<Item = &RtpPkt> {
         self.packets.iter().filter(move |p| p.track == track)
     }
 
     /// Complete frames of `track` (packets with the marker bit).
-    pub fn frames(&self, track: usize) -> usize {
+    pub(crate) fn frames(&self, track: usize) -> usize {
         self.track(track).filter(|p| p.marker).count()
     }
 
     /// The distinct RTP timestamps of `track` in arrival order (one per frame).
-    pub fn frame_timestamps(&self, track: usize) -> Vec<u32> {
+    pub(crate) fn frame_timestamps(&self, track: usize) -> Vec<u32> {
         let mut out: Vec<u32> = Vec::new();
         for p in self.track(track) {
             if out.last() != Some(&p.ts) {
@@ -280,7 +280,7 @@ impl Collected {
     }
 
     /// The first packet of each frame of `track` (by timestamp change).
-    pub fn frame_starts(&self, track: usize) -> Vec<&RtpPkt> {
+    pub(crate) fn frame_starts(&self, track: usize) -> Vec<&RtpPkt> {
         let mut out: Vec<&RtpPkt> = Vec::new();
         for p in self.track(track) {
             if out.last().map(|l| l.ts) != Some(p.ts) {
@@ -305,7 +305,7 @@ fn decode(channel: u8, data: &[u8], at: Instant) -> Option<Event> {
 }
 
 /// Parses an RTP packet (header fields and payload; `track`/`at` left default).
-pub fn parse_rtp(data: &[u8]) -> Option<RtpPkt> {
+pub(crate) fn parse_rtp(data: &[u8]) -> Option<RtpPkt> {
     if data.len() < 12 || data[0] >> 6 != 2 {
         return None;
     }
@@ -339,7 +339,7 @@ pub fn parse_rtp(data: &[u8]) -> Option<RtpPkt> {
 }
 
 /// Whether an RTCP compound packet contains a BYE (PT 203).
-pub fn rtcp_has_bye(mut data: &[u8]) -> bool {
+pub(crate) fn rtcp_has_bye(mut data: &[u8]) -> bool {
     while data.len() >= 4 {
         if data[1] == 203 {
             return true;
@@ -355,7 +355,7 @@ pub fn rtcp_has_bye(mut data: &[u8]) -> bool {
 
 /// H.264 NAL unit types an RTP payload carries at its start: the NAL type itself, the
 /// aggregated units of a STAP-A, or the fragmented unit's type of a starting FU-A.
-pub fn h264_nal_types(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn h264_nal_types(payload: &[u8]) -> Vec<u8> {
     let Some(&first) = payload.first() else {
         return Vec::new();
     };
@@ -380,12 +380,12 @@ pub fn h264_nal_types(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Whether an H.264 RTP payload starts a keyframe (carries SPS or an IDR slice start).
-pub fn h264_starts_keyframe(payload: &[u8]) -> bool {
+pub(crate) fn h264_starts_keyframe(payload: &[u8]) -> bool {
     h264_nal_types(payload).iter().any(|&t| t == 5 || t == 7)
 }
 
 /// Parses `RTP-Info: url=.../trackID=0;seq=1;rtptime=2,url=...`.
-pub fn parse_rtp_info(v: &str) -> Vec<RtpInfoEntry> {
+pub(crate) fn parse_rtp_info(v: &str) -> Vec<RtpInfoEntry> {
     // URLs contain no ',' here; entries are separated by ','.
     v.split(',')
         .filter_map(|entry| {
@@ -415,7 +415,7 @@ pub fn parse_rtp_info(v: &str) -> Vec<RtpInfoEntry> {
 }
 
 /// RTP-Info of `track` from a PLAY response (panics with the response if absent).
-pub fn rtp_info_of(r: &RtspResponse, track: usize) -> RtpInfoEntry {
+pub(crate) fn rtp_info_of(r: &RtspResponse, track: usize) -> RtpInfoEntry {
     let v = r
         .header("RTP-Info")
         .unwrap_or_else(|| panic!("PLAY response without RTP-Info: {r:?}"));
@@ -426,7 +426,7 @@ pub fn rtp_info_of(r: &RtspResponse, track: usize) -> RtpInfoEntry {
 }
 
 /// Parses `Range: npt=START-[END]` into (start, end).
-pub fn parse_npt_range(v: &str) -> Option<(f64, Option<f64>)> {
+pub(crate) fn parse_npt_range(v: &str) -> Option<(f64, Option<f64>)> {
     let rest = v.trim().strip_prefix("npt=")?;
     let (a, b) = rest.split_once('-')?;
     let start = a.trim().parse().ok()?;
@@ -436,18 +436,18 @@ pub fn parse_npt_range(v: &str) -> Option<(f64, Option<f64>)> {
 }
 
 /// `Range` of a response, parsed (panics with the response if absent or malformed).
-pub fn range_of(r: &RtspResponse) -> (f64, Option<f64>) {
+pub(crate) fn range_of(r: &RtspResponse) -> (f64, Option<f64>) {
     r.header("Range")
         .and_then(parse_npt_range)
         .unwrap_or_else(|| panic!("response without a parsable npt Range: {r:?}"))
 }
 
 /// Signed difference `a - b` of two RTP timestamps (wrapping).
-pub fn ts_diff(a: u32, b: u32) -> i64 {
+pub(crate) fn ts_diff(a: u32, b: u32) -> i64 {
     i64::from(a.wrapping_sub(b) as i32)
 }
 
 /// Signed difference `a - b` of two sequence numbers (wrapping).
-pub fn seq_diff(a: u16, b: u16) -> i32 {
+pub(crate) fn seq_diff(a: u16, b: u16) -> i32 {
     i32::from(a.wrapping_sub(b) as i16)
 }

@@ -79,19 +79,19 @@ impl Handoff {
     /// [`MAX_WAIT`]. Their first keyframe has been timed already, and what arrives
     /// meanwhile waits in their sockets. A wake-up per hand-over would preempt the server
     /// on the other core once per reader during the connect storm.
-    pub fn send(&self, p: Playing) -> Result<(), Box<Playing>> {
+    pub(super) fn send(&self, p: Playing) -> Result<(), Box<Playing>> {
         self.tx.send(p).map_err(|e| Box::new(e.0))
     }
 
     /// Wakes the thread so that it sees [`Ctx::stopping`] at once.
-    pub fn wake(&self) {
+    pub(super) fn wake(&self) {
         // A failed wake only delays the thread to its next poll timeout.
         let _ = self.waker.wake();
     }
 
     /// Ends the thread once every reader has been collected: readers handed over later are
     /// returned by [`Handoff::send`].
-    pub fn shut_down(&self) {
+    pub(super) fn shut_down(&self) {
         self.exit.store(true, Ordering::Relaxed);
         self.wake();
     }
@@ -120,7 +120,7 @@ pub(super) fn create() -> io::Result<(Handoff, MediaThread)> {
 
 impl MediaThread {
     /// Runs the thread until [`Handoff::shut_down`].
-    pub fn spawn(self, ctx: Arc<Ctx>) -> io::Result<std::thread::JoinHandle<()>> {
+    pub(super) fn spawn(self, ctx: Arc<Ctx>) -> io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("bench-media".into())
             .spawn(move || {

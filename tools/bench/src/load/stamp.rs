@@ -33,7 +33,7 @@ pub(crate) struct Batch {
 
 impl Batch {
     /// Empty buffers.
-    pub fn new() -> Batch {
+    pub(crate) fn new() -> Batch {
         Batch {
             ctl: [[0; 8]; super::BATCH],
             at: [None; super::BATCH],
@@ -49,7 +49,7 @@ pub(super) struct Keeper {
 impl Keeper {
     /// Turns stamping on and waits (up to `patience`) until the kernel stamps packets:
     /// it turns the switch on in the background. Err if it never does.
-    pub fn new(patience: Duration) -> io::Result<Keeper> {
+    pub(super) fn new(patience: Duration) -> io::Result<Keeper> {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
         sock.connect(sock.local_addr()?)?;
         sock.set_nonblocking(true)?;
