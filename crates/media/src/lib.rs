@@ -1,7 +1,8 @@
 //! Demuxers for stored media files served on demand: MP4/MOV (regular and fragmented) and
 //! Matroska/WebM, read into timed [`Sample`]s with seeking and a keyframe index.
 //!
-//! [`mux`] writes fragmented MP4 (for recording and fMP4 segments).
+//! [`mux`] writes fragmented MP4 (for recording and fMP4 segments); [`recorder`] turns a
+//! stream's RTP packets into such a file, sans-IO, for `sluice record` and the server.
 //!
 //! Files are untrusted: parsing never panics, every allocation is bounded by the file size, and
 //! only index tables are kept in memory — sample data is read on demand by offset.
@@ -31,6 +32,7 @@ mod mp4;
 mod source;
 
 pub mod mux;
+pub mod recorder;
 
 /// The codec description types, from `sluice-codec`.
 pub mod params {
