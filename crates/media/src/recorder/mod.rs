@@ -378,6 +378,11 @@ impl Recorder {
             .min()
     }
 
+    /// Whether SDP track `track` is recorded (see [`Event::NotRecorded`]).
+    pub fn is_recorded(&self, track: usize) -> bool {
+        matches!(self.tracks.get(track), Some(Some(_)))
+    }
+
     /// The next bytes to append to the recording.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.file.as_mut()?.mux.ready.pop_front()
@@ -393,7 +398,10 @@ impl Recorder {
         Status {
             started: self.file.is_some(),
             duration: self.duration,
-            bytes: self.file.as_ref().map_or(0, |f| f.mux.writer.bytes_written()),
+            bytes: self
+                .file
+                .as_ref()
+                .map_or(0, |f| f.mux.writer.bytes_written()),
             packets: self.packets,
         }
     }
@@ -427,10 +435,14 @@ impl Recorder {
                 Output::Init(b) | Output::Fragment(b) => out.extend_from_slice(&b),
             }
         }
-        let tail = file.mux.writer.finish().map_err(|source| RecorderError::Mux {
-            track: file.index.iter().flatten().next().copied().unwrap_or(0),
-            source,
-        })?;
+        let tail = file
+            .mux
+            .writer
+            .finish()
+            .map_err(|source| RecorderError::Mux {
+                track: file.index.iter().flatten().next().copied().unwrap_or(0),
+                source,
+            })?;
         out.extend_from_slice(&tail);
         Ok(out)
     }
@@ -587,7 +599,8 @@ impl Recorder {
             if secs < origin - 1e-6 {
                 continue;
             }
-            let (Some(Some(t)), Some(Some(wi))) = (self.tracks.get_mut(p.track), index.get(p.track))
+            let (Some(Some(t)), Some(Some(wi))) =
+                (self.tracks.get_mut(p.track), index.get(p.track))
             else {
                 continue;
             };

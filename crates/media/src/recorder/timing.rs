@@ -216,7 +216,11 @@ mod tests {
         let mut u = Unwrapper::default();
         u.set_origin(u32::MAX - 2999);
         assert_eq!(u.ticks(u32::MAX - 2999), 0);
-        assert_eq!(u.ticks((u32::MAX - 2999).wrapping_add(3000)), 3000, "wrapped to 0");
+        assert_eq!(
+            u.ticks((u32::MAX - 2999).wrapping_add(3000)),
+            3000,
+            "wrapped to 0"
+        );
         assert_eq!(u.ticks(3000), 6000);
         // A packet reordered slightly backwards goes back, not four billion ticks ahead.
         assert_eq!(u.ticks(0), 3000);
