@@ -218,15 +218,15 @@ pub async fn record(
             drain(r, &opts, &mut out, now, started).map_err(write_err)?;
             stats.duration = r.status().duration;
         }
-        match (&out, &rec) {
-            (None, Some(r)) if playing && now.duration_since(started) >= START_TIMEOUT => {
-                let lack = r.start_lack().map(RecorderError::NotStarted);
-                return Err(lack.map_or(RecordError::NotPlaying(now.duration_since(started)), fail));
-            }
-            (None, _) if !playing && now.duration_since(started) >= START_TIMEOUT => {
-                return Err(RecordError::NotPlaying(now.duration_since(started)));
-            }
-            _ => {}
+        if out.is_none() && now.duration_since(started) >= START_TIMEOUT {
+            let lack = rec
+                .as_ref()
+                .filter(|_| playing)
+                .and_then(Recorder::start_lack);
+            return Err(match lack {
+                Some(l) => fail(RecorderError::NotStarted(l)),
+                None => RecordError::NotPlaying(now.duration_since(started)),
+            });
         }
         if let (Some(limit), Some(o)) = (opts.duration, &out) {
             if stats.duration >= limit {

@@ -320,3 +320,9 @@ fn the_start_diagnosis_names_the_track_and_what_it_lacks() {
         Err(RecorderError::NoTracks { offered }) if offered == "VP8"
     ));
 }
+
+#[test]
+fn a_recorder_can_move_to_another_task() {
+    fn send<T: Send + 'static>() {}
+    send::<Recorder>();
+}
