@@ -16,7 +16,7 @@
 //! waits for the start with [`Recorder::start_lack`] telling what is missing.
 //!
 //! ```
-//! use std::time::Instant;
+//! use std::time::{Duration, Instant};
 //! use sluice_media::recorder::{Recorder, TrackSpec};
 //!
 //! let now = Instant::now();
@@ -30,10 +30,14 @@
 //! };
 //! let mut rec = Recorder::new(&[opus], now)?;
 //! rec.playing(now, &[Some(1000)]);
-//! // One 20 ms Opus packet: RTP header (version 2, PT 111, seq 1, ts 1000, SSRC 7), payload.
-//! let packet = [0x80, 111, 0, 1, 0, 0, 0x03, 0xe8, 0, 0, 0, 7, 0xfc, 0xff, 0xfe];
-//! rec.push_rtp(0, &packet, now)?;
-//! let init = rec.poll_output().expect("an audio-only file starts at once");
+//! // Two 20 ms Opus packets: RTP header (version 2, PT 111, seq, ts, SSRC 7), payload. The
+//! // second shows the RTP clock advances, so the file can start.
+//! for (seq, ts, ms) in [(1u8, 1000u16, 0u64), (2, 1960, 20)] {
+//!     let [t0, t1] = ts.to_be_bytes();
+//!     let packet = [0x80, 111, 0, seq, 0, 0, t0, t1, 0, 0, 0, 7, 0xfc, 0xff, 0xfe];
+//!     rec.push_rtp(0, &packet, now + Duration::from_millis(ms))?;
+//! }
+//! let init = rec.poll_output().expect("an audio-only file starts at its first frame");
 //! assert!(matches!(init, sluice_media::recorder::Output::Init(_)));
 //! let tail = rec.finish()?;
 //! assert!(!tail.is_empty());
