@@ -1,9 +1,10 @@
 //! Demuxers for stored media files served on demand: MP4/MOV (regular and fragmented) and
 //! Matroska/WebM, read into timed [`Sample`]s with seeking and a keyframe index.
 //!
-//! [`mux`] writes fragmented MP4 (for recording and fMP4 segments). [`player`] is the sans-IO
-//! player the server's file sources and `sluice publish` share: samples to timed RTP, with
-//! seeking, Scale and looping.
+//! [`mux`] writes fragmented MP4 (for recording and fMP4 segments). The two sans-IO media
+//! cores the CLI and the server share: [`player`] turns samples into timed RTP, with
+//! seeking, Scale and looping (file sources, VOD, `sluice publish`); [`recorder`] turns a
+//! stream's RTP packets into a fragmented MP4 (`sluice record`, and the server's recorder).
 //!
 //! Files are untrusted: parsing never panics, every allocation is bounded by the file size, and
 //! only index tables are kept in memory — sample data is read on demand by offset.
@@ -35,6 +36,7 @@ mod source;
 pub mod player;
 
 pub mod mux;
+pub mod recorder;
 
 /// The codec description types, from `sluice-codec`.
 pub mod params {

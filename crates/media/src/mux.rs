@@ -629,6 +629,15 @@ impl<W: Write> Mp4Writer<W> {
     }
 }
 
+impl Mp4Writer<Vec<u8>> {
+    /// Takes the bytes written so far out of an in-memory output, so a sans-IO caller can hand
+    /// each fragment on as it is cut; [`bytes_written`](Self::bytes_written) and the `mfra`
+    /// offsets keep counting from the file's start.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
