@@ -3,11 +3,13 @@
 //! meets its many sinks.
 //!
 //! Protocol decisions live in the sans-IO crates (`sluice-rtsp`, `sluice-rtp`) and in
-//! the pure modules here ([`presentation`], [`url`]); the rest owns sockets, tasks and
+//! the pure modules here ([`presentation`]); the rest owns sockets, tasks and
 //! timers and stays thin.
 
 #![warn(missing_docs)]
 
+pub mod actions;
+pub mod answers;
 pub mod at_hand;
 pub mod auth;
 pub mod config;
@@ -18,7 +20,6 @@ pub mod fanout;
 pub mod file_source;
 pub mod fuzzing;
 pub mod gop;
-pub mod handler;
 pub mod ingest;
 pub mod latency;
 pub mod media_queue;
@@ -37,6 +38,7 @@ pub mod udp;
 pub mod udp_send;
 pub mod url;
 pub mod vod;
+pub mod writer;
 
 pub use config::Config;
 pub use server::{Server, ServerError};
