@@ -5,8 +5,6 @@
 //! re-arms its timer.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -16,11 +14,11 @@ use sluice_rtsp::server::{Action, RandomIds, ServerConfig, ServerConnection, Tra
 use sluice_rtsp::{Decoder, Frame, Limits, Message, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::auth::ConnectionAuth;
 use crate::config::TransportKind;
+pub use crate::conn_handle::{Accepted, ConnHandle};
 use crate::file_source::FileSource;
 use crate::ingest::Ingest;
 use crate::media_queue::MediaQueue;
@@ -29,69 +27,6 @@ use crate::server::{Server, RTCP_INTERVAL};
 use crate::session::Session;
 use crate::stream::{FrameHold, Stream};
 use crate::writer::{run_writer, SharedWrite};
-
-/// How long a response may wait for room in the connection's queue before the
-/// connection is closed (a client that sends requests but does not read the answers).
-const RESPONSE_QUEUE_WAIT: Duration = Duration::from_secs(10);
-
-/// What other tasks hold of a connection: its outbound queues and a way to close it.
-#[derive(Debug)]
-pub struct ConnHandle {
-    /// Connection number, for logs.
-    pub id: u64,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The local address the client connected to.
-    pub local: SocketAddr,
-    /// Whether the connection is RTSPS (TLS).
-    pub tls: bool,
-    /// Outbound queue: responses, and interleaved media (bounded; sinks push a frame at a
-    /// time, written directly when the socket is free).
-    pub media: Arc<MediaQueue>,
-    close: Notify,
-    closing: AtomicBool,
-}
-
-impl ConnHandle {
-    /// Queues encoded response bytes (never dropped; requests are answered in order).
-    pub async fn send_bytes(&self, bytes: Bytes) {
-        // Bounded: a client that sends requests but does not read the answers is not read
-        // either (TCP backpressure); one that stalls too long is disconnected.
-        if tokio::time::timeout(RESPONSE_QUEUE_WAIT, self.media.push_response(bytes))
-            .await
-            .is_err()
-        {
-            warn!(conn = self.id, peer = %self.peer, "client does not read its responses; closing");
-            self.close("responses not read");
-        }
-    }
-
-    /// Asks the connection to close (idempotent).
-    pub fn close(&self, why: &str) {
-        if !self.closing.swap(true, Ordering::AcqRel) {
-            debug!(conn = self.id, why, "closing connection");
-        }
-        self.close.notify_one();
-    }
-
-    /// Whether a close was requested.
-    pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-}
-
-/// Where an accepted connection came from.
-#[derive(Debug, Clone, Copy)]
-pub struct Accepted {
-    /// Connection number.
-    pub id: u64,
-    /// Client address.
-    pub peer: SocketAddr,
-    /// Local address.
-    pub local: SocketAddr,
-    /// Whether the stream is TLS.
-    pub tls: bool,
-}
 
 /// Where an interleaved channel's frames go.
 #[derive(Debug, Clone)]
@@ -292,25 +227,12 @@ async fn serve<R, W>(
     R: AsyncRead + Send + Unpin,
     W: AsyncWrite + Send + Unpin + 'static,
 {
-    let Accepted {
-        id,
-        peer,
-        local,
-        tls,
-    } = from;
+    let Accepted { id, peer, tls, .. } = from;
     let media = Arc::new(
         MediaQueue::new(server.config().rtsp.reader_queue, direct)
             .recording_latency(server.egress_latency().clone()),
     );
-    let handle = Arc::new(ConnHandle {
-        id,
-        peer,
-        local,
-        tls,
-        media: media.clone(),
-        close: Notify::new(),
-        closing: AtomicBool::new(false),
-    });
+    let handle = Arc::new(ConnHandle::new(from, media.clone()));
     info!(conn = id, %peer, tls, "connect");
     let writer = tokio::spawn(run_writer(wr, media, handle.clone()));
 
@@ -350,7 +272,7 @@ async fn serve<R, W>(
                     break;
                 }
             },
-            _ = handle.close.notified() => break,
+            _ = handle.closed() => break,
             _ = sleep_until(flush_at.filter(|_| announced.is_some())) => {
                 if let Some(s) = &announced {
                     s.flush();

@@ -14,6 +14,7 @@ pub mod at_hand;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod conn_handle;
 pub mod direct_budget;
 pub mod egress;
 pub mod fanout;
