@@ -135,6 +135,8 @@ impl Conn {
                 status,
                 why,
             } => {
+                // A SETUP refused after its stream was found does not keep it open.
+                self.found = None;
                 let conn = self.handle.id;
                 if status == StatusCode::UNAUTHORIZED {
                     debug!(conn, %method, %uri, why, "authentication required");
