@@ -431,6 +431,9 @@ impl Server {
         self.next_version.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Every 50 ms relays stale batches; every 500 ms ends the sessions whose stream
+    /// ended and sends the readers' due Sender Reports. Session timeouts are not here:
+    /// each connection's RTSP state decides them on its own timer.
     async fn run_reaper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut ticks = 0u64;

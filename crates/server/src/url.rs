@@ -2,4 +2,4 @@
 //! The rules are the RTSP connection's ([`sluice_rtsp::server::url`]); re-exported for
 //! the configuration's path-name checks.
 
-pub use sluice_rtsp::server::url::{base_url, request_path, split_track, UrlError};
+pub use sluice_rtsp::server::url::{request_path, UrlError};
