@@ -300,23 +300,21 @@ impl Conn {
     fn commit_setup(&mut self, c: &Commit) -> Result<SetupGrant, Refusal> {
         let server = self.server.clone();
         let session = if c.new_session {
+            // A player's stream stays found until the session exists: the connection
+            // may ask again with the client's next offer.
             let stream = match c.role {
                 Role::Recorder => self
                     .announced
                     .clone()
                     .filter(|s| s.path() == c.path && !s.is_ended()),
-                Role::Player => None,
+                Role::Player => self.found.as_ref().map(|(s, _)| s.clone()),
             };
-            let (stream, file) = match (stream, self.found.take()) {
-                (Some(s), _) => (s, None),
-                (None, Some((s, file))) if c.role == Role::Player => (s, file),
-                _ => {
-                    return Err(Refusal::new(
-                        StatusCode::METHOD_NOT_VALID_IN_THIS_STATE,
-                        "no stream for this SETUP",
-                    ))
-                }
-            };
+            let stream = stream.ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::METHOD_NOT_VALID_IN_THIS_STATE,
+                    "no stream for this SETUP",
+                )
+            })?;
             let limits = &server.config().limits;
             if server.session_count() >= limits.max_sessions {
                 return Err(Refusal::new(
@@ -336,6 +334,10 @@ impl Conn {
                     ),
                 ));
             }
+            let file = match c.role {
+                Role::Player => self.found.take().and_then(|(_, file)| file),
+                Role::Recorder => None,
+            };
             let s = Session::new(
                 c.session.clone(),
                 self.handle.clone(),
@@ -357,6 +359,10 @@ impl Conn {
         };
         let grant = self.bind_transport(&session, c);
         if grant.is_err() && c.new_session {
+            // Kept for the client's next offer, which the connection may ask next.
+            if let (Role::Player, Ok(s)) = (c.role, Arc::try_unwrap(session)) {
+                self.found = Some((s.stream, s.file));
+            }
             return grant;
         }
         if c.new_session {
