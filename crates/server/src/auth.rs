@@ -476,6 +476,59 @@ impl Authenticator {
     }
 }
 
+/// The [`Authenticator`] as one connection's RTSP state asks it: the client's address
+/// and TLS-ness and the nonces issued on this connection are fixed, so the sans-IO
+/// [`sluice_rtsp::server::ServerConnection`] can check each request itself.
+#[derive(Debug)]
+pub struct ConnectionAuth {
+    auth: std::sync::Arc<Authenticator>,
+    peer: IpAddr,
+    tls: bool,
+    nonces: Nonces,
+}
+
+impl ConnectionAuth {
+    /// The authenticator for a connection from `peer` (`tls` for RTSPS).
+    pub fn new(auth: std::sync::Arc<Authenticator>, peer: IpAddr, tls: bool) -> ConnectionAuth {
+        ConnectionAuth {
+            auth,
+            peer,
+            tls,
+            nonces: Nonces::default(),
+        }
+    }
+}
+
+impl sluice_rtsp::server::Authenticator for ConnectionAuth {
+    fn check(
+        &mut self,
+        query: &sluice_rtsp::server::AuthQuery<'_>,
+        now: Instant,
+    ) -> sluice_rtsp::server::AuthVerdict {
+        use sluice_rtsp::server::{Access, AuthVerdict};
+        let action = match query.access {
+            Access::Read => Action::Read,
+            Access::Publish => Action::Publish,
+        };
+        let decision = self.auth.check(
+            query.authorization,
+            query.method.as_str(),
+            query.uri,
+            action,
+            query.path,
+            self.peer,
+            self.tls,
+            &mut self.nonces,
+            now,
+        );
+        match decision {
+            Decision::Allowed(who) => AuthVerdict::Allowed(who),
+            Decision::Challenge(values) => AuthVerdict::Challenge(values),
+            Decision::Forbidden(why) => AuthVerdict::Forbidden(why),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,98 +1,197 @@
-//! One RTSP TCP connection: the read loop feeding the sans-IO decoder, and the writer
-//! task that sends responses and the interleaved media the fan-out could not write
-//! directly (see [`crate::media_queue`]), in vectored batches.
+//! One RTSP connection: read → decode → handle → execute actions → write. Every RTSP
+//! decision is the connection's [`ServerConnection`]'s; this glue hands it bytes and
+//! time, answers its questions from server state ([`crate::answers`]), executes its
+//! actions ([`crate::actions`]), writes its responses (through [`crate::writer`]) and
+//! re-arms its timer.
 
-use std::io::IoSlice;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use sluice_rtp::packet::looks_like_rtcp;
+use sluice_rtsp::server::{Action, RandomIds, ServerConfig, ServerConnection, TransportPolicy};
 use sluice_rtsp::{Decoder, Frame, Limits, Message, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::handler::Connection;
-use crate::media_queue::{
-    frame_headers, gather, record_latency, recycle, MediaQueue, Taken, TcpOut,
-};
-use crate::server::Server;
-use crate::stream::FrameHold;
+use crate::auth::ConnectionAuth;
+use crate::config::TransportKind;
+pub use crate::conn_handle::{Accepted, ConnHandle};
+use crate::file_source::FileSource;
+use crate::ingest::Ingest;
+use crate::media_queue::MediaQueue;
+use crate::reader::ReaderSink;
+use crate::server::{Server, RTCP_INTERVAL};
+use crate::session::Session;
+use crate::stream::{FrameHold, Stream};
+use crate::writer::{run_writer, SharedWrite};
 
-/// How long a response may wait for room in the connection's queue before the
-/// connection is closed (a client that sends requests but does not read the answers).
-const RESPONSE_QUEUE_WAIT: Duration = Duration::from_secs(10);
-
-/// Most interleaved frames written in one vectored write.
-const MAX_BATCH: usize = 64;
-
-/// What other tasks hold of a connection: its outbound queues and a way to close it.
-#[derive(Debug)]
-pub struct ConnHandle {
-    /// Connection number, for logs and session ownership.
-    pub id: u64,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The local address the client connected to.
-    pub local: SocketAddr,
-    /// Whether the connection is RTSPS (TLS).
-    pub tls: bool,
-    /// Outbound queue: responses, and interleaved media (bounded; sinks push a frame at a
-    /// time, written directly when the socket is free).
-    pub media: Arc<MediaQueue>,
-    close: Notify,
-    closing: AtomicBool,
+/// Where an interleaved channel's frames go.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    /// A publisher's RTP (RTCP multiplexed on it is recognised).
+    IngestRtp(Arc<Ingest>),
+    /// A publisher's RTCP.
+    IngestRtcp(Arc<Ingest>),
+    /// A reader's RTCP.
+    ReaderRtcp(Weak<Session>),
+    /// A reader's RTP channel: clients do not send on it.
+    ReaderRtp,
 }
 
-impl ConnHandle {
-    /// Queues an encoded response (never dropped; requests are answered one at a time).
-    pub async fn send_response(&self, response: &Response) {
-        let mut out = BytesMut::with_capacity(256 + response.body.len());
-        response.encode(&mut out);
-        // Bounded: a client that sends requests but does not read the answers is not read
-        // either (TCP backpressure); one that stalls too long is disconnected.
-        match tokio::time::timeout(RESPONSE_QUEUE_WAIT, self.media.push_response(out.freeze()))
-            .await
-        {
-            Ok(_) => {}
-            Err(_) => {
-                warn!(conn = self.id, peer = %self.peer, "client does not read its responses; closing");
-                self.close("responses not read");
+/// An interleaved channel's route and the session track it belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct ChannelRoute {
+    pub(crate) session: String,
+    pub(crate) track: usize,
+    pub(crate) to: Route,
+}
+
+/// One connection: its RTSP state and what the server holds for its decisions.
+pub(crate) struct Conn {
+    pub(crate) server: Arc<Server>,
+    pub(crate) handle: Arc<ConnHandle>,
+    pub(crate) rtsp: ServerConnection,
+    /// This connection's sessions as the server holds them, by id.
+    pub(crate) sessions: HashMap<String, Arc<Session>>,
+    /// Interleaved channels the committed SETUPs allocated.
+    pub(crate) routes: HashMap<u8, ChannelRoute>,
+    /// The stream this connection announced (its end closes the connection).
+    pub(crate) announced: Option<Arc<Stream>>,
+    /// The stream a SETUP for play found, for the commit that follows.
+    pub(crate) found: Option<(Arc<Stream>, Option<FileSource>)>,
+    /// Readers a PLAY subscribed, opened once its answer is written.
+    pub(crate) open_after_write: Vec<Arc<ReaderSink>>,
+}
+
+impl Conn {
+    fn new(server: Arc<Server>, handle: Arc<ConnHandle>) -> Conn {
+        let c = server.config();
+        let mut cfg = ServerConfig::new(handle.peer.ip());
+        cfg.tls = handle.tls;
+        cfg.require_tls = c.rtsps.require_tls.then_some(c.rtsps.listen.port());
+        cfg.session_timeout = c.rtsp.session_timeout;
+        let udp = server.udp.is_some() && c.allows(TransportKind::Udp);
+        let multicast = server.multicast.is_some();
+        cfg.transport = TransportPolicy {
+            tcp: c.allows(TransportKind::Tcp),
+            udp,
+            multicast,
+            server_port: udp.then_some(c.rtsp.rtp_port),
+            multicast_port: multicast.then_some(c.rtsp.multicast_rtp_port),
+            multicast_ttl: c.rtsp.multicast_ttl,
+        };
+        cfg.rtcp_interval = Some(RTCP_INTERVAL);
+        let auth = ConnectionAuth::new(server.auth.clone(), handle.peer.ip(), handle.tls);
+        let rtsp = ServerConnection::new(cfg, Box::new(auth), Box::new(RandomIds), Instant::now());
+        Conn {
+            server,
+            handle,
+            rtsp,
+            sessions: HashMap::new(),
+            routes: HashMap::new(),
+            announced: None,
+            found: None,
+            open_after_write: Vec::new(),
+        }
+    }
+
+    /// Writes the responses and executes the actions the last event produced, in the
+    /// order the [`ServerConnection`] asks: responses first, so a new reader's media
+    /// starts only after its PLAY answer.
+    async fn drain(&mut self) {
+        loop {
+            while let Some(bytes) = self.rtsp.poll_transmit() {
+                self.handle.send_bytes(bytes).await;
+            }
+            for sink in self.open_after_write.drain(..) {
+                sink.open();
+            }
+            let Some(action) = self.rtsp.poll_action() else {
+                return;
+            };
+            self.execute(action).await;
+        }
+    }
+
+    async fn execute(&mut self, action: Action) {
+        match action {
+            Action::Ask { token, question } => self.answer(token, question).await,
+            Action::Pause { session, stopped } => self.pause(&session, stopped),
+            Action::Record { session, started } => self.record(&session, started),
+            Action::TeardownTrack { session, track } => self.teardown_track(&session, track),
+            Action::SendReceiverReports { session } => self.send_receiver_reports(&session),
+            Action::EndSession {
+                session,
+                role,
+                reason,
+                ..
+            } => self.end_session(&session, role, reason),
+            Action::Refused {
+                method,
+                uri,
+                status,
+                why,
+            } => {
+                // A SETUP refused after its stream was found does not keep it open.
+                self.found = None;
+                let conn = self.handle.id;
+                if status == StatusCode::UNAUTHORIZED {
+                    debug!(conn, %method, %uri, why, "authentication required");
+                } else {
+                    warn!(conn, %method, %uri, status = status.0, why, "request refused");
+                }
             }
         }
     }
 
-    /// Asks the connection to close (idempotent).
-    pub fn close(&self, why: &str) {
-        if !self.closing.swap(true, Ordering::AcqRel) {
-            debug!(conn = self.id, why, "closing connection");
+    /// An interleaved frame from the client, to the ingest or reader it belongs to.
+    fn handle_interleaved(&mut self, channel: u8, payload: Bytes) {
+        let now = Instant::now();
+        let Some(route) = self.routes.get(&channel) else {
+            return;
+        };
+        let track = route.track;
+        match &route.to {
+            // Some publishers multiplex RTCP on the RTP channel (RFC 5761).
+            Route::IngestRtp(ingest) if looks_like_rtcp(&payload) => {
+                ingest.handle_rtcp(track, &payload, now)
+            }
+            Route::IngestRtp(ingest) => ingest.handle_rtp(track, payload, now),
+            Route::IngestRtcp(ingest) => ingest.handle_rtcp(track, &payload, now),
+            Route::ReaderRtcp(session) => {
+                if let Some(s) = session.upgrade() {
+                    s.handle_reader_rtcp(track, &payload, now);
+                }
+            }
+            Route::ReaderRtp => {}
         }
-        self.close.notify_one();
     }
 
-    /// Whether a close was requested.
-    pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+    /// The session timer: the media's signs of life first, then expiries and reports.
+    async fn on_timer(&mut self) {
+        for (id, s) in &self.sessions {
+            self.rtsp.handle_session_activity(id, s.last_activity());
+        }
+        self.rtsp.handle_timeout(Instant::now());
+        self.drain().await;
     }
-}
 
-/// Where an accepted connection came from.
-#[derive(Debug, Clone, Copy)]
-pub struct Accepted {
-    /// Connection number.
-    pub id: u64,
-    /// Client address.
-    pub peer: SocketAddr,
-    /// Local address.
-    pub local: SocketAddr,
-    /// Whether the stream is TLS.
-    pub tls: bool,
+    /// After the socket closed: UDP reader sessions live on until they time out (RFC 2326
+    /// sessions are not bound to a connection), or until the server ends them.
+    async fn linger(mut self) {
+        while let Some(at) = self.rtsp.poll_timeout() {
+            let server = &self.server;
+            self.sessions.retain(|id, _| server.session(id).is_some());
+            if self.sessions.is_empty() {
+                return;
+            }
+            tokio::time::sleep_until(at.into()).await;
+            self.on_timer().await;
+        }
+    }
 }
 
 /// Serves one accepted plain TCP connection until it closes. Its write side is shared
@@ -112,35 +211,30 @@ where
     serve(server, rd, wr, None, from).await;
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn serve<R, W>(
     server: Arc<Server>,
     mut rd: R,
     wr: W,
-    direct: Option<Arc<OwnedWriteHalf>>,
+    direct: Option<Arc<tokio::net::tcp::OwnedWriteHalf>>,
     from: Accepted,
 ) where
     R: AsyncRead + Send + Unpin,
     W: AsyncWrite + Send + Unpin + 'static,
 {
-    let Accepted {
-        id,
-        peer,
-        local,
-        tls,
-    } = from;
+    let Accepted { id, peer, tls, .. } = from;
     let media = Arc::new(
         MediaQueue::new(server.config().rtsp.reader_queue, direct)
             .recording_latency(server.egress_latency().clone()),
     );
-    let handle = Arc::new(ConnHandle {
-        id,
-        peer,
-        local,
-        tls,
-        media: media.clone(),
-        close: Notify::new(),
-        closing: AtomicBool::new(false),
-    });
+    let handle = Arc::new(ConnHandle::new(from, media.clone()));
     info!(conn = id, %peer, tls, "connect");
     let writer = tokio::spawn(run_writer(wr, media, handle.clone()));
 
@@ -152,7 +246,8 @@ async fn serve<R, W>(
     };
     let (request_timeout, idle_timeout) = (cfg.request_timeout, cfg.idle_timeout);
     let mut decoder = Decoder::new(limits);
-    let mut conn = Connection::new(server.clone(), handle.clone());
+    // Boxed: the connection's state lives on the heap, not in every idle future.
+    let mut conn = Box::new(Conn::new(server.clone(), handle.clone()));
     // Requests are small; the buffer grows for interleaved media from publishers.
     let mut buf = BytesMut::with_capacity(1024);
     let mut last_input = Instant::now();
@@ -161,14 +256,15 @@ async fn serve<R, W>(
     // A publisher's packets collected but not relayed yet go out when its input pauses.
     let mut flush_at: Option<Instant> = None;
     'read: loop {
-        let announced = conn.announced_stream();
+        let announced = conn.announced.clone();
         // A half-sent request must complete in time; an idle connection without sessions
         // is closed. Both come back here as a timer.
         let deadline = match partial_since {
             Some(t) => t + request_timeout,
-            None if !conn.has_sessions() => last_input + idle_timeout,
+            None if !conn.rtsp.has_sessions() => last_input + idle_timeout,
             None => last_input + Duration::from_secs(3600),
         };
+        let session_timer = conn.rtsp.poll_timeout();
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) => break,
@@ -178,8 +274,8 @@ async fn serve<R, W>(
                     break;
                 }
             },
-            _ = handle.close.notified() => break,
-            _ = async { match (flush_at, &announced) { (Some(t), Some(_)) => tokio::time::sleep_until(t.into()).await, _ => std::future::pending().await } } => {
+            _ = handle.closed() => break,
+            _ = sleep_until(flush_at.filter(|_| announced.is_some())) => {
                 if let Some(s) = &announced {
                     s.flush();
                 }
@@ -190,25 +286,31 @@ async fn serve<R, W>(
                 info!(conn = id, "stream replaced or ended; closing publisher connection");
                 break;
             }
+            _ = sleep_until(session_timer) => {
+                Box::pin(conn.on_timer()).await;
+                if handle.is_closing() {
+                    break;
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 if partial_since.is_some() {
                     warn!(conn = id, %peer, "request not completed in time; closing connection");
-                    handle
-                        .send_response(
-                            &Response::new(StatusCode::REQUEST_TIMEOUT)
-                                .with_header("Connection", "close"),
-                        )
-                        .await;
-                } else if !conn.has_sessions() {
+                    let mut out = BytesMut::new();
+                    Response::new(StatusCode::REQUEST_TIMEOUT)
+                        .with_header("Connection", "close")
+                        .encode(&mut out);
+                    handle.send_bytes(out.freeze()).await;
+                } else if !conn.rtsp.has_sessions() {
                     info!(conn = id, %peer, "idle connection closed");
                 }
-                if partial_since.is_some() || !conn.has_sessions() {
+                if partial_since.is_some() || !conn.rtsp.has_sessions() {
                     break;
                 }
                 continue;
             }
         }
-        conn.handle_input();
+        conn.rtsp.handle_activity(Instant::now());
         let mut decoded = 0usize;
         // A publisher's frames that end in the input at hand go out together once it is
         // used up: one frame per batch when the server keeps up, several when it falls
@@ -221,10 +323,9 @@ async fn serve<R, W>(
                     decoded += 1;
                 }
                 match frame {
-                    // Boxed: the handler's state lives only while a request is handled,
-                    // instead of in every idle connection's future.
                     Ok(Some(Frame::Message(Message::Request(req)))) => {
-                        Box::pin(conn.handle_request(req)).await
+                        conn.rtsp.handle_request(Instant::now(), req);
+                        Box::pin(conn.drain()).await;
                     }
                     Ok(Some(Frame::Message(Message::Response(_)))) => {}
                     Ok(Some(Frame::Interleaved { channel, payload })) => {
@@ -232,14 +333,8 @@ async fn serve<R, W>(
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        warn!(conn = id, %peer, error = %e, "malformed request; closing connection");
-                        let mut resp = Response::new(e.status());
-                        if let Some(cseq) = e.cseq() {
-                            resp = resp.with_header("CSeq", cseq.to_string());
-                        }
-                        handle
-                            .send_response(&resp.with_header("Connection", "close"))
-                            .await;
+                        conn.rtsp.handle_decode_error(Instant::now(), &e);
+                        Box::pin(conn.drain()).await;
                         break 'read;
                     }
                 }
@@ -270,7 +365,9 @@ async fn serve<R, W>(
             partial_since.or(Some(last_input))
         };
     }
-    conn.handle_closed();
+    conn.rtsp.handle_close(Instant::now());
+    Box::pin(conn.drain()).await;
+    server.connection_closed(id);
     handle.close("connection ended");
     // Let the writer flush what is queued (e.g. a final error response), briefly; a
     // writer stuck on a peer that does not read is aborted, which closes the socket.
@@ -286,225 +383,10 @@ async fn serve<R, W>(
     // sinks still hold the queue.
     handle.media.set_closed();
     info!(conn = id, %peer, "disconnect");
-}
-
-async fn run_writer<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    media: Arc<MediaQueue>,
-    handle: Arc<ConnHandle>,
-) {
-    let mut taken = Taken::default();
-    let mut headers: Vec<[u8; 4]> = Vec::new();
-    let mut scratch: Vec<IoSlice<'static>> = Vec::new();
-    'run: loop {
-        media.wait().await;
-        // Everything queued goes out: the rest of a cut-short direct write first, then
-        // responses, then media in vectored writes. The writer owns the socket until a
-        // take finds the queue empty.
-        loop {
-            taken.clear();
-            if !media.take(&mut taken, MAX_BATCH) {
-                break;
-            }
-            if let Some(rest) = taken.partial.take() {
-                if wr.write_all(&rest).await.is_err() {
-                    break 'run;
-                }
-            }
-            for bytes in &taken.responses {
-                if wr.write_all(bytes).await.is_err() {
-                    break 'run;
-                }
-            }
-            let close = taken.items.iter().any(|t| matches!(t, TcpOut::Close));
-            if write_items(&mut wr, &taken.items, &mut headers, &mut scratch)
-                .await
-                .is_err()
-            {
-                break 'run;
-            }
-            record_latency(&taken.items, media.latency());
-            if close {
-                break 'run;
-            }
+    if conn.rtsp.has_sessions() {
+        for s in conn.rtsp.sessions() {
+            info!(session = %s.id, conn = id, "connection closed; UDP session kept until timeout");
         }
-        // Idle: keep little memory per connection (a catch-up grows these).
-        taken.release();
-        headers.shrink_to(16);
-        scratch.shrink_to(16);
-    }
-    media.set_closed();
-    let _ = wr.shutdown().await;
-    handle.close("writer finished");
-}
-
-/// Writes the interleaved frames of `items` with vectored writes of up to [`crate::media_queue::MAX_IOV`]
-/// slices: a 4-byte header per frame plus the shared payload, so no payload is copied
-/// and a frame's packets cost one syscall when the socket has room. `headers` and
-/// `scratch` are kept across calls so that writing allocates nothing.
-async fn write_items<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    items: &[TcpOut],
-    headers: &mut Vec<[u8; 4]>,
-    scratch: &mut Vec<IoSlice<'static>>,
-) -> std::io::Result<()> {
-    frame_headers(items, headers);
-    let mut slices = recycle(std::mem::take(scratch));
-    let mut done = 0;
-    let mut result = Ok(());
-    while done < headers.len() && result.is_ok() {
-        slices.clear();
-        done += gather(items, headers, done, &mut slices);
-        result = write_all_vectored(wr, &mut slices).await;
-    }
-    *scratch = recycle(slices);
-    result
-}
-
-/// Writes every byte of `slices` with vectored writes.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    slices: &mut [IoSlice<'_>],
-) -> std::io::Result<()> {
-    let mut rest = slices;
-    while !rest.is_empty() {
-        let n = wr.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, n);
-    }
-    Ok(())
-}
-
-/// The write side of a plain TCP connection, shared (behind the [`MediaQueue`]'s lock,
-/// which decides who writes) by the writer task and the fan-out's direct writes.
-#[derive(Debug)]
-pub struct SharedWrite(pub Arc<OwnedWriteHalf>);
-
-impl SharedWrite {
-    fn stream(&self) -> &TcpStream {
-        (*self.0).as_ref()
-    }
-
-    /// Waits for room, then tries `write` (which returns WouldBlock if the room is gone).
-    fn poll_with(
-        &self,
-        cx: &mut Context<'_>,
-        write: impl Fn(&TcpStream) -> std::io::Result<usize>,
-    ) -> Poll<std::io::Result<usize>> {
-        loop {
-            ready!(self.stream().poll_write_ready(cx))?;
-            match write(self.stream()) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SharedWrite {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.poll_with(cx, |s| s.try_write(buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        // `sendmsg` rather than tokio's `writev` (see `media_queue::send_vectored`).
-        self.poll_with(cx, |s| {
-            s.try_io(tokio::io::Interest::WRITABLE, || {
-                crate::media_queue::send_vectored(s, bufs)
-            })
-        })
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(self.stream()).shutdown(std::net::Shutdown::Write))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Writes ~7 MB in vectored writes of 64 slices through a [`SharedWrite`] whose socket
-    /// buffers are small, to a reader that starts slowly; returns what was written and
-    /// what arrived.
-    async fn write_through_push_back() -> (Vec<u8>, Vec<u8>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (mut client, (server, _)) = (client.unwrap(), server.unwrap());
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(16 * 1024)
-            .unwrap();
-        socket2::SockRef::from(&client)
-            .set_recv_buffer_size(16 * 1024)
-            .unwrap();
-        let (_read, write) = server.into_split();
-        let mut wr = SharedWrite(Arc::new(write));
-        let parts: Vec<Vec<u8>> = (0..2048u32)
-            .map(|i| {
-                let len = 1024 + (i as usize * 37) % 5000;
-                (0..len).map(|k| (i as usize + k) as u8).collect()
-            })
-            .collect();
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                // Slowly at first, so the writer meets a full socket.
-                if got.len() < 256 * 1024 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                let n = client.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    return got;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
-        });
-        for chunk in parts.chunks(64) {
-            let mut slices: Vec<IoSlice<'_>> = chunk.iter().map(|p| IoSlice::new(p)).collect();
-            write_all_vectored(&mut wr, &mut slices).await.unwrap();
-        }
-        wr.shutdown().await.unwrap();
-        (parts.concat(), reader.await.unwrap())
-    }
-
-    /// The writer task's vectored writes (`sendmsg` through tokio's readiness) deliver
-    /// every byte in order, also when the socket pushes back and the writer must wait for
-    /// room (202 times in a run here). Run on a runtime and thread of its own, so that a
-    /// stall fails the test instead of hanging it.
-    #[test]
-    fn vectored_writes_deliver_every_byte_through_push_back() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let _ = tx.send(rt.block_on(write_through_push_back()));
-        });
-        let (want, got) = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the writes finished within 60 s (no spin, no stall)");
-        assert_eq!(got.len(), want.len());
-        assert!(got == want, "the bytes arrived changed or out of order");
+        tokio::spawn((*conn).linger());
     }
 }

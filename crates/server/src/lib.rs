@@ -3,18 +3,21 @@
 //! meets its many sinks.
 //!
 //! Protocol decisions live in the sans-IO crates (`sluice-rtsp`, `sluice-rtp`) and in
-//! the pure modules here ([`presentation`], [`url`]); the rest owns sockets, tasks and
-//! timers and stays thin. System calls without a safe std, tokio or socket2 API (batched
-//! UDP sends, `sendmsg`, prefetch hints) are `sluice-net`'s, the one crate allowed
-//! `unsafe`; this crate forbids it.
+//! the pure modules here ([`presentation`]); the rest owns sockets, tasks and timers and
+//! stays thin. System calls without a safe std, tokio or socket2 API (batched UDP sends,
+//! `sendmsg`, prefetch hints) are `sluice-net`'s, the one crate allowed `unsafe`; this
+//! crate forbids it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod actions;
+pub mod answers;
 pub mod at_hand;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod conn_handle;
 pub mod direct_budget;
 pub mod egress;
 pub mod fanout;
@@ -22,7 +25,6 @@ pub mod file_source;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gop;
-pub mod handler;
 pub mod ingest;
 pub mod latency;
 pub mod media_queue;
@@ -41,6 +43,7 @@ pub mod udp;
 pub mod udp_send;
 pub mod url;
 pub mod vod;
+pub mod writer;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

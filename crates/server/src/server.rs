@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use sluice_rtsp::server_session::Role;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -21,10 +20,11 @@ use crate::file_source::FileSource;
 use crate::latency::LatencyHistogram;
 use crate::multicast::Multicast;
 use crate::pull::Pull;
-use crate::session::{Session, TrackTransport};
+use crate::session::Session;
 use crate::stream::{EndReason, Stream};
 use crate::udp::UdpHub;
 use crate::vod;
+use sluice_rtsp::server::TrackTransport;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,7 @@ pub struct Server {
     /// Running pull sources by path.
     pub(crate) pulls: Mutex<HashMap<String, Arc<Pull>>>,
     /// Users, permissions and the authentication exchange.
-    pub(crate) auth: Authenticator,
+    pub(crate) auth: Arc<Authenticator>,
     tls_listener: Mutex<Option<(TcpListener, TlsAcceptor)>>,
     conn_total: AtomicUsize,
     conn_counts: Mutex<HashMap<IpAddr, usize>>,
@@ -188,8 +188,9 @@ impl Server {
             }
             _ => None,
         };
-        let auth =
-            Authenticator::new(&config.users, config.auth.clone()).map_err(ServerError::Users)?;
+        let auth = Arc::new(
+            Authenticator::new(&config.users, config.auth.clone()).map_err(ServerError::Users)?,
+        );
         let server = Arc::new(Server {
             config,
             listener: Mutex::new(Some(listener)),
@@ -436,6 +437,9 @@ impl Server {
         self.next_version.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Every 50 ms relays stale batches; every 500 ms ends the sessions whose stream
+    /// ended and sends the readers' due Sender Reports. Session timeouts are not here:
+    /// each connection's RTSP state decides them on its own timer.
     async fn run_reaper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut ticks = 0u64;
@@ -462,15 +466,9 @@ impl Server {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
-                .filter_map(|s| {
-                    if s.stream.is_ended() {
-                        Some((s.clone(), "stream ended"))
-                    } else if s.is_expired(now) {
-                        Some((s.clone(), "timeout"))
-                    } else {
-                        None
-                    }
-                })
+                // Timeouts are the connection's decision; a stream's end is the server's.
+                .filter(|s| s.stream.is_ended())
+                .map(|s| (s.clone(), "stream ended"))
                 .collect();
             for (s, why) in expired {
                 self.end_session(&s.id, why);
@@ -523,12 +521,12 @@ impl Server {
         if let Some(file) = &s.file {
             file.pause();
         }
-        let (playing, ingest, rr_task, transports, member) = {
+        let (playing, ingest, group, transports, member) = {
             let mut inner = s.lock();
             (
                 inner.playing.take(),
                 inner.ingest.take(),
-                inner.receiver_reports.take(),
+                inner.multicast_group.take(),
                 std::mem::take(&mut inner.transports),
                 std::mem::replace(&mut inner.multicast_member, false),
             )
@@ -541,27 +539,17 @@ impl Server {
                 .map(|t| u64::from(p.sink.packets_sent(t)))
                 .sum();
         }
-        if let Some(task) = rr_task {
-            task.abort();
-        }
-        let mut uses_multicast = false;
         for t in transports.iter().flatten() {
-            match t {
-                TrackTransport::Udp { rtp, rtcp } => {
-                    if let Some(udp) = &self.udp {
-                        let rtp = ingest.as_ref().map(|_| *rtp);
-                        udp.remove(rtp, *rtcp);
-                    }
-                }
-                TrackTransport::Multicast { .. } => uses_multicast = true,
-                TrackTransport::Tcp { .. } => {}
+            if let (TrackTransport::Udp { rtp, rtcp, .. }, Some(udp)) = (t, &self.udp) {
+                let rtp = ingest.as_ref().map(|_| *rtp);
+                udp.remove(rtp, *rtcp);
             }
         }
         if let Some(m) = &self.multicast {
             if member {
                 m.leave(&path);
             }
-            if uses_multicast {
+            if group.is_some() {
                 m.release(&path);
             }
         }
@@ -587,19 +575,9 @@ impl Server {
         }
     }
 
-    /// A connection closed: its TCP and publisher sessions end with it; UDP reader
-    /// sessions live on until their timeout (RTCP keeps them alive), as RFC 2326 allows.
-    pub(crate) fn connection_closed(&self, conn: u64, session_ids: &[String]) {
-        for id in session_ids {
-            let Some(s) = self.session(id) else {
-                continue;
-            };
-            if s.role() == Role::Player && s.is_udp_only() && !s.stream.is_ended() {
-                info!(session = %id, conn, "connection closed; UDP session kept until timeout");
-                continue;
-            }
-            self.end_session(id, "connection closed");
-        }
+    /// A connection closed (its sessions were ended as its RTSP state decided): the paths
+    /// it announced but never recorded are freed.
+    pub(crate) fn connection_closed(&self, conn: u64) {
         // Paths this connection announced but never recorded.
         let stale: Vec<(String, Arc<Stream>)> = self
             .paths

@@ -1,45 +1,21 @@
-//! A live RTSP session as the server holds it: its sans-IO state machine plus the
-//! resources bound to it (transports, subscription, writer tasks).
+//! What a live RTSP session holds on the server: its stream, its transports and the
+//! media resources bound to them (subscription, ingest, UDP routes, multicast group).
+//! Its RFC 2326 state, timeout and ownership live in the connection's
+//! [`sluice_rtsp::server::ServerConnection`]; this is only what that decision needs done.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sluice_rtp::rtcp::{self, ReportBlock, RtcpPacket};
-use sluice_rtsp::server_session::{Role, ServerSession};
-use tokio::task::JoinHandle;
+use sluice_rtsp::server::TrackTransport;
+use sluice_rtsp::server_session::Role;
 
 use crate::conn::ConnHandle;
 use crate::file_source::FileSource;
 use crate::ingest::Ingest;
 use crate::reader::ReaderSink;
 use crate::stream::{SinkId, Stream};
-
-/// How one track of a session travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrackTransport {
-    /// UDP unicast to/from the client's ports.
-    Udp {
-        /// Client RTP address.
-        rtp: SocketAddr,
-        /// Client RTCP address.
-        rtcp: SocketAddr,
-    },
-    /// Interleaved on the RTSP connection.
-    Tcp {
-        /// RTP channel.
-        rtp: u8,
-        /// RTCP channel.
-        rtcp: u8,
-    },
-    /// The path's multicast group.
-    Multicast {
-        /// Group address.
-        group: Ipv4Addr,
-        /// RTP port (RTCP is + 1).
-        port: u16,
-    },
-}
 
 /// A reader's active subscription (while PLAYing).
 #[derive(Debug)]
@@ -53,20 +29,20 @@ pub struct Playing {
 /// The mutable part of a session.
 #[derive(Debug)]
 pub struct SessionInner {
-    /// RFC 2326 state.
-    pub machine: ServerSession,
-    /// Per track of the stream: its transport once SETUP.
+    /// Per track of the stream: its transport once SETUP committed it.
     pub transports: Vec<Option<TrackTransport>>,
     /// Readers: the subscription while playing.
     pub playing: Option<Playing>,
     /// Publishers: the source feeding the stream.
     pub ingest: Option<Arc<Ingest>>,
-    /// Publishers: the Receiver Report task.
-    pub receiver_reports: Option<JoinHandle<()>>,
     /// Readers: the latest RTCP report block they sent per track.
     pub reader_reports: Vec<Option<ReportBlock>>,
     /// Whether this reader counts as a member of the path's multicast group.
     pub multicast_member: bool,
+    /// The multicast group this session acquired (released once, when it ends).
+    pub multicast_group: Option<Ipv4Addr>,
+    /// The last sign of life outside RTSP requests (a reader's RTCP).
+    pub last_activity: Instant,
 }
 
 /// A server-side RTSP session.
@@ -74,10 +50,10 @@ pub struct SessionInner {
 pub struct Session {
     /// The Session header id.
     pub id: String,
-    /// The connection that created it; only that connection may use it.
+    /// The connection that created it (for logs, and to close it when the stream ends).
     pub conn: Arc<ConnHandle>,
-    /// The user that created it (`any` when anonymous); only that user may use it.
-    pub principal: String,
+    /// Player or recorder.
+    pub role: Role,
     /// The path's stream it plays or records (for stored files, a private stream).
     pub stream: Arc<Stream>,
     /// For stored files: the source playing into the private stream.
@@ -87,6 +63,34 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session of `role` on `stream`, holding nothing yet.
+    pub fn new(
+        id: String,
+        conn: Arc<ConnHandle>,
+        role: Role,
+        stream: Arc<Stream>,
+        file: Option<FileSource>,
+        now: Instant,
+    ) -> Session {
+        let tracks = stream.presentation().tracks().len();
+        Session {
+            id,
+            conn,
+            role,
+            stream,
+            file,
+            inner: Mutex::new(SessionInner {
+                transports: vec![None; tracks],
+                playing: None,
+                ingest: None,
+                reader_reports: vec![None; tracks],
+                multicast_member: false,
+                multicast_group: None,
+                last_activity: now,
+            }),
+        }
+    }
+
     /// Locks the mutable state (a poisoned lock is recovered: the state stays consistent
     /// because every mutation is a single assignment).
     pub fn lock(&self) -> std::sync::MutexGuard<'_, SessionInner> {
@@ -95,42 +99,26 @@ impl Session {
 
     /// The session's role.
     pub fn role(&self) -> Role {
-        self.lock().machine.role()
+        self.role
     }
 
-    /// Refreshes the timeout.
-    pub fn touch(&self, now: Instant) {
-        self.lock().machine.handle_activity(now);
-    }
-
-    /// Whether every set-up track uses UDP unicast or multicast (such sessions outlive
-    /// their RTSP connection until they time out).
-    pub fn is_udp_only(&self) -> bool {
+    /// The last sign of life outside RTSP: a reader's RTCP, a publisher's media. The
+    /// connection feeds it to its session timer.
+    pub fn last_activity(&self) -> Instant {
         let inner = self.lock();
-        inner
-            .transports
-            .iter()
-            .flatten()
-            .all(|t| !matches!(t, TrackTransport::Tcp { .. }))
-    }
-
-    /// Whether the session has expired at `now` (publishers count their media as activity).
-    pub fn is_expired(&self, now: Instant) -> bool {
-        let mut inner = self.lock();
-        if let Some(ingest) = &inner.ingest {
-            let last = ingest.last_packet();
-            inner.machine.handle_activity(last);
+        match &inner.ingest {
+            Some(ingest) => ingest.last_packet().max(inner.last_activity),
+            None => inner.last_activity,
         }
-        inner.machine.is_expired(now)
     }
 
-    /// RTCP from a reader on `track`: keeps its report blocks and refreshes the timeout.
+    /// RTCP from a reader on `track`: keeps its report blocks and counts as activity.
     pub fn handle_reader_rtcp(&self, track: usize, data: &[u8], now: Instant) {
         let Ok(packets) = rtcp::parse_compound(data) else {
             return;
         };
         let mut inner = self.lock();
-        inner.machine.handle_activity(now);
+        inner.last_activity = inner.last_activity.max(now);
         for p in packets {
             let blocks = match p {
                 RtcpPacket::ReceiverReport { blocks, .. } => blocks,

@@ -532,6 +532,8 @@ enum Parked {
         principal: String,
         ssrc: Option<u32>,
         seekable: bool,
+        /// The offers after the chosen one, tried if the server refuses the commit.
+        rest: Vec<crate::TransportSpec>,
     },
     Play {
         session: String,
@@ -894,7 +896,10 @@ impl ServerConnection {
     }
 
     /// Answers [`Question::Setup`]: `Ok` commits the track (with the multicast group
-    /// granted, for a multicast transport without one). The connection then refuses only
+    /// granted, for a multicast transport without one). A refusal of the transport
+    /// itself (461, or 453 for a multicast group) moves on to the client's next
+    /// acceptable offer, asked as a new [`Question::Setup`], as RFC 2326 offer lists
+    /// intend; any other refusal, or one with no offer left, is the answer. The connection then refuses only
     /// if the session ended while the question was open (its [`Action::EndSession`] was
     /// already emitted) or a multicast grant lacks a group (500).
     pub fn answer_setup(
@@ -913,10 +918,57 @@ impl ServerConnection {
             principal,
             ssrc,
             seekable,
+            rest,
         } = parked
         else {
             return Err(Self::wrong_kind(token, "setup"));
         };
+        if let Err(r) = &answer {
+            // The server could not take this transport (client ports in use, no multicast
+            // group left): the client's next offers are tried, as its list intends.
+            let transport_specific = r.status == StatusCode::UNSUPPORTED_TRANSPORT
+                || (r.status == StatusCode::NOT_ENOUGH_BANDWIDTH
+                    && matches!(transport, TrackTransport::Multicast { group: None, .. }));
+            let (session_kind, session_group) = match self.entry(&session) {
+                Some(e) if !new_session => (e.kind(), e.group()),
+                _ => (None, None),
+            };
+            let offer = Offer {
+                specs: &rest,
+                record: role == Role::Recorder,
+                track,
+                peer: self.config.peer,
+                session_kind,
+                session_group,
+                channels: &self.channels,
+            };
+            let next = negotiate(&self.config.transport, &offer);
+            if let (true, Ok((transport, chosen))) = (transport_specific, next) {
+                let question = Question::Setup {
+                    session: session.clone(),
+                    new_session,
+                    path: path.clone(),
+                    role,
+                    track,
+                    transport,
+                    principal: principal.clone(),
+                };
+                let parked = Parked::Setup {
+                    session,
+                    new_session,
+                    path,
+                    role,
+                    track,
+                    transport,
+                    principal,
+                    ssrc,
+                    seekable,
+                    rest: rest.get(chosen + 1..).unwrap_or_default().to_vec(),
+                };
+                self.finish(request, ask(question, parked));
+                return Ok(());
+            }
+        }
         let result = answer.and_then(|grant| {
             if let TrackTransport::Multicast { group, .. } = &mut transport {
                 if group.is_none() {
@@ -1575,7 +1627,7 @@ impl ServerConnection {
                 (None, true, self.new_id()?)
             }
         };
-        let transport = negotiate(
+        let (transport, chosen) = negotiate(
             &self.config.transport,
             &Offer {
                 specs,
@@ -1607,6 +1659,7 @@ impl ServerConnection {
                 principal,
                 ssrc: None,
                 seekable: false,
+                rest: specs.get(chosen + 1..).unwrap_or_default().to_vec(),
             },
         )
     }
@@ -1650,7 +1703,7 @@ impl ServerConnection {
             }
             None => (None, None, true, self.new_id()?),
         };
-        let transport = negotiate(
+        let (transport, chosen) = negotiate(
             &self.config.transport,
             &Offer {
                 specs,
@@ -1682,6 +1735,7 @@ impl ServerConnection {
                 principal,
                 ssrc: info.ssrc.get(track).copied().flatten(),
                 seekable: info.seekable,
+                rest: specs.get(chosen + 1..).unwrap_or_default().to_vec(),
             },
         )
     }

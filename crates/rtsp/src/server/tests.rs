@@ -43,6 +43,8 @@ struct World {
     readers_full: bool,
     /// No multicast group left.
     no_groups: bool,
+    /// Every UDP client port pair is already routed to another session (461).
+    udp_taken: bool,
     /// Hold questions instead of answering them at once.
     hold: bool,
 }
@@ -125,6 +127,10 @@ impl World {
                                 "no multicast group left",
                             ))
                         }
+                        TrackTransport::Udp { .. } if self.udp_taken => Err(Refusal::new(
+                            StatusCode::UNSUPPORTED_TRANSPORT,
+                            "client ports already in use",
+                        )),
                         TrackTransport::Multicast { group: None, .. } => Ok(SetupGrant {
                             multicast_group: Some(IpAddr::V4(Ipv4Addr::new(239, 1, 2, 3))),
                         }),
@@ -1811,4 +1817,59 @@ fn a_repeating_id_source_gets_503_not_a_hang() {
     );
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h.conn.sessions().len(), 1);
+}
+
+#[test]
+fn refused_udp_commit_moves_on_to_the_next_offer() {
+    let mut h = Harness::new();
+    h.world.udp_taken = true;
+    let r = h.req_body(
+        "ANNOUNCE",
+        &format!("{BASE}/pub/cam"),
+        &["Content-Type: application/sdp"],
+        PUB_SDP,
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    // The publisher's ports are taken: its second offer, TCP, is what it gets.
+    let r = h.req(
+        "SETUP",
+        &format!("{BASE}/pub/cam/streamid=0"),
+        &["Transport: RTP/AVP;unicast;client_port=5000-5001;mode=record, RTP/AVP/TCP;interleaved=0-1;mode=record"],
+    );
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(transport_of(&r).interleaved, Some((0, 1)));
+    assert_eq!(h.conn.sessions().len(), 1);
+    assert!(h.conn.channel(0).is_some());
+    // With no offer left, the server's refusal stands and nothing is created.
+    let r = h.req(
+        "SETUP",
+        &format!("{BASE}/pub/cam/streamid=1"),
+        &["Transport: RTP/AVP;unicast;client_port=5002-5003;mode=record"],
+    );
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_TRANSPORT);
+}
+
+#[test]
+fn multicast_without_group_moves_on_to_the_next_offer() {
+    let mut h = Harness::new();
+    h.world.no_groups = true;
+    let r = h.req(
+        "SETUP",
+        &format!("{BASE}/live/one"),
+        &["Transport: RTP/AVP;multicast, RTP/AVP/TCP;interleaved=4-5"],
+    );
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let t = transport_of(&r);
+    assert!(!t.multicast);
+    assert_eq!(t.interleaved, Some((4, 5)));
+    // A limit of the server, not of the transport, is not retried.
+    let mut h = Harness::new();
+    h.world.readers_full = true;
+    let r = h.req(
+        "SETUP",
+        &format!("{BASE}/live/one"),
+        &["Transport: RTP/AVP/TCP;interleaved=0-1, RTP/AVP;unicast;client_port=5000-5001"],
+    );
+    assert_eq!(r.status, StatusCode::NOT_ENOUGH_BANDWIDTH);
+    assert!(!h.conn.has_sessions());
 }

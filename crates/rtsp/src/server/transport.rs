@@ -174,13 +174,14 @@ pub(crate) fn channels_for(
 
 /// Picks the first offered transport-spec the policy supports, in the client's order of
 /// preference; the refusal is the last reason an offer was passed over (461 unless a
-/// multicast port range ran out).
+/// multicast port range ran out). Also returns the chosen spec's index, so a commit the
+/// server refuses can go on with the offers after it.
 pub(crate) fn negotiate(
     policy: &TransportPolicy,
     offer: &Offer<'_>,
-) -> Result<TrackTransport, Refusal> {
+) -> Result<(TrackTransport, usize), Refusal> {
     let mut last = unsupported("no acceptable transport offered");
-    for spec in offer.specs {
+    for (index, spec) in offer.specs.iter().enumerate() {
         let kind = if spec.is_tcp() {
             TransportKind::Tcp
         } else if spec.multicast {
@@ -201,7 +202,7 @@ pub(crate) fn negotiate(
         }
         match kind {
             TransportKind::Tcp => match channels_for(spec, offer.track, offer.channels) {
-                Ok((rtp, rtcp)) => return Ok(TrackTransport::Tcp { rtp, rtcp }),
+                Ok((rtp, rtcp)) => return Ok((TrackTransport::Tcp { rtp, rtcp }, index)),
                 Err(e) => last = e,
             },
             TransportKind::Udp => {
@@ -225,22 +226,24 @@ pub(crate) fn negotiate(
                         continue;
                     }
                 }
-                return Ok(TrackTransport::Udp {
+                let t = TrackTransport::Udp {
                     rtp: SocketAddr::new(offer.peer, crtp),
                     rtcp: SocketAddr::new(offer.peer, crtcp),
                     server_port,
-                });
+                };
+                return Ok((t, index));
             }
             TransportKind::Multicast => {
                 let Some(base) = policy.multicast_port else {
                     continue;
                 };
                 let step = u16::try_from(offer.track.saturating_mul(2)).unwrap_or(u16::MAX);
-                return Ok(TrackTransport::Multicast {
+                let t = TrackTransport::Multicast {
                     group: offer.session_group,
                     port: base.saturating_add(step),
                     ttl: policy.multicast_ttl,
-                });
+                };
+                return Ok((t, index));
             }
         }
     }
