@@ -85,7 +85,9 @@ impl Drop for ConnSlot {
 pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A batch waiting longer than this for its frame's end is relayed as it is (see
-/// [`Stream::flush_stale`]).
+/// [`Stream::flush_stale`]). A backstop only: every live source runs its stream's timer
+/// ([`Stream::poll_timeout`]), but an RTSP connection runs it for the stream it announced
+/// last, so a stream it recorded before announcing another has only this.
 const STALE_BATCH: Duration = Duration::from_millis(50);
 
 /// Path events the event pump's watcher queues before it drops some (and logs the gap).
@@ -451,7 +453,8 @@ impl Server {
         loop {
             tick.tick().await;
             let now = Instant::now();
-            // A frame whose end never came (no marker bit, and no next frame yet): relay it.
+            // Backstop for a stream no source timer watches (see `STALE_BATCH`): a frame
+            // whose end never came (no marker bit, and no next frame yet) is relayed.
             let streams: Vec<Arc<Stream>> = {
                 let paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
                 paths
