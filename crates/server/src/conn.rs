@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::at_hand::sleep_until;
 use crate::auth::ConnectionAuth;
 use crate::config::TransportKind;
 pub use crate::conn_handle::{Accepted, ConnHandle};
@@ -210,8 +211,6 @@ where
     let (rd, wr) = tokio::io::split(socket);
     serve(server, rd, wr, None, from).await;
 }
-
-use crate::at_hand::sleep_until;
 
 async fn serve<R, W>(
     server: Arc<Server>,
