@@ -41,7 +41,7 @@ impl Conn {
             return;
         };
         if started {
-            session.stream.set_ready();
+            self.server.set_path_ready(&session.stream);
         }
         info!(session = %id, conn = self.handle.id, peer = %self.handle.peer, path = %session.stream.path(), "record");
     }

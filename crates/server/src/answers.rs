@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sluice_hub::registry::{Claim, Owner};
 use sluice_rtsp::server::{
     PlayGrant, Question, Refusal, SetupGrant, StreamInfo, Token, TrackStart, TrackTransport,
 };
@@ -20,9 +21,9 @@ use crate::file_source::{FileSource, PlayError};
 use crate::ingest::Ingest;
 use crate::presentation::Presentation;
 use crate::reader::{Outbox, ReaderSink, Target};
-use crate::server::{PathEntry, Server, RTCP_INTERVAL};
+use crate::server::{Server, RTCP_INTERVAL};
 use crate::session::{Playing, Session};
-use crate::stream::{EndReason, Stream};
+use crate::stream::Stream;
 use crate::vod::{self, OpenedMedia, VodError};
 
 /// What a SETUP commit asks of the server.
@@ -148,9 +149,9 @@ async fn stream_for(server: Arc<Server>, path: String) -> Result<Arc<Stream>, Re
         .paths
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(path)
-        .map(|e| e.stream.clone())
-        .filter(|s| s.is_ready());
+        .lookup_ready(path)
+        .filter(|s| s.is_ready())
+        .cloned();
     let not_found = || Refusal::new(StatusCode::NOT_FOUND, format!("no stream on path {path:?}"));
     if let Some(s) = ready {
         let pulls = server.pulls.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,52 +198,21 @@ impl Conn {
         let stream = Stream::new(path.to_owned(), presentation, server.next_version());
         stream.set_gop_cache(server.config().rtsp.gop_cache);
         stream.set_fanout_window(server.config().rtsp.fanout_window);
-        let replaced = {
-            let mut paths = server.paths.lock().unwrap_or_else(|e| e.into_inner());
-            let old = paths.get(path).cloned();
-            if let Some(old) = &old {
-                let taken = if old.configured {
-                    Some("has a configured source")
-                } else if old.owner_conn != self.handle.id
-                    && !server.config().rtsp.override_publisher
-                {
-                    Some("already has a publisher")
-                } else {
-                    None
-                };
-                if let Some(why) = taken {
-                    return Err(Refusal::new(
-                        StatusCode::METHOD_NOT_VALID_IN_THIS_STATE,
-                        format!("path {path:?} {why}"),
-                    ));
-                }
-            }
-            let entry = PathEntry {
-                stream: stream.clone(),
-                owner_conn: self.handle.id,
-                configured: false,
-            };
-            paths.insert(path.to_owned(), entry);
-            old
+        let claim = if server.config().rtsp.override_publisher {
+            Claim::Replace
+        } else {
+            Claim::Exclusive
         };
-        if let Some(old) = replaced {
+        let published = server
+            .publish_path(path, Owner(self.handle.id), claim, &stream)
+            .map_err(|e| Refusal::new(StatusCode::METHOD_NOT_VALID_IN_THIS_STATE, e.to_string()))?;
+        if published.replaced.is_some() {
             info!(conn = self.handle.id, %path, "new publisher replaces the old one");
-            let old_sessions: Vec<String> = server
-                .sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .filter(|s| Arc::ptr_eq(&s.stream, &old.stream) && s.role == Role::Recorder)
-                .map(|s| s.id.clone())
-                .collect();
-            old.stream.end(EndReason::Replaced);
-            for id in old_sessions {
-                server.end_session(&id, "replaced by a new publisher");
-            }
         }
+        server.end_replaced(published, "replaced by a new publisher");
         if let Some(prev) = self.announced.replace(stream.clone()) {
             if !Arc::ptr_eq(&prev, &stream) && !prev.is_ready() {
-                server.remove_path_if(prev.path(), &prev);
+                server.end_path(&prev, sluice_hub::EndReason::SourceGone);
             }
         }
         let tracks = stream.presentation().tracks().len();

@@ -21,6 +21,15 @@ pub async fn ready_now<F: Future>(fut: F) -> Option<F::Output> {
     .await
 }
 
+/// Sleeps until `at`, or forever without one: a source's optional timer (its stream's
+/// [`crate::stream::Stream::poll_timeout`]) as a `select!` branch.
+pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

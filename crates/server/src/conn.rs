@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::at_hand::sleep_until;
 use crate::auth::ConnectionAuth;
 use crate::config::TransportKind;
 pub use crate::conn_handle::{Accepted, ConnHandle};
@@ -25,7 +26,7 @@ use crate::media_queue::MediaQueue;
 use crate::reader::ReaderSink;
 use crate::server::{Server, RTCP_INTERVAL};
 use crate::session::Session;
-use crate::stream::{FrameHold, Stream};
+use crate::stream::Stream;
 use crate::writer::{run_writer, SharedWrite};
 
 /// Where an interleaved channel's frames go.
@@ -211,14 +212,6 @@ where
     serve(server, rd, wr, None, from).await;
 }
 
-/// Sleeps until `at`, or forever without one.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn serve<R, W>(
     server: Arc<Server>,
     mut rd: R,
@@ -253,8 +246,9 @@ async fn serve<R, W>(
     let mut last_input = Instant::now();
     // When the unfinished request at the front of `buf` started arriving.
     let mut partial_since: Option<Instant> = None;
-    // A publisher's packets collected but not relayed yet go out when its input pauses.
-    let mut flush_at: Option<Instant> = None;
+    // A publisher's packets collected but not relayed yet go out when its stream's timer
+    // says so (its input paused, or its fan-out window passed).
+    let mut batch_timer: Option<Instant> = None;
     'read: loop {
         let announced = conn.announced.clone();
         // A half-sent request must complete in time; an idle connection without sessions
@@ -275,11 +269,11 @@ async fn serve<R, W>(
                 }
             },
             _ = handle.closed() => break,
-            _ = sleep_until(flush_at.filter(|_| announced.is_some())) => {
+            _ = sleep_until(batch_timer.filter(|_| announced.is_some())) => {
                 if let Some(s) = &announced {
-                    s.flush();
+                    s.handle_timeout(Instant::now());
                 }
-                flush_at = None;
+                batch_timer = announced.as_ref().and_then(|s| s.poll_timeout());
                 continue;
             }
             _ = async { match &announced { Some(s) => s.ended().await, None => std::future::pending().await } } => {
@@ -315,7 +309,12 @@ async fn serve<R, W>(
         // A publisher's frames that end in the input at hand go out together once it is
         // used up: one frame per batch when the server keeps up, several when it falls
         // behind and input piles up in the socket (see `Stream::hold_frames`).
-        let held = announced.clone().map(FrameHold::new);
+        let held = announced.as_ref();
+        if let Some(s) = held {
+            s.note_input(last_input);
+            s.hold_frames();
+        }
+        let mut closing = false;
         'at_hand: loop {
             loop {
                 let frame = decoder.decode(&mut buf);
@@ -335,26 +334,37 @@ async fn serve<R, W>(
                     Err(e) => {
                         conn.rtsp.handle_decode_error(Instant::now(), &e);
                         Box::pin(conn.drain()).await;
-                        break 'read;
+                        closing = true;
+                        break 'at_hand;
                     }
                 }
                 if handle.is_closing() {
-                    break 'read;
+                    closing = true;
+                    break 'at_hand;
                 }
             }
-            if held.is_none() {
+            let Some(s) = held else {
                 break;
-            }
+            };
             // More input already waiting joins this batch; an end of stream or an error
             // is left for the next read to report.
             match crate::at_hand::ready_now(rd.read_buf(&mut buf)).await {
-                Some(Ok(n)) if n > 0 => last_input = Instant::now(),
+                Some(Ok(n)) if n > 0 => {
+                    last_input = Instant::now();
+                    s.note_input(last_input);
+                }
                 _ => break 'at_hand,
             }
         }
-        // The input at hand is used up: the held frames go out.
-        drop(held);
-        flush_at = announced.as_ref().and_then(|s| s.flush_at(last_input));
+        // The input at hand is used up: the held frames go out, and the stream's timer
+        // sends the rest of an unfinished frame if its input pauses.
+        if let Some(s) = held {
+            s.release_frames();
+        }
+        batch_timer = announced.as_ref().and_then(|s| s.poll_timeout());
+        if closing {
+            break 'read;
+        }
         // The clock runs for one unfinished message: a publisher streaming interleaved
         // frames whose reads end mid-frame makes progress, and restarts it.
         partial_since = if buf.is_empty() {

@@ -21,11 +21,13 @@ use sluice_rtsp::redact_credentials;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::at_hand::sleep_until;
 use crate::config::{PathConfig, SourceTransport};
 use crate::ingest::Ingest;
 use crate::presentation::Presentation;
-use crate::server::{PathEntry, Server, RTCP_INTERVAL};
-use crate::stream::{EndReason, FrameHold, Stream};
+use crate::server::{Server, RTCP_INTERVAL};
+use crate::stream::{EndReason, Stream};
+use sluice_hub::registry::{Claim, Owner};
 
 /// How long `auto` transport waits for the first UDP packet before switching to TCP.
 const UDP_SILENCE: Duration = Duration::from_secs(3);
@@ -35,6 +37,8 @@ pub struct Pull {
     path: String,
     config: PathConfig,
     on_demand: bool,
+    /// Whose claims on the path are this pull's: its streams replace each other.
+    owner: Owner,
     /// The stream once the upstream plays (None until then).
     ready: watch::Sender<Option<Arc<Stream>>>,
     /// Last time a reader asked for the path (DESCRIBE/SETUP) or had a session on it.
@@ -58,12 +62,18 @@ enum Outcome {
 }
 
 impl Pull {
-    /// A pull for `path` with its (expanded) configuration.
-    pub fn new(path: String, config: PathConfig, on_demand: bool) -> Arc<Pull> {
+    /// A pull for `path` with its (expanded) configuration, claiming the path as `owner`.
+    pub(crate) fn new(
+        path: String,
+        config: PathConfig,
+        on_demand: bool,
+        owner: Owner,
+    ) -> Arc<Pull> {
         Arc::new(Pull {
             path,
             config,
             on_demand,
+            owner,
             ready: watch::channel(None).0,
             last_demand: Mutex::new(Instant::now()),
         })
@@ -180,18 +190,23 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
         (silence_limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)),
     );
     let mut last_rr = Instant::now();
+    // When the stream's collected packets go out if no more input comes.
+    let mut batch_timer: Option<Instant> = None;
     loop {
         tokio::select! {
             ev = conn.next_event() => {
                 // Events already at hand are handled before the frames that end in them
                 // go out, together (see `Stream::hold_frames`).
-                let _held = ingest.as_ref().map(|i| FrameHold::new(i.stream().clone()));
+                let held = ingest.as_ref().map(|i| i.stream().clone());
+                if let Some(s) = &held {
+                    s.hold_frames();
+                }
                 let mut ev = ev;
-                loop {
+                let outcome = 'events: loop {
                 let now = Instant::now();
                 match ev {
                     Ok(ClientEvent::Described { sdp, .. }) => {
-                        let Some(server) = server.upgrade() else { return Outcome::Stopped };
+                        let Some(server) = server.upgrade() else { break 'events Some(Outcome::Stopped) };
                         match Presentation::from_sdp(&sdp) {
                             Ok(p) => {
                                 let stream = server.attach_pull_stream(pull, p);
@@ -199,13 +214,15 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
                             }
                             Err(e) => {
                                 warn!(path = %pull.path, source = %url, error = %e, "pull source SDP refused");
-                                return Outcome::Lost { had_media: false };
+                                break 'events Some(Outcome::Lost { had_media: false });
                             }
                         }
                     }
                     Ok(ClientEvent::Playing { .. }) => {
                         if let Some(i) = &ingest {
-                            i.stream().set_ready();
+                            if let Some(server) = server.upgrade() {
+                                server.set_path_ready(i.stream());
+                            }
                             pull.ready.send_replace(Some(i.stream().clone()));
                             info!(path = %pull.path, source = %url, transport = if tcp { "tcp" } else { "udp" }, "pull source playing");
                         }
@@ -225,22 +242,37 @@ async fn attempt(server: &Weak<Server>, pull: &Arc<Pull>, tcp: bool) -> Outcome 
                     }
                     Ok(ClientEvent::Closed) | Err(ConnectionError::Closed) => {
                         warn!(path = %pull.path, source = %url, "pull source closed the connection");
-                        return Outcome::Lost { had_media };
+                        break 'events Some(Outcome::Lost { had_media });
                     }
                     Err(ConnectionError::Session(ClientError::Status { status: 461, .. })) if auto && !tcp => {
-                        return Outcome::SwitchToTcp;
+                        break 'events Some(Outcome::SwitchToTcp);
                     }
                     Err(e) => {
                         warn!(path = %pull.path, source = %url, error = %e, "pull source failed");
-                        return Outcome::Lost { had_media };
+                        break 'events Some(Outcome::Lost { had_media });
                     }
                     Ok(_) => {}
                 }
                 match crate::at_hand::ready_now(conn.next_event()).await {
                     Some(next) => ev = next,
-                    None => break,
+                    None => break 'events None,
                 }
+                };
+                // The events at hand are used up: the held frames go out, and the
+                // stream's timer sends the rest of an unfinished frame if input pauses.
+                if let Some(s) = &held {
+                    s.release_frames();
                 }
+                batch_timer = ingest.as_ref().and_then(|i| i.stream().poll_timeout());
+                if let Some(outcome) = outcome {
+                    return outcome;
+                }
+            }
+            _ = sleep_until(batch_timer) => {
+                if let Some(i) = &ingest {
+                    i.stream().handle_timeout(Instant::now());
+                }
+                batch_timer = ingest.as_ref().and_then(|i| i.stream().poll_timeout());
             }
             _ = tick.tick() => {
                 let now = Instant::now();
@@ -291,27 +323,31 @@ impl Server {
         pull: &Pull,
         presentation: Presentation,
     ) -> Arc<Stream> {
-        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = paths.get(&pull.path) {
-            if !entry.stream.is_ended() && entry.stream.presentation().same_media(&presentation) {
-                entry.stream.handle_source_change();
-                return entry.stream.clone();
+        if let Some(old) = self.pull_stream(pull) {
+            if !old.is_ended() && old.presentation().same_media(&presentation) {
+                old.handle_source_change();
+                return old;
             }
             info!(path = %pull.path, "pull source media changed; readers must DESCRIBE again");
-            entry.stream.end(EndReason::Replaced);
         }
         let stream = Stream::new(pull.path.clone(), presentation, self.next_version());
         stream.set_gop_cache(self.config().rtsp.gop_cache);
         stream.set_fanout_window(self.config().rtsp.fanout_window);
-        paths.insert(
-            pull.path.clone(),
-            PathEntry {
-                stream: stream.clone(),
-                owner_conn: 0,
-                configured: true,
-            },
-        );
+        match self.publish_path(&pull.path, pull.owner, Claim::Override, &stream) {
+            Ok(published) => self.end_replaced(published, "replaced by a pull source"),
+            // Only another configured source's path, which the configuration rules out.
+            Err(e) => warn!(path = %pull.path, error = %e, "pull source cannot claim its path"),
+        }
         stream
+    }
+
+    /// The stream holding the pull's path if the pull's own claim holds it.
+    fn pull_stream(&self, pull: &Pull) -> Option<Arc<Stream>> {
+        let paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, owner, _) = paths.holder(&pull.path)?;
+        (owner == pull.owner)
+            .then(|| paths.lookup(&pull.path).cloned())
+            .flatten()
     }
 
     /// Removes a stopped pull and its stream.
@@ -320,13 +356,8 @@ impl Server {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&pull.path);
-        let entry = self
-            .paths
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&pull.path);
-        if let Some(e) = entry {
-            e.stream.end(EndReason::SourceGone);
+        if let Some(stream) = self.pull_stream(pull) {
+            self.end_path(&stream, EndReason::SourceGone);
         }
         pull.ready.send_replace(None);
     }
@@ -365,7 +396,12 @@ impl Server {
             return Some(p.clone());
         }
         let on_demand = resolved.config.on_demand(resolved.is_regex);
-        let pull = Pull::new(path.to_owned(), resolved.config, on_demand);
+        let pull = Pull::new(
+            path.to_owned(),
+            resolved.config,
+            on_demand,
+            self.new_owner(),
+        );
         pulls.insert(path.to_owned(), pull.clone());
         info!(path, source = %redact_credentials(&pull.config.source), on_demand, "pull source starting");
         tokio::spawn(run(Arc::downgrade(self), pull.clone()));

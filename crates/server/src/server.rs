@@ -24,7 +24,9 @@ use crate::session::Session;
 use crate::stream::{EndReason, Stream};
 use crate::udp::UdpHub;
 use crate::vod;
+use sluice_hub::registry::{Busy, Claim, Event, Owner, Pattern, Published, Registry, WatcherId};
 use sluice_rtsp::server::TrackTransport;
+use sluice_rtsp::server_session::Role;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,17 +60,6 @@ pub enum ServerError {
 /// The embedded demo clip served at `demo.path` (regenerate with scripts/make-demo-clip.sh).
 pub static DEMO_CLIP: &[u8] = include_bytes!("../assets/demo.mp4");
 
-/// A published path.
-#[derive(Debug, Clone)]
-pub struct PathEntry {
-    /// Its stream (not ready until RECORD).
-    pub stream: Arc<Stream>,
-    /// The connection that announced it (0 for configured sources).
-    pub owner_conn: u64,
-    /// Fed by a configured source (file path, demo): publishers may not take it over.
-    pub configured: bool,
-}
-
 /// A connection's place in the connection limits, released when dropped.
 struct ConnSlot {
     server: Weak<Server>,
@@ -94,23 +85,35 @@ impl Drop for ConnSlot {
 pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A batch waiting longer than this for its frame's end is relayed as it is (see
-/// [`Stream::flush_stale`]).
+/// [`Stream::flush_stale`]). A backstop only: every live source runs its stream's timer
+/// ([`Stream::poll_timeout`]), but an RTSP connection runs it for the stream it announced
+/// last, so a stream it recorded before announcing another has only this.
 const STALE_BATCH: Duration = Duration::from_millis(50);
+
+/// Path events the event pump's watcher queues before it drops some (and logs the gap).
+const PATH_EVENT_QUEUE: usize = 4096;
 
 /// A bound, not yet running server.
 pub struct Server {
     config: Config,
     listener: Mutex<Option<TcpListener>>,
     local_addr: SocketAddr,
-    pub(crate) paths: Mutex<HashMap<String, PathEntry>>,
+    /// The path registry: claims (publishers, configured sources), readiness, look-ups
+    /// and lifecycle events. Change it through [`Server::publish_path`],
+    /// [`Server::set_path_ready`] and [`Server::end_path`], which wake the event pump.
+    pub(crate) paths: Mutex<Registry<Arc<Stream>>>,
+    /// The event pump's watcher of every path ([`Server::run_event_pump`]).
+    path_watcher: WatcherId,
+    /// Wakes the event pump after a registry change.
+    path_events: tokio::sync::Notify,
     pub(crate) sessions: Mutex<HashMap<String, Arc<Session>>>,
     pub(crate) udp: Option<Arc<UdpHub>>,
     pub(crate) multicast: Option<Multicast>,
     pub(crate) epoch: Instant,
     next_conn: AtomicU64,
     next_version: AtomicU64,
-    /// Configured sources (file paths, the demo), kept alive with the server.
-    sources: Mutex<Vec<FileSource>>,
+    /// Configured sources (file paths, the demo) by path, kept alive with the server.
+    sources: Mutex<Vec<(String, FileSource)>>,
     /// Running pull sources by path.
     pub(crate) pulls: Mutex<HashMap<String, Arc<Pull>>>,
     /// Users, permissions and the authentication exchange.
@@ -191,11 +194,15 @@ impl Server {
         let auth = Arc::new(
             Authenticator::new(&config.users, config.auth.clone()).map_err(ServerError::Users)?,
         );
+        let mut paths = Registry::new();
+        let path_watcher = paths.watch(Pattern::new("**"), PATH_EVENT_QUEUE);
         let server = Arc::new(Server {
             config,
             listener: Mutex::new(Some(listener)),
             local_addr,
-            paths: Mutex::new(HashMap::new()),
+            paths: Mutex::new(paths),
+            path_watcher,
+            path_events: tokio::sync::Notify::new(),
             sessions: Mutex::new(HashMap::new()),
             udp,
             multicast,
@@ -250,7 +257,14 @@ impl Server {
             };
             let stream = Stream::new(name.clone(), presentation, version);
             stream.set_gop_cache(self.config.rtsp.gop_cache);
-            stream.set_ready();
+            let owner = self.new_owner();
+            let published = self
+                .publish_path(&name, owner, Claim::Override, &stream)
+                .map_err(|e| ServerError::Source {
+                    path: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            self.end_replaced(published, "replaced by a configured source");
             let source = FileSource::new(
                 media.demuxer,
                 media.packetizers,
@@ -264,19 +278,12 @@ impl Server {
                     reason: e.to_string(),
                 });
             }
+            self.set_path_ready(&stream);
             info!(path = %name, looping, "file source started");
-            self.paths.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                name,
-                PathEntry {
-                    stream,
-                    owner_conn: 0,
-                    configured: true,
-                },
-            );
             self.sources
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(source);
+                .push((name, source));
         }
         Ok(())
     }
@@ -284,11 +291,10 @@ impl Server {
     /// Paths with a configured source, for the start-up banner.
     pub fn configured_paths(&self) -> Vec<String> {
         let mut v: Vec<String> = self
-            .paths
+            .sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(_, e)| e.configured)
             .map(|(p, _)| p.clone())
             .collect();
         v.sort();
@@ -337,6 +343,7 @@ impl Server {
             tokio::spawn(udp.clone().run_receiver(true));
         }
         tokio::spawn(self.clone().run_reaper());
+        tokio::spawn(self.clone().run_event_pump());
         // Always-on pull sources start now; on-demand ones with their first reader.
         for (name, p) in &self.config.paths {
             if !name.starts_with('~') && p.source.starts_with("rtsp://") && !p.on_demand(false) {
@@ -446,14 +453,15 @@ impl Server {
         loop {
             tick.tick().await;
             let now = Instant::now();
-            // A frame whose end never came (no marker bit, and no next frame yet): relay it.
-            let streams: Vec<Arc<Stream>> = self
-                .paths
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .map(|p| p.stream.clone())
-                .collect();
+            // Backstop for a stream no source timer watches (see `STALE_BATCH`): a frame
+            // whose end never came (no marker bit, and no next frame yet) is relayed.
+            let streams: Vec<Arc<Stream>> = {
+                let paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+                paths
+                    .claims()
+                    .filter_map(|(claim, _, _)| paths.lookup(claim.path()).cloned())
+                    .collect()
+            };
             for stream in streams {
                 stream.flush_stale(now, STALE_BATCH);
             }
@@ -555,8 +563,7 @@ impl Server {
         }
         if let Some(ingest) = ingest {
             let (received, lost) = ingest.totals();
-            s.stream.end(EndReason::SourceGone);
-            self.remove_path_if(&path, &s.stream);
+            self.end_path(&s.stream, EndReason::SourceGone);
             info!(session = %s.id, conn = s.conn.id, %path, why, received, lost, bad = ingest.bad_packets(), "publisher session ended");
         } else {
             let (lost, jitter) = s.reader_report_summary();
@@ -564,32 +571,126 @@ impl Server {
         }
     }
 
-    /// Removes `path` from the registry if it still holds `stream`.
-    pub(crate) fn remove_path_if(&self, path: &str, stream: &Arc<Stream>) {
-        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
-        if paths
-            .get(path)
-            .is_some_and(|e| Arc::ptr_eq(&e.stream, stream))
-        {
-            paths.remove(path);
+    /// An owner id for a configured source's claims: never a connection's id.
+    pub(crate) fn new_owner(&self) -> Owner {
+        Owner(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Claims `stream`'s path for `owner` under `claim`'s policy (see
+    /// [`sluice_hub::registry`]); the stream it displaced, if any, comes back for
+    /// [`Server::end_replaced`].
+    pub(crate) fn publish_path(
+        &self,
+        path: &str,
+        owner: Owner,
+        claim: Claim,
+        stream: &Arc<Stream>,
+    ) -> Result<Published<Arc<Stream>>, Busy> {
+        let published = self
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .publish(path, owner, claim, stream.clone());
+        self.path_events.notify_one();
+        published
+    }
+
+    /// Ends the stream a claim displaced and its publisher's sessions (`why` in their end
+    /// log line).
+    pub(crate) fn end_replaced(&self, published: Published<Arc<Stream>>, why: &str) {
+        let Some(old) = published.replaced else {
+            return;
+        };
+        let old_sessions: Vec<String> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| Arc::ptr_eq(&s.stream, &old) && s.role == Role::Recorder)
+            .map(|s| s.id.clone())
+            .collect();
+        old.end(EndReason::Replaced);
+        for id in old_sessions {
+            self.end_session(&id, why);
         }
+    }
+
+    /// Marks `stream` ready for readers, in the registry too if it still holds its path
+    /// (watchers then see it ready).
+    pub(crate) fn set_path_ready(&self, stream: &Arc<Stream>) {
+        stream.set_ready();
+        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((claim, _, _)) = paths.holder(stream.path()).filter(|_| {
+            paths
+                .lookup(stream.path())
+                .is_some_and(|s| Arc::ptr_eq(s, stream))
+        }) {
+            paths.set_ready(&claim);
+        }
+        drop(paths);
+        self.path_events.notify_one();
+    }
+
+    /// Ends `stream` for `reason` and frees its path if it still holds it.
+    pub(crate) fn end_path(&self, stream: &Arc<Stream>, reason: EndReason) {
+        stream.end(reason);
+        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((claim, _, _)) = paths.holder(stream.path()).filter(|_| {
+            paths
+                .lookup(stream.path())
+                .is_some_and(|s| Arc::ptr_eq(s, stream))
+        }) {
+            paths.end(&claim, reason);
+        }
+        drop(paths);
+        self.path_events.notify_one();
     }
 
     /// A connection closed (its sessions were ended as its RTSP state decided): the paths
     /// it announced but never recorded are freed.
     pub(crate) fn connection_closed(&self, conn: u64) {
-        // Paths this connection announced but never recorded.
-        let stale: Vec<(String, Arc<Stream>)> = self
-            .paths
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(_, e)| e.owner_conn == conn && !e.stream.is_ready())
-            .map(|(p, e)| (p.clone(), e.stream.clone()))
-            .collect();
-        for (path, stream) in stale {
-            stream.end(EndReason::SourceGone);
-            self.remove_path_if(&path, &stream);
+        let stale: Vec<Arc<Stream>> = {
+            let paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+            paths
+                .claims()
+                .filter(|(_, owner, ready)| *owner == Owner(conn) && !ready)
+                .filter_map(|(claim, _, _)| paths.lookup(claim.path()).cloned())
+                .collect()
+        };
+        for stream in stale {
+            self.end_path(&stream, EndReason::SourceGone);
+        }
+    }
+
+    /// Logs every path lifecycle event, one line each, in the order they happened: the
+    /// registry's events made visible (what an event bus or a recorder will consume).
+    async fn run_event_pump(self: Arc<Self>) {
+        loop {
+            let events: Vec<Event> = {
+                let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+                std::iter::from_fn(|| paths.poll_event(self.path_watcher)).collect()
+            };
+            for event in events {
+                match event {
+                    Event::Ready { path, source } => {
+                        info!(%path, source = source.get(), "path ready");
+                    }
+                    Event::Ended {
+                        path,
+                        source,
+                        reason,
+                    } => {
+                        info!(%path, source = source.get(), %reason, "path ended");
+                    }
+                    Event::Replaced { path, old, new } => {
+                        info!(%path, old = old.get(), new = new.get(), "path replaced");
+                    }
+                    Event::Lagged { missed } => {
+                        warn!(missed, "path events dropped; the event log has a gap");
+                    }
+                }
+            }
+            self.path_events.notified().await;
         }
     }
 }

@@ -113,32 +113,6 @@ impl SinkId {
     }
 }
 
-/// Frames held on a stream ([`Stream::hold_frames`]) while this lives: dropped, it
-/// releases them ([`Stream::release_frames`]), on whatever way the source's handling of
-/// the input at hand ends.
-#[must_use = "the frames are released when the hold is dropped"]
-#[derive(Debug)]
-pub struct FrameHold(Arc<Stream>);
-
-impl FrameHold {
-    /// Holds `stream`'s frames until the returned hold is dropped.
-    pub fn new(stream: Arc<Stream>) -> FrameHold {
-        stream.hold_frames();
-        FrameHold(stream)
-    }
-
-    /// The held stream.
-    pub fn stream(&self) -> &Arc<Stream> {
-        &self.0
-    }
-}
-
-impl Drop for FrameHold {
-    fn drop(&mut self) {
-        self.0.release_frames();
-    }
-}
-
 /// The batch being collected: the packets in arrival order, in the [`Batcher`] that
 /// decides where batches end (frame ends, holds, the fan-out window, pauses).
 #[derive(Debug)]
@@ -278,6 +252,28 @@ impl Stream {
     /// fan-out window, once the window since the batch's first packet has passed.
     pub fn flush_at(&self, last_input: Instant) -> Option<Instant> {
         self.pending().packets.flush_at(last_input)
+    }
+
+    /// The source had input at `now` that completed no packet (a read that ended within
+    /// one): the input-pause timer ([`Stream::poll_timeout`]) runs from here, so a frame
+    /// still arriving is not cut.
+    pub fn note_input(&self, now: Instant) {
+        self.pending().packets.note_input(now);
+    }
+
+    /// When the live source's timer should call [`Stream::handle_timeout`]: the
+    /// [`Stream::flush_at`] of its latest input (pushed or noted). None while nothing is
+    /// collected, so an idle source arms no timer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pending().packets.poll_timeout()
+    }
+
+    /// The live source's timer fired at `now`: if [`Stream::poll_timeout`] has passed,
+    /// the packets collected go to the sinks without waiting for the rest of their frame.
+    pub fn handle_timeout(&self, now: Instant) {
+        let mut pending = self.pending();
+        pending.packets.handle_timeout(now);
+        self.send_batches(&mut pending.packets);
     }
 
     /// The batch being collected.
@@ -1221,15 +1217,21 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_hold_releases_its_frames_when_dropped() {
+    fn an_unfinished_frame_goes_out_when_the_source_timer_fires_after_a_pause() {
         let s = av_stream();
         let b = record_batches(&s);
-        let hold = FrameHold::new(s.clone());
-        s.push_rtp(av_packet(0, 1, 0, true, Instant::now()));
-        s.push_rtp(av_packet(1, 2, 0, true, Instant::now()));
-        assert!(b.0.lock().unwrap().is_empty(), "held");
-        drop(hold);
-        assert_eq!(*b.0.lock().unwrap(), vec![vec![1, 2]]);
+        let t0 = Instant::now();
+        assert_eq!(s.poll_timeout(), None, "nothing collected: no timer");
+        s.push_rtp(av_packet(0, 1, 0, false, t0));
+        // More of the frame is still arriving: the pause runs from the latest input.
+        s.note_input(t0 + Duration::from_millis(5));
+        let due = s.poll_timeout().expect("a timer for the collected packet");
+        assert_eq!(due, t0 + Duration::from_millis(5) + INPUT_PAUSE);
+        s.handle_timeout(t0 + Duration::from_millis(5));
+        assert!(b.0.lock().unwrap().is_empty(), "not due yet");
+        s.handle_timeout(due);
+        assert_eq!(*b.0.lock().unwrap(), vec![vec![1]]);
+        assert_eq!(s.poll_timeout(), None);
     }
 
     /// What a live source may do to a stream, for the property test below.

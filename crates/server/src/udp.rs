@@ -16,7 +16,7 @@ use tracing::debug;
 
 use crate::ingest::Ingest;
 use crate::session::Session;
-use crate::stream::{FrameHold, Stream};
+use crate::stream::Stream;
 
 /// What a datagram from a known address belongs to.
 #[derive(Debug, Clone)]
@@ -149,13 +149,13 @@ impl UdpHub {
         // One large buffer split per datagram: the Bytes handed on share its allocation,
         // so receiving costs no allocation per packet once the buffer is warm.
         let mut buf = BytesMut::with_capacity(256 * 1024);
-        // Streams fed with packets they have not flushed yet: those go out when the
-        // input pauses or their fan-out window ends (see `Stream::flush_at`).
-        let mut fed: Vec<Arc<Stream>> = Vec::new();
-        // Streams fed from the datagrams at hand: their frames are held until no more
-        // datagram is waiting, then go out together (see `Stream::hold_frames`).
-        let mut held: Vec<FrameHold> = Vec::new();
-        let mut last_input = Instant::now();
+        // The streams fed since their batches were last all sent, each with whether its
+        // frames are held: from the first datagram of the input at hand until no more
+        // datagram is waiting, their frames are held and then go out together (see
+        // `Stream::hold_frames`); what remains of an unfinished frame goes out when the
+        // stream's timer says so (`Stream::poll_timeout`). Reused: no allocation per
+        // datagram.
+        let mut fed: Vec<(Arc<Stream>, bool)> = Vec::new();
         loop {
             if buf.capacity() - buf.len() < 65536 {
                 buf.reserve(256 * 1024);
@@ -164,35 +164,37 @@ impl UdpHub {
             let received = if let Some(r) = at_hand {
                 r
             } else {
-                // Nothing more waiting: dropping the holds sends their complete frames.
-                held.clear();
-                let flush_at = fed.iter().filter_map(|s| s.flush_at(last_input)).min();
-                match flush_at {
-                    None => {
-                        fed.clear();
-                        socket.recv_buf_from(&mut buf).await
-                    }
-                    Some(at) => {
-                        let recv = socket.recv_buf_from(&mut buf);
-                        match tokio::time::timeout_at(at.into(), recv).await {
-                            Ok(r) => r,
-                            Err(_) => {
-                                let now = Instant::now();
-                                fed.retain(|stream| match stream.flush_at(last_input) {
-                                    Some(t) if t > now => true,
-                                    Some(_) => {
-                                        stream.flush();
-                                        false
-                                    }
-                                    None => false,
-                                });
-                                continue;
-                            }
-                        }
+                // Nothing more waiting: the held frames go out.
+                for (stream, held) in &mut fed {
+                    if std::mem::take(held) {
+                        stream.release_frames();
                     }
                 }
+                // The earliest timer of the streams still collecting; the others leave.
+                let mut timer: Option<Instant> = None;
+                fed.retain(|(stream, _)| match stream.poll_timeout() {
+                    Some(t) => {
+                        timer = Some(timer.map_or(t, |m| m.min(t)));
+                        true
+                    }
+                    None => false,
+                });
+                let recv = socket.recv_buf_from(&mut buf);
+                match timer {
+                    None => recv.await,
+                    Some(at) => match tokio::time::timeout_at(at.into(), recv).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            let now = Instant::now();
+                            for (stream, _) in &fed {
+                                stream.handle_timeout(now);
+                            }
+                            continue;
+                        }
+                    },
+                }
             };
-            last_input = Instant::now();
+            let now = Instant::now();
             let from = match received {
                 Ok((_, from)) => from,
                 Err(e) => {
@@ -203,22 +205,24 @@ impl UdpHub {
                 }
             };
             let data = buf.split().freeze();
-            let now = last_input;
             match self.lookup(rtcp, &from) {
                 Some(Route::Ingest { ingest, track }) => {
                     if rtcp {
                         ingest.handle_rtcp(track, &data, now);
                     } else {
-                        if !held
-                            .iter()
-                            .any(|h| Arc::ptr_eq(h.stream(), ingest.stream()))
-                        {
-                            held.push(FrameHold::new(ingest.stream().clone()));
+                        let stream = ingest.stream();
+                        match fed.iter_mut().find(|(s, _)| Arc::ptr_eq(s, stream)) {
+                            Some((_, true)) => {}
+                            Some((_, held)) => {
+                                stream.hold_frames();
+                                *held = true;
+                            }
+                            None => {
+                                stream.hold_frames();
+                                fed.push((stream.clone(), true));
+                            }
                         }
                         ingest.handle_rtp(track, data, now);
-                        if !fed.iter().any(|s| Arc::ptr_eq(s, ingest.stream())) {
-                            fed.push(ingest.stream().clone());
-                        }
                     }
                 }
                 Some(Route::Reader { session, track }) => {

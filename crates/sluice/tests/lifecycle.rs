@@ -103,6 +103,57 @@ fn override_publisher_replaces_the_old_one() {
     );
 }
 
+/// The value of `key=` in a log line (up to the next space).
+fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line.get(at..)?.split(' ').next()
+}
+
+#[test]
+fn path_lifecycle_events_are_logged_ready_replaced_ended_in_order() {
+    let dir = test_dir("path-events");
+    let server = Server::start("override_publisher = true");
+    let url = server.url("cams/a");
+    let mut first = FfmpegPublisher::start(&media().h264_aac, &url, "tcp", &dir);
+    let mut second = FfmpegPublisher::start(&media().h264_aac, &url, "tcp", &dir);
+    assert!(
+        first.proc.wait_timeout(Duration::from_secs(10)).is_some(),
+        "replaced publisher still connected"
+    );
+    second.kill();
+    let ended = server.wait_log_line(Duration::from_secs(10), |l| {
+        l.contains("path ended") && l.contains(" path=cams/a ")
+    });
+    let log = server.log();
+    assert!(ended.is_some(), "no end event for cams/a\n{log}");
+    // The path's events, in the order logged, with the ids they carry.
+    let events: Vec<(&str, &str)> = log
+        .lines()
+        .filter(|l| l.contains(" path=cams/a "))
+        .filter_map(|l| {
+            ["path ready", "path replaced", "path ended"]
+                .into_iter()
+                .find(|e| l.contains(e))
+                .map(|e| (e, l))
+        })
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|(e, _)| *e).collect();
+    assert_eq!(
+        kinds,
+        ["path ready", "path replaced", "path ready", "path ended"],
+        "{log}"
+    );
+    let (first_id, second_id) = (
+        log_field(events[0].1, "source"),
+        log_field(events[2].1, "source"),
+    );
+    assert!(first_id.is_some() && first_id != second_id, "{log}");
+    assert_eq!(log_field(events[1].1, "old"), first_id, "{log}");
+    assert_eq!(log_field(events[1].1, "new"), second_id, "{log}");
+    assert_eq!(log_field(events[3].1, "source"), second_id, "{log}");
+    assert!(events[3].1.contains("reason=source gone"), "{log}");
+}
+
 #[test]
 fn silent_udp_session_is_reaped_after_timeout() {
     let dir = test_dir("reap");
