@@ -1,5 +1,5 @@
-//! The stream model: one source feeds a per-path [`Stream`]; any number of [`Sink`]s
-//! subscribe to it.
+//! The stream model: one source feeds a per-path [`Stream`]; a handful of hub sinks
+//! ([`sluice_hub::Sink`]), the path's [`ReaderGroup`] first, subscribe to it.
 //!
 //! A source (an RTSP publisher, a pull, a file) calls [`Stream::push_rtp`] with each packet as
 //! a shared [`Bytes`](bytes::Bytes). The stream collects a frame's packets and hands the batch
