@@ -374,3 +374,282 @@ impl sluice_hub::Sink for ReaderGroup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::tests::{av_stream, h264_packet, packet, Counting, SDP};
+    use crate::stream::Stream;
+    use bytes::Bytes;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn fan_out_shares_one_buffer_and_end_reaches_every_sink() {
+        let s = Stream::new(
+            "p".into(),
+            Presentation::from_sdp(SDP.as_bytes()).unwrap(),
+            1,
+        );
+        let a = Arc::new(Counting::default());
+        let b = Arc::new(Counting::default());
+        let ida = s.readers().add(a.clone());
+        s.readers().add(b.clone());
+        let data = Bytes::from(vec![0x80u8; 100]);
+        s.push_rtp(packet(&data));
+        assert_eq!(
+            a.packets.load(Ordering::SeqCst),
+            0,
+            "a frame waits for its end"
+        );
+        s.flush();
+        assert_eq!(a.packets.load(Ordering::SeqCst), 1);
+        // Same allocation, not a copy.
+        assert_eq!(*a.last_ptr.lock().unwrap(), Some(data.as_ptr() as usize));
+        assert_eq!(*b.last_ptr.lock().unwrap(), Some(data.as_ptr() as usize));
+        s.readers().remove(ida);
+        s.push_rtp(packet(&data));
+        s.flush();
+        assert_eq!(a.packets.load(Ordering::SeqCst), 1);
+        assert_eq!(b.packets.load(Ordering::SeqCst), 2);
+        assert_eq!(s.last_header(0).unwrap().sequence, 1);
+        s.end(EndReason::SourceGone);
+        s.end(EndReason::SourceGone);
+        assert_eq!(b.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(a.ends.load(Ordering::SeqCst), 0);
+        // Late subscribers are told at once.
+        let c = Arc::new(Counting::default());
+        s.readers().add(c.clone());
+        assert_eq!(c.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(s.readers().len(), 0);
+    }
+
+    /// A sink whose first batch blocks until the test lets it go: a fan-out in progress.
+    struct Stuck {
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+    impl Reader for Stuck {
+        fn handle_packet(&self, _: &MediaPacket) {}
+        fn handle_batch(&self, _: &mut Egress<'_>) {
+            let _ = self.entered.try_send(());
+            let _ = self
+                .release
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
+        }
+        fn handle_end(&self, _: EndReason) {}
+    }
+
+    /// Records the sequence numbers of the GOP handover and of each batch.
+    #[derive(Default)]
+    struct Joiner {
+        handover: Mutex<Vec<u16>>,
+        batches: Mutex<Vec<Vec<u16>>>,
+        ends: AtomicUsize,
+    }
+    impl Reader for Joiner {
+        fn handle_packet(&self, p: &MediaPacket) {
+            self.handover.lock().unwrap().push(p.header.sequence);
+        }
+        fn handle_batch(&self, e: &mut Egress<'_>) {
+            let seqs = e.packets().iter().map(|p| p.header.sequence).collect();
+            self.batches.lock().unwrap().push(seqs);
+        }
+        fn handle_end(&self, _: EndReason) {
+            self.ends.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// An [`av_stream`] whose first sink is [`Stuck`].
+    struct Stalling {
+        stream: Arc<Stream>,
+        entered: std::sync::mpsc::Receiver<()>,
+        /// Lets the stalled batch go on; dropped, lets every later batch pass.
+        release: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Stalling {
+        fn new() -> Stalling {
+            let stream = av_stream();
+            let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+            let (release, release_rx) = std::sync::mpsc::channel();
+            stream.readers().add(Arc::new(Stuck {
+                entered: entered_tx,
+                release: Mutex::new(release_rx),
+            }));
+            Stalling {
+                stream,
+                entered,
+                release,
+            }
+        }
+
+        /// Pushes a keyframe (sequence 1) from another thread; returns once its fan-out
+        /// has stalled in the first sink.
+        fn stall(&self) -> std::thread::JoinHandle<()> {
+            let s = self.stream.clone();
+            let flusher = std::thread::spawn(move || s.push_rtp(h264_packet(1, 3000, 0x65)));
+            self.entered.recv_timeout(Duration::from_secs(10)).unwrap();
+            flusher
+        }
+
+        /// Lets the stalled fan-out and every later one go on, and waits for the first.
+        fn release(self, flusher: std::thread::JoinHandle<()>) -> Arc<Stream> {
+            self.release.send(()).unwrap();
+            drop(self.release);
+            flusher.join().unwrap();
+            self.stream
+        }
+    }
+
+    #[test]
+    fn a_subscribe_does_not_wait_for_a_fan_out_in_progress_and_misses_nothing() {
+        let stalling = Stalling::new();
+        let s = stalling.stream.clone();
+        // A keyframe goes out and its fan-out stalls in the first sink.
+        let flusher = stalling.stall();
+        // A reader subscribes meanwhile: it gets the GOP (the keyframe being delivered)
+        // and its RTP-Info start, without waiting for the delivery to end.
+        let joiner = Arc::new(Joiner::default());
+        let (done_tx, done) = std::sync::mpsc::channel();
+        {
+            let s = s.clone();
+            let joiner = joiner.clone();
+            std::thread::spawn(move || {
+                let (_, starts) = s.readers().subscribe(joiner);
+                let _ = done_tx.send(starts);
+            });
+        }
+        let starts = done.recv_timeout(Duration::from_secs(5));
+        stalling.release(flusher);
+        let starts = starts.expect("subscribe waited for the fan-out in progress");
+        assert_eq!(
+            starts[0],
+            Some(TrackStart {
+                seq: 1,
+                rtptime: 3000
+            })
+        );
+        assert_eq!(*joiner.handover.lock().unwrap(), vec![1]);
+        assert!(joiner.batches.lock().unwrap().is_empty());
+        assert_eq!(s.readers().len(), 2);
+        // The next frame reaches it once, from the live fan-out.
+        s.push_rtp(h264_packet(2, 6000, 0x41));
+        assert_eq!(*joiner.batches.lock().unwrap(), vec![vec![2]]);
+        assert_eq!(*joiner.handover.lock().unwrap(), vec![1]);
+        // A sink subscribed but not yet joined is still told the end, once.
+        let late = Arc::new(Joiner::default());
+        s.readers().subscribe(late.clone());
+        assert_eq!(*late.handover.lock().unwrap(), vec![1, 2]);
+        s.end(EndReason::SourceGone);
+        assert_eq!(late.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(joiner.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(s.readers().len(), 0);
+    }
+
+    #[test]
+    fn removing_a_sink_during_a_fan_out_waits_for_it_and_leaves_the_runtime_free() {
+        let stalling = Stalling::new();
+        let s = stalling.stream.clone();
+        let leaving = Arc::new(Joiner::default());
+        let (id, _) = s.readers().subscribe(leaving.clone());
+        let flusher = stalling.stall();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        // A TEARDOWN on the runtime's only worker waits for the stalled fan-out; another
+        // session's task still runs meanwhile.
+        let removal = rt.spawn({
+            let s = s.clone();
+            async move { s.readers().remove(id) }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!removal.is_finished(), "the removal waits for the fan-out");
+        let other = rt.spawn(async {});
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !other.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let other_ran = other.is_finished();
+        stalling.release(flusher);
+        rt.block_on(removal).unwrap();
+        assert!(
+            other_ran,
+            "a task waited for the removal, which waited for the fan-out"
+        );
+        // The batch in progress reached the sink; nothing after the removal does.
+        assert_eq!(*leaving.batches.lock().unwrap(), vec![vec![1]]);
+        s.push_rtp(h264_packet(2, 6000, 0x41));
+        assert_eq!(*leaving.batches.lock().unwrap(), vec![vec![1]]);
+        assert_eq!(s.readers().len(), 1);
+    }
+
+    #[test]
+    fn with_many_sinks_the_source_goes_on_while_a_fan_out_thread_delivers_and_nothing_is_lost() {
+        let stalling = Stalling::new();
+        let s = stalling.stream.clone();
+        let readers: Vec<Arc<Joiner>> = (1..OFFLOAD_SINKS)
+            .map(|_| Arc::new(Joiner::default()))
+            .collect();
+        for r in &readers {
+            s.readers().subscribe(r.clone());
+        }
+        // A keyframe, whose delivery stalls, then two more frames.
+        let (pushed_tx, pushed) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let source = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                s.push_rtp(h264_packet(1, 3000, 0x65));
+                let _ = pushed_tx.send(());
+                let _ = go_rx.recv();
+                s.push_rtp(h264_packet(2, 6000, 0x41));
+                s.push_rtp(h264_packet(3, 9000, 0x41));
+                let _ = pushed_tx.send(());
+            })
+        };
+        stalling
+            .entered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the keyframe's delivery began");
+        let first_returned = pushed.recv_timeout(Duration::from_secs(5)).is_ok();
+        go.send(()).unwrap();
+        let next_returned = pushed.recv_timeout(Duration::from_secs(5)).is_ok();
+        // A reader subscribing now gets the keyframe being delivered from the GOP, and the
+        // frames waiting for the fan-out from the fan-out.
+        let late = Arc::new(Joiner::default());
+        s.readers().subscribe(late.clone());
+        let s = stalling.release(source);
+        assert!(
+            first_returned,
+            "the source waited for the keyframe's delivery"
+        );
+        assert!(next_returned, "the source waited for the fan-out");
+        // The end waits for the deliveries, and comes after them.
+        s.end(EndReason::SourceGone);
+        let flat = |j: &Joiner| -> Vec<u16> { j.batches.lock().unwrap().concat() };
+        for r in &readers {
+            assert_eq!(flat(r), [1, 2, 3]);
+            assert_eq!(r.ends.load(Ordering::SeqCst), 1);
+        }
+        assert_eq!(*late.handover.lock().unwrap(), [1]);
+        assert_eq!(flat(&late), [2, 3]);
+        assert_eq!(late.ends.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_sink_removed_before_it_joined_gets_nothing_more() {
+        let s = av_stream();
+        s.push_rtp(h264_packet(1, 3000, 0x65));
+        let j = Arc::new(Joiner::default());
+        let (id, _) = s.readers().subscribe(j.clone());
+        assert_eq!(s.readers().len(), 1);
+        s.readers().remove(id);
+        assert_eq!(s.readers().len(), 0);
+        s.push_rtp(h264_packet(2, 6000, 0x41));
+        assert_eq!(*j.handover.lock().unwrap(), vec![1]);
+        assert!(j.batches.lock().unwrap().is_empty());
+    }
+}
