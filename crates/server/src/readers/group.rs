@@ -652,4 +652,42 @@ mod tests {
         assert_eq!(*j.handover.lock().unwrap(), vec![1]);
         assert!(j.batches.lock().unwrap().is_empty());
     }
+
+    #[test]
+    fn as_a_hub_sink_the_group_hands_each_reader_the_gop_its_exact_start_and_the_rest_once() {
+        // Driven through `sluice_hub::Sink` alone, as a stream drives it.
+        use sluice_hub::Sink as _;
+        let presentation = crate::presentation::Presentation::from_sdp(SDP.as_bytes()).unwrap();
+        let group = ReaderGroup::new("p".into(), &presentation);
+        let early = Arc::new(Joiner::default());
+        let (_, starts) = group.subscribe(early.clone());
+        assert_eq!(starts, vec![None], "nothing delivered yet: no start known");
+        group.on_batch(&Batch::from(vec![h264_packet(1, 3000, 0x65)]));
+        group.on_batch(&Batch::from(vec![h264_packet(2, 6000, 0x41)]));
+        // A reader joining now gets the GOP (keyframe on) and RTP-Info at the keyframe.
+        let late = Arc::new(Joiner::default());
+        let (_, starts) = group.subscribe(late.clone());
+        assert_eq!(
+            starts,
+            vec![Some(TrackStart {
+                seq: 1,
+                rtptime: 3000
+            })]
+        );
+        let third = Batch::from(vec![h264_packet(3, 9000, 0x41)]);
+        group.on_batch(&third);
+        assert_eq!(
+            *early.batches.lock().unwrap(),
+            vec![vec![1], vec![2], vec![3]]
+        );
+        assert!(early.handover.lock().unwrap().is_empty());
+        assert_eq!(*late.handover.lock().unwrap(), vec![1, 2]);
+        assert_eq!(*late.batches.lock().unwrap(), vec![vec![3]]);
+        assert_eq!(group.last_header(0).map(|h| h.sequence), Some(3));
+        group.on_end(EndReason::SourceGone);
+        group.on_end(EndReason::SourceGone);
+        assert_eq!(early.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(late.ends.load(Ordering::SeqCst), 1);
+        assert!(group.is_empty());
+    }
 }
