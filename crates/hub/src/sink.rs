@@ -6,12 +6,11 @@
 //! queue and decides itself what happens when it is full (drop, disconnect, skip to the
 //! next keyframe).
 //!
-//! The server's RTSP fast path will sit behind this trait as one *reader-group* sink per
-//! path: its `on_batch` plans the batch once (UDP runs for `sendmmsg`/GSO, TCP `$` framing),
-//! then fans it out to its readers on the fan-out shards and offload threads, with the
-//! egress accounting, refunds and prefetch hints it has today; the stream knows the whole
-//! group as one sink. Until then the server's own `Sink` (crates/server/src/stream.rs)
-//! carries those details itself.
+//! The server's RTSP fast path sits behind this trait as one *reader-group* sink per path
+//! (`crates/server/src/readers/group.rs`): its `on_batch` plans the batch once (UDP runs for
+//! `sendmmsg`/GSO, TCP `$` framing), then fans it out to its readers on the fan-out shards
+//! and offload threads, with the egress accounting, refunds and prefetch hints; the stream
+//! knows the whole group as one sink.
 
 use crate::packet::{Batch, EndReason};
 

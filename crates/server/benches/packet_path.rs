@@ -97,7 +97,7 @@ fn fan_out_tcp(c: &mut Criterion) {
                     Duration::from_secs(3600),
                     Arc::new(|_| {}),
                 ));
-                s.add_sink(sink.clone());
+                s.readers().add(sink.clone());
                 sink.open();
                 q
             })
@@ -159,7 +159,7 @@ fn fan_out_udp(c: &mut Criterion) {
                 Duration::from_secs(3600),
                 Arc::new(|_| {}),
             ));
-            s.add_sink(sink.clone());
+            s.readers().add(sink.clone());
             sink.open();
         }
         let (mut seq, mut ts) = (0u16, 0u32);

@@ -9,7 +9,7 @@ use sluice_rtsp::server_session::Role;
 use tracing::info;
 
 use crate::conn::Conn;
-use crate::media_queue::TcpOut;
+use crate::readers::media_queue::TcpOut;
 
 impl Conn {
     /// PAUSE: a stored file keeps its position; a stopped reader leaves its stream.
@@ -23,7 +23,7 @@ impl Conn {
         if stopped {
             let mut inner = session.lock();
             if let Some(p) = inner.playing.take() {
-                session.stream.remove_sink(p.sink_id);
+                session.stream.readers().remove(p.sink_id);
             }
             if inner.multicast_member {
                 if let Some(m) = &self.server.multicast {
@@ -60,7 +60,7 @@ impl Conn {
             }
             let p = inner.playing.take();
             if let Some(p) = &p {
-                session.stream.remove_sink(p.sink_id);
+                session.stream.readers().remove(p.sink_id);
             }
             p.is_some()
         };

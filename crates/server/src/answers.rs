@@ -20,7 +20,7 @@ use crate::conn::{ChannelRoute, Conn, Route};
 use crate::file_source::{FileSource, PlayError};
 use crate::ingest::Ingest;
 use crate::presentation::Presentation;
-use crate::reader::{Outbox, ReaderSink, Target};
+use crate::readers::reader::{Outbox, ReaderSink, Target};
 use crate::server::{Server, RTCP_INTERVAL};
 use crate::session::{Playing, Session};
 use crate::stream::Stream;
@@ -446,7 +446,7 @@ impl Conn {
                     // Undo: nothing plays.
                     file.pause();
                     if let Some(p) = session.lock().playing.take() {
-                        session.stream.remove_sink(p.sink_id);
+                        session.stream.readers().remove(p.sink_id);
                     }
                     self.open_after_write.clear();
                     let status = match e {
@@ -563,7 +563,7 @@ impl Conn {
             )
             .recording_latency(self.server.egress_latency().clone()),
         );
-        let (sink_id, starts) = stream.subscribe(sink.clone());
+        let (sink_id, starts) = stream.readers().subscribe(sink.clone());
         inner.playing = Some(Playing {
             sink_id,
             sink: sink.clone(),

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::media_queue::MediaQueue;
+use crate::readers::media_queue::MediaQueue;
 
 /// How long a response may wait for room in the connection's queue before the
 /// connection is closed (a client that sends requests but does not read the answers).

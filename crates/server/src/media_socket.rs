@@ -29,7 +29,7 @@ pub struct MediaSocket {
     io: sluice_net::udp::UdpSocket,
     /// Whether GSO runs sent from this socket go as one message each: set by
     /// [`MediaSocket::probe_gso`], cleared for good when the kernel or the device refuses
-    /// a run ([`crate::udp_send::send_batch`]). This socket's own, not the process's: a
+    /// a run ([`crate::readers::udp_send::send_batch`]). This socket's own, not the process's: a
     /// server (or a test) next to another in one process does not turn GSO off for it.
     gso: AtomicBool,
 }

@@ -8,13 +8,13 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::latency::LatencyHistogram;
 use crate::media_socket::MediaSocket;
+use crate::readers::latency::LatencyHistogram;
 use ipnet::Ipv4Net;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::reader::{run_sender_reports, Outbox, ReaderSink, Target};
+use crate::readers::reader::{run_sender_reports, Outbox, ReaderSink, Target};
 use crate::stream::{SinkId, Stream};
 
 /// Why a multicast transport could not be given.
@@ -167,7 +167,7 @@ impl Multicast {
         let sink = Arc::new(sink);
         // Subscribe gated, then open: the GOP cache handed over at subscription goes out
         // as paced catch-up, not as a burst members' socket buffers cannot absorb.
-        let sink_id = stream.add_sink(sink.clone());
+        let sink_id = stream.readers().add(sink.clone());
         sink.open();
         let reports = tokio::spawn(run_sender_reports(sink, stream.clone(), sr_interval));
         info!(path, group = %g.addr, "multicast feed started");
@@ -195,6 +195,6 @@ impl Multicast {
 }
 
 fn stop(f: Feed) {
-    f.stream.remove_sink(f.sink_id);
+    f.stream.readers().remove(f.sink_id);
     f.reports.abort();
 }

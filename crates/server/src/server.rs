@@ -541,7 +541,7 @@ impl Server {
         };
         let mut sent = 0u64;
         if let Some(p) = playing {
-            s.stream.remove_sink(p.sink_id);
+            s.stream.readers().remove(p.sink_id);
             p.sink.send_bye();
             sent = (0..s.stream.presentation().tracks().len())
                 .map(|t| u64::from(p.sink.packets_sent(t)))

@@ -14,7 +14,7 @@ use sluice_rtsp::server_session::Role;
 use crate::conn::ConnHandle;
 use crate::file_source::FileSource;
 use crate::ingest::Ingest;
-use crate::reader::ReaderSink;
+use crate::readers::reader::ReaderSink;
 use crate::stream::{SinkId, Stream};
 
 /// A reader's active subscription (while PLAYing).

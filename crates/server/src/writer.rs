@@ -1,5 +1,5 @@
 //! The writer side of an RTSP connection: the task that writes responses and the
-//! interleaved media the fan-out could not write directly (see [`crate::media_queue`]),
+//! interleaved media the fan-out could not write directly (see [`crate::readers::media_queue`]),
 //! in vectored batches, and the shared write half of a plain TCP socket.
 
 use std::io::IoSlice;
@@ -12,7 +12,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use crate::conn::ConnHandle;
-use crate::media_queue::{
+use crate::readers::media_queue::{
     frame_headers, gather, record_latency, recycle, MediaQueue, Taken, TcpOut,
 };
 
@@ -70,7 +70,7 @@ pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
     handle.close("writer finished");
 }
 
-/// Writes the interleaved frames of `items` with vectored writes of up to [`crate::media_queue::MAX_IOV`]
+/// Writes the interleaved frames of `items` with vectored writes of up to [`crate::readers::media_queue::MAX_IOV`]
 /// slices: a 4-byte header per frame plus the shared payload, so no payload is copied
 /// and a frame's packets cost one syscall when the socket has room. `headers` and
 /// `scratch` are kept across calls so that writing allocates nothing.
@@ -152,7 +152,7 @@ impl AsyncWrite for SharedWrite {
         // `sendmsg` rather than tokio's `writev` (see `media_queue::send_vectored`).
         self.poll_with(cx, |s| {
             s.try_io(tokio::io::Interest::WRITABLE, || {
-                crate::media_queue::send_vectored(s, bufs)
+                crate::readers::media_queue::send_vectored(s, bufs)
             })
         })
     }

@@ -18,7 +18,7 @@
 //!
 //! The budget is for the threads others wait for: a runtime worker that runs a source's
 //! task (and its RTSP neighbours'). The fan-out threads, which deliver the batches of
-//! streams with many readers off the runtime ([`crate::outbox`]), are exempt
+//! streams with many readers off the runtime ([`crate::readers::outbox`]), are exempt
 //! ([`exempt_this_thread`]): nobody waits for them, a fan-out that falls behind sends
 //! bigger batches itself, and a direct write to each of 5,000 TCP readers cost 20 % less
 //! CPU than handing most of them to their writer tasks, woken from outside the runtime.

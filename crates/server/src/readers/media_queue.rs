@@ -24,8 +24,8 @@ use tokio::sync::Notify;
 
 use sluice_net::tcp::HeldFd;
 
-use crate::latency::LatencyHistogram;
 use crate::presentation::MAX_TRACKS;
+use crate::readers::latency::LatencyHistogram;
 use crate::stream::MediaPacket;
 
 /// Per track: the interleaved RTP channel a reader gets it on, or [`NO_CHANNEL`].
@@ -69,7 +69,7 @@ pub enum TcpOut {
         frames: usize,
         /// The same frames already framed for `channels` (header and packet, back to
         /// back), made once per flush for every reader with these channels
-        /// ([`crate::egress::Egress::framed`]): written as one slice instead of two per
+        /// ([`crate::readers::egress::Egress::framed`]): written as one slice instead of two per
         /// packet. `None`: written from `packets`.
         framed: Option<Bytes>,
         /// When the batch's oldest packet was received (found once per flush, for the
@@ -164,7 +164,7 @@ struct Queued {
     /// with its file descriptor read once: a direct write goes straight to `sendmsg(2)`
     /// from here instead of through three pointers to tokio's readiness state, which
     /// with thousands of readers are cache misses per reader per batch (see
-    /// [`crate::prefetch`]). Tokio's readiness is not updated by these writes; the
+    /// [`crate::readers::prefetch`]). Tokio's readiness is not updated by these writes; the
     /// writer task, which does go through tokio, meets any `EAGAIN` itself.
     direct: Option<HeldFd<Arc<OwnedWriteHalf>>>,
 }

@@ -22,10 +22,13 @@ use bytes::Bytes;
 use sluice_rtp::rtcp::{self, SenderInfo};
 use tracing::{debug, info, warn};
 
-use crate::egress::{Egress, Refund, UdpPlan};
-use crate::latency::LatencyHistogram;
-use crate::media_queue::{channel_of, ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL};
-use crate::stream::{EndReason, MediaPacket, Sink, Stream};
+use crate::readers::egress::{Egress, Refund, UdpPlan};
+use crate::readers::group::Reader;
+use crate::readers::latency::LatencyHistogram;
+use crate::readers::media_queue::{
+    channel_of, ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL,
+};
+use crate::stream::{EndReason, MediaPacket, Stream};
 
 /// CNAME Sluice puts in its RTCP packets.
 pub const CNAME: &str = "sluice";
@@ -457,7 +460,7 @@ fn append_capped(q: &mut VecDeque<MediaPacket>, packets: &[MediaPacket]) -> u64 
     (packets.len() - room) as u64
 }
 
-impl Sink for ReaderSink {
+impl Reader for ReaderSink {
     fn handle_packet(&self, packet: &MediaPacket) {
         let one = std::slice::from_ref(packet);
         if self.hold(one) || self.queue_catch_up(one) || self.ended.load(Ordering::Relaxed) {
@@ -497,10 +500,10 @@ impl Sink for ReaderSink {
     }
 
     fn prefetch(&self) {
-        crate::prefetch::prefetch(&self.counters[..]);
-        crate::prefetch::prefetch(&self.targets[..]);
+        crate::readers::prefetch::prefetch(&self.counters[..]);
+        crate::readers::prefetch::prefetch(&self.targets[..]);
         if let Outbox::Tcp(q) = &self.outbox {
-            crate::prefetch::prefetch(&**q);
+            crate::readers::prefetch::prefetch(&**q);
         }
     }
 
@@ -686,8 +689,8 @@ pub async fn run_sender_reports(sink: Arc<ReaderSink>, stream: Arc<Stream>, inte
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::egress::UdpPlan;
-    use crate::media_queue::Taken;
+    use crate::readers::egress::UdpPlan;
+    use crate::readers::media_queue::Taken;
     use crate::stream::SinkId;
     use sluice_rtp::packet::RtpHeader;
 
@@ -891,10 +894,10 @@ mod tests {
             sink
         };
         let readers = [reader(good), reader(refused), reader(good), reader(refused)];
-        let sinks: Vec<(SinkId, Arc<dyn Sink>)> = readers
+        let sinks: Vec<(SinkId, Arc<dyn Reader>)> = readers
             .iter()
             .enumerate()
-            .map(|(i, r)| (SinkId::for_test(i as u64), r.clone() as Arc<dyn Sink>))
+            .map(|(i, r)| (SinkId::for_test(i as u64), r.clone() as Arc<dyn Reader>))
             .collect();
         // Payloads of 100, 150 and 200 bytes, planned as GSO runs that these readers
         // send packet by packet.
@@ -908,7 +911,7 @@ mod tests {
         let batch = [sized(0, 0), sized(1, 50), sized(2, 100)];
         let mut joined = Vec::new();
         let plan = UdpPlan::new(&batch, true, &mut joined);
-        let sent = crate::fanout::deliver(&sinks, &batch, &plan);
+        let sent = crate::readers::fanout::deliver(&sinks, &batch, &plan);
         assert_eq!((sent.packets, sent.dropped), (6, 6));
         for (i, r) in readers.iter().enumerate() {
             let (packets, octets) = if i % 2 == 0 { (3, 450) } else { (0, 0) };
@@ -968,7 +971,7 @@ mod tests {
 
     #[test]
     fn tcp_readers_of_one_flush_write_the_same_frames_framed_once_or_not() {
-        use crate::media_queue::{frame_headers, gather};
+        use crate::readers::media_queue::{frame_headers, gather};
         // Three readers of track 0: two on channel 0, one on channel 4.
         let reader = |rtp: u8| {
             let queue = Arc::new(MediaQueue::new(64, None));

@@ -1,6 +1,6 @@
 //! One flush of a stream's packets to its sinks: the shared view every sink gets of a
 //! batch (a frame's packets, usually), and the UDP messages the sinks add to it, sent
-//! together with `sendmmsg` at the end (see [`crate::udp_send`]).
+//! together with `sendmmsg` at the end (see [`crate::readers::udp_send`]).
 //!
 //! The batch is planned once per flush for all readers: per track, the packets' slices
 //! and their GSO runs. A UDP reader then adds one message per run (its address and a
@@ -20,13 +20,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::media_queue::ChannelMap;
 use crate::media_socket::MediaSocket;
+use crate::readers::media_queue::ChannelMap;
 
-use crate::direct_budget;
-use crate::latency::LatencyHistogram;
+use crate::readers::direct_budget;
+use crate::readers::latency::LatencyHistogram;
+use crate::readers::udp_send::{self, Datagram, Sent};
 use crate::stream::MediaPacket;
-use crate::udp_send::{self, Datagram, Sent};
 
 /// A group of a track's consecutive packets sent as one UDP message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,7 +276,7 @@ impl<'p> Egress<'p> {
         match &self.framed {
             Some((made_for, image)) => (made_for == channels).then(|| image.clone()),
             None if self.framed_asked >= 2 => {
-                let image = crate::media_queue::framed(self.packets, channels);
+                let image = crate::readers::media_queue::framed(self.packets, channels);
                 self.framed = Some((*channels, image.clone()));
                 Some(image)
             }

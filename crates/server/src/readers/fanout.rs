@@ -9,16 +9,17 @@
 //! the others, and the call returns when all are done. So a delivery is one step (the
 //! stream files a batch and moves its new sinks in just before it), and each sink still
 //! sees its batches in order. The same threads run the big deliveries themselves, off the
-//! runtime's workers ([`spawn`], [`crate::outbox`]).
+//! runtime's workers ([`spawn`], [`crate::readers::outbox`]).
 //!
 //! The pool is `rayon-core`'s (scoped, borrow-friendly fork-join): the shards borrow the
 //! batch and its UDP plan, nothing is copied or reference-counted per shard.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::egress::{Egress, UdpPlan};
-use crate::stream::{MediaPacket, Sink, SinkId};
-use crate::udp_send::Sent;
+use crate::readers::egress::{Egress, UdpPlan};
+use crate::readers::group::{Reader, SinkId};
+use crate::readers::udp_send::Sent;
+use crate::stream::MediaPacket;
 
 /// Fewest sinks per shard: below this, a second thread costs more (its wake-up, tens of
 /// microseconds) than it saves.
@@ -34,7 +35,7 @@ fn cores() -> usize {
 }
 
 /// The fan-out threads, one per core: they run the offloaded deliveries
-/// ([`crate::outbox`]) and the shards of big ones. `None` if the threads could not be
+/// ([`crate::readers::outbox`]) and the shards of big ones. `None` if the threads could not be
 /// started; everything is then delivered on the caller's thread.
 fn pool() -> Option<&'static rayon_core::ThreadPool> {
     static POOL: OnceLock<Option<rayon_core::ThreadPool>> = OnceLock::new();
@@ -43,7 +44,7 @@ fn pool() -> Option<&'static rayon_core::ThreadPool> {
             .num_threads(cores())
             .thread_name(|i| format!("sluice-fanout-{i}"))
             // Nobody waits for these threads: they write to TCP readers directly.
-            .start_handler(|_| crate::direct_budget::exempt_this_thread())
+            .start_handler(|_| crate::readers::direct_budget::exempt_this_thread())
             // Without a handler, a panic in a job aborts the process; the job's own
             // guard (see `spawn`) has already put its stream right.
             .panic_handler(|_| tracing::error!("a fan-out job panicked"))
@@ -71,12 +72,12 @@ pub fn shard_count(sinks: usize, threads: usize) -> usize {
 ///
 /// Runs on the caller's thread, and with many sinks on the other fan-out threads too. A
 /// big delivery is not run on a runtime worker: the stream hands it to a fan-out thread
-/// ([`crate::outbox`]). Handing the worker's other tasks to another thread instead
+/// ([`crate::readers::outbox`]). Handing the worker's other tasks to another thread instead
 /// (`tokio::task::block_in_place`) cut PLAY p99 at 10,000 UDP readers as well, but cost
 /// 17–27 % more CPU at 1,000 (4 Mb/s) to 3,000 (200 kb/s) UDP readers: the context
 /// switches of the server went from ~800 to 15,000–29,000 a second.
 pub fn deliver(
-    sinks: &[(SinkId, Arc<dyn Sink>)],
+    sinks: &[(SinkId, Arc<dyn Reader>)],
     packets: &[MediaPacket],
     plan: &UdpPlan<'_>,
 ) -> Sent {
@@ -90,7 +91,7 @@ pub fn deliver(
 /// `pool` (its other threads, when the caller is one of them).
 fn sharded(
     pool: &rayon_core::ThreadPool,
-    sinks: &[(SinkId, Arc<dyn Sink>)],
+    sinks: &[(SinkId, Arc<dyn Reader>)],
     packets: &[MediaPacket],
     plan: &UdpPlan<'_>,
 ) -> Sent {
@@ -115,12 +116,12 @@ fn sharded(
 }
 
 /// Serves one shard on the calling thread.
-fn serve(sinks: &[(SinkId, Arc<dyn Sink>)], packets: &[MediaPacket], plan: &UdpPlan<'_>) -> Sent {
+fn serve(sinks: &[(SinkId, Arc<dyn Reader>)], packets: &[MediaPacket], plan: &UdpPlan<'_>) -> Sent {
     let mut egress = Egress::new(packets, plan).for_sinks(sinks.len());
     for (i, (_, sink)) in sinks.iter().enumerate() {
-        // Two stages ahead (crate::prefetch): the sink itself, then what it points to.
+        // Two stages ahead (crate::readers::prefetch): the sink itself, then what it points to.
         if let Some((_, far)) = sinks.get(i + 2 * PREFETCH_AHEAD) {
-            crate::prefetch::prefetch(&**far);
+            crate::readers::prefetch::prefetch(&**far);
         }
         if let Some((_, near)) = sinks.get(i + PREFETCH_AHEAD) {
             near.prefetch();
@@ -155,7 +156,7 @@ mod tests {
         threads: Mutex<Vec<std::thread::ThreadId>>,
         prefetched: Mutex<Vec<usize>>,
     }
-    impl Sink for Recording {
+    impl Reader for Recording {
         fn prefetch(&self) {
             let seen = self.seqs.lock().unwrap().len();
             self.prefetched.lock().unwrap().push(seen);
@@ -193,10 +194,10 @@ mod tests {
     fn deliver_to_recordings(sinks: usize, batches: u16, per_batch: u16) -> Vec<Arc<Recording>> {
         let recs: Vec<Arc<Recording>> =
             (0..sinks).map(|_| Arc::new(Recording::default())).collect();
-        let list: Vec<(SinkId, Arc<dyn Sink>)> = recs
+        let list: Vec<(SinkId, Arc<dyn Reader>)> = recs
             .iter()
             .enumerate()
-            .map(|(i, r)| (SinkId::for_test(i as u64), r.clone() as Arc<dyn Sink>))
+            .map(|(i, r)| (SinkId::for_test(i as u64), r.clone() as Arc<dyn Reader>))
             .collect();
         for b in 0..batches {
             let packets = batch(b * per_batch, per_batch);
