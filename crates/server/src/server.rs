@@ -633,7 +633,6 @@ impl Server {
 
     /// Ends `stream` for `reason` and frees its path if it still holds it.
     pub(crate) fn end_path(&self, stream: &Arc<Stream>, reason: EndReason) {
-        stream.end(reason);
         let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((claim, _, _)) = paths.holder(stream.path()).filter(|_| {
             paths
@@ -643,6 +642,9 @@ impl Server {
             paths.end(&claim, reason);
         }
         drop(paths);
+        // Out of the registry first, then ended: a reader told the stream ended (BYE, its
+        // connection closed) that asks again must not still find the path.
+        stream.end(reason);
         self.path_events.notify_one();
     }
 
