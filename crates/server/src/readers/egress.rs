@@ -9,9 +9,7 @@
 //! A GSO run's packets are copied once per flush, back to back, into a buffer the caller
 //! lends the plan, and every reader's message for the run is that one contiguous slice:
 //! the kernel then copies each message from one place instead of walking a slice per
-//! packet. `sluice-bench floor` measured ~7 % less sender CPU at 400 readers of the 4 Mb/s
-//! stream with one slice per run than with one per packet (10.55 against 11.36 %/Gbit/s,
-//! three alternating pairs).
+//! packet, which costs the sender measurably less CPU (bench/RESULTS.md).
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -268,9 +266,8 @@ impl<'p> Egress<'p> {
     /// channels the first framing was made for. `None` for the first reader and for
     /// readers on other channels: they are written from the packets.
     ///
-    /// `sluice-bench floor` sent 400 TCP readers of the 4 Mb/s stream for ~10 % less CPU
-    /// with one slice per frame than with a header and a payload slice per packet
-    /// (7.23 against 8.04 %/Gbit/s, three alternating pairs).
+    /// One slice per frame instead of a header and a payload slice per packet, because the
+    /// kernel then copies each write from one place (the saving is in bench/RESULTS.md).
     pub fn framed(&mut self, channels: &ChannelMap) -> Option<Bytes> {
         self.framed_asked += 1;
         match &self.framed {

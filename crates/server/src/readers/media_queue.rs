@@ -479,9 +479,8 @@ fn write_bytes(fd: BorrowedFd<'_>, bytes: &Bytes) -> Direct {
 /// error and not a `SIGPIPE`).
 ///
 /// `sendmsg`, not `writev`: both end in the same `tcp_sendmsg`, but `writev` goes through
-/// the file layer first (`fdget_pos`, `rw_verify_area`, `fsnotify_modify`). With one small
-/// write per reader per frame that is measurable: at 1,000 readers of the 200 kb/s stream
-/// Sluice cost 3 % less CPU in 7 alternating pairs, and the floor's bare sender 18 % less.
+/// the file layer first (`fdget_pos`, `rw_verify_area`, `fsnotify_modify`), which is
+/// measurable with one small write per reader per frame (bench/RESULTS.md, session 11).
 pub(crate) fn send_vectored(fd: impl AsFd, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
     let count = iov.len().min(MAX_IOV);
     sluice_net::tcp::send_vectored(fd, &iov[..count])
