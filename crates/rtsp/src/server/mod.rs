@@ -1009,7 +1009,10 @@ impl ServerConnection {
                     .map_err(|st| Refusal::new(st, "SETUP not valid in this state"))?;
             }
             // A repeated SETUP of a track replaces its transport and frees its channels.
-            entry.transports.insert(track, transport);
+            match entry.transports.binary_search_by_key(&track, |(t, _)| *t) {
+                Ok(i) => entry.transports[i].1 = transport,
+                Err(i) => entry.transports.insert(i, (track, transport)),
+            }
             self.channels
                 .retain(|_, c| !(c.session == session && c.track == track));
             let timeout = u32::try_from(entry.machine.timeout().as_secs()).unwrap_or(u32::MAX);
@@ -1128,12 +1131,22 @@ impl ServerConnection {
 
     /// The next encoded response to write, in request order.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.transmit.pop_front()
+        let next = self.transmit.pop_front();
+        if next.is_none() {
+            // Drained: keep no capacity between requests, since every connection holds one.
+            self.transmit = VecDeque::new();
+        }
+        next
     }
 
     /// The next action to execute.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let next = self.actions.pop_front();
+        if next.is_none() {
+            // Drained: keep no capacity between requests, since every connection holds one.
+            self.actions = VecDeque::new();
+        }
+        next
     }
 
     /// When [`ServerConnection::handle_timeout`] must be called next: the earliest
@@ -1893,7 +1906,7 @@ impl ServerConnection {
         let remaining = e.machine.tracks().filter(|t| Some(*t) != track).count();
         if let (Some(t), true) = (track, remaining > 0) {
             // Tear down one track: the rest keeps playing.
-            e.transports.remove(&t);
+            e.transports.retain(|(k, _)| *k != t);
             e.machine.remove_track(t);
             self.channels
                 .retain(|_, c| !(c.session == id && c.track == t));

@@ -1,7 +1,6 @@
 //! The sessions of one connection: who created each, on which path, its state machine,
 //! its per-track transports and its timers.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::server_session::{Role, ServerSession, State};
@@ -18,7 +17,9 @@ pub(crate) struct Entry {
     /// The path (presentation) the session plays or records.
     pub path: String,
     pub machine: ServerSession,
-    pub transports: BTreeMap<usize, TrackTransport>,
+    /// Each set-up track's transport, sorted by track: a session has a handful of tracks,
+    /// so a sorted `Vec` costs less memory per session than a map's nodes.
+    pub transports: Vec<(usize, TrackTransport)>,
     /// Stored media: Range seeks and Scale other than 1 are possible.
     pub seekable: bool,
     /// Next receiver-report time while recording.
@@ -36,12 +37,12 @@ impl Entry {
 
     /// The kind every track of the session uses, once one is set up.
     pub(crate) fn kind(&self) -> Option<TransportKind> {
-        self.transports.values().next().map(TrackTransport::kind)
+        self.transports.first().map(|(_, t)| t.kind())
     }
 
     /// The multicast group of the session, if it has one.
     pub(crate) fn group(&self) -> Option<std::net::IpAddr> {
-        self.transports.values().find_map(|t| match t {
+        self.transports.iter().find_map(|(_, t)| match t {
             TrackTransport::Multicast { group, .. } => *group,
             _ => None,
         })
@@ -51,8 +52,8 @@ impl Entry {
     /// the connection until they time out).
     pub(crate) fn udp_only(&self) -> bool {
         self.transports
-            .values()
-            .all(|t| !matches!(t, TrackTransport::Tcp { .. }))
+            .iter()
+            .all(|(_, t)| !matches!(t, TrackTransport::Tcp { .. }))
     }
 
     /// The next deadline: expiry or receiver report.
@@ -91,7 +92,7 @@ impl From<&Entry> for SessionInfo {
             path: e.path.clone(),
             role: e.role(),
             state: e.state(),
-            transports: e.transports.iter().map(|(t, x)| (*t, *x)).collect(),
+            transports: e.transports.clone(),
             timeout: e.machine.timeout(),
             expires: e.machine.poll_timeout(),
         }
