@@ -899,9 +899,9 @@ impl ServerConnection {
     /// granted, for a multicast transport without one). A refusal of the transport
     /// itself (461, or 453 for a multicast group) moves on to the client's next
     /// acceptable offer, asked as a new [`Question::Setup`], as RFC 2326 offer lists
-    /// intend; any other refusal, or one with no offer left, is the answer. The connection then refuses only
-    /// if the session ended while the question was open (its [`Action::EndSession`] was
-    /// already emitted) or a multicast grant lacks a group (500).
+    /// intend; any other refusal, or one with no offer left, is the answer. The
+    /// connection then refuses only if the session ended while the question was open (its
+    /// [`Action::EndSession`] was already emitted) or a multicast grant lacks a group (500).
     pub fn answer_setup(
         &mut self,
         token: Token,
