@@ -12,6 +12,7 @@
 #   3. `unsafe` appears only in the net crate and tools/ (UNSAFE_ALLOWED); every other
 #      library crate root says `#![forbid(unsafe_code)]`.
 #   4. A server module folder (crates/server/src/<module>/) imports no other module folder
+#      and never the composition root (server.rs)
 #      (config and auth are shared by all).
 #   5. Commit subjects since this script came in are at most 72 characters.
 set -euo pipefail
@@ -61,6 +62,9 @@ for dir in crates/server/src/*/; do
     hits=$(grep -rnE "(crate|super)::$o\b" "$dir" --include=*.rs || true)
     [ -z "$hits" ] || breach "module $m imports module $o: $hits"
   done
+  # The composition root names the modules; a module never names it back.
+  hits=$(grep -rnE "(crate|super)::server\b" "$dir" --include=*.rs || true)
+  [ -z "$hits" ] || breach "module $m imports the composition root: $hits"
 done
 
 rules_base=$(git log --format=%H --diff-filter=A -1 -- scripts/check-house-rules.sh 2>/dev/null || true)

@@ -14,21 +14,32 @@
 //! - [`source`]: a source's handle on its path: its claim and its batcher.
 //! - [`registry`]: who publishes which path, look-ups, and lifecycle events that any
 //!   module can watch with a path pattern.
+//! - [`stream`]: a path's live [`Stream`]: one source in, its sinks out.
+//! - [`on_demand`]: media opened per session (stored files), provided by one module and
+//!   served by another.
+//! - [`hub`]: the [`Hub`] every module shares: the registry of streams, the hooks that
+//!   attach modules' sinks to new streams, and the on-demand providers.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod batcher;
 pub mod gop;
+pub mod hub;
+pub mod on_demand;
 pub mod packet;
 pub mod presentation;
 pub mod registry;
 pub mod sink;
 pub mod source;
+pub mod stream;
 
 pub use batcher::Batcher;
+pub use hub::Hub;
+pub use on_demand::{OnDemand, OnDemandMedia, OpenError, Playback};
 pub use packet::{Batch, EndReason, MediaPacket};
 pub use presentation::{Presentation, PresentationError, Track};
 pub use registry::{Busy, Claim, Event, Owner, PathClaim, Pattern, Registry, SourceId};
 pub use sink::Sink;
 pub use source::SourceHandle;
+pub use stream::{Stream, StreamSinkId};

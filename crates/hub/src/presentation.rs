@@ -135,6 +135,17 @@ impl Presentation {
             })
     }
 
+    /// The first video track whose codec Sluice recognizes keyframes of, with the codec:
+    /// what GOP caches and frame batching key on.
+    pub fn keyframe_track(&self) -> Option<(usize, sluice_codec::Codec)> {
+        self.tracks().iter().enumerate().find_map(|(i, t)| {
+            (t.media == "video")
+                .then(|| sluice_codec::codec_from_encoding(&t.encoding))
+                .flatten()
+                .map(|c| (i, c))
+        })
+    }
+
     /// The tracks in SDP order; a track's index is its id in Sluice's URLs (`trackID=N`).
     pub fn tracks(&self) -> &[Track] {
         &self.tracks

@@ -23,6 +23,11 @@ pub trait Sink: Send + Sync {
 
     /// The stream ended; no batch follows.
     fn on_end(&self, reason: EndReason);
+
+    /// The source's media reached its end but the stream goes on (an on-demand file played
+    /// to its end waits for the next PLAY): RTSP readers send BYE. Provided, a no-op: only
+    /// sinks that tell their peers care.
+    fn on_end_of_media(&self) {}
 }
 
 impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
@@ -32,5 +37,9 @@ impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
 
     fn on_end(&self, reason: EndReason) {
         (**self).on_end(reason);
+    }
+
+    fn on_end_of_media(&self) {
+        (**self).on_end_of_media();
     }
 }

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use sluice_hub::presentation::Presentation;
+use sluice_hub::{MediaPacket, Stream};
 use sluice_rtp::packet::{parse_rtp, rewrite_header};
 use sluice_rtp::timeline::Timeline;
-use sluice_server::media_queue::{MediaQueue, Taken, TcpOut};
-use sluice_server::presentation::Presentation;
-use sluice_server::reader::{Outbox, ReaderSink, Target};
-use sluice_server::stream::{MediaPacket, Stream};
+use sluice_server::rtsp::readers::media_queue::{MediaQueue, Taken, TcpOut};
+use sluice_server::rtsp::readers::reader::{Outbox, ReaderSink, Target};
+use sluice_server::rtsp::readers::ReaderGroup;
 
 const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/1\r\n";
 
@@ -66,7 +67,7 @@ fn stream() -> Arc<Stream> {
         Presentation::from_sdp(SDP.as_bytes()).expect("sdp"),
         1,
     );
-    s.set_gop_cache(false);
+    ReaderGroup::of(&s).set_gop_cache(None);
     s
 }
 
@@ -97,7 +98,7 @@ fn fan_out_tcp(c: &mut Criterion) {
                     Duration::from_secs(3600),
                     Arc::new(|_| {}),
                 ));
-                s.readers().add(sink.clone());
+                ReaderGroup::of(&s).add(sink.clone());
                 sink.open();
                 q
             })
@@ -135,8 +136,10 @@ fn fan_out_udp(c: &mut Criterion) {
     for (readers, gso) in [(100usize, true), (100, false)] {
         let s = stream();
         let tx = Arc::new(
-            sluice_server::media_socket::MediaSocket::bind("127.0.0.1:0".parse().expect("addr"))
-                .expect("bind"),
+            sluice_server::rtsp::media_socket::MediaSocket::bind(
+                "127.0.0.1:0".parse().expect("addr"),
+            )
+            .expect("bind"),
         );
         let gso = gso && tx.probe_gso();
         let rxs: Vec<std::net::UdpSocket> = (0..readers)
@@ -159,7 +162,7 @@ fn fan_out_udp(c: &mut Criterion) {
                 Duration::from_secs(3600),
                 Arc::new(|_| {}),
             ));
-            s.readers().add(sink.clone());
+            ReaderGroup::of(&s).add(sink.clone());
             sink.open();
         }
         let (mut seq, mut ts) = (0u16, 0u32);

@@ -5,7 +5,7 @@
 use sluice_client::probe::media_descs;
 use sluice_codec::Depacketizer;
 
-use crate::presentation::{Presentation, MAX_TRACKS};
+use sluice_hub::presentation::{Presentation, MAX_TRACKS};
 
 /// SDP target: the server's handling of an announced SDP and the client
 /// probe's reading of a described one.

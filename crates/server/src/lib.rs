@@ -1,46 +1,29 @@
-//! Sluice's tokio layer: the RTSP listener and its connections, the UDP and multicast
-//! media sockets, the path registry, and the stream hub where each path's single source
-//! meets its many sinks.
+//! Sluice's server: a socket-free hub ([`sluice_hub`]) in the middle and the server as
+//! modules around it, each a folder that imports only the hub, the net crate, [`config`],
+//! [`auth`] and its own files:
 //!
-//! Protocol decisions live in the sans-IO crates (`sluice-rtsp`, `sluice-rtp`) and in
-//! the pure modules here ([`presentation`]); the rest owns sockets, tasks and timers and
-//! stays thin. System calls without a safe std, tokio or socket2 API (batched UDP sends,
-//! `sendmsg`, prefetch hints) are `sluice-net`'s, the one crate allowed `unsafe`; this
-//! crate forbids it.
+//! - [`rtsp`]: the RTSP/RTSPS listeners and connections, publisher and pull sources, UDP
+//!   demultiplexing, multicast, and the readers' fast path.
+//! - [`mod@file`]: configured file sources, the demo, and `vod/` on-demand media.
+//! - [`config`]: the configuration file and its checks (and the TLS key loading).
+//! - [`auth`]: users, permissions and the RTSP authentication exchange.
+//!
+//! [`server`] is the composition root, the only file naming more than one module.
+//! Protocol decisions live in the sans-IO crates (`sluice-rtsp`, `sluice-rtp`,
+//! `sluice-media`, `sluice-hub`); the modules own sockets, tasks and timers and stay thin.
+//! System calls without a safe std, tokio or socket2 API are `sluice-net`'s, the one crate
+//! allowed `unsafe`; this crate forbids it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod actions;
-pub mod answers;
-pub mod at_hand;
 pub mod auth;
 pub mod config;
-pub mod conn;
-pub mod conn_handle;
-pub mod file_source;
+pub mod file;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod gop;
-pub mod ingest;
-pub mod media_socket;
-pub mod multicast;
-pub mod presentation;
-pub mod pull;
-pub mod readers;
+pub mod rtsp;
 pub mod server;
-pub mod session;
-pub mod stream;
-pub mod tls;
-pub mod udp;
-pub mod url;
-pub mod vod;
-pub mod writer;
-
-// The fast-path modules' former paths, for the modules that still name them there.
-pub use readers::{
-    direct_budget, egress, fanout, latency, media_queue, outbox, prefetch, reader, udp_send,
-};
 
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -1,0 +1,303 @@
+//! The hub every module shares: the path registry of live streams, the hooks that attach
+//! each module's per-stream sink to a new stream, and the on-demand media providers.
+//!
+//! Modules never call each other: a source module creates and publishes streams here, a
+//! sink module attaches to them here (a hook at creation, or a watcher of the registry's
+//! events), and a module serving on-demand media (the RTSP module's VOD sessions) asks the
+//! providers here. The composition root builds one hub and hands it to every module.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::on_demand::{OnDemand, OnDemandMedia, OpenError};
+use crate::packet::EndReason;
+use crate::presentation::Presentation;
+use crate::registry::{Busy, Claim, Event, Owner, Pattern, Published, Registry, WatcherId};
+use crate::stream::Stream;
+
+/// What a module runs on every stream the hub creates, before any packet: attach its
+/// per-stream sink (see [`Stream::attach`]).
+pub type StreamHook = Box<dyn Fn(&Arc<Stream>) + Send + Sync>;
+
+/// Called after every registry change, so that the composition root's event pump polls
+/// the watchers (the hub has no runtime of its own to wake).
+pub type ChangeNotifier = Box<dyn Fn() + Send + Sync>;
+
+/// The shared hub: paths, stream hooks, on-demand providers.
+pub struct Hub {
+    paths: Mutex<Registry<Arc<Stream>>>,
+    hooks: Mutex<Vec<StreamHook>>,
+    on_demand: Mutex<Vec<Arc<dyn OnDemand>>>,
+    next_version: AtomicU64,
+    next_owner: AtomicU64,
+    changed: ChangeNotifier,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("paths", &self.registry().len())
+            .finish()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub::new(Box::new(|| {}))
+    }
+}
+
+impl Hub {
+    /// An empty hub; `changed` is called after every registry change.
+    pub fn new(changed: ChangeNotifier) -> Hub {
+        Hub {
+            paths: Mutex::new(Registry::new()),
+            hooks: Mutex::new(Vec::new()),
+            on_demand: Mutex::new(Vec::new()),
+            next_version: AtomicU64::new(1),
+            next_owner: AtomicU64::new(1),
+            changed,
+        }
+    }
+
+    /// The registry, locked: look-ups, claims and watchers. Changes that readers must see
+    /// go through [`Hub::publish`], [`Hub::set_ready`] and [`Hub::end`] instead, which
+    /// also wake the event pump.
+    pub fn registry(&self) -> MutexGuard<'_, Registry<Arc<Stream>>> {
+        self.paths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a hook run on every stream created from now on (a module's start-up).
+    pub fn on_stream(&self, hook: StreamHook) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
+    }
+
+    /// Adds a provider of on-demand media, asked in the order added.
+    pub fn add_on_demand(&self, provider: Arc<dyn OnDemand>) {
+        self.on_demand
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(provider);
+    }
+
+    /// Opens `path`'s on-demand media for one session: the first provider that serves the
+    /// path answers; `Ok(None)` when none does.
+    pub fn open_on_demand(&self, path: &str) -> Result<Option<Box<dyn OnDemandMedia>>, OpenError> {
+        let providers: Vec<_> = self
+            .on_demand
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for p in providers {
+            if let Some(media) = p.open(path)? {
+                return Ok(Some(media));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether some provider serves `path` on demand (without opening it).
+    pub fn serves_on_demand(&self, path: &str) -> bool {
+        self.on_demand
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|p| p.serves(path))
+    }
+
+    /// A new stream for `path` with a fresh SDP version, every module's hook run on it.
+    /// Not yet published: see [`Hub::publish`] (a private on-demand stream never is).
+    pub fn create_stream(&self, path: &str, presentation: Presentation) -> Arc<Stream> {
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let stream = Stream::new(path.to_owned(), presentation, version);
+        for hook in self.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook(&stream);
+        }
+        stream
+    }
+
+    /// A fresh owner for a source's claims (a connection, a configured source): unique in
+    /// this hub.
+    pub fn new_owner(&self) -> Owner {
+        Owner(self.next_owner.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Claims `stream`'s path for `owner` under `claim`'s policy (see
+    /// [`crate::registry`]). The stream it displaced, if any, is ended
+    /// ([`EndReason::Replaced`]) and comes back so the caller can end its own sessions.
+    pub fn publish(
+        &self,
+        owner: Owner,
+        claim: Claim,
+        stream: &Arc<Stream>,
+    ) -> Result<Option<Arc<Stream>>, Busy> {
+        let published = self
+            .registry()
+            .publish(stream.path(), owner, claim, stream.clone());
+        (self.changed)();
+        let Published { replaced, .. } = published?;
+        if let Some(old) = &replaced {
+            old.end(EndReason::Replaced);
+        }
+        Ok(replaced)
+    }
+
+    /// Marks `stream` ready for readers, in the registry too if it still holds its path
+    /// (watchers then see it ready).
+    pub fn set_ready(&self, stream: &Arc<Stream>) {
+        stream.set_ready();
+        let mut paths = self.registry();
+        if let Some(claim) = holding_claim(&paths, stream) {
+            paths.set_ready(&claim);
+        }
+        drop(paths);
+        (self.changed)();
+    }
+
+    /// Ends `stream` for `reason` and frees its path if it still holds it.
+    pub fn end(&self, stream: &Arc<Stream>, reason: EndReason) {
+        let mut paths = self.registry();
+        if let Some(claim) = holding_claim(&paths, stream) {
+            paths.end(&claim, reason);
+        }
+        drop(paths);
+        // Out of the registry first, then ended: a reader told the stream ended (BYE, its
+        // connection closed) that asks again must not still find the path.
+        stream.end(reason);
+        (self.changed)();
+    }
+
+    /// Ends the streams `owner` claimed but never made ready (a publisher's connection
+    /// closed between ANNOUNCE and RECORD).
+    pub fn end_unready_of(&self, owner: Owner) {
+        let stale: Vec<Arc<Stream>> = {
+            let paths = self.registry();
+            paths
+                .claims()
+                .filter(|(_, o, ready)| *o == owner && !ready)
+                .filter_map(|(claim, _, _)| paths.lookup(claim.path()).cloned())
+                .collect()
+        };
+        for stream in stale {
+            self.end(&stream, EndReason::SourceGone);
+        }
+    }
+
+    /// Every published stream.
+    pub fn streams(&self) -> Vec<Arc<Stream>> {
+        let paths = self.registry();
+        paths
+            .claims()
+            .filter_map(|(claim, _, _)| paths.lookup(claim.path()).cloned())
+            .collect()
+    }
+
+    /// Relays every published stream's batch older than `max_age` at `now`: the backstop
+    /// for a stream whose source's timer no one runs.
+    pub fn flush_stale(&self, now: Instant, max_age: Duration) {
+        for stream in self.streams() {
+            stream.flush_stale(now, max_age);
+        }
+    }
+
+    /// Watches lifecycle events of paths matching `pattern`, queuing up to `capacity`.
+    pub fn watch(&self, pattern: Pattern, capacity: usize) -> WatcherId {
+        self.registry().watch(pattern, capacity)
+    }
+
+    /// The next event for watcher `id`, if any.
+    pub fn poll_event(&self, id: WatcherId) -> Option<Event> {
+        self.registry().poll_event(id)
+    }
+}
+
+/// The claim `stream` holds on its path, if the path still carries this very stream.
+fn holding_claim(
+    paths: &Registry<Arc<Stream>>,
+    stream: &Arc<Stream>,
+) -> Option<crate::registry::PathClaim> {
+    let (claim, _, _) = paths.holder(stream.path())?;
+    paths
+        .lookup(stream.path())
+        .is_some_and(|s| Arc::ptr_eq(s, stream))
+        .then_some(claim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+
+    fn presentation() -> Presentation {
+        Presentation::from_sdp(SDP.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn hooks_run_on_every_created_stream_and_versions_differ() {
+        let hub = Hub::default();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s2 = seen.clone();
+        hub.on_stream(Box::new(move |_| {
+            s2.fetch_add(1, Ordering::SeqCst);
+        }));
+        let a = hub.create_stream("a", presentation());
+        let b = hub.create_stream("a", presentation());
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        assert_ne!(a.version(), b.version());
+    }
+
+    #[test]
+    fn replacing_ends_the_old_stream_and_end_frees_the_path() {
+        let changes = Arc::new(AtomicUsize::new(0));
+        let c2 = changes.clone();
+        let hub = Hub::new(Box::new(move || {
+            c2.fetch_add(1, Ordering::SeqCst);
+        }));
+        let watcher = hub.watch(Pattern::new("**"), 16);
+        let old = hub.create_stream("cams/a", presentation());
+        assert!(hub
+            .publish(hub.new_owner(), Claim::Exclusive, &old)
+            .unwrap()
+            .is_none());
+        hub.set_ready(&old);
+        let new = hub.create_stream("cams/a", presentation());
+        let busy = hub.publish(hub.new_owner(), Claim::Exclusive, &new);
+        assert!(busy.is_err(), "exclusive refuses a second publisher");
+        let replaced = hub
+            .publish(hub.new_owner(), Claim::Replace, &new)
+            .unwrap()
+            .expect("the old stream comes back");
+        assert!(Arc::ptr_eq(&replaced, &old));
+        assert!(old.is_ended());
+        hub.set_ready(&new);
+        assert!(hub.registry().lookup_ready("cams/a").is_some());
+        hub.end(&new, EndReason::SourceGone);
+        assert!(hub.registry().lookup("cams/a").is_none());
+        assert!(new.is_ended());
+        let events: Vec<Event> = std::iter::from_fn(|| hub.poll_event(watcher)).collect();
+        assert!(matches!(events.first(), Some(Event::Ready { .. })));
+        assert!(matches!(events.last(), Some(Event::Ended { .. })));
+        assert!(changes.load(Ordering::SeqCst) >= 5);
+    }
+
+    #[test]
+    fn an_owner_that_goes_away_frees_only_its_unready_paths() {
+        let hub = Hub::default();
+        let owner = hub.new_owner();
+        let ready = hub.create_stream("r", presentation());
+        let unready = hub.create_stream("u", presentation());
+        hub.publish(owner, Claim::Exclusive, &ready).unwrap();
+        hub.publish(owner, Claim::Exclusive, &unready).unwrap();
+        hub.set_ready(&ready);
+        hub.end_unready_of(owner);
+        assert!(unready.is_ended());
+        assert!(!ready.is_ended());
+        assert_eq!(hub.streams().len(), 1);
+    }
+}
