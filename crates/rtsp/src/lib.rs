@@ -25,6 +25,7 @@ pub mod redact;
 pub mod server;
 pub mod server_session;
 pub mod status;
+pub mod vec_map;
 
 pub use decoder::*;
 pub use headers::{range::*, rtp_info::*, scale::*, session::*, transport::*};

@@ -86,7 +86,9 @@ pub mod url;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::vec_map::VecMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -591,9 +593,11 @@ pub struct ServerConnection {
     auth: Box<dyn Authenticator>,
     ids: Box<dyn IdSource>,
     sessions: Vec<Entry>,
-    channels: HashMap<u8, ChannelUse>,
+    channels: VecMap<u8, ChannelUse>,
     announced: Option<Announced>,
-    outstanding: Option<Outstanding>,
+    /// Boxed: most of a connection's life has none, and thousands of connections would
+    /// each keep room for a whole request.
+    outstanding: Option<Box<Outstanding>>,
     queue: VecDeque<Request>,
     transmit: VecDeque<Bytes>,
     actions: VecDeque<Action>,
@@ -601,7 +605,7 @@ pub struct ServerConnection {
     closed: bool,
     /// The stream could not be decoded: no further request is taken, and this answer
     /// goes out after the requests before it.
-    final_answer: Option<Response>,
+    final_answer: Option<Box<Response>>,
     stopped: bool,
     /// The latest time handed in, for work resumed by an `answer_*` call.
     now: Instant,
@@ -631,7 +635,7 @@ impl ServerConnection {
             auth,
             ids,
             sessions: Vec::new(),
-            channels: HashMap::new(),
+            channels: VecMap::new(),
             announced: None,
             outstanding: None,
             queue: VecDeque::new(),
@@ -828,7 +832,7 @@ impl ServerConnection {
             status: error.status(),
             why: format!("malformed request: {error}"),
         });
-        self.final_answer = Some(resp);
+        self.final_answer = Some(Box::new(resp));
         self.drain_queue();
     }
 
@@ -1200,6 +1204,7 @@ impl ServerConnection {
             .outstanding
             .take()
             .ok_or(AnswerError::UnknownToken(token))?;
+        let o = *o;
         Ok((o.request, o.parked))
     }
 
@@ -1239,11 +1244,11 @@ impl ServerConnection {
                 let token = Token(self.next_token);
                 self.next_token = self.next_token.wrapping_add(1);
                 self.actions.push_back(Action::Ask { token, question });
-                self.outstanding = Some(Outstanding {
+                self.outstanding = Some(Box::new(Outstanding {
                     token,
                     request,
                     parked,
-                });
+                }));
             }
             Err(r) => self.refuse(&request, r),
         }

@@ -1,7 +1,7 @@
 //! Transport negotiation: which offered transport-spec a SETUP gets, the interleaved
 //! channels it uses, and the `Transport` reply, built as a typed [`TransportSpec`].
 
-use std::collections::HashMap;
+use crate::vec_map::VecMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::{LowerTransport, StatusCode, TransportMode, TransportSpec};
@@ -141,7 +141,7 @@ pub(crate) struct Offer<'a> {
     pub session_kind: Option<TransportKind>,
     /// The group the session already has, if it uses multicast.
     pub session_group: Option<IpAddr>,
-    pub channels: &'a HashMap<u8, ChannelUse>,
+    pub channels: &'a VecMap<u8, ChannelUse>,
 }
 
 fn unsupported(why: impl Into<String>) -> Refusal {
@@ -153,7 +153,7 @@ fn unsupported(why: impl Into<String>) -> Refusal {
 pub(crate) fn channels_for(
     spec: &TransportSpec,
     track: usize,
-    used: &HashMap<u8, ChannelUse>,
+    used: &VecMap<u8, ChannelUse>,
 ) -> Result<(u8, u8), Refusal> {
     if let Some((a, b)) = spec.interleaved {
         if used.contains_key(&a) || used.contains_key(&b) || a == b {

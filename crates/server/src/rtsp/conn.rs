@@ -4,7 +4,7 @@
 //! actions ([`crate::rtsp::actions`]), writes its responses (through [`crate::rtsp::writer`]) and
 //! re-arms its timer.
 
-use std::collections::HashMap;
+use sluice_rtsp::vec_map::VecMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,6 @@ use tracing::{debug, info, warn};
 
 use crate::auth::ConnectionAuth;
 use crate::config::TransportKind;
-use crate::rtsp::at_hand::sleep_until;
 pub use crate::rtsp::conn_handle::{Accepted, ConnHandle};
 use crate::rtsp::ingest::Ingest;
 use crate::rtsp::readers::media_queue::MediaQueue;
@@ -56,9 +55,9 @@ pub(crate) struct Conn {
     pub(crate) handle: Arc<ConnHandle>,
     pub(crate) rtsp: ServerConnection,
     /// This connection's sessions as the server holds them, by id.
-    pub(crate) sessions: HashMap<String, Arc<Session>>,
+    pub(crate) sessions: VecMap<String, Arc<Session>>,
     /// Interleaved channels the committed SETUPs allocated.
-    pub(crate) routes: HashMap<u8, ChannelRoute>,
+    pub(crate) routes: VecMap<u8, ChannelRoute>,
     /// The stream this connection announced (its end closes the connection).
     pub(crate) announced: Option<Arc<Stream>>,
     /// The stream a SETUP for play found, for the commit that follows.
@@ -95,8 +94,8 @@ impl Conn {
             server,
             handle,
             rtsp,
-            sessions: HashMap::new(),
-            routes: HashMap::new(),
+            sessions: VecMap::new(),
+            routes: VecMap::new(),
             announced: None,
             found: None,
             open_after_write: Vec::new(),
@@ -105,16 +104,26 @@ impl Conn {
 
     /// Writes the responses and executes the actions the last event produced, in the
     /// order the [`ServerConnection`] asks: responses first, so a new reader's media
-    /// starts only after its PLAY answer.
+    /// starts only after its PLAY answer. One exception: a RECORD's path is made ready
+    /// before its answer leaves, so that a reader the publisher's 200 sets going finds it.
     async fn drain(&mut self) {
+        let mut pending = std::collections::VecDeque::new();
         loop {
+            pending.extend(std::iter::from_fn(|| self.rtsp.poll_action()));
+            pending.retain(|action| match action {
+                Action::Record { session, started } => {
+                    self.record(session, *started);
+                    false
+                }
+                _ => true,
+            });
             while let Some(bytes) = self.rtsp.poll_transmit() {
                 self.handle.send_bytes(bytes).await;
             }
             for sink in self.open_after_write.drain(..) {
                 sink.open();
             }
-            let Some(action) = self.rtsp.poll_action() else {
+            let Some(action) = pending.pop_front() else {
                 return;
             };
             self.execute(action).await;
@@ -245,8 +254,9 @@ async fn serve<R, W>(
     let mut decoder = Decoder::new(limits);
     // Boxed: the connection's state lives on the heap, not in every idle future.
     let mut conn = Box::new(Conn::new(server.clone(), handle.clone()));
-    // Requests are small; the buffer grows for interleaved media from publishers.
-    let mut buf = BytesMut::with_capacity(1024);
+    // Requests are small; the buffer grows as reads need (doubling), and for interleaved
+    // media from publishers.
+    let mut buf = BytesMut::new();
     let mut last_input = Instant::now();
     // When the unfinished request at the front of `buf` started arriving.
     let mut partial_since: Option<Instant> = None;
@@ -255,6 +265,12 @@ async fn serve<R, W>(
     let mut batch_timer: Option<Instant> = None;
     'read: loop {
         let announced = conn.announced.clone();
+        // Between requests a reader's connection holds no read buffer: once it plays, only
+        // RTCP and keep-alives arrive, seconds apart, and thousands of readers would each
+        // keep one. A publisher's stays, for its media.
+        if buf.is_empty() && announced.is_none() && buf.capacity() > 0 {
+            buf = BytesMut::new();
+        }
         // A half-sent request must complete in time; an idle connection without sessions
         // is closed. Both come back here as a timer.
         let deadline = match partial_since {
@@ -263,6 +279,15 @@ async fn serve<R, W>(
             None => last_input + Duration::from_secs(3600),
         };
         let session_timer = conn.rtsp.poll_timeout();
+        let next_timer = [
+            batch_timer.filter(|_| announced.is_some()),
+            session_timer,
+            Some(deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(deadline);
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) => break,
@@ -273,25 +298,31 @@ async fn serve<R, W>(
                 }
             },
             _ = handle.closed() => break,
-            _ = sleep_until(batch_timer.filter(|_| announced.is_some())) => {
-                if let Some(s) = &announced {
-                    s.handle_timeout(Instant::now());
-                }
-                batch_timer = announced.as_ref().and_then(|s| s.poll_timeout());
-                continue;
-            }
             _ = async { match &announced { Some(s) => s.ended().await, None => std::future::pending().await } } => {
                 info!(conn = id, "stream replaced or ended; closing publisher connection");
+                conn.rtsp.handle_publisher_replaced(Instant::now());
+                Box::pin(conn.drain()).await;
                 break;
             }
-            _ = sleep_until(session_timer) => {
-                Box::pin(conn.on_timer()).await;
-                if handle.is_closing() {
-                    break;
+            // One timer for the three deadlines (a publisher's batch, the sessions, the
+            // request or idle limit): each costs the connection's future a timer entry.
+            _ = tokio::time::sleep_until(next_timer.into()) => {
+                let now = Instant::now();
+                if let (Some(at), Some(s)) = (batch_timer, &announced) {
+                    if at <= now {
+                        s.handle_timeout(now);
+                        batch_timer = s.poll_timeout();
+                    }
                 }
-                continue;
-            }
-            _ = tokio::time::sleep_until(deadline.into()) => {
+                if session_timer.is_some_and(|at| at <= now) {
+                    Box::pin(conn.on_timer()).await;
+                    if handle.is_closing() {
+                        break;
+                    }
+                }
+                if deadline > now {
+                    continue;
+                }
                 if partial_since.is_some() {
                     warn!(conn = id, %peer, "request not completed in time; closing connection");
                     let mut out = BytesMut::new();
