@@ -15,6 +15,7 @@ pub mod actions;
 pub mod answers;
 pub mod at_hand;
 pub mod auth;
+mod compose_http;
 pub mod config;
 pub mod conn;
 pub mod conn_handle;
@@ -22,6 +23,7 @@ pub mod file_source;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gop;
+pub mod http;
 pub mod ingest;
 pub mod media_socket;
 pub mod multicast;

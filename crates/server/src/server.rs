@@ -55,6 +55,9 @@ pub enum ServerError {
         /// Why.
         reason: String,
     },
+    /// The HTTP listener could not start.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// The embedded demo clip served at `demo.path` (regenerate with scripts/make-demo-clip.sh).
@@ -124,6 +127,9 @@ pub struct Server {
     last_limit_log: AtomicU64,
     /// This server's ingest → egress latency (see [`Server::egress_latency`]).
     egress_latency: Arc<LatencyHistogram>,
+    /// HTTP (crate::http): bound in `bind`, served from `run`.
+    http: Mutex<Option<crate::http::HttpServer>>,
+    http_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Server {
@@ -194,6 +200,12 @@ impl Server {
         let auth = Arc::new(
             Authenticator::new(&config.users, config.auth.clone()).map_err(ServerError::Users)?,
         );
+        // HTTP (crate::http, composed in compose_http.rs).
+        let rtsps_addr = tls_listener.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let http =
+            crate::compose_http::bind_http(&config, &auth, local_addr, rtsps_addr, &egress_latency)
+                .await?;
+        let http_addr = http.as_ref().map(|h| h.local_addr());
         let mut paths = Registry::new();
         let path_watcher = paths.watch(Pattern::new("**"), PATH_EVENT_QUEUE);
         let server = Arc::new(Server {
@@ -217,6 +229,8 @@ impl Server {
             conn_counts: Mutex::new(HashMap::new()),
             last_limit_log: AtomicU64::new(u64::MAX),
             egress_latency,
+            http: Mutex::new(http),
+            http_addr,
         });
         server.start_configured_sources()?;
         Ok(server)
@@ -319,6 +333,11 @@ impl Server {
         &self.egress_latency
     }
 
+    /// The HTTP listener's address, when `[http]` is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
         self.sessions
@@ -344,6 +363,10 @@ impl Server {
         }
         tokio::spawn(self.clone().run_reaper());
         tokio::spawn(self.clone().run_event_pump());
+        // HTTP (crate::http).
+        if let Some(http) = self.http.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tokio::spawn(http.run());
+        }
         // Always-on pull sources start now; on-demand ones with their first reader.
         for (name, p) in &self.config.paths {
             if !name.starts_with('~') && p.source.starts_with("rtsp://") && !p.on_demand(false) {
@@ -717,7 +740,7 @@ mod tests {
     /// A server on a free loopback port, TCP transport only (no fixed UDP ports to share).
     async fn running_server() -> Arc<Server> {
         let config = Config::from_toml(
-            "[rtsp]\nlisten = \"127.0.0.1:0\"\ntransports = [\"tcp\"]\n[demo]\nenabled = false\n",
+            "[rtsp]\nlisten = \"127.0.0.1:0\"\ntransports = [\"tcp\"]\n[demo]\nenabled = false\n[http]\nenabled = false\n",
         )
         .expect("config");
         let server = Server::bind(config).await.expect("bind");
