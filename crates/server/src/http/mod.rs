@@ -280,3 +280,91 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .expose_headers([axum::http::header::ETAG]),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn context(toml: &str) -> HttpContext {
+        let c = Config::from_toml(toml).unwrap();
+        let auth = Arc::new(Authenticator::new(&c.users, c.auth.clone()).unwrap());
+        HttpContext::new(&c, auth)
+    }
+
+    async fn call(r: &Router, req: Request<Body>) -> axum::response::Response {
+        let mut req = req;
+        req.extensions_mut().insert(access::Peer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            tls: false,
+        });
+        r.clone().oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn mounted_routes_time_out_with_408_and_reserved_prefixes_are_refused() {
+        let mut ctx = context("[http]\nrequest_timeout = \"100ms\"\n");
+        let slow = Router::new().route(
+            "/x",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+        ctx.routes().mount("/slow", slow).unwrap();
+        for bad in ["/v1", "/metrics/x", "/openapi.json", "/assets", "nope"] {
+            assert!(ctx.routes().mount(bad, Router::new()).is_err(), "{bad}");
+        }
+        let (r, _) = ctx.into_router(Vec::new());
+        let res = call(&r, Request::get("/slow/x").body(Body::empty()).unwrap()).await;
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(
+            res.headers()["content-type"],
+            problem::PROBLEM_JSON,
+            "timeouts are problems too"
+        );
+    }
+
+    #[tokio::test]
+    async fn cors_allows_listed_origins_only() {
+        let ctx = context("[http]\ncors_origins = [\"https://dash.example.com\"]\n");
+        let (r, _) = ctx.into_router(Vec::new());
+        let preflight = Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/info")
+            .header("origin", "https://dash.example.com")
+            .header("access-control-request-method", "GET")
+            .body(Body::empty())
+            .unwrap();
+        let res = call(&r, preflight).await;
+        assert!(res.status().is_success(), "{:?}", res.status());
+        assert_eq!(
+            res.headers()["access-control-allow-origin"],
+            "https://dash.example.com"
+        );
+        let other = Request::get("/v1/info")
+            .header("origin", "https://evil.example.com")
+            .body(Body::empty())
+            .unwrap();
+        let res = call(&r, other).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers().get("access-control-allow-origin").is_none());
+        // Without an allow-list no CORS headers at all.
+        let (r, _) = context("").into_router(Vec::new());
+        let res = call(
+            &r,
+            Request::get("/v1/info")
+                .header("origin", "https://dash.example.com")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert!(res.headers().get("access-control-allow-origin").is_none());
+    }
+}
