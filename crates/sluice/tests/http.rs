@@ -251,6 +251,14 @@ hash = "sha256:{hash}"
 #[test]
 fn metrics_pass_promtool_and_speak_openmetrics_when_asked() {
     let (server, http) = start("", "");
+    // A real reader of the built-in demo stream, so the egress latency has samples.
+    let read = common::ffmpeg_read(
+        &server.url("demo"),
+        "tcp",
+        Duration::from_secs(2),
+        &server.dir,
+    );
+    assert!(read.video_frames > 0, "{}", read.tail());
     // Some traffic first, so the request counter has series.
     get(http, "/v1/info");
     get(http, "/v1/nope");
@@ -272,6 +280,13 @@ fn metrics_pass_promtool_and_speak_openmetrics_when_asked() {
     ] {
         assert!(m.body.contains(want), "missing {want:?}:\n{}", m.body);
     }
+    let latency_count: u64 = m
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_egress_latency_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(latency_count > 0, "no egress latency recorded:\n{}", m.body);
     let file = server.dir.join("metrics.txt");
     std::fs::write(&file, &m.body).unwrap();
     let out = Command::new("promtool")
