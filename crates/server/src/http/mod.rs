@@ -9,6 +9,7 @@
 //! listener reserves are listed in [`crate::config::RESERVED_FIRST_SEGMENTS`].
 
 pub mod access;
+pub mod config_store;
 pub mod info;
 mod listener;
 pub mod metrics;
