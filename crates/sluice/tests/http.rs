@@ -212,9 +212,16 @@ hash = "sha256:{hash}"
 "#
         ),
     );
-    // Probes and the document stay public.
+    // Probes and the document stay public; the document no longer offers anonymous access
+    // where there is none.
     assert_eq!(get(http, "/v1/health").status, 200);
-    assert_eq!(get(http, "/openapi.json").status, 200);
+    let doc = get(http, "/openapi.json");
+    assert_eq!(doc.status, 200);
+    let doc = doc.json();
+    let info_security = doc["paths"]["/v1/info"]["get"]["security"].to_string();
+    assert!(!info_security.contains("{}"), "{info_security}");
+    let health_security = doc["paths"]["/v1/health"]["get"]["security"].to_string();
+    assert!(health_security.contains("{}"), "{health_security}");
     // No credentials: 401 with both challenges, even from loopback once users exist.
     let r = get(http, "/v1/info");
     r.assert_problem(401);
@@ -526,9 +533,9 @@ fn schemathesis() -> String {
     format!("{venv}/bin/schemathesis")
 }
 
-#[test]
-fn schemathesis_finds_nothing_in_the_served_document() {
-    let (server, http) = start("", "");
+/// Runs schemathesis with all checks and phases against `http`'s document; `extra`
+/// arguments (credentials) added.
+fn run_schemathesis(http: SocketAddr, dir: &std::path::Path, extra: &[&str]) {
     let mut cmd = Command::new(schemathesis());
     cmd.args([
         "run",
@@ -543,8 +550,9 @@ fn schemathesis_finds_nothing_in_the_served_document() {
         "100",
         "--no-color",
     ])
+    .args(extra)
     .env("SCHEMATHESIS_TELEMETRY", "false")
-    .current_dir(&server.dir)
+    .current_dir(dir)
     .stdin(Stdio::null());
     let out = cmd
         .output()
@@ -552,8 +560,22 @@ fn schemathesis_finds_nothing_in_the_served_document() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && said.contains("No issues found"),
-        "schemathesis:\n{said}\n{}",
+        "schemathesis {extra:?}:\n{said}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains("Open API 3.1"), "{said}");
+}
+
+#[test]
+fn schemathesis_finds_nothing_in_the_served_document() {
+    // The default: anonymous loopback access.
+    let (server, http) = start("", "");
+    run_schemathesis(http, &server.dir, &[]);
+    // With users: the document asks for credentials, and schemathesis checks that
+    // requests without them (or with wrong ones) are refused.
+    let (server, http) = start(
+        "",
+        "[[users]]\nuser = \"ops\"\npass = \"ops-pw\"\npermissions = [{ action = \"api_write\" }, { action = \"metrics\" }]\n",
+    );
+    run_schemathesis(http, &server.dir, &["--auth", "ops:ops-pw"]);
 }

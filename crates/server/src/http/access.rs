@@ -196,6 +196,17 @@ impl Access {
         }
     }
 
+    /// Whether a client without credentials may do what `method` on `path` needs (from
+    /// loopback: the document describes what a local client meets).
+    pub(crate) fn anonymous_may(&self, method: &Method, path: &str) -> bool {
+        match need(method, path) {
+            Need::Nothing => true,
+            Need::Action(action) => {
+                self.auth.is_open() || self.permits("any", action, IpAddr::from([127, 0, 0, 1]))
+            }
+        }
+    }
+
     fn challenge(&self) -> [HeaderValue; 2] {
         let realm = self.realm.replace(['"', '\\'], "");
         [

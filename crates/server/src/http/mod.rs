@@ -228,7 +228,8 @@ impl HttpContext {
         for r in self.routes.documented {
             api = api.merge(r);
         }
-        let (mut router, doc) = api.split_for_parts();
+        let (mut router, mut doc) = api.split_for_parts();
+        openapi::declare_access(&mut doc, &access);
         let _ = document.set(serde_json::to_string(&doc).unwrap_or_default());
         for (prefix, r) in self.routes.mounted {
             router = if prefix == "/" {

@@ -54,6 +54,31 @@ impl Modify for SecuritySchemes {
     }
 }
 
+/// Makes the document declare access as this server's configuration has it: anonymous
+/// access (the empty security requirement) stays only on operations a client without
+/// credentials may call.
+pub(crate) fn declare_access(doc: &mut utoipa::openapi::OpenApi, access: &super::access::Access) {
+    use axum::http::Method;
+    use utoipa::openapi::security::SecurityRequirement;
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, op) in [
+            (Method::GET, &mut item.get),
+            (Method::PUT, &mut item.put),
+            (Method::POST, &mut item.post),
+            (Method::PATCH, &mut item.patch),
+            (Method::DELETE, &mut item.delete),
+        ] {
+            let Some(op) = op else { continue };
+            if access.anonymous_may(&method, path) {
+                continue;
+            }
+            if let Some(security) = &mut op.security {
+                security.retain(|r| *r != SecurityRequirement::default());
+            }
+        }
+    }
+}
+
 /// The serialized document, set once the router is complete.
 pub(crate) type Document = Arc<OnceLock<String>>;
 
