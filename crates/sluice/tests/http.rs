@@ -126,7 +126,7 @@ fn start(http_extra: &str, more: &str) -> (Server, SocketAddr) {
 
 #[test]
 fn api_basics_and_problem_details_on_loopback() {
-    let (server, http) = start("max_body_bytes = 2048", "");
+    let (server, http) = start("max_body_bytes = 2048\nrequest_timeout = \"1s\"", "");
     let info = get(http, "/v1/info");
     assert_eq!(info.status, 200, "{info:?}");
     assert_eq!(info.header("content-type"), "application/json");
@@ -164,6 +164,23 @@ fn api_basics_and_problem_details_on_loopback() {
         vec![b'x'; 4096],
     );
     r.assert_problem(413);
+    // A client that never finishes its request head is dropped after request_timeout.
+    {
+        use std::io::{Read, Write};
+        let mut slow = std::net::TcpStream::connect(http).unwrap();
+        slow.write_all(b"GET /v1/info HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t = std::time::Instant::now();
+        let mut buf = [0u8; 512];
+        let n = slow.read(&mut buf).unwrap_or(0);
+        let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            t.elapsed() < Duration::from_secs(4) && (n == 0 || said.contains(" 408 ")),
+            "slow client kept for {:?}: {said:?}",
+            t.elapsed()
+        );
+    }
     let doc = get(http, "/openapi.json");
     assert_eq!(doc.status, 200);
     let doc = doc.json();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +23,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A bound HTTP listener, ready to [`run`](HttpServer::run).
 pub struct HttpServer {
     listener: TcpListener,
+    /// How long a client may take to send a request head (slowloris).
+    head_timeout: Duration,
     local_addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     router: Router,
@@ -64,9 +66,11 @@ impl HttpServer {
             protocol: if tls.is_some() { "https" } else { "http" }.into(),
             address: local_addr.to_string(),
         };
+        let head_timeout = http.request_timeout;
         let (router, _) = ctx.into_router(vec![own]);
         Ok(Some(HttpServer {
             listener,
+            head_timeout,
             local_addr,
             tls,
             router,
@@ -94,13 +98,19 @@ impl HttpServer {
             let _ = socket.set_nodelay(true);
             let router = self.router.clone();
             let tls = self.tls.clone();
-            tokio::spawn(serve(socket, peer, tls, router));
+            tokio::spawn(serve(socket, peer, tls, router, self.head_timeout));
         }
     }
 }
 
 /// Serves one connection.
-async fn serve(socket: TcpStream, addr: SocketAddr, tls: Option<TlsAcceptor>, router: Router) {
+async fn serve(
+    socket: TcpStream,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    head_timeout: Duration,
+) {
     let peer = Peer {
         addr,
         tls: tls.is_some(),
@@ -110,7 +120,11 @@ async fn serve(socket: TcpStream, addr: SocketAddr, tls: Option<TlsAcceptor>, ro
         req
     });
     let service = TowerToHyperService::new(service);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
     let result = match tls {
         None => {
             builder

@@ -28,6 +28,7 @@ use serde::Serialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -248,7 +249,13 @@ impl HttpContext {
                 http.request_timeout,
             ))
             .layer(from_fn(problem::problemize))
-            .layer(from_fn_with_state(metrics, metrics::count_requests));
+            .layer(from_fn_with_state(metrics, metrics::count_requests))
+            // One debug line per answered request.
+            .layer(
+                TraceLayer::new_for_http()
+                    .on_request(())
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+            );
         if let Some(cors) = cors_layer(&http.cors_origins) {
             router = router.layer(cors);
         }
