@@ -220,4 +220,33 @@ mod tests {
         .unwrap();
         assert_eq!(c.http.cors_origins.len(), 2);
     }
+
+    #[test]
+    fn https_takes_its_own_pair_or_the_rtsps_one() {
+        let dir = std::env::temp_dir().join(format!("sluice-http-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["c.pem", "k.pem", "hc.pem", "hk.pem"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let p = |f: &str| dir.join(f).display().to_string();
+        let rtsps = format!("[rtsps]\ncert = {:?}\nkey = {:?}\n", p("c.pem"), p("k.pem"));
+        let c = Config::from_toml(&rtsps).unwrap();
+        assert_eq!(c.http.tls_pair(&c.rtsps), None, "plain HTTP unless asked");
+        let c = Config::from_toml(&format!("{rtsps}[http]\ntls_from_rtsps = true\n")).unwrap();
+        assert_eq!(
+            c.http.tls_pair(&c.rtsps),
+            Some((dir.join("c.pem"), dir.join("k.pem")))
+        );
+        let c = Config::from_toml(&format!(
+            "{rtsps}[http]\ntls_from_rtsps = true\ntls_cert = {:?}\ntls_key = {:?}\n",
+            p("hc.pem"),
+            p("hk.pem")
+        ))
+        .unwrap();
+        assert_eq!(
+            c.http.tls_pair(&c.rtsps),
+            Some((dir.join("hc.pem"), dir.join("hk.pem")))
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -289,6 +289,15 @@ mod tests {
     }
 
     #[test]
+    fn loopback_includes_ipv6_and_mapped_addresses() {
+        assert!(is_loopback("::1".parse().unwrap()));
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(is_loopback("127.1.2.3".parse().unwrap()));
+        assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
     fn without_users_loopback_may_all_and_others_may_read() {
         let a = access("");
         let lo = peer([127, 0, 0, 1], false);
