@@ -596,3 +596,26 @@ fn schemathesis_finds_nothing_in_the_served_document() {
     );
     run_schemathesis(http, &server.dir, &["--auth", "ops:ops-pw"]);
 }
+
+#[test]
+fn a_busy_http_port_is_a_clear_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = test_dir("http-busy");
+    let cfg = dir.join("busy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[rtsp]\nlisten = \"127.0.0.1:{}\"\ntransports = [\"tcp\"]\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+            free_tcp_port()
+        ),
+    )
+    .unwrap();
+    let out = sluice(&["serve", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot bind the HTTP listener") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}
