@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install-test-deps.sh — install the external peers Sluice's integration tests
 # drive (ffmpeg/ffprobe, GStreamer with the RTSP client/server plugins, iproute2
-# for `ip netns`, and the Python GStreamer RTSP server bindings used by the
-# pull-source tests).
+# for `ip netns`, the Python GStreamer RTSP server bindings used by the
+# pull-source tests, Prometheus's `promtool` for the metrics test, and
+# schemathesis (PyPI, pinned, in a venv at $SCHEMATHESIS_VENV) for the HTTP API test).
 #
 # Idempotent and non-interactive: when every package is already installed it
 # is a fast no-op (no `apt-get update`). Needs root (or passwordless sudo) only
@@ -22,6 +23,8 @@ PACKAGES=(
   gir1.2-gst-rtsp-server-1.0
   python3-gi
   python3-gst-1.0
+  prometheus
+  python3-venv
 )
 
 missing=()
@@ -32,19 +35,34 @@ for pkg in "${PACKAGES[@]}"; do
 done
 
 # Belt and braces: the binaries the tests exec must be on PATH.
-for cmd in ffmpeg ffprobe gst-launch-1.0 gst-inspect-1.0 ip; do
+for cmd in ffmpeg ffprobe gst-launch-1.0 gst-inspect-1.0 ip promtool; do
   if ! command -v "$cmd" >/dev/null 2>&1; then
     case "$cmd" in
       ffmpeg|ffprobe) want=ffmpeg ;;
       gst-*) want=gstreamer1.0-tools ;;
       ip) want=iproute2 ;;
+      promtool) want=prometheus ;;
     esac
     [[ " ${missing[*]-} " == *" $want "* ]] || missing+=("$want")
   fi
 done
 
+# schemathesis: pinned, in its own venv (the HTTP API test runs $SCHEMATHESIS_VENV/bin/schemathesis).
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_VENV=${SCHEMATHESIS_VENV:-/opt/sluice-test-venv}
+install_schemathesis() {
+  if "$SCHEMATHESIS_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    echo "install-test-deps: schemathesis $SCHEMATHESIS_VERSION present"
+    return
+  fi
+  echo "install-test-deps: installing schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV"
+  /usr/bin/python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" </dev/null
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "install-test-deps: all test dependencies present"
+  echo "install-test-deps: all Debian test dependencies present"
+  install_schemathesis
   exit 0
 fi
 
@@ -63,4 +81,5 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
   -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
   "${missing[@]}" </dev/null
+install_schemathesis
 echo "install-test-deps: done"

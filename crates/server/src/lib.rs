@@ -6,7 +6,9 @@
 //!   demultiplexing, multicast, and the readers' fast path.
 //! - [`mod@file`]: configured file sources, the demo, and `vod/` on-demand media.
 //! - [`config`]: the configuration file and its checks (and the TLS key loading).
-//! - [`auth`]: users, permissions and the RTSP authentication exchange.
+//! - [`http`]: the HTTP listener, the REST API under `/v1`, its OpenAPI document, and the
+//!   Prometheus metrics; other modules contribute routes and collectors.
+//! - [`auth`]: users, permissions and the RTSP and HTTP authentication exchanges.
 //!
 //! [`server`] is the composition root, the only file naming more than one module.
 //! Protocol decisions live in the sans-IO crates (`sluice-rtsp`, `sluice-rtp`,
@@ -22,6 +24,7 @@ pub mod config;
 pub mod file;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod http;
 pub mod rtsp;
 pub mod server;
 

@@ -13,8 +13,10 @@ use sluice_hub::registry::{Event, Pattern, WatcherId};
 use sluice_hub::Hub;
 use tracing::{info, warn};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::file::{FileError, Files};
+use crate::http::{HttpContext, HttpError, HttpServer, LatencyCollector};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
 
@@ -27,6 +29,15 @@ pub enum ServerError {
     /// A configured file source could not be started.
     #[error(transparent)]
     File(#[from] FileError),
+    /// The HTTP listener could not start.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// The HTTPS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(crate::config::tls::TlsError),
+    /// The users configuration is unusable.
+    #[error("invalid users: {0}")]
+    Users(String),
 }
 
 /// Path events the event pump's watcher queues before it drops some (and logs the gap).
@@ -39,6 +50,9 @@ pub struct Server {
     hub: Arc<Hub>,
     rtsp: Arc<Rtsp>,
     files: Files,
+    /// The HTTP module, bound in `bind` and served from `run` (None: `[http]` disabled).
+    http: std::sync::Mutex<Option<HttpServer>>,
+    http_addr: Option<SocketAddr>,
     /// The event pump's watcher of every path.
     path_watcher: WatcherId,
     /// Wakes the event pump after a registry change.
@@ -54,14 +68,21 @@ impl Server {
         let wake = path_events.clone();
         let hub = Arc::new(Hub::new(Box::new(move || wake.notify_one())));
         let path_watcher = hub.watch(Pattern::new("**"), PATH_EVENT_QUEUE);
+        let auth = Arc::new(
+            Authenticator::new(&config.users, config.auth.clone()).map_err(ServerError::Users)?,
+        );
         // The modules, RTSP first: its hook must see every stream the others create.
-        let rtsp = Rtsp::bind(config.clone(), hub.clone()).await?;
+        let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
         let files = Files::start(&config, &hub)?;
+        let http = bind_http(&config, &auth, &rtsp).await?;
+        let http_addr = http.as_ref().map(HttpServer::local_addr);
         Ok(Arc::new(Server {
             config,
             hub,
             rtsp,
             files,
+            http: std::sync::Mutex::new(http),
+            http_addr,
             path_watcher,
             path_events,
         }))
@@ -88,9 +109,17 @@ impl Server {
         self.rtsp.egress_latency()
     }
 
+    /// The HTTP listener's address, when `[http]` is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// Runs every module and the event pump until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         tokio::spawn(self.clone().run_event_pump());
+        if let Some(http) = self.http.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tokio::spawn(http.run());
+        }
         self.rtsp.clone().run().await;
     }
 
@@ -125,6 +154,30 @@ impl Server {
     }
 }
 
+/// Binds the HTTP module (`None` when `[http]` is disabled): it reports the RTSP
+/// listeners and exports the RTSP readers' egress latency as a histogram.
+async fn bind_http(
+    config: &Config,
+    auth: &Arc<Authenticator>,
+    rtsp: &Rtsp,
+) -> Result<Option<HttpServer>, ServerError> {
+    let mut ctx = HttpContext::new(config, auth.clone());
+    ctx.listener("rtsp", rtsp.local_addr());
+    if let Some(a) = rtsp.rtsps_addr() {
+        ctx.listener("rtsps", a);
+    }
+    let egress = rtsp.egress_latency().clone();
+    ctx.metrics().collector(Box::new(LatencyCollector::new(
+        "sluice_egress_latency",
+        "Time packets spent in the server, from their source to the send that carried them to a reader (sum estimated from bucket midpoints)",
+        Box::new(move || egress.take_buckets()),
+    )));
+    if let Some((cert, key)) = config.http.tls_pair(&config.rtsps) {
+        ctx.tls(crate::config::tls::server_config(&cert, &key).map_err(ServerError::Tls)?);
+    }
+    Ok(HttpServer::bind(ctx).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,7 +192,7 @@ mod tests {
     /// A server on a free loopback port, TCP transport only (no fixed UDP ports to share).
     async fn running_server() -> Arc<Server> {
         let config = Config::from_toml(
-            "[rtsp]\nlisten = \"127.0.0.1:0\"\ntransports = [\"tcp\"]\n[demo]\nenabled = false\n",
+            "[rtsp]\nlisten = \"127.0.0.1:0\"\ntransports = [\"tcp\"]\n[demo]\nenabled = false\n[http]\nenabled = false\n",
         )
         .expect("config");
         let server = Server::bind(config).await.expect("bind");

@@ -23,11 +23,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (built-in defaults when no --config is given).
+    /// Run the server (built-in defaults when no --config is given). Values layer as
+    /// defaults < file < SLUICE_… environment variables (nested with __, e.g.
+    /// SLUICE_RTSP__LISTEN=127.0.0.1:9554) < --set flags.
     Serve {
         /// TOML configuration file; unknown keys are rejected.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Override one key, e.g. --set rtsp.listen=127.0.0.1:9554 (repeatable; TOML
+        /// dotted keys, TOML values or plain text).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Check a configuration file: exit 0 when valid, 1 with FILE:LINE:COLUMN: MESSAGE.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
     },
     /// Show what a stream offers: tracks, codecs, resolution or sample rate, SDP.
     Probe {
@@ -76,7 +87,8 @@ enum Transport {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, set } => serve(config, set),
+        Command::CheckConfig { file } => check_config(&file),
         Command::Probe { url, json } => client_runtime()?.block_on(probe(url, json)),
         Command::Record {
             url,
@@ -219,11 +231,34 @@ async fn publish(
     Ok(())
 }
 
-fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match &config_path {
-        Some(p) => Config::load(p).with_context(|| format!("loading {}", p.display()))?,
-        None => Config::default(),
+/// `sluice check-config FILE`: the exit code says whether `FILE` is valid; a problem is
+/// printed as `FILE:LINE:COLUMN: MESSAGE` (the format editors and CI annotate).
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}:1:1: cannot read: {e}", file.display());
+            std::process::exit(1);
+        }
     };
+    match sluice_server::config::check_toml(&text) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Err(d) => {
+            eprintln!("{}:{}:{}: {}", file.display(), d.line, d.column, d.message);
+            std::process::exit(1);
+        }
+    }
+}
+
+fn serve(config_path: Option<PathBuf>, set: Vec<String>) -> anyhow::Result<()> {
+    let config = Config::load_layered(config_path.as_deref(), std::env::vars(), &set)
+        .with_context(|| match &config_path {
+            Some(p) => format!("loading {}", p.display()),
+            None => "loading the configuration".to_owned(),
+        })?;
     let filter = EnvFilter::try_from_default_env()
         // mp4-atom warns about every unknown metadata box (e.g. a title tag): keep it quiet.
         .or_else(|_| EnvFilter::try_new(format!("{},mp4_atom=error", config.log.level)))
@@ -245,6 +280,15 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             None => tracing::info!("no --config given: running on built-in defaults"),
         }
         let host = display_host(server.local_addr());
+        if let Some(a) = server.http_addr() {
+            let c = server.config();
+            let scheme = if c.http.tls_pair(&c.rtsps).is_some() { "https" } else { "http" };
+            let h = display_host(a);
+            tracing::info!("HTTP API at {scheme}://{h}/v1/info, metrics at {scheme}://{h}/metrics");
+        }
+        for key in &server.config().source.overridden_by_env {
+            tracing::info!(key, "set by an environment variable");
+        }
         for path in server.configured_paths() {
             tracing::info!("stream ready: rtsp://{host}/{path}   (try: ffplay rtsp://{host}/{path})");
         }

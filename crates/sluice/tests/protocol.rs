@@ -257,3 +257,26 @@ fn garbage_interleaved_frames_do_not_crash() {
     drop(p);
     assert_serves(&mut server, "garbage publisher disconnect");
 }
+
+/// Paths whose first segment the HTTP listener serves (`v1`, `metrics`, ...) cannot be
+/// published: the same name must not mean a stream over RTSP and the API over HTTP.
+#[test]
+fn publishing_to_a_name_the_http_listener_reserves_is_refused() {
+    let server = Server::start("");
+    for path in ["v1/cam", "metrics", "openapi.json", "static/x"] {
+        let url = server.url(path);
+        let mut c = RtspClient::connect(common::rtsp_client::addr_of(&url).expect("addr"))
+            .expect("connect");
+        let r = c
+            .request(
+                "ANNOUNCE",
+                &url,
+                &[("Content-Type", "application/sdp")],
+                common::rtsp_client::h264_sdp().as_bytes(),
+            )
+            .expect("ANNOUNCE");
+        assert_eq!(r.status, 403, "ANNOUNCE {path}: {r:?}");
+    }
+    // A name that merely contains one is fine.
+    let (_publisher, _) = raw_publish(&server.url("cams/metrics"));
+}

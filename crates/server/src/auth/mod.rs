@@ -34,6 +34,13 @@ pub enum Action {
     Read,
     /// ANNOUNCE and RECORD to a path.
     Publish,
+    /// HTTP: read the API (`GET` under `/v1`); takes no path.
+    Api,
+    /// HTTP: change things through the API (and read it); takes no path.
+    #[serde(rename = "api_write")]
+    ApiWrite,
+    /// HTTP: scrape `/metrics`; takes no path.
+    Metrics,
 }
 
 impl std::fmt::Display for Action {
@@ -41,6 +48,9 @@ impl std::fmt::Display for Action {
         f.write_str(match self {
             Action::Read => "read",
             Action::Publish => "publish",
+            Action::Api => "api",
+            Action::ApiWrite => "api_write",
+            Action::Metrics => "metrics",
         })
     }
 }
@@ -116,6 +126,14 @@ pub fn validate_users(users: &[UserConfig]) -> Result<(), String> {
             parse_net(ip).map_err(|e| format!("users: {:?}: ips: {e}", u.user))?;
         }
         for p in &u.permissions {
+            if matches!(p.action, Action::Api | Action::ApiWrite | Action::Metrics)
+                && p.path.is_some()
+            {
+                return Err(format!(
+                    "users: {:?}: action {} takes no path",
+                    u.user, p.action
+                ));
+            }
             if let Some(re) = p.path.as_deref().and_then(|p| p.strip_prefix('~')) {
                 Regex::new(re).map_err(|e| format!("users: {:?}: path regex: {e}", u.user))?;
             }
@@ -328,6 +346,32 @@ impl Authenticator {
     /// Whether access is open to everyone (no users configured).
     pub fn is_open(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// HTTP: whether `password` is `user`'s (never true for `any`), in constant time.
+    pub fn verify_password(&self, user: &str, password: &str) -> bool {
+        self.users
+            .iter()
+            .find(|u| u.name == user && u.name != "any")
+            .is_some_and(|u| u.secret.verify(password))
+    }
+
+    /// HTTP: whether `user` (`any` for anonymous, which every client also is) may do a
+    /// path-less `action` (`api`, `api_write`, `metrics`) from `ip`.
+    pub fn user_may(&self, user: &str, action: Action, ip: IpAddr) -> bool {
+        self.users
+            .iter()
+            .any(|u| (u.name == user || u.name == "any") && u.allows(action, "", ip))
+    }
+
+    /// HTTP: whether `ip` is refused for too many failed logins.
+    pub fn is_refusing(&self, ip: IpAddr, now: Instant) -> bool {
+        self.rate_limited(ip, now)
+    }
+
+    /// HTTP: counts a failed login of `user` from `ip` (see `auth.max_failures`).
+    pub fn login_failed(&self, ip: IpAddr, user: &str, now: Instant) {
+        self.record_failure(ip, user, now);
     }
 
     fn basic_allowed(&self, tls: bool) -> bool {
@@ -902,9 +946,12 @@ mod tests {
         assert!(bad(r#"users = [ { user = "a", pass = "sha256:xx", permissions = [ { action = "read" } ] } ]"#).contains("sha256"));
         assert!(bad(r#"users = [ { user = "a", pass = "p", ips = ["300.1.1.1"], permissions = [ { action = "read" } ] } ]"#).contains("address"));
         assert!(bad(r#"users = [ { user = "a", pass = "p" } ]"#).contains("no permissions"));
-        assert!(toml::from_str::<std::collections::HashMap<String, Vec<UserConfig>>>(
-            r#"users = [ { user = "a", pass = "p", permissions = [ { action = "metrics" } ] } ]"#
-        )
-        .is_err());
+        assert!(
+            toml::from_str::<std::collections::HashMap<String, Vec<UserConfig>>>(
+                r#"users = [ { user = "a", pass = "p", permissions = [ { action = "record" } ] } ]"#
+            )
+            .is_err()
+        );
+        assert!(bad(r#"users = [ { user = "a", pass = "p", permissions = [ { action = "metrics", path = "x" } ] } ]"#).contains("takes no path"));
     }
 }

@@ -16,6 +16,13 @@ use serde::{Deserialize, Deserializer};
 use crate::auth::validate_users;
 pub use crate::auth::{AuthConfig, Permission, UserConfig};
 
+mod http;
+pub use http::{
+    is_reserved_path, parse_token_hash, HttpConfig, TokenConfig, RESERVED_FIRST_SEGMENTS,
+};
+mod layers;
+pub use layers::{check_toml, ConfigSource, Diagnostic};
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -57,6 +64,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// RTSP over TLS.
     pub rtsps: RtspsConfig,
+    /// The HTTP listener (API, metrics).
+    pub http: HttpConfig,
+    /// Where the values came from (file, environment, flags); not a TOML key.
+    #[serde(skip)]
+    pub source: ConfigSource,
 }
 
 /// `[vod]`: files below `dir` are served at `rtsp://HOST:PORT/vod/<relative path>`.
@@ -597,6 +609,7 @@ impl Config {
                 "rtsps.require_tls needs rtsps.cert and rtsps.key".into(),
             ));
         }
+        self.http.validate(self)?;
         Ok(())
     }
 

@@ -33,6 +33,12 @@ pub enum TlsError {
 
 /// A TLS acceptor for `cert` (PEM chain, leaf first) and `key` (PEM PKCS#8, PKCS#1 or SEC1).
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    Ok(TlsAcceptor::from(Arc::new(server_config(cert, key)?)))
+}
+
+/// The rustls server configuration for `cert` and `key` (see [`acceptor`]), for a
+/// listener that sets more (HTTPS sets its ALPN protocols).
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Cert {
@@ -56,7 +62,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -174,6 +174,12 @@ impl Conn {
     /// Takes `path` for this connection's publisher, replacing another connection's
     /// when the configuration allows it.
     fn announce(&mut self, path: &str, sdp: &[u8]) -> Result<(), Refusal> {
+        if crate::config::is_reserved_path(path) {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("{path:?} starts with a name the HTTP listener reserves"),
+            ));
+        }
         if self.server.hub.serves_on_demand(path) {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,

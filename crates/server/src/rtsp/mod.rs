@@ -62,9 +62,6 @@ pub enum RtspError {
     /// The RTSPS certificate or key is unusable.
     #[error(transparent)]
     Tls(crate::config::tls::TlsError),
-    /// The users configuration is unusable.
-    #[error("invalid users: {0}")]
-    Users(String),
 }
 
 /// A connection's place in the connection limits, released when dropped.
@@ -114,6 +111,7 @@ pub struct Rtsp {
     /// Users, permissions and the authentication exchange.
     pub(crate) auth: Arc<Authenticator>,
     tls_listener: Mutex<Option<(TcpListener, TlsAcceptor)>>,
+    rtsps_addr: Option<SocketAddr>,
     conn_total: AtomicUsize,
     conn_counts: Mutex<HashMap<IpAddr, usize>>,
     last_limit_log: AtomicU64,
@@ -132,7 +130,11 @@ impl std::fmt::Debug for Rtsp {
 impl Rtsp {
     /// Binds the RTSP listener and the media sockets the configuration asks for, and
     /// attaches a reader group to every stream `hub` creates from now on.
-    pub async fn bind(config: Arc<Config>, hub: Arc<Hub>) -> Result<Arc<Rtsp>, RtspError> {
+    pub async fn bind(
+        config: Arc<Config>,
+        hub: Arc<Hub>,
+        auth: Arc<Authenticator>,
+    ) -> Result<Arc<Rtsp>, RtspError> {
         let r = &config.rtsp;
         let listener = TcpListener::bind(r.listen)
             .await
@@ -187,9 +189,7 @@ impl Rtsp {
             }
             _ => None,
         };
-        let auth = Arc::new(
-            Authenticator::new(&config.users, config.auth.clone()).map_err(RtspError::Users)?,
-        );
+        let rtsps_addr = tls_listener.as_ref().and_then(|(l, _)| l.local_addr().ok());
         let gop_cache = config.rtsp.gop_cache;
         hub.on_stream(Box::new(move |stream| {
             let group = ReaderGroup::of(stream);
@@ -209,6 +209,7 @@ impl Rtsp {
             pulls: Mutex::new(HashMap::new()),
             auth,
             tls_listener: Mutex::new(tls_listener),
+            rtsps_addr,
             conn_total: AtomicUsize::new(0),
             conn_counts: Mutex::new(HashMap::new()),
             last_limit_log: AtomicU64::new(u64::MAX),
@@ -225,6 +226,11 @@ impl Rtsp {
     /// The RTSP listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The RTSPS listener's address, when RTSPS is configured.
+    pub fn rtsps_addr(&self) -> Option<SocketAddr> {
+        self.rtsps_addr
     }
 
     /// How long packets spent in this server, from their source to the send that carried

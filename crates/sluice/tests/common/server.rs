@@ -68,6 +68,11 @@ pub(crate) fn build_config(port: u16, rtp: u16, mrtp: u16, extra_toml: &str) -> 
             None => rtsp.push((k, v)),
         }
     }
+    // The HTTP listener's default port (8080) would be shared by every test server:
+    // off unless the test configures `[http]`.
+    if !extra_toml.lines().any(|l| l.trim() == "[http]") {
+        tail.push_str("[http]\nenabled = false\n");
+    }
     let mut out = String::from("[rtsp]\n");
     for (k, v) in rtsp {
         out.push_str(&format!("{k} = {v}\n"));

@@ -119,6 +119,23 @@ impl LatencyHistogram {
         }
         summarize(&counts)
     }
+
+    /// What was recorded since the last `take` or `take_buckets`, bucket by bucket as
+    /// (upper bound in µs, packets) in ascending order, and a reset: for an exporter that
+    /// keeps running totals (a Prometheus histogram is cumulative).
+    pub fn take_buckets(&self) -> Vec<(f64, u64)> {
+        let mut counts = [0u64; BUCKETS];
+        for stripe in &self.stripes {
+            for (sum, c) in counts.iter_mut().zip(&stripe.counts) {
+                *sum += c.swap(0, Ordering::Relaxed);
+            }
+        }
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (upper_bound(i), c))
+            .collect()
+    }
 }
 
 impl Default for LatencyHistogram {
