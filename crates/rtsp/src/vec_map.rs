@@ -74,6 +74,9 @@ impl<K: Ord, V> VecMap<K, V> {
                 .get_mut(i)
                 .map(|(_, v)| std::mem::replace(v, value)),
             Err(i) => {
+                // Room for exactly one more: these maps stay tiny, and a doubling Vec
+                // would keep spare room on every connection.
+                self.entries.reserve_exact(1);
                 self.entries.insert(i, (key, value));
                 None
             }

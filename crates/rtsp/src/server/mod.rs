@@ -989,6 +989,9 @@ impl ServerConnection {
             if new_session {
                 let machine = ServerSession::new(role, track, self.config.session_timeout, now)
                     .map_err(|st| Refusal::new(st, "track index out of range"))?;
+                // Exactly one more: a connection has one session or two, and a growing Vec
+                // would keep room for four on each of thousands of connections.
+                self.sessions.reserve_exact(1);
                 self.sessions.push(Entry {
                     id: session.clone(),
                     principal,
@@ -1015,7 +1018,10 @@ impl ServerConnection {
             // A repeated SETUP of a track replaces its transport and frees its channels.
             match entry.transports.binary_search_by_key(&track, |(t, _)| *t) {
                 Ok(i) => entry.transports[i].1 = transport,
-                Err(i) => entry.transports.insert(i, (track, transport)),
+                Err(i) => {
+                    entry.transports.reserve_exact(1);
+                    entry.transports.insert(i, (track, transport))
+                }
             }
             self.channels
                 .retain(|_, c| !(c.session == session && c.track == track));
