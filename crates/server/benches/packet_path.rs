@@ -136,10 +136,8 @@ fn fan_out_udp(c: &mut Criterion) {
     for (readers, gso) in [(100usize, true), (100, false)] {
         let s = stream();
         let tx = Arc::new(
-            sluice_server::rtsp::media_socket::MediaSocket::bind(
-                "127.0.0.1:0".parse().expect("addr"),
-            )
-            .expect("bind"),
+            sluice_net::media_socket::MediaSocket::bind("127.0.0.1:0".parse().expect("addr"))
+                .expect("bind"),
         );
         let gso = gso && tx.probe_gso();
         let rxs: Vec<std::net::UdpSocket> = (0..readers)

@@ -13,7 +13,6 @@ pub mod at_hand;
 pub mod conn;
 pub mod conn_handle;
 pub mod ingest;
-pub mod media_socket;
 pub mod multicast;
 pub mod pull;
 pub mod readers;

@@ -9,9 +9,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::rtsp::media_socket::MediaSocket;
 use crate::rtsp::readers::latency::LatencyHistogram;
 use ipnet::Ipv4Net;
+use sluice_net::media_socket::MediaSocket;
 use tokio::task::JoinHandle;
 use tracing::info;
 

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Instant;
 
-use crate::rtsp::media_socket::MediaSocket;
 use bytes::BytesMut;
+use sluice_net::media_socket::MediaSocket;
 use tracing::debug;
 
 use crate::rtsp::ingest::Ingest;

@@ -1,6 +1,6 @@
 //! One flush of a stream's packets to its sinks: the shared view every sink gets of a
 //! batch (a frame's packets, usually), and the UDP messages the sinks add to it, sent
-//! together with `sendmmsg` at the end (see [`crate::rtsp::readers::udp_send`]).
+//! together with `sendmmsg` at the end (see [`sluice_net::udp_send`]).
 //!
 //! The batch is planned once per flush for all readers: per track, the packets' slices
 //! and their GSO runs. A UDP reader then adds one message per run (its address and a
@@ -18,13 +18,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::rtsp::media_socket::MediaSocket;
 use crate::rtsp::readers::media_queue::ChannelMap;
+use sluice_net::media_socket::MediaSocket;
 
 use crate::rtsp::readers::direct_budget;
 use crate::rtsp::readers::latency::LatencyHistogram;
-use crate::rtsp::readers::udp_send::{self, Datagram, Sent};
 use sluice_hub::MediaPacket;
+use sluice_net::udp_send::{self, Datagram, Sent};
 
 /// A group of a track's consecutive packets sent as one UDP message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! a runtime worker, and a delivery to thousands of readers takes milliseconds in which
 //! every task queued on that worker (other sessions' requests, PLAY replies) would wait.
 //! The source files the batch here instead and goes on; one job at a time on the fan-out
-//! pool ([`crate::rtsp::readers::fanout::spawn`]) takes the batches out and delivers them, so each sink
+//! pool ([`crate::rtsp::readers::group::spawn`]) takes the batches out and delivers them, so each sink
 //! still sees them in order. The queue is bounded: a source that outruns its fan-out waits
 //! for room, as it waited for each delivery before.
 

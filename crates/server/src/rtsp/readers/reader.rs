@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use std::collections::VecDeque;
 
-use crate::rtsp::media_socket::MediaSocket;
 use bytes::Bytes;
+use sluice_net::media_socket::MediaSocket;
 use sluice_rtp::rtcp::{self, SenderInfo};
 use tracing::{debug, info, warn};
 
@@ -911,7 +911,7 @@ mod tests {
         let batch = [sized(0, 0), sized(1, 50), sized(2, 100)];
         let mut joined = Vec::new();
         let plan = UdpPlan::new(&batch, true, &mut joined);
-        let sent = crate::rtsp::readers::fanout::deliver(&sinks, &batch, &plan);
+        let sent = crate::rtsp::readers::group::deliver(&sinks, &batch, &plan);
         assert_eq!((sent.packets, sent.dropped), (6, 6));
         for (i, r) in readers.iter().enumerate() {
             let (packets, octets) = if i % 2 == 0 { (3, 450) } else { (0, 0) };

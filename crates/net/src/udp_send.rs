@@ -3,16 +3,16 @@
 //! one reader that the kernel splits into datagrams). The fan-out of one frame to N
 //! readers is then N/64 system calls instead of N × packets.
 //!
-//! The system call itself is `sluice-net`'s ([`sluice_net::udp::sendmmsg`]); this module
+//! The system call itself is `sluice-net`'s ([`crate::udp::sendmmsg`]); this module
 //! decides what is sent: it plans runs, drops (and counts) what the kernel refuses, and
 //! resends a run the device refuses as GSO packet by packet, turning GSO off for the
 //! socket ([`MediaSocket::gso`]).
 
 use std::io::IoSlice;
 
-use crate::rtsp::media_socket::MediaSocket;
+use crate::media_socket::MediaSocket;
 
-pub use sluice_net::udp::{Datagram, MAX_BATCH, MAX_GSO_BYTES, MAX_SEGMENTS};
+pub use crate::udp::{Datagram, MAX_BATCH, MAX_GSO_BYTES, MAX_SEGMENTS};
 
 /// What a batch send did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub fn send_batch_noting(
     let mut rest = msgs;
     while !rest.is_empty() {
         let chunk = &rest[..rest.len().min(MAX_BATCH)];
-        let (n, mut err) = sluice_net::udp::sendmmsg(socket, chunk);
+        let (n, mut err) = crate::udp::sendmmsg(socket, chunk);
         sent.syscalls += 1;
         if n == 0 && err.is_none() {
             err = Some(std::io::ErrorKind::WriteZero.into());
@@ -65,7 +65,7 @@ pub fn send_batch_noting(
             let Some((first, after)) = rest.split_first() else {
                 break;
             };
-            let gso_refused = first.segment.is_some() && sluice_net::udp::refuses_gso(&e);
+            let gso_refused = first.segment.is_some() && crate::udp::refuses_gso(&e);
             if gso_refused {
                 socket.disable_gso();
                 sent += send_split(socket, first);

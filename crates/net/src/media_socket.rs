@@ -11,7 +11,7 @@
 //! (a reader's paced catch-up) asks the kernel with [`MediaSocket::has_room`].
 //!
 //! The registration and the system calls are `sluice-net`'s
-//! ([`sluice_net::udp::UdpSocket`]); this module decides the buffer sizes and keeps
+//! ([`crate::udp::UdpSocket`]); this module decides the buffer sizes and keeps
 //! whether the socket sends GSO runs.
 
 use std::io;
@@ -26,10 +26,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// never for room to send; with whether it sends GSO runs as such.
 #[derive(Debug)]
 pub struct MediaSocket {
-    io: sluice_net::udp::UdpSocket,
+    io: crate::udp::UdpSocket,
     /// Whether GSO runs sent from this socket go as one message each: set by
     /// [`MediaSocket::probe_gso`], cleared for good when the kernel or the device refuses
-    /// a run ([`crate::rtsp::readers::udp_send::send_batch`]). This socket's own, not the process's: a
+    /// a run ([`crate::udp_send::send_batch`]). This socket's own, not the process's: a
     /// server (or a test) next to another in one process does not turn GSO off for it.
     gso: AtomicBool,
 }
@@ -50,7 +50,7 @@ impl MediaSocket {
     /// [`MediaSocket::probe_gso`] finds it works. Must be called within the runtime.
     pub fn from_socket(socket: Socket) -> io::Result<MediaSocket> {
         Ok(MediaSocket {
-            io: sluice_net::udp::UdpSocket::new(socket)?,
+            io: crate::udp::UdpSocket::new(socket)?,
             gso: AtomicBool::new(false),
         })
     }
@@ -58,7 +58,7 @@ impl MediaSocket {
     /// Asks the kernel whether this socket can send GSO runs (Linux ≥ 4.18), turns GSO on
     /// for it if so, and says whether it did.
     pub fn probe_gso(&self) -> bool {
-        let on = sluice_net::udp::probe_gso(self);
+        let on = crate::udp::probe_gso(self);
         self.gso.store(on, Ordering::Relaxed);
         on
     }
@@ -70,7 +70,7 @@ impl MediaSocket {
     }
 
     /// Turns GSO off for good on this socket (the kernel or device refused a run).
-    pub(crate) fn disable_gso(&self) {
+    pub fn disable_gso(&self) {
         self.gso.store(false, Ordering::Relaxed);
     }
 
