@@ -14,6 +14,7 @@ use crate::on_demand::{OnDemand, OnDemandMedia, OpenError};
 use crate::packet::EndReason;
 use crate::presentation::Presentation;
 use crate::registry::{Busy, Claim, Event, Owner, Pattern, Published, Registry, WatcherId};
+use crate::source::SourceHandle;
 use crate::stream::Stream;
 
 /// What a module runs on every stream the hub creates, before any packet: attach its
@@ -144,6 +145,20 @@ impl Hub {
             old.end(EndReason::Replaced);
         }
         Ok(replaced)
+    }
+
+    /// Creates a stream for `path` (every module's hook run on it) and publishes it under
+    /// a new owner's `claim`: the source's handle, which ends the stream when dropped. A
+    /// stream it displaced is ended as [`Hub::publish`] says.
+    pub fn publish_source(
+        self: &Arc<Self>,
+        path: &str,
+        presentation: Presentation,
+        claim: Claim,
+    ) -> Result<SourceHandle, Busy> {
+        let stream = self.create_stream(path, presentation);
+        self.publish(self.new_owner(), claim, &stream)?;
+        Ok(SourceHandle::new(self.clone(), stream))
     }
 
     /// Marks `stream` ready for readers, in the registry too if it still holds its path
@@ -284,6 +299,27 @@ mod tests {
         assert!(matches!(events.first(), Some(Event::Ready { .. })));
         assert!(matches!(events.last(), Some(Event::Ended { .. })));
         assert!(changes.load(Ordering::SeqCst) >= 5);
+    }
+
+    #[test]
+    fn a_source_handle_dropped_ends_its_stream_and_frees_the_path() {
+        let hub = Arc::new(Hub::default());
+        let source = hub
+            .publish_source("cam", presentation(), Claim::Exclusive)
+            .unwrap();
+        source.set_ready();
+        let stream = source.stream().clone();
+        assert!(hub.registry().lookup_ready("cam").is_some());
+        let second = hub.publish_source("cam", presentation(), Claim::Exclusive);
+        assert!(second.is_err(), "the path is taken");
+        drop(source);
+        assert!(stream.is_ended());
+        assert!(hub.registry().lookup("cam").is_none());
+        let again = hub
+            .publish_source("cam", presentation(), Claim::Exclusive)
+            .unwrap();
+        again.end(EndReason::Replaced);
+        assert!(hub.registry().lookup("cam").is_none());
     }
 
     #[test]

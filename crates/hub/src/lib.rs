@@ -11,7 +11,7 @@
 //! - [`gop`]: the packets since the last keyframe, handed to a new reader first.
 //! - [`batcher`]: when a source's collected packets go out as one batch.
 //! - [`sink`]: the two-method [`Sink`] a stream hands its batches and its end to.
-//! - [`source`]: a source's handle on its path: its claim and its batcher.
+//! - [`source`]: a source's handle on its path: its published stream, ended when dropped.
 //! - [`registry`]: who publishes which path, look-ups, and lifecycle events that any
 //!   module can watch with a path pattern.
 //! - [`stream`]: a path's live [`Stream`]: one source in, its sinks out.

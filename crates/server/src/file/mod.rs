@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_hub::registry::Claim;
-use sluice_hub::{Hub, OnDemand, OnDemandMedia, OpenError, Playback, Presentation, Stream};
+use sluice_hub::{
+    Hub, OnDemand, OnDemandMedia, OpenError, Playback, Presentation, SourceHandle, Stream,
+};
 use tracing::info;
 
 use crate::config::{Config, SourceKind};
@@ -34,10 +36,20 @@ pub struct FileError {
     pub reason: String,
 }
 
-/// The running file sources (kept alive with the server) and the on-demand provider.
+/// The running file sources (kept alive with the server; dropped, each ends its stream).
 #[derive(Debug)]
 pub struct Files {
-    sources: Vec<(String, FileSource)>,
+    sources: Vec<Running>,
+}
+
+/// One configured file source playing on its path.
+#[derive(Debug)]
+struct Running {
+    path: String,
+    /// Plays the file (its task stops when dropped).
+    _source: FileSource,
+    /// The path's stream, ended when dropped.
+    _handle: SourceHandle,
 }
 
 impl Files {
@@ -75,8 +87,8 @@ impl Files {
             } else {
                 media.presentation
             };
-            let stream = hub.create_stream(&name, presentation);
-            hub.publish(hub.new_owner(), Claim::Override, &stream)
+            let handle = hub
+                .publish_source(&name, presentation, Claim::Override)
                 .map_err(|e| FileError {
                     path: name.clone(),
                     reason: e.to_string(),
@@ -84,7 +96,7 @@ impl Files {
             let source = FileSource::new(
                 media.demuxer,
                 media.packetizers,
-                stream.clone(),
+                handle.stream().clone(),
                 looping,
                 name.clone(),
             );
@@ -94,9 +106,13 @@ impl Files {
                     path: name.clone(),
                     reason: e.to_string(),
                 })?;
-            hub.set_ready(&stream);
+            handle.set_ready();
             info!(path = %name, looping, "file source started");
-            sources.push((name, source));
+            sources.push(Running {
+                path: name,
+                _source: source,
+                _handle: handle,
+            });
         }
         if let (true, Some(dir)) = (config.vod.enabled, &config.vod.dir) {
             hub.add_on_demand(Arc::new(VodProvider { dir: dir.clone() }));
@@ -106,7 +122,7 @@ impl Files {
 
     /// Paths with a configured file source, sorted.
     pub fn paths(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.sources.iter().map(|(p, _)| p.clone()).collect();
+        let mut v: Vec<String> = self.sources.iter().map(|r| r.path.clone()).collect();
         v.sort();
         v
     }
