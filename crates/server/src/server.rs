@@ -14,7 +14,7 @@ use sluice_hub::Hub;
 use tracing::{info, warn};
 
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, ConfigControl, Reloader};
 use crate::file::{FileError, Files};
 use crate::http::{HttpContext, HttpError, HttpServer, LatencyCollector};
 use crate::rtsp::readers::latency::LatencyHistogram;
@@ -46,10 +46,11 @@ const PATH_EVENT_QUEUE: usize = 4096;
 /// A bound, not yet running server: the hub and its modules.
 #[derive(Debug)]
 pub struct Server {
-    config: Arc<Config>,
+    /// The running configuration, and how each module takes a reload.
+    reloader: Arc<Reloader>,
     hub: Arc<Hub>,
     rtsp: Arc<Rtsp>,
-    files: Files,
+    files: Arc<Files>,
     /// The HTTP module, bound in `bind` and served from `run` (None: `[http]` disabled).
     http: std::sync::Mutex<Option<HttpServer>>,
     http_addr: Option<SocketAddr>,
@@ -63,6 +64,24 @@ impl Server {
     /// Builds the hub and starts every module on it: binds the RTSP listeners and media
     /// sockets, starts the configured file sources. Must run inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Arc<Server>, ServerError> {
+        Server::bind_layered(config, None).await
+    }
+
+    /// As [`Server::bind`], for a configuration layered from its file (in
+    /// [`Config::source`]), `env` and `flags` ([`Config::load_layered`]): a reload (SIGHUP,
+    /// an edit of the file, the API) layers them again.
+    pub async fn bind_reloadable(
+        config: Config,
+        env: Vec<(String, String)>,
+        flags: Vec<String>,
+    ) -> Result<Arc<Server>, ServerError> {
+        Server::bind_layered(config, Some((env, flags))).await
+    }
+
+    async fn bind_layered(
+        config: Config,
+        layers: Option<crate::config::reload::Layers>,
+    ) -> Result<Arc<Server>, ServerError> {
         let config = Arc::new(config);
         let path_events = Arc::new(tokio::sync::Notify::new());
         let wake = path_events.clone();
@@ -73,11 +92,28 @@ impl Server {
         );
         // The modules, RTSP first: its hook must see every stream the others create.
         let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
-        let files = Files::start(&config, &hub)?;
-        let http = bind_http(&config, &auth, &rtsp).await?;
+        let files = Arc::new(Files::start(&config, &hub)?);
+        // A reload: every check before any change, then users, files, RTSP, in order.
+        let mut reloader = Reloader::new(config.clone(), layers);
+        let f = files.clone();
+        reloader.check_with(Box::new(move |c| f.check(c).map_err(|e| e.to_string())));
+        let a = auth.clone();
+        reloader.apply_with(Box::new(move |c| {
+            a.replace(&c.users, c.auth.clone())
+                .map_err(|e| format!("invalid users: {e}"))
+        }));
+        let f = files.clone();
+        reloader.apply_with(Box::new(move |c| f.apply(c).map_err(|e| e.to_string())));
+        let r = rtsp.clone();
+        reloader.apply_with(Box::new(move |c| {
+            r.apply(c.clone());
+            Ok(())
+        }));
+        let reloader = Arc::new(reloader);
+        let http = bind_http(&config, &auth, &rtsp, reloader.clone()).await?;
         let http_addr = http.as_ref().map(HttpServer::local_addr);
         Ok(Arc::new(Server {
-            config,
+            reloader,
             hub,
             rtsp,
             files,
@@ -88,9 +124,14 @@ impl Server {
         }))
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force (a reload swaps it).
+    pub fn config(&self) -> Arc<Config> {
+        self.reloader.config()
+    }
+
+    /// Reloads the configuration now (as SIGHUP does); see [`ConfigControl::reload`].
+    pub fn reload(&self) -> crate::config::ReloadStatus {
+        self.reloader.reload("api")
     }
 
     /// The RTSP listener's address.
@@ -117,6 +158,7 @@ impl Server {
     /// Runs every module and the event pump until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         tokio::spawn(self.clone().run_event_pump());
+        self.reloader.watch();
         if let Some(http) = self.http.lock().unwrap_or_else(|e| e.into_inner()).take() {
             tokio::spawn(http.run());
         }
@@ -160,8 +202,10 @@ async fn bind_http(
     config: &Config,
     auth: &Arc<Authenticator>,
     rtsp: &Rtsp,
+    control: Arc<dyn ConfigControl>,
 ) -> Result<Option<HttpServer>, ServerError> {
     let mut ctx = HttpContext::new(config, auth.clone());
+    ctx.control(control);
     ctx.listener("rtsp", rtsp.local_addr());
     if let Some(a) = rtsp.rtsps_addr() {
         ctx.listener("rtsps", a);

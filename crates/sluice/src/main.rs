@@ -274,7 +274,8 @@ fn serve(config_path: Option<PathBuf>, set: Vec<String>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::bind(config).await?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let server = Server::bind_reloadable(config, env, set).await?;
         match &config_path {
             Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
             None => tracing::info!("no --config given: running on built-in defaults"),

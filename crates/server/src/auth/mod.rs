@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -286,15 +286,21 @@ pub enum Decision {
 
 /// The users and the authentication policy.
 pub struct Authenticator {
+    /// The users and settings in force, swapped whole by [`Authenticator::replace`].
+    rules: std::sync::RwLock<Arc<Rules>>,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// Users and settings, parsed and checked.
+struct Rules {
     users: Vec<User>,
     config: AuthConfig,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("users", &self.users.len())
+            .field("users", &self.rules().users.len())
             .finish()
     }
 }
@@ -302,6 +308,32 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Builds the checker from validated configuration.
     pub fn new(users: &[UserConfig], config: AuthConfig) -> Result<Authenticator, String> {
+        let rules = Rules::parse(users, config)?;
+        if rules.users.is_empty() {
+            info!("no [[users]] configured: anyone may read and publish any path");
+        }
+        Ok(Authenticator {
+            rules: std::sync::RwLock::new(Arc::new(rules)),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A reload: `users` and `config` are in force from the next check on (a request in
+    /// progress finishes under the old ones). Nothing changes if they are invalid.
+    pub fn replace(&self, users: &[UserConfig], config: AuthConfig) -> Result<(), String> {
+        let rules = Rules::parse(users, config)?;
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+        Ok(())
+    }
+
+    /// The users and settings in force.
+    fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Rules {
+    fn parse(users: &[UserConfig], config: AuthConfig) -> Result<Rules, String> {
         validate_users(users)?;
         let users = users
             .iter()
@@ -333,24 +365,20 @@ impl Authenticator {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        if users.is_empty() {
-            info!("no [[users]] configured: anyone may read and publish any path");
-        }
-        Ok(Authenticator {
-            users,
-            config,
-            failures: Mutex::new(HashMap::new()),
-        })
+        Ok(Rules { users, config })
     }
+}
 
+impl Authenticator {
     /// Whether access is open to everyone (no users configured).
     pub fn is_open(&self) -> bool {
-        self.users.is_empty()
+        self.rules().users.is_empty()
     }
 
     /// HTTP: whether `password` is `user`'s (never true for `any`), in constant time.
     pub fn verify_password(&self, user: &str, password: &str) -> bool {
-        self.users
+        self.rules()
+            .users
             .iter()
             .find(|u| u.name == user && u.name != "any")
             .is_some_and(|u| u.secret.verify(password))
@@ -359,7 +387,8 @@ impl Authenticator {
     /// HTTP: whether `user` (`any` for anonymous, which every client also is) may do a
     /// path-less `action` (`api`, `api_write`, `metrics`) from `ip`.
     pub fn user_may(&self, user: &str, action: Action, ip: IpAddr) -> bool {
-        self.users
+        self.rules()
+            .users
             .iter()
             .any(|u| (u.name == user || u.name == "any") && u.allows(action, "", ip))
     }
@@ -375,12 +404,12 @@ impl Authenticator {
     }
 
     fn basic_allowed(&self, tls: bool) -> bool {
-        tls || self.config.allow_basic_without_tls
+        tls || self.rules().config.allow_basic_without_tls
     }
 
     fn challenges(&self, nonces: &mut Nonces, stale: bool, tls: bool, now: Instant) -> Vec<String> {
         let nonce = nonces.issue(now);
-        let realm = self.config.realm.clone();
+        let realm = self.rules().config.realm.clone();
         let mut v: Vec<String> = [DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
             .into_iter()
             .map(|algorithm| {
@@ -406,7 +435,7 @@ impl Authenticator {
         let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         match f.get(&ip) {
             Some((n, since)) if now.duration_since(*since) < Duration::from_secs(60) => {
-                *n >= self.config.max_failures
+                *n >= self.rules().config.max_failures
             }
             _ => false,
         }
@@ -422,7 +451,7 @@ impl Authenticator {
             *entry = (0, now);
         }
         entry.0 += 1;
-        if entry.0 == self.config.max_failures {
+        if entry.0 == self.rules().config.max_failures {
             warn!(%ip, user, failures = entry.0, "too many failed logins; refusing this address for a minute");
         } else {
             warn!(%ip, user, "failed login");
@@ -450,6 +479,7 @@ impl Authenticator {
         }
         // Anonymous grants need no credentials.
         if self
+            .rules()
             .users
             .iter()
             .any(|u| u.name == "any" && u.allows(action, path, ip))
@@ -472,6 +502,7 @@ impl Authenticator {
                     return Decision::Challenge(self.challenges(nonces, false, tls, now));
                 }
                 let ok = self
+                    .rules()
                     .users
                     .iter()
                     .find(|u| u.name == *username && u.name != "any")
@@ -484,14 +515,15 @@ impl Authenticator {
                 nonce,
                 uri,
                 ..
-            } => match nonces.check(nonce, now, self.config.nonce_lifetime) {
+            } => match nonces.check(nonce, now, self.rules().config.nonce_lifetime) {
                 None => (username.clone(), false, false),
                 // The signed URI must be this request's (RFC 7616 §3.4.6).
                 Some(_) if !same_request_uri(uri, request_uri) => (username.clone(), false, false),
                 Some(false) => (username.clone(), false, true),
                 Some(true) => {
-                    let ok = *realm == self.config.realm
+                    let ok = *realm == self.rules().config.realm
                         && self
+                            .rules()
                             .users
                             .iter()
                             .find(|u| u.name == *username && u.name != "any")
@@ -509,6 +541,7 @@ impl Authenticator {
             return Decision::Challenge(self.challenges(nonces, false, tls, now));
         }
         let permitted = self
+            .rules()
             .users
             .iter()
             .any(|u| u.name == name && u.allows(action, path, ip));

@@ -112,9 +112,20 @@ impl Config {
             })?,
             None => String::new(),
         };
+        Config::load_layered_text(&text, file, env, flags)
+    }
+
+    /// As [`Config::load_layered`], with the file's content given (`file` names where it
+    /// is, or will be): for a change checked before it is written.
+    pub fn load_layered_text(
+        text: &str,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[String],
+    ) -> Result<Config, ConfigError> {
         // The file alone first, so its errors keep their line and column.
-        let _: Config = toml::from_str(&text)?;
-        let mut values: toml::Table = toml::from_str(&text)?;
+        let _: Config = toml::from_str(text)?;
+        let mut values: toml::Table = toml::from_str(text)?;
         let mut source = ConfigSource {
             file: file.map(Path::to_path_buf),
             ..ConfigSource::default()

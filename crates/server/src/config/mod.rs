@@ -22,6 +22,8 @@ pub use http::{
 };
 mod layers;
 pub use layers::{check_toml, ConfigSource, Diagnostic};
+pub mod reload;
+pub use reload::{ConfigControl, ReloadStatus, Reloader};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +117,7 @@ impl Default for DemoConfig {
 /// `$1`, `$name`, … in `source` are replaced by its captures (e.g.
 /// `[paths."~^relay/(.+)$"] source = "rtsp://origin:8554/$1"`). Regex paths are always
 /// started on demand. Exact names win over regexes; regexes are tried in name order.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathConfig {
     /// Where the media comes from: `file:///abs/path.mp4` (or `file://relative.mkv`,

@@ -10,15 +10,16 @@
 //! last read or wrote it (an operator's editor) fails with 409 rather than being
 //! overwritten.
 //!
-//! Not yet routed: the write routes come with live apply, so that an accepted write
-//! always takes effect on the running server.
+//! A change is checked by the running server before it is written (`Commit::accept`:
+//! the reload's checks, so that a written change always takes effect), and may be held in
+//! memory only (`persist: false`): later memory-only changes build on it, while a written
+//! change, an edit of the file or SIGHUP start again from the file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use axum::http::StatusCode;
-use sha2::{Digest, Sha256};
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
 use super::problem::Problem;
@@ -82,9 +83,7 @@ impl StoreError {
 
 /// The strong ETag of a file's content: `"<sha256 hex>"`.
 pub fn etag_of(text: &str) -> String {
-    let hash = Sha256::digest(text.as_bytes());
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
+    crate::config::reload::content_tag(text)
 }
 
 /// The configuration file the API edits.
@@ -93,6 +92,43 @@ pub struct ConfigStore {
     path: PathBuf,
     /// The tag of the content the server last read or wrote.
     known: Mutex<String>,
+    /// The content changed in memory only (`persist: false`), if any.
+    memory: Mutex<Option<String>>,
+}
+
+/// How a change is committed.
+pub struct Commit<'a> {
+    /// `If-Match`: the tag the client last saw.
+    pub if_match: Option<&'a str>,
+    /// Write the file (else hold the change in memory only).
+    pub persist: bool,
+    /// The running server's check of the new content; an error refuses the change (422)
+    /// and nothing is written.
+    pub accept: &'a dyn Fn(&str) -> Result<(), String>,
+    /// The tag of the file content the running server applied last (a reload from an
+    /// edit of the file included); None: the content this store last read or wrote.
+    pub applied: Option<String>,
+}
+
+impl std::fmt::Debug for Commit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commit")
+            .field("if_match", &self.if_match)
+            .field("persist", &self.persist)
+            .finish()
+    }
+}
+
+impl<'a> Commit<'a> {
+    /// A written change, checked by nothing more than the configuration's own rules.
+    pub fn written(if_match: Option<&'a str>) -> Commit<'a> {
+        Commit {
+            if_match,
+            persist: true,
+            accept: &|_| Ok(()),
+            applied: None,
+        }
+    }
 }
 
 /// The outcome of an accepted change.
@@ -102,6 +138,8 @@ pub struct Written {
     pub etag: String,
     /// The new configuration, validated.
     pub config: Config,
+    /// The new content of the file (written, or held in memory).
+    pub text: String,
 }
 
 impl ConfigStore {
@@ -111,12 +149,26 @@ impl ConfigStore {
         Ok(ConfigStore {
             path: path.to_path_buf(),
             known: Mutex::new(etag_of(&text)),
+            memory: Mutex::new(None),
         })
     }
 
-    /// The current ETag (of the content the server last read or wrote).
+    /// The tag of the memory-only content, if there is one.
+    pub fn memory_tag(&self) -> Option<String> {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            .map(etag_of)
+    }
+
+    /// The current ETag (of the content the server last read or wrote, or of the
+    /// memory-only content when there is one).
     pub fn etag(&self) -> String {
-        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        match &*self.memory.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(text) => etag_of(text),
+            None => self.known.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
     }
 
     /// Adds the path `name`, or replaces it whole, with the keys of `body` (a JSON
@@ -125,10 +177,10 @@ impl ConfigStore {
         &self,
         name: &str,
         body: &serde_json::Value,
-        if_match: Option<&str>,
+        how: &Commit<'_>,
     ) -> Result<Written, StoreError> {
         let obj = object(name, body)?;
-        self.edit(if_match, name, |doc| {
+        self.edit(how, name, |doc| {
             let paths = paths_table(doc)?;
             if !paths.contains_key(name) {
                 let mut t = Table::new();
@@ -154,10 +206,10 @@ impl ConfigStore {
         &self,
         name: &str,
         patch: &serde_json::Value,
-        if_match: Option<&str>,
+        how: &Commit<'_>,
     ) -> Result<Written, StoreError> {
         let obj = object(name, patch)?;
-        self.edit(if_match, name, |doc| {
+        self.edit(how, name, |doc| {
             let paths = paths_table(doc)?;
             if !paths.contains_key(name) {
                 return Err(StoreError::NoSuchPath(name.to_owned()));
@@ -176,8 +228,8 @@ impl ConfigStore {
     }
 
     /// Removes the path `name` from the file.
-    pub fn delete_path(&self, name: &str, if_match: Option<&str>) -> Result<Written, StoreError> {
-        self.edit(if_match, name, |doc| {
+    pub fn delete_path(&self, name: &str, how: &Commit<'_>) -> Result<Written, StoreError> {
+        self.edit(how, name, |doc| {
             let paths = paths_table(doc)?;
             if paths.remove(name).is_none() {
                 return Err(StoreError::NoSuchPath(name.to_owned()));
@@ -190,13 +242,25 @@ impl ConfigStore {
     /// writes it atomically.
     fn edit(
         &self,
-        if_match: Option<&str>,
+        how: &Commit<'_>,
         name: &str,
         change: impl FnOnce(&mut DocumentMut) -> Result<(), StoreError>,
     ) -> Result<Written, StoreError> {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let text = read(&self.path)?;
-        let on_disk = etag_of(&text);
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(applied) = &how.applied {
+            // The server applied an edit of the file since: that is the content to guard.
+            *known = applied.clone();
+        }
+        let on_disk_text = read(&self.path)?;
+        let on_disk = etag_of(&on_disk_text);
+        // A memory-only change builds on the previous one; a written one on the file.
+        let (text, base_tag) = match (&*memory, how.persist) {
+            (Some(m), false) => (m.clone(), etag_of(m)),
+            _ => (on_disk_text, known.clone()),
+        };
+        let if_match = how.if_match;
+        let known_tag = base_tag;
         if on_disk != *known {
             return Err(StoreError::ChangedOnDisk {
                 path: self.path.display().to_string(),
@@ -204,10 +268,10 @@ impl ConfigStore {
         }
         if let Some(given) = if_match {
             let given = given.trim();
-            if given != "*" && given.trim_start_matches("W/") != known.as_str() {
+            if given != "*" && given.trim_start_matches("W/") != known_tag.as_str() {
                 return Err(StoreError::Stale {
                     given: given.to_owned(),
-                    current: known.clone(),
+                    current: known_tag.clone(),
                 });
             }
         }
@@ -220,10 +284,23 @@ impl ConfigStore {
         change(&mut doc)?;
         let new_text = doc.to_string();
         let config = Config::from_toml(&new_text).map_err(|e| invalid(&new_text, name, e))?;
-        write_atomically(&self.path, &new_text)?;
+        (how.accept)(&new_text).map_err(|message| StoreError::Invalid {
+            field: format!("paths.{name}"),
+            message,
+        })?;
         let etag = etag_of(&new_text);
-        *known = etag.clone();
-        Ok(Written { etag, config })
+        if how.persist {
+            write_atomically(&self.path, &new_text)?;
+            *known = etag.clone();
+            *memory = None;
+        } else {
+            *memory = Some(new_text.clone());
+        }
+        Ok(Written {
+            etag,
+            config,
+            text: new_text,
+        })
     }
 }
 
@@ -443,7 +520,7 @@ source = "rtsp://10.0.0.6:554/stream1"
             .patch_path(
                 "gate",
                 &json!({ "source": "rtsp://10.0.0.7:554/stream1", "source_on_demand": true }),
-                Some(&tag),
+                &Commit::written(Some(&tag)),
             )
             .unwrap();
         let after = std::fs::read_to_string(&path).unwrap();
@@ -460,8 +537,12 @@ source = "rtsp://10.0.0.6:554/stream1"
         assert_eq!(w.etag, etag_of(&after));
         assert_eq!(w.config.paths["gate"].source, "rtsp://10.0.0.7:554/stream1");
         // null removes a key.
-        s.patch_path("gate", &json!({ "source_transport": null }), None)
-            .unwrap();
+        s.patch_path(
+            "gate",
+            &json!({ "source_transport": null }),
+            &Commit::written(None),
+        )
+        .unwrap();
         let after2 = std::fs::read_to_string(&path).unwrap();
         let (added, removed) = changed(&after, &after2);
         assert!(added.is_empty(), "{added:?}");
@@ -484,7 +565,7 @@ source = "rtsp://10.0.0.6:554/stream1"
         s.put_path(
             "cam",
             &json!({ "source": "rtsp://h/x", "source_on_demand": true }),
-            None,
+            &Commit::written(None),
         )
         .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -497,17 +578,21 @@ source = "rtsp://10.0.0.6:554/stream1"
             "{text}"
         );
         let w = s
-            .put_path("cam", &json!({ "source": "rtsp://h/y" }), None)
+            .put_path(
+                "cam",
+                &json!({ "source": "rtsp://h/y" }),
+                &Commit::written(None),
+            )
             .unwrap();
         assert_eq!(w.config.paths["cam"].source_on_demand, None);
-        let w = s.delete_path("cam", None).unwrap();
+        let w = s.delete_path("cam", &Commit::written(None)).unwrap();
         assert!(w.config.paths.is_empty());
         assert!(matches!(
-            s.delete_path("cam", None),
+            s.delete_path("cam", &Commit::written(None)),
             Err(StoreError::NoSuchPath(_))
         ));
         assert!(matches!(
-            s.patch_path("cam", &json!({}), None),
+            s.patch_path("cam", &json!({}), &Commit::written(None)),
             Err(StoreError::NoSuchPath(_))
         ));
     }
@@ -516,17 +601,27 @@ source = "rtsp://10.0.0.6:554/stream1"
     fn stale_tags_get_412_and_edits_behind_the_server_409() {
         let (s, path) = store(GOLDEN);
         let old = s.etag();
-        s.patch_path("yard", &json!({ "source_on_demand": true }), Some(&old))
-            .unwrap();
+        s.patch_path(
+            "yard",
+            &json!({ "source_on_demand": true }),
+            &Commit::written(Some(&old)),
+        )
+        .unwrap();
         let e = s
-            .patch_path("yard", &json!({ "source_on_demand": false }), Some(&old))
+            .patch_path(
+                "yard",
+                &json!({ "source_on_demand": false }),
+                &Commit::written(Some(&old)),
+            )
             .unwrap_err();
         assert_eq!(e.status(), StatusCode::PRECONDITION_FAILED, "{e}");
         // An editor changes the file: the store refuses to overwrite it.
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("# edited by hand\n");
         std::fs::write(&path, &text).unwrap();
-        let e = s.delete_path("yard", Some(&s.etag())).unwrap_err();
+        let e = s
+            .delete_path("yard", &Commit::written(Some(&s.etag())))
+            .unwrap_err();
         assert_eq!(e.status(), StatusCode::CONFLICT, "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "untouched");
     }
@@ -542,7 +637,9 @@ source = "rtsp://10.0.0.6:554/stream1"
             ),
             (json!({ "source": "rtmp://x/" }), "paths.gate"),
         ] {
-            let e = s.patch_path("gate", &patch, None).unwrap_err();
+            let e = s
+                .patch_path("gate", &patch, &Commit::written(None))
+                .unwrap_err();
             assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY, "{e}");
             match &e {
                 StoreError::Invalid { field: f, .. } => assert_eq!(f, field, "{e}"),
@@ -550,7 +647,11 @@ source = "rtsp://10.0.0.6:554/stream1"
             }
         }
         let e = s
-            .put_path("v1", &json!({ "source": "rtsp://x/" }), None)
+            .put_path(
+                "v1",
+                &json!({ "source": "rtsp://x/" }),
+                &Commit::written(None),
+            )
             .unwrap_err();
         assert!(e.to_string().contains("reserved"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), GOLDEN);

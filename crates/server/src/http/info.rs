@@ -21,6 +21,8 @@ pub(crate) struct InfoState {
     pub(crate) listeners: Vec<Listener>,
     pub(crate) readiness: Readiness,
     pub(crate) source: ConfigSource,
+    /// The running configuration after reloads, when the server gave a handle on it.
+    pub(crate) control: Option<Arc<dyn crate::config::ConfigControl>>,
 }
 
 /// `GET /v1/info`.
@@ -172,7 +174,8 @@ fn redact_url(s: &str) -> String {
     )
 )]
 pub(crate) async fn config(State(s): State<Arc<InfoState>>) -> Json<ConfigView> {
-    let src = &s.source;
+    let running = s.control.as_ref().map(|c| c.config());
+    let src = running.as_ref().map_or(&s.source, |c| &c.source);
     Json(ConfigView {
         file: src.file.as_ref().map(|f| f.display().to_string()),
         values: redact(toml::Value::Table(src.values.clone()), ""),

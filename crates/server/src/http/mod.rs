@@ -9,12 +9,14 @@
 //! listener reserves are listed in [`crate::config::RESERVED_FIRST_SEGMENTS`].
 
 pub mod access;
+pub mod config_routes;
 pub mod config_store;
 pub mod info;
 mod listener;
 pub mod metrics;
 mod openapi;
 pub mod problem;
+mod reload;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -132,6 +134,7 @@ pub struct HttpContext {
     metrics: MetricsBuilder,
     routes: HttpRoutes,
     tls: Option<rustls::ServerConfig>,
+    control: Option<Arc<dyn crate::config::ConfigControl>>,
 }
 
 impl std::fmt::Debug for HttpContext {
@@ -157,6 +160,7 @@ impl HttpContext {
             metrics: MetricsBuilder::new(),
             routes: HttpRoutes::default(),
             tls: None,
+            control: None,
         }
     }
 
@@ -185,6 +189,16 @@ impl HttpContext {
         &mut self.routes
     }
 
+    /// The handle on the running configuration: `/v1/config` shows what is in force after
+    /// reloads, and `/v1/config/reload` reports and triggers them. Without one, the
+    /// configuration the context was made with is shown and the reload routes are absent.
+    pub fn control(&mut self, control: Arc<dyn crate::config::ConfigControl>) -> &mut Self {
+        self.metrics
+            .collector(Box::new(reload::ReloadCollector(control.clone())));
+        self.control = Some(control);
+        self
+    }
+
     /// Serves HTTPS with this TLS configuration (its ALPN is set to h2 and http/1.1).
     pub fn tls(&mut self, config: rustls::ServerConfig) -> &mut Self {
         self.tls = Some(config);
@@ -205,6 +219,7 @@ impl HttpContext {
             listeners,
             readiness: self.readiness,
             source: self.config.source.clone(),
+            control: self.control.clone(),
         });
         let document: openapi::Document = Arc::new(OnceLock::new());
         let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
@@ -226,6 +241,32 @@ impl HttpContext {
                     .routes(routes!(openapi::openapi_json))
                     .with_state(document.clone()),
             );
+        if let Some(control) = self.control.clone() {
+            api = api.merge(
+                OpenApiRouter::new()
+                    .routes(routes!(reload::status, reload::reload))
+                    .with_state(control),
+            );
+        }
+        if let Some(control) = self.control.clone() {
+            let store = control
+                .config()
+                .source
+                .file
+                .as_deref()
+                .and_then(|f| config_store::ConfigStore::open(f).ok());
+            let state = Arc::new(config_routes::ConfigRoutes { store, control });
+            api = api.merge(
+                OpenApiRouter::new()
+                    .routes(routes!(
+                        config_routes::get_path,
+                        config_routes::put_path,
+                        config_routes::patch_path,
+                        config_routes::delete_path
+                    ))
+                    .with_state(state),
+            );
+        }
         for r in self.routes.documented {
             api = api.merge(r);
         }

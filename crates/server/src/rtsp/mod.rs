@@ -95,7 +95,8 @@ const STALE_BATCH: Duration = Duration::from_millis(50);
 
 /// The RTSP module's shared state, bound and not yet running.
 pub struct Rtsp {
-    config: Arc<Config>,
+    /// The configuration in force, swapped whole by [`Rtsp::apply`] (a reload).
+    config: std::sync::RwLock<Arc<Config>>,
     listener: Mutex<Option<TcpListener>>,
     local_addr: SocketAddr,
     /// The hub shared with the other modules: the path registry (claims, readiness,
@@ -197,7 +198,7 @@ impl Rtsp {
             }
         }));
         let server = Arc::new(Rtsp {
-            config,
+            config: std::sync::RwLock::new(config),
             listener: Mutex::new(Some(listener)),
             local_addr,
             hub,
@@ -217,9 +218,50 @@ impl Rtsp {
         Ok(server)
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force (a snapshot: a reload swaps it for the next caller).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A reload: `new` is in force from now on, for new connections and requests. The
+    /// paths whose configuration changed or went away lose their pull sources (their
+    /// streams end; readers reconnect to what the new configuration says), new always-on
+    /// pulls start, and every other path, and the readers on it, goes on untouched.
+    pub fn apply(self: &Arc<Self>, new: Arc<Config>) {
+        let old = std::mem::replace(
+            &mut *self.config.write().unwrap_or_else(|e| e.into_inner()),
+            new.clone(),
+        );
+        let stale: Vec<Arc<Pull>> = self
+            .pulls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|p| {
+                let was = old.resolve_path(p.path()).map(|r| r.config);
+                let is = new.resolve_path(p.path()).map(|r| r.config);
+                was != is
+            })
+            .cloned()
+            .collect();
+        for pull in stale {
+            info!(path = %pull.path(), "configuration changed: pull source stopped");
+            self.abort_pull(&pull);
+        }
+        self.start_always_on_pulls();
+    }
+
+    /// Starts the always-on pull sources of the configuration not running yet.
+    fn start_always_on_pulls(self: &Arc<Self>) {
+        let config = self.config();
+        for (name, p) in &config.paths {
+            if !name.starts_with('~') && p.source.starts_with("rtsp://") && !p.on_demand(false) {
+                self.ensure_pull(name);
+            }
+        }
     }
 
     /// The RTSP listener's address.
@@ -265,11 +307,7 @@ impl Rtsp {
         }
         tokio::spawn(self.clone().run_reaper());
         // Always-on pull sources start now; on-demand ones with their first reader.
-        for (name, p) in &self.config.paths {
-            if !name.starts_with('~') && p.source.starts_with("rtsp://") && !p.on_demand(false) {
-                self.ensure_pull(name);
-            }
-        }
+        self.start_always_on_pulls();
         let tls = self
             .tls_listener
             .lock()
@@ -318,7 +356,7 @@ impl Rtsp {
                 }
                 Some(acceptor) => {
                     let acceptor = acceptor.clone();
-                    let timeout = self.config.limits.request_timeout;
+                    let timeout = self.config().limits.request_timeout;
                     tokio::spawn(async move {
                         match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
                             Ok(Ok(stream)) => crate::rtsp::conn::run(server, stream, from).await,
@@ -335,7 +373,8 @@ impl Rtsp {
     /// Takes a connection slot for `ip` within `max_connections` and
     /// `max_connections_per_ip`; None (and a log line, at most one per second) when full.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
-        let limits = &self.config.limits;
+        let config = self.config();
+        let limits = &config.limits;
         let mut counts = self.conn_counts.lock().unwrap_or_else(|e| e.into_inner());
         let total = self.conn_total.load(Ordering::Relaxed);
         let per_ip = counts.get(&ip).copied().unwrap_or(0);

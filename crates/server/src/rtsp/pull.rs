@@ -43,6 +43,8 @@ pub struct Pull {
     ready: watch::Sender<Option<Arc<Stream>>>,
     /// Last time a reader asked for the path (DESCRIBE/SETUP) or had a session on it.
     last_demand: Mutex<Instant>,
+    /// Its task, to stop it when the configuration drops or changes its path.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl std::fmt::Debug for Pull {
@@ -76,6 +78,7 @@ impl Pull {
             owner,
             ready: watch::channel(None).0,
             last_demand: Mutex::new(Instant::now()),
+            task: Mutex::new(None),
         })
     }
 
@@ -354,6 +357,15 @@ impl Rtsp {
             .flatten()
     }
 
+    /// Stops a running pull for good (its path's configuration changed or went away): its
+    /// upstream connection closes, its stream ends and its path is free.
+    pub(crate) fn abort_pull(&self, pull: &Pull) {
+        if let Some(task) = pull.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        self.stop_pull(pull);
+    }
+
     /// Removes a stopped pull and its stream.
     pub(crate) fn stop_pull(&self, pull: &Pull) {
         self.pulls
@@ -408,7 +420,8 @@ impl Rtsp {
         );
         pulls.insert(path.to_owned(), pull.clone());
         info!(path, source = %redact_credentials(&pull.config.source), on_demand, "pull source starting");
-        tokio::spawn(run(Arc::downgrade(self), pull.clone()));
+        let task = tokio::spawn(run(Arc::downgrade(self), pull.clone()));
+        *pull.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
         Some(pull)
     }
 }

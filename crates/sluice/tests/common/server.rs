@@ -175,6 +175,25 @@ impl Server {
     }
 
     /// The server's captured stderr (tracing logs) so far.
+    /// Stops the server and starts it again on the same configuration file (as it is on
+    /// disk now) and ports; waits until it accepts connections.
+    pub(crate) fn restart(&mut self) {
+        self.proc.stop(Duration::from_secs(5));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("serve").arg("--config").arg(&self.config_path);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+        );
+        self.proc = Proc::spawn(&format!("sluice-{}-again", self.port), cmd, &self.dir);
+        self.wait_ready(None);
+    }
+
+    /// Sends the server process a signal (e.g. `libc::SIGHUP`).
+    pub(crate) fn signal(&mut self, sig: i32) {
+        self.proc.signal(sig);
+    }
+
     pub(crate) fn log(&self) -> String {
         self.proc.stderr()
     }
