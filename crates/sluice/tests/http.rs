@@ -265,6 +265,13 @@ hash = "sha256:{hash}"
     // Read-only API rights: 403 on writes; no metrics right: 403 on /metrics.
     with("POST", "/v1/info", &basic("viewer", "viewer-pw")).assert_problem(403);
     with("DELETE", "/v1/config", &format!("Bearer {token}")).assert_problem(403);
+    with(
+        "DELETE",
+        "/v1/config/paths/cam",
+        &basic("viewer", "viewer-pw"),
+    )
+    .assert_problem(403);
+    with("POST", "/v1/config/reload", &format!("Bearer {token}")).assert_problem(403);
     with("GET", "/metrics", &basic("viewer", "viewer-pw")).assert_problem(403);
     // api_write gets past access (and meets the method check: no write routes yet).
     with("POST", "/v1/info", &basic("ops", "ops-pw")).assert_problem(405);
@@ -522,9 +529,9 @@ fn without_users_other_addresses_read_but_get_401_on_writes() {
         &format!("transports = [\"tcp\"]\n[http]\nlisten = \"0.0.0.0:{http}\"\n"),
     );
     // A raw HTTP/1.1 exchange from inside the namespace, to `host`; the status code.
-    let status = |host: &str, method: &str| -> u16 {
+    let status = |host: &str, method: &str, path: &str| -> u16 {
         let script = format!(
-            "exec 3<>/dev/tcp/{host}/{http}; printf '{method} /v1/info HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\nContent-Length: 0\\r\\n\\r\\n' >&3; head -n 1 <&3"
+            "exec 3<>/dev/tcp/{host}/{http}; printf '{method} {path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\nContent-Length: 0\\r\\n\\r\\n' >&3; head -n 1 <&3"
         );
         let out = ns
             .command("bash")
@@ -537,10 +544,25 @@ fn without_users_other_addresses_read_but_get_401_on_writes() {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no status line from {host}: {line:?} {out:?}"))
     };
-    assert_eq!(status("10.77.0.1", "GET"), 200, "reads are open");
-    assert_eq!(status("10.77.0.1", "POST"), 401, "writes need credentials");
-    // Loopback passes access (and meets the method check: /v1/info takes no POST).
-    assert_eq!(status("127.0.0.1", "POST"), 405);
+    assert_eq!(
+        status("10.77.0.1", "GET", "/v1/info"),
+        200,
+        "reads are open"
+    );
+    for (method, path) in [
+        ("POST", "/v1/config/reload"),
+        ("DELETE", "/v1/config/paths/cam"),
+        ("POST", "/v1/info"),
+    ] {
+        assert_eq!(
+            status("10.77.0.1", method, path),
+            401,
+            "{method} {path} needs credentials"
+        );
+    }
+    // Loopback passes access: the reload runs (and /v1/info takes no POST).
+    assert_eq!(status("127.0.0.1", "POST", "/v1/config/reload"), 200);
+    assert_eq!(status("127.0.0.1", "POST", "/v1/info"), 405);
 }
 
 /// Where scripts/install-test-deps.sh puts schemathesis.
