@@ -72,7 +72,7 @@ pub enum TcpOut {
         frames: usize,
         /// The same frames already framed for `channels` (header and packet, back to
         /// back), made once per flush for every reader with these channels
-        /// ([`crate::rtsp::readers::egress::Egress::framed`]): written as one slice instead of two per
+        /// ([`crate::rtsp::readers::group::Egress::framed`]): written as one slice instead of two per
         /// packet. `None`: written from `packets`.
         framed: Option<Bytes>,
         /// When the batch's oldest packet was received (found once per flush, for the

@@ -2,7 +2,7 @@
 //!
 //! A path's [`ReaderGroup`] is one [`sluice_hub::Sink`] of its stream: the stream hands it
 //! each batch once, and the group does the rest for every RTSP reader and multicast group
-//! of the path. It plans the batch once ([`egress`]: UDP messages, GSO runs, TCP `$`
+//! of the path. It plans the batch once (its egress: UDP messages, GSO runs, TCP `$`
 //! framing), fans it out over shards and offload threads ([`group`], [`outbox`]) with
 //! cache prefetch hints ([`prefetch`]), writes TCP readers directly within a budget
 //! ([`media_queue`], [`direct_budget`]) and sends UDP in batches (`sluice_net::udp_send`); each
@@ -11,7 +11,6 @@
 //! thousands of readers.
 
 pub mod direct_budget;
-pub mod egress;
 pub mod group;
 pub mod latency;
 pub mod media_queue;

@@ -22,8 +22,8 @@ use sluice_net::media_socket::MediaSocket;
 use sluice_rtp::rtcp::{self, SenderInfo};
 use tracing::{debug, info, warn};
 
-use crate::rtsp::readers::egress::{Egress, Refund, UdpPlan};
 use crate::rtsp::readers::group::Reader;
+use crate::rtsp::readers::group::{Egress, Refund, UdpPlan};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::readers::media_queue::{
     channel_of, ChannelMap, MediaQueue, PushError, TcpOut, NO_CHANNEL,
@@ -689,7 +689,7 @@ pub async fn run_sender_reports(sink: Arc<ReaderSink>, stream: Arc<Stream>, inte
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rtsp::readers::egress::UdpPlan;
+    use crate::rtsp::readers::group::UdpPlan;
     use crate::rtsp::readers::media_queue::Taken;
     use crate::rtsp::readers::SinkId;
     use sluice_rtp::packet::RtpHeader;

@@ -27,7 +27,7 @@ pub(crate) fn stream_with_readers(
     s
 }
 
-use crate::rtsp::readers::egress::Egress;
+use crate::rtsp::readers::group::Egress;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
