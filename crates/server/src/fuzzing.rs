@@ -67,3 +67,38 @@ pub fn sdp(data: &[u8]) {
         "{with_range}"
     );
 }
+
+/// Configuration target: what `sluice check-config`, reloads and the API's writes do
+/// with a file's text.
+///
+/// * [`crate::config::check_toml`] accepts or refuses any text without panicking; a
+///   refusal points at a line and column inside the text (1-based, at most one past the
+///   last line).
+/// * What it accepts, [`crate::config::Config::from_toml`] accepts too, and layering
+///   the same text (no environment, no flags) gives the same paths.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match crate::config::check_toml(&text) {
+        Ok(config) => {
+            assert!(
+                crate::config::Config::from_toml(&text).is_ok(),
+                "check_toml accepted what from_toml refuses"
+            );
+            let layered = crate::config::Config::load_layered_text(&text, None, Vec::new(), &[])
+                .expect("layering the accepted text");
+            let a: Vec<&String> = config.paths.keys().collect();
+            let b: Vec<&String> = layered.paths.keys().collect();
+            assert_eq!(a, b, "layering changed the paths");
+        }
+        Err(d) => {
+            let lines = text.lines().count().max(1);
+            assert!(
+                d.line >= 1 && d.line <= lines + 1,
+                "line {} of {lines}",
+                d.line
+            );
+            assert!(d.column >= 1, "column {}", d.column);
+            assert!(!d.message.is_empty(), "an empty diagnosis");
+        }
+    }
+}
