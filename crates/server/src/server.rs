@@ -74,7 +74,7 @@ impl Server {
         // The modules, RTSP first: its hook must see every stream the others create.
         let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
         let files = Files::start(&config, &hub)?;
-        let http = bind_http(&config, &auth, &rtsp).await?;
+        let http = bind_http(&config, &auth, &rtsp, &hub).await?;
         let http_addr = http.as_ref().map(HttpServer::local_addr);
         Ok(Arc::new(Server {
             config,
@@ -155,13 +155,16 @@ impl Server {
 }
 
 /// Binds the HTTP module (`None` when `[http]` is disabled): it reports the RTSP
-/// listeners and exports the RTSP readers' egress latency as a histogram.
+/// listeners, exports the RTSP readers' egress latency as a histogram, and sees paths
+/// and sessions through the hub.
 async fn bind_http(
     config: &Config,
     auth: &Arc<Authenticator>,
     rtsp: &Rtsp,
+    hub: &Arc<Hub>,
 ) -> Result<Option<HttpServer>, ServerError> {
     let mut ctx = HttpContext::new(config, auth.clone());
+    ctx.hub(hub.clone());
     ctx.listener("rtsp", rtsp.local_addr());
     if let Some(a) = rtsp.rtsps_addr() {
         ctx.listener("rtsps", a);

@@ -67,6 +67,7 @@ impl Files {
                 })?;
             opened.push((config.demo.path.clone(), media, true));
         }
+        let demo = config.demo.enabled.then(|| config.demo.path.clone());
         let mut sources = Vec::new();
         for (name, media, looping) in opened {
             // A looping file never ends: readers must see a live stream, not the file's length.
@@ -76,6 +77,11 @@ impl Files {
                 media.presentation
             };
             let stream = hub.create_stream(&name, presentation);
+            stream.set_source_kind(if demo.as_ref() == Some(&name) {
+                sluice_hub::SourceKind::Demo
+            } else {
+                sluice_hub::SourceKind::File
+            });
             hub.publish(hub.new_owner(), Claim::Override, &stream)
                 .map_err(|e| FileError {
                     path: name.clone(),
