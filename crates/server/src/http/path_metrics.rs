@@ -63,7 +63,10 @@ fn counters(
     Ok(())
 }
 
-fn by_path<V>(rows: &[Row], f: impl Fn(&Row) -> Option<V>) -> Vec<(Vec<(&'static str, String)>, V)> {
+fn by_path<V>(
+    rows: &[Row],
+    f: impl Fn(&Row) -> Option<V>,
+) -> Vec<(Vec<(&'static str, String)>, V)> {
     rows.iter()
         .filter_map(|r| Some((vec![("path", r.path.clone())], f(r)?)))
         .collect()
@@ -168,10 +171,8 @@ impl Collector for PathCollector {
             "RTP packets dropped for slow readers, by reason (queue_full, send_buffer_full)",
             &dropped,
         )?;
-        let mut sessions: BTreeMap<(&str, &str), i64> = RTSP_TRANSPORTS
-            .iter()
-            .map(|t| (("rtsp", *t), 0))
-            .collect();
+        let mut sessions: BTreeMap<(&str, &str), i64> =
+            RTSP_TRANSPORTS.iter().map(|t| (("rtsp", *t), 0)).collect();
         for s in self.hub.sessions() {
             if !s.transport.is_empty() {
                 *sessions.entry((s.protocol, s.transport)).or_default() += 1;

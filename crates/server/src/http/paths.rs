@@ -37,8 +37,7 @@ impl PathsState {
             .iter()
             .filter(|(name, _)| !name.starts_with('~'))
             .map(|(name, p)| {
-                let kind = if p.source.starts_with("rtsp://") || p.source.starts_with("rtsps://")
-                {
+                let kind = if p.source.starts_with("rtsp://") || p.source.starts_with("rtsps://") {
                     "pull"
                 } else {
                     "file"
@@ -285,7 +284,9 @@ pub(crate) async fn path(State(s): State<Arc<PathsState>>, Path(name): Path<Stri
     match live {
         Some(stream) => Json(live_view(&stream, &stream.stats())).into_response(),
         None if s.configured.contains_key(name) => Json(idle_view(name, "none")).into_response(),
-        None => Problem::new(StatusCode::NOT_FOUND, format!("no path named {name:?}")).into_response(),
+        None => {
+            Problem::new(StatusCode::NOT_FOUND, format!("no path named {name:?}")).into_response()
+        }
     }
 }
 

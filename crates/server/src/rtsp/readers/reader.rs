@@ -292,7 +292,8 @@ impl ReaderSink {
     fn count(&self, track: usize, packets: u32, payload_bytes: u32, ssrc: u32) {
         if let Some(c) = self.counters.get(track) {
             c.packets.fetch_add(u64::from(packets), Ordering::Relaxed);
-            c.octets.fetch_add(u64::from(payload_bytes), Ordering::Relaxed);
+            c.octets
+                .fetch_add(u64::from(payload_bytes), Ordering::Relaxed);
             c.ssrc.store(ssrc, Ordering::Relaxed);
             c.seen.store(true, Ordering::Relaxed);
         }
