@@ -197,3 +197,47 @@ impl Collector for PathCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::MetricsBuilder;
+    use sluice_hub::registry::Claim;
+    use sluice_hub::{EndReason, Presentation};
+
+    const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
+        m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+
+    #[test]
+    fn live_paths_have_series_with_help_and_type_and_ended_ones_vanish() {
+        let hub = Arc::new(Hub::default());
+        let s = hub.create_stream("cams/a", Presentation::from_sdp(SDP.as_bytes()).unwrap());
+        hub.publish(hub.new_owner(), Claim::Exclusive, &s).unwrap();
+        hub.set_ready(&s);
+        let mut b = MetricsBuilder::new();
+        b.collector(Box::new(PathCollector::new(hub.clone())));
+        let m = b.build();
+        let (text, _) = m.encode(None).unwrap();
+        for want in [
+            "# TYPE sluice_path_readers gauge",
+            "sluice_path_readers{path=\"cams/a\",protocol=\"rtsp\"} 0",
+            "sluice_path_ready{path=\"cams/a\"} 1",
+            "sluice_path_publishers{path=\"cams/a\"} 1",
+            "# TYPE sluice_path_bytes_in_total counter",
+            "sluice_path_packets_in_total{path=\"cams/a\"} 0",
+            "sluice_path_bytes_out_total{path=\"cams/a\"} 0",
+            "# TYPE sluice_path_jitter_seconds gauge",
+            "# TYPE sluice_path_dropped_total counter",
+            "sluice_sessions{protocol=\"rtsp\",transport=\"udp\"} 0",
+            "sluice_sessions{protocol=\"rtsp\",transport=\"multicast\"} 0",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        assert_eq!(helps, types, "{text}");
+        hub.end(&s, EndReason::SourceGone);
+        let (text, _) = m.encode(None).unwrap();
+        assert!(!text.contains("cams/a"), "{text}");
+    }
+}

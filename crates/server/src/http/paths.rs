@@ -20,6 +20,8 @@ use crate::config::Config;
 
 /// Most items one page holds (`items_per_page` is capped here).
 pub const MAX_ITEMS_PER_PAGE: usize = 1000;
+/// Largest page number accepted.
+pub const MAX_PAGE: u32 = 1_000_000;
 /// Items per page when the client does not say.
 pub const DEFAULT_ITEMS_PER_PAGE: usize = 100;
 
@@ -56,9 +58,9 @@ impl PathsState {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct Page {
-    /// The page, from 0 (default 0).
-    #[param(minimum = 0)]
-    page: Option<usize>,
+    /// The page, from 0 to 1000000 (default 0; past the last page: no items).
+    #[param(minimum = 0, maximum = 1000000)]
+    page: Option<u32>,
     /// Items per page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     items_per_page: Option<usize>,
@@ -75,6 +77,13 @@ impl Page {
             ));
         }
         let page = self.page.unwrap_or(0);
+        if page > MAX_PAGE {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("page must be 0 to {MAX_PAGE}"),
+            ));
+        }
+        let page = page as usize;
         let item_count = items.len();
         let page_count = item_count.div_ceil(per);
         let items = items
@@ -422,5 +431,155 @@ pub(crate) async fn kick(State(s): State<Arc<PathsState>>, Path(id): Path<String
         StatusCode::NO_CONTENT.into_response()
     } else {
         no_session(&id).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+    use sluice_hub::registry::Claim;
+    use sluice_hub::{Presentation, SessionRole, Sessions};
+    use tower::ServiceExt;
+
+    use super::super::{access::Peer, HttpContext};
+    use super::*;
+    use crate::auth::Authenticator;
+
+    const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
+        m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n";
+
+    /// A directory of fixed sessions that forgets the ones kicked.
+    struct Fixed(Mutex<Vec<SessionInfo>>);
+
+    impl Sessions for Fixed {
+        fn list(&self) -> Vec<SessionInfo> {
+            self.0.lock().unwrap().clone()
+        }
+        fn kick(&self, id: &str) -> bool {
+            let mut all = self.0.lock().unwrap();
+            let before = all.len();
+            all.retain(|s| s.id != id);
+            before != all.len()
+        }
+    }
+
+    fn session(id: &str, path: &str, created: u64) -> SessionInfo {
+        SessionInfo {
+            id: id.into(),
+            path: path.into(),
+            protocol: "rtsp",
+            transport: "tcp",
+            role: SessionRole::Reader,
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            user: Some("u".into()),
+            created_unix: created,
+            packets: 1,
+            bytes: 2,
+        }
+    }
+
+    fn router() -> axum::Router {
+        let c = Config::from_toml(
+            "[demo]\nenabled = false\n[paths.\"idle/cam\"]\nsource = \"rtsp://10.0.0.1/x\"\n",
+        )
+        .unwrap();
+        let auth = Arc::new(Authenticator::new(&c.users, c.auth.clone()).unwrap());
+        let hub = Arc::new(Hub::default());
+        for name in ["cams/door", "b"] {
+            let s = hub.create_stream(name, Presentation::from_sdp(SDP.as_bytes()).unwrap());
+            s.set_source_kind(sluice_hub::SourceKind::RtspPublisher);
+            hub.publish(hub.new_owner(), Claim::Exclusive, &s).unwrap();
+            hub.set_ready(&s);
+        }
+        hub.add_sessions(Arc::new(Fixed(Mutex::new(vec![
+            session("late", "cams/door", 20),
+            session("early", "cams/door", 10),
+            session("other", "b", 5),
+        ]))));
+        let mut ctx = HttpContext::new(&c, auth);
+        ctx.hub(hub);
+        ctx.into_router(Vec::new()).0
+    }
+
+    async fn call(r: &axum::Router, method: Method, uri: &str) -> (u16, serde_json::Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(Peer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            tls: false,
+        });
+        let res = r.clone().oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn paths_are_listed_by_name_in_pages_and_found_with_slashes() {
+        let r = router();
+        let (status, all) = call(&r, Method::GET, "/v1/paths").await;
+        assert_eq!(status, 200, "{all}");
+        let names: Vec<&str> = all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["b", "cams/door", "idle/cam"]);
+        assert_eq!(all["items"][2]["ready"], false);
+        assert_eq!(all["items"][2]["source"], "none");
+        let (_, page) = call(&r, Method::GET, "/v1/paths?items_per_page=2&page=1").await;
+        assert_eq!(
+            (page["item_count"].as_u64(), page["page_count"].as_u64()),
+            (Some(3), Some(2))
+        );
+        assert_eq!(page["items"][0]["name"], "idle/cam");
+        for bad in ["items_per_page=0", "items_per_page=1001", "page=-1"] {
+            let (status, p) = call(&r, Method::GET, &format!("/v1/paths?{bad}")).await;
+            assert_eq!(status, 400, "{bad}: {p}");
+        }
+        let (status, door) = call(&r, Method::GET, "/v1/paths/cams/door").await;
+        assert_eq!(status, 200, "{door}");
+        assert_eq!(door["source"], "rtsp_publisher");
+        assert_eq!(door["ready"], true);
+        assert_eq!(door["tracks"][0]["codec"], "H264");
+        assert_eq!(door["tracks"][0]["clock_rate"], 90000);
+        assert_eq!(door["tracks"][0]["fmtp"], "packetization-mode=1");
+        let (status, _) = call(&r, Method::GET, "/v1/paths/cams/nope").await;
+        assert_eq!(status, 404);
+    }
+
+    #[tokio::test]
+    async fn sessions_are_filtered_ordered_and_kicked_once() {
+        let r = router();
+        let (_, door) = call(&r, Method::GET, "/v1/sessions?path=cams/door").await;
+        let ids: Vec<&str> = door["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["early", "late"], "oldest first");
+        assert_eq!(door["items"][0]["role"], "reader");
+        assert_eq!(door["items"][0]["peer"], "127.0.0.1:4000");
+        let (_, none) = call(&r, Method::GET, "/v1/sessions?protocol=webrtc").await;
+        assert_eq!(none["item_count"], 0);
+        let (status, one) = call(&r, Method::GET, "/v1/sessions/other").await;
+        assert_eq!((status, one["path"].as_str()), (200, Some("b")));
+        assert_eq!(call(&r, Method::DELETE, "/v1/sessions/other").await.0, 204);
+        assert_eq!(call(&r, Method::DELETE, "/v1/sessions/other").await.0, 404);
+        assert_eq!(call(&r, Method::GET, "/v1/sessions/other").await.0, 404);
     }
 }
