@@ -428,3 +428,172 @@ fn fifty_short_sessions_leave_the_number_of_series_unchanged() {
     assert_eq!(promtool(&m, &server.dir), "");
     warm.proc.kill();
 }
+
+/// Percent-encodes a query parameter value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The elementary streams' bitrate of `file` in bytes per second: the sum of its packets'
+/// sizes over its duration (what RTP payloads carry, give or take a few header bytes).
+fn payload_rate(file: &std::path::Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=size:format=duration",
+        ])
+        .args(["-of", "json"])
+        .arg(file)
+        .output()
+        .expect("ffprobe");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+    let bytes: f64 = v["packets"]
+        .as_array()
+        .expect("packets")
+        .iter()
+        .filter_map(|p| p["size"].as_str()?.parse::<f64>().ok())
+        .sum();
+    let secs: f64 = v["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .expect("duration");
+    bytes / secs
+}
+
+/// One instant-vector query to Prometheus: the value of its first sample (None while
+/// it does not listen yet or has no sample).
+fn prom_query(prom: SocketAddr, query: &str) -> Option<f64> {
+    std::net::TcpStream::connect_timeout(&prom, Duration::from_secs(1)).ok()?;
+    let r = request(
+        prom,
+        "GET",
+        &format!("/api/v1/query?query={}", encode(query)),
+        None,
+    );
+    let v = r.json();
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+}
+
+#[test]
+fn a_real_prometheus_sees_the_readers_and_the_inbound_byte_rate() {
+    let (server, http) = start("");
+    let url = server.url("live/cam");
+    let file = &common::media().h264_aac;
+    let expected = payload_rate(file);
+    let _publisher = common::FfmpegPublisher::start(file, &url, "tcp", &server.dir);
+    let mut readers: Vec<FfmpegReader> = ["tcp", "udp"]
+        .iter()
+        .map(|t| FfmpegReader::spawn(&url, t, 60.0, &server.dir, None))
+        .collect();
+    // The publisher's session and the path as the API has them.
+    let path = wait_for(Duration::from_secs(15), || {
+        let v = request(http, "GET", "/v1/paths/live/cam", None).json();
+        (v["readers"][0]["count"] == 2).then_some(v)
+    })
+    .expect("two readers of live/cam");
+    assert_eq!(path["source"], "rtsp_publisher", "{path}");
+    assert_eq!(path["packets_lost"], 0, "{path}");
+    assert!(path["jitter_seconds"].as_f64().is_some(), "{path}");
+    let publishers = request(http, "GET", "/v1/sessions?path=live/cam", None).json();
+    let roles: Vec<&str> = publishers["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["role"].as_str())
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|r| **r == "publisher").count(),
+        1,
+        "{publishers}"
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == "reader").count(),
+        2,
+        "{publishers}"
+    );
+
+    // Prometheus on loopback, scraping every second.
+    let prom_port = free_tcp_port();
+    let prom = SocketAddr::from(([127, 0, 0, 1], prom_port));
+    let dir = server.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: sluice\n    static_configs:\n      - targets: [\"{http}\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom}"))
+        .arg("--log.level=warn");
+    let mut prometheus = common::Proc::spawn("prometheus", cmd, &dir);
+    let readers_seen = wait_for(Duration::from_secs(30), || {
+        assert!(
+            prometheus.is_running(),
+            "prometheus exited:\n{}",
+            prometheus.stderr()
+        );
+        prom_query(
+            prom,
+            "sluice_path_readers{path=\"live/cam\",protocol=\"rtsp\"}",
+        )
+    });
+    assert_eq!(
+        readers_seen,
+        Some(2.0),
+        "Prometheus sees the two ffmpeg readers"
+    );
+    let rate = wait_for(Duration::from_secs(30), || {
+        prom_query(
+            prom,
+            "rate(sluice_path_bytes_in_total{path=\"live/cam\"}[6s])",
+        )
+        .filter(|r| *r > 0.0)
+    })
+    .expect("an inbound byte rate");
+    // Let the window fill with steady publishing before comparing.
+    std::thread::sleep(Duration::from_secs(7));
+    let rate = prom_query(
+        prom,
+        "rate(sluice_path_bytes_in_total{path=\"live/cam\"}[6s])",
+    )
+    .unwrap_or(rate);
+    eprintln!("inbound byte rate {rate:.0} B/s, the file's payload rate {expected:.0} B/s");
+    assert!(
+        (rate - expected).abs() <= 0.2 * expected,
+        "inbound {rate:.0} B/s is not within 20 % of the publisher's {expected:.0} B/s"
+    );
+    let out_rate = prom_query(
+        prom,
+        "rate(sluice_path_bytes_out_total{path=\"live/cam\"}[6s])",
+    )
+    .expect("an outbound byte rate");
+    assert!(
+        out_rate > 1.5 * rate,
+        "two readers get about twice the inbound rate: {out_rate:.0} vs {rate:.0}"
+    );
+    prometheus.stop(Duration::from_secs(5));
+    for r in &mut readers {
+        r.proc.kill();
+    }
+}
