@@ -1,5 +1,6 @@
 //! The hub every module shares: the path registry of live streams, the hooks that attach
-//! each module's per-stream sink to a new stream, and the on-demand media providers.
+//! each module's per-stream sink to a new stream, the on-demand media providers, and the
+//! modules' session directories (listed and kicked by the HTTP API).
 //!
 //! Modules never call each other: a source module creates and publishes streams here, a
 //! sink module attaches to them here (a hook at creation, or a watcher of the registry's

@@ -507,6 +507,14 @@ fn a_real_prometheus_sees_the_readers_and_the_inbound_byte_rate() {
     assert_eq!(path["packets_lost"], 0, "{path}");
     assert!(path["jitter_seconds"].as_f64().is_some(), "{path}");
     let publishers = request(http, "GET", "/v1/sessions?path=live/cam", None).json();
+    let publisher_id = publishers["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "publisher")
+        .and_then(|s| s["id"].as_str())
+        .expect("a publisher session")
+        .to_owned();
     let roles: Vec<&str> = publishers["items"]
         .as_array()
         .unwrap()
@@ -593,6 +601,21 @@ fn a_real_prometheus_sees_the_readers_and_the_inbound_byte_rate() {
         "two readers get about twice the inbound rate: {out_rate:.0} vs {rate:.0}"
     );
     prometheus.stop(Duration::from_secs(5));
+
+    // Kicking the publisher ends the path: it leaves the API and the metrics.
+    let r = request(
+        http,
+        "DELETE",
+        &format!("/v1/sessions/{publisher_id}"),
+        None,
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    let gone = wait_for(Duration::from_secs(5), || {
+        (request(http, "GET", "/v1/paths/live/cam", None).status == 404).then_some(())
+    });
+    assert!(gone.is_some(), "the path outlived its kicked publisher");
+    let m = request(http, "GET", "/metrics", None).body;
+    assert!(!m.contains("live/cam"), "an ended path left series:\n{m}");
     for r in &mut readers {
         r.proc.kill();
     }
