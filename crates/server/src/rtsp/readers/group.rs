@@ -516,6 +516,56 @@ mod tests {
         assert_eq!(ReaderGroup::of(&s).len(), 0);
     }
 
+    /// A reader that says its transport and reports fixed figures.
+    struct Said(Option<&'static str>, u64);
+
+    impl Reader for Said {
+        fn handle_packet(&self, _: &MediaPacket) {}
+        fn handle_end(&self, _: EndReason) {}
+        fn transport(&self) -> Option<&'static str> {
+            self.0
+        }
+        fn sent(&self) -> (u64, u64) {
+            (self.1, 10 * self.1)
+        }
+        fn dropped(&self) -> u64 {
+            1
+        }
+    }
+
+    #[test]
+    fn stats_count_readers_by_transport_and_keep_what_leavers_sent() {
+        use sluice_hub::Sink;
+        let g = ReaderGroup::new("p".into(), &Presentation::from_sdp(SDP.as_bytes()).unwrap());
+        let count = |g: &ReaderGroup, t: &str| {
+            g.stats()
+                .readers
+                .iter()
+                .find(|c| c.transport == t)
+                .map_or(0, |c| c.count)
+        };
+        let tcp = g.add(Arc::new(Said(Some("tcp"), 5)));
+        g.add(Arc::new(Said(Some("udp"), 7)));
+        g.add(Arc::new(Said(Some("udp"), 1)));
+        g.add(Arc::new(Said(None, 100))); // a multicast feed: sends, is no reader
+        let st = g.stats();
+        assert_eq!(
+            (count(&g, "tcp"), count(&g, "udp"), count(&g, "multicast")),
+            (1, 2, 0)
+        );
+        assert_eq!(st.readers_of("rtsp"), 3);
+        assert_eq!((st.packets_out, st.bytes_out), (113, 1130));
+        assert_eq!(st.dropped, vec![("queue_full", 4), ("send_buffer_full", 0)]);
+        g.remove(tcp);
+        let st = g.stats();
+        assert_eq!(count(&g, "tcp"), 0);
+        assert_eq!(st.packets_out, 113, "a reader that left still counts");
+        g.on_end(EndReason::SourceGone);
+        let st = g.stats();
+        assert_eq!(st.readers_of("rtsp"), 0);
+        assert_eq!((st.packets_out, st.dropped[0].1), (113, 4));
+    }
+
     /// A sink whose first batch blocks until the test lets it go: a fan-out in progress.
     struct Stuck {
         entered: std::sync::mpsc::SyncSender<()>,
