@@ -156,7 +156,7 @@ fn paths_and_sessions_show_ffmpeg_readers_and_a_kick_ends_one_within_a_second() 
     let url = server
         .url("demo")
         .replace("rtsp://", "rtsp://viewer:viewer-pw@");
-    let mut readers: Vec<FfmpegReader> = ["tcp", "tcp", "udp"]
+    let mut readers: Vec<FfmpegReader> = ["tcp", "tcp", "udp", "udp_multicast"]
         .iter()
         .map(|t| FfmpegReader::spawn(&url, t, 60.0, &server.dir, None))
         .collect();
@@ -164,11 +164,11 @@ fn paths_and_sessions_show_ffmpeg_readers_and_a_kick_ends_one_within_a_second() 
         let r = request(http, "GET", "/v1/paths/demo", Some(&viewer));
         assert_eq!(r.status, 200, "{r:?}");
         let v = r.json();
-        (v["readers"][0]["count"] == 3).then_some(v)
+        (v["readers"][0]["count"] == 4).then_some(v)
     })
     .unwrap_or_else(|| {
         panic!(
-            "three readers never showed: {:?}",
+            "four readers never showed: {:?}",
             request(http, "GET", "/v1/paths/demo", Some(&viewer))
         )
     });
@@ -178,6 +178,7 @@ fn paths_and_sessions_show_ffmpeg_readers_and_a_kick_ends_one_within_a_second() 
     assert_eq!(path["readers"][0]["protocol"], "rtsp");
     assert_eq!(path["readers"][0]["transports"]["tcp"], 2, "{path}");
     assert_eq!(path["readers"][0]["transports"]["udp"], 1, "{path}");
+    assert_eq!(path["readers"][0]["transports"]["multicast"], 1, "{path}");
     let tracks = path["tracks"].as_array().expect("tracks");
     assert!(
         tracks
@@ -195,9 +196,12 @@ fn paths_and_sessions_show_ffmpeg_readers_and_a_kick_ends_one_within_a_second() 
             && later["bytes_in"].as_u64().unwrap() > in_before,
         "byte counts grow: {path} then {later}"
     );
+    let grew_in = later["bytes_in"].as_u64().unwrap() - in_before;
+    let grew_out = later["bytes_out"].as_u64().unwrap() - out_before;
     assert!(
-        later["bytes_out"].as_u64().unwrap() > 2 * later["bytes_in"].as_u64().unwrap() / 3,
-        "three readers get about three times what comes in: {later}"
+        grew_out * 10 >= grew_in * 25,
+        "three unicast readers and the multicast feed get about four times what comes in: \
+         {grew_out} out for {grew_in} in"
     );
 
     // The listing, its pagination, and its bounds.
@@ -217,7 +221,7 @@ fn paths_and_sessions_show_ffmpeg_readers_and_a_kick_ends_one_within_a_second() 
     // Sessions of the path, their transports and user.
     let sessions = request(http, "GET", "/v1/sessions?path=demo", Some(&viewer)).json();
     let items = sessions["items"].as_array().expect("items").clone();
-    assert_eq!(items.len(), 3, "{sessions}");
+    assert_eq!(items.len(), 4, "{sessions}");
     for s in &items {
         assert_eq!(s["role"], "reader", "{s}");
         assert_eq!(s["protocol"], "rtsp", "{s}");
@@ -234,7 +238,7 @@ fn paths_and_sessions_show_ffmpeg_readers_and_a_kick_ends_one_within_a_second() 
             .unwrap_or_else(|| panic!("no {transport} session in {sessions}"))
             .to_owned()
     };
-    let (tcp_id, udp_id) = (id_of("tcp"), id_of("udp"));
+    let (tcp_id, udp_id, multicast_id) = (id_of("tcp"), id_of("udp"), id_of("multicast"));
     let one = request(
         http,
         "GET",
@@ -253,7 +257,7 @@ fn paths_and_sessions_show_ffmpeg_readers_and_a_kick_ends_one_within_a_second() 
             &m.body,
             "sluice_path_readers{path=\"demo\",protocol=\"rtsp\"}"
         ),
-        Some(3.0),
+        Some(4.0),
         "{}",
         m.body
     );
@@ -286,7 +290,11 @@ fn paths_and_sessions_show_ffmpeg_readers_and_a_kick_ends_one_within_a_second() 
     )
     .assert_problem(403);
     request(http, "DELETE", "/v1/sessions/nosuchsession", Some(&ops)).assert_problem(404);
-    for (id, transport) in [(&tcp_id, "tcp"), (&udp_id, "udp")] {
+    for (id, transport) in [
+        (&tcp_id, "tcp"),
+        (&udp_id, "udp"),
+        (&multicast_id, "multicast"),
+    ] {
         let running_before = readers
             .iter_mut()
             .filter_map(|r| r.proc.is_running().then_some(()))
@@ -334,6 +342,8 @@ fn paths_and_sessions_show_ffmpeg_readers_and_a_kick_ends_one_within_a_second() 
     let path = request(http, "GET", "/v1/paths/demo", Some(&viewer)).json();
     assert_eq!(path["readers"][0]["count"], 1, "{path}");
     assert_eq!(path["readers"][0]["transports"]["tcp"], 1, "{path}");
+    assert_eq!(path["readers"][0]["transports"]["udp"], 0, "{path}");
+    assert_eq!(path["readers"][0]["transports"]["multicast"], 0, "{path}");
     assert!(
         readers.iter_mut().all(|r| r.proc.is_running()),
         "the reader no one kicked still reads"
