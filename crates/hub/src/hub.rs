@@ -1,5 +1,6 @@
 //! The hub every module shares: the path registry of live streams, the hooks that attach
-//! each module's per-stream sink to a new stream, and the on-demand media providers.
+//! each module's per-stream sink to a new stream, the on-demand media providers, and the
+//! modules' session directories (listed and kicked by the HTTP API).
 //!
 //! Modules never call each other: a source module creates and publishes streams here, a
 //! sink module attaches to them here (a hook at creation, or a watcher of the registry's
@@ -15,6 +16,7 @@ use crate::packet::EndReason;
 use crate::presentation::Presentation;
 use crate::registry::{Busy, Claim, Event, Owner, Pattern, Published, Registry, WatcherId};
 use crate::source::SourceHandle;
+use crate::stats::{SessionInfo, Sessions};
 use crate::stream::Stream;
 
 /// What a module runs on every stream the hub creates, before any packet: attach its
@@ -30,6 +32,7 @@ pub struct Hub {
     paths: Mutex<Registry<Arc<Stream>>>,
     hooks: Mutex<Vec<StreamHook>>,
     on_demand: Mutex<Vec<Arc<dyn OnDemand>>>,
+    sessions: Mutex<Vec<Arc<dyn Sessions>>>,
     next_version: AtomicU64,
     next_owner: AtomicU64,
     changed: ChangeNotifier,
@@ -56,6 +59,7 @@ impl Hub {
             paths: Mutex::new(Registry::new()),
             hooks: Mutex::new(Vec::new()),
             on_demand: Mutex::new(Vec::new()),
+            sessions: Mutex::new(Vec::new()),
             next_version: AtomicU64::new(1),
             next_owner: AtomicU64::new(1),
             changed,
@@ -83,6 +87,37 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(provider);
+    }
+
+    /// Adds a module's session directory (a module's start-up): its sessions are listed
+    /// by [`Hub::sessions`] and ended by [`Hub::kick`].
+    pub fn add_sessions(&self, directory: Arc<dyn Sessions>) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(directory);
+    }
+
+    fn directories(&self) -> Vec<Arc<dyn Sessions>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every live session of every module, in the order the directories were added.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.directories().iter().flat_map(|d| d.list()).collect()
+    }
+
+    /// The live session `id`, if a module has it.
+    pub fn session(&self, id: &str) -> Option<SessionInfo> {
+        self.sessions().into_iter().find(|s| s.id == id)
+    }
+
+    /// Ends session `id` and closes its client's connection: true if a module had it.
+    pub fn kick(&self, id: &str) -> bool {
+        self.directories().iter().any(|d| d.kick(id))
     }
 
     /// Opens `path`'s on-demand media for one session: the first provider that serves the
@@ -299,6 +334,108 @@ mod tests {
         assert!(matches!(events.first(), Some(Event::Ready { .. })));
         assert!(matches!(events.last(), Some(Event::Ended { .. })));
         assert!(changes.load(Ordering::SeqCst) >= 5);
+    }
+
+    /// A directory of fixed sessions that forgets the ones kicked.
+    struct Fixed(Mutex<Vec<SessionInfo>>);
+
+    impl Sessions for Fixed {
+        fn list(&self) -> Vec<SessionInfo> {
+            self.0.lock().unwrap().clone()
+        }
+        fn kick(&self, id: &str) -> bool {
+            let mut all = self.0.lock().unwrap();
+            let before = all.len();
+            all.retain(|s| s.id != id);
+            all.len() != before
+        }
+    }
+
+    fn info(id: &str) -> SessionInfo {
+        SessionInfo {
+            id: id.into(),
+            path: "cams/a".into(),
+            protocol: "rtsp",
+            transport: "tcp",
+            role: crate::stats::SessionRole::Reader,
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            user: None,
+            created_unix: 1,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn sessions_of_every_directory_are_listed_and_kicked_by_id() {
+        let hub = Hub::default();
+        assert!(hub.sessions().is_empty());
+        assert!(!hub.kick("x"));
+        hub.add_sessions(Arc::new(Fixed(Mutex::new(vec![info("a"), info("b")]))));
+        hub.add_sessions(Arc::new(Fixed(Mutex::new(vec![info("c")]))));
+        let ids: Vec<String> = hub.sessions().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(hub.session("c").map(|s| s.path), Some("cams/a".into()));
+        assert!(hub.kick("c"));
+        assert!(!hub.kick("c"), "gone once kicked");
+        assert!(hub.session("c").is_none());
+        assert_eq!(hub.sessions().len(), 2);
+    }
+
+    /// Reports fixed figures.
+    struct Figures;
+
+    impl crate::Sink for Figures {
+        fn on_batch(&self, _: &crate::Batch) {}
+        fn on_end(&self, _: EndReason) {}
+        fn stats(&self) -> crate::SinkStats {
+            crate::SinkStats {
+                readers: vec![crate::ReaderCount {
+                    protocol: "rtsp",
+                    transport: "udp",
+                    count: 3,
+                }],
+                packets_out: 7,
+                bytes_out: 70,
+                dropped: Vec::new(),
+            }
+        }
+    }
+
+    impl crate::SourceFigures for Figures {
+        fn source_stats(&self) -> crate::SourceStats {
+            crate::SourceStats {
+                packets_lost: 2,
+                jitter_seconds: 0.5,
+            }
+        }
+    }
+
+    #[test]
+    fn stream_stats_count_input_and_ask_sinks_and_the_living_source() {
+        let hub = Hub::default();
+        let s = hub.create_stream("p", presentation());
+        assert_eq!(s.source_kind(), crate::SourceKind::Unknown);
+        s.set_source_kind(crate::SourceKind::Pull);
+        assert_eq!(s.source_kind().as_str(), "pull");
+        s.add_sink(Arc::new(Figures));
+        s.add_sink(Arc::new(Figures));
+        let data = bytes::Bytes::from(vec![0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 2, 3]);
+        s.push_rtp(crate::MediaPacket {
+            track: 0,
+            header: sluice_rtp::packet::parse_rtp(&data).unwrap(),
+            data,
+            received_at: Instant::now(),
+        });
+        let source: Arc<dyn crate::SourceFigures> = Arc::new(Figures);
+        s.set_source_stats(Arc::downgrade(&source));
+        let st = s.stats();
+        assert_eq!((st.packets_in, st.bytes_in), (1, 3));
+        assert_eq!(st.sinks.readers_of("rtsp"), 6);
+        assert_eq!(st.sinks.packets_out, 14);
+        assert_eq!(st.source.map(|f| f.packets_lost), Some(2));
+        drop(source);
+        assert!(s.stats().source.is_none(), "a gone source reports nothing");
     }
 
     #[test]

@@ -17,8 +17,11 @@
 //! - [`stream`]: a path's live [`Stream`]: one source in, its sinks out.
 //! - [`on_demand`]: media opened per session (stored files), provided by one module and
 //!   served by another.
+//! - [`stats`]: per-stream figures (in, out, readers, loss) and the directory of live
+//!   sessions ([`Sessions`]) the HTTP API lists and kicks.
 //! - [`hub`]: the [`Hub`] every module shares: the registry of streams, the hooks that
-//!   attach modules' sinks to new streams, and the on-demand providers.
+//!   attach modules' sinks to new streams, the on-demand providers and the session
+//!   directories.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,6 +35,7 @@ pub mod presentation;
 pub mod registry;
 pub mod sink;
 pub mod source;
+pub mod stats;
 pub mod stream;
 
 pub use batcher::Batcher;
@@ -42,4 +46,8 @@ pub use presentation::{Presentation, PresentationError, Track};
 pub use registry::{Busy, Claim, Event, Owner, PathClaim, Pattern, Registry, SourceId};
 pub use sink::Sink;
 pub use source::SourceHandle;
+pub use stats::{
+    ReaderCount, SessionInfo, SessionRole, Sessions, SinkStats, SourceFigures, SourceKind,
+    SourceStats, StreamStats,
+};
 pub use stream::{Stream, StreamSinkId};

@@ -13,6 +13,7 @@
 //! knows the whole group as one sink.
 
 use crate::packet::{Batch, EndReason};
+use crate::stats::SinkStats;
 
 /// A consumer of a stream's batches.
 pub trait Sink: Send + Sync {
@@ -28,6 +29,14 @@ pub trait Sink: Send + Sync {
     /// to its end waits for the next PLAY): RTSP readers send BYE. Provided, a no-op: only
     /// sinks that tell their peers care.
     fn on_end_of_media(&self) {}
+
+    /// What this sink serves: its readers by protocol and transport, packets and bytes
+    /// out, drops by reason (see [`SinkStats`]). Read at API request and metrics scrape
+    /// time, never per packet. Provided, reporting nothing: a sink without readers of its
+    /// own (a recorder) need not say anything.
+    fn stats(&self) -> SinkStats {
+        SinkStats::default()
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
@@ -41,5 +50,9 @@ impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
 
     fn on_end_of_media(&self) {
         (**self).on_end_of_media();
+    }
+
+    fn stats(&self) -> SinkStats {
+        (**self).stats()
     }
 }

@@ -23,8 +23,8 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ use crate::batcher::Batcher;
 use crate::packet::{Batch, EndReason, MediaPacket};
 use crate::presentation::Presentation;
 use crate::sink::Sink;
+use crate::stats::{SinkStats, SourceFigures, SourceKind, StreamStats};
 
 /// Most packets one batch holds: with a fan-out window, a batch spans several frames, and
 /// a TCP reader's batch must still be one vectored write (two slices per packet, within
@@ -82,6 +83,15 @@ pub struct Stream {
     pending: Mutex<Batcher>,
     /// The batch handed to the sinks, refilled from the batcher (kept for its allocation).
     out: Mutex<Batch>,
+    /// RTP packets pushed (relaxed: read only for reports).
+    packets_in: AtomicU64,
+    /// RTP payload bytes pushed.
+    bytes_in: AtomicU64,
+    /// What kind of source feeds it ([`SourceKind`] as a number).
+    source_kind: AtomicU8,
+    /// The source's receiving figures, if it reports them (weak: the source holds the
+    /// stream).
+    source_stats: Mutex<Option<Weak<dyn SourceFigures>>>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -128,7 +138,50 @@ impl Stream {
             version,
             pending: Mutex::new(Batcher::new(video.map(|(i, _)| i), MAX_BATCH)),
             out: Mutex::new(Batch::with_capacity(MAX_BATCH)),
+            packets_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            source_kind: AtomicU8::new(SourceKind::Unknown.to_u8()),
+            source_stats: Mutex::new(None),
         })
+    }
+
+    /// Says what kind of source feeds this stream (its creator calls it once), for the
+    /// API's path listing.
+    pub fn set_source_kind(&self, kind: SourceKind) {
+        self.source_kind.store(kind.to_u8(), Ordering::Relaxed);
+    }
+
+    /// What kind of source feeds this stream ([`SourceKind::Unknown`] if never said).
+    pub fn source_kind(&self) -> SourceKind {
+        SourceKind::from_u8(self.source_kind.load(Ordering::Relaxed))
+    }
+
+    /// Registers the source's receiving figures (loss, jitter), read by [`Stream::stats`]
+    /// while the source lives. Held weakly: the source already holds the stream.
+    pub fn set_source_stats(&self, source: Weak<dyn SourceFigures>) {
+        *lock(&self.source_stats) = Some(source);
+    }
+
+    /// The stream's figures now: packets and bytes in, its sinks' figures merged, its
+    /// source's loss and jitter. Copies the sink list under its lock, then asks each sink
+    /// (a report, not a packet).
+    pub fn stats(&self) -> StreamStats {
+        let subscribed: Vec<Arc<dyn Sink>> =
+            lock(&self.sinks).iter().map(|(_, s)| s.clone()).collect();
+        let mut sinks = SinkStats::default();
+        for sink in subscribed {
+            sinks.merge(&sink.stats());
+        }
+        let source = lock(&self.source_stats)
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .map(|s| s.source_stats());
+        StreamStats {
+            packets_in: self.packets_in.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            sinks,
+            source,
+        }
     }
 
     /// Collects up to `window` of media (from the arrival of a batch's first packet) into
@@ -283,6 +336,9 @@ impl Stream {
         let Some(state) = self.tracks.get(packet.track) else {
             return;
         };
+        self.packets_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in
+            .fetch_add(u64::from(packet.payload_len()), Ordering::Relaxed);
         let mapped = lock(&state.timeline).map(&packet.header, packet.received_at);
         let h = packet.header;
         if (mapped.sequence, mapped.timestamp, mapped.ssrc) != (h.sequence, h.timestamp, h.ssrc) {

@@ -110,7 +110,7 @@ impl Server {
             Ok(())
         }));
         let reloader = Arc::new(reloader);
-        let http = bind_http(&config, &auth, &rtsp, reloader.clone()).await?;
+        let http = bind_http(&config, &auth, &rtsp, &hub, reloader.clone()).await?;
         let http_addr = http.as_ref().map(HttpServer::local_addr);
         Ok(Arc::new(Server {
             reloader,
@@ -197,14 +197,17 @@ impl Server {
 }
 
 /// Binds the HTTP module (`None` when `[http]` is disabled): it reports the RTSP
-/// listeners and exports the RTSP readers' egress latency as a histogram.
+/// listeners, exports the RTSP readers' egress latency as a histogram, and sees paths
+/// and sessions through the hub.
 async fn bind_http(
     config: &Config,
     auth: &Arc<Authenticator>,
     rtsp: &Rtsp,
+    hub: &Arc<Hub>,
     control: Arc<dyn ConfigControl>,
 ) -> Result<Option<HttpServer>, ServerError> {
     let mut ctx = HttpContext::new(config, auth.clone());
+    ctx.hub(hub.clone());
     ctx.control(control);
     ctx.listener("rtsp", rtsp.local_addr());
     if let Some(a) = rtsp.rtsps_addr() {

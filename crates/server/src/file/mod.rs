@@ -179,6 +179,10 @@ impl Files {
             .hub
             .publish_source(name, presentation, Claim::Override)
             .map_err(|e| fail(e.to_string()))?;
+        handle.stream().set_source_kind(match spec {
+            Spec::Demo => sluice_hub::SourceKind::Demo,
+            Spec::File { .. } => sluice_hub::SourceKind::File,
+        });
         let source = FileSource::new(
             media.demuxer,
             media.packetizers,

@@ -15,6 +15,8 @@ pub mod info;
 mod listener;
 pub mod metrics;
 mod openapi;
+mod path_metrics;
+pub mod paths;
 pub mod problem;
 mod reload;
 
@@ -38,6 +40,8 @@ use utoipa_axum::routes;
 
 pub use listener::HttpServer;
 pub use metrics::{LatencyCollector, MetricsBuilder, TakeBuckets};
+
+use sluice_hub::Hub;
 
 use crate::auth::Authenticator;
 use crate::config::{is_reserved_path, Config};
@@ -135,6 +139,7 @@ pub struct HttpContext {
     routes: HttpRoutes,
     tls: Option<rustls::ServerConfig>,
     control: Option<Arc<dyn crate::config::ConfigControl>>,
+    hub: Option<Arc<Hub>>,
 }
 
 impl std::fmt::Debug for HttpContext {
@@ -161,6 +166,7 @@ impl HttpContext {
             routes: HttpRoutes::default(),
             tls: None,
             control: None,
+            hub: None,
         }
     }
 
@@ -199,6 +205,15 @@ impl HttpContext {
         self
     }
 
+    /// The hub the server's modules share: `/v1/paths` and `/v1/sessions` list its
+    /// streams and session directories, `DELETE /v1/sessions/{id}` kicks through it, and
+    /// `/metrics` reads per-path figures from it. Without it those routes see an empty
+    /// hub.
+    pub fn hub(&mut self, hub: Arc<Hub>) -> &mut Self {
+        self.hub = Some(hub);
+        self
+    }
+
     /// Serves HTTPS with this TLS configuration (its ALPN is set to h2 and http/1.1).
     pub fn tls(&mut self, config: rustls::ServerConfig) -> &mut Self {
         self.tls = Some(config);
@@ -209,7 +224,11 @@ impl HttpContext {
     /// own addresses for `/v1/info`.
     pub(crate) fn into_router(self, own: Vec<Listener>) -> (Router, utoipa::openapi::OpenApi) {
         let http = &self.config.http;
-        let metrics = self.metrics.build();
+        let hub = self.hub.unwrap_or_default();
+        let mut metrics = self.metrics;
+        metrics.collector(Box::new(path_metrics::PathCollector::new(hub.clone())));
+        let metrics = metrics.build();
+        let paths_state = Arc::new(paths::PathsState::new(hub, &self.config));
         let access = Arc::new(access::Access::new(&self.config, self.auth.clone()));
         let mut listeners = self.listeners;
         listeners.extend(own);
@@ -230,6 +249,14 @@ impl HttpContext {
                     .routes(routes!(info::ready))
                     .routes(routes!(info::config))
                     .with_state(state),
+            )
+            .merge(
+                OpenApiRouter::new()
+                    .routes(routes!(paths::paths))
+                    .routes(routes!(paths::path))
+                    .routes(routes!(paths::sessions))
+                    .routes(routes!(paths::session, paths::kick))
+                    .with_state(paths_state),
             )
             .merge(
                 OpenApiRouter::new()
@@ -271,6 +298,7 @@ impl HttpContext {
             api = api.merge(r);
         }
         let (mut router, mut doc) = api.split_for_parts();
+        openapi::name_wildcards(&mut doc);
         openapi::declare_access(&mut doc, &access);
         let _ = document.set(serde_json::to_string(&doc).unwrap_or_default());
         for (prefix, r) in self.routes.mounted {

@@ -35,6 +35,8 @@ struct Commit {
     role: Role,
     track: usize,
     transport: TrackTransport,
+    /// Who the connection authenticated (`any` when anonymous).
+    principal: String,
 }
 
 impl Conn {
@@ -64,7 +66,7 @@ impl Conn {
                 role,
                 track,
                 transport,
-                principal: _,
+                principal,
             } => {
                 let commit = Commit {
                     session,
@@ -73,6 +75,7 @@ impl Conn {
                     role,
                     track,
                     transport,
+                    principal,
                 };
                 let r = self.commit_setup(&commit);
                 let ok = r.is_ok();
@@ -190,6 +193,7 @@ impl Conn {
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
         let server = self.server.clone();
         let stream = server.hub.create_stream(path, presentation);
+        stream.set_source_kind(sluice_hub::SourceKind::RtspPublisher);
         stream.set_fanout_window(server.config().rtsp.fanout_window);
         let claim = if server.config().rtsp.override_publisher {
             Claim::Replace
@@ -309,9 +313,12 @@ impl Conn {
                 stream.clone(),
                 file,
                 Instant::now(),
-            );
+            )
+            .by((c.principal != sluice_rtsp::server::ANYONE).then(|| c.principal.clone()));
             if c.role == Role::Recorder {
-                s.lock().ingest = Some(Arc::new(Ingest::new(stream, rand::random(), server.epoch)));
+                let ingest = Arc::new(Ingest::new(stream, rand::random(), server.epoch));
+                ingest.report_on_stream();
+                s.lock().ingest = Some(ingest);
             }
             Arc::new(s)
         } else {
@@ -557,7 +564,14 @@ impl Conn {
                 cfg.rtsp.slow_reader_timeout,
                 Arc::new(move |why| conn.close(why)),
             )
-            .recording_latency(self.server.egress_latency().clone()),
+            .recording_latency(self.server.egress_latency().clone())
+            .serving(if multicast {
+                "multicast"
+            } else if udp {
+                "udp"
+            } else {
+                "tcp"
+            }),
         );
         let (sink_id, starts) = ReaderGroup::of(&stream).subscribe(sink.clone());
         inner.playing = Some(Playing {

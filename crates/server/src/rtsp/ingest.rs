@@ -13,13 +13,17 @@ use sluice_rtp::stats::ReceiverStats;
 use tracing::debug;
 
 use crate::rtsp::readers::reader::CNAME;
-use sluice_hub::{MediaPacket, Stream};
+use sluice_hub::{MediaPacket, SourceFigures, SourceStats, Stream};
 
 /// A publisher feeding one stream.
 #[derive(Debug)]
 pub struct Ingest {
     stream: Arc<Stream>,
     stats: Vec<Mutex<ReceiverStats>>,
+    /// Each track's RTP clock rate (jitter is counted in its units).
+    clock_rates: Vec<u32>,
+    /// RTP payload bytes received (for the session's figures).
+    bytes: AtomicU64,
     ssrc: u32,
     bad_packets: AtomicU64,
     last_packet_ms: AtomicU64,
@@ -35,9 +39,17 @@ impl Ingest {
             .iter()
             .map(|t| Mutex::new(ReceiverStats::new(t.clock_rate)))
             .collect();
+        let clock_rates = stream
+            .presentation()
+            .tracks()
+            .iter()
+            .map(|t| t.clock_rate)
+            .collect();
         Ingest {
             stream,
             stats,
+            clock_rates,
+            bytes: AtomicU64::new(0),
             ssrc,
             bad_packets: AtomicU64::new(0),
             last_packet_ms: AtomicU64::new(0),
@@ -84,12 +96,15 @@ impl Ingest {
             .unwrap_or_else(|e| e.into_inner())
             .handle_packet(&header, now);
         self.touch(now);
-        self.stream.push_rtp(MediaPacket {
+        let packet = MediaPacket {
             track,
             data,
             header,
             received_at: now,
-        });
+        };
+        self.bytes
+            .fetch_add(u64::from(packet.payload_len()), Ordering::Relaxed);
+        self.stream.push_rtp(packet);
     }
 
     /// One RTCP (compound) packet of `track` from the publisher: SRs set the stream's clock mapping.
@@ -126,11 +141,40 @@ impl Ingest {
         Some(Bytes::from(buf))
     }
 
+    /// RTP payload bytes received.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Registers this source's loss and jitter on its stream (see
+    /// [`Stream::set_source_stats`]), for the API and metrics.
+    pub fn report_on_stream(self: &Arc<Self>) {
+        let me: Arc<dyn SourceFigures> = self.clone();
+        self.stream.set_source_stats(Arc::downgrade(&me));
+    }
+
     /// (packets received, cumulative lost) summed over tracks, for the session's end log line.
     pub fn totals(&self) -> (u64, i64) {
         self.stats.iter().fold((0, 0), |(p, l), s| {
             let s = s.lock().unwrap_or_else(|e| e.into_inner());
             (p + s.packets_received(), l + s.cumulative_lost())
         })
+    }
+}
+
+impl SourceFigures for Ingest {
+    /// Loss summed over tracks (never below zero), the largest jitter in seconds.
+    fn source_stats(&self) -> SourceStats {
+        let mut out = SourceStats::default();
+        for (s, rate) in self.stats.iter().zip(&self.clock_rates) {
+            let s = s.lock().unwrap_or_else(|e| e.into_inner());
+            out.packets_lost += s.cumulative_lost().max(0) as u64;
+            if *rate > 0 {
+                out.jitter_seconds = out
+                    .jitter_seconds
+                    .max(f64::from(s.jitter()) / f64::from(*rate));
+            }
+        }
+        out
     }
 }

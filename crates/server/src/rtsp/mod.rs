@@ -215,6 +215,9 @@ impl Rtsp {
             last_limit_log: AtomicU64::new(u64::MAX),
             egress_latency,
         });
+        server
+            .hub
+            .add_sessions(Arc::new(Directory(Arc::downgrade(&server))));
         Ok(server)
     }
 
@@ -450,6 +453,18 @@ impl Rtsp {
         }
     }
 
+    /// Ends session `id` at an operator's request (the HTTP API through the hub) and
+    /// closes its connection, so its client is gone within a moment: true if it existed.
+    pub fn kick(&self, id: &str) -> bool {
+        let Some(s) = self.session(id) else {
+            return false;
+        };
+        info!(session = %s.id, conn = s.conn.id, path = %s.stream.path(), peer = %s.conn.peer, "session kicked");
+        self.end_session(id, "kicked");
+        s.conn.close("kicked");
+        true
+    }
+
     /// Looks up a session by id.
     pub(crate) fn session(&self, id: &str) -> Option<Arc<Session>> {
         self.sessions
@@ -563,6 +578,30 @@ impl Rtsp {
     /// it announced but never recorded are freed.
     pub(crate) fn connection_closed(&self, conn: u64) {
         self.hub.end_unready_of(Owner(conn));
+    }
+}
+
+/// The RTSP module's sessions as the hub's directory (held weakly: the module holds the
+/// hub).
+struct Directory(Weak<Rtsp>);
+
+impl sluice_hub::Sessions for Directory {
+    fn list(&self) -> Vec<sluice_hub::SessionInfo> {
+        let Some(rtsp) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let sessions: Vec<Arc<Session>> = rtsp
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        sessions.iter().map(|s| s.info()).collect()
+    }
+
+    fn kick(&self, id: &str) -> bool {
+        self.0.upgrade().is_some_and(|rtsp| rtsp.kick(id))
     }
 }
 

@@ -213,7 +213,9 @@ async fn attempt(server: &Weak<Rtsp>, pull: &Arc<Pull>, tcp: bool) -> Outcome {
                         match Presentation::from_sdp(&sdp) {
                             Ok(p) => {
                                 let stream = server.attach_pull_stream(pull, p);
-                                ingest = Some(Arc::new(Ingest::new(stream, rand::random(), now)));
+                                let source = Arc::new(Ingest::new(stream, rand::random(), now));
+                                source.report_on_stream();
+                                ingest = Some(source);
                             }
                             Err(e) => {
                                 warn!(path = %pull.path, source = %url, error = %e, "pull source SDP refused");
@@ -334,6 +336,7 @@ impl Rtsp {
             info!(path = %pull.path, "pull source media changed; readers must DESCRIBE again");
         }
         let stream = self.hub.create_stream(&pull.path, presentation);
+        stream.set_source_kind(sluice_hub::SourceKind::Pull);
         stream.set_fanout_window(self.config().rtsp.fanout_window);
         match self.publish_path(
             pull.owner,

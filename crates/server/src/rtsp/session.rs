@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use sluice_rtp::rtcp::{self, ReportBlock, RtcpPacket};
 use sluice_rtsp::server::TrackTransport;
@@ -59,6 +59,10 @@ pub struct Session {
     pub stream: Arc<Stream>,
     /// For stored files: the source playing into the private stream.
     pub file: Option<Box<dyn Playback>>,
+    /// The user the connection authenticated as (None: anonymous).
+    pub user: Option<String>,
+    /// When it was created (wall clock, for the API).
+    pub created: SystemTime,
     /// Mutable state.
     pub inner: Mutex<SessionInner>,
 }
@@ -80,6 +84,8 @@ impl Session {
             role,
             stream,
             file,
+            user: None,
+            created: SystemTime::now(),
             inner: Mutex::new(SessionInner {
                 transports: vec![None; tracks],
                 playing: None,
@@ -89,6 +95,47 @@ impl Session {
                 multicast_group: None,
                 last_activity: now,
             }),
+        }
+    }
+
+    /// This session, made by `user` (None: anonymous).
+    pub fn by(mut self, user: Option<String>) -> Session {
+        self.user = user;
+        self
+    }
+
+    /// What the hub's session directory says of it (see [`sluice_hub::Sessions`]).
+    pub fn info(&self) -> sluice_hub::SessionInfo {
+        use crate::rtsp::readers::Reader;
+        let inner = self.lock();
+        let transport = match inner.transports.iter().flatten().next() {
+            Some(TrackTransport::Udp { .. }) => "udp",
+            Some(TrackTransport::Tcp { .. }) => "tcp",
+            Some(TrackTransport::Multicast { .. }) => "multicast",
+            None => "",
+        };
+        let (packets, bytes) = match (&inner.ingest, &inner.playing) {
+            (Some(ingest), _) => (ingest.totals().0, ingest.bytes_received()),
+            (None, Some(p)) => p.sink.sent(),
+            (None, None) => (0, 0),
+        };
+        sluice_hub::SessionInfo {
+            id: self.id.clone(),
+            path: self.stream.path().to_owned(),
+            protocol: "rtsp",
+            transport,
+            role: match self.role {
+                Role::Recorder => sluice_hub::SessionRole::Publisher,
+                Role::Player => sluice_hub::SessionRole::Reader,
+            },
+            peer: self.conn.peer,
+            user: self.user.clone(),
+            created_unix: self
+                .created
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            packets,
+            bytes,
         }
     }
 

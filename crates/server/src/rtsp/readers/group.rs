@@ -68,6 +68,21 @@ pub trait Reader: Send + Sync {
     }
     /// The stream has ended; no more packets will come.
     fn handle_end(&self, reason: EndReason);
+    /// The transport this reader serves a client over (`udp`, `tcp`, `multicast`), for
+    /// the path's reader counts; None (the default) for a member that is no client (a
+    /// multicast group's feed).
+    fn transport(&self) -> Option<&'static str> {
+        None
+    }
+    /// (RTP packets, payload bytes) sent so far, for the path's figures. Read at report
+    /// time only. The default: none.
+    fn sent(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    /// Packets dropped because its queue was full. The default: none.
+    fn dropped(&self) -> u64 {
+        0
+    }
     /// The source reached the end of its media (a file's end or a PLAY range's end) but
     /// the stream stays open: a new PLAY may start it again.
     fn handle_end_of_stream(&self) {}
@@ -111,6 +126,10 @@ pub struct ReaderGroup {
     plan_buffer: Mutex<Vec<u8>>,
     /// Readers subscribed and not removed (joined or joining): whether a batch is offloaded.
     subscribed: AtomicUsize,
+    /// What readers that left had sent and dropped (packets, bytes, queue-full drops),
+    /// kept so that the group's figures only grow. Updated under the `sinks` lock, which
+    /// [`sluice_hub::Sink::stats`] reads them under too.
+    retired: Mutex<(u64, u64, u64)>,
     /// Whether a delivery plans GSO runs: set for good once a reader that sends them
     /// subscribed ([`Reader::sends_gso_runs`]). Each reader's socket still decides, at
     /// send time, whether a run goes as one message; the runs are only the plan's copy.
@@ -164,6 +183,7 @@ impl ReaderGroup {
             outbox: Outbox::default(),
             plan_buffer: Mutex::new(Vec::new()),
             subscribed: AtomicUsize::new(0),
+            retired: Mutex::new((0, 0, 0)),
             gso_runs: AtomicBool::new(false),
         })
     }
@@ -232,13 +252,24 @@ impl ReaderGroup {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => off_the_runtime(|| self.sinks()),
         };
-        let before = sinks.len();
-        sinks.retain(|(i, _)| *i != id);
         let mut joining = self.joining();
-        let before = before + joining.len();
+        let before = sinks.len() + joining.len();
+        for (_, r) in sinks.iter().chain(joining.iter()).filter(|(i, _)| *i == id) {
+            self.retire(r.as_ref());
+        }
+        sinks.retain(|(i, _)| *i != id);
         joining.retain(|(i, _)| *i != id);
         let removed = before - sinks.len() - joining.len();
         self.subscribed.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// Keeps a leaving reader's figures (under the `sinks` lock).
+    fn retire(&self, reader: &dyn Reader) {
+        let (packets, bytes) = reader.sent();
+        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        r.0 += packets;
+        r.1 += bytes;
+        r.2 += reader.dropped();
     }
 
     /// Number of subscribed readers.
@@ -384,6 +415,9 @@ impl sluice_hub::Sink for ReaderGroup {
             let mut all = std::mem::take(&mut *sinks);
             all.append(&mut self.joining());
             self.subscribed.store(0, Ordering::Relaxed);
+            for (_, r) in &all {
+                self.retire(r.as_ref());
+            }
             all
         };
         for (_, sink) in sinks {
@@ -394,6 +428,52 @@ impl sluice_hub::Sink for ReaderGroup {
     /// The media ended, the stream goes on: every reader sends BYE.
     fn on_end_of_media(&self) {
         self.end_of_stream();
+    }
+
+    /// Readers by transport (protocol `rtsp`), what every reader past and present sent,
+    /// and drops by reason: `queue_full` (a reader's queue), `send_buffer_full` (the
+    /// kernel refused UDP datagrams). Waits for a fan-out in progress (milliseconds at
+    /// thousands of readers): a report, not a packet.
+    fn stats(&self) -> sluice_hub::SinkStats {
+        use sluice_hub::ReaderCount;
+        let sinks = off_the_runtime(|| self.sinks());
+        let joining = self.joining();
+        let retired = *self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = sluice_hub::SinkStats {
+            readers: ["udp", "tcp", "multicast"]
+                .into_iter()
+                .map(|transport| ReaderCount {
+                    protocol: "rtsp",
+                    transport,
+                    count: 0,
+                })
+                .collect(),
+            packets_out: retired.0,
+            bytes_out: retired.1,
+            dropped: Vec::new(),
+        };
+        let mut queue_full = retired.2;
+        for (_, r) in sinks.iter().chain(joining.iter()) {
+            let (packets, bytes) = r.sent();
+            stats.packets_out += packets;
+            stats.bytes_out += bytes;
+            queue_full += r.dropped();
+            if let Some(t) = r.transport() {
+                match stats.readers.iter_mut().find(|c| c.transport == t) {
+                    Some(c) => c.count += 1,
+                    None => stats.readers.push(ReaderCount {
+                        protocol: "rtsp",
+                        transport: t,
+                        count: 1,
+                    }),
+                }
+            }
+        }
+        stats.dropped = vec![
+            ("queue_full", queue_full),
+            ("send_buffer_full", self.udp_dropped()),
+        ];
+        stats
     }
 }
 
@@ -982,6 +1062,56 @@ mod tests {
         ReaderGroup::of(&s).add(c.clone());
         assert_eq!(c.ends.load(Ordering::SeqCst), 1);
         assert_eq!(ReaderGroup::of(&s).len(), 0);
+    }
+
+    /// A reader that says its transport and reports fixed figures.
+    struct Said(Option<&'static str>, u64);
+
+    impl Reader for Said {
+        fn handle_packet(&self, _: &MediaPacket) {}
+        fn handle_end(&self, _: EndReason) {}
+        fn transport(&self) -> Option<&'static str> {
+            self.0
+        }
+        fn sent(&self) -> (u64, u64) {
+            (self.1, 10 * self.1)
+        }
+        fn dropped(&self) -> u64 {
+            1
+        }
+    }
+
+    #[test]
+    fn stats_count_readers_by_transport_and_keep_what_leavers_sent() {
+        use sluice_hub::Sink;
+        let g = ReaderGroup::new("p".into(), &Presentation::from_sdp(SDP.as_bytes()).unwrap());
+        let count = |g: &ReaderGroup, t: &str| {
+            g.stats()
+                .readers
+                .iter()
+                .find(|c| c.transport == t)
+                .map_or(0, |c| c.count)
+        };
+        let tcp = g.add(Arc::new(Said(Some("tcp"), 5)));
+        g.add(Arc::new(Said(Some("udp"), 7)));
+        g.add(Arc::new(Said(Some("udp"), 1)));
+        g.add(Arc::new(Said(None, 100))); // a multicast feed: sends, is no reader
+        let st = g.stats();
+        assert_eq!(
+            (count(&g, "tcp"), count(&g, "udp"), count(&g, "multicast")),
+            (1, 2, 0)
+        );
+        assert_eq!(st.readers_of("rtsp"), 3);
+        assert_eq!((st.packets_out, st.bytes_out), (113, 1130));
+        assert_eq!(st.dropped, vec![("queue_full", 4), ("send_buffer_full", 0)]);
+        g.remove(tcp);
+        let st = g.stats();
+        assert_eq!(count(&g, "tcp"), 0);
+        assert_eq!(st.packets_out, 113, "a reader that left still counts");
+        g.on_end(EndReason::SourceGone);
+        let st = g.stats();
+        assert_eq!(st.readers_of("rtsp"), 0);
+        assert_eq!((st.packets_out, st.dropped[0].1), (113, 4));
     }
 
     /// A sink whose first batch blocks until the test lets it go: a fan-out in progress.

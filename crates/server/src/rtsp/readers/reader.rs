@@ -76,8 +76,10 @@ pub type CloseFn = Arc<dyn Fn(&str) + Send + Sync>;
 
 #[derive(Debug, Default)]
 struct TrackCounters {
-    packets: AtomicU32,
-    octets: AtomicU32,
+    /// Packets sent; the Sender Reports carry its low 32 bits (RTCP's counts wrap).
+    packets: AtomicU64,
+    /// Payload bytes sent; the Sender Reports carry its low 32 bits.
+    octets: AtomicU64,
     ssrc: AtomicU32,
     seen: AtomicBool,
 }
@@ -107,6 +109,9 @@ pub struct ReaderSink {
     created: Instant,
     /// TCP: the RTP channel per track.
     channels: ChannelMap,
+    /// The transport it serves a session over, for the path's reader counts (`udp`,
+    /// `tcp`, `multicast`); None for a multicast group's feed, which is no reader.
+    transport: Option<&'static str>,
     /// UDP: where the latency of this sink's sends is recorded (see
     /// [`ReaderSink::recording_latency`]).
     latency: Option<Arc<LatencyHistogram>>,
@@ -163,7 +168,15 @@ impl ReaderSink {
             created: Instant::now(),
             channels,
             latency: None,
+            transport: None,
         }
+    }
+
+    /// This sink, counted as one reader over `transport` (`udp`, `tcp`, `multicast`) in
+    /// its path's figures ([`Reader::transport`]).
+    pub fn serving(mut self, transport: &'static str) -> ReaderSink {
+        self.transport = Some(transport);
+        self
     }
 
     /// This sink, recording the ingest → egress latency of its UDP sends into `latency`:
@@ -225,14 +238,14 @@ impl ReaderSink {
     pub fn packets_sent(&self, track: usize) -> u32 {
         self.counters
             .get(track)
-            .map_or(0, |c| c.packets.load(Ordering::Relaxed))
+            .map_or(0, |c| c.packets.load(Ordering::Relaxed) as u32)
     }
 
     /// RTP payload bytes sent on `track` (the Sender Reports' octet count).
     pub fn octets_sent(&self, track: usize) -> u32 {
         self.counters
             .get(track)
-            .map_or(0, |c| c.octets.load(Ordering::Relaxed))
+            .map_or(0, |c| c.octets.load(Ordering::Relaxed) as u32)
     }
 
     /// Whether the sink delivers anything (multicast members' session sinks do not).
@@ -278,8 +291,9 @@ impl ReaderSink {
     /// Counts a packet sent (or queued) to `track` for the Sender Reports.
     fn count(&self, track: usize, packets: u32, payload_bytes: u32, ssrc: u32) {
         if let Some(c) = self.counters.get(track) {
-            c.packets.fetch_add(packets, Ordering::Relaxed);
-            c.octets.fetch_add(payload_bytes, Ordering::Relaxed);
+            c.packets.fetch_add(u64::from(packets), Ordering::Relaxed);
+            c.octets
+                .fetch_add(u64::from(payload_bytes), Ordering::Relaxed);
             c.ssrc.store(ssrc, Ordering::Relaxed);
             c.seen.store(true, Ordering::Relaxed);
         }
@@ -395,8 +409,8 @@ impl ReaderSink {
                 ssrc: c.ssrc.load(Ordering::Relaxed),
                 ntp,
                 rtp_timestamp,
-                packet_count: c.packets.load(Ordering::Relaxed),
-                octet_count: c.octets.load(Ordering::Relaxed),
+                packet_count: c.packets.load(Ordering::Relaxed) as u32,
+                octet_count: c.octets.load(Ordering::Relaxed) as u32,
             };
             let mut buf = Vec::with_capacity(64);
             rtcp::write_sender_report(&mut buf, &info, &[], CNAME);
@@ -492,11 +506,30 @@ impl Reader for ReaderSink {
     }
 
     fn handle_refused(&self, refund: Refund) {
-        // The counters wrap (RTCP's are 32-bit), so taking back wraps too.
+        // Taken back from what `count` added before, so never below zero.
         if let Some(c) = self.counters.get(refund.track) {
-            c.packets.fetch_sub(refund.packets, Ordering::Relaxed);
-            c.octets.fetch_sub(refund.payload_bytes, Ordering::Relaxed);
+            c.packets
+                .fetch_sub(u64::from(refund.packets), Ordering::Relaxed);
+            c.octets
+                .fetch_sub(u64::from(refund.payload_bytes), Ordering::Relaxed);
         }
+    }
+
+    fn transport(&self) -> Option<&'static str> {
+        self.transport
+    }
+
+    fn sent(&self) -> (u64, u64) {
+        self.counters.iter().fold((0, 0), |(p, b), c| {
+            (
+                p + c.packets.load(Ordering::Relaxed),
+                b + c.octets.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    fn dropped(&self) -> u64 {
+        ReaderSink::dropped(self)
     }
 
     fn prefetch(&self) {
