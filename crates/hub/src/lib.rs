@@ -17,6 +17,7 @@
 //! - [`stream`]: a path's live [`Stream`]: one source in, its sinks out.
 //! - [`on_demand`]: media opened per session (stored files), provided by one module and
 //!   served by another.
+//! - [`events`]: the server's event bus, a bounded ring of numbered [`ServerEvent`]s.
 //! - [`hub`]: the [`Hub`] every module shares: the registry of streams, the hooks that
 //!   attach modules' sinks to new streams, and the on-demand providers.
 
@@ -24,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod batcher;
+pub mod events;
 pub mod gop;
 pub mod hub;
 pub mod on_demand;
@@ -35,6 +37,7 @@ pub mod source;
 pub mod stream;
 
 pub use batcher::Batcher;
+pub use events::{EventBus, Record, ServerEvent, SessionInfo};
 pub use hub::Hub;
 pub use on_demand::{OnDemand, OnDemandMedia, OpenError, Playback};
 pub use packet::{Batch, EndReason, MediaPacket};
