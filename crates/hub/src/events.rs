@@ -280,7 +280,8 @@ impl EventBus {
         if ring.records.len() == ring.capacity {
             ring.records.pop_front();
         }
-        ring.records.push_back(Arc::new(Record { id, time_ms, event }));
+        ring.records
+            .push_back(Arc::new(Record { id, time_ms, event }));
         let wakers = std::mem::take(&mut ring.waiters);
         drop(ring);
         for w in wakers.into_values() {
@@ -471,6 +472,9 @@ mod tests {
         let mut dropped = bus.next_after(2);
         assert!(Pin::new(&mut dropped).poll(&mut cx).is_pending());
         drop(dropped);
-        assert!(bus.lock().waiters.is_empty(), "a dropped waiter is forgotten");
+        assert!(
+            bus.lock().waiters.is_empty(),
+            "a dropped waiter is forgotten"
+        );
     }
 }
