@@ -10,12 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_hub::registry::{Event, Pattern, WatcherId};
-use sluice_hub::Hub;
+use sluice_hub::{EventBus, Hub, ServerEvent};
 use tracing::{info, warn};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::file::{FileError, Files};
+use crate::hooks::{Hooks, HooksError};
 use crate::http::{HttpContext, HttpError, HttpServer, LatencyCollector};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
@@ -35,6 +36,9 @@ pub enum ServerError {
     /// The HTTPS certificate or key is unusable.
     #[error(transparent)]
     Tls(crate::config::tls::TlsError),
+    /// The hooks could not start.
+    #[error(transparent)]
+    Hooks(#[from] HooksError),
     /// The users configuration is unusable.
     #[error("invalid users: {0}")]
     Users(String),
@@ -66,7 +70,8 @@ impl Server {
         let config = Arc::new(config);
         let path_events = Arc::new(tokio::sync::Notify::new());
         let wake = path_events.clone();
-        let hub = Arc::new(Hub::new(Box::new(move || wake.notify_one())));
+        let bus = EventBus::new(sluice_hub::events::DEFAULT_CAPACITY, Box::new(unix_time_ms));
+        let hub = Arc::new(Hub::with_events(Box::new(move || wake.notify_one()), bus));
         let path_watcher = hub.watch(Pattern::new("**"), PATH_EVENT_QUEUE);
         let auth = Arc::new(
             Authenticator::new(&config.users, config.auth.clone()).map_err(ServerError::Users)?,
@@ -74,7 +79,8 @@ impl Server {
         // The modules, RTSP first: its hook must see every stream the others create.
         let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
         let files = Files::start(&config, &hub)?;
-        let http = bind_http(&config, &auth, &rtsp).await?;
+        let hooks = Hooks::start(&config, hub.clone())?;
+        let http = bind_http(&config, &auth, &rtsp, &hub, &hooks).await?;
         let http_addr = http.as_ref().map(HttpServer::local_addr);
         Ok(Arc::new(Server {
             config,
@@ -114,8 +120,25 @@ impl Server {
         self.http_addr
     }
 
+    /// The hub's event bus (what `/v1/events` and the hooks read).
+    pub fn events(&self) -> &EventBus {
+        self.hub.events()
+    }
+
+    /// Tells the event bus (and so SSE clients and hooks) that the server is stopping
+    /// for `reason`, then gives the hooks up to `grace` to send it.
+    pub async fn stopping(&self, reason: &str, grace: std::time::Duration) {
+        self.hub.events().publish(ServerEvent::ServerStopping {
+            reason: reason.to_owned(),
+        });
+        tokio::time::sleep(grace).await;
+    }
+
     /// Runs every module and the event pump until the task is dropped.
     pub async fn run(self: Arc<Self>) {
+        self.hub.events().publish(ServerEvent::ServerStarted {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
         tokio::spawn(self.clone().run_event_pump());
         if let Some(http) = self.http.lock().unwrap_or_else(|e| e.into_inner()).take() {
             tokio::spawn(http.run());
@@ -160,8 +183,12 @@ async fn bind_http(
     config: &Config,
     auth: &Arc<Authenticator>,
     rtsp: &Rtsp,
+    hub: &Arc<Hub>,
+    hooks: &Hooks,
 ) -> Result<Option<HttpServer>, ServerError> {
     let mut ctx = HttpContext::new(config, auth.clone());
+    ctx.event_source(hub.clone());
+    ctx.metrics().collector(Box::new(hooks.collector()));
     ctx.listener("rtsp", rtsp.local_addr());
     if let Some(a) = rtsp.rtsps_addr() {
         ctx.listener("rtsps", a);
@@ -176,6 +203,13 @@ async fn bind_http(
         ctx.tls(crate::config::tls::server_config(&cert, &key).map_err(ServerError::Tls)?);
     }
     Ok(HttpServer::bind(ctx).await?)
+}
+
+/// Now in milliseconds since the Unix epoch: the event bus's clock.
+fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod config_store;
+mod events;
 pub mod info;
 mod listener;
 pub mod metrics;
@@ -132,6 +133,8 @@ pub struct HttpContext {
     metrics: MetricsBuilder,
     routes: HttpRoutes,
     tls: Option<rustls::ServerConfig>,
+    /// The hub whose event bus `GET /v1/events` streams.
+    event_source: Arc<sluice_hub::Hub>,
 }
 
 impl std::fmt::Debug for HttpContext {
@@ -157,6 +160,7 @@ impl HttpContext {
             metrics: MetricsBuilder::new(),
             routes: HttpRoutes::default(),
             tls: None,
+            event_source: Arc::new(sluice_hub::Hub::default()),
         }
     }
 
@@ -183,6 +187,12 @@ impl HttpContext {
     /// The routes other modules contribute.
     pub fn routes(&mut self) -> &mut HttpRoutes {
         &mut self.routes
+    }
+
+    /// Streams `hub`'s event bus at `GET /v1/events` (by default an empty bus of its own).
+    pub fn event_source(&mut self, hub: Arc<sluice_hub::Hub>) -> &mut Self {
+        self.event_source = hub;
+        self
     }
 
     /// Serves HTTPS with this TLS configuration (its ALPN is set to h2 and http/1.1).
@@ -220,6 +230,11 @@ impl HttpContext {
                 OpenApiRouter::new()
                     .routes(routes!(metrics::metrics))
                     .with_state(metrics.clone()),
+            )
+            .merge(
+                OpenApiRouter::new()
+                    .routes(routes!(events::events))
+                    .with_state(self.event_source),
             )
             .merge(
                 OpenApiRouter::new()

@@ -12,6 +12,7 @@ pub mod answers;
 pub mod at_hand;
 pub mod conn;
 pub mod conn_handle;
+mod events;
 pub mod ingest;
 pub mod media_socket;
 pub mod multicast;
@@ -433,6 +434,7 @@ impl Rtsp {
             return;
         };
         let path = s.stream.path().to_owned();
+        let info = events::session_info(&s);
         if let Some(file) = &s.file {
             file.pause();
         }
@@ -476,6 +478,7 @@ impl Rtsp {
             let (lost, jitter) = s.reader_report_summary();
             info!(session = %s.id, conn = s.conn.id, %path, why, sent, reported_lost = lost, reported_jitter = jitter, "reader session ended");
         }
+        self.announce_stop(&s, info, why);
     }
 
     /// An owner id for a pull source's claims: never a connection's id.

@@ -61,6 +61,9 @@ pub struct Session {
     pub file: Option<Box<dyn Playback>>,
     /// Mutable state.
     pub inner: Mutex<SessionInner>,
+    /// Whether its start (reader started / publisher started) is on the hub's event bus,
+    /// so that its end is published too (see `rtsp/events.rs`).
+    pub announced: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -89,6 +92,7 @@ impl Session {
                 multicast_group: None,
                 last_activity: now,
             }),
+            announced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
