@@ -402,6 +402,18 @@ fn a_receiver_answering_503_503_200_gets_one_event_under_one_id() {
         "no secret: unsigned"
     );
     let metrics = get(http, "/metrics");
+    // Without Accept: text/event-stream, /v1/events is a poll of the ring.
+    let polled = get(http, "/v1/events");
+    let body = polled.split("\r\n\r\n").nth(1).unwrap_or("");
+    let list: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {polled}"));
+    assert!(
+        list["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|v| v["type"] == "server_started")),
+        "{list}"
+    );
+    assert_eq!(list["missed"], 0);
     for want in [
         "sluice_hook_deliveries_total{target=\"flaky\",outcome=\"delivered\"} 1",
         "sluice_hook_deliveries_total{target=\"flaky\",outcome=\"retried\"} 2",
