@@ -592,7 +592,10 @@ fn schemathesis_finds_nothing_in_the_served_document() {
     // requests without them (or with wrong ones) are refused.
     let (server, http) = start(
         "",
-        "[[users]]\nuser = \"ops\"\npass = \"ops-pw\"\npermissions = [{ action = \"api_write\" }, { action = \"metrics\" }]\n",
+        // schemathesis sends wrong credentials on purpose: the failed-login lockout
+        // would otherwise refuse its valid ones once the document has a few operations.
+        "[auth]\nmax_failures = 100000\n\
+         [[users]]\nuser = \"ops\"\npass = \"ops-pw\"\npermissions = [{ action = \"api_write\" }, { action = \"metrics\" }]\n",
     );
     run_schemathesis(http, &server.dir, &["--auth", "ops:ops-pw"]);
 }
