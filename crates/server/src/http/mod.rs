@@ -10,7 +10,7 @@
 
 pub mod access;
 pub mod config_store;
-mod events;
+pub mod events;
 pub mod info;
 mod listener;
 pub mod metrics;
