@@ -88,7 +88,7 @@ impl Hub {
 
     /// Publishes the registry's pending lifecycle events on the bus, then wakes the event
     /// pump: run after every registry change.
-    fn changed(&self) {
+    fn after_change(&self) {
         let pending: Vec<Event> = {
             let mut paths = self.registry();
             std::iter::from_fn(|| paths.poll_event(self.bus_watcher)).collect()
@@ -193,7 +193,7 @@ impl Hub {
         let published = self
             .registry()
             .publish(stream.path(), owner, claim, stream.clone());
-        self.changed();
+        self.after_change();
         let Published { replaced, .. } = published?;
         if let Some(old) = &replaced {
             old.end(EndReason::Replaced);
@@ -210,7 +210,7 @@ impl Hub {
             paths.set_ready(&claim);
         }
         drop(paths);
-        self.changed();
+        self.after_change();
     }
 
     /// Ends `stream` for `reason` and frees its path if it still holds it.
@@ -223,7 +223,7 @@ impl Hub {
         // Out of the registry first, then ended: a reader told the stream ended (BYE, its
         // connection closed) that asks again must not still find the path.
         stream.end(reason);
-        self.changed();
+        self.after_change();
     }
 
     /// Ends the streams `owner` claimed but never made ready (a publisher's connection

@@ -422,6 +422,24 @@ fn a_receiver_answering_503_503_200_gets_one_event_under_one_id() {
     ] {
         assert!(metrics.contains(want), "missing {want} in\n{metrics}");
     }
+    // The family passes promtool like the rest.
+    let body = metrics.split("\r\n\r\n").nth(1).unwrap_or("");
+    let file = server.dir.join("metrics.txt");
+    std::fs::write(&file, body).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool (scripts/install-test-deps.sh installs it)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
 }
 
 /// A reader session on `url` (its first track over TCP): SETUP, PLAY, TEARDOWN.

@@ -149,6 +149,11 @@ fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("no host"));
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(bad(
+            "credentials in the URL are not sent; sign with `secret` instead",
+        ));
+    }
     Ok(())
 }
 
@@ -233,6 +238,7 @@ mod tests {
             "[[hooks.webhook]]\nurl = \"ftp://example.com/\"\n",
             "[[hooks.webhook]]\nurl = \"not a url\"\n",
             "[[hooks.webhook]]\nurl = \"/relative\"\n",
+            "[[hooks.webhook]]\nurl = \"http://u:p@x/\"\n",
             "[[hooks.webhook]]\nurl = \"http://x/\"\nevents = [\"nope\"]\n",
             "[[hooks.webhook]]\nurl = \"http://x/\"\nmax_attempts = 0\n",
             "[[hooks.webhook]]\nurl = \"http://x/\"\nname = \"a\"\n[[hooks.webhook]]\nurl = \"http://y/\"\nname = \"a\"\n",
