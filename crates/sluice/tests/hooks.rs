@@ -2,7 +2,8 @@
 //! a reader's events in order, each signed; a receiver answering 503, 503, 200 gets one
 //! event three times under one id and it is counted delivered once; a stuck receiver
 //! leaves other clients' DESCRIBE latency alone; `/v1/events` streams the same events
-//! and resumes with `Last-Event-ID`; a command hook gets the event JSON on stdin.
+//! and resumes with `Last-Event-ID`; a command hook gets the event JSON on stdin; a
+//! server stopped with SIGINT tells its hooks first.
 
 mod common;
 
@@ -515,4 +516,47 @@ fn a_stuck_receiver_leaves_describe_latency_alone() {
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no dropped series in\n{metrics}"));
     assert!(dropped > 0, "a full queue drops: {metrics}");
+}
+
+#[test]
+fn a_stopping_server_says_so_before_it_exits() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO));
+    let dir = test_dir("hooks-stopping");
+    let (port, http) = (free_tcp_port(), free_tcp_port());
+    let config = common::server::build_config(
+        port,
+        common::free_udp_pair(),
+        common::free_udp_block(4),
+        &format!(
+            "transports = [\"tcp\"]\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [[hooks.webhook]]\nurl = \"{}\"\nevents = [\"server_started\", \"server_stopping\"]\n",
+            receiver.url()
+        ),
+    );
+    let file = dir.join("sluice.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("serve").arg("--config").arg(&file);
+    let mut proc = common::Proc::spawn("sluice-stopping", cmd, &dir);
+    wait_for(Duration::from_secs(15), || {
+        (!receiver.hits().is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no server_started\n{}", proc.stderr()));
+    proc.signal(libc::SIGINT);
+    assert!(
+        proc.wait_timeout(Duration::from_secs(10)).is_some(),
+        "still running"
+    );
+    let types: Vec<String> = receiver
+        .hits()
+        .iter()
+        .map(|h| h.json()["type"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["server_started", "server_stopping"],
+        "{}",
+        proc.stderr()
+    );
+    assert_eq!(receiver.hits()[1].json()["reason"], "signal");
 }

@@ -175,6 +175,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_further_behind_than_the_ring_gets_a_gap_event_first() {
+        let hub = Arc::new(Hub::with_events(
+            Box::new(|| {}),
+            sluice_hub::EventBus::new(2, Box::new(|| 0)),
+        ));
+        for p in ["a", "b", "c", "d", "e"] {
+            hub.events().publish(ready(p));
+        }
+        let got: Vec<SseEvent> = stream_after(hub, 1)
+            .take(3)
+            .map(|e| e.unwrap())
+            .collect()
+            .await;
+        // axum's Event has no getters: its Debug shows the wire form.
+        let wire: Vec<String> = got.iter().map(|e| format!("{e:?}")).collect();
+        assert!(
+            wire[0].contains(r#"b"event: gap\ndata: {\"missed\":2}\n""#),
+            "{wire:?}"
+        );
+        assert!(
+            wire[1].contains(r#"b"id: 4\nevent: path_ready\n"#),
+            "{wire:?}"
+        );
+        assert!(
+            wire[2].contains(r#"b"id: 5\nevent: path_ready\n"#),
+            "{wire:?}"
+        );
+        assert_eq!(got.len(), 3);
+    }
+
+    #[tokio::test]
     async fn streams_start_now_or_resume_after_the_last_event_id() {
         let hub = Arc::new(Hub::default());
         hub.events().publish(ready("a"));
