@@ -1,7 +1,9 @@
 //! The composition root: the one file that names more than one module. It builds the
 //! [`Hub`] every module shares, starts each module on it (RTSP first: its hook attaches a
 //! reader group to every stream created after), and runs the event pump that logs the
-//! hub's path lifecycle events.
+//! hub's path lifecycle events. It gives the hub's event bus its clock and publishes the
+//! server's start and stop there; the hooks module and the HTTP module's `/v1/events`
+//! read it.
 //!
 //! Adding a module is a folder of its own plus a line here (see docs/ARCHITECTURE.md,
 //! "Adding a module").
@@ -147,7 +149,7 @@ impl Server {
     }
 
     /// Logs every path lifecycle event, one line each, in the order they happened: the
-    /// hub's events made visible (what an event bus or a recorder will consume).
+    /// hub's events made visible in the log (the event bus gets them from the hub itself).
     async fn run_event_pump(self: Arc<Self>) {
         loop {
             let events: Vec<Event> =
