@@ -370,7 +370,20 @@ fn a_publisher_and_a_reader_reach_webhooks_sse_and_command_hooks_in_order() {
     assert_eq!(v["type"], "reader_started");
     assert_eq!(v["path"], "hooked");
     assert_eq!(v["id"].as_u64(), Some(ids[2]));
-    drop(publisher);
+
+    // The publisher goes (killed: no TEARDOWN): its stop, then its path's end.
+    let mut publisher = publisher;
+    publisher.kill();
+    let seen = sse.wait("the publisher's end", |e| {
+        e.iter().any(|s| s.event == "path_not_ready")
+    });
+    let tail: Vec<&str> = seen
+        .iter()
+        .skip_while(|s| s.event != "reader_stopped")
+        .skip(1)
+        .map(|s| s.event.as_str())
+        .collect();
+    assert_eq!(tail, ["publisher_stopped", "path_not_ready"], "{seen:?}");
 }
 
 #[test]

@@ -470,6 +470,8 @@ impl Rtsp {
                 m.release(&path);
             }
         }
+        // Before the path's end: the publisher's stop is the cause of its path's.
+        self.announce_stop(&s, info, why);
         if let Some(ingest) = ingest {
             let (received, lost) = ingest.totals();
             self.end_path(&s.stream, EndReason::SourceGone);
@@ -478,7 +480,6 @@ impl Rtsp {
             let (lost, jitter) = s.reader_report_summary();
             info!(session = %s.id, conn = s.conn.id, %path, why, sent, reported_lost = lost, reported_jitter = jitter, "reader session ended");
         }
-        self.announce_stop(&s, info, why);
     }
 
     /// An owner id for a pull source's claims: never a connection's id.
