@@ -256,8 +256,9 @@ fn a_publisher_and_a_reader_reach_webhooks_sse_and_command_hooks_in_order() {
     let receiver = Receiver::start(|_| (200, Duration::ZERO));
     let dir = test_dir("hooks-order");
     let stdin_file = dir.join("command-stdin.jsonl");
+    // A short request timeout: it must not cut the event stream (only slow answers).
     let (server, http) = start(&format!(
-        "[[hooks.webhook]]\nname = \"order\"\nurl = \"{}\"\nsecret = \"s3cret\"\n\
+        "request_timeout = \"1s\"\n[[hooks.webhook]]\nname = \"order\"\nurl = \"{}\"\nsecret = \"s3cret\"\n\
          events = [\"path_ready\", \"publisher_started\", \"reader_started\", \"reader_stopped\"]\n\
          [[hooks.command]]\nargv = [\"/bin/sh\", \"-c\", \"cat >> \\\"$1\\\"\", \"sh\", \"{}\"]\n\
          events = [\"reader_started\"]\n",
