@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::events::{EventBus, ServerEvent};
 use crate::on_demand::{OnDemand, OnDemandMedia, OpenError};
 use crate::packet::EndReason;
 use crate::presentation::Presentation;
@@ -36,7 +37,15 @@ pub struct Hub {
     next_version: AtomicU64,
     next_owner: AtomicU64,
     changed: ChangeNotifier,
+    /// The server's event bus; path readiness is fed from `bus_watcher`.
+    events: EventBus,
+    /// The registry watcher whose lifecycle events the hub turns into bus events, right
+    /// after the change (so they are on the bus before whatever the caller does next).
+    bus_watcher: WatcherId,
 }
+
+/// Registry events the bus watcher may queue between two drains (each change drains it).
+const BUS_WATCHER_QUEUE: usize = 1024;
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,17 +62,63 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// An empty hub; `changed` is called after every registry change.
+    /// An empty hub; `changed` is called after every registry change. Its event bus
+    /// stamps events with time 0: see [`Hub::with_events`].
     pub fn new(changed: ChangeNotifier) -> Hub {
+        Hub::with_events(changed, EventBus::default())
+    }
+
+    /// An empty hub publishing to `events` (the composition root's bus, with its clock).
+    pub fn with_events(changed: ChangeNotifier, events: EventBus) -> Hub {
+        let mut paths = Registry::new();
+        let bus_watcher = paths.watch(Pattern::new("**"), BUS_WATCHER_QUEUE);
         Hub {
-            paths: Mutex::new(Registry::new()),
+            paths: Mutex::new(paths),
             hooks: Mutex::new(Vec::new()),
             on_demand: Mutex::new(Vec::new()),
             sessions: Mutex::new(Vec::new()),
             next_version: AtomicU64::new(1),
             next_owner: AtomicU64::new(1),
             changed,
+            events,
+            bus_watcher,
         }
+    }
+
+    /// The server's event bus: modules publish their session events here, consumers
+    /// (SSE, hooks) read it. Path ready / not ready are published by the hub itself.
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// Publishes the registry's pending lifecycle events on the bus, then wakes the event
+    /// pump: run after every registry change.
+    fn after_change(&self) {
+        let pending: Vec<Event> = {
+            let mut paths = self.registry();
+            std::iter::from_fn(|| paths.poll_event(self.bus_watcher)).collect()
+        };
+        for event in pending {
+            let e = match event {
+                Event::Ready { path, source } => ServerEvent::PathReady {
+                    path,
+                    source: source.get(),
+                },
+                Event::Ended {
+                    path,
+                    source,
+                    reason,
+                } => ServerEvent::PathNotReady {
+                    path,
+                    source: source.get(),
+                    reason: reason.to_string(),
+                },
+                // The new stream's readiness follows as its own event.
+                Event::Replaced { .. } | Event::Lagged { .. } => continue,
+            };
+            self.events.publish(e);
+        }
+        (self.changed)();
     }
 
     /// The registry, locked: look-ups, claims and watchers. Changes that readers must see
@@ -174,7 +229,7 @@ impl Hub {
         let published = self
             .registry()
             .publish(stream.path(), owner, claim, stream.clone());
-        (self.changed)();
+        self.after_change();
         let Published { replaced, .. } = published?;
         if let Some(old) = &replaced {
             old.end(EndReason::Replaced);
@@ -205,7 +260,7 @@ impl Hub {
             paths.set_ready(&claim);
         }
         drop(paths);
-        (self.changed)();
+        self.after_change();
     }
 
     /// Ends `stream` for `reason` and frees its path if it still holds it.
@@ -218,7 +273,7 @@ impl Hub {
         // Out of the registry first, then ended: a reader told the stream ended (BYE, its
         // connection closed) that asks again must not still find the path.
         stream.end(reason);
-        (self.changed)();
+        self.after_change();
     }
 
     /// Ends the streams `owner` claimed but never made ready (a publisher's connection
@@ -334,6 +389,15 @@ mod tests {
         assert!(matches!(events.first(), Some(Event::Ready { .. })));
         assert!(matches!(events.last(), Some(Event::Ended { .. })));
         assert!(changes.load(Ordering::SeqCst) >= 5);
+        // The bus got readiness as it happened, in order (a replacement is no gap).
+        let names: Vec<&str> = hub
+            .events()
+            .since(0)
+            .records
+            .iter()
+            .map(|r| r.event.name())
+            .collect();
+        assert_eq!(names, ["path_ready", "path_ready", "path_not_ready"]);
     }
 
     /// A directory of fixed sessions that forgets the ones kicked.

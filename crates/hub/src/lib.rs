@@ -19,6 +19,7 @@
 //!   served by another.
 //! - [`stats`]: per-stream figures (in, out, readers, loss) and the directory of live
 //!   sessions ([`Sessions`]) the HTTP API lists and kicks.
+//! - [`events`]: the server's event bus, a bounded ring of numbered [`ServerEvent`]s.
 //! - [`hub`]: the [`Hub`] every module shares: the registry of streams, the hooks that
 //!   attach modules' sinks to new streams, the on-demand providers and the session
 //!   directories.
@@ -27,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod batcher;
+pub mod events;
 pub mod gop;
 pub mod hub;
 pub mod on_demand;
@@ -39,6 +41,7 @@ pub mod stats;
 pub mod stream;
 
 pub use batcher::Batcher;
+pub use events::{EventBus, Record, ServerEvent, SessionRef};
 pub use hub::Hub;
 pub use on_demand::{OnDemand, OnDemandMedia, OpenError, Playback};
 pub use packet::{Batch, EndReason, MediaPacket};

@@ -8,6 +8,7 @@
 //! - [`config`]: the configuration file and its checks (and the TLS key loading).
 //! - [`http`]: the HTTP listener, the REST API under `/v1`, its OpenAPI document, and the
 //!   Prometheus metrics; other modules contribute routes and collectors.
+//! - [`hooks`]: webhooks and command hooks fed by the hub's event bus.
 //! - [`auth`]: users, permissions and the RTSP and HTTP authentication exchanges.
 //!
 //! [`server`] is the composition root, the only file naming more than one module.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod file;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod hooks;
 pub mod http;
 pub mod rtsp;
 pub mod server;

@@ -1,7 +1,9 @@
 //! The composition root: the one file that names more than one module. It builds the
 //! [`Hub`] every module shares, starts each module on it (RTSP first: its hook attaches a
 //! reader group to every stream created after), and runs the event pump that logs the
-//! hub's path lifecycle events.
+//! hub's path lifecycle events. It gives the hub's event bus its clock and publishes the
+//! server's start and stop there; the hooks module and the HTTP module's `/v1/events`
+//! read it.
 //!
 //! Adding a module is a folder of its own plus a line here (see docs/ARCHITECTURE.md,
 //! "Adding a module").
@@ -10,12 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_hub::registry::{Event, Pattern, WatcherId};
-use sluice_hub::Hub;
+use sluice_hub::{EventBus, Hub, ServerEvent};
 use tracing::{info, warn};
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigControl, Reloader};
 use crate::file::{FileError, Files};
+use crate::hooks::{Hooks, HooksError};
 use crate::http::{HttpContext, HttpError, HttpServer, LatencyCollector};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
@@ -35,6 +38,9 @@ pub enum ServerError {
     /// The HTTPS certificate or key is unusable.
     #[error(transparent)]
     Tls(crate::config::tls::TlsError),
+    /// The hooks could not start.
+    #[error(transparent)]
+    Hooks(#[from] HooksError),
     /// The users configuration is unusable.
     #[error("invalid users: {0}")]
     Users(String),
@@ -85,7 +91,8 @@ impl Server {
         let config = Arc::new(config);
         let path_events = Arc::new(tokio::sync::Notify::new());
         let wake = path_events.clone();
-        let hub = Arc::new(Hub::new(Box::new(move || wake.notify_one())));
+        let bus = EventBus::new(sluice_hub::events::DEFAULT_CAPACITY, Box::new(unix_time_ms));
+        let hub = Arc::new(Hub::with_events(Box::new(move || wake.notify_one()), bus));
         let path_watcher = hub.watch(Pattern::new("**"), PATH_EVENT_QUEUE);
         let auth = Arc::new(
             Authenticator::new(&config.users, config.auth.clone()).map_err(ServerError::Users)?,
@@ -109,8 +116,20 @@ impl Server {
             r.apply(c.clone());
             Ok(())
         }));
+        let events = hub.clone();
+        reloader.notify_with(Box::new(move |status, file| {
+            let file = file.map(|f| f.display().to_string());
+            events.events().publish(match &status.error {
+                None => ServerEvent::ConfigReloaded { file },
+                Some(error) => ServerEvent::ConfigFailed {
+                    file,
+                    error: error.clone(),
+                },
+            });
+        }));
         let reloader = Arc::new(reloader);
-        let http = bind_http(&config, &auth, &rtsp, &hub, reloader.clone()).await?;
+        let hooks = Hooks::start(&config, hub.clone())?;
+        let http = bind_http(&config, &auth, &rtsp, &hub, &hooks, reloader.clone()).await?;
         let http_addr = http.as_ref().map(HttpServer::local_addr);
         Ok(Arc::new(Server {
             reloader,
@@ -155,8 +174,25 @@ impl Server {
         self.http_addr
     }
 
+    /// The hub's event bus (what `/v1/events` and the hooks read).
+    pub fn events(&self) -> &EventBus {
+        self.hub.events()
+    }
+
+    /// Tells the event bus (and so SSE clients and hooks) that the server is stopping
+    /// for `reason`, then gives the hooks up to `grace` to send it.
+    pub async fn stopping(&self, reason: &str, grace: std::time::Duration) {
+        self.hub.events().publish(ServerEvent::ServerStopping {
+            reason: reason.to_owned(),
+        });
+        tokio::time::sleep(grace).await;
+    }
+
     /// Runs every module and the event pump until the task is dropped.
     pub async fn run(self: Arc<Self>) {
+        self.hub.events().publish(ServerEvent::ServerStarted {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
         tokio::spawn(self.clone().run_event_pump());
         self.reloader.watch();
         if let Some(http) = self.http.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -166,7 +202,7 @@ impl Server {
     }
 
     /// Logs every path lifecycle event, one line each, in the order they happened: the
-    /// hub's events made visible (what an event bus or a recorder will consume).
+    /// hub's events made visible in the log (the event bus gets them from the hub itself).
     async fn run_event_pump(self: Arc<Self>) {
         loop {
             let events: Vec<Event> =
@@ -204,11 +240,14 @@ async fn bind_http(
     auth: &Arc<Authenticator>,
     rtsp: &Rtsp,
     hub: &Arc<Hub>,
+    hooks: &Hooks,
     control: Arc<dyn ConfigControl>,
 ) -> Result<Option<HttpServer>, ServerError> {
     let mut ctx = HttpContext::new(config, auth.clone());
     ctx.hub(hub.clone());
     ctx.control(control);
+    ctx.event_source(hub.clone());
+    ctx.metrics().collector(Box::new(hooks.collector()));
     ctx.listener("rtsp", rtsp.local_addr());
     if let Some(a) = rtsp.rtsps_addr() {
         ctx.listener("rtsps", a);
@@ -223,6 +262,13 @@ async fn bind_http(
         ctx.tls(crate::config::tls::server_config(&cert, &key).map_err(ServerError::Tls)?);
     }
     Ok(HttpServer::bind(ctx).await?)
+}
+
+/// Now in milliseconds since the Unix epoch: the event bus's clock.
+fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -299,12 +299,14 @@ fn serve(config_path: Option<PathBuf>, set: Vec<String>) -> anyhow::Result<()> {
         tracing::info!(
             "publish with: ffmpeg -re -i FILE -c copy -f rtsp rtsp://{host}/mystream  — then read rtsp://{host}/mystream"
         );
-        let run = tokio::spawn(server.run());
+        let run = tokio::spawn(server.clone().run());
         tokio::select! {
             r = run => r.context("server task failed")?,
             r = tokio::signal::ctrl_c() => {
                 r.context("waiting for Ctrl-C")?;
                 tracing::info!("shutting down");
+                // SSE clients and hooks hear of it; a moment for the webhooks to send it.
+                server.stopping("signal", std::time::Duration::from_millis(500)).await;
             }
         }
         Ok::<_, anyhow::Error>(())

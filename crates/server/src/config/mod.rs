@@ -20,7 +20,9 @@ mod http;
 pub use http::{
     is_reserved_path, parse_token_hash, HttpConfig, TokenConfig, RESERVED_FIRST_SEGMENTS,
 };
+mod hooks;
 mod layers;
+pub use hooks::{CommandConfig, HooksConfig, WebhookConfig};
 pub use layers::{check_toml, ConfigSource, Diagnostic};
 pub mod reload;
 pub use reload::{ConfigControl, ReloadStatus, Reloader};
@@ -68,6 +70,8 @@ pub struct Config {
     pub rtsps: RtspsConfig,
     /// The HTTP listener (API, metrics).
     pub http: HttpConfig,
+    /// Webhooks and command hooks.
+    pub hooks: HooksConfig,
     /// Where the values came from (file, environment, flags); not a TOML key.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -469,6 +473,7 @@ impl Config {
 
     /// Checks the relations between values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.hooks.validate()?;
         let r = &self.rtsp;
         if r.rtp_port % 2 != 0 || r.rtp_port == u16::MAX {
             return Err(ConfigError::Invalid(format!(

@@ -72,6 +72,9 @@ pub fn content_tag(text: &str) -> String {
 /// (see [`Config::load_layered`]): what a reload layers over the file again.
 pub type Layers = (Vec<(String, String)>, Vec<String>);
 
+/// Told a reload's outcome and the file it read.
+pub type Notify = Box<dyn Fn(&ReloadStatus, Option<&std::path::Path>) + Send + Sync>;
+
 /// A step of a reload: checks or applies the new configuration; an error (for the log and
 /// the status) refuses the reload (a check) or stops it there (an apply).
 pub type Step = Box<dyn Fn(&Arc<Config>) -> Result<(), String> + Send + Sync>;
@@ -96,6 +99,8 @@ pub struct Reloader {
     serial: Mutex<()>,
     /// See [`ConfigControl::file_tag`].
     file_tag: Mutex<Option<String>>,
+    /// Told each reload's outcome (the composition root puts it on the event bus).
+    notify: Option<Notify>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -117,6 +122,7 @@ const RESTART_ONLY: &[&str] = &[
     "rtsp.gop_cache",
     "rtsps",
     "http",
+    "hooks",
     "log",
 ];
 
@@ -148,6 +154,7 @@ impl Reloader {
             .and_then(|f| std::fs::read_to_string(f).ok())
             .map(|t| content_tag(&t));
         Reloader {
+            notify: None,
             file_tag: Mutex::new(file_tag),
             config: RwLock::new(config),
             layers,
@@ -161,6 +168,12 @@ impl Reloader {
             }),
             serial: Mutex::new(()),
         }
+    }
+
+    /// Calls `notify` with every reload's outcome and the file.
+    pub fn notify_with(&mut self, notify: Notify) -> &mut Self {
+        self.notify = Some(notify);
+        self
     }
 
     /// Adds a check every new configuration must pass before anything changes.
@@ -280,7 +293,12 @@ impl Reloader {
         };
         status.trigger = trigger.to_owned();
         status.at_unix = unix_now();
-        status.clone()
+        let outcome = status.clone();
+        drop(status);
+        if let Some(notify) = &self.notify {
+            notify(&outcome, self.config().source.file.as_deref());
+        }
+        outcome
     }
 
     /// Watches for the reasons to reload: SIGHUP, and changes of the file's content

@@ -120,7 +120,7 @@ pub(crate) async fn ready(State(s): State<Arc<InfoState>>) -> Response {
 }
 
 /// Keys whose values are secrets.
-const SECRET_KEYS: &[&str] = &["pass", "source_pass", "hash"];
+const SECRET_KEYS: &[&str] = &["pass", "source_pass", "hash", "secret"];
 
 /// The value with secrets replaced: passwords, token hashes, and passwords in URLs.
 fn redact(v: toml::Value, key: &str) -> serde_json::Value {

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod config_routes;
 pub mod config_store;
+pub mod events;
 pub mod info;
 mod listener;
 pub mod metrics;
@@ -140,6 +141,8 @@ pub struct HttpContext {
     tls: Option<rustls::ServerConfig>,
     control: Option<Arc<dyn crate::config::ConfigControl>>,
     hub: Option<Arc<Hub>>,
+    /// The hub whose event bus `GET /v1/events` streams.
+    event_source: Arc<sluice_hub::Hub>,
 }
 
 impl std::fmt::Debug for HttpContext {
@@ -167,6 +170,7 @@ impl HttpContext {
             tls: None,
             control: None,
             hub: None,
+            event_source: Arc::new(sluice_hub::Hub::default()),
         }
     }
 
@@ -211,6 +215,12 @@ impl HttpContext {
     /// hub.
     pub fn hub(&mut self, hub: Arc<Hub>) -> &mut Self {
         self.hub = Some(hub);
+        self
+    }
+
+    /// Streams `hub`'s event bus at `GET /v1/events` (by default an empty bus of its own).
+    pub fn event_source(&mut self, hub: Arc<sluice_hub::Hub>) -> &mut Self {
+        self.event_source = hub;
         self
     }
 
@@ -262,6 +272,11 @@ impl HttpContext {
                 OpenApiRouter::new()
                     .routes(routes!(metrics::metrics))
                     .with_state(metrics.clone()),
+            )
+            .merge(
+                OpenApiRouter::new()
+                    .routes(routes!(events::events))
+                    .with_state(self.event_source),
             )
             .merge(
                 OpenApiRouter::new()

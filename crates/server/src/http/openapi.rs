@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         (name = "paths", description = "Paths: sources, tracks, readers, traffic"),
         (name = "sessions", description = "Live sessions: listing and kicking"),
         (name = "metrics", description = "Prometheus metrics"),
+        (name = "events", description = "The server's events as Server-Sent Events"),
         (name = "openapi", description = "This document"),
     ),
     modifiers(&SecuritySchemes)

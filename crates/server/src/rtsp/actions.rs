@@ -43,6 +43,7 @@ impl Conn {
         };
         if started {
             self.server.set_path_ready(&session.stream);
+            self.server.announce_start(session);
         }
         info!(session = %id, conn = self.handle.id, peer = %self.handle.peer, path = %session.stream.path(), "record");
     }

@@ -464,6 +464,7 @@ impl Conn {
                 started.end.unwrap_or_else(|| file.duration())
             };
             info!(session = %id, conn = self.handle.id, %path, start = started.start, scale = started.scale, "play (file)");
+            self.server.announce_start(&session);
             return Ok(PlayGrant {
                 range: Some(Range::Npt {
                     start: Some(NptTime::Seconds(started.start)),
@@ -501,6 +502,7 @@ impl Conn {
                 .collect(),
         };
         info!(session = %id, conn = self.handle.id, %path, "play");
+        self.server.announce_start(&session);
         Ok(PlayGrant {
             range: Some(Range::Npt {
                 start: Some(NptTime::Now),

@@ -12,6 +12,7 @@ pub mod answers;
 pub mod at_hand;
 pub mod conn;
 pub mod conn_handle;
+mod events;
 pub mod ingest;
 pub mod multicast;
 pub mod pull;
@@ -460,6 +461,12 @@ impl Rtsp {
             return false;
         };
         info!(session = %s.id, conn = s.conn.id, path = %s.stream.path(), peer = %s.conn.peer, "session kicked");
+        self.hub
+            .events()
+            .publish(sluice_hub::ServerEvent::SessionKicked {
+                session: crate::rtsp::events::session_info(&s),
+                by: "api".to_owned(),
+            });
         self.end_session(id, "kicked");
         s.conn.close("kicked");
         true
@@ -486,6 +493,7 @@ impl Rtsp {
             return;
         };
         let path = s.stream.path().to_owned();
+        let info = events::session_info(&s);
         if let Some(file) = &s.file {
             file.pause();
         }
@@ -521,6 +529,8 @@ impl Rtsp {
                 m.release(&path);
             }
         }
+        // Before the path's end: the publisher's stop is the cause of its path's.
+        self.announce_stop(&s, info, why);
         if let Some(ingest) = ingest {
             let (received, lost) = ingest.totals();
             self.end_path(&s.stream, EndReason::SourceGone);

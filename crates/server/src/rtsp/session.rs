@@ -65,6 +65,9 @@ pub struct Session {
     pub created: SystemTime,
     /// Mutable state.
     pub inner: Mutex<SessionInner>,
+    /// Whether its start (reader started / publisher started) is on the hub's event bus,
+    /// so that its end is published too (see `rtsp/events.rs`).
+    pub announced: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -95,6 +98,7 @@ impl Session {
                 multicast_group: None,
                 last_activity: now,
             }),
+            announced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
