@@ -637,3 +637,37 @@ fn a_real_prometheus_sees_the_readers_and_the_inbound_byte_rate() {
         r.proc.kill();
     }
 }
+
+/// With `[http] session_metrics = true`, each live session has its own series, gone once
+/// the session ends; without it (the default, above) there are none.
+#[test]
+fn per_session_series_when_enabled_and_gone_with_the_session() {
+    let (server, http) = start("session_metrics = true\n");
+    let url = server.url("demo");
+    let mut reader = FfmpegReader::spawn(&url, "tcp", 60.0, &server.dir, None);
+    let line = wait_for(Duration::from_secs(15), || {
+        let m = request(http, "GET", "/metrics", None).body;
+        m.lines()
+            .find(|l| {
+                l.starts_with("sluice_session_bytes_total{")
+                    && l.contains("path=\"demo\"")
+                    && l.contains("role=\"reader\"")
+                    && l.contains("transport=\"tcp\"")
+                    && !l.ends_with(" 0")
+            })
+            .map(str::to_owned)
+    })
+    .expect("no per-session series for the reader");
+    let session = line
+        .split("session=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a session label")
+        .to_owned();
+    reader.proc.kill();
+    let gone = wait_for(Duration::from_secs(10), || {
+        let m = request(http, "GET", "/metrics", None).body;
+        (!m.contains(&format!("session=\"{session}\""))).then_some(())
+    });
+    assert!(gone.is_some(), "session {session}'s series outlived it");
+}

@@ -48,6 +48,10 @@ pub struct HttpConfig {
     /// Bearer tokens: each authenticates as one of the `[[users]]` and gets that user's
     /// permissions.
     pub tokens: Vec<TokenConfig>,
+    /// Also export a series per live session (`sluice_session_*{session=…}`), removed
+    /// when the session ends. Off by default: the number of series then grows with the
+    /// number of clients.
+    pub session_metrics: bool,
 }
 
 /// `[[http.tokens]]`: an API token standing for a user.
@@ -72,6 +76,7 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             tokens: Vec::new(),
+            session_metrics: false,
         }
     }
 }

@@ -237,6 +237,9 @@ impl HttpContext {
         let hub = self.hub.unwrap_or_default();
         let mut metrics = self.metrics;
         metrics.collector(Box::new(path_metrics::PathCollector::new(hub.clone())));
+        if http.session_metrics {
+            metrics.collector(Box::new(path_metrics::SessionCollector::new(hub.clone())));
+        }
         let metrics = metrics.build();
         let paths_state = Arc::new(paths::PathsState::new(hub, &self.config));
         let access = Arc::new(access::Access::new(&self.config, self.auth.clone()));

@@ -29,6 +29,64 @@ impl PathCollector {
     }
 }
 
+/// One series per live session (`[http] session_metrics`): read from the hub's session
+/// directories at each scrape, so a session that ends is gone from the next one.
+#[derive(Debug)]
+pub(crate) struct SessionCollector {
+    hub: Arc<Hub>,
+}
+
+impl SessionCollector {
+    pub(crate) fn new(hub: Arc<Hub>) -> SessionCollector {
+        SessionCollector { hub }
+    }
+}
+
+impl Collector for SessionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sessions = self.hub.sessions();
+        let labels = |s: &sluice_hub::SessionInfo| {
+            vec![
+                ("session", s.id.clone()),
+                ("path", s.path.clone()),
+                ("protocol", s.protocol.to_owned()),
+                ("transport", s.transport.to_owned()),
+                ("role", s.role.as_str().to_owned()),
+            ]
+        };
+        let e = &mut encoder;
+        counters(
+            e,
+            "sluice_session_bytes",
+            "RTP payload bytes sent to a reader or received from a publisher, per session",
+            &sessions
+                .iter()
+                .map(|s| (labels(s), s.bytes))
+                .collect::<Vec<_>>(),
+        )?;
+        counters(
+            e,
+            "sluice_session_packets",
+            "RTP packets sent to a reader or received from a publisher, per session",
+            &sessions
+                .iter()
+                .map(|s| (labels(s), s.packets))
+                .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            e,
+            "sluice_session_created_timestamp_seconds",
+            "When the session was created, in seconds since the Unix epoch",
+            None,
+            &sessions
+                .iter()
+                .map(|s| (labels(s), s.created_unix as i64))
+                .collect::<Vec<_>>(),
+        )?;
+        Ok(())
+    }
+}
+
 /// One live path's figures at this scrape.
 struct Row {
     path: String,
