@@ -19,7 +19,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigControl, Reloader};
 use crate::file::{FileError, Files};
 use crate::hooks::{Hooks, HooksError};
-use crate::http::{HttpContext, HttpError, HttpServer, LatencyCollector};
+use crate::http::{HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
 
@@ -59,7 +59,8 @@ pub struct Server {
     files: Arc<Files>,
     /// The HTTP module, bound in `bind` and served from `run` (None: `[http]` disabled).
     http: std::sync::Mutex<Option<HttpServer>>,
-    http_addr: Option<SocketAddr>,
+    /// Where the HTTP listener is, and how a reload moves it.
+    http_handle: Arc<std::sync::OnceLock<HttpHandle>>,
     /// The event pump's watcher of every path.
     path_watcher: WatcherId,
     /// Wakes the event pump after a registry change.
@@ -100,10 +101,22 @@ impl Server {
         // The modules, RTSP first: its hook must see every stream the others create.
         let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
         let files = Arc::new(Files::start(&config, &hub)?);
-        // A reload: every check before any change, then users, files, RTSP, in order.
+        // A reload: every check before any change, then RTSP (which may refuse a listener
+        // address it cannot bind, before anything else changed), users, files, in order.
         let mut reloader = Reloader::new(config.clone(), layers);
         let f = files.clone();
         reloader.check_with(Box::new(move |c| f.check(c).map_err(|e| e.to_string())));
+        let r = rtsp.clone();
+        reloader.apply_with(Box::new(move |c| r.apply(c.clone())));
+        // The HTTP listener moves too (bound below, so its handle is filled in then).
+        let http_handle: Arc<std::sync::OnceLock<HttpHandle>> = Arc::default();
+        let h = http_handle.clone();
+        reloader.apply_with(Box::new(move |c| match h.get() {
+            Some(handle) if c.http.enabled && c.http.listen != handle.configured() => {
+                handle.rebind(c.http.listen).map(|_| ())
+            }
+            _ => Ok(()),
+        }));
         let a = auth.clone();
         reloader.apply_with(Box::new(move |c| {
             a.replace(&c.users, c.auth.clone())
@@ -111,11 +124,6 @@ impl Server {
         }));
         let f = files.clone();
         reloader.apply_with(Box::new(move |c| f.apply(c).map_err(|e| e.to_string())));
-        let r = rtsp.clone();
-        reloader.apply_with(Box::new(move |c| {
-            r.apply(c.clone());
-            Ok(())
-        }));
         let events = hub.clone();
         reloader.notify_with(Box::new(move |status, file| {
             let file = file.map(|f| f.display().to_string());
@@ -130,14 +138,16 @@ impl Server {
         let reloader = Arc::new(reloader);
         let hooks = Hooks::start(&config, hub.clone())?;
         let http = bind_http(&config, &auth, &rtsp, &hub, &hooks, reloader.clone()).await?;
-        let http_addr = http.as_ref().map(HttpServer::local_addr);
+        if let Some(h) = &http {
+            let _ = http_handle.set(h.handle());
+        }
         Ok(Arc::new(Server {
             reloader,
             hub,
             rtsp,
             files,
             http: std::sync::Mutex::new(http),
-            http_addr,
+            http_handle,
             path_watcher,
             path_events,
         }))
@@ -171,7 +181,7 @@ impl Server {
 
     /// The HTTP listener's address, when `[http]` is enabled.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http_addr
+        self.http_handle.get().map(HttpHandle::local_addr)
     }
 
     /// The hub's event bus (what `/v1/events` and the hooks read).
@@ -195,8 +205,9 @@ impl Server {
         });
         tokio::spawn(self.clone().run_event_pump());
         self.reloader.watch();
-        if let Some(http) = self.http.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            tokio::spawn(http.run());
+        let http = self.http.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(http), Some(handle)) = (http, self.http_handle.get()) {
+            http.spawn(handle);
         }
         self.rtsp.clone().run().await;
     }

@@ -196,3 +196,62 @@ fn sighup_and_an_editors_atomic_rename_reload_the_same_way() {
     );
     assert_eq!(describe_status(&server.url("demo")), Some(200));
 }
+
+#[test]
+fn moved_listeners_accept_on_the_new_ports_and_open_readers_go_on() {
+    let http = free_tcp_port();
+    let server = Server::start(&format!(
+        "[demo]\nenabled = true\npath = \"demo\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
+    ));
+    let old_port = server.rtsp_port();
+    let mut reader = VodSession::open(&server.url("demo")).expect("open demo");
+    let video = reader.video();
+    assert_eq!(reader.play(&[]).status, 200);
+    let new_port = free_tcp_port();
+    let new_http = free_tcp_port();
+    let moved = server
+        .config
+        .replace(
+            &format!("listen = \"127.0.0.1:{old_port}\""),
+            &format!("listen = \"127.0.0.1:{new_port}\""),
+        )
+        .replace(
+            &format!("listen = \"127.0.0.1:{http}\""),
+            &format!("listen = \"127.0.0.1:{new_http}\""),
+        );
+    assert_ne!(moved, server.config, "the listen line was found");
+    let path = server.config_path.clone();
+    let new_url = format!("rtsp://127.0.0.1:{new_port}/demo");
+    let editor = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        std::fs::write(&path, moved).expect("edit config");
+        describe_becomes(&new_url, 200, Duration::from_secs(5))
+    });
+    let got = reader.collect(Duration::from_secs(4), false);
+    let took = editor.join().unwrap().expect("the new port never answered");
+    assert!(took < Duration::from_secs(2), "moved after {took:?}");
+    // The old port takes no new connections; the reader on it went on without a gap.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", old_port)).is_err(),
+        "the old listener still accepts"
+    );
+    let seqs: Vec<u16> = got.track(video).map(|p| p.seq).collect();
+    assert!(
+        seqs.len() > 40,
+        "the open reader got {} video packets",
+        seqs.len()
+    );
+    assert!(
+        seqs.windows(2).all(|w| seq_diff(w[1], w[0]) == 1),
+        "the open reader's sequence jumped"
+    );
+    // The HTTP listener moved with it.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", http)).is_err(),
+        "the old HTTP listener still accepts"
+    );
+    let (_, body) = http_get(new_http, "/v1/config/reload");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ok"], true, "{body}");
+    assert_eq!(v["restart_required"], serde_json::json!([]), "{body}");
+}

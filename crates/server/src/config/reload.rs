@@ -113,7 +113,6 @@ impl std::fmt::Debug for Reloader {
 
 /// Keys a reload cannot apply: their sockets, threads or hooks were set up at start.
 const RESTART_ONLY: &[&str] = &[
-    "rtsp.listen",
     "rtsp.rtp_port",
     "rtsp.transports",
     "rtsp.multicast_range",
@@ -121,7 +120,15 @@ const RESTART_ONLY: &[&str] = &[
     "rtsp.multicast_ttl",
     "rtsp.gop_cache",
     "rtsps",
-    "http",
+    "http.enabled",
+    "http.tls_cert",
+    "http.tls_key",
+    "http.tls_from_rtsps",
+    "http.cors_origins",
+    "http.max_body_bytes",
+    "http.request_timeout",
+    "http.tokens",
+    "http.session_metrics",
     "hooks",
     "log",
 ];

@@ -20,9 +20,11 @@ use super::{HttpContext, HttpError, Listener};
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A bound HTTP listener, ready to [`run`](HttpServer::run).
+/// A bound HTTP listener, ready to [`spawn`](HttpServer::spawn).
 pub struct HttpServer {
     listener: TcpListener,
+    /// The configured address (`[http] listen`).
+    configured: SocketAddr,
     /// How long a client may take to send a request head (slowloris).
     head_timeout: Duration,
     local_addr: SocketAddr,
@@ -69,6 +71,7 @@ impl HttpServer {
         let head_timeout = http.request_timeout;
         let (router, _) = ctx.into_router(vec![own]);
         Ok(Some(HttpServer {
+            configured: addr,
             listener,
             head_timeout,
             local_addr,
@@ -82,11 +85,107 @@ impl HttpServer {
         self.local_addr
     }
 
-    /// Accepts and serves connections until the task is dropped.
-    pub async fn run(self) {
+    /// A handle that can move the listener to another address later (a reload).
+    pub fn handle(&self) -> HttpHandle {
+        HttpHandle {
+            router: self.router.clone(),
+            tls: self.tls.clone(),
+            head_timeout: self.head_timeout,
+            state: Arc::new(std::sync::Mutex::new((self.local_addr, None))),
+            configured: Arc::new(std::sync::Mutex::new(self.configured)),
+        }
+    }
+
+    /// Accepts and serves connections until the task is dropped; `handle` (from
+    /// [`HttpServer::handle`]) learns the task, to stop it when the listener moves.
+    pub fn spawn(self, handle: &HttpHandle) {
         info!(listen = %self.local_addr, tls = self.tls.is_some(), "HTTP server listening");
+        let task = tokio::spawn(accept_loop(
+            self.listener,
+            self.router,
+            self.tls,
+            self.head_timeout,
+        ));
+        handle.set_task(task.abort_handle());
+    }
+}
+
+/// A running HTTP listener's handle: where it is, and a way to move it.
+#[derive(Clone)]
+pub struct HttpHandle {
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    head_timeout: Duration,
+    /// The bound address and the accept loop's task.
+    state: Arc<std::sync::Mutex<(SocketAddr, Option<tokio::task::AbortHandle>)>>,
+    /// The configured `listen` it was bound for (port 0 binds elsewhere).
+    configured: Arc<std::sync::Mutex<SocketAddr>>,
+}
+
+impl std::fmt::Debug for HttpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHandle")
+            .field("local_addr", &self.local_addr())
+            .finish()
+    }
+}
+
+impl HttpHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (SocketAddr, Option<tokio::task::AbortHandle>)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_task(&self, task: tokio::task::AbortHandle) {
+        if let Some(old) = self.lock().1.replace(task) {
+            old.abort();
+        }
+    }
+
+    /// The listener's address now.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.lock().0
+    }
+
+    /// The `[http] listen` it is bound for.
+    pub fn configured(&self) -> SocketAddr {
+        *self.configured.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the listener to `addr`: the new one accepts before the old one stops;
+    /// connections already open go on. Must run within the runtime.
+    pub fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr, String> {
+        let fail = |e: std::io::Error| format!("cannot move the HTTP listener to {addr}: {e}");
+        let std = std::net::TcpListener::bind(addr).map_err(fail)?;
+        std.set_nonblocking(true).map_err(fail)?;
+        let listener = TcpListener::from_std(std).map_err(fail)?;
+        let local = listener.local_addr().map_err(fail)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| format!("cannot move the HTTP listener to {addr}: {e}"))?;
+        let task = runtime.spawn(accept_loop(
+            listener,
+            self.router.clone(),
+            self.tls.clone(),
+            self.head_timeout,
+        ));
+        let was = self.local_addr();
+        self.set_task(task.abort_handle());
+        self.lock().0 = local;
+        *self.configured.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+        info!(from = %was, listen = %local, "HTTP listener moved");
+        Ok(local)
+    }
+}
+
+/// Accepts and serves connections until the task is dropped.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    head_timeout: Duration,
+) {
+    {
         loop {
-            let (socket, peer) = match self.listener.accept().await {
+            let (socket, peer) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -96,9 +195,9 @@ impl HttpServer {
                 }
             };
             let _ = socket.set_nodelay(true);
-            let router = self.router.clone();
-            let tls = self.tls.clone();
-            tokio::spawn(serve(socket, peer, tls, router, self.head_timeout));
+            let router = router.clone();
+            let tls = tls.clone();
+            tokio::spawn(serve(socket, peer, tls, router, head_timeout));
         }
     }
 }

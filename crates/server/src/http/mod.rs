@@ -39,7 +39,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use listener::HttpServer;
+pub use listener::{HttpHandle, HttpServer};
 pub use metrics::{LatencyCollector, MetricsBuilder, TakeBuckets};
 
 use sluice_hub::Hub;

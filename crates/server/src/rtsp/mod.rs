@@ -99,7 +99,10 @@ pub struct Rtsp {
     /// The configuration in force, swapped whole by [`Rtsp::apply`] (a reload).
     config: std::sync::RwLock<Arc<Config>>,
     listener: Mutex<Option<TcpListener>>,
-    local_addr: SocketAddr,
+    /// Where the RTSP listener is (a reload may move it).
+    local_addr: Mutex<SocketAddr>,
+    /// The plain RTSP accept loop, stopped when a reload moves the listener.
+    accept_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// The hub shared with the other modules: the path registry (claims, readiness,
     /// look-ups, lifecycle events), new streams, on-demand media.
     pub(crate) hub: Arc<Hub>,
@@ -123,7 +126,7 @@ pub struct Rtsp {
 impl std::fmt::Debug for Rtsp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rtsp")
-            .field("local_addr", &self.local_addr)
+            .field("local_addr", &self.local_addr())
             .finish()
     }
 }
@@ -201,7 +204,8 @@ impl Rtsp {
         let server = Arc::new(Rtsp {
             config: std::sync::RwLock::new(config),
             listener: Mutex::new(Some(listener)),
-            local_addr,
+            local_addr: Mutex::new(local_addr),
+            accept_task: Mutex::new(None),
             hub,
             sessions: Mutex::new(HashMap::new()),
             udp,
@@ -230,11 +234,16 @@ impl Rtsp {
             .clone()
     }
 
-    /// A reload: `new` is in force from now on, for new connections and requests. The
-    /// paths whose configuration changed or went away lose their pull sources (their
-    /// streams end; readers reconnect to what the new configuration says), new always-on
-    /// pulls start, and every other path, and the readers on it, goes on untouched.
-    pub fn apply(self: &Arc<Self>, new: Arc<Config>) {
+    /// A reload: `new` is in force from now on, for new connections and requests. A moved
+    /// `rtsp.listen` gets a new listener (open connections stay). The paths whose
+    /// configuration changed or went away lose their pull sources (their streams end;
+    /// readers reconnect to what the new configuration says), new always-on pulls start,
+    /// and every other path, and the readers on it, goes on untouched. An error (the new
+    /// address cannot be bound) changes nothing.
+    pub fn apply(self: &Arc<Self>, new: Arc<Config>) -> Result<(), String> {
+        if new.rtsp.listen != self.config().rtsp.listen {
+            self.rebind(new.rtsp.listen)?;
+        }
         let old = std::mem::replace(
             &mut *self.config.write().unwrap_or_else(|e| e.into_inner()),
             new.clone(),
@@ -256,6 +265,7 @@ impl Rtsp {
             self.abort_pull(&pull);
         }
         self.start_always_on_pulls();
+        Ok(())
     }
 
     /// Starts the always-on pull sources of the configuration not running yet.
@@ -270,7 +280,7 @@ impl Rtsp {
 
     /// The RTSP listener's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        *self.local_addr.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The RTSPS listener's address, when RTSPS is configured.
@@ -321,8 +331,39 @@ impl Rtsp {
             info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "RTSPS server listening");
             tokio::spawn(self.clone().accept_loop(listener, Some(acceptor)));
         }
-        info!(listen = %self.local_addr, "RTSP server listening");
-        self.accept_loop(listener, None).await;
+        info!(listen = %self.local_addr(), "RTSP server listening");
+        let task = tokio::spawn(self.clone().accept_loop(listener, None));
+        *self.accept_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        // The accept loop runs as a task of its own, so that a reload can replace it.
+        std::future::pending::<()>().await;
+    }
+
+    /// Moves the plain RTSP listener to `addr` (a reload changed `rtsp.listen`): the new
+    /// one accepts before the old one stops; connections already open go on. Must run
+    /// within the runtime (a reload's blocking thread is).
+    fn rebind(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+        let fail = |e: std::io::Error| format!("cannot move the RTSP listener to {addr}: {e}");
+        let std = std::net::TcpListener::bind(addr).map_err(fail)?;
+        std.set_nonblocking(true).map_err(fail)?;
+        let listener = TcpListener::from_std(std).map_err(fail)?;
+        let local = listener.local_addr().map_err(fail)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| format!("cannot move the RTSP listener to {addr}: {e}"))?;
+        let task = runtime.spawn(self.clone().accept_loop(listener, None));
+        let old = self
+            .accept_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task.abort_handle());
+        if let Some(old) = old {
+            old.abort();
+        }
+        let was = std::mem::replace(
+            &mut *self.local_addr.lock().unwrap_or_else(|e| e.into_inner()),
+            local,
+        );
+        info!(from = %was, listen = %local, "RTSP listener moved");
+        Ok(())
     }
 
     /// Accepts connections (TLS ones when `tls` is given) within the connection limits.

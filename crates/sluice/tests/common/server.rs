@@ -131,6 +131,7 @@ impl Server {
     fn wait_ready(&mut self, netns: Option<&Netns>) {
         let deadline = Instant::now() + READY_TIMEOUT;
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let mut up_since: Option<Instant> = None;
         loop {
             if let Some(status) = self.proc.try_wait() {
                 panic!(
@@ -143,8 +144,19 @@ impl Server {
                 Some(ns) => ns.tcp_connects(self.port),
                 None => TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
             };
+            // Listening is not running: the sockets are bound before the server runs, and
+            // its HTTP listener after its RTSP one. Ready is once `run` logged both (or,
+            // with a log level that hides them, two seconds after the port answered).
             if up {
-                return;
+                let log = self.log();
+                let http = self.config.contains("[http]")
+                    && !self.config.contains("[http]\nenabled = false");
+                let running = log.contains("RTSP server listening")
+                    && (!http || log.contains("HTTP server listening"));
+                let since = *up_since.get_or_insert_with(Instant::now);
+                if running || since.elapsed() > Duration::from_secs(2) {
+                    return;
+                }
             }
             if Instant::now() >= deadline {
                 panic!(
