@@ -26,6 +26,8 @@ use sluice_rtsp::auth::{
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
+pub mod webhook;
+
 /// What a client wants to do on a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +98,9 @@ pub struct AuthConfig {
     pub max_failures: u32,
     /// Offer and accept Basic over plain RTSP (passwords then cross the network in clear).
     pub allow_basic_without_tls: bool,
+    /// Ask an HTTP endpoint instead of `[[users]]` whether a client may read or publish a
+    /// path (`[auth.webhook]`).
+    pub webhook: Option<webhook::AuthWebhookConfig>,
 }
 
 impl Default for AuthConfig {
@@ -105,6 +110,7 @@ impl Default for AuthConfig {
             nonce_lifetime: Duration::from_secs(60),
             max_failures: 5,
             allow_basic_without_tls: false,
+            webhook: None,
         }
     }
 }
@@ -295,6 +301,7 @@ pub struct Authenticator {
 struct Rules {
     users: Vec<User>,
     config: AuthConfig,
+    webhook: Option<Arc<webhook::AuthWebhook>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -309,7 +316,7 @@ impl Authenticator {
     /// Builds the checker from validated configuration.
     pub fn new(users: &[UserConfig], config: AuthConfig) -> Result<Authenticator, String> {
         let rules = Rules::parse(users, config)?;
-        if rules.users.is_empty() {
+        if rules.users.is_empty() && rules.webhook.is_none() {
             info!("no [[users]] configured: anyone may read and publish any path");
         }
         Ok(Authenticator {
@@ -324,6 +331,11 @@ impl Authenticator {
         let rules = Rules::parse(users, config)?;
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
         Ok(())
+    }
+
+    /// The authorization webhook, when `[auth.webhook]` is configured.
+    pub fn webhook(&self) -> Option<Arc<webhook::AuthWebhook>> {
+        self.rules().webhook.clone()
     }
 
     /// The users and settings in force.
@@ -365,7 +377,15 @@ impl Rules {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Rules { users, config })
+        let webhook = match &config.webhook {
+            Some(w) => Some(Arc::new(webhook::AuthWebhook::new(w)?)),
+            None => None,
+        };
+        Ok(Rules {
+            users,
+            config,
+            webhook,
+        })
     }
 }
 
@@ -576,6 +596,61 @@ impl ConnectionAuth {
     }
 }
 
+impl ConnectionAuth {
+    /// The webhook decides (`[auth.webhook]`): with the client's Basic credentials when it
+    /// sent them (and Basic is allowed on this connection), else anonymously; an
+    /// anonymous refusal asks for credentials, a refusal of credentials is final.
+    fn ask_webhook(
+        &mut self,
+        hook: &webhook::AuthWebhook,
+        query: &sluice_rtsp::server::AuthQuery<'_>,
+        action: Action,
+        now: Instant,
+    ) -> sluice_rtsp::server::AuthVerdict {
+        use sluice_rtsp::server::AuthVerdict;
+        let basic = self.auth.basic_allowed(self.tls);
+        let credentials = query
+            .authorization
+            .and_then(|v| parse_authorization(v).ok())
+            .and_then(|a| match a {
+                Authorization::Basic { username, password } if basic => Some((username, password)),
+                _ => None,
+            });
+        let (user, password) = credentials
+            .as_ref()
+            .map_or(("", ""), |(u, p)| (u.as_str(), p.as_str()));
+        let q = webhook::Question {
+            user,
+            password,
+            ip: self.peer,
+            action: match action {
+                Action::Read => "read",
+                _ => "publish",
+            },
+            path: query.path,
+        };
+        if hook.allows(&q, now) {
+            return AuthVerdict::Allowed(if user.is_empty() { "any" } else { user }.to_owned());
+        }
+        if credentials.is_none() && basic {
+            let realm = self.auth.rules().config.realm.clone();
+            return AuthVerdict::Challenge(vec![format_challenge(&Challenge::Basic { realm })]);
+        }
+        let why = if basic {
+            format!(
+                "the authorization webhook refuses {user:?} to {action} {:?}",
+                query.path
+            )
+        } else {
+            format!(
+                "the authorization webhook refuses anonymous {action} of {:?}; credentials need RTSPS or auth.allow_basic_without_tls",
+                query.path
+            )
+        };
+        AuthVerdict::Forbidden(why)
+    }
+}
+
 impl sluice_rtsp::server::Authenticator for ConnectionAuth {
     fn check(
         &mut self,
@@ -587,6 +662,9 @@ impl sluice_rtsp::server::Authenticator for ConnectionAuth {
             Access::Read => Action::Read,
             Access::Publish => Action::Publish,
         };
+        if let Some(hook) = self.auth.webhook() {
+            return self.ask_webhook(&hook, query, action, now);
+        }
         let decision = self.auth.check(
             query.authorization,
             query.method.as_str(),
