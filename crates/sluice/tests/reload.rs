@@ -255,3 +255,48 @@ fn moved_listeners_accept_on_the_new_ports_and_open_readers_go_on() {
     assert_eq!(v["ok"], true, "{body}");
     assert_eq!(v["restart_required"], serde_json::json!([]), "{body}");
 }
+
+/// Kubernetes mounts a ConfigMap as a symlink into a directory it swaps atomically
+/// (`..data` → a new timestamped directory): the file's path never changes, what it
+/// points to does. Each swap is a reload.
+#[test]
+fn a_configmap_style_symlink_swap_reloads() {
+    let server = Server::start("[demo]\nenabled = true\npath = \"demo\"\n");
+    let file = media().h264_aac.display().to_string();
+    let root = server.dir.join("configmap");
+    let version = |n: u32, path: &str| {
+        let dir = root.join(format!("..2026_12_06_{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("sluice.toml"),
+            config_with(
+                &server,
+                &format!("[paths.{path}]\nsource = \"file://{file}\"\n"),
+            ),
+        )
+        .unwrap();
+        // `..data` points at this version, swapped in by a rename of a new symlink.
+        let tmp = root.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(dir.file_name().unwrap(), &tmp).unwrap();
+        std::fs::rename(&tmp, root.join("..data")).unwrap();
+    };
+    version(1, "first");
+    // The server's file becomes `..data/sluice.toml`, through a symlink, atomically.
+    let link = server.config_path.with_extension("link");
+    std::os::unix::fs::symlink(root.join("..data").join("sluice.toml"), &link).unwrap();
+    std::fs::rename(&link, &server.config_path).unwrap();
+    assert!(
+        describe_becomes(&server.url("first"), 200, Duration::from_secs(3)).is_some(),
+        "the first version never applied"
+    );
+    version(2, "second");
+    let took = describe_becomes(&server.url("second"), 200, Duration::from_secs(3))
+        .expect("the swapped version never applied");
+    assert!(took < Duration::from_secs(2), "applied after {took:?}");
+    assert_eq!(
+        describe_status(&server.url("first")),
+        Some(404),
+        "the old version's path stays"
+    );
+}
