@@ -422,7 +422,14 @@ fn short_sessions_leave_the_number_of_series_unchanged() {
             .expect("TEARDOWN");
         assert_eq!(r.status, 200, "{r:?}");
     }
-    let m = request(http, "GET", "/metrics", None).body;
+    // The last TEARDOWN is answered before its session's release runs (responses go
+    // first): the gauge settles a moment after it.
+    let readers = |m: &str| sample(m, "sluice_path_readers{path=\"demo\",protocol=\"rtsp\"}");
+    let m = wait_for(Duration::from_secs(2), || {
+        let m = request(http, "GET", "/metrics", None).body;
+        (readers(&m) == Some(1.0)).then_some(m)
+    })
+    .unwrap_or_else(|| request(http, "GET", "/metrics", None).body);
     let after = series(&m);
     eprintln!(
         "{} series before and after {SHORT_SESSIONS} short sessions",
@@ -434,7 +441,7 @@ fn short_sessions_leave_the_number_of_series_unchanged() {
         "series changed:\nbefore {before:#?}\nafter {after:#?}"
     );
     assert_eq!(
-        sample(&m, "sluice_path_readers{path=\"demo\",protocol=\"rtsp\"}"),
+        readers(&m),
         Some(1.0),
         "short sessions leave no readers behind:\n{m}"
     );

@@ -297,6 +297,6 @@ fn a_configmap_style_symlink_swap_reloads() {
     assert_eq!(
         describe_status(&server.url("first")),
         Some(404),
-        "the old version's path stays"
+        "the old version's path was not removed"
     );
 }
