@@ -4,9 +4,11 @@
 use std::fs;
 use std::path::PathBuf;
 
-#[test]
-fn sdp_corpus() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/sdp");
+/// Runs `check` over every seed of `/fuzz/corpus/<target>`; there must be some.
+fn replay(target: &str, check: fn(&[u8])) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut count = 0;
     for entry in entries {
@@ -15,8 +17,8 @@ fn sdp_corpus() {
             .path();
         if path.is_file() {
             let data = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            eprintln!("sdp: {}", path.display());
-            sluice_server::fuzzing::sdp(&data);
+            eprintln!("{target}: {}", path.display());
+            check(&data);
             count += 1;
         }
     }
@@ -24,20 +26,11 @@ fn sdp_corpus() {
 }
 
 #[test]
+fn sdp_corpus() {
+    replay("sdp", sluice_server::fuzzing::sdp);
+}
+
+#[test]
 fn config_corpus() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config");
-    let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let mut count = 0;
-    for entry in entries {
-        let path = entry
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .path();
-        if path.is_file() {
-            let data = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            eprintln!("config: {}", path.display());
-            sluice_server::fuzzing::config(&data);
-            count += 1;
-        }
-    }
-    assert!(count > 0, "no seeds in {}", dir.display());
+    replay("config", sluice_server::fuzzing::config);
 }
