@@ -29,30 +29,6 @@ use sluice_hub::{MediaPacket, Stream};
 
 pub use sluice_media::player::{PlayError, PlayStart, TrackStart};
 
-impl sluice_hub::Playback for FileSource {
-    fn duration(&self) -> f64 {
-        FileSource::duration(self)
-    }
-
-    fn play(
-        &self,
-        start: Option<f64>,
-        end: Option<f64>,
-        scale: f64,
-        now: Instant,
-    ) -> Result<PlayStart, PlayError> {
-        FileSource::play(self, start, end, scale, now)
-    }
-
-    fn pause(&self) -> f64 {
-        FileSource::pause(self)
-    }
-
-    fn position(&self) -> f64 {
-        FileSource::position(self)
-    }
-}
-
 /// How far ahead of their due time samples are sent (smooths scheduling jitter).
 const LEAD: Duration = Duration::from_millis(50);
 /// Largest RTP payload produced.
@@ -149,15 +125,16 @@ impl FileSource {
     }
 }
 
-impl FileSource {
+/// The controls the RTSP module drives (through the hub) and the file module starts with.
+impl sluice_hub::Playback for FileSource {
     /// The file's duration in seconds.
-    pub fn duration(&self) -> f64 {
+    fn duration(&self) -> f64 {
         self.shared.lock().duration()
     }
 
     /// Starts or seeks playback; see [`Player::play`]. At Scale 1 the stream's sender
     /// timing is re-anchored so RTCP Sender Reports map the new start to the wall clock.
-    pub fn play(
+    fn play(
         &self,
         start: Option<f64>,
         end: Option<f64>,
@@ -188,12 +165,12 @@ impl FileSource {
     }
 
     /// Pauses; returns the position (seconds) a PLAY without Range resumes at.
-    pub fn pause(&self) -> f64 {
+    fn pause(&self) -> f64 {
         self.shared.lock().pause()
     }
 
     /// The current media position in seconds.
-    pub fn position(&self) -> f64 {
+    fn position(&self) -> f64 {
         self.shared.lock().position()
     }
 }
