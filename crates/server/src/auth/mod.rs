@@ -413,6 +413,18 @@ impl Authenticator {
             .any(|u| (u.name == user || u.name == "any") && u.allows(action, "", ip))
     }
 
+    /// HTTP: whether `user` (`any` for anonymous, which every client also is) may do a
+    /// path's `action` (`read`, `publish`) on `path` from `ip`: what HLS, WHEP, WHIP and
+    /// the player page ask, with the rules RTSP uses.
+    pub fn user_may_on(&self, user: &str, action: Action, path: &str, ip: IpAddr) -> bool {
+        self.is_open()
+            || self
+                .rules()
+                .users
+                .iter()
+                .any(|u| (u.name == user || u.name == "any") && u.allows(action, path, ip))
+    }
+
     /// HTTP: whether `ip` is refused for too many failed logins.
     pub fn is_refusing(&self, ip: IpAddr, now: Instant) -> bool {
         self.rate_limited(ip, now)

@@ -90,7 +90,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 /// The outcome for one request.
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     Allow,
     /// 401: no or wrong credentials.
     Unauthorized(String),
@@ -127,38 +127,74 @@ impl Access {
         found
     }
 
-    fn permits(&self, user: &str, action: Action, ip: IpAddr) -> bool {
-        self.auth.user_may(user, action, ip)
-            || (action == Action::Api && self.auth.user_may(user, Action::ApiWrite, ip))
+    fn permits(&self, user: &str, action: Action, path: Option<&str>, ip: IpAddr) -> bool {
+        match path {
+            Some(path) => self.auth.user_may_on(user, action, path, ip),
+            None => {
+                self.auth.user_may(user, action, ip)
+                    || (action == Action::Api && self.auth.user_may(user, Action::ApiWrite, ip))
+            }
+        }
+    }
+
+    /// Whether `user` (already identified) may do `action` on `path` from `ip`.
+    pub(crate) fn may_on(&self, user: &str, action: Action, path: &str, ip: IpAddr) -> bool {
+        self.permits(user, action, Some(path), ip)
     }
 
     fn decide(&self, action: Action, peer: Peer, authorization: Option<&str>) -> Verdict {
+        self.judge(action, None, peer, authorization).0
+    }
+
+    /// The verdict for `action` (on `path` for `read`/`publish`) and the user it was
+    /// decided for (`any` when no credentials were needed or given).
+    pub(crate) fn judge(
+        &self,
+        action: Action,
+        path: Option<&str>,
+        peer: Peer,
+        authorization: Option<&str>,
+    ) -> (Verdict, String) {
+        let any = || "any".to_owned();
         let ip = peer.addr.ip();
         let loopback = is_loopback(ip);
         if self.auth.is_open() {
             return if loopback || action != Action::ApiWrite {
-                Verdict::Allow
+                (Verdict::Allow, any())
             } else {
-                Verdict::Unauthorized(format!(
-                    "API writes from {ip} need a user with api_write ([[users]])"
-                ))
+                (
+                    Verdict::Unauthorized(format!(
+                        "API writes from {ip} need a user with api_write ([[users]])"
+                    )),
+                    any(),
+                )
             };
         }
-        if self.permits("any", action, ip) {
-            return Verdict::Allow;
+        if self.permits("any", action, path, ip) {
+            return (Verdict::Allow, any());
         }
         let Some(value) = authorization else {
-            return Verdict::Unauthorized(format!("{action} needs credentials"));
+            let what = path.map_or(String::new(), |p| format!(" {p:?}"));
+            return (
+                Verdict::Unauthorized(format!("{action}{what} needs credentials")),
+                any(),
+            );
         };
         if !peer.tls && !loopback && !self.allow_clear_credentials {
-            return Verdict::Unauthorized(
-                "credentials are only accepted over HTTPS (or with auth.allow_basic_without_tls)"
-                    .into(),
+            return (
+                Verdict::Unauthorized(
+                    "credentials are only accepted over HTTPS (or with auth.allow_basic_without_tls)"
+                        .into(),
+                ),
+                any(),
             );
         }
         let now = Instant::now();
         if self.auth.is_refusing(ip, now) {
-            return Verdict::Forbidden(format!("too many failed logins from {ip}"));
+            return (
+                Verdict::Forbidden(format!("too many failed logins from {ip}")),
+                any(),
+            );
         }
         let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
         let user = if scheme.eq_ignore_ascii_case("basic") {
@@ -187,27 +223,28 @@ impl Access {
             None
         };
         let Some(user) = user else {
-            return Verdict::Unauthorized("wrong credentials".into());
+            return (Verdict::Unauthorized("wrong credentials".into()), any());
         };
-        if self.permits(&user, action, ip) {
-            Verdict::Allow
+        if self.permits(&user, action, path, ip) {
+            (Verdict::Allow, user)
         } else {
-            Verdict::Forbidden(format!("user {user:?} may not {action} from {ip}"))
+            let what = path.map_or(String::new(), |p| format!(" {p:?}"));
+            let why = format!("user {user:?} may not {action}{what} from {ip}");
+            (Verdict::Forbidden(why), user)
         }
     }
 
-    /// Whether a client without credentials may do what `method` on `path` needs (from
-    /// loopback: the document describes what a local client meets).
     pub(crate) fn anonymous_may(&self, method: &Method, path: &str) -> bool {
         match need(method, path) {
             Need::Nothing => true,
             Need::Action(action) => {
-                self.auth.is_open() || self.permits("any", action, IpAddr::from([127, 0, 0, 1]))
+                self.auth.is_open()
+                    || self.permits("any", action, None, IpAddr::from([127, 0, 0, 1]))
             }
         }
     }
 
-    fn challenge(&self) -> [HeaderValue; 2] {
+    pub(crate) fn challenge(&self) -> [HeaderValue; 2] {
         let realm = self.realm.replace(['"', '\\'], "");
         [
             HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
@@ -222,9 +259,11 @@ impl Access {
 /// Bearer.
 pub(crate) async fn check(
     State(access): State<Arc<Access>>,
-    req: Request<Body>,
+    mut req: Request<Body>,
     next: Next,
 ) -> Response {
+    req.extensions_mut()
+        .insert(super::streams::HttpAuth(access.clone()));
     let Need::Action(action) = need(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };

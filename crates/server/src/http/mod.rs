@@ -20,6 +20,7 @@ mod path_metrics;
 pub mod paths;
 pub mod problem;
 mod reload;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -41,6 +42,7 @@ use utoipa_axum::routes;
 
 pub use listener::{HttpHandle, HttpServer};
 pub use metrics::{LatencyCollector, MetricsBuilder, TakeBuckets};
+pub use streams::{HttpAuth, Marker, NeedFn, StreamTarget};
 
 use sluice_hub::Hub;
 
@@ -86,6 +88,7 @@ pub type Readiness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 pub struct HttpRoutes {
     documented: Vec<OpenApiRouter>,
     mounted: Vec<(String, Router)>,
+    per_stream: Vec<(Marker, NeedFn, Router)>,
 }
 
 impl std::fmt::Debug for HttpRoutes {
@@ -93,6 +96,7 @@ impl std::fmt::Debug for HttpRoutes {
         f.debug_struct("HttpRoutes")
             .field("documented", &self.documented.len())
             .field("mounted", &self.mounted.len())
+            .field("per_stream", &self.per_stream.len())
             .finish()
     }
 }
@@ -125,6 +129,23 @@ impl HttpRoutes {
         }
         self.mounted.push((prefix.to_owned(), routes));
         Ok(self)
+    }
+
+    /// Adds static files under the listener's reserved `/assets/` (scripts and styles of
+    /// the player page): `routes` must only hold routes whose paths start with `/assets/`,
+    /// which no stream name can (the segment is reserved).
+    pub fn assets(&mut self, routes: Router) -> &mut Self {
+        self.mounted.push(("/".to_owned(), routes));
+        self
+    }
+
+    /// Adds routes under stream names (`/<path>/index.m3u8`, `/<path>/whep/<id>`): see
+    /// [`streams`]. A URL no other route matched is split at the rightmost `marker`; the
+    /// client's permission for `need(method, tail)` on the name is checked like RTSP's, and
+    /// `routes` gets the request for the tail with a [`StreamTarget`] extension.
+    pub fn per_stream(&mut self, marker: Marker, need: NeedFn, routes: Router) -> &mut Self {
+        self.per_stream.push((marker, need, routes));
+        self
     }
 }
 
@@ -326,8 +347,9 @@ impl HttpContext {
                 router.nest(&prefix, r)
             };
         }
+        let streams = streams::StreamRoutes::new(self.routes.per_stream);
         let mut router = router
-            .fallback(problem::not_found)
+            .fallback(move |req| streams::dispatch(axum::extract::State(streams.clone()), req))
             .layer(from_fn_with_state(access, access::check))
             .layer(DefaultBodyLimit::max(http.max_body_bytes))
             .layer(RequestBodyLimitLayer::new(http.max_body_bytes))
@@ -425,6 +447,51 @@ mod tests {
             problem::PROBLEM_JSON,
             "timeouts are problems too"
         );
+    }
+
+    #[tokio::test]
+    async fn per_stream_routes_get_the_name_and_check_read_like_rtsp() {
+        let toml = r#"
+            [[users]]
+            user = "viewer"
+            pass = "pw"
+            permissions = [{ action = "read", path = "cams/front" }]
+        "#;
+        let mut ctx = context(toml);
+        let hls = Router::new().route(
+            "/index.m3u8",
+            get(
+                |axum::Extension(t): axum::Extension<StreamTarget>| async move {
+                    format!("{} for {}", t.path, t.user)
+                },
+            ),
+        );
+        ctx.routes().per_stream(
+            Marker::Extension(&["m3u8"]),
+            |_, _| Some(crate::auth::Action::Read),
+            hls,
+        );
+        let (r, _) = ctx.into_router(Vec::new());
+        let get_as = |uri: &str, auth: Option<&str>| {
+            let mut b = Request::get(uri);
+            if let Some(a) = auth {
+                b = b.header("authorization", a);
+            }
+            b.body(Body::empty()).unwrap()
+        };
+        let res = call(&r, get_as("/cams/front/index.m3u8", None)).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(res.headers().get("www-authenticate").is_some());
+        // viewer:pw
+        let basic = "Basic dmlld2VyOnB3";
+        let res = call(&r, get_as("/cams/front/index.m3u8?x=1", Some(basic))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(res.into_body(), 1000).await.unwrap();
+        assert_eq!(&body[..], b"cams/front for viewer");
+        let res = call(&r, get_as("/cams/back/index.m3u8", Some(basic))).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let res = call(&r, get_as("/cams/front/other.txt", Some(basic))).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
