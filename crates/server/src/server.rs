@@ -19,9 +19,12 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigControl, Reloader};
 use crate::file::{FileError, Files};
 use crate::hooks::{Hooks, HooksError};
-use crate::http::{HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector};
+use crate::http::{
+    HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector, Marker, StreamTarget,
+};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
+use crate::webrtc::{WebRtc, WebrtcError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,9 @@ pub enum ServerError {
     /// The hooks could not start.
     #[error(transparent)]
     Hooks(#[from] HooksError),
+    /// The WebRTC module could not bind its UDP port.
+    #[error(transparent)]
+    Webrtc(#[from] WebrtcError),
     /// The users configuration is unusable.
     #[error("invalid users: {0}")]
     Users(String),
@@ -100,6 +106,8 @@ impl Server {
         );
         // The modules, RTSP first: its hook must see every stream the others create.
         let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
+        // Before the sources: its hook attaches a WebRTC feed to every stream.
+        let webrtc = WebRtc::start(&config, hub.clone()).await?;
         let files = Arc::new(Files::start(&config, &hub)?);
         // A reload: every check before any change, then RTSP (which may refuse a listener
         // address it cannot bind, before anything else changed), users, files, in order.
@@ -137,7 +145,16 @@ impl Server {
         }));
         let reloader = Arc::new(reloader);
         let hooks = Hooks::start(&config, hub.clone())?;
-        let http = bind_http(&config, &auth, &rtsp, &hub, &hooks, reloader.clone()).await?;
+        let http = bind_http(
+            &config,
+            &auth,
+            &rtsp,
+            &hub,
+            &hooks,
+            webrtc.as_ref(),
+            reloader.clone(),
+        )
+        .await?;
         if let Some(h) = &http {
             let _ = http_handle.set(h.handle());
         }
@@ -252,6 +269,7 @@ async fn bind_http(
     rtsp: &Rtsp,
     hub: &Arc<Hub>,
     hooks: &Hooks,
+    webrtc: Option<&Arc<WebRtc>>,
     control: Arc<dyn ConfigControl>,
 ) -> Result<Option<HttpServer>, ServerError> {
     let mut ctx = HttpContext::new(config, auth.clone());
@@ -269,6 +287,17 @@ async fn bind_http(
         "Time packets spent in the server, from their source to the send that carried them to a reader (sum estimated from bucket midpoints)",
         Box::new(move || egress.take_buckets()),
     )));
+    if let Some(w) = webrtc {
+        let (whep, whip) = w.routers(|ext| {
+            ext.get::<StreamTarget>().map(|t| crate::webrtc::Target {
+                path: t.path.clone(),
+                user: t.user.clone(),
+            })
+        });
+        ctx.routes()
+            .per_stream(Marker::Segment("whep"), crate::webrtc::whep_need, whep)
+            .per_stream(Marker::Segment("whip"), crate::webrtc::whip_need, whip);
+    }
     if let Some((cert, key)) = config.http.tls_pair(&config.rtsps) {
         ctx.tls(crate::config::tls::server_config(&cert, &key).map_err(ServerError::Tls)?);
     }

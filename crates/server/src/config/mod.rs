@@ -22,6 +22,8 @@ pub use http::{
 };
 mod hooks;
 mod layers;
+mod webrtc;
+pub use webrtc::{BFramePolicy, WebrtcConfig};
 pub use hooks::{CommandConfig, HooksConfig, WebhookConfig};
 pub use layers::{check_toml, ConfigSource, Diagnostic};
 pub mod reload;
@@ -72,6 +74,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Webhooks and command hooks.
     pub hooks: HooksConfig,
+    /// WebRTC delivery (WHEP) and ingest (WHIP).
+    pub webrtc: WebrtcConfig,
     /// Where the values came from (file, environment, flags); not a TOML key.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -617,6 +621,7 @@ impl Config {
             ));
         }
         self.http.validate(self)?;
+        self.webrtc.validate()?;
         Ok(())
     }
 
