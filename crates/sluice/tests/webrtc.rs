@@ -69,7 +69,10 @@ fn http(addr: SocketAddr, method: &str, path: &str, ctype: Option<&str>, body: &
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
     let mut body = body.to_owned();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Reply {
@@ -120,7 +123,14 @@ fn publish(server: &Server, path: &str, video: &[&str], audio: &[&str], dir: &Pa
     cmd.args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=640x480:rate=30"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-g", "30", "-keyint_min", "30", "-sc_threshold", "0"])
         .args(video)
         .args(audio)
@@ -154,21 +164,34 @@ impl Peer {
     fn new() -> Peer {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let local = socket.local_addr().unwrap();
-        let mut rtc = Rtc::builder().set_crypto_provider(crypto()).build(Instant::now());
+        let mut rtc = Rtc::builder()
+            .set_crypto_provider(crypto())
+            .build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
         Peer { rtc, socket, local }
     }
 
     /// Offers `media` (kind and direction), POSTs the offer to `url`: the reply, and the
     /// mids in order once the answer is accepted (on 201).
-    fn negotiate(&mut self, http_addr: SocketAddr, url: &str, media: &[(MediaKind, Direction)]) -> (Reply, Vec<Mid>) {
+    fn negotiate(
+        &mut self,
+        http_addr: SocketAddr,
+        url: &str,
+        media: &[(MediaKind, Direction)],
+    ) -> (Reply, Vec<Mid>) {
         let mut api = self.rtc.sdp_api();
         let mids: Vec<Mid> = media
             .iter()
             .map(|(k, d)| api.add_media(*k, *d, None, None, None))
             .collect();
         let (offer, pending) = api.apply().expect("an offer");
-        let reply = http(http_addr, "POST", url, Some("application/sdp"), &offer.to_sdp_string());
+        let reply = http(
+            http_addr,
+            "POST",
+            url,
+            Some("application/sdp"),
+            &offer.to_sdp_string(),
+        );
         if reply.status == 201 {
             let answer = SdpAnswer::from_sdp_string(&reply.body).expect("answer SDP");
             self.rtc
@@ -225,7 +248,8 @@ impl Peer {
             self.socket.set_read_timeout(Some(wait)).unwrap();
             match self.socket.recv_from(&mut buf) {
                 Ok((n, from)) => {
-                    let r = Receive::new(Protocol::Udp, from, self.local, &buf[..n]).expect("datagram");
+                    let r =
+                        Receive::new(Protocol::Udp, from, self.local, &buf[..n]).expect("datagram");
                     self.rtc
                         .handle_input(Input::Receive(Instant::now(), r))
                         .expect("input");
@@ -366,7 +390,10 @@ fn view(http_addr: SocketAddr, path: &str, watch: Duration) -> (Viewed, u16) {
     let (reply, mids) = peer.negotiate(
         http_addr,
         &format!("/{path}/whep"),
-        &[(MediaKind::Video, Direction::RecvOnly), (MediaKind::Audio, Direction::RecvOnly)],
+        &[
+            (MediaKind::Video, Direction::RecvOnly),
+            (MediaKind::Audio, Direction::RecvOnly),
+        ],
     );
     let mut v = Viewed {
         status: reply.status,
@@ -394,9 +421,16 @@ fn view(http_addr: SocketAddr, path: &str, watch: Duration) -> (Viewed, u16) {
             Event::MediaData(d) if d.mid == video_mid => {
                 v.video_frames += 1;
                 let nals = nal_units(&d.data);
-                if v.first_keyframe_ms.is_none() && nals.iter().any(|n| n.first().is_some_and(|b| b & 0x1f == 5)) {
+                if v.first_keyframe_ms.is_none()
+                    && nals
+                        .iter()
+                        .any(|n| n.first().is_some_and(|b| b & 0x1f == 5))
+                {
                     v.first_keyframe_ms = dtls_at.map(|t| t.elapsed().as_millis());
-                    if let Some(sps) = nals.iter().find(|n| n.first().is_some_and(|b| b & 0x1f == 7)) {
+                    if let Some(sps) = nals
+                        .iter()
+                        .find(|n| n.first().is_some_and(|b| b & 0x1f == 7))
+                    {
                         v.size = Some(sps_size(sps));
                     }
                 }
@@ -425,24 +459,53 @@ fn whep_starts_at_a_keyframe_for_three_viewers_on_one_port() {
     // OPTIONS preflight and a 404 for a path that is not live.
     let pre = http(http_addr, "OPTIONS", "/cams/front/whep", None, "");
     assert_eq!(pre.status, 204, "{pre:?}");
-    assert_eq!(pre.header("accept-post"), Some("application/sdp"), "{pre:?}");
-    let none = http(http_addr, "POST", "/nothing/whep", Some("application/sdp"), "v=0\r\n");
+    assert_eq!(
+        pre.header("accept-post"),
+        Some("application/sdp"),
+        "{pre:?}"
+    );
+    let none = http(
+        http_addr,
+        "POST",
+        "/nothing/whep",
+        Some("application/sdp"),
+        "v=0\r\n",
+    );
     assert_eq!(none.status, 404, "{none:?}");
     let viewers: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || view(http_addr, "cams/front", Duration::from_secs(4))))
         .collect();
-    let results: Vec<(Viewed, u16)> = viewers.into_iter().map(|h| h.join().expect("viewer")).collect();
+    let results: Vec<(Viewed, u16)> = viewers
+        .into_iter()
+        .map(|h| h.join().expect("viewer"))
+        .collect();
     for (i, (v, del)) in results.iter().enumerate() {
         println!(
             "viewer {i}: first keyframe {:?} ms after DTLS, size {:?}, {} video / {} audio frames, candidates on ports {:?}",
             v.first_keyframe_ms, v.size, v.video_frames, v.audio_frames, v.candidate_ports
         );
-        assert_eq!(v.status, 201, "viewer {i}: {v:?}\n{}", common::tail(&server.log(), 40));
+        assert_eq!(
+            v.status,
+            201,
+            "viewer {i}: {v:?}\n{}",
+            common::tail(&server.log(), 40)
+        );
         assert!(v.location.starts_with("/cams/front/whep/"), "{v:?}");
         assert!(v.etag.starts_with('"'), "{v:?}");
-        assert!(!v.candidate_ports.is_empty() && v.candidate_ports.iter().all(|p| *p == udp), "one UDP port {udp}: {v:?}");
-        let ms = v.first_keyframe_ms.unwrap_or_else(|| panic!("viewer {i} got no keyframe: {v:?}\n{}", common::tail(&server.log(), 40)));
-        assert!(ms <= 300, "first keyframe {ms} ms after DTLS (bound 300 ms)");
+        assert!(
+            !v.candidate_ports.is_empty() && v.candidate_ports.iter().all(|p| *p == udp),
+            "one UDP port {udp}: {v:?}"
+        );
+        let ms = v.first_keyframe_ms.unwrap_or_else(|| {
+            panic!(
+                "viewer {i} got no keyframe: {v:?}\n{}",
+                common::tail(&server.log(), 40)
+            )
+        });
+        assert!(
+            ms <= 300,
+            "first keyframe {ms} ms after DTLS (bound 300 ms)"
+        );
         assert_eq!(v.size, Some((640, 480)), "{v:?}");
         assert!(v.video_frames >= 60, "video flows: {v:?}");
         assert!(v.audio_frames >= 50, "audio flows: {v:?}");
@@ -453,7 +516,11 @@ fn whep_starts_at_a_keyframe_for_three_viewers_on_one_port() {
         (server.log().matches("WHEP session ended").count() >= 3).then_some(())
     });
     assert!(ended.is_some(), "{}", common::tail(&server.log(), 30));
-    assert!(server.log().contains("reason=deleted"), "{}", common::tail(&server.log(), 30));
+    assert!(
+        server.log().contains("reason=deleted"),
+        "{}",
+        common::tail(&server.log(), 30)
+    );
     let again = http(http_addr, "DELETE", &results[0].0.location, None, "");
     assert_eq!(again.status, 404, "{again:?}");
 }
@@ -482,19 +549,40 @@ fn whep_refuses_b_frames_and_names_aac_audio() {
     let (reply, _) = peer.negotiate(
         http_addr,
         "/bframes/whep",
-        &[(MediaKind::Video, Direction::RecvOnly), (MediaKind::Audio, Direction::RecvOnly)],
+        &[
+            (MediaKind::Video, Direction::RecvOnly),
+            (MediaKind::Audio, Direction::RecvOnly),
+        ],
     );
-    println!("B-frame source: {} {:?} {}", reply.status, reply.header("x-sluice-reason"), reply.body);
+    println!(
+        "B-frame source: {} {:?} {}",
+        reply.status,
+        reply.header("x-sluice-reason"),
+        reply.body
+    );
     assert_eq!(reply.status, 406, "{reply:?}");
-    assert!(reply.header("x-sluice-reason").is_some_and(|r| r.contains("B-frames")), "{reply:?}");
+    assert!(
+        reply
+            .header("x-sluice-reason")
+            .is_some_and(|r| r.contains("B-frames")),
+        "{reply:?}"
+    );
     let (v, del) = view(http_addr, "aac", Duration::from_secs(3));
     println!(
         "AAC source: {} audio header {:?}, first keyframe {:?} ms after DTLS, {} video frames",
         v.status, v.audio_header, v.first_keyframe_ms, v.video_frames
     );
     assert_eq!(v.status, 201, "{v:?}");
-    assert!(v.audio_header.as_deref().is_some_and(|h| h.starts_with("aac")), "{v:?}");
-    assert!(v.first_keyframe_ms.is_some() && v.video_frames > 30, "video plays: {v:?}");
+    assert!(
+        v.audio_header
+            .as_deref()
+            .is_some_and(|h| h.starts_with("aac")),
+        "{v:?}"
+    );
+    assert!(
+        v.first_keyframe_ms.is_some() && v.video_frames > 30,
+        "video plays: {v:?}"
+    );
     assert_eq!(v.size, Some((640, 480)));
     assert_eq!(del, 200);
 }
@@ -523,17 +611,55 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
     let dir = test_dir("webrtc-whip");
     let file = dir.join("clip.h264");
     let st = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x480:rate=30", "-t", "2"])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-profile:v", "baseline", "-bf", "0", "-g", "30", "-pix_fmt", "yuv420p", "-f", "h264"])
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x480:rate=30",
+            "-t",
+            "2",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-profile:v",
+            "baseline",
+            "-bf",
+            "0",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "h264",
+        ])
         .arg(&file)
         .status()
         .expect("ffmpeg");
     assert!(st.success());
     let units = access_units(&std::fs::read(&file).expect("clip"));
-    assert!(units.len() >= 60 && units[0].1, "{} access units", units.len());
+    assert!(
+        units.len() >= 60 && units[0].1,
+        "{} access units",
+        units.len()
+    );
     let mut peer = Peer::new();
-    let (reply, mids) = peer.negotiate(http_addr, "/whip/cam/whip", &[(MediaKind::Video, Direction::SendOnly)]);
-    assert_eq!(reply.status, 201, "{reply:?}\n{}", common::tail(&server.log(), 20));
+    let (reply, mids) = peer.negotiate(
+        http_addr,
+        "/whip/cam/whip",
+        &[(MediaKind::Video, Direction::SendOnly)],
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{reply:?}\n{}",
+        common::tail(&server.log(), 20)
+    );
     let location = reply.header("location").unwrap_or_default().to_owned();
     assert!(location.starts_with("/whip/cam/whip/"), "{reply:?}");
     let mid = mids[0];
@@ -563,7 +689,10 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
             if let Event::Connected = e {
                 connected.set(true);
             }
-            matches!(e, Event::IceConnectionStateChange(IceConnectionState::Disconnected))
+            matches!(
+                e,
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected)
+            )
         },
         Some(|rtc: &mut Rtc| {
             if !connected.get() {
@@ -584,24 +713,49 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
             while sent < due {
                 let (au, _) = &units[(sent as usize) % units.len()];
                 let Some(w) = rtc.writer(mid) else { break };
-                w.write(pt, Instant::now(), MediaTime::new(sent * 3000, Frequency::NINETY_KHZ), au.clone())
-                    .expect("write");
+                w.write(
+                    pt,
+                    Instant::now(),
+                    MediaTime::new(sent * 3000, Frequency::NINETY_KHZ),
+                    au.clone(),
+                )
+                .expect("write");
                 sent += 1;
             }
         }),
     );
     let connected = connected.get();
     println!("WHIP publisher sent {sent} frames");
-    assert!(connected, "WHIP never connected:\n{}", common::tail(&server.log(), 30));
-    let probe = probe.join().expect("probe").unwrap_or_else(|e| panic!("ffprobe: {e}\n{}", common::tail(&server.log(), 30)));
+    assert!(
+        connected,
+        "WHIP never connected:\n{}",
+        common::tail(&server.log(), 30)
+    );
+    let probe = probe
+        .join()
+        .expect("probe")
+        .unwrap_or_else(|e| panic!("ffprobe: {e}\n{}", common::tail(&server.log(), 30)));
     let v = probe.video().expect("a video stream");
     println!("ffprobe: {} {}x{}", v.codec_name, v.width, v.height);
-    assert_eq!((v.codec_name.as_str(), v.width, v.height), ("h264", 640, 480));
+    assert_eq!(
+        (v.codec_name.as_str(), v.width, v.height),
+        ("h264", 640, 480)
+    );
     let report = reader.join().expect("reader");
     println!("RTSP reader decoded {} frames", report.video_frames);
-    assert!(report.video_frames >= 60, "the RTSP reader decodes: {}", report.tail());
+    assert!(
+        report.video_frames >= 60,
+        "the RTSP reader decodes: {}",
+        report.tail()
+    );
     let del = http(http_addr, "DELETE", &location, None, "");
     assert_eq!(del.status, 200, "{del:?}");
-    let gone = server.wait_log_line(Duration::from_secs(5), |l| l.contains("path ended") && l.contains("whip/cam"));
-    assert!(gone.is_some(), "DELETE ends the stream:\n{}", common::tail(&server.log(), 20));
+    let gone = server.wait_log_line(Duration::from_secs(5), |l| {
+        l.contains("path ended") && l.contains("whip/cam")
+    });
+    assert!(
+        gone.is_some(),
+        "DELETE ends the stream:\n{}",
+        common::tail(&server.log(), 20)
+    );
 }

@@ -23,9 +23,9 @@ pub use http::{
 mod hooks;
 mod layers;
 mod webrtc;
-pub use webrtc::{BFramePolicy, WebrtcConfig};
 pub use hooks::{CommandConfig, HooksConfig, WebhookConfig};
 pub use layers::{check_toml, ConfigSource, Diagnostic};
+pub use webrtc::{BFramePolicy, WebrtcConfig};
 pub mod reload;
 pub use reload::{ConfigControl, ReloadStatus, Reloader};
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use sluice_codec::{Codec, Depacketizer};
+use sluice_codec::Depacketizer;
 use sluice_hub::{Batch, EndReason, MediaPacket, ReaderCount, Sink, SinkStats, Stream};
 
 use super::nal;
@@ -282,9 +282,12 @@ impl Feed {
                     "H265" => Some((VideoCodec::H265, "H265")),
                     _ => None,
                 };
-                match codec
-                    .and_then(|(c, name)| Some((c, Depacketizer::new(name, t.clock_rate, None, t.fmtp.as_deref()).ok()?)))
-                {
+                match codec.and_then(|(c, name)| {
+                    Some((
+                        c,
+                        Depacketizer::new(name, t.clock_rate, None, t.fmtp.as_deref()).ok()?,
+                    ))
+                }) {
                     Some((c, dep)) => {
                         video = Some((i, c));
                         video_dep = Some(dep);
@@ -396,19 +399,31 @@ impl Feed {
 
     /// The instant `rtp` (on `track`, at `clock_rate`) stands for: from the source's
     /// Sender Reports when every carried track has one, else `arrival`.
-    fn wallclock(&self, anchor: &mut Anchor, track: usize, rtp: u32, clock_rate: u32, arrival: Instant) -> Instant {
+    fn wallclock(
+        &self,
+        anchor: &mut Anchor,
+        track: usize,
+        rtp: u32,
+        clock_rate: u32,
+        arrival: Instant,
+    ) -> Instant {
         let Some(stream) = self.stream.upgrade() else {
             return arrival;
         };
         let tracks = [self.video.map(|v| v.0), self.audio.map(|a| a.0)];
-        if tracks.iter().flatten().any(|t| stream.sr_mapping(*t).is_none()) {
+        if tracks
+            .iter()
+            .flatten()
+            .any(|t| stream.sr_mapping(*t).is_none())
+        {
             return arrival;
         }
         let Some(sr) = stream.sr_mapping(track) else {
             return arrival;
         };
         let ntp = (sr.ntp.0 >> 32) as f64 + (sr.ntp.0 & 0xffff_ffff) as f64 / 4_294_967_296.0;
-        let delta = f64::from(rtp.wrapping_sub(sr.rtp_timestamp) as i32) / f64::from(clock_rate.max(1));
+        let delta =
+            f64::from(rtp.wrapping_sub(sr.rtp_timestamp) as i32) / f64::from(clock_rate.max(1));
         let at = ntp + delta;
         let (anchor_ntp, anchor_instant) = *anchor.at.get_or_insert((at, arrival));
         let offset = at - anchor_ntp;
@@ -486,7 +501,13 @@ impl Feed {
                         s.b_frames.referenced |= referenced;
                     }
                     let rtp_time = s.video_ext.extend(au.rtp_timestamp);
-                    let wallclock = self.wallclock(&mut s.anchor, track, au.rtp_timestamp, 90_000, p.received_at);
+                    let wallclock = self.wallclock(
+                        &mut s.anchor,
+                        track,
+                        au.rtp_timestamp,
+                        90_000,
+                        p.received_at,
+                    );
                     let frame = Frame {
                         video: true,
                         data: annexb.into(),
@@ -578,7 +599,14 @@ mod tests {
         m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n\
         m=audio 0 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\n";
 
-    fn pkt(track: usize, seq: u16, ts: u32, marker: bool, payload: &[u8], at: Instant) -> MediaPacket {
+    fn pkt(
+        track: usize,
+        seq: u16,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+        at: Instant,
+    ) -> MediaPacket {
         let mut d = vec![0x80, if marker { 0x80 | 96 } else { 96 }];
         d.extend_from_slice(&seq.to_be_bytes());
         d.extend_from_slice(&ts.to_be_bytes());
@@ -593,7 +621,9 @@ mod tests {
         }
     }
 
-    const SPS: &[u8] = &[0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xf0, 0x04, 0x4f, 0xcb, 0x80];
+    const SPS: &[u8] = &[
+        0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xf0, 0x04, 0x4f, 0xcb, 0x80,
+    ];
     const PPS: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
 
     #[test]
@@ -613,7 +643,14 @@ mod tests {
         batch.push(pkt(0, 3, 3000, false, PPS, t0));
         batch.push(pkt(0, 4, 3000, true, &[0x65, 0x88, 0x80], t0));
         for i in 0..20u16 {
-            batch.push(pkt(0, 5 + i, 6000 + 3000 * u32::from(i), true, &[0x41, 0x9a, 0x01], t0));
+            batch.push(pkt(
+                0,
+                5 + i,
+                6000 + 3000 * u32::from(i),
+                true,
+                &[0x41, 0x9a, 0x01],
+                t0,
+            ));
         }
         batch.push(pkt(1, 1, 960, true, &[0xfc, 0x01], t0));
         feed.on_batch(&batch);

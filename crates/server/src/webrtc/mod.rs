@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, WebrtcConfig};
 
-pub use routes::{whep_need, whip_need, Target, TargetFn};
+pub use routes::{whep_need, whip_need, Target, TargetFn, AUDIO_HEADER, REASON_HEADER};
 
 use demux::Routes;
 use feed::Feed;
@@ -92,7 +92,6 @@ struct Table {
 /// A live session, as the HTTP side finds it by its id.
 #[derive(Debug)]
 pub(crate) struct SessionEntry {
-    key: u64,
     path: String,
     stop: Arc<tokio::sync::Notify>,
 }
@@ -175,7 +174,10 @@ impl WebRtc {
                         candidate: local,
                     });
                 }
-                Err(e) if !wc.advertise.is_empty() && e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                Err(e)
+                    if !wc.advertise.is_empty()
+                        && e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+                {
                     // An address peers reach through NAT: receive on every address.
                     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
                     let socket = match &wildcard {

@@ -101,7 +101,7 @@ pub fn hvcc_parameter_sets(hvcc: &[u8]) -> Vec<Vec<u8>> {
             let Some(nal) = hvcc.get(at + 2..at + 2 + len) else {
                 return Vec::new();
             };
-            if matches!((nal.first().map(|b| (b >> 1) & 0x3f)), Some(32..=34)) {
+            if matches!(nal.first().map(|b| (b >> 1) & 0x3f), Some(32..=34)) {
                 out.push(nal.to_vec());
             }
             at += 2 + len;
@@ -167,7 +167,10 @@ pub fn h264_b_slices(au: &[u8]) -> (bool, bool) {
             continue;
         }
         let head = rbsp_head(n, 1, 16);
-        let mut bits = Bits { data: &head, pos: 0 };
+        let mut bits = Bits {
+            data: &head,
+            pos: 0,
+        };
         let (Some(_first_mb), Some(slice_type)) = (bits.ue(), bits.ue()) else {
             continue;
         };
@@ -199,7 +202,10 @@ mod tests {
         let idr = au(&[&[0x65, 0x88]]);
         let sets = vec![vec![0x67, 1], vec![0x68, 2]];
         let out = to_annex_b(VideoCodec::H264, &idr, &sets);
-        assert_eq!(out, [0, 0, 0, 1, 0x67, 1, 0, 0, 0, 1, 0x68, 2, 0, 0, 0, 1, 0x65, 0x88]);
+        assert_eq!(
+            out,
+            [0, 0, 0, 1, 0x67, 1, 0, 0, 0, 1, 0x68, 2, 0, 0, 0, 1, 0x65, 0x88]
+        );
         let with = au(&[&[0x67, 9], &[0x68, 8], &[0x65, 0x88]]);
         let out = to_annex_b(VideoCodec::H264, &with, &sets);
         assert_eq!(out.len(), with.len());
@@ -210,8 +216,13 @@ mod tests {
 
     #[test]
     fn avcc_sets_are_read_and_garbage_is_empty() {
-        let avcc = [1, 0x42, 0xc0, 0x1e, 0xff, 0xe1, 0, 2, 0x67, 0x42, 1, 0, 2, 0x68, 0xce];
-        assert_eq!(avcc_parameter_sets(&avcc), vec![vec![0x67, 0x42], vec![0x68, 0xce]]);
+        let avcc = [
+            1, 0x42, 0xc0, 0x1e, 0xff, 0xe1, 0, 2, 0x67, 0x42, 1, 0, 2, 0x68, 0xce,
+        ];
+        assert_eq!(
+            avcc_parameter_sets(&avcc),
+            vec![vec![0x67, 0x42], vec![0x68, 0xce]]
+        );
         assert!(avcc_parameter_sets(&avcc[..9]).is_empty());
         assert!(hvcc_parameter_sets(&[1, 2, 3]).is_empty());
     }

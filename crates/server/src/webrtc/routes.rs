@@ -22,7 +22,7 @@ use str0m::{Candidate, IceCreds, Rtc};
 use tracing::info;
 
 use super::feed::{AudioCodec, Feed, PeerQueue, Unplayable, VideoCodec};
-use super::session::{self, Viewer, Publisher};
+use super::session::{self, Publisher, Viewer};
 use super::{lock, SessionEntry, WebRtc};
 use crate::auth::Action;
 use crate::config::BFramePolicy;
@@ -80,7 +80,10 @@ fn preflight(post: bool) -> Response {
         h.insert("accept-post", HeaderValue::from_static("application/sdp"));
         h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
     } else {
-        h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, PATCH, DELETE"));
+        h.insert(
+            header::ALLOW,
+            HeaderValue::from_static("OPTIONS, PATCH, DELETE"),
+        );
         h.insert(
             "accept-patch",
             HeaderValue::from_static("application/trickle-ice-sdpfrag"),
@@ -97,7 +100,10 @@ impl WebRtc {
             target,
         };
         let whep = Router::new()
-            .route("/whep", post(whep_post).options(|| async { preflight(true) }))
+            .route(
+                "/whep",
+                post(whep_post).options(|| async { preflight(true) }),
+            )
             .route(
                 "/whep/{id}",
                 delete(session_delete)
@@ -106,7 +112,10 @@ impl WebRtc {
             )
             .with_state(app.clone());
         let whip = Router::new()
-            .route("/whip", post(whip_post).options(|| async { preflight(true) }))
+            .route(
+                "/whip",
+                post(whip_post).options(|| async { preflight(true) }),
+            )
             .route(
                 "/whip/{id}",
                 delete(session_delete)
@@ -118,7 +127,10 @@ impl WebRtc {
     }
 
     /// A new `Rtc` for one peer: ICE-lite on the module's candidates, its certificate.
-    fn new_rtc(&self, configure: impl FnOnce(str0m::RtcConfig) -> str0m::RtcConfig) -> (Rtc, String) {
+    fn new_rtc(
+        &self,
+        configure: impl FnOnce(str0m::RtcConfig) -> str0m::RtcConfig,
+    ) -> (Rtc, String) {
         let ufrag = format!("{:016x}", rand::random::<u64>());
         let pass = format!("{:032x}", rand::random::<u128>());
         let builder = Rtc::builder()
@@ -167,7 +179,10 @@ async fn read_offer(req: Request<Body>) -> Result<(SdpOffer, String), Response> 
 fn created(location: String, id: &str, answer: String) -> Response {
     let mut res = (StatusCode::CREATED, answer).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
     }
@@ -233,7 +248,10 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
     };
     let video = feed.video();
     let audio = feed.audio();
-    let offered = |name: &str| text.to_ascii_lowercase().contains(&format!(" {}/", name.to_ascii_lowercase()));
+    let offered = |name: &str| {
+        text.to_ascii_lowercase()
+            .contains(&format!(" {}/", name.to_ascii_lowercase()))
+    };
     if let Some(v) = video {
         let name = match v {
             VideoCodec::H264 => "H264",
@@ -256,13 +274,20 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
             Some(AudioCodec::Opus) => c.enable_opus(true, false),
             Some(AudioCodec::Pcmu) => c.enable_pcmu(true, false),
             Some(AudioCodec::Pcma) => c.enable_pcma(true, false),
-            None => c,
+            // No audio to send (none, or AAC): still answer the offer's audio with Opus,
+            // so that the peer's answer handling never meets an m-line without formats.
+            None => c.enable_opus(true, false),
         };
         c.set_extension(12, str0m::rtp::Extension::PlayoutDelay)
     });
     let answer = match rtc.sdp_api().accept_offer(offer) {
         Ok(a) => a.to_sdp_string(),
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("cannot answer the offer: {e}")),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("cannot answer the offer: {e}"),
+            )
+        }
     };
     let id = format!("{:032x}", rand::random::<u128>());
     let (key, inbox) = m.register(ufrag);
@@ -270,7 +295,6 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
     lock(&m.sessions).insert(
         id.clone(),
         SessionEntry {
-            key,
             path: target.path.clone(),
             stop: stop.clone(),
         },
@@ -323,7 +347,12 @@ async fn whip_post(State(app): State<App>, req: Request<Body>) -> Response {
     });
     let answer = match rtc.sdp_api().accept_offer(offer) {
         Ok(a) => a.to_sdp_string(),
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("cannot answer the offer: {e}")),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("cannot answer the offer: {e}"),
+            )
+        }
     };
     let plan = match session::IngestPlan::from_answer(&answer) {
         Ok(p) => p,
@@ -333,7 +362,10 @@ async fn whip_post(State(app): State<App>, req: Request<Body>) -> Response {
         Ok(p) => p,
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let handle = match m.hub.publish_source(&target.path, presentation, Claim::Exclusive) {
+    let handle = match m
+        .hub
+        .publish_source(&target.path, presentation, Claim::Exclusive)
+    {
         Ok(h) => h,
         Err(busy) => {
             return refuse(
@@ -348,7 +380,6 @@ async fn whip_post(State(app): State<App>, req: Request<Body>) -> Response {
     lock(&m.sessions).insert(
         id.clone(),
         SessionEntry {
-            key,
             path: target.path.clone(),
             stop: stop.clone(),
         },

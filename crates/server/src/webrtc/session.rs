@@ -7,7 +7,6 @@
 //! published, and asks the browser for a keyframe when a viewer lost one.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,7 +95,13 @@ fn choose_pt(rtc: &mut Rtc, mid: Mid, want: str0m::format::Codec) -> Option<Pt> 
     best.map(|(_, pt)| pt)
 }
 
-fn write_frame(rtc: &mut Rtc, out: &Outputs, video_codec: Option<VideoCodec>, audio_rate: u32, f: &Frame) -> Result<(), String> {
+fn write_frame(
+    rtc: &mut Rtc,
+    out: &Outputs,
+    video_codec: Option<VideoCodec>,
+    audio_rate: u32,
+    f: &Frame,
+) -> Result<(), String> {
     let (target, freq) = if f.video {
         (out.video, Frequency::NINETY_KHZ)
     } else {
@@ -114,8 +119,13 @@ fn write_frame(rtc: &mut Rtc, out: &Outputs, video_codec: Option<VideoCodec>, au
     } else {
         w
     };
-    w.write(pt, f.wallclock, MediaTime::new(f.rtp_time, freq), f.data.clone())
-        .map_err(|e| e.to_string())
+    w.write(
+        pt,
+        f.wallclock,
+        MediaTime::new(f.rtp_time, freq),
+        f.data.clone(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Runs a WHEP viewer until it leaves, its stream ends, or it is deleted.
@@ -147,12 +157,22 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
                     }
                     Event::MediaAdded(m) => {
                         let want = match (m.kind, video_codec) {
-                            (MediaKind::Video, Some(VideoCodec::H264)) => Some(str0m::format::Codec::H264),
-                            (MediaKind::Video, Some(VideoCodec::H265)) => Some(str0m::format::Codec::H265),
+                            (MediaKind::Video, Some(VideoCodec::H264)) => {
+                                Some(str0m::format::Codec::H264)
+                            }
+                            (MediaKind::Video, Some(VideoCodec::H265)) => {
+                                Some(str0m::format::Codec::H265)
+                            }
                             (MediaKind::Audio, _) => match v.feed.audio() {
-                                Some(super::feed::AudioCodec::Opus) => Some(str0m::format::Codec::Opus),
-                                Some(super::feed::AudioCodec::Pcmu) => Some(str0m::format::Codec::PCMU),
-                                Some(super::feed::AudioCodec::Pcma) => Some(str0m::format::Codec::PCMA),
+                                Some(super::feed::AudioCodec::Opus) => {
+                                    Some(str0m::format::Codec::Opus)
+                                }
+                                Some(super::feed::AudioCodec::Pcmu) => {
+                                    Some(str0m::format::Codec::PCMU)
+                                }
+                                Some(super::feed::AudioCodec::Pcma) => {
+                                    Some(str0m::format::Codec::PCMA)
+                                }
                                 None => None,
                             },
                             _ => None,
@@ -160,8 +180,12 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
                         if let Some(want) = want {
                             if let Some(pt) = choose_pt(&mut rtc, m.mid, want) {
                                 match m.kind {
-                                    MediaKind::Video if out.video.is_none() => out.video = Some((m.mid, pt)),
-                                    MediaKind::Audio if out.audio.is_none() => out.audio = Some((m.mid, pt)),
+                                    MediaKind::Video if out.video.is_none() => {
+                                        out.video = Some((m.mid, pt))
+                                    }
+                                    MediaKind::Audio if out.audio.is_none() => {
+                                        out.audio = Some((m.mid, pt))
+                                    }
                                     _ => {}
                                 }
                             }
@@ -285,7 +309,11 @@ impl IngestPlan {
                     }
                 }
             }
-            let wanted: &[&str] = if media == "video" { &["H264", "VP8"] } else { &["OPUS"] };
+            let wanted: &[&str] = if media == "video" {
+                &["H264", "VP8"]
+            } else {
+                &["OPUS"]
+            };
             let enc_of = |pt: &u8| {
                 rtpmap
                     .get(pt)
@@ -293,7 +321,10 @@ impl IngestPlan {
                     .map(|e| e.to_ascii_uppercase())
             };
             let fmts: Vec<u8> = words.filter_map(|w| w.parse().ok()).collect();
-            let Some(primary) = fmts.iter().find(|pt| enc_of(pt).is_some_and(|e| wanted.contains(&e.as_str()))) else {
+            let Some(primary) = fmts
+                .iter()
+                .find(|pt| enc_of(pt).is_some_and(|e| wanted.contains(&e.as_str())))
+            else {
                 continue;
             };
             let encoding = enc_of(primary).unwrap_or_default();
@@ -320,9 +351,14 @@ impl IngestPlan {
 
     /// The presentation RTSP readers get (one track per m-line taken).
     pub(crate) fn presentation(&self) -> Result<Presentation, PresentationError> {
-        let mut sdp = String::from("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=WHIP\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n");
+        let mut sdp = String::from(
+            "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=WHIP\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n",
+        );
         for (i, t) in self.tracks.iter().enumerate() {
-            sdp.push_str(&format!("m={} 0 RTP/AVP {}\r\na=rtpmap:{} {}\r\n", t.media, t.pt, t.pt, t.rtpmap));
+            sdp.push_str(&format!(
+                "m={} 0 RTP/AVP {}\r\na=rtpmap:{} {}\r\n",
+                t.media, t.pt, t.pt, t.rtpmap
+            ));
             if let Some(f) = &t.fmtp {
                 sdp.push_str(&format!("a=fmtp:{} {}\r\n", t.pt, f));
             }
@@ -342,7 +378,15 @@ impl IngestPlan {
 
     /// The RTP packet for the stream: the browser's payload under the track's payload
     /// type and SSRC, its sequence number and timestamp kept.
-    fn packet(&self, pt: u8, seq: u16, ts: u32, marker: bool, payload: &[u8], at: Instant) -> Option<MediaPacket> {
+    fn packet(
+        &self,
+        pt: u8,
+        seq: u16,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+        at: Instant,
+    ) -> Option<MediaPacket> {
         let track = *self.by_pt.get(&pt)?;
         let t = self.tracks.get(track)?;
         let mut d = Vec::with_capacity(12 + payload.len());
@@ -413,7 +457,14 @@ pub(crate) async fn run_publisher(p: Publisher, mut rtc: Rtc, mut inbox: mpsc::R
                             continue;
                         }
                         let at = pkt.timestamp;
-                        let Some(mp) = p.plan.packet(pt, *pkt.seq_no as u16, pkt.header.timestamp, pkt.header.marker, &pkt.payload, at) else {
+                        let Some(mp) = p.plan.packet(
+                            pt,
+                            *pkt.seq_no as u16,
+                            pkt.header.timestamp,
+                            pkt.header.marker,
+                            &pkt.payload,
+                            at,
+                        ) else {
                             continue;
                         };
                         if p.plan.is_video(pt) {
@@ -502,12 +553,27 @@ mod tests {
         let p = plan.presentation().expect("presentation");
         assert_eq!(p.tracks().len(), 2);
         assert_eq!(p.tracks()[1].encoding, "H264");
-        assert!(p.tracks()[1].fmtp.as_deref().unwrap_or("").contains("packetization-mode=1"));
+        assert!(p.tracks()[1]
+            .fmtp
+            .as_deref()
+            .unwrap_or("")
+            .contains("packetization-mode=1"));
         let at = Instant::now();
-        let v = plan.packet(104, 7, 9000, true, &[0x65, 1], at).expect("video");
-        assert_eq!((v.track, v.header.payload_type, v.header.marker), (1, 102, true));
-        assert!(plan.packet(103, 8, 9000, false, &[1], at).is_none(), "RTX is not media");
+        let v = plan
+            .packet(104, 7, 9000, true, &[0x65, 1], at)
+            .expect("video");
+        assert_eq!(
+            (v.track, v.header.payload_type, v.header.marker),
+            (1, 102, true)
+        );
+        assert!(
+            plan.packet(103, 8, 9000, false, &[1], at).is_none(),
+            "RTX is not media"
+        );
         assert!(plan.is_video(102) && !plan.is_video(111));
-        assert!(IngestPlan::from_answer("v=0\r\nm=audio 9 X 111\r\na=rtpmap:111 opus/48000/2\r\n").is_err());
+        assert!(
+            IngestPlan::from_answer("v=0\r\nm=audio 9 X 111\r\na=rtpmap:111 opus/48000/2\r\n")
+                .is_err()
+        );
     }
 }
