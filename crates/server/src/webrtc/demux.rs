@@ -83,6 +83,11 @@ impl<T: Clone + PartialEq + Eq + Hash> Routes<T> {
     pub fn len(&self) -> usize {
         self.by_ufrag.len()
     }
+
+    /// Whether no session is registered.
+    pub fn is_empty(&self) -> bool {
+        self.by_ufrag.is_empty()
+    }
 }
 
 #[cfg(test)]
