@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
@@ -652,7 +652,10 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
     let (reply, mids) = peer.negotiate(
         http_addr,
         "/whip/cam/whip",
-        &[(MediaKind::Video, Direction::SendOnly)],
+        &[
+            (MediaKind::Video, Direction::SendOnly),
+            (MediaKind::Audio, Direction::SendOnly),
+        ],
     );
     assert_eq!(
         reply.status,
@@ -662,7 +665,7 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
     );
     let location = reply.header("location").unwrap_or_default().to_owned();
     assert!(location.starts_with("/whip/cam/whip/"), "{reply:?}");
-    let mid = mids[0];
+    let (mid, audio_mid) = (mids[0], mids[1]);
     // Publish for 8 s at 30 fps, looping the clip, while an ffprobe and a reader look.
     let probe = std::thread::spawn({
         let url = server.url("whip/cam");
@@ -679,15 +682,52 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
             ffmpeg_read(&url, "tcp", Duration::from_secs(4), &dir)
         }
     });
+    // A WHEP viewer of the WHIP path asks for a keyframe once it has video.
+    let viewer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(2000));
+        let mut v = Peer::new();
+        let (reply, mids) = v.negotiate(
+            http_addr,
+            "/whip/cam/whep",
+            &[
+                (MediaKind::Video, Direction::RecvOnly),
+                (MediaKind::Audio, Direction::RecvOnly),
+            ],
+        );
+        if reply.status != 201 {
+            return (reply.status, 0u32, false);
+        }
+        let mut frames = 0u32;
+        let mut asked = false;
+        v.drive(Duration::from_secs(3), |rtc, e| {
+            if let Event::MediaData(d) = e {
+                if d.mid == mids[0] {
+                    frames += 1;
+                    if !asked && frames == 5 {
+                        if let Some(mut w) = rtc.writer(mids[0]) {
+                            asked = w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok();
+                        }
+                    }
+                }
+            }
+            false
+        });
+        (201, frames, asked)
+    });
     let start = Instant::now();
     let connected = std::cell::Cell::new(false);
+    let keyframe_requests = std::cell::Cell::new(0u32);
     let mut sent = 0u64;
+    let mut audio_sent = 0u64;
     let mut pt = None;
     let _ = peer.drive_with(
         Duration::from_secs(8),
         |_, e| {
             if let Event::Connected = e {
                 connected.set(true);
+            }
+            if let Event::KeyframeRequest(_) = e {
+                keyframe_requests.set(keyframe_requests.get() + 1);
             }
             matches!(
                 e,
@@ -722,6 +762,28 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
                 .expect("write");
                 sent += 1;
             }
+            // Opus: a 20 ms silence frame (TOC 0xf8, CELT fullband) every 20 ms.
+            let due_audio = (start.elapsed().as_secs_f64() * 50.0) as u64;
+            while audio_sent < due_audio {
+                let Some(w) = rtc.writer(audio_mid) else {
+                    break;
+                };
+                let Some(apt) = w
+                    .payload_params()
+                    .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+                    .map(|p| p.pt())
+                else {
+                    break;
+                };
+                w.write(
+                    apt,
+                    Instant::now(),
+                    MediaTime::new(audio_sent * 960, Frequency::FORTY_EIGHT_KHZ),
+                    vec![0xf8, 0xff, 0xfe],
+                )
+                .expect("write audio");
+                audio_sent += 1;
+            }
         }),
     );
     let connected = connected.get();
@@ -736,7 +798,23 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
         .expect("probe")
         .unwrap_or_else(|e| panic!("ffprobe: {e}\n{}", common::tail(&server.log(), 30)));
     let v = probe.video().expect("a video stream");
-    println!("ffprobe: {} {}x{}", v.codec_name, v.width, v.height);
+    let a = probe.audio().map(|a| a.codec_name.clone());
+    println!(
+        "ffprobe: {} {}x{}, audio {a:?}",
+        v.codec_name, v.width, v.height
+    );
+    assert_eq!(a.as_deref(), Some("opus"));
+    let (status, frames, asked) = viewer.join().expect("viewer");
+    println!(
+        "WHEP viewer of the WHIP path: {status}, {frames} video frames, PLI sent {asked}; publisher saw {} keyframe requests",
+        keyframe_requests.get()
+    );
+    assert_eq!(status, 201);
+    assert!(frames >= 30, "the WHIP stream plays over WHEP");
+    assert!(
+        asked && keyframe_requests.get() >= 1,
+        "a viewer's PLI reaches the WHIP publisher"
+    );
     assert_eq!(
         (v.codec_name.as_str(), v.width, v.height),
         ("h264", 640, 480)
