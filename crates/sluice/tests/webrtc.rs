@@ -382,6 +382,19 @@ struct Viewed {
     size: Option<(u32, u32)>,
     video_frames: u32,
     audio_frames: u32,
+    /// Video frames whose first slice is a B slice.
+    b_frames: u32,
+}
+
+/// Whether an Annex B access unit's first slice is a B slice.
+fn is_b_frame(nals: &[&[u8]]) -> bool {
+    nals.iter()
+        .find(|n| n.first().is_some_and(|b| matches!(b & 0x1f, 1 | 5)))
+        .is_some_and(|n| {
+            let mut r = Bits(&n[1..], 0);
+            r.ue();
+            r.ue() % 5 == 1
+        })
 }
 
 /// A WHEP viewer of `path` for `watch`: what it saw, and its DELETE's status.
@@ -421,6 +434,9 @@ fn view(http_addr: SocketAddr, path: &str, watch: Duration) -> (Viewed, u16) {
             Event::MediaData(d) if d.mid == video_mid => {
                 v.video_frames += 1;
                 let nals = nal_units(&d.data);
+                if is_b_frame(&nals) {
+                    v.b_frames += 1;
+                }
                 if v.first_keyframe_ms.is_none()
                     && nals
                         .iter()
@@ -527,8 +543,23 @@ fn whep_starts_at_a_keyframe_for_three_viewers_on_one_port() {
 
 #[test]
 fn whep_refuses_b_frames_and_names_aac_audio() {
-    let (server, http_addr, _) = start("");
+    let (server, http_addr, _) = start("b_frames_paths = { \"bdrop\" = \"drop\" }");
     let dir = test_dir("webrtc-406");
+    // Non-reference B-frames (no B-pyramid) under the drop policy.
+    let _bdrop = publish(
+        &server,
+        "bdrop",
+        &[
+            "-profile:v",
+            "high",
+            "-bf",
+            "2",
+            "-x264-params",
+            "b-pyramid=0",
+        ],
+        &["-c:a", "libopus"],
+        &dir,
+    );
     let _bf = publish(
         &server,
         "bframes",
@@ -545,6 +576,7 @@ fn whep_refuses_b_frames_and_names_aac_audio() {
     );
     wait_live(&server, "bframes");
     wait_live(&server, "aac");
+    wait_live(&server, "bdrop");
     let mut peer = Peer::new();
     let (reply, _) = peer.negotiate(
         http_addr,
@@ -585,6 +617,16 @@ fn whep_refuses_b_frames_and_names_aac_audio() {
     );
     assert_eq!(v.size, Some((640, 480)));
     assert_eq!(del, 200);
+    let (v, _) = view(http_addr, "bdrop", Duration::from_secs(3));
+    println!(
+        "B-frames under the drop policy: {} , {} video frames, {} B-frames, first keyframe {:?} ms after DTLS",
+        v.status, v.video_frames, v.b_frames, v.first_keyframe_ms
+    );
+    assert_eq!(v.status, 201, "{v:?}");
+    assert!(
+        v.video_frames >= 20 && v.b_frames == 0,
+        "B-frames dropped: {v:?}"
+    );
 }
 
 /// Splits an Annex B H.264 stream into access units (one slice per picture).
