@@ -292,6 +292,7 @@ async fn bind_http(
             ext.get::<StreamTarget>().map(|t| crate::webrtc::Target {
                 path: t.path.clone(),
                 user: t.user.clone(),
+                peer: t.peer.addr,
             })
         });
         ctx.routes()

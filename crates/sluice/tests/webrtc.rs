@@ -491,6 +491,14 @@ fn whep_starts_at_a_keyframe_for_three_viewers_on_one_port() {
     let viewers: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || view(http_addr, "cams/front", Duration::from_secs(4))))
         .collect();
+    // While they watch, the API lists them as sessions and as the path's readers.
+    std::thread::sleep(Duration::from_millis(2500));
+    let sessions = http(http_addr, "GET", "/v1/sessions", None, "");
+    let listed = sessions.body.matches("\"webrtc\"").count();
+    let paths = http(http_addr, "GET", "/v1/paths", None, "");
+    println!("/v1/sessions lists {listed} WebRTC sessions; /v1/paths: {}", paths.body);
+    assert_eq!(listed, 3, "{sessions:?}");
+    assert!(paths.body.contains("webrtc"), "{paths:?}");
     let results: Vec<(Viewed, u16)> = viewers
         .into_iter()
         .map(|h| h.join().expect("viewer"))

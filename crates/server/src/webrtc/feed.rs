@@ -354,6 +354,17 @@ impl Feed {
         Ok(())
     }
 
+    /// The H.264 `profile_idc` of the source's SPS, once known (66 Baseline, 77 Main,
+    /// 100 High): a viewer is answered under an offered profile that matches when there is one.
+    pub fn h264_profile(&self) -> Option<u8> {
+        if self.video() != Some(VideoCodec::H264) {
+            return None;
+        }
+        let s = lock(&self.state);
+        let params = s.video_dep.as_ref()?.params()?;
+        params.config.get(1).copied()
+    }
+
     /// What the stream's video showed of B-frames so far.
     pub fn b_frames(&self) -> BFrames {
         lock(&self.state).b_frames

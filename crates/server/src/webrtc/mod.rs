@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use sluice_hub::Hub;
+use sluice_hub::{Hub, SessionInfo, SessionRole, Sessions};
 use str0m::crypto::CryptoProvider;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -89,11 +89,73 @@ struct Table {
     inboxes: HashMap<u64, mpsc::Sender<Datagram>>,
 }
 
-/// A live session, as the HTTP side finds it by its id.
+/// A live session, as the HTTP side and the hub's session directory find it by its id.
 #[derive(Debug)]
 pub(crate) struct SessionEntry {
     path: String,
     stop: Arc<tokio::sync::Notify>,
+    role: SessionRole,
+    peer: SocketAddr,
+    user: Option<String>,
+    created_unix: u64,
+    /// RTP packets (publisher) or frames (viewer) and their payload bytes, kept by the
+    /// session's task.
+    counters: Arc<Counters>,
+}
+
+/// A session's traffic, counted by its task (relaxed: read only for reports).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) packets: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+/// The module's sessions as the hub lists and kicks them (`/v1/sessions`).
+struct Directory(std::sync::Weak<WebRtc>);
+
+impl Sessions for Directory {
+    fn list(&self) -> Vec<SessionInfo> {
+        let Some(m) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let sessions = lock(&m.sessions);
+        sessions
+            .iter()
+            .map(|(id, s)| SessionInfo {
+                id: id.clone(),
+                path: s.path.clone(),
+                protocol: "webrtc",
+                transport: "udp",
+                role: s.role,
+                peer: s.peer,
+                user: s.user.clone(),
+                created_unix: s.created_unix,
+                packets: s.counters.packets.load(Ordering::Relaxed),
+                bytes: s.counters.bytes.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn kick(&self, id: &str) -> bool {
+        let Some(m) = self.0.upgrade() else {
+            return false;
+        };
+        let stop = lock(&m.sessions).get(id).map(|s| s.stop.clone());
+        match stop {
+            Some(stop) => {
+                stop.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Now in seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The WebRTC module: its sockets, its sessions and its settings.
@@ -232,6 +294,7 @@ impl WebRtc {
             cert,
             inbox_drops: AtomicU64::new(0),
         });
+        hub.add_sessions(Arc::new(Directory(Arc::downgrade(&module))));
         hub.on_stream(Box::new(|stream| {
             stream.attach(Feed::new(stream));
         }));

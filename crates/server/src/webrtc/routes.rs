@@ -23,9 +23,10 @@ use tracing::info;
 
 use super::feed::{AudioCodec, Feed, PeerQueue, Unplayable, VideoCodec};
 use super::session::{self, Publisher, Viewer};
-use super::{lock, SessionEntry, WebRtc};
+use super::{lock, unix_now, Counters, SessionEntry, WebRtc};
 use crate::auth::Action;
 use crate::config::BFramePolicy;
+use sluice_hub::SessionRole;
 
 /// Largest SDP offer read.
 const MAX_OFFER: usize = 64 * 1024;
@@ -40,8 +41,10 @@ pub const REASON_HEADER: &str = "x-sluice-reason";
 pub struct Target {
     /// The path name.
     pub path: String,
-    /// The user granted the permission.
+    /// The user granted the permission (`any` when none was needed).
     pub user: String,
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
 }
 
 /// Reads the [`Target`] the HTTP module put in a request's extensions.
@@ -292,11 +295,17 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
     let id = format!("{:032x}", rand::random::<u128>());
     let (key, inbox) = m.register(ufrag);
     let stop = Arc::new(tokio::sync::Notify::new());
+    let counters = Arc::new(Counters::default());
     lock(&m.sessions).insert(
         id.clone(),
         SessionEntry {
             path: target.path.clone(),
             stop: stop.clone(),
+            role: SessionRole::Reader,
+            peer: target.peer,
+            user: (target.user != "any").then(|| target.user.clone()),
+            created_unix: unix_now(),
+            counters: counters.clone(),
         },
     );
     let drop_b = policy == BFramePolicy::Drop;
@@ -310,6 +319,7 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
         feed: feed.clone(),
         queue,
         stop,
+        counters,
     };
     tokio::spawn(session::run_viewer(viewer, rtc, inbox));
     let mut res = created(format!("/{}/whep/{id}", target.path), &id, answer);
@@ -377,11 +387,17 @@ async fn whip_post(State(app): State<App>, req: Request<Body>) -> Response {
     let id = format!("{:032x}", rand::random::<u128>());
     let (key, inbox) = m.register(ufrag);
     let stop = Arc::new(tokio::sync::Notify::new());
+    let counters = Arc::new(Counters::default());
     lock(&m.sessions).insert(
         id.clone(),
         SessionEntry {
             path: target.path.clone(),
             stop: stop.clone(),
+            role: SessionRole::Publisher,
+            peer: target.peer,
+            user: (target.user != "any").then(|| target.user.clone()),
+            created_unix: unix_now(),
+            counters: counters.clone(),
         },
     );
     info!(session = %id, path = %target.path, user = %target.user, codecs = %plan.describe(), "WHIP session created");
@@ -393,6 +409,7 @@ async fn whip_post(State(app): State<App>, req: Request<Body>) -> Response {
         handle,
         plan,
         stop,
+        counters,
     };
     tokio::spawn(session::run_publisher(publisher, rtc, inbox));
     created(format!("/{}/whip/{id}", target.path), &id, answer)

@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::feed::{Feed, Frame, PeerQueue, VideoCodec};
-use super::{Datagram, WebRtc};
+use super::{Counters, Datagram, WebRtc};
+use std::sync::atomic::Ordering;
 
 /// A session that never completes ICE and DTLS within this is ended.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -37,6 +38,7 @@ pub(crate) struct Viewer {
     pub(crate) feed: Arc<Feed>,
     pub(crate) queue: Arc<PeerQueue>,
     pub(crate) stop: Arc<tokio::sync::Notify>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// Sends one datagram str0m produced on the socket of the candidate it names.
@@ -74,7 +76,15 @@ struct Outputs {
     audio: Option<(Mid, Pt)>,
 }
 
-fn choose_pt(rtc: &mut Rtc, mid: Mid, want: str0m::format::Codec) -> Option<Pt> {
+/// The payload type to send `want` under: for H.264, packetization-mode 1, and the
+/// source's profile when the peer offered it (else any offered profile: browsers decode
+/// a High-profile stream sent under a Baseline or Main payload type).
+fn choose_pt(
+    rtc: &mut Rtc,
+    mid: Mid,
+    want: str0m::format::Codec,
+    profile: Option<u8>,
+) -> Option<Pt> {
     let w = rtc.writer(mid)?;
     let mut best: Option<(u8, Pt)> = None;
     for p in w.payload_params() {
@@ -83,11 +93,15 @@ fn choose_pt(rtc: &mut Rtc, mid: Mid, want: str0m::format::Codec) -> Option<Pt> 
             continue;
         }
         // Prefer packetization-mode 1 (FU-A, STAP-A) for H.264.
-        let score = match spec.format.packetization_mode {
+        let mut score = match spec.format.packetization_mode {
             Some(1) => 2,
             _ if want == str0m::format::Codec::H264 => 0,
             _ => 1,
         };
+        let offered_profile = spec.format.profile_level_id.map(|p| (p >> 16) as u8);
+        if profile.is_some() && offered_profile == profile {
+            score += 1;
+        }
         if best.is_none_or(|(s, _)| score > s) {
             best = Some((score, p.pt()));
         }
@@ -178,7 +192,9 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
                             _ => None,
                         };
                         if let Some(want) = want {
-                            if let Some(pt) = choose_pt(&mut rtc, m.mid, want) {
+                            if let Some(pt) =
+                                choose_pt(&mut rtc, m.mid, want, v.feed.h264_profile())
+                            {
                                 match m.kind {
                                     MediaKind::Video if out.video.is_none() => {
                                         out.video = Some((m.mid, pt))
@@ -227,7 +243,11 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
                 while let Some(f) = v.queue.pop() {
                     if let Err(e) = write_frame(&mut rtc, &out, video_codec, audio_rate, &f) {
                         debug!(session = %v.id, error = %e, "webrtc: frame not written");
-                    } else if !first_sent && f.video {
+                    } else {
+                        v.counters.packets.fetch_add(1, Ordering::Relaxed);
+                        v.counters.bytes.fetch_add(f.data.len() as u64, Ordering::Relaxed);
+                    }
+                    if !first_sent && f.video {
                         first_sent = true;
                         if let Some(c) = connected {
                             debug!(session = %v.id, after_dtls_ms = c.elapsed().as_millis() as u64, "first video frame written");
@@ -423,6 +443,7 @@ pub(crate) struct Publisher {
     pub(crate) handle: SourceHandle,
     pub(crate) plan: IngestPlan,
     pub(crate) stop: Arc<tokio::sync::Notify>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// Runs a WHIP publisher until it leaves or is deleted; its stream ends with it.
@@ -471,6 +492,10 @@ pub(crate) async fn run_publisher(p: Publisher, mut rtc: Rtc, mut inbox: mpsc::R
                             video_ssrc = Some(pkt.header.ssrc);
                         }
                         packets += 1;
+                        p.counters.packets.fetch_add(1, Ordering::Relaxed);
+                        p.counters
+                            .bytes
+                            .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
                         stream.note_input(at);
                         stream.push_rtp(mp);
                         if !ready {
