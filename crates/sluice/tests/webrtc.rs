@@ -496,7 +496,10 @@ fn whep_starts_at_a_keyframe_for_three_viewers_on_one_port() {
     let sessions = http(http_addr, "GET", "/v1/sessions", None, "");
     let listed = sessions.body.matches("\"webrtc\"").count();
     let paths = http(http_addr, "GET", "/v1/paths", None, "");
-    println!("/v1/sessions lists {listed} WebRTC sessions; /v1/paths: {}", paths.body);
+    println!(
+        "/v1/sessions lists {listed} WebRTC sessions; /v1/paths: {}",
+        paths.body
+    );
     assert_eq!(listed, 3, "{sessions:?}");
     assert!(paths.body.contains("webrtc"), "{paths:?}");
     let results: Vec<(Viewed, u16)> = viewers

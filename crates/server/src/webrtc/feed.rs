@@ -375,14 +375,17 @@ impl Feed {
         lock(&self.state).gop.front().is_some_and(|f| f.keyframe)
     }
 
-    /// Subscribes `peer`: the cached GOP is queued first, then every live frame. False if
-    /// the stream already ended.
+    /// Subscribes `peer`: the cached GOP's video is queued first, then every live frame.
+    /// The GOP's audio is not: a browser would buffer that second of audio and hold the
+    /// video back to stay in sync with it; audio starts live. False if the stream already
+    /// ended.
     pub fn subscribe(&self, peer: &Arc<PeerQueue>) -> bool {
         let mut s = lock(&self.state);
         if s.ended {
             return false;
         }
-        for f in &s.gop {
+        let audio_only = self.video.is_none();
+        for f in s.gop.iter().filter(|f| f.video || audio_only) {
             peer.push(f, false);
         }
         s.viewers_total += 1;
@@ -675,7 +678,7 @@ mod tests {
         assert!(feed.has_gop());
         assert!(feed.subscribe(&late));
         let gop: Vec<_> = std::iter::from_fn(|| late.pop()).collect();
-        assert_eq!(gop.len(), 22, "IDR + 20 P + 1 audio");
+        assert_eq!(gop.len(), 21, "IDR + 20 P, no audio from the past");
         assert!(gop[0].keyframe);
         assert!(!feed.b_frames().seen);
         feed.on_end(EndReason::SourceGone);

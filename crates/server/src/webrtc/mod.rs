@@ -211,7 +211,13 @@ impl WebRtc {
     /// every stream the hub creates from now on (so start it before the sources).
     pub async fn start(config: &Config, hub: Arc<Hub>) -> Result<Option<Arc<WebRtc>>, WebrtcError> {
         let wc = config.webrtc.clone();
-        if !wc.enabled || !config.http.enabled {
+        if !wc.enabled {
+            return Ok(None);
+        }
+        if !config.http.enabled {
+            info!(
+                "WebRTC off: WHEP and WHIP are served on the HTTP listener, and [http] is disabled"
+            );
             return Ok(None);
         }
         let crypto = Arc::new(str0m::crypto::from_feature_flags());
