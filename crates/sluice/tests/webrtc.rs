@@ -166,6 +166,7 @@ impl Peer {
         let local = socket.local_addr().unwrap();
         let mut rtc = Rtc::builder()
             .set_crypto_provider(crypto())
+            .enable_pcmu(true, false)
             .build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
         Peer { rtc, socket, local }
@@ -205,21 +206,23 @@ impl Peer {
     /// Drives the peer: sends what it must, feeds it datagrams and timeouts, hands each
     /// event to `on_event` until it returns true or `limit` passes (false then).
     fn drive(&mut self, limit: Duration, on_event: impl FnMut(&mut Rtc, Event) -> bool) -> bool {
-        self.drive_with(limit, on_event, None::<fn(&mut Rtc)>)
+        self.drive_with(limit, on_event, None::<fn(&mut Rtc) -> bool>)
     }
 
-    /// As [`Peer::drive`], calling `tick` at least every 5 ms as well.
+    /// As [`Peer::drive`], calling `tick` at least every 5 ms as well (true from it stops).
     fn drive_with(
         &mut self,
         limit: Duration,
         mut on_event: impl FnMut(&mut Rtc, Event) -> bool,
-        mut tick: Option<impl FnMut(&mut Rtc)>,
+        mut tick: Option<impl FnMut(&mut Rtc) -> bool>,
     ) -> bool {
         let deadline = Instant::now() + limit;
         let mut buf = vec![0u8; 2048];
         loop {
             if let Some(t) = tick.as_mut() {
-                t(&mut self.rtc);
+                if t(&mut self.rtc) {
+                    return true;
+                }
             }
             let timeout = loop {
                 match self.rtc.poll_output().expect("poll") {
@@ -556,6 +559,14 @@ fn whep_starts_at_a_keyframe_for_three_viewers_on_one_port() {
 fn whep_refuses_b_frames_and_names_aac_audio() {
     let (server, http_addr, _) = start("b_frames_paths = { \"bdrop\" = \"drop\" }");
     let dir = test_dir("webrtc-406");
+    // G.711 audio goes as it comes.
+    let _pcmu = publish(
+        &server,
+        "pcmu",
+        &["-profile:v", "baseline", "-bf", "0"],
+        &["-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1"],
+        &dir,
+    );
     // Non-reference B-frames (no B-pyramid) under the drop policy.
     let _bdrop = publish(
         &server,
@@ -588,6 +599,7 @@ fn whep_refuses_b_frames_and_names_aac_audio() {
     wait_live(&server, "bframes");
     wait_live(&server, "aac");
     wait_live(&server, "bdrop");
+    wait_live(&server, "pcmu");
     let mut peer = Peer::new();
     let (reply, _) = peer.negotiate(
         http_addr,
@@ -638,6 +650,13 @@ fn whep_refuses_b_frames_and_names_aac_audio() {
         v.video_frames >= 20 && v.b_frames == 0,
         "B-frames dropped: {v:?}"
     );
+    let (v, _) = view(http_addr, "pcmu", Duration::from_secs(3));
+    println!(
+        "H.264 + PCMU: {}, {} video / {} audio frames",
+        v.status, v.video_frames, v.audio_frames
+    );
+    assert_eq!(v.status, 201, "{v:?}");
+    assert!(v.video_frames >= 60 && v.audio_frames >= 50, "{v:?}");
 }
 
 /// Splits an Annex B H.264 stream into access units (one slice per picture).
@@ -773,8 +792,9 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
     let mut sent = 0u64;
     let mut audio_sent = 0u64;
     let mut pt = None;
+    // Publish until the prober, the reader and the viewer are done (at most 40 s).
     let _ = peer.drive_with(
-        Duration::from_secs(8),
+        Duration::from_secs(40),
         |_, e| {
             if let Event::Connected = e {
                 connected.set(true);
@@ -788,8 +808,11 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
             )
         },
         Some(|rtc: &mut Rtc| {
+            if probe.is_finished() && reader.is_finished() && viewer.is_finished() {
+                return true;
+            }
             if !connected.get() {
-                return;
+                return false;
             }
             if pt.is_none() {
                 pt = rtc.writer(mid).and_then(|w| {
@@ -799,7 +822,7 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
                 });
             }
             let Some(pt) = pt else {
-                return;
+                return false;
             };
             // Keep to the 30 fps schedule.
             let due = (start.elapsed().as_secs_f64() * 30.0) as u64;
@@ -837,6 +860,7 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
                 .expect("write audio");
                 audio_sent += 1;
             }
+            false
         }),
     );
     let connected = connected.get();

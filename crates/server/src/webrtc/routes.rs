@@ -267,6 +267,16 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
             );
         }
     }
+    // The source's audio codec, when the peer did not offer it, is not sent: answered with
+    // Opus (never an m-line without formats) and said in the audio header.
+    let audio_name = match audio {
+        Some(AudioCodec::Opus) => Some("opus"),
+        Some(AudioCodec::Pcmu) => Some("PCMU"),
+        Some(AudioCodec::Pcma) => Some("PCMA"),
+        None => None,
+    };
+    let audio_refused = audio_name.filter(|n| !offered(n));
+    let audio = if audio_refused.is_some() { None } else { audio };
     let (mut rtc, ufrag) = m.new_rtc(|mut c| {
         c = match video {
             Some(VideoCodec::H264) => c.enable_h264(true),
@@ -328,6 +338,13 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
             AUDIO_HEADER,
             HeaderValue::from_static("aac; not carried over WebRTC, use HLS for audio"),
         );
+    } else if let Some(name) = audio_refused {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{}; not in the offer, not sent, use HLS for audio",
+            name.to_ascii_lowercase()
+        )) {
+            res.headers_mut().insert(AUDIO_HEADER, v);
+        }
     }
     res
 }

@@ -426,6 +426,12 @@ impl IngestPlan {
         })
     }
 
+    /// The stream's track for incoming payload type `pt`, and that track's SSRC.
+    fn track_of(&self, pt: u8) -> Option<(usize, u32)> {
+        let i = *self.by_pt.get(&pt)?;
+        Some((i, self.tracks.get(i)?.ssrc))
+    }
+
     fn is_video(&self, pt: u8) -> bool {
         self.by_pt
             .get(&pt)
@@ -459,6 +465,7 @@ pub(crate) async fn run_publisher(p: Publisher, mut rtc: Rtc, mut inbox: mpsc::R
     let mut video_ssrc: Option<Ssrc> = None;
     let mut last_keyframe_request: Option<Instant> = None;
     let mut packets = 0u64;
+    let mut last_sr: HashMap<usize, std::time::SystemTime> = HashMap::new();
     let why = loop {
         let polled = loop {
             match rtc.poll_output() {
@@ -490,6 +497,28 @@ pub(crate) async fn run_publisher(p: Publisher, mut rtc: Rtc, mut inbox: mpsc::R
                         };
                         if p.plan.is_video(pt) {
                             video_ssrc = Some(pkt.header.ssrc);
+                        }
+                        // The browser's Sender Reports, so that RTSP readers (and WHEP
+                        // viewers) map both tracks to its one clock.
+                        if let (Some(si), Some((track, ssrc))) =
+                            (&pkt.last_sender_info, p.plan.track_of(pt))
+                        {
+                            if last_sr.get(&track) != Some(&si.ntp_time) {
+                                last_sr.insert(track, si.ntp_time);
+                                let unix = si
+                                    .ntp_time
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap_or_default();
+                                let info = sluice_rtp::rtcp::SenderInfo {
+                                    ssrc,
+                                    ntp: sluice_rtp::ntp::NtpTime::from_unix(unix),
+                                    // Truncation is the RTP timestamp's 32-bit wrap.
+                                    rtp_timestamp: si.rtp_time.numer() as u32,
+                                    packet_count: si.sender_packet_count,
+                                    octet_count: si.sender_octet_count,
+                                };
+                                stream.handle_sender_report(track, &info, at);
+                            }
                         }
                         packets += 1;
                         p.counters.packets.fetch_add(1, Ordering::Relaxed);
