@@ -914,3 +914,52 @@ fn whip_publishes_h264_that_rtsp_readers_play() {
         common::tail(&server.log(), 20)
     );
 }
+
+#[test]
+fn a_viewer_that_goes_silent_is_ended() {
+    let (server, http_addr, _) = start("");
+    let dir = test_dir("webrtc-silent");
+    let _ffmpeg = publish(
+        &server,
+        "quiet",
+        &["-profile:v", "baseline", "-bf", "0"],
+        &["-c:a", "libopus"],
+        &dir,
+    );
+    wait_live(&server, "quiet");
+    let mut peer = Peer::new();
+    let (reply, _) = peer.negotiate(
+        http_addr,
+        "/quiet/whep",
+        &[
+            (MediaKind::Video, Direction::RecvOnly),
+            (MediaKind::Audio, Direction::RecvOnly),
+        ],
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let mut connected = false;
+    peer.drive(Duration::from_secs(5), |_, e| {
+        connected |= matches!(e, Event::Connected);
+        connected
+    });
+    assert!(connected);
+    // The viewer vanishes without a DELETE (a closed tab): the server ends the session
+    // once the peer has been silent for 15 s (str0m's ICE sees it, or the module's own
+    // silence bound does).
+    drop(peer);
+    let t = Instant::now();
+    let ended = server.wait_log_line(Duration::from_secs(25), |l| {
+        l.contains("WHEP session ended")
+            && (l.contains("peer silent") || l.contains("peer disconnected"))
+    });
+    println!(
+        "silent viewer ended after {:.1} s: {ended:?}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(ended.is_some(), "{}", common::tail(&server.log(), 20));
+    assert_eq!(
+        server.log().matches("wallclock is in the future").count(),
+        0,
+        "Sender Reports map to the past"
+    );
+}

@@ -441,13 +441,25 @@ impl Feed {
         let at = ntp + delta;
         let (anchor_ntp, anchor_instant) = *anchor.at.get_or_insert((at, arrival));
         let offset = at - anchor_ntp;
-        if offset >= 0.0 {
+        let w = if offset >= 0.0 {
             anchor_instant + Duration::from_secs_f64(offset.min(1e9))
         } else {
             anchor_instant
                 .checked_sub(Duration::from_secs_f64((-offset).min(1e9)))
                 .unwrap_or(arrival)
+        };
+        // Media is never captured after it arrived: a frame that came through faster than
+        // the anchor's moves the anchor back (for both tracks alike), so that the mapping
+        // stays one clock and never points into the future.
+        if w > arrival {
+            let ahead = w - arrival;
+            anchor.at = Some((
+                anchor_ntp,
+                anchor_instant.checked_sub(ahead).unwrap_or(anchor_instant),
+            ));
+            return arrival;
         }
+        w
     }
 
     /// Hands `frame` to the GOP and to every viewer.

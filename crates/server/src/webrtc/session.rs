@@ -26,6 +26,9 @@ use std::sync::atomic::Ordering;
 
 /// A session that never completes ICE and DTLS within this is ended.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connected peer that sends nothing (no STUN consent check, no RTCP, no media) for
+/// this long is gone: ICE-lite never sends checks of its own, so it would never notice.
+const PEER_SILENCE: Duration = Duration::from_secs(15);
 /// Keyframe requests forwarded to a publisher at most this often.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -149,6 +152,7 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
     let mut out = Outputs::default();
     let mut first_sent = false;
     let mut keyframe_requests = 0u64;
+    let mut last_rx = started;
     let video_codec = v.feed.video();
     let audio_rate = v.feed.audio().map_or(48_000, |a| a.clock_rate());
     let why = loop {
@@ -229,10 +233,14 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
         if connected.is_none() && started.elapsed() > CONNECT_TIMEOUT {
             break "no ICE/DTLS within 20 s".to_owned();
         }
+        if connected.is_some() && last_rx.elapsed() > PEER_SILENCE {
+            break "peer silent for 15 s".to_owned();
+        }
         let wait = deadline.min(Instant::now() + Duration::from_secs(1));
         tokio::select! {
             d = inbox.recv() => match d {
                 Some(d) => {
+                    last_rx = d.at;
                     if let Err(e) = receive_input(&mut rtc, &d) {
                         debug!(session = %v.id, error = %e, "webrtc: bad datagram");
                     }
@@ -465,6 +473,7 @@ pub(crate) async fn run_publisher(p: Publisher, mut rtc: Rtc, mut inbox: mpsc::R
     let mut video_ssrc: Option<Ssrc> = None;
     let mut last_keyframe_request: Option<Instant> = None;
     let mut packets = 0u64;
+    let mut last_rx = started;
     let mut last_sr: HashMap<usize, std::time::SystemTime> = HashMap::new();
     let why = loop {
         let polled = loop {
@@ -547,6 +556,9 @@ pub(crate) async fn run_publisher(p: Publisher, mut rtc: Rtc, mut inbox: mpsc::R
         if !connected && started.elapsed() > CONNECT_TIMEOUT {
             break "no ICE/DTLS within 20 s".to_owned();
         }
+        if connected && last_rx.elapsed() > PEER_SILENCE {
+            break "peer silent for 15 s".to_owned();
+        }
         let mut wait = deadline.min(Instant::now() + Duration::from_secs(1));
         if let Some(t) = stream.poll_timeout() {
             wait = wait.min(t);
@@ -554,6 +566,7 @@ pub(crate) async fn run_publisher(p: Publisher, mut rtc: Rtc, mut inbox: mpsc::R
         tokio::select! {
             d = inbox.recv() => match d {
                 Some(d) => {
+                    last_rx = d.at;
                     if let Err(e) = receive_input(&mut rtc, &d) {
                         debug!(session = %p.id, error = %e, "webrtc: bad datagram");
                     }
