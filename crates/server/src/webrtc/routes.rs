@@ -28,6 +28,9 @@ use crate::auth::Action;
 use crate::config::BFramePolicy;
 use sluice_hub::SessionRole;
 
+/// Video packets kept per viewer for retransmission (NACK/RTX).
+const SEND_BUFFER_VIDEO: usize = 400;
+
 /// Largest SDP offer read.
 const MAX_OFFER: usize = 64 * 1024;
 
@@ -144,6 +147,9 @@ impl WebRtc {
                 ufrag: ufrag.clone(),
                 pass,
             })
+            // About a second of video packets at 4 Mb/s for NACK/RTX (str0m's default,
+            // 1,000, costs a viewer ~1 MiB).
+            .set_send_buffer_video(SEND_BUFFER_VIDEO)
             .clear_codecs();
         let mut rtc = configure(builder).build(Instant::now());
         for e in self.endpoints.iter() {
