@@ -95,3 +95,34 @@ impl WebrtcConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn webrtc_keys_parse_validate_and_refuse_typos() {
+        let c = Config::from_toml(
+            "[webrtc]\nudp_port = 0\nadvertise = [\"192.0.2.7\"]\nb_frames = \"drop\"\n\
+             b_frames_paths = { \"cams/lobby\" = \"refuse\" }\npeer_queue = 64\n",
+        )
+        .expect("valid");
+        assert_eq!(c.webrtc.udp_port, 0);
+        assert_eq!(c.webrtc.b_frames_for("cams/lobby"), BFramePolicy::Refuse);
+        assert_eq!(c.webrtc.b_frames_for("other"), BFramePolicy::Drop);
+        let d = Config::from_toml("").expect("defaults");
+        assert!(d.webrtc.enabled);
+        assert_eq!(d.webrtc.udp_port, 8189);
+        assert_eq!(d.webrtc.b_frames, BFramePolicy::Refuse);
+        for bad in [
+            "[webrtc]\npeer_queue = 1\n",
+            "[webrtc]\nadvertise = [\"0.0.0.0\"]\n",
+            "[webrtc]\nb_frames = \"maybe\"\n",
+            "[webrtc]\nb_frames_paths = { \"/x\" = \"drop\" }\n",
+            "[webrtc]\nudp_prot = 1\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+    }
+}
