@@ -38,7 +38,7 @@ enum Command {
 /// Options of `sluice-bench whep`.
 #[derive(Debug, clap::Args)]
 struct WhepArgs {
-    /// http://host:port/<path>/whep
+    /// `http://host:port/<path>/whep`
     url: String,
     /// Viewers.
     #[arg(long, default_value_t = 200)]
