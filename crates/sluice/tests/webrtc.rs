@@ -491,6 +491,58 @@ fn whep_starts_at_a_keyframe_for_three_viewers_on_one_port() {
         "v=0\r\n",
     );
     assert_eq!(none.status, 404, "{none:?}");
+    // The session resource: trickled candidates are accepted, other bodies are not; a
+    // WHIP offer for a path that is already published is refused with 409.
+    {
+        let mut idle = Peer::new();
+        let (reply, _) = idle.negotiate(
+            http_addr,
+            "/cams/front/whep",
+            &[(MediaKind::Video, Direction::RecvOnly)],
+        );
+        assert_eq!(reply.status, 201, "{reply:?}");
+        let loc = reply.header("location").unwrap_or_default().to_owned();
+        let frag = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef012345\r\nm=audio 9 RTP/AVP 0\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+        let patch = http(
+            http_addr,
+            "PATCH",
+            &loc,
+            Some("application/trickle-ice-sdpfrag"),
+            frag,
+        );
+        assert_eq!(patch.status, 204, "{patch:?}");
+        let wrong = http(http_addr, "PATCH", &loc, Some("text/plain"), "x");
+        assert_eq!(wrong.status, 415, "{wrong:?}");
+        let unknown = http(
+            http_addr,
+            "PATCH",
+            "/cams/front/whep/nope",
+            Some("application/trickle-ice-sdpfrag"),
+            frag,
+        );
+        assert_eq!(unknown.status, 404, "{unknown:?}");
+        assert_eq!(http(http_addr, "DELETE", &loc, None, "").status, 200);
+        let not_sdp = http(
+            http_addr,
+            "POST",
+            "/cams/front/whep",
+            Some("text/plain"),
+            "v=0",
+        );
+        assert_eq!(not_sdp.status, 415, "{not_sdp:?}");
+        let mut publisher = Peer::new();
+        let (busy, _) = publisher.negotiate(
+            http_addr,
+            "/cams/front/whip",
+            &[(MediaKind::Video, Direction::SendOnly)],
+        );
+        println!(
+            "WHIP to a published path: {} {:?}",
+            busy.status,
+            busy.header("x-sluice-reason")
+        );
+        assert_eq!(busy.status, 409, "{busy:?}");
+    }
     let viewers: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || view(http_addr, "cams/front", Duration::from_secs(4))))
         .collect();
