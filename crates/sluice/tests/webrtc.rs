@@ -1015,3 +1015,151 @@ fn a_viewer_that_goes_silent_is_ended() {
         "Sender Reports map to the past"
     );
 }
+
+/// The frames of an IVF file (VP8), with whether each is a keyframe.
+fn ivf_frames(data: &[u8]) -> Vec<(Vec<u8>, bool)> {
+    let header = data
+        .get(6..8)
+        .map_or(32, |h| usize::from(u16::from_le_bytes([h[0], h[1]])));
+    let mut at = header;
+    let mut out = Vec::new();
+    while let Some(h) = data.get(at..at + 12) {
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let Some(frame) = data.get(at + 12..at + 12 + len) else {
+            break;
+        };
+        out.push((frame.to_vec(), frame.first().is_some_and(|b| b & 1 == 0)));
+        at += 12 + len;
+    }
+    out
+}
+
+#[test]
+fn whip_takes_vp8_from_a_peer_without_h264() {
+    let (server, http_addr, _) = start("");
+    let dir = test_dir("webrtc-whip-vp8");
+    let file = dir.join("clip.ivf");
+    let st = Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x480:rate=30",
+        ])
+        .args([
+            "-t",
+            "2",
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+        ])
+        .args(["-g", "30", "-b:v", "500k", "-f", "ivf"])
+        .arg(&file)
+        .status()
+        .expect("ffmpeg");
+    assert!(st.success());
+    let frames = ivf_frames(&std::fs::read(&file).expect("clip"));
+    assert!(frames.len() >= 50 && frames[0].1, "{} frames", frames.len());
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = socket.local_addr().unwrap();
+    let mut rtc = Rtc::builder()
+        .set_crypto_provider(crypto())
+        .clear_codecs()
+        .enable_vp8(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut peer = Peer { rtc, socket, local };
+    let (reply, mids) = peer.negotiate(
+        http_addr,
+        "/vp8cam/whip",
+        &[(MediaKind::Video, Direction::SendOnly)],
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{reply:?}\n{}",
+        common::tail(&server.log(), 20)
+    );
+    let mid = mids[0];
+    let location = reply.header("location").unwrap_or_default().to_owned();
+    let probe = std::thread::spawn({
+        let url = server.url("vp8cam");
+        move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            ffprobe(&url)
+        }
+    });
+    let start = Instant::now();
+    let connected = std::cell::Cell::new(false);
+    let mut sent = 0u64;
+    let _ = peer.drive_with(
+        Duration::from_secs(25),
+        |_, e| {
+            connected.set(connected.get() || matches!(e, Event::Connected));
+            false
+        },
+        Some(|rtc: &mut Rtc| {
+            if probe.is_finished() {
+                return true;
+            }
+            if !connected.get() {
+                return false;
+            }
+            let Some(pt) = rtc.writer(mid).and_then(|w| {
+                w.payload_params()
+                    .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+                    .map(|p| p.pt())
+            }) else {
+                return false;
+            };
+            let due = (start.elapsed().as_secs_f64() * 30.0) as u64;
+            while sent < due {
+                let (f, _) = &frames[(sent as usize) % frames.len()];
+                let Some(w) = rtc.writer(mid) else { break };
+                w.write(
+                    pt,
+                    Instant::now(),
+                    MediaTime::new(sent * 3000, Frequency::NINETY_KHZ),
+                    f.clone(),
+                )
+                .expect("write");
+                sent += 1;
+            }
+            false
+        }),
+    );
+    let probe = probe
+        .join()
+        .expect("probe")
+        .unwrap_or_else(|e| panic!("ffprobe: {e}\n{}", common::tail(&server.log(), 30)));
+    let v = probe.video().expect("a video stream");
+    println!(
+        "VP8 over WHIP, {sent} frames sent; ffprobe: {} {}x{}",
+        v.codec_name, v.width, v.height
+    );
+    assert_eq!(
+        (v.codec_name.as_str(), v.width, v.height),
+        ("vp8", 640, 480)
+    );
+    // WHEP delivers only what the codec crate depacketizes: VP8 is refused, clearly.
+    let whep = http(
+        http_addr,
+        "POST",
+        "/vp8cam/whep",
+        Some("application/sdp"),
+        "v=0\r\n",
+    );
+    println!(
+        "WHEP of the VP8 path: {} {:?}",
+        whep.status,
+        whep.header("x-sluice-reason")
+    );
+    assert_eq!(whep.status, 406, "{whep:?}");
+    assert_eq!(http(http_addr, "DELETE", &location, None, "").status, 200);
+}
