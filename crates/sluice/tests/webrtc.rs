@@ -1035,7 +1035,7 @@ fn ivf_frames(data: &[u8]) -> Vec<(Vec<u8>, bool)> {
 }
 
 #[test]
-fn whip_takes_vp8_from_a_peer_without_h264() {
+fn whip_takes_vp8_from_a_peer_without_h264_and_whep_plays_it() {
     let (server, http_addr, _) = start("");
     let dir = test_dir("webrtc-whip-vp8");
     let file = dir.join("clip.ivf");
@@ -1095,6 +1095,11 @@ fn whip_takes_vp8_from_a_peer_without_h264() {
             ffprobe(&url)
         }
     });
+    // A WHEP viewer of the VP8 path, browser to browser.
+    let viewer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        view(http_addr, "vp8cam", Duration::from_secs(3))
+    });
     let start = Instant::now();
     let connected = std::cell::Cell::new(false);
     let mut sent = 0u64;
@@ -1105,7 +1110,7 @@ fn whip_takes_vp8_from_a_peer_without_h264() {
             false
         },
         Some(|rtc: &mut Rtc| {
-            if probe.is_finished() {
+            if probe.is_finished() && viewer.is_finished() {
                 return true;
             }
             if !connected.get() {
@@ -1147,19 +1152,13 @@ fn whip_takes_vp8_from_a_peer_without_h264() {
         (v.codec_name.as_str(), v.width, v.height),
         ("vp8", 640, 480)
     );
-    // WHEP delivers only what the codec crate depacketizes: VP8 is refused, clearly.
-    let whep = http(
-        http_addr,
-        "POST",
-        "/vp8cam/whep",
-        Some("application/sdp"),
-        "v=0\r\n",
-    );
+    let (v, del) = viewer.join().expect("viewer");
     println!(
-        "WHEP of the VP8 path: {} {:?}",
-        whep.status,
-        whep.header("x-sluice-reason")
+        "WHEP of the VP8 path: {}, {} video frames",
+        v.status, v.video_frames
     );
-    assert_eq!(whep.status, 406, "{whep:?}");
+    assert_eq!(v.status, 201, "{v:?}");
+    assert!(v.video_frames >= 45, "VP8 plays over WHEP: {v:?}");
+    assert_eq!(del, 200);
     assert_eq!(http(http_addr, "DELETE", &location, None, "").status, 200);
 }

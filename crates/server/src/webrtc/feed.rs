@@ -16,6 +16,7 @@ use sluice_codec::Depacketizer;
 use sluice_hub::{Batch, EndReason, MediaPacket, ReaderCount, Sink, SinkStats, Stream};
 
 use super::nal;
+use super::vp8::Vp8Assembler;
 
 /// Most frames a GOP keeps for new viewers; a longer GOP is not cached (viewers then wait
 /// for the next keyframe).
@@ -23,13 +24,16 @@ const GOP_MAX_FRAMES: usize = 2_000;
 /// Most payload bytes a GOP keeps.
 const GOP_MAX_BYTES: usize = 16 << 20;
 
-/// The video codecs a viewer can be sent (those the codec crate depacketizes).
+/// The video codecs a viewer can be sent (those the codec crate, or [`super::vp8`],
+/// depacketizes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoCodec {
     /// H.264, sent as Annex B access units with SPS/PPS before every IDR.
     H264,
     /// H.265, sent as Annex B access units with VPS/SPS/PPS before every IRAP.
     H265,
+    /// VP8 (a browser's WHIP publication, for one).
+    Vp8,
 }
 
 /// The audio codecs a viewer can be sent as they come (one RTP payload, one frame).
@@ -84,7 +88,7 @@ pub struct BFrames {
 /// Why a stream cannot be played over WebRTC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unplayable {
-    /// Its video codec has no depacketizer here (VP8, VP9, AV1 sources for now).
+    /// Its video codec has no depacketizer here (VP9, AV1 sources for now).
     VideoCodec(String),
     /// No video and no audio this module carries.
     NoMedia,
@@ -226,6 +230,7 @@ struct Anchor {
 
 struct State {
     video_dep: Option<Depacketizer>,
+    vp8: Option<Vp8Assembler>,
     video_ext: Unwrap,
     audio_ext: Unwrap,
     anchor: Anchor,
@@ -266,17 +271,23 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
-    /// A feed for `stream`'s presentation: its first video track H.264/H.265 and its
+    /// A feed for `stream`'s presentation: its first video track H.264/H.265/VP8 and its
     /// first audio track Opus/PCMU/PCMA are carried.
     pub fn new(stream: &Arc<Stream>) -> Arc<Feed> {
         let mut video = None;
         let mut video_dep = None;
+        let mut vp8 = None;
         let mut audio = None;
         let mut aac = false;
         let mut unsupported_video = None;
         for (i, t) in stream.presentation().tracks().iter().enumerate() {
             let enc = t.encoding.to_ascii_uppercase();
             if t.media == "video" && video.is_none() && unsupported_video.is_none() {
+                if enc == "VP8" {
+                    video = Some((i, VideoCodec::Vp8));
+                    vp8 = Some(Vp8Assembler::default());
+                    continue;
+                }
                 let codec = match enc.as_str() {
                     "H264" => Some((VideoCodec::H264, "H264")),
                     "H265" => Some((VideoCodec::H265, "H265")),
@@ -312,6 +323,7 @@ impl Feed {
             unsupported_video,
             state: Mutex::new(State {
                 video_dep,
+                vp8,
                 video_ext: Unwrap::default(),
                 audio_ext: Unwrap::default(),
                 anchor: Anchor::default(),
@@ -497,6 +509,31 @@ impl Feed {
 
     fn handle_packet(&self, s: &mut State, p: &MediaPacket) {
         if let Some((track, codec)) = self.video {
+            if p.track == track && codec == VideoCodec::Vp8 {
+                let (h, payload) = (
+                    &p.header,
+                    p.data.get(p.header.payload_offset..).unwrap_or_default(),
+                );
+                let done = s
+                    .vp8
+                    .as_mut()
+                    .and_then(|a| a.push(h.sequence, h.timestamp, h.marker, payload));
+                if let Some((data, keyframe)) = done {
+                    let rtp_time = s.video_ext.extend(h.timestamp);
+                    let wallclock =
+                        self.wallclock(&mut s.anchor, track, h.timestamp, 90_000, p.received_at);
+                    let frame = Frame {
+                        video: true,
+                        data: data.into(),
+                        rtp_time,
+                        wallclock,
+                        keyframe,
+                        disposable: false,
+                    };
+                    self.publish(s, frame);
+                }
+                return;
+            }
             if p.track == track {
                 let Some(dep) = s.video_dep.as_mut() else {
                     return;
@@ -513,6 +550,7 @@ impl Feed {
                         params.as_ref().map(|c| match codec {
                             VideoCodec::H264 => nal::avcc_parameter_sets(&c.config),
                             VideoCodec::H265 => nal::hvcc_parameter_sets(&c.config),
+                            VideoCodec::Vp8 => Vec::new(),
                         })
                     } else {
                         None
@@ -520,7 +558,7 @@ impl Feed {
                     let annexb = nal::to_annex_b(codec, &au.data, sets.as_deref().unwrap_or(&[]));
                     let (b, referenced) = match codec {
                         VideoCodec::H264 => nal::h264_b_slices(&au.data),
-                        VideoCodec::H265 => (false, false),
+                        VideoCodec::H265 | VideoCodec::Vp8 => (false, false),
                     };
                     if b {
                         s.b_frames.seen = true;

@@ -6,7 +6,7 @@
 //! - [`demux`]: which session a datagram on the shared UDP port is for (STUN `USERNAME`,
 //!   then the peer address).
 //! - [`nal`]: Annex B access units with parameter sets before every keyframe, B-slice
-//!   detection.
+//!   detection; [`vp8`]: VP8 frames from RTP.
 //! - `routes`: the HTTP side (`POST /<path>/whep`, `/<path>/whip`, the session
 //!   resources' `DELETE`/`PATCH`/`OPTIONS`), and `session`: one task per peer
 //!   driving its sans-IO `str0m::Rtc`.
@@ -21,6 +21,7 @@ pub mod feed;
 pub mod nal;
 mod routes;
 mod session;
+pub mod vp8;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -265,6 +265,7 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
         let name = match v {
             VideoCodec::H264 => "H264",
             VideoCodec::H265 => "H265",
+            VideoCodec::Vp8 => "VP8",
         };
         if !offered(name) {
             return refuse(
@@ -287,6 +288,7 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
         c = match video {
             Some(VideoCodec::H264) => c.enable_h264(true),
             Some(VideoCodec::H265) => c.enable_h265(true),
+            Some(VideoCodec::Vp8) => c.enable_vp8(true),
             None => c,
         };
         c = match audio {

@@ -178,6 +178,9 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
                             (MediaKind::Video, Some(VideoCodec::H264)) => {
                                 Some(str0m::format::Codec::H264)
                             }
+                            (MediaKind::Video, Some(VideoCodec::Vp8)) => {
+                                Some(str0m::format::Codec::Vp8)
+                            }
                             (MediaKind::Video, Some(VideoCodec::H265)) => {
                                 Some(str0m::format::Codec::H265)
                             }
