@@ -25,6 +25,7 @@ pub mod config;
 pub mod file;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod hls;
 pub mod hooks;
 pub mod http;
 pub mod rtsp;

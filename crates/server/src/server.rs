@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigControl, Reloader};
 use crate::file::{FileError, Files};
+use crate::hls::Hls;
 use crate::hooks::{Hooks, HooksError};
 use crate::http::{HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector};
 use crate::rtsp::readers::latency::LatencyHistogram;
@@ -100,6 +101,7 @@ impl Server {
         );
         // The modules, RTSP first: its hook must see every stream the others create.
         let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
+        let hls = Hls::start(&config, &hub);
         let files = Arc::new(Files::start(&config, &hub)?);
         // A reload: every check before any change, then RTSP (which may refuse a listener
         // address it cannot bind, before anything else changed), users, files, in order.
@@ -137,7 +139,7 @@ impl Server {
         }));
         let reloader = Arc::new(reloader);
         let hooks = Hooks::start(&config, hub.clone())?;
-        let http = bind_http(&config, &auth, &rtsp, &hub, &hooks, reloader.clone()).await?;
+        let http = bind_http(&config, &auth, &rtsp, &hub, &hooks, hls.as_ref(), reloader.clone()).await?;
         if let Some(h) = &http {
             let _ = http_handle.set(h.handle());
         }
@@ -252,9 +254,13 @@ async fn bind_http(
     rtsp: &Rtsp,
     hub: &Arc<Hub>,
     hooks: &Hooks,
+    hls: Option<&Hls>,
     control: Arc<dyn ConfigControl>,
 ) -> Result<Option<HttpServer>, ServerError> {
     let mut ctx = HttpContext::new(config, auth.clone());
+    if let Some(hls) = hls {
+        hls.mount(&mut ctx);
+    }
     ctx.hub(hub.clone());
     ctx.control(control);
     ctx.event_source(hub.clone());

@@ -20,6 +20,8 @@ mod http;
 pub use http::{
     is_reserved_path, parse_token_hash, HttpConfig, TokenConfig, RESERVED_FIRST_SEGMENTS,
 };
+mod hls;
+pub use hls::HlsConfig;
 mod hooks;
 mod layers;
 pub use hooks::{CommandConfig, HooksConfig, WebhookConfig};
@@ -72,6 +74,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Webhooks and command hooks.
     pub hooks: HooksConfig,
+    /// LL-HLS delivery of live paths.
+    pub hls: HlsConfig,
     /// Where the values came from (file, environment, flags); not a TOML key.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -617,6 +621,7 @@ impl Config {
             ));
         }
         self.http.validate(self)?;
+        self.hls.validate()?;
         Ok(())
     }
 

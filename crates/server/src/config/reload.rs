@@ -130,6 +130,7 @@ const RESTART_ONLY: &[&str] = &[
     "http.tokens",
     "http.session_metrics",
     "hooks",
+    "hls",
     "log",
 ];
 
