@@ -60,9 +60,21 @@ install_schemathesis() {
   "$SCHEMATHESIS_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" </dev/null
 }
 
+# m3u8: pinned, in the same venv (the HLS test parses every playlist with it).
+M3U8_VERSION=6.0.0
+install_m3u8() {
+  if "$SCHEMATHESIS_VENV/bin/python" -c "import importlib.metadata as m; assert m.version('m3u8') == '$M3U8_VERSION'" 2>/dev/null; then
+    echo "install-test-deps: m3u8 $M3U8_VERSION present"
+    return
+  fi
+  echo "install-test-deps: installing m3u8 $M3U8_VERSION into $SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install -q "m3u8==$M3U8_VERSION" </dev/null
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "install-test-deps: all Debian test dependencies present"
   install_schemathesis
+  install_m3u8
   exit 0
 fi
 
@@ -82,4 +94,5 @@ export DEBIAN_FRONTEND=noninteractive
   -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
   "${missing[@]}" </dev/null
 install_schemathesis
+install_m3u8
 echo "install-test-deps: done"

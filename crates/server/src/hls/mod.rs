@@ -13,7 +13,7 @@
 //! target durations instead of hanging; a path that is not live is a 404 problem.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,14 +25,16 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use sluice_hub::gop::GopCache;
 use sluice_hub::{Batch, EndReason, Hub, MediaPacket, Sink, Stream};
 use sluice_media::hls::{Blocking, HlsError, HlsMuxer, Lookup};
 use sluice_media::recorder::TrackSpec;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+mod cache;
+
 use crate::auth::Action;
+use cache::TwoGops;
 use crate::config::{Config, HlsConfig};
 use crate::http::problem::Problem;
 use crate::http::{HttpContext, Marker, StreamTarget};
@@ -51,8 +53,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The stream side of HLS: what a packager starts from and is fed through.
 struct TapState {
-    gop: GopCache,
-    to_muxer: Option<mpsc::Sender<Batch>>,
+    gop: TwoGops,
+    /// The running packager's number and queue.
+    to_muxer: Option<(u64, mpsc::Sender<Batch>)>,
+    /// The number the next packager gets.
+    next_id: u64,
 }
 
 /// Attached to every stream ([`Stream::attached`]): keeps its GOP and, while a packager
@@ -67,23 +72,31 @@ impl HlsTap {
     fn new(stream: &Stream) -> HlsTap {
         HlsTap {
             state: Mutex::new(TapState {
-                gop: GopCache::new(stream.presentation().keyframe_track()),
+                gop: TwoGops::new(stream.presentation().keyframe_track()),
                 to_muxer: None,
+                next_id: 0,
             }),
             drops: AtomicU64::new(0),
         }
     }
 
-    /// Connects a packager: returns the cached GOP, after which every batch goes to `tx`
-    /// (atomically: nothing is lost or repeated between the two).
-    fn connect(&self, tx: mpsc::Sender<Batch>) -> Vec<MediaPacket> {
+    /// Connects a packager (replacing any other): returns its number and the cached GOP,
+    /// after which every batch goes to `tx` (atomically: nothing is lost or repeated
+    /// between the two).
+    fn connect(&self, tx: mpsc::Sender<Batch>) -> (u64, Vec<MediaPacket>) {
         let mut s = lock(&self.state);
-        s.to_muxer = Some(tx);
-        s.gop.packets().cloned().collect()
+        let id = s.next_id;
+        s.next_id += 1;
+        s.to_muxer = Some((id, tx));
+        (id, s.gop.packets())
     }
 
-    fn disconnect(&self) {
-        lock(&self.state).to_muxer = None;
+    /// Disconnects packager `id`, if it is still the connected one.
+    fn disconnect(&self, id: u64) {
+        let mut s = lock(&self.state);
+        if s.to_muxer.as_ref().is_some_and(|(i, _)| *i == id) {
+            s.to_muxer = None;
+        }
     }
 
     /// Batches dropped because the packager fell behind.
@@ -96,9 +109,9 @@ impl Sink for HlsTap {
     fn on_batch(&self, batch: &Batch) {
         let mut s = lock(&self.state);
         for p in batch.packets() {
-            s.gop.handle_packet(p);
+            s.gop.push(p);
         }
-        if let Some(tx) = &s.to_muxer {
+        if let Some((_, tx)) = &s.to_muxer {
             match tx.try_send(batch.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -111,7 +124,7 @@ impl Sink for HlsTap {
 
     fn on_end(&self, _reason: EndReason) {
         // Dropping the sender ends the packager once it has read the queue.
-        self.disconnect();
+        lock(&self.state).to_muxer = None;
     }
 }
 
@@ -119,8 +132,10 @@ impl Sink for HlsTap {
 struct Live {
     stream: Weak<Stream>,
     muxer: Mutex<HlsMuxer>,
-    /// Parts made so far; waiters wake on each change. Closed when the packager stops.
+    /// Parts made so far; waiters wake on each change, and when the packager stops.
     parts: watch::Sender<u64>,
+    /// The packager stopped (its stream ended, it idled out or failed).
+    stopped: AtomicBool,
     /// Milliseconds since `epoch` of the last request.
     last_request: AtomicI64,
     epoch: Instant,
@@ -237,7 +252,7 @@ impl Hls {
         };
         let mut muxers = lock(&self.inner.muxers);
         if let Some(l) = muxers.get(path) {
-            if l.is_for(&stream) && !l.parts.is_closed() {
+            if l.is_for(&stream) && !l.stopped.load(Ordering::Acquire) {
                 return Ok(l.clone());
             }
         }
@@ -274,10 +289,11 @@ impl Hls {
             stream: Arc::downgrade(&stream),
             muxer: Mutex::new(muxer),
             parts,
+            stopped: AtomicBool::new(false),
             last_request: AtomicI64::new(0),
             epoch: Instant::now(),
         });
-        let gop = tap.connect(tx);
+        let (id, gop) = tap.connect(tx);
         info!(
             path,
             cached_packets = gop.len(),
@@ -287,7 +303,7 @@ impl Hls {
         self.inner.figures.started.inc();
         self.inner.figures.muxers.inc();
         muxers.insert(path.to_owned(), live.clone());
-        tokio::spawn(self.clone().run(path.to_owned(), live.clone(), tap, gop, rx));
+        tokio::spawn(self.clone().run(path.to_owned(), live.clone(), (tap, id), gop, rx));
         Ok(live)
     }
 
@@ -296,7 +312,7 @@ impl Hls {
         self,
         path: String,
         live: Arc<Live>,
-        tap: Arc<HlsTap>,
+        (tap, id): (Arc<HlsTap>, u64),
         gop: Vec<MediaPacket>,
         mut rx: mpsc::Receiver<Batch>,
     ) {
@@ -324,7 +340,9 @@ impl Hls {
                 }
             }
         }
-        tap.disconnect();
+        tap.disconnect(id);
+        live.stopped.store(true, Ordering::Release);
+        live.parts.send_modify(|_| {});
         let drops = tap.drops();
         self.inner.figures.drops.inc_by(drops);
         {
@@ -335,7 +353,6 @@ impl Hls {
         }
         self.inner.figures.muxers.dec();
         let next_part = lock(&live.muxer).parts_made();
-        // Dropping `live` (last sender holder) closes the channel: waiters see it.
         info!(path, reason = why, next_part, batches_dropped = drops, "HLS packager stopped");
     }
 
@@ -398,13 +415,25 @@ impl Hls {
         res
     }
 
-    /// Waits for the next part, at most until `deadline`; false when the deadline passed or
-    /// the packager stopped.
-    async fn next_part(rx: &mut watch::Receiver<u64>, deadline: tokio::time::Instant) -> bool {
-        matches!(
+    /// Waits for the next part, at most until `deadline`: the answer to give instead
+    /// when the deadline passed (503) or the packager stopped (404).
+    async fn next_part(
+        live: &Live,
+        rx: &mut watch::Receiver<u64>,
+        deadline: tokio::time::Instant,
+        target: u32,
+    ) -> Result<(), Response> {
+        let woke = matches!(
             tokio::time::timeout_at(deadline, rx.changed()).await,
             Ok(Ok(()))
-        )
+        );
+        if live.stopped.load(Ordering::Acquire) {
+            return Err(Problem::new(StatusCode::NOT_FOUND, "the stream ended").into_response());
+        }
+        if !woke {
+            return Err(unavailable(target, "the awaited part did not come in time"));
+        }
+        Ok(())
     }
 
     /// How long a blocking request may wait: three target durations.
@@ -455,8 +484,8 @@ impl Hls {
                     .into_response()
                 }
                 Ok(None) => {
-                    if !Self::next_part(&mut rx, deadline).await {
-                        return unavailable(target, "the awaited part did not come in time");
+                    if let Err(res) = Self::next_part(live, &mut rx, deadline, target).await {
+                        return res;
                     }
                 }
             }
@@ -485,8 +514,8 @@ impl Hls {
                         .into_response()
                 }
                 Lookup::Soon => {
-                    if !Self::next_part(&mut rx, deadline).await {
-                        return unavailable(target, "the part did not come in time");
+                    if let Err(res) = Self::next_part(live, &mut rx, deadline, target).await {
+                        return res;
                     }
                 }
             }
