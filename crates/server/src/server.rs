@@ -139,7 +139,16 @@ impl Server {
         }));
         let reloader = Arc::new(reloader);
         let hooks = Hooks::start(&config, hub.clone())?;
-        let http = bind_http(&config, &auth, &rtsp, &hub, &hooks, hls.as_ref(), reloader.clone()).await?;
+        let http = bind_http(
+            &config,
+            &auth,
+            &rtsp,
+            &hub,
+            &hooks,
+            hls.as_ref(),
+            reloader.clone(),
+        )
+        .await?;
         if let Some(h) = &http {
             let _ = http_handle.set(h.handle());
         }

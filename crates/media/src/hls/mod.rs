@@ -27,8 +27,8 @@ mod playlist;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BinaryHeap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -376,7 +376,12 @@ impl HlsMuxer {
 
     /// The codecs carried, lead first.
     pub fn codecs(&self) -> Vec<Codec> {
-        let mut v: Vec<(usize, Codec)> = self.inputs.iter().flatten().map(|i| (i.out, i.codec)).collect();
+        let mut v: Vec<(usize, Codec)> = self
+            .inputs
+            .iter()
+            .flatten()
+            .map(|i| (i.out, i.codec))
+            .collect();
         v.sort_unstable_by_key(|p| p.0);
         v.into_iter().map(|(_, c)| c).collect()
     }
@@ -473,7 +478,10 @@ impl HlsMuxer {
         let clock = i64::from(input.clock);
         let (first, offset) = *input.anchor.get_or_insert_with(|| {
             let since = at.saturating_duration_since(origin).as_secs_f64();
-            (ticks, ((since + START_SECS as f64) * clock as f64).round() as i64)
+            (
+                ticks,
+                ((since + START_SECS as f64) * clock as f64).round() as i64,
+            )
         });
         let pts = offset + ticks - first;
         let sample = match &mut input.reorder {
@@ -543,7 +551,8 @@ impl HlsMuxer {
             || seg_len
                 >= (self.config.segment_duration * FORCED_SEGMENT_FACTOR).max(MIN_FORCED_SEGMENT);
         let full = self.frames_per_part.is_some_and(|n| self.part_frames >= n)
-            || (dts - self.part_start) as f64 >= 1.5 * self.config.part_target.as_secs_f64() * clock;
+            || (dts - self.part_start) as f64
+                >= 1.5 * self.config.part_target.as_secs_f64() * clock;
         // A video keyframe starts a part, so that parts starting at one are independent.
         if new_segment || full || (keyframe && video) {
             self.cut(dts, clock)?;
@@ -628,7 +637,10 @@ impl HlsMuxer {
     /// durations of the playlist's end.
     fn parts_listed_from(&self) -> u64 {
         let limit = 3.0 * f64::from(self.target_duration());
-        let mut acc = self.current.as_ref().map_or(0.0, |c| c.parts.iter().map(|p| p.duration).sum());
+        let mut acc = self
+            .current
+            .as_ref()
+            .map_or(0.0, |c| c.parts.iter().map(|p| p.duration).sum());
         let mut from = self.current.as_ref().map_or(0, |c| c.msn);
         for s in self.segments.iter().rev() {
             if acc >= limit {

@@ -61,7 +61,11 @@ pub(super) fn render(m: &HlsMuxer, skip: bool) -> String {
                     "#EXT-X-PART:DURATION={:.5},URI=\"part{}.m4s\"{}",
                     p.duration,
                     p.number,
-                    if p.independent { ",INDEPENDENT=YES" } else { "" }
+                    if p.independent {
+                        ",INDEPENDENT=YES"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -189,7 +189,11 @@ fn parts_are_whole_frames_and_segments_start_at_keyframes() {
     f.run(6.0, true);
     let m = &f.m;
     assert!(m.started());
-    assert!((m.part_target() - 0.2).abs() < 1e-9, "6 frames of 1/30 s: {}", m.part_target());
+    assert!(
+        (m.part_target() - 0.2).abs() < 1e-9,
+        "6 frames of 1/30 s: {}",
+        m.part_target()
+    );
     let list = m.playlist(false).unwrap();
     println!("{list}");
     for tag in [
@@ -208,8 +212,17 @@ fn parts_are_whole_frames_and_segments_start_at_keyframes() {
     // Segments: 3 GOPs of 14 frames (1.4 s) each, made of whole-frame parts.
     assert!(m.segments.len() >= 3);
     for s in &m.segments {
-        assert!((s.duration - 1.4).abs() < 1e-6, "segment {} lasts {}", s.msn, s.duration);
-        let parts: Vec<u8> = s.parts.iter().flat_map(|p| p.bytes.iter().copied()).collect();
+        assert!(
+            (s.duration - 1.4).abs() < 1e-6,
+            "segment {} lasts {}",
+            s.msn,
+            s.duration
+        );
+        let parts: Vec<u8> = s
+            .parts
+            .iter()
+            .flat_map(|p| p.bytes.iter().copied())
+            .collect();
         if !s.parts.is_empty() {
             assert_eq!(parts, &s.bytes[..], "segment {} = its parts", s.msn);
             assert!(s.parts[0].independent);
@@ -250,7 +263,11 @@ fn b_frames_get_increasing_decode_times_before_their_presentation() {
     }
     pts.sort_unstable();
     for w in pts.windows(2) {
-        assert_eq!(w[1] - w[0], i64::from(FRAME), "every frame presented once, in step");
+        assert_eq!(
+            w[1] - w[0],
+            i64::from(FRAME),
+            "every frame presented once, in step"
+        );
     }
 }
 
@@ -272,7 +289,10 @@ fn blocking_requests_wait_answer_or_refuse() {
     assert!(cur > first_msn);
     let parts = f.m.current.as_ref().unwrap().parts.len() as u64;
     assert_eq!(f.m.blocking(cur - 1, None), Blocking::Ready);
-    assert_eq!(f.m.blocking(cur, Some(parts.saturating_sub(1))), Blocking::Ready);
+    assert_eq!(
+        f.m.blocking(cur, Some(parts.saturating_sub(1))),
+        Blocking::Ready
+    );
     assert_eq!(f.m.blocking(cur, Some(parts)), Blocking::Wait);
     assert_eq!(f.m.blocking(cur, None), Blocking::Wait);
     assert_eq!(f.m.blocking(cur + 1, Some(0)), Blocking::Wait);
@@ -289,7 +309,11 @@ fn blocking_requests_wait_answer_or_refuse() {
     assert!(matches!(f.m.segment(cur - 1), Lookup::Ready(_)));
     assert_eq!(f.m.segment(cur + 1), Lookup::Missing);
     f.run(8.0, true);
-    assert_eq!(f.m.part(first_part), Lookup::Missing, "old parts are dropped");
+    assert_eq!(
+        f.m.part(first_part),
+        Lookup::Missing,
+        "old parts are dropped"
+    );
 }
 
 #[test]
@@ -333,8 +357,12 @@ fn codecs_hls_cannot_carry_are_named() {
         encoding: "VP9".into(),
         ..h264()
     };
-    let err = HlsMuxer::new(&[vp9, aac()], HlsConfig::default(), (Instant::now(), SystemTime::now()))
-        .unwrap_err();
+    let err = HlsMuxer::new(
+        &[vp9, aac()],
+        HlsConfig::default(),
+        (Instant::now(), SystemTime::now()),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("VP9"), "{err}");
     let pcmu = TrackSpec {
         encoding: "PCMU".into(),
@@ -343,7 +371,11 @@ fn codecs_hls_cannot_carry_are_named() {
         fmtp: None,
         ..h264()
     };
-    let m = HlsMuxer::new(&[h264(), pcmu], HlsConfig::default(), (Instant::now(), SystemTime::now()))
-        .unwrap();
+    let m = HlsMuxer::new(
+        &[h264(), pcmu],
+        HlsConfig::default(),
+        (Instant::now(), SystemTime::now()),
+    )
+    .unwrap();
     assert_eq!(m.left_out(), ["PCMU".to_owned()]);
 }

@@ -44,7 +44,8 @@ impl HlsConfig {
     /// Checks the ranges the packager needs.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(format!("hls: {m}")));
-        if self.part_duration < Duration::from_millis(20) || self.part_duration > Duration::from_secs(2)
+        if self.part_duration < Duration::from_millis(20)
+            || self.part_duration > Duration::from_secs(2)
         {
             return bad("part_duration must be between 20ms and 2s");
         }

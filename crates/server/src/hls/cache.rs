@@ -76,7 +76,10 @@ impl TwoGops {
                         self.drop_until(next);
                     }
                 }
-                let payload = packet.data.get(packet.header.payload_offset..).unwrap_or(&[]);
+                let payload = packet
+                    .data
+                    .get(packet.header.payload_offset..)
+                    .unwrap_or(&[]);
                 if !random && starts_random_access(codec, payload) {
                     random = true;
                     self.starts.push_back(start);
@@ -158,7 +161,11 @@ mod tests {
         g.push(&pkt(0, 4, 6000, P));
         g.push(&pkt(0, 5, 9000, IDR));
         g.push(&pkt(0, 6, 12000, P));
-        let seqs: Vec<(usize, u16)> = g.packets().iter().map(|p| (p.track, p.header.sequence)).collect();
+        let seqs: Vec<(usize, u16)> = g
+            .packets()
+            .iter()
+            .map(|p| (p.track, p.header.sequence))
+            .collect();
         assert_eq!(seqs, [(0, 2), (0, 3), (1, 2), (0, 4), (0, 5), (0, 6)]);
         g.push(&pkt(0, 7, 15000, IDR));
         let seqs: Vec<u16> = g.packets().iter().map(|p| p.header.sequence).collect();

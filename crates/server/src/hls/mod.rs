@@ -34,10 +34,10 @@ use tracing::{info, warn};
 mod cache;
 
 use crate::auth::Action;
-use cache::TwoGops;
 use crate::config::{Config, HlsConfig};
 use crate::http::problem::Problem;
 use crate::http::{HttpContext, Marker, StreamTarget};
+use cache::TwoGops;
 
 /// Batches queued between a stream and its packager (about 10 s of 30 fps video with
 /// audio); more are dropped and counted.
@@ -149,11 +149,15 @@ impl Live {
 
     fn idle_for(&self) -> Duration {
         let ms = i64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(i64::MAX);
-        Duration::from_millis(u64::try_from(ms - self.last_request.load(Ordering::Relaxed)).unwrap_or(0))
+        Duration::from_millis(
+            u64::try_from(ms - self.last_request.load(Ordering::Relaxed)).unwrap_or(0),
+        )
     }
 
     fn is_for(&self, stream: &Arc<Stream>) -> bool {
-        self.stream.upgrade().is_some_and(|s| Arc::ptr_eq(&s, stream))
+        self.stream
+            .upgrade()
+            .is_some_and(|s| Arc::ptr_eq(&s, stream))
     }
 }
 
@@ -217,7 +221,11 @@ impl Hls {
     pub fn mount(&self, http: &mut HttpContext) {
         let figures = &self.inner.figures;
         let registry = http.metrics().registry_mut();
-        registry.register("sluice_hls_muxers", "Running HLS packagers", figures.muxers.clone());
+        registry.register(
+            "sluice_hls_muxers",
+            "Running HLS packagers",
+            figures.muxers.clone(),
+        );
         registry.register(
             "sluice_hls_muxers_started",
             "HLS packagers started",
@@ -248,7 +256,9 @@ impl Hls {
     fn live(&self, path: &str) -> Result<Arc<Live>, Response> {
         let stream = self.inner.hub.registry().lookup_ready(path).cloned();
         let Some(stream) = stream else {
-            return Err(Problem::new(StatusCode::NOT_FOUND, format!("{path} is not live")).into_response());
+            return Err(
+                Problem::new(StatusCode::NOT_FOUND, format!("{path} is not live")).into_response(),
+            );
         };
         let mut muxers = lock(&self.inner.muxers);
         if let Some(l) = muxers.get(path) {
@@ -275,13 +285,14 @@ impl Hls {
             segment_duration: c.segment_duration,
             segment_count: c.segment_count,
         };
-        let muxer = HlsMuxer::new(&specs, config, (Instant::now(), SystemTime::now())).map_err(|e| {
-            let status = match e {
-                HlsError::NotCarried { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                HlsError::Mux(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            };
-            Problem::new(status, format!("{path}: {e}")).into_response()
-        })?;
+        let muxer =
+            HlsMuxer::new(&specs, config, (Instant::now(), SystemTime::now())).map_err(|e| {
+                let status = match e {
+                    HlsError::NotCarried { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    HlsError::Mux(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                Problem::new(status, format!("{path}: {e}")).into_response()
+            })?;
         let tap = stream.attach_once(|| Arc::new(HlsTap::new(&stream)));
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         let (parts, _) = watch::channel(0);
@@ -303,7 +314,10 @@ impl Hls {
         self.inner.figures.started.inc();
         self.inner.figures.muxers.inc();
         muxers.insert(path.to_owned(), live.clone());
-        tokio::spawn(self.clone().run(path.to_owned(), live.clone(), (tap, id), gop, rx));
+        tokio::spawn(
+            self.clone()
+                .run(path.to_owned(), live.clone(), (tap, id), gop, rx),
+        );
         Ok(live)
     }
 
@@ -353,7 +367,13 @@ impl Hls {
         }
         self.inner.figures.muxers.dec();
         let next_part = lock(&live.muxer).parts_made();
-        info!(path, reason = why, next_part, batches_dropped = drops, "HLS packager stopped");
+        info!(
+            path,
+            reason = why,
+            next_part,
+            batches_dropped = drops,
+            "HLS packager stopped"
+        );
     }
 
     /// Pushes packets; false when the packager failed.
@@ -469,7 +489,10 @@ impl Hls {
                 Ok(Some(text)) => {
                     return (
                         [
-                            (header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.apple.mpegurl")),
+                            (
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("application/vnd.apple.mpegurl"),
+                            ),
                             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
                         ],
                         text,
@@ -510,8 +533,11 @@ impl Hls {
             match found {
                 Lookup::Ready(bytes) => return media_response(what, bytes),
                 Lookup::Missing => {
-                    return Problem::new(StatusCode::NOT_FOUND, "no such part or segment (any more)")
-                        .into_response()
+                    return Problem::new(
+                        StatusCode::NOT_FOUND,
+                        "no such part or segment (any more)",
+                    )
+                    .into_response()
                 }
                 Lookup::Soon => {
                     if let Err(res) = Self::next_part(live, &mut rx, deadline, target).await {
