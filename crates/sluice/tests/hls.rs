@@ -358,3 +358,41 @@ fn a_codec_hls_cannot_carry_is_refused_by_name() {
     assert_eq!(status, 415);
     assert!(body.contains("VP8"), "{body}");
 }
+
+#[test]
+fn an_idle_packager_stops_and_restarts_from_the_gop_with_new_numbers() {
+    let (server, http) = server("[hls]\nidle_timeout = \"1s\"\n");
+    let _p = publish(&server, &media().h264_aac, "idle");
+    let first_sequence = |body: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no media sequence in {body}"))
+    };
+    let (status, body) = http_get(http, "/idle/index.m3u8");
+    assert_eq!(status, 200, "{body}");
+    let before = first_sequence(&body);
+    let stopped = wait_for(Duration::from_secs(5), || {
+        server
+            .log()
+            .contains("HLS packager stopped path=\"idle\" reason=\"idle\"")
+            .then_some(())
+    });
+    assert!(stopped.is_some(), "no idle stop in the log");
+    let t = Instant::now();
+    let (status, body) = http_get(http, "/idle/index.m3u8");
+    let again = t.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let after = first_sequence(&body);
+    println!(
+        "restarted packager: first playlist in {:.1} ms, media sequence {before} -> {after}",
+        again.as_secs_f64() * 1000.0
+    );
+    assert!(again <= Duration::from_millis(250));
+    assert!(after > before, "a restarted packager reuses numbers");
+    let (status, metrics) = http_get(http, "/metrics");
+    assert_eq!(status, 200);
+    for want in ["sluice_hls_muxers 1", "sluice_hls_muxers_started_total 2"] {
+        assert!(metrics.contains(want), "{want} not in /metrics");
+    }
+}

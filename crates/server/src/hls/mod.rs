@@ -334,6 +334,10 @@ impl Hls {
         if !self.feed(&live, &gop) {
             why = "packaging failed";
         } else {
+            // One timer for the whole life: a sleep made afresh in each loop would never
+            // fire while batches keep coming.
+            let mut idle_check = tokio::time::interval(IDLE_CHECK);
+            idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     batch = rx.recv() => match batch {
@@ -345,7 +349,7 @@ impl Hls {
                         }
                         None => break,
                     },
-                    _ = tokio::time::sleep(IDLE_CHECK) => {
+                    _ = idle_check.tick() => {
                         if live.idle_for() >= self.inner.config.idle_timeout {
                             why = "idle";
                             break;
