@@ -611,8 +611,8 @@ impl HlsMuxer {
         self.segments.push_back(seg);
         while self.segments.len() > self.config.segment_count {
             if let Some(old) = self.segments.pop_front() {
-                self.held_bytes -= old.bytes.len();
-                self.held_bytes -= old.parts.iter().map(|p| p.bytes.len()).sum::<usize>();
+                let parts: usize = old.parts.iter().map(|p| p.bytes.len()).sum();
+                self.held_bytes = self.held_bytes.saturating_sub(old.bytes.len() + parts);
             }
         }
         self.current = Some(Segment {
@@ -627,7 +627,8 @@ impl HlsMuxer {
         let keep_from = self.parts_listed_from();
         for s in self.segments.iter_mut() {
             if s.msn < keep_from && !s.parts.is_empty() {
-                self.held_bytes -= s.parts.iter().map(|p| p.bytes.len()).sum::<usize>();
+                let parts: usize = s.parts.iter().map(|p| p.bytes.len()).sum();
+                self.held_bytes = self.held_bytes.saturating_sub(parts);
                 s.parts = Vec::new();
             }
         }

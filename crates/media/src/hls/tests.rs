@@ -379,3 +379,24 @@ fn codecs_hls_cannot_carry_are_named() {
     .unwrap();
     assert_eq!(m.left_out(), ["PCMU".to_owned()]);
 }
+
+#[test]
+fn memory_stays_bounded_on_a_long_stream() {
+    let mut f = Feed::new(&[h264(), aac()]);
+    f.run(20.0, true);
+    let at_20 = f.m.held_bytes();
+    f.run(60.0, true);
+    let at_60 = f.m.held_bytes();
+    let actual: usize =
+        f.m.segments
+            .iter()
+            .chain(f.m.current.iter())
+            .map(|s| s.bytes.len() + s.parts.iter().map(|p| p.bytes.len()).sum::<usize>())
+            .sum();
+    assert_eq!(at_60, actual, "the count matches what is held");
+    assert!(
+        at_60 <= at_20 * 3 / 2,
+        "{at_20} B at 20 s, {at_60} B at 60 s"
+    );
+    assert_eq!(f.m.segments.len(), 7);
+}
