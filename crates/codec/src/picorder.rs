@@ -70,6 +70,13 @@ pub fn h264_reorder_depth(avcc: &[u8]) -> Option<u32> {
     (u8::from(sps.profile_idc) == 66).then_some(0)
 }
 
+/// As [`h264_reorder_depth`], for H.265 from an `hvcC` record: the SPS's
+/// `sps_max_num_reorder_pics` of its highest sub-layer (always present in an H.265 SPS).
+pub fn h265_reorder_depth(hvcc: &[u8]) -> Option<u32> {
+    let config = crate::hvcc::HevcConfig::parse(hvcc).ok()?;
+    crate::depacketizer::config::parse_hevc_sps(config.sps.first()?)?.max_num_reorder_pics
+}
+
 impl H264PicOrder {
     /// A tracker knowing the parameter sets of an `avcC` record (unparsable records and sets
     /// are ignored: in-band sets may still follow).

@@ -12,7 +12,8 @@
 //! its first access unit relative to the packager's origin (the first video keyframe's
 //! arrival), which keeps audio and video in step within the arrival jitter. H.264 and
 //! H.265 with B-frames are given decode times by holding as many frames as the stream may
-//! reorder ([`sluice_codec::picorder::h264_reorder_depth`]; 2 for H.265) and taking the
+//! reorder (the SPS's reorder depth, [`sluice_codec::picorder::h264_reorder_depth`] and
+//! [`sluice_codec::picorder::h265_reorder_depth`]; 2 when it does not say) and taking the
 //! sorted presentation times, shifted back by that many frames: decode times increase and
 //! never pass their presentation time. PROGRAM-DATE-TIME comes from the ingest clock: the
 //! origin's wall-clock time plus the media time.
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use sluice_codec::depacketizer::{AccessUnit, Depacketizer};
-use sluice_codec::picorder::h264_reorder_depth;
+use sluice_codec::picorder::{h264_reorder_depth, h265_reorder_depth};
 use sluice_codec::{Codec, CodecParams};
 
 use crate::mux::{Mp4Writer, MuxError};
@@ -433,14 +434,13 @@ impl HlsMuxer {
         self.origin_wall = self.wall(at);
         for input in self.inputs.iter_mut().flatten() {
             if input.video {
+                let config = input.dep.params().map(|p| p.config).unwrap_or_default();
                 let depth = match input.codec {
-                    Codec::H264 => input
-                        .dep
-                        .params()
-                        .and_then(|p| h264_reorder_depth(&p.config))
-                        .unwrap_or(2),
-                    _ => 2,
-                };
+                    Codec::H264 => h264_reorder_depth(&config),
+                    Codec::H265 => h265_reorder_depth(&config),
+                    _ => None,
+                }
+                .unwrap_or(2);
                 input.reorder = Some(Reorder::new(depth.min(MAX_REORDER)));
             }
         }
