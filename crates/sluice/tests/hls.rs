@@ -61,11 +61,24 @@ fn check(http: u16, path: &str, args: &[&str]) -> serde_json::Value {
 
 /// `GET path` on the HTTP listener: status and body.
 fn http_get(port: u16, path: &str) -> (u16, String) {
+    let (status, answer) = http_get_as(port, path, None);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// `GET path` with Basic credentials `user:pass`, if given: status and the whole answer
+/// (head and body).
+fn http_get_as(port: u16, path: &str, basic: Option<&str>) -> (u16, String) {
+    use base64::Engine;
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect HTTP");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = basic.map_or(String::new(), |b| {
+        let b = base64::engine::general_purpose::STANDARD.encode(b);
+        format!("Authorization: Basic {b}\r\n")
+    });
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = Vec::new();
@@ -76,8 +89,7 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
+    (status, out)
 }
 
 /// Publishes `file` (looped) to `path` and lets a couple of GOPs reach the server, so
@@ -395,4 +407,31 @@ fn an_idle_packager_stops_and_restarts_from_the_gop_with_new_numbers() {
     for want in ["sluice_hls_muxers 1", "sluice_hls_muxers_started_total 2"] {
         assert!(metrics.contains(want), "{want} not in /metrics");
     }
+}
+
+#[test]
+fn hls_needs_the_read_permission_like_rtsp() {
+    let users = "[[users]]\nuser = \"cam\"\npass = \"p\"\npermissions = [ { action = \"publish\" } ]\n\
+                 [[users]]\nuser = \"viewer\"\npass = \"v\"\npermissions = [ { action = \"read\", path = \"door\" } ]\n";
+    let (server, http) = server(users);
+    let url = format!("rtsp://cam:p@{}/door", server.addr());
+    let _p = FfmpegPublisher::start(&media().h264_aac, &url, "tcp", &server.dir);
+    let (status, answer) = http_get_as(http, "/door/index.m3u8", None);
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("www-authenticate: basic"),
+        "{answer}"
+    );
+    let (status, answer) = http_get_as(http, "/door/index.m3u8", Some("cam:p"));
+    assert_eq!(status, 403, "a publisher may not read: {answer}");
+    let (status, answer) = http_get_as(http, "/door/index.m3u8", Some("viewer:v"));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("#EXTM3U"));
+    let (status, _) = http_get_as(http, "/door/init.mp4", Some("viewer:v"));
+    assert_eq!(status, 200);
+    let (status, _) = http_get_as(http, "/door/init.mp4", None);
+    assert_eq!(status, 401, "every HLS resource is checked");
+    println!("HLS access: anonymous 401, publisher 403, reader 200");
 }
