@@ -435,3 +435,50 @@ fn hls_needs_the_read_permission_like_rtsp() {
     assert_eq!(status, 401, "every HLS resource is checked");
     println!("HLS access: anonymous 401, publisher 403, reader 200");
 }
+
+#[test]
+fn the_mpegts_variant_plays_h264_and_aac() {
+    let (server, http) = server("[hls]\nmpegts = true\n");
+    let _p = publish(&server, &media().h264_aac, "ts");
+    let (status, list) = http_get(http, "/ts/mpegts.m3u8");
+    assert_eq!(status, 200, "{list}");
+    assert!(list.contains("#EXTINF") && list.contains(".ts"), "{list}");
+    let segment = list
+        .lines()
+        .rfind(|l| l.ends_with(".ts"))
+        .expect("a segment");
+    let url = format!("http://127.0.0.1:{http}/ts/{segment}");
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&url)
+        .output()
+        .expect("ffprobe");
+    let streams = String::from_utf8_lossy(&probe.stdout);
+    println!(
+        "MPEG-TS segment {segment}: {}",
+        streams.trim().replace('\n', ", ")
+    );
+    assert!(
+        streams.contains("h264") && streams.contains("aac"),
+        "{streams}"
+    );
+    let url = format!("http://127.0.0.1:{http}/ts/mpegts.m3u8");
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-nostdin", "-v", "error", "-i", &url, "-t", "3", "-f", "null", "-",
+    ]);
+    let (status, err) = run_with_timeout(cmd, Duration::from_secs(30)).expect("ffmpeg");
+    assert!(
+        status.success() && err.trim().is_empty(),
+        "ffmpeg decode of MPEG-TS: {err}"
+    );
+    let (status, body) = http_get(http, "/ts/seg1.ts");
+    assert_eq!(status, 404, "{body}");
+}

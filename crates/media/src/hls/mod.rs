@@ -27,6 +27,7 @@
 mod playlist;
 #[cfg(test)]
 mod tests;
+mod ts;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -63,6 +64,9 @@ pub struct HlsConfig {
     pub segment_duration: Duration,
     /// Complete segments kept in the playlist (and memory).
     pub segment_count: usize,
+    /// Also make MPEG-TS segments (H.264 and AAC only) for a classic HLS playlist
+    /// ([`HlsMuxer::playlist_ts`]).
+    pub mpegts: bool,
 }
 
 impl Default for HlsConfig {
@@ -71,6 +75,7 @@ impl Default for HlsConfig {
             part_target: Duration::from_millis(200),
             segment_duration: Duration::from_secs(1),
             segment_count: 7,
+            mpegts: false,
         }
     }
 }
@@ -137,6 +142,8 @@ struct Segment {
     parts: Vec<Part>,
     /// The concatenated parts (complete segments).
     bytes: Bytes,
+    /// The same media as MPEG-TS (complete segments, when made).
+    ts: Bytes,
 }
 
 /// Gives frames decode times from presentation times (see the module docs).
@@ -247,6 +254,8 @@ pub struct HlsMuxer {
     held_bytes: usize,
     /// Access units dropped as undecodable or out of bounds.
     dropped: u64,
+    /// The MPEG-TS segment being built, when made.
+    ts: Option<ts::TsWriter>,
 }
 
 impl std::fmt::Debug for HlsMuxer {
@@ -367,6 +376,7 @@ impl HlsMuxer {
             longest: 0.0,
             held_bytes: 0,
             dropped: 0,
+            ts: None,
         })
     }
 
@@ -426,6 +436,17 @@ impl HlsMuxer {
         }
         params.sort_by_key(|p| p.0);
         let params: Vec<CodecParams> = params.into_iter().map(|p| p.1).collect();
+        if self.config.mpegts && self.ts_possible() {
+            let avcc = params
+                .iter()
+                .find(|p| p.codec == Codec::H264)
+                .map(|p| &p.config[..]);
+            let asc = params
+                .iter()
+                .find(|p| p.codec == Codec::Aac)
+                .map(|p| (&p.config[..], p.clock_rate()));
+            self.ts = ts::TsTracks::from_configs(avcc, asc).map(ts::TsWriter::new);
+        }
         let mut writer = Mp4Writer::new(Vec::new(), &params)?;
         writer.set_manual_fragments();
         self.init = Some(Bytes::from(writer.take_output()));
@@ -452,6 +473,7 @@ impl HlsMuxer {
             date,
             parts: Vec::new(),
             bytes: Bytes::new(),
+            ts: Bytes::new(),
         });
         Ok(true)
     }
@@ -526,6 +548,9 @@ impl HlsMuxer {
         };
         writer.write_sample(out, dts as u64, offset, keyframe, &au.data)?;
         if !lead {
+            if let Some(ts) = self.ts.as_mut() {
+                ts.audio(dts as u64, &au.data);
+            }
             return Ok(());
         }
         if self.lead_frame.is_none() && self.part_frames >= 1 && dts > self.part_start {
@@ -534,7 +559,9 @@ impl HlsMuxer {
             let target = self.config.part_target.as_secs_f64() * clock;
             self.frames_per_part = Some(((target / frame as f64).round() as u32).max(1));
         }
+        let ts_sample = (dts as u64, dts as u64 + offset as u64, keyframe, video);
         if self.part_frames == 0 {
+            self.ts_lead(ts_sample, &au.data);
             // The very first lead sample.
             if let Some(c) = self.current.as_mut() {
                 c.start = dts;
@@ -565,7 +592,57 @@ impl HlsMuxer {
         } else {
             self.part_frames += 1;
         }
+        self.ts_lead(ts_sample, &au.data);
         Ok(())
+    }
+
+    /// Appends a lead sample to the MPEG-TS segment, if one is made.
+    fn ts_lead(&mut self, (dts, pts, keyframe, video): (u64, u64, bool, bool), data: &[u8]) {
+        if let Some(ts) = self.ts.as_mut() {
+            if video {
+                ts.video(dts, pts, keyframe, data);
+            } else {
+                ts.audio(dts, data);
+            }
+        }
+    }
+
+    /// Whether the carried codecs fit MPEG-TS here: H.264 and AAC only.
+    pub fn ts_possible(&self) -> bool {
+        self.inputs
+            .iter()
+            .flatten()
+            .all(|i| matches!(i.codec, Codec::H264 | Codec::Aac))
+    }
+
+    /// Whether MPEG-TS segments are made (configured, and the codecs fit).
+    pub fn has_ts(&self) -> bool {
+        self.config.mpegts && self.ts_possible()
+    }
+
+    /// The classic HLS playlist of the MPEG-TS segments (no parts). None before the first
+    /// complete segment.
+    pub fn playlist_ts(&self) -> Option<String> {
+        if !self.has_ts() || self.segments.is_empty() {
+            return None;
+        }
+        Some(playlist::render_ts(self))
+    }
+
+    /// MPEG-TS segment `msn` (`seg<msn>.ts`); the one in progress is [`Lookup::Soon`].
+    pub fn segment_ts(&self, msn: u64) -> Lookup {
+        if let Some(s) = self
+            .segments
+            .iter()
+            .find(|s| s.msn == msn && !s.ts.is_empty())
+        {
+            return Lookup::Ready(s.ts.clone());
+        }
+        match &self.current {
+            Some(c) if c.msn == msn => Lookup::Soon,
+            None if msn == self.first_msn => Lookup::Soon,
+            _ => Lookup::Missing,
+        }
     }
 
     /// Cuts the part being built, which ends at lead decode time `end`.
@@ -605,14 +682,19 @@ impl HlsMuxer {
             all.extend_from_slice(&p.bytes);
         }
         seg.bytes = all.freeze();
-        self.held_bytes += seg.bytes.len();
+        if let Some(ts) = self.ts.as_mut() {
+            seg.ts = ts.take();
+        }
+        self.held_bytes += seg.bytes.len() + seg.ts.len();
         let msn = seg.msn + 1;
         let date = date_at(self.origin_wall, end, clock);
         self.segments.push_back(seg);
         while self.segments.len() > self.config.segment_count {
             if let Some(old) = self.segments.pop_front() {
                 let parts: usize = old.parts.iter().map(|p| p.bytes.len()).sum();
-                self.held_bytes = self.held_bytes.saturating_sub(old.bytes.len() + parts);
+                self.held_bytes = self
+                    .held_bytes
+                    .saturating_sub(old.bytes.len() + old.ts.len() + parts);
             }
         }
         self.current = Some(Segment {
@@ -622,6 +704,7 @@ impl HlsMuxer {
             date,
             parts: Vec::new(),
             bytes: Bytes::new(),
+            ts: Bytes::new(),
         });
         // Parts older than the playlist lists are dropped.
         let keep_from = self.parts_listed_from();

@@ -80,3 +80,24 @@ pub(super) fn render(m: &HlsMuxer, skip: bool) -> String {
     );
     out
 }
+
+/// Renders `m`'s classic playlist of MPEG-TS segments (see [`HlsMuxer::playlist_ts`]).
+pub(super) fn render_ts(m: &HlsMuxer) -> String {
+    let mut out = String::with_capacity(2048);
+    let first = m.segments.front().map_or(0, |s| s.msn);
+    let _ = write!(
+        out,
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{first}\n",
+        m.target_duration()
+    );
+    for s in &m.segments {
+        let _ = write!(
+            out,
+            "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{:.5},\nseg{}.ts\n",
+            humantime::format_rfc3339_millis(s.date),
+            s.duration,
+            s.msn
+        );
+    }
+    out
+}

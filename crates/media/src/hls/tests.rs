@@ -400,3 +400,40 @@ fn memory_stays_bounded_on_a_long_stream() {
     );
     assert_eq!(f.m.segments.len(), 7);
 }
+
+#[test]
+fn mpegts_segments_follow_the_fmp4_ones() {
+    let t0 = Instant::now();
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let config = HlsConfig {
+        mpegts: true,
+        ..HlsConfig::default()
+    };
+    let mut f = Feed::new(&[h264(), aac()]);
+    f.m = HlsMuxer::new(&[h264(), aac()], config, (t0, wall)).unwrap();
+    f.t0 = t0;
+    assert!(f.m.has_ts());
+    assert!(f.m.playlist_ts().is_none());
+    f.run(6.0, true);
+    let list = f.m.playlist_ts().unwrap();
+    assert!(
+        list.contains("#EXT-X-VERSION:3") && list.contains(".ts\n"),
+        "{list}"
+    );
+    for s in &f.m.segments {
+        assert_eq!(s.ts.len() % 188, 0);
+        assert!(s.ts.len() > 188 * 3);
+        assert!(matches!(f.m.segment_ts(s.msn), Lookup::Ready(_)));
+    }
+    // Opus cannot go into this variant.
+    let opus = TrackSpec {
+        encoding: "opus".into(),
+        clock_rate: 48_000,
+        channels: Some(2),
+        fmtp: None,
+        video: false,
+        framerate: None,
+    };
+    let m = HlsMuxer::new(&[h264(), opus], config, (t0, wall)).unwrap();
+    assert!(!m.has_ts());
+}

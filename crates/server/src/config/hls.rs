@@ -26,6 +26,9 @@ pub struct HlsConfig {
     /// A path's packager stops this long after the last request for it (at least 1 s).
     #[serde(deserialize_with = "super::de_duration")]
     pub idle_timeout: Duration,
+    /// Also serve classic HLS with MPEG-TS segments at `/<path>/mpegts.m3u8` (H.264 and
+    /// AAC paths only), for players without fMP4 support.
+    pub mpegts: bool,
 }
 
 impl Default for HlsConfig {
@@ -36,6 +39,7 @@ impl Default for HlsConfig {
             segment_duration: Duration::from_secs(1),
             segment_count: 7,
             idle_timeout: Duration::from_secs(30),
+            mpegts: false,
         }
     }
 }
@@ -81,7 +85,7 @@ mod tests {
             "[hls]\nsegment_duration = \"100ms\"\n",
             "[hls]\nsegment_count = 1\n",
             "[hls]\nidle_timeout = \"0s\"\n",
-            "[hls]\nmpegts = true\n",
+            "[hls]\nmpeg_ts = true\n",
         ] {
             assert!(Config::from_toml(bad).is_err(), "{bad}");
         }

@@ -248,8 +248,11 @@ impl Hls {
                 async move { hls.serve(target, req).await }
             },
         );
-        http.routes()
-            .per_stream(Marker::Extension(&["m3u8", "mp4", "m4s"]), need, router);
+        http.routes().per_stream(
+            Marker::Extension(&["m3u8", "mp4", "m4s", "ts"]),
+            need,
+            router,
+        );
     }
 
     /// The packager of `path`, started if none runs for its current stream.
@@ -284,6 +287,7 @@ impl Hls {
             part_target: c.part_duration,
             segment_duration: c.segment_duration,
             segment_count: c.segment_count,
+            mpegts: c.mpegts,
         };
         let muxer =
             HlsMuxer::new(&specs, config, (Instant::now(), SystemTime::now())).map_err(|e| {
@@ -413,6 +417,13 @@ impl Hls {
         let file = req.uri().path().trim_start_matches('/').to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
         let what = match parse_file(&file) {
+            Some(File::TsPlaylist | File::TsSegment(_)) if !self.inner.config.mpegts => {
+                return Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "the MPEG-TS variant is off ([hls] mpegts)",
+                )
+                .into_response()
+            }
             Some(w) => w,
             None => {
                 return Problem::new(StatusCode::NOT_FOUND, format!("no HLS resource {file}"))
@@ -424,8 +435,19 @@ impl Hls {
             Err(res) => return res,
         };
         live.touch();
+        if matches!(what, File::TsPlaylist | File::TsSegment(_)) && !lock(&live.muxer).has_ts() {
+            return Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "{}: the MPEG-TS variant carries H.264 and AAC only; use index.m3u8",
+                    target.path
+                ),
+            )
+            .into_response();
+        }
         let res = match what {
             File::Playlist => self.playlist(&live, &query).await,
+            File::TsPlaylist => self.playlist_ts(&live).await,
             other => self.media(&live, other).await,
         };
         if let Some(len) = res
@@ -519,6 +541,33 @@ impl Hls {
         }
     }
 
+    /// The classic MPEG-TS playlist, once a segment is complete (waiting up to three
+    /// target durations for it).
+    async fn playlist_ts(&self, live: &Live) -> Response {
+        let (hold, target) = self.hold(live);
+        let deadline = tokio::time::Instant::now() + hold;
+        let mut rx = live.parts.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(text) = lock(&live.muxer).playlist_ts() {
+                return (
+                    [
+                        (
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/vnd.apple.mpegurl"),
+                        ),
+                        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    ],
+                    text,
+                )
+                    .into_response();
+            }
+            if let Err(res) = Self::next_part(live, &mut rx, deadline, target).await {
+                return res;
+            }
+        }
+    }
+
     async fn media(&self, live: &Live, what: File) -> Response {
         let (hold, target) = self.hold(live);
         let deadline = tokio::time::Instant::now() + hold;
@@ -531,7 +580,8 @@ impl Hls {
                     File::Init => m.init().map_or(Lookup::Soon, Lookup::Ready),
                     File::Part(n) => m.part(n),
                     File::Segment(n) => m.segment(n),
-                    File::Playlist => Lookup::Missing,
+                    File::TsSegment(n) => m.segment_ts(n),
+                    File::Playlist | File::TsPlaylist => Lookup::Missing,
                 }
             };
             match found {
@@ -564,14 +614,15 @@ fn unavailable(target: u32, why: &str) -> Response {
 fn media_response(what: File, bytes: Bytes) -> Response {
     // Part and segment names are never reused (numbers start from the wall clock), so
     // they may be cached; the init segment keeps its name across packager restarts.
-    let cache = match what {
-        File::Init => "no-cache",
-        _ => "public, max-age=60",
+    let (cache, kind) = match what {
+        File::Init => ("no-cache", "video/mp4"),
+        File::TsSegment(_) => ("public, max-age=60", "video/mp2t"),
+        _ => ("public, max-age=60", "video/mp4"),
     };
     let len = bytes.len();
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("video/mp4")),
+            (header::CONTENT_TYPE, HeaderValue::from_static(kind)),
             (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
             (header::CONTENT_LENGTH, HeaderValue::from(len)),
         ],
@@ -587,13 +638,19 @@ enum File {
     Init,
     Part(u64),
     Segment(u64),
+    TsPlaylist,
+    TsSegment(u64),
 }
 
 fn parse_file(name: &str) -> Option<File> {
     match name {
         "index.m3u8" => return Some(File::Playlist),
         "init.mp4" => return Some(File::Init),
+        "mpegts.m3u8" => return Some(File::TsPlaylist),
         _ => {}
+    }
+    if let Some(n) = name.strip_prefix("seg").and_then(|n| n.strip_suffix(".ts")) {
+        return n.parse().ok().map(File::TsSegment);
     }
     let stem = name.strip_suffix(".m4s")?;
     if let Some(n) = stem.strip_prefix("part") {
@@ -640,6 +697,8 @@ mod tests {
         assert_eq!(parse_file("part12.m4s"), Some(File::Part(12)));
         assert_eq!(parse_file("seg3.m4s"), Some(File::Segment(3)));
         assert_eq!(parse_file("seg.m4s"), None);
+        assert_eq!(parse_file("mpegts.m3u8"), Some(File::TsPlaylist));
+        assert_eq!(parse_file("seg9.ts"), Some(File::TsSegment(9)));
         assert_eq!(parse_file("x.m3u8"), None);
         assert_eq!(
             BlockingQuery::parse("_HLS_msn=4&_HLS_part=2&_HLS_skip=YES"),
