@@ -216,6 +216,16 @@ fn ll_hls_h264_aac_blocking_reloads_parts_and_ffmpeg_decode() {
         "ffmpeg decode: {status}: {err}"
     );
     assert!(server.log().contains("HLS packager started"));
+    // The path counts its HLS clients (by address) as readers.
+    let (status, body) = http_get(http, "/v1/paths/cams/front");
+    assert_eq!(status, 200, "{body}");
+    let path: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let hls = path["readers"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["protocol"] == "hls"))
+        .unwrap_or_else(|| panic!("no hls readers in {body}"));
+    println!("readers: {}", path["readers"]);
+    assert_eq!(hls["count"], 1, "one client address: {hls}");
 }
 
 #[test]

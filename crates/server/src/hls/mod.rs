@@ -13,6 +13,7 @@
 //! target durations instead of hanging; a path that is not live is a 404 problem.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,7 +26,7 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use sluice_hub::{Batch, EndReason, Hub, MediaPacket, Sink, Stream};
+use sluice_hub::{Batch, EndReason, Hub, MediaPacket, ReaderCount, Sink, SinkStats, Stream};
 use sluice_media::hls::{Blocking, HlsError, HlsMuxer, Lookup};
 use sluice_media::recorder::TrackSpec;
 use tokio::sync::{mpsc, watch};
@@ -66,7 +67,15 @@ pub struct HlsTap {
     state: Mutex<TapState>,
     /// Batches dropped because the packager's queue was full.
     drops: AtomicU64,
+    /// HLS clients by address, with their last request: the path's HLS readers.
+    viewers: Mutex<HashMap<IpAddr, Instant>>,
 }
+
+/// An HLS client counts as a reader this long after its last request (players reload the
+/// playlist at least every target duration).
+pub const VIEWER_WINDOW: Duration = Duration::from_secs(10);
+/// Most client addresses remembered per path.
+const MAX_VIEWERS: usize = 100_000;
 
 impl HlsTap {
     fn new(stream: &Stream) -> HlsTap {
@@ -77,6 +86,18 @@ impl HlsTap {
                 next_id: 0,
             }),
             drops: AtomicU64::new(0),
+            viewers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A request from `ip` at `now`.
+    fn seen(&self, ip: IpAddr, now: Instant) {
+        let mut v = lock(&self.viewers);
+        if v.len() >= MAX_VIEWERS {
+            v.retain(|_, at| now.saturating_duration_since(*at) < VIEWER_WINDOW);
+        }
+        if v.len() < MAX_VIEWERS {
+            v.insert(ip, now);
         }
     }
 
@@ -126,11 +147,31 @@ impl Sink for HlsTap {
         // Dropping the sender ends the packager once it has read the queue.
         lock(&self.state).to_muxer = None;
     }
+
+    /// HLS readers: client addresses with a request in the last [`VIEWER_WINDOW`].
+    fn stats(&self) -> SinkStats {
+        let now = Instant::now();
+        let mut v = lock(&self.viewers);
+        v.retain(|_, at| now.saturating_duration_since(*at) < VIEWER_WINDOW);
+        if v.is_empty() {
+            return SinkStats::default();
+        }
+        SinkStats {
+            readers: vec![ReaderCount {
+                protocol: "hls",
+                transport: "",
+                count: v.len() as u64,
+            }],
+            ..SinkStats::default()
+        }
+    }
 }
 
 /// A running packager of one stream.
 struct Live {
     stream: Weak<Stream>,
+    /// The stream's tap (counts the path's HLS readers).
+    tap: Arc<HlsTap>,
     muxer: Mutex<HlsMuxer>,
     /// Parts made so far; waiters wake on each change, and when the packager stops.
     parts: watch::Sender<u64>,
@@ -302,6 +343,7 @@ impl Hls {
         let (parts, _) = watch::channel(0);
         let live = Arc::new(Live {
             stream: Arc::downgrade(&stream),
+            tap: tap.clone(),
             muxer: Mutex::new(muxer),
             parts,
             stopped: AtomicBool::new(false),
@@ -435,6 +477,7 @@ impl Hls {
             Err(res) => return res,
         };
         live.touch();
+        live.tap.seen(target.peer.addr.ip(), Instant::now());
         if matches!(what, File::TsPlaylist | File::TsSegment(_)) && !lock(&live.muxer).has_ts() {
             return Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
