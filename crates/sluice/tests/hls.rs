@@ -102,27 +102,9 @@ fn publish(server: &Server, file: &Path, path: &str) -> FfmpegPublisher {
 
 /// 640x360 25 fps H.264 High with 2 B-frames (x264 `-bf 2`, b-pyramid) + AAC, 1 s GOP.
 fn bframes_media() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("test-media")
-        .join("v1");
-    std::fs::create_dir_all(&dir).unwrap();
-    let dest = dir.join("h264_bframes_aac.mp4");
-    if dest.exists() {
-        return dest;
-    }
-    let tmp = dir.join(format!(".h264_bframes_aac.tmp-{}.mp4", std::process::id()));
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=640x360:rate=25")
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "10",
-        ])
-        .args([
+    generate_media(
+        "h264_bframes_aac.mp4",
+        &[
             "-c:v",
             "libx264",
             "-preset",
@@ -131,21 +113,48 @@ fn bframes_media() -> PathBuf {
             "high",
             "-bf",
             "2",
-        ])
-        .args([
-            "-g",
-            "25",
-            "-keyint_min",
-            "25",
-            "-sc_threshold",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-        ])
+        ],
+    )
+}
+
+/// 640x360 25 fps H.265 with x265's B-frame pyramid (`bframes=4`) + AAC, 1 s GOP.
+fn hevc_bframes_media() -> PathBuf {
+    generate_media(
+        "h265_bframes_aac.mp4",
+        &[
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-x265-params",
+            "bframes=4:b-pyramid=1:keyint=25:min-keyint=25:scenecut=0:log-level=error",
+        ],
+    )
+}
+
+/// Generates (once) 10 s of the test pattern with a sine as AAC, video coded by `video`.
+fn generate_media(name: &str, video: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("test-media")
+        .join("v1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dest = dir.join(name);
+    if dest.exists() {
+        return dest;
+    }
+    let tmp = dir.join(format!(".{name}.tmp-{}.mp4", std::process::id()));
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=640x360:rate=25")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", "10"])
+        .args(video)
+        .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
+        .args(["-pix_fmt", "yuv420p"])
         .args(["-c:a", "aac", "-ar", "48000", "-ac", "1", "-b:a", "64k"])
         .arg(&tmp);
     let (status, err) = run_with_timeout(cmd, Duration::from_secs(120)).expect("ffmpeg");
-    assert!(status.success(), "generating B-frame media: {err}");
+    assert!(status.success(), "generating {name}: {err}");
     std::fs::rename(&tmp, &dest).unwrap();
     dest
 }
@@ -230,12 +239,22 @@ fn ll_hls_h264_aac_blocking_reloads_parts_and_ffmpeg_decode() {
 
 #[test]
 fn b_frames_get_monotonic_decode_times_and_composition_offsets() {
-    let file = bframes_media();
+    check_b_frames(&bframes_media(), "bframes", "h264");
+}
+
+#[test]
+fn h265_b_frame_pyramids_get_monotonic_decode_times() {
+    check_b_frames(&hevc_bframes_media(), "hevc-bframes", "hevc");
+}
+
+/// Publishes `file` (with B-frames) to `path`; a downloaded segment must decode, with
+/// presentation times never before decode times and decode times increasing.
+fn check_b_frames(file: &Path, path: &str, codec: &str) {
     let (server, http) = server("");
-    let _p = publish(&server, &file, "bframes");
-    let out = server.dir.join("bframes-segment.mp4");
-    let got = check(http, "bframes", &["segment", out.to_str().unwrap()]);
-    println!("B-frame segment: {got}");
+    let _p = publish(&server, file, path);
+    let out = server.dir.join(format!("{path}-segment.mp4"));
+    let got = check(http, path, &["segment", out.to_str().unwrap()]);
+    println!("{codec} B-frame segment: {got}");
     let streams = ffprobe_out(
         &out,
         &[
@@ -246,7 +265,9 @@ fn b_frames_get_monotonic_decode_times_and_composition_offsets() {
         ],
     );
     assert!(
-        streams.contains("h264,2") || streams.contains("h264,1"),
+        streams.contains(&format!("{codec},1"))
+            || streams.contains(&format!("{codec},2"))
+            || streams.contains(&format!("{codec},3")),
         "{streams}"
     );
     assert!(streams.contains("aac"), "{streams}");
@@ -276,7 +297,7 @@ fn b_frames_get_monotonic_decode_times_and_composition_offsets() {
         last_pts = pts;
         n += 1;
     }
-    println!("B-frame segment: {n} video packets, {reordered} presented before their predecessor, pts >= dts, dts increasing");
+    println!("{codec} B-frame segment: {n} video packets, {reordered} presented before their predecessor, pts >= dts, dts increasing");
     assert!(
         n >= 20 && reordered >= 5,
         "{n} packets, {reordered} reordered"
