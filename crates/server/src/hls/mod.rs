@@ -732,6 +732,41 @@ impl BlockingQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_hub::Presentation;
+
+    #[test]
+    fn a_full_queue_drops_batches_and_never_waits() {
+        let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                   m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=control:trackID=0\r\n";
+        let stream = Stream::new(
+            "p".into(),
+            Presentation::from_sdp(sdp.as_bytes()).unwrap(),
+            1,
+        );
+        let tap = HlsTap::new(&stream);
+        let (tx, mut rx) = mpsc::channel(1);
+        let (id, gop) = tap.connect(tx);
+        assert!(gop.is_empty());
+        let batch = Batch::default();
+        tap.on_batch(&batch);
+        tap.on_batch(&batch);
+        tap.on_batch(&batch);
+        assert_eq!(tap.drops(), 2);
+        assert!(rx.try_recv().is_ok());
+        // Another packager's disconnect leaves this one connected; its own ends it.
+        tap.disconnect(id + 1);
+        tap.on_batch(&batch);
+        assert!(rx.try_recv().is_ok());
+        tap.disconnect(id);
+        tap.on_batch(&batch);
+        assert!(rx.try_recv().is_err());
+        // Readers by address, within the window.
+        let now = Instant::now();
+        tap.seen("127.0.0.1".parse().unwrap(), now);
+        tap.seen("127.0.0.2".parse().unwrap(), now);
+        tap.seen("127.0.0.1".parse().unwrap(), now);
+        assert_eq!(tap.stats().readers_of("hls"), 2);
+    }
 
     #[test]
     fn file_names_and_queries_parse() {
