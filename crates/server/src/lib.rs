@@ -10,6 +10,7 @@
 //!   Prometheus metrics; other modules contribute routes and collectors.
 //! - [`hooks`]: webhooks and command hooks fed by the hub's event bus.
 //! - [`auth`]: users, permissions and the RTSP and HTTP authentication exchanges.
+//! - [`webrtc`]: WHEP delivery and WHIP ingest with str0m, every peer on one UDP port.
 //!
 //! [`server`] is the composition root, the only file naming more than one module.
 //! Protocol decisions live in the sans-IO crates (`sluice-rtsp`, `sluice-rtp`,
@@ -30,6 +31,7 @@ pub mod hooks;
 pub mod http;
 pub mod rtsp;
 pub mod server;
+pub mod webrtc;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -20,9 +20,12 @@ use crate::config::{Config, ConfigControl, Reloader};
 use crate::file::{FileError, Files};
 use crate::hls::Hls;
 use crate::hooks::{Hooks, HooksError};
-use crate::http::{HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector};
+use crate::http::{
+    HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector, Marker, StreamTarget,
+};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
+use crate::webrtc::{WebRtc, WebrtcError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,9 @@ pub enum ServerError {
     /// The hooks could not start.
     #[error(transparent)]
     Hooks(#[from] HooksError),
+    /// The WebRTC module could not bind its UDP port.
+    #[error(transparent)]
+    Webrtc(#[from] WebrtcError),
     /// The users configuration is unusable.
     #[error("invalid users: {0}")]
     Users(String),
@@ -102,6 +108,8 @@ impl Server {
         // The modules, RTSP first: its hook must see every stream the others create.
         let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
         let hls = Hls::start(&config, &hub);
+        // Before the sources: its hook attaches a WebRTC feed to every stream.
+        let webrtc = WebRtc::start(&config, hub.clone()).await?;
         let files = Arc::new(Files::start(&config, &hub)?);
         // A reload: every check before any change, then RTSP (which may refuse a listener
         // address it cannot bind, before anything else changed), users, files, in order.
@@ -146,6 +154,7 @@ impl Server {
             &hub,
             &hooks,
             hls.as_ref(),
+            webrtc.as_ref(),
             reloader.clone(),
         )
         .await?;
@@ -264,6 +273,7 @@ async fn bind_http(
     hub: &Arc<Hub>,
     hooks: &Hooks,
     hls: Option<&Hls>,
+    webrtc: Option<&Arc<WebRtc>>,
     control: Arc<dyn ConfigControl>,
 ) -> Result<Option<HttpServer>, ServerError> {
     let mut ctx = HttpContext::new(config, auth.clone());
@@ -284,6 +294,18 @@ async fn bind_http(
         "Time packets spent in the server, from their source to the send that carried them to a reader (sum estimated from bucket midpoints)",
         Box::new(move || egress.take_buckets()),
     )));
+    if let Some(w) = webrtc {
+        let (whep, whip) = w.routers(|ext| {
+            ext.get::<StreamTarget>().map(|t| crate::webrtc::Target {
+                path: t.path.clone(),
+                user: t.user.clone(),
+                peer: t.peer.addr,
+            })
+        });
+        ctx.routes()
+            .per_stream(Marker::Segment("whep"), crate::webrtc::whep_need, whep)
+            .per_stream(Marker::Segment("whip"), crate::webrtc::whip_need, whip);
+    }
     if let Some((cert, key)) = config.http.tls_pair(&config.rtsps) {
         ctx.tls(crate::config::tls::server_config(&cert, &key).map_err(ServerError::Tls)?);
     }

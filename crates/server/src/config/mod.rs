@@ -24,8 +24,10 @@ mod hls;
 pub use hls::HlsConfig;
 mod hooks;
 mod layers;
+mod webrtc;
 pub use hooks::{CommandConfig, HooksConfig, WebhookConfig};
 pub use layers::{check_toml, ConfigSource, Diagnostic};
+pub use webrtc::{BFramePolicy, WebrtcConfig};
 pub mod reload;
 pub use reload::{ConfigControl, ReloadStatus, Reloader};
 
@@ -76,6 +78,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// LL-HLS delivery of live paths.
     pub hls: HlsConfig,
+    /// WebRTC delivery (WHEP) and ingest (WHIP).
+    pub webrtc: WebrtcConfig,
     /// Where the values came from (file, environment, flags); not a TOML key.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -622,6 +626,7 @@ impl Config {
         }
         self.http.validate(self)?;
         self.hls.validate()?;
+        self.webrtc.validate()?;
         Ok(())
     }
 
