@@ -22,6 +22,7 @@ use crate::hooks::{Hooks, HooksError};
 use crate::http::{HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
+use crate::web::Web;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +270,8 @@ async fn bind_http(
         "Time packets spent in the server, from their source to the send that carried them to a reader (sum estimated from bucket midpoints)",
         Box::new(move || egress.take_buckets()),
     )));
+    // The player page: `/` lists the live paths, `/<path>/` plays one, `/assets/`.
+    Web::new(hub.clone(), rtsp.local_addr().port()).add_routes(ctx.routes())?;
     if let Some((cert, key)) = config.http.tls_pair(&config.rtsps) {
         ctx.tls(crate::config::tls::server_config(&cert, &key).map_err(ServerError::Tls)?);
     }
