@@ -45,6 +45,7 @@ const PLAYER_HTML: &str = include_str!("assets/player.html");
 const INDEX_JS: &str = include_str!("assets/index.js");
 const PLAYER_JS: &str = include_str!("assets/player.js");
 const STYLE_CSS: &str = include_str!("assets/sluice.css");
+const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 /// hls.js 1.7.4, vendored from npm (see `crates/server/vendor/hls.js/README.md`).
 const HLS_JS: &[u8] = include_bytes!("../../vendor/hls.js/hls.min.js");
 
@@ -80,6 +81,10 @@ impl Web {
                     "/assets/sluice.css",
                     get(|| asset(STYLE_CSS.as_bytes(), CSS)),
                 )
+                .route(
+                    "/assets/favicon.svg",
+                    get(|| asset(FAVICON_SVG.as_bytes(), SVG)),
+                )
                 .route("/assets/hls.min.js", get(|| asset(HLS_JS, JS))),
         );
         routes.per_stream(
@@ -93,6 +98,7 @@ impl Web {
 
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const SVG: &str = "image/svg+xml";
 
 /// `/<path>/` needs `read` on the path for the methods that show it.
 fn need_read(method: &Method, _tail: &str) -> Option<Action> {

@@ -128,6 +128,7 @@ async fn the_player_page_and_assets_are_served_and_embeddable() {
         ("/assets/index.js", "text/javascript"),
         ("/assets/sluice.css", "text/css"),
         ("/assets/hls.min.js", "text/javascript"),
+        ("/assets/favicon.svg", "image/svg+xml"),
     ] {
         let g = get(&r, asset, &[]).await;
         assert_eq!(g.status, 200, "{asset}");

@@ -82,8 +82,19 @@ async function list(context) {
   const requests = [];
   context.on('request', (r) => requests.push(r.url()));
   const page = await newPage(context, false);
-  const res = await page.goto(job.url);
-  const out = { status: res ? res.status() : 0, changes: [], requests };
+  let status = 0;
+  page.on('response', (r) => {
+    if (r.url() === job.url) status = r.status();
+  });
+  let res = null;
+  try {
+    res = await page.goto(job.url);
+  } catch (e) {
+    // A 401 with no credentials to give: a headful browser would ask the user.
+    if (!/ERR_INVALID_AUTH_CREDENTIALS/.test(String(e))) throw e;
+    status = status || 401;
+  }
+  const out = { status: res ? res.status() : status, changes: [], requests };
   if (out.status !== 200) return out;
   const end = Date.now() + job.seconds * 1000;
   let last = null;
