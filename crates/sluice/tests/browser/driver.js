@@ -30,6 +30,10 @@ const ARGS = [
   '--use-fake-ui-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
   '--disable-gpu',
+  // Every page of a test plays at once: none is a throttled background tab.
+  '--disable-background-timer-throttling',
+  '--disable-renderer-backgrounding',
+  '--disable-backgrounding-occluded-windows',
   '--mute-audio',
 ];
 
@@ -143,6 +147,7 @@ async function play(context) {
     const s = await playerState(page);
     s.frameList = await page.evaluate(() => window.__probe.frames);
     s.ports = await page.evaluate(() => window.__probePorts());
+    s.inbound = await page.evaluate(() => window.__probeInbound());
     s.videoWidth = await page.evaluate(() => (document.querySelector('video') || {}).videoWidth || 0);
     out.pages.push(s);
   }

@@ -4,12 +4,14 @@
 // bottom strip), measures the audio energy (WebAudio analyser), and keeps the page's
 // RTCPeerConnections so the driver can ask which server port each one uses.
 //
-// The strip: 20 cells of width/20 across the bottom 40/480 of the frame; cell i (from the
-// left) is white when bit i of the frame number is set for i < 16, and cells 16..19 hold
-// bits 0..3 of the inverted number (a check against misreads).
+// The strip: two rows of 20 cells of width/20 across the bottom 80/480 of the frame; in
+// each row cell i (from the left) is white when bit i of the value is set for i < 16, and
+// cells 16..19 hold bits 0..3 of the inverted value (a check against misreads). The upper
+// row holds the frame number, the lower one the wall clock (ms since the epoch, mod 2^16)
+// when the publisher's source produced the frame.
 (() => {
   const P = (window.__probe = {
-    frames: [], // [n, display wall time in ms since the epoch]
+    frames: [], // [n, display wall time in ms since the epoch, capture ms mod 65536]
     firstFrameMs: null, // ms from navigation start to the first decoded frame
     misreads: 0,
     width: 0,
@@ -40,37 +42,44 @@
     const w = video.videoWidth;
     const h = video.videoHeight;
     if (!w || !h) return null;
-    if (canvas.width !== w || canvas.height !== h) {
+    // Only the bottom strip (rows 400..480 of 480) is drawn and read: cheap per frame.
+    const top = Math.floor((h * 400) / 480);
+    const sh = h - top;
+    if (canvas.width !== w || canvas.height !== sh) {
       canvas.width = w;
-      canvas.height = h;
+      canvas.height = sh;
     }
-    ctx.drawImage(video, 0, 0, w, h);
-    const y = Math.min(h - 1, Math.round((h * 460) / 480));
-    const row = ctx.getImageData(0, y, w, 1).data;
-    const cell = w / 20;
-    let bits = 0;
-    for (let i = 0; i < 20; i++) {
-      const x = Math.min(w - 1, Math.round(cell * (i + 0.5)));
-      const lum = (row[4 * x] + row[4 * x + 1] + row[4 * x + 2]) / 3;
-      if (lum > 128) bits |= 1 << i;
-    }
-    const n = bits & 0xffff;
-    const check = (bits >> 16) & 0xf;
-    if (check !== (~n & 0xf)) {
+    ctx.drawImage(video, 0, top, w, sh, 0, 0, w, sh);
+    const readRow = (ref) => {
+      const y = Math.min(sh - 1, Math.max(0, Math.round((h * ref) / 480) - top));
+      const row = ctx.getImageData(0, y, w, 1).data;
+      const cell = w / 20;
+      let bits = 0;
+      for (let i = 0; i < 20; i++) {
+        const x = Math.min(w - 1, Math.round(cell * (i + 0.5)));
+        const lum = (row[4 * x] + row[4 * x + 1] + row[4 * x + 2]) / 3;
+        if (lum > 128) bits |= 1 << i;
+      }
+      const v = bits & 0xffff;
+      return ((bits >> 16) & 0xf) === (~v & 0xf) ? v : null;
+    };
+    const n = readRow(420);
+    const captured = readRow(460);
+    if (n === null || captured === null) {
       P.misreads++;
       return null;
     }
-    return n;
+    return [n, captured];
   }
 
   function watch(video) {
     const cb = (_now, meta) => {
       P.width = video.videoWidth;
       P.height = video.videoHeight;
-      const n = decode(video);
+      const got = decode(video);
       const wall = performance.timeOrigin + meta.expectedDisplayTime;
-      if (n !== null) {
-        P.frames.push([n, wall]);
+      if (got !== null) {
+        P.frames.push([got[0], wall, got[1]]);
         if (P.firstFrameMs === null) P.firstFrameMs = wall - performance.timeOrigin;
       }
       video.requestVideoFrameCallback(cb);
@@ -129,6 +138,28 @@
     const v = document.querySelector('video');
     if (v && P.frames.length > 0) listen(v);
   }, 250);
+
+  // The video receivers' inbound-rtp figures (loss, NACK, PLI, decoded, dropped).
+  window.__probeInbound = async () => {
+    const out = [];
+    for (const pc of P.pcs) {
+      if (pc.connectionState === 'closed') continue;
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === 'inbound-rtp') {
+          out.push({
+            kind: s.kind, packetsReceived: s.packetsReceived, packetsLost: s.packetsLost,
+            nackCount: s.nackCount, pliCount: s.pliCount, firCount: s.firCount,
+            framesDecoded: s.framesDecoded, framesDropped: s.framesDropped,
+            framesReceived: s.framesReceived, keyFramesDecoded: s.keyFramesDecoded,
+            freezeCount: s.freezeCount, jitterBufferDelay: s.jitterBufferDelay,
+            jitterBufferEmittedCount: s.jitterBufferEmittedCount,
+            totalDecodeTime: s.totalDecodeTime,
+          });
+        }
+      });
+    }
+    return out;
+  };
 
   // The remote ports of the selected candidate pairs of the page's peer connections.
   window.__probePorts = async () => {

@@ -274,7 +274,15 @@
         return self.fail('this browser can play neither WebRTC nor HLS');
       }
       self.el.dataset.mode = 'hls';
-      var hls = new Hls({ lowLatencyMode: true, enableWorker: false, backBufferLength: 30 });
+      // Low-latency mode, and catching up (up to 1.25x) when playback falls behind the
+      // live edge, so that latency does not drift after a stall.
+      var hls = new Hls({
+        lowLatencyMode: true,
+        enableWorker: false,
+        backBufferLength: 30,
+        maxLiveSyncPlaybackRate: 1.25,
+        liveSyncOnStallIncrease: 0.2,
+      });
       self.hls = hls;
       var recovered = 0;
       hls.on(Hls.Events.ERROR, function (_e, data) {
@@ -296,6 +304,16 @@
       });
       hls.loadSource(src);
       hls.attachMedia(v);
+      // hls.js only speeds up when close to its target latency; after a long stall (a
+      // busy machine, a slow network) jump back to the live edge instead of playing on
+      // seconds behind.
+      var keepLive = setInterval(function () {
+        if (self.hls !== hls) return clearInterval(keepLive);
+        var sync = hls.liveSyncPosition;
+        if (hls.latency > hls.targetLatency + 1.5 && sync && sync > v.currentTime + 0.5 && !v.paused) {
+          v.currentTime = sync;
+        }
+      }, 1000);
       hls.on(Hls.Events.MANIFEST_PARSED, function () { self.play(); });
       return self.firstFrame(15000).then(function () {
         if (self.hls === hls) self.setState('playing', 'LL-HLS');
