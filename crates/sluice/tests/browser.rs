@@ -520,7 +520,9 @@ fn str_of(v: &serde_json::Value) -> String {
 }
 
 /// Asserts the playback figures of LL-HLS (first frame, latency, drift, no fatal error).
-fn check_hls(c: &mut Check, result: &serde_json::Value, strict_order: bool) {
+/// `first_frame_ms` is 2 s for a page asking for HLS; a page that first tried WHEP (and
+/// got 406) is given 1 s more for that round trip and loading hls.js.
+fn check_hls(c: &mut Check, result: &serde_json::Value, strict_order: bool, first_frame_ms: f64) {
     let page = page_json(result, 0);
     let pb = playback(page);
     let first = page["firstFrameMs"].as_f64().unwrap_or(f64::NAN);
@@ -541,7 +543,10 @@ fn check_hls(c: &mut Check, result: &serde_json::Value, strict_order: bool) {
         str_of(&page["mode"]) == "hls",
         format!("mode {}", page["mode"]),
     );
-    c.expect(first <= 2000.0, format!("first frame {first:.0} ms > 2 s"));
+    c.expect(
+        first <= first_frame_ms,
+        format!("first frame {first:.0} ms > {first_frame_ms:.0} ms"),
+    );
     c.expect(
         pb.latency_median_ms <= 1500.0,
         format!("latency median {:.0} ms > 1.5 s", pb.latency_median_ms),
@@ -766,8 +771,10 @@ fn aac_source(web: &Web, dir: &Path) -> Check {
         str_of(&page["mode"]) == "webrtc",
         format!("WHEP mode {}", page["mode"]),
     );
+    // Video plays (at least a second of it; the frame-rate figures are the H.264+Opus
+    // check's).
     c.expect(
-        page["frames"].as_u64().unwrap_or(0) > 100,
+        page["frames"].as_u64().unwrap_or(0) >= 30,
         "WHEP video frames".into(),
     );
     c.expect(notice.contains("AAC"), format!("notice {notice:?}"));
@@ -776,7 +783,7 @@ fn aac_source(web: &Web, dir: &Path) -> Check {
     let audio = page_json(&h, 0)["audioMax"].as_f64().unwrap_or(0.0);
     c.figure(format!("HLS audio rms {audio:.3}"));
     c.expect(audio > 0.0, format!("HLS audio energy {audio}"));
-    check_hls(&mut c, &h, false);
+    check_hls(&mut c, &h, false, 2000.0);
     c
 }
 
@@ -797,7 +804,7 @@ fn bframes_source(web: &Web, dir: &Path) -> Check {
     let fallback = str_of(&page["fallback"]);
     c.figure(format!("fallback reason {fallback:?}"));
     c.expect(fallback.contains("406"), format!("fallback {fallback:?}"));
-    check_hls(&mut c, &r, true);
+    check_hls(&mut c, &r, true, 3000.0);
     c
 }
 
@@ -834,7 +841,7 @@ fn h265_source(web: &Web, dir: &Path) -> Check {
     ));
     c.expect(playlist, "the page did not fetch the H.265 playlist".into());
     if support["hvc1"] == true {
-        check_hls(&mut c, &r, false);
+        check_hls(&mut c, &r, false, 2000.0);
     }
     c
 }

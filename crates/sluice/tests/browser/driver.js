@@ -241,7 +241,7 @@ async function support(context) {
   let result;
   try {
     const context = await browser.newContext({
-      viewport: { width: 800, height: 600 },
+      viewport: { width: 640, height: 480 },
       httpCredentials: job.credentials || undefined,
     });
     const run = { list, play, whip, support }[job.kind];
