@@ -22,7 +22,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{free_tcp_port, test_dir, wait_for, Proc, Server};
 
@@ -787,6 +787,40 @@ fn aac_source(web: &Web, dir: &Path) -> Check {
     c
 }
 
+/// A browser without RTCPeerConnection plays the AAC path (published by [`aac_source`]
+/// for its whole minute) through hls.js and says why.
+fn no_webrtc(web: &Web, dir: &Path) -> Check {
+    let mut c = Check::new("no webrtc");
+    let r = drive(
+        serde_json::json!({"kind": "play", "url": web.url("/live/aac/"), "pages": 1,
+            "seconds": 6, "noWebRTC": true}),
+        dir,
+        "driver-no-webrtc",
+        Duration::from_secs(60),
+    );
+    let page = page_json(&r, 0);
+    let fallback = str_of(&page["fallback"]);
+    c.figure(format!(
+        "mode {}, {} frames, first frame {} ms, fallback {fallback:?}",
+        str_of(&page["mode"]),
+        page["frames"],
+        page["firstFrameMs"]
+    ));
+    c.expect(
+        str_of(&page["mode"]) == "hls",
+        format!("mode {}", page["mode"]),
+    );
+    c.expect(
+        page["frames"].as_u64().unwrap_or(0) >= 30,
+        format!("{} frames", page["frames"]),
+    );
+    c.expect(
+        fallback.contains("WebRTC is not available"),
+        format!("fallback {fallback:?}"),
+    );
+    c
+}
+
 /// B-frame source: WHEP refuses (406) and the page plays via LL-HLS with the counter
 /// strictly increasing; the LL-HLS figures hold over a minute.
 fn bframes_source(web: &Web, dir: &Path) -> Check {
@@ -904,6 +938,9 @@ fn assert_same_origin_check(c: &mut Check, result: &serde_json::Value, origin: &
     );
 }
 
+/// A browser check run by [`plays_in_chromium`].
+type CheckFn = fn(&Web, &Path) -> Check;
+
 /// Every browser playback check of issue 24, run concurrently on one server (the wall
 /// time is that of the longest, about a minute); each prints its figures, and the test
 /// fails listing every check that failed.
@@ -914,7 +951,7 @@ fn plays_in_chromium() {
     // The long checks start at once; the short ones after the first-frame loads and the
     // WHIP set-up, staggered, so that the machine (2 cores in CI) is less loaded during
     // those and the wall time stays near the longest check (about 70 s).
-    let checks: Vec<(u64, fn(&Web, &Path) -> Check)> = vec![
+    let checks: Vec<(u64, CheckFn)> = vec![
         (0, whep_h264_opus),
         (0, aac_source),
         (0, bframes_source),
@@ -922,6 +959,7 @@ fn plays_in_chromium() {
         (20, h265_source),
         (30, whep_main_profile),
         (45, whep_three_pages),
+        (50, no_webrtc),
     ];
     let results: Vec<Check> = std::thread::scope(|s| {
         let handles: Vec<_> = checks
@@ -967,9 +1005,4 @@ fn artifact(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sluice-it");
     let _ = std::fs::create_dir_all(&dir);
     dir.join(name)
-}
-
-#[allow(dead_code)]
-fn since(t: Instant) -> u128 {
-    t.elapsed().as_millis()
 }
