@@ -135,7 +135,8 @@
     if (proto === 'hls') return this.startHls('proto=hls');
     if (typeof RTCPeerConnection !== 'function') {
       if (proto === 'webrtc') return this.fail('WebRTC is not available in this browser');
-      return this.startHls('WebRTC is not available in this browser');
+      this.el.dataset.fallback = 'WebRTC is not available in this browser';
+      return this.startHls(this.el.dataset.fallback);
     }
     return this.startWebRtc();
   };
