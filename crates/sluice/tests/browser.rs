@@ -838,6 +838,8 @@ fn bframes_source(web: &Web, dir: &Path) -> Check {
     let fallback = str_of(&page["fallback"]);
     c.figure(format!("fallback reason {fallback:?}"));
     c.expect(fallback.contains("406"), format!("fallback {fallback:?}"));
+    // The fallback loads hls.js and the media from the server only.
+    assert_same_origin_check(&mut c, &r, &format!("http://{}", web.http));
     check_hls(&mut c, &r, true, 3000.0);
     c
 }
