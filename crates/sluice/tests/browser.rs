@@ -821,6 +821,46 @@ fn no_webrtc(web: &Web, dir: &Path) -> Check {
     c
 }
 
+/// The documented embedding: a page of another origin loads `/assets/player.js` and
+/// mounts a player with `data-sluice-path` (the server allows the origin with
+/// `[http] cors_origins`); it plays the Main-profile path over WHEP.
+fn embedded(web: &Web, dir: &Path) -> Check {
+    let mut c = Check::new("embedded player");
+    let (mut p, _) = web.publish(Source::H264MainOpus, "live/embed", dir);
+    std::thread::sleep(Duration::from_secs(1));
+    let server = format!("http://{}", web.http);
+    let html = format!(
+        "<!doctype html><title>embed</title><div data-sluice-path=\"live/embed\" \
+         data-sluice-server=\"{server}\" data-sluice-muted=\"1\"></div>\
+         <script src=\"{server}/assets/player.js\"></script>"
+    );
+    let r = drive(
+        serde_json::json!({"kind": "play", "html": html, "pages": 1, "seconds": 6}),
+        dir,
+        "driver-embed",
+        Duration::from_secs(60),
+    );
+    p.kill();
+    let page = page_json(&r, 0);
+    c.figure(format!(
+        "mode {}, {} frames, first frame {} ms, state {}, errors {}",
+        str_of(&page["mode"]),
+        page["frames"],
+        page["firstFrameMs"],
+        str_of(&page["state"]),
+        page["errors"]
+    ));
+    c.expect(
+        str_of(&page["mode"]) == "webrtc",
+        format!("mode {}", page["mode"]),
+    );
+    c.expect(
+        page["frames"].as_u64().unwrap_or(0) >= 60,
+        format!("{} frames", page["frames"]),
+    );
+    c
+}
+
 /// B-frame source: WHEP refuses (406) and the page plays via LL-HLS with the counter
 /// strictly increasing; the LL-HLS figures hold over a minute.
 fn bframes_source(web: &Web, dir: &Path) -> Check {
@@ -948,7 +988,8 @@ type CheckFn = fn(&Web, &Path) -> Check;
 /// fails listing every check that failed.
 #[test]
 fn plays_in_chromium() {
-    let web = Web::start("[webrtc]\nudp_port = 0\n");
+    // `cors_origins`: the embedding check's page is another origin.
+    let web = Web::start("cors_origins = [\"*\"]\n[webrtc]\nudp_port = 0\n");
     let dir = test_dir("browser-play");
     // The long checks start at once; the short ones after the first-frame loads and the
     // WHIP set-up, staggered, so that the machine (2 cores in CI) is less loaded during
@@ -962,6 +1003,7 @@ fn plays_in_chromium() {
         (30, whep_main_profile),
         (45, whep_three_pages),
         (50, no_webrtc),
+        (20, embedded),
     ];
     let results: Vec<Check> = std::thread::scope(|s| {
         let handles: Vec<_> = checks

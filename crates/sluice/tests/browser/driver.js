@@ -12,6 +12,8 @@
 //   loads the player page N times one after another (each load's first-frame time), then
 //   keeps K pages open together for S seconds and reports each one's decoded frames,
 //   video size, audio energy, mode, fallback reason, notice, errors and WebRTC ports.
+//   With "html" instead of "url", the page is that document (an embedding page of
+//   another origin).
 // - {"kind":"whip","origin":…,"path":…,"seconds":S}
 //   publishes Chromium's fake camera and microphone to POST <origin>/<path>/whip for S
 //   seconds: {"status","location","connected_ms","requests"}
@@ -119,6 +121,8 @@ async function list(context) {
 }
 
 async function play(context) {
+  // A page of its own (another origin: `data:`) embedding the player, if given.
+  if (job.html) job.url = 'data:text/html;charset=utf-8,' + encodeURIComponent(job.html);
   const requests = [];
   context.on('request', (r) => requests.push(r.url()));
   const out = { loads: [], pages: [], requests };
