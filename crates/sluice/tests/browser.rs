@@ -292,7 +292,8 @@ fn playback(page: &serde_json::Value) -> Playback {
         .iter()
         .map(|(_, wall, captured)| {
             let whole = wall.floor() as i64;
-            let ms = (whole - *captured as i64).rem_euclid(65_536);
+            // Within ±32 s: a display a hair before the capture ms (rounding) is ≈ 0.
+            let ms = (whole - *captured as i64 + 32_768).rem_euclid(65_536) - 32_768;
             ms as f64 + (wall - whole as f64)
         })
         .collect();

@@ -12,14 +12,15 @@
 //   loads the player page N times one after another (each load's first-frame time), then
 //   keeps K pages open together for S seconds and reports each one's decoded frames,
 //   video size, audio energy, mode, fallback reason, notice, errors and WebRTC ports.
-//   With "html" instead of "url", the page is that document (an embedding page of
-//   another origin).
+//   With "html" instead of "url", the page is that document, served from another
+//   origin (an embedding page).
 // - {"kind":"whip","origin":…,"path":…,"seconds":S}
 //   publishes Chromium's fake camera and microphone to POST <origin>/<path>/whip for S
 //   seconds: {"status","location","connected_ms","requests"}
 // - {"kind":"support","url":…} what this browser decodes through MSE (hvc1, avc1 High).
 'use strict';
 const fs = require('fs');
+const http = require('http');
 const path = require('path');
 const { chromium } = require('playwright-core');
 
@@ -121,8 +122,17 @@ async function list(context) {
 }
 
 async function play(context) {
-  // A page of its own (another origin: `data:`) embedding the player, if given.
-  if (job.html) job.url = 'data:text/html;charset=utf-8,' + encodeURIComponent(job.html);
+  // A page of another origin (a server of the driver's own, on loopback) embedding the
+  // player, if given.
+  let embed = null;
+  if (job.html) {
+    embed = http.createServer((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+      res.end(job.html);
+    });
+    await new Promise((r) => embed.listen(0, '127.0.0.1', r));
+    job.url = `http://127.0.0.1:${embed.address().port}/embed.html`;
+  }
   const requests = [];
   context.on('request', (r) => requests.push(r.url()));
   const out = { loads: [], pages: [], requests };
@@ -160,6 +170,7 @@ async function play(context) {
     out.screenshot = job.screenshot;
   }
   for (const page of pages) await page.close({ runBeforeUnload: true });
+  if (embed) embed.close();
   return out;
 }
 
