@@ -252,9 +252,11 @@ struct Playback {
     presented: f64,
     latency_median_ms: f64,
     latency_p95_ms: f64,
-    /// Latency median over the last 10 s minus the first 10 s of the window.
+    /// Latency median over the last 10 s minus that of 5..15 s.
     drift_ms: f64,
     out_of_order: usize,
+    /// Frames shown again right after themselves.
+    repeats: usize,
     longest_gap_ms: f64,
 }
 
@@ -303,7 +305,10 @@ fn playback(page: &serde_json::Value) -> Playback {
     seen.sort_unstable();
     seen.dedup();
     let span = (last - first + 1) as f64;
-    let out_of_order = frames.windows(2).filter(|w| w[1].0 <= w[0].0).count();
+    // A frame shown again (a stall, a seek) is a repeat; only a lower number than the
+    // one before is out of order.
+    let out_of_order = frames.windows(2).filter(|w| w[1].0 < w[0].0).count();
+    let repeats = frames.windows(2).filter(|w| w[1].0 == w[0].0).count();
     let longest_gap_ms = frames
         .windows(2)
         .map(|w| w[1].1 - w[0].1)
@@ -320,7 +325,8 @@ fn playback(page: &serde_json::Value) -> Playback {
             .map(|(_, l)| *l)
             .collect()
     };
-    let mut head = window(start, start + 10_000.0);
+    // Drift: the steady state after a 5 s warm-up against the last 10 s.
+    let mut head = window(start + 5_000.0, start + 15_000.0);
     let mut tail = window(end - 10_000.0, end + 1.0);
     let drift_ms = median(&mut tail) - median(&mut head);
     let latency_median_ms = median(&mut lat);
@@ -331,6 +337,7 @@ fn playback(page: &serde_json::Value) -> Playback {
         latency_p95_ms: percentile(&lat, 0.95),
         drift_ms,
         out_of_order,
+        repeats,
         longest_gap_ms,
     }
 }
@@ -528,7 +535,7 @@ fn check_hls(c: &mut Check, result: &serde_json::Value, strict_order: bool, firs
     let pb = playback(page);
     let first = page["firstFrameMs"].as_f64().unwrap_or(f64::NAN);
     c.figure(format!(
-        "mode {} first frame {first:.0} ms, {} frames, presented {:.1} %, latency median {:.0} ms p95 {:.0} ms, drift {:.0} ms, out of order {}, longest gap {:.0} ms, audio rms {:.3}, errors {}",
+        "mode {} first frame {first:.0} ms, {} frames, presented {:.1} %, latency median {:.0} ms p95 {:.0} ms, drift {:.0} ms, out of order {}, repeats {}, longest gap {:.0} ms, audio rms {:.3}, errors {}",
         str_of(&page["mode"]),
         pb.frames,
         pb.presented * 100.0,
@@ -536,6 +543,7 @@ fn check_hls(c: &mut Check, result: &serde_json::Value, strict_order: bool, firs
         pb.latency_p95_ms,
         pb.drift_ms,
         pb.out_of_order,
+        pb.repeats,
         pb.longest_gap_ms,
         page["audioMax"].as_f64().unwrap_or(0.0),
         page["errors"],
