@@ -107,7 +107,8 @@
   Player.prototype.setState = function (state, text) {
     this.el.dataset.state = state;
     this.status.textContent = text;
-    this.status.hidden = state === 'playing' && !this.opts.debug;
+    // While playing, the status stays up only to say why WebRTC was left.
+    this.status.hidden = state === 'playing' && !this.el.dataset.fallback && !this.opts.debug;
   };
 
   Player.prototype.showNotice = function (text) {
@@ -317,7 +318,9 @@
       }, 1000);
       hls.on(Hls.Events.MANIFEST_PARSED, function () { self.play(); });
       return self.firstFrame(15000).then(function () {
-        if (self.hls === hls) self.setState('playing', 'LL-HLS');
+        if (self.hls !== hls) return;
+        var why = self.el.dataset.fallback;
+        self.setState('playing', why ? 'LL-HLS (' + why + ')' : 'LL-HLS');
       }, function () {});
     }, function (e) { self.fail(e.message); });
   };
