@@ -876,8 +876,10 @@ fn bframes_source(web: &Web, dir: &Path) -> Check {
     let mut c = Check::new("b-frames source");
     let (mut p, _) = web.publish(Source::H264BframesAac, "live/bframes", dir);
     std::thread::sleep(Duration::from_secs(1));
+    let shot = artifact("browser-bframes-hls-fallback.png");
     let r = drive(
-        serde_json::json!({"kind": "play", "url": web.url("/live/bframes/"), "pages": 1, "seconds": 62}),
+        serde_json::json!({"kind": "play", "url": web.url("/live/bframes/"), "pages": 1,
+            "seconds": 62, "screenshot": shot}),
         dir,
         "driver-bframes",
         Duration::from_secs(120),
@@ -885,7 +887,11 @@ fn bframes_source(web: &Web, dir: &Path) -> Check {
     p.kill();
     let page = page_json(&r, 0);
     let fallback = str_of(&page["fallback"]);
-    c.figure(format!("fallback reason {fallback:?}"));
+    c.figure(format!(
+        "fallback reason {fallback:?}, status {:?}, screenshot {}",
+        str_of(&page["status"]),
+        shot.display()
+    ));
     c.expect(fallback.contains("406"), format!("fallback {fallback:?}"));
     // The fallback loads hls.js and the media from the server only.
     assert_same_origin_check(&mut c, &r, &format!("http://{}", web.http));
