@@ -26,6 +26,7 @@ use crate::http::{
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
 use crate::webrtc::{WebRtc, WebrtcError};
+use crate::web::Web;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -147,17 +148,13 @@ impl Server {
         }));
         let reloader = Arc::new(reloader);
         let hooks = Hooks::start(&config, hub.clone())?;
-        let http = bind_http(
-            &config,
-            &auth,
-            &rtsp,
-            &hub,
-            &hooks,
-            hls.as_ref(),
-            webrtc.as_ref(),
-            reloader.clone(),
-        )
-        .await?;
+        let modules = HttpModules {
+            rtsp: &rtsp,
+            hooks: &hooks,
+            hls: hls.as_ref(),
+            webrtc: webrtc.as_ref(),
+        };
+        let http = bind_http(&config, &auth, &hub, modules, reloader.clone()).await?;
         if let Some(h) = &http {
             let _ = http_handle.set(h.handle());
         }
@@ -263,19 +260,30 @@ impl Server {
     }
 }
 
+/// The modules whose listeners, metrics or routes the HTTP listener carries.
+struct HttpModules<'a> {
+    rtsp: &'a Rtsp,
+    hooks: &'a Hooks,
+    hls: Option<&'a Hls>,
+    webrtc: Option<&'a Arc<WebRtc>>,
+}
+
 /// Binds the HTTP module (`None` when `[http]` is disabled): it reports the RTSP
 /// listeners, exports the RTSP readers' egress latency as a histogram, and sees paths
 /// and sessions through the hub.
 async fn bind_http(
     config: &Config,
     auth: &Arc<Authenticator>,
-    rtsp: &Rtsp,
     hub: &Arc<Hub>,
-    hooks: &Hooks,
-    hls: Option<&Hls>,
-    webrtc: Option<&Arc<WebRtc>>,
+    modules: HttpModules<'_>,
     control: Arc<dyn ConfigControl>,
 ) -> Result<Option<HttpServer>, ServerError> {
+    let HttpModules {
+        rtsp,
+        hooks,
+        hls,
+        webrtc,
+    } = modules;
     let mut ctx = HttpContext::new(config, auth.clone());
     if let Some(hls) = hls {
         hls.mount(&mut ctx);
@@ -306,6 +314,8 @@ async fn bind_http(
             .per_stream(Marker::Segment("whep"), crate::webrtc::whep_need, whep)
             .per_stream(Marker::Segment("whip"), crate::webrtc::whip_need, whip);
     }
+    // The player page: `/` lists the live paths, `/<path>/` plays one, `/assets/`.
+    Web::new(hub.clone(), rtsp.local_addr().port()).add_routes(ctx.routes())?;
     if let Some((cert, key)) = config.http.tls_pair(&config.rtsps) {
         ctx.tls(crate::config::tls::server_config(&cert, &key).map_err(ServerError::Tls)?);
     }
