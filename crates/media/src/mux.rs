@@ -149,6 +149,9 @@ pub struct Mp4Writer<W: Write> {
     /// first track.
     lead: usize,
     sequence: u32,
+    /// Timed parts (see [`Mp4Writer::with_part_duration`]): the lead track's span, in its
+    /// timescale, after which a fragment is cut whatever the sample.
+    part_ticks: Option<u64>,
 }
 
 /// Encodes a box with mp4-atom.
@@ -419,6 +422,7 @@ impl<W: Write> Mp4Writer<W> {
             lead: state.iter().position(|t| t.video).unwrap_or(0),
             tracks: state,
             sequence: 0,
+            part_ticks: None,
         })
     }
 
@@ -483,6 +487,9 @@ impl<W: Write> Mp4Writer<W> {
         }
         let span = dts.saturating_sub(t.start);
         let ts = u64::from(t.timescale);
+        if let (true, Some(part)) = (track == self.lead, self.part_ticks) {
+            return span >= part;
+        }
         if span >= MAX_FRAGMENT_SECONDS * ts {
             return true;
         }
@@ -615,6 +622,41 @@ impl<W: Write> Mp4Writer<W> {
         self.out.write_all(&bytes)?;
         self.out.flush()?;
         self.written += bytes.len() as u64;
+        Ok(self.out)
+    }
+
+    /// Cuts fragments on time instead of at keyframes: a fragment is written before the first
+    /// sample of the lead track (the first video track, else the first track) at least
+    /// `part` after the fragment's start, keyframe or not (its sample flags say which samples
+    /// are sync samples), so that an interrupted recording loses at most about one `part`.
+    /// The size bound still applies. Used by the archive's segment writer.
+    pub fn with_part_duration(mut self, part: std::time::Duration) -> Self {
+        let lead_scale = self.tracks.get(self.lead).map_or(90_000, |t| t.timescale);
+        let ticks = part.as_nanos() * u128::from(lead_scale) / 1_000_000_000;
+        self.part_ticks = Some(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+        self
+    }
+
+    /// Ends the file without an `mfra` index (a segment whose index lives elsewhere): flushes
+    /// the last fragment, where each track's held last sample lasts until `ends[track]` (its
+    /// decode time of the next segment's first sample, so segments abut exactly) when that is
+    /// later than the sample, else as long as the track's previous sample.
+    pub fn close(mut self, ends: &[Option<u64>]) -> Result<W, MuxError> {
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            let fallback = if t.last_duration > 0 {
+                t.last_duration
+            } else {
+                (t.timescale / 25).max(1)
+            };
+            let d = match (&t.pending, ends.get(i).copied().flatten()) {
+                (Some(p), Some(end)) if end > p.dts => {
+                    u32::try_from(end - p.dts).unwrap_or(fallback)
+                }
+                _ => fallback,
+            };
+            t.complete_pending(d);
+        }
+        self.flush()?;
         Ok(self.out)
     }
 

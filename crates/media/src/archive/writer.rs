@@ -1,0 +1,561 @@
+//! The segment writer: timed access units in, fMP4 segment files out (see the
+//! [module docs](super)).
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::index::{fnv1a, PartRecord, SegmentRecord};
+use super::parse::{parse_init, read_fragment, InitInfo};
+use super::{system_to_ntp, ArchiveConfig, ArchiveError};
+use crate::mux::Mp4Writer;
+use crate::params::CodecParams;
+
+/// Most frames held in the reordering window whatever their times say (bounds memory when a
+/// sender stamps everything alike).
+const MAX_WINDOW_FRAMES: usize = 4096;
+
+/// One access unit of a track, timed on the stream's media clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// Index of the track (as given to [`SegmentWriter::new`]).
+    pub track: usize,
+    /// Decode time in the track's clock ([`CodecParams::clock_rate`]), unwrapped; all tracks
+    /// count from one instant, so that they stay in sync.
+    pub dts: i64,
+    /// Presentation time, same clock (equal to `dts` without reordering).
+    pub pts: i64,
+    /// Whether it is a random access point (audio: always).
+    pub keyframe: bool,
+    /// The sample as MP4 stores it (length-prefixed NAL units, raw AAC frame, Opus packet).
+    pub data: Bytes,
+}
+
+/// Why a segment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// It reached the segment duration (cut at the next keyframe).
+    Duration,
+    /// A track's codec parameters changed (new resolution, …): a new init.
+    ParamsChanged {
+        /// The track whose parameters changed.
+        track: usize,
+    },
+    /// The media clock jumped against the wall clock by more than
+    /// [`ArchiveConfig::clock_step`].
+    ClockStep,
+    /// Another publisher took over the stream.
+    PublisherChanged,
+    /// Recording stopped (or the server shuts down).
+    Stop,
+}
+
+impl CutReason {
+    /// A short stable name (for events and the index).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CutReason::Duration => "duration",
+            CutReason::ParamsChanged { .. } => "params_changed",
+            CutReason::ClockStep => "clock_step",
+            CutReason::PublisherChanged => "publisher_changed",
+            CutReason::Stop => "stop",
+        }
+    }
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchiveOutput {
+    /// Create a new segment file holding `init`, then fsync the directory (the file exists
+    /// only once its directory entry is durable).
+    SegmentStarted {
+        /// The segment's number (counts from 1 per writer).
+        segment: u64,
+        /// Wall clock of its first sample.
+        wall: SystemTime,
+        /// The init segment (`ftyp` + `moov`).
+        init: Bytes,
+        /// A stable digest of `init`: segments with the same id share codec parameters.
+        init_id: u64,
+    },
+    /// Append `bytes` (one `prft`+`moof`+`mdat` part) to the segment's file, then
+    /// fdatasync it: the part is complete and durable after that.
+    Part {
+        /// The segment it belongs to.
+        segment: u64,
+        /// The part's bytes.
+        bytes: Bytes,
+        /// Its index entry (byte offset in the file, media and wall times, keyframe flag).
+        record: PartRecord,
+    },
+    /// The segment is complete: close its file (after the last part's sync).
+    SegmentEnded {
+        /// The segment.
+        segment: u64,
+        /// Why it ended.
+        reason: CutReason,
+        /// Its index entry (the driver fills in [`SegmentRecord::path`]).
+        record: SegmentRecord,
+    },
+}
+
+/// Counters of a writer's life (the driver logs drops at most once a minute).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArchiveStats {
+    /// Frames written into segments.
+    pub frames: u64,
+    /// Frames dropped because they arrived after frames they should precede, beyond the
+    /// reordering window (their track's decode time went backwards).
+    pub dropped_late: u64,
+    /// Frames dropped because the MP4 writer refused them (empty, gap too large, unknown track).
+    pub dropped_invalid: u64,
+    /// Frames skipped while waiting for a keyframe to start a segment (at the start, or
+    /// after a publisher change): nothing decodable is lost.
+    pub skipped_before_keyframe: u64,
+    /// Parts produced.
+    pub parts: u64,
+    /// Segments started.
+    pub segments: u64,
+    /// Bytes produced (inits and parts).
+    pub bytes: u64,
+}
+
+impl ArchiveStats {
+    /// Frames lost: dropped late or invalid.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_late + self.dropped_invalid
+    }
+}
+
+/// A frame in the reordering window.
+#[derive(Debug)]
+struct Queued {
+    /// Decode time on the common clock, nanoseconds.
+    time: i128,
+    frame: Frame,
+    /// The wall-clock mapping jumped at this frame: a new segment starts with it.
+    step: bool,
+    /// New parameters for its track take effect at this frame.
+    params: Option<CodecParams>,
+}
+
+/// The segment being written.
+struct Segment {
+    id: u64,
+    /// None only while closing.
+    writer: Option<Mp4Writer<Vec<u8>>>,
+    init: InitInfo,
+    init_id: u64,
+    /// Common-clock time (ns) of its first frame: media time 0 of the file.
+    origin: i128,
+    /// That origin in each track's clock.
+    origin_ticks: Vec<i64>,
+    /// Last decode time written per track (ticks from the origin).
+    last_dts: Vec<Option<u64>>,
+    /// Bytes written to the file so far.
+    len: u64,
+    start_wall: SystemTime,
+    parts: Vec<PartRecord>,
+}
+
+/// Turns a stream's timed access units into fMP4 segments (see the [module docs](super)).
+pub struct SegmentWriter {
+    config: ArchiveConfig,
+    params: Vec<CodecParams>,
+    /// Parameters announced but not yet effective (at the track's next keyframe).
+    announced: Vec<Option<CodecParams>>,
+    /// Index of the lead track: the first video track, else the first.
+    lead: usize,
+    video: bool,
+    window: VecDeque<Queued>,
+    /// Latest common-clock time pushed (ns).
+    newest: Option<i128>,
+    /// Wall minus media (ns), smoothed: maps media time to wall clock per part.
+    offset: Option<i128>,
+    segment: Option<Segment>,
+    next_id: u64,
+    /// Whether the next segment must start at a keyframe of the lead track.
+    wait_keyframe: bool,
+    out: VecDeque<ArchiveOutput>,
+    stats: ArchiveStats,
+}
+
+impl std::fmt::Debug for SegmentWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentWriter")
+            .field("tracks", &self.params.len())
+            .field("window", &self.window.len())
+            .field("segment", &self.segment.as_ref().map(|s| s.id))
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// Nanoseconds of `ticks` at `scale` ticks per second.
+fn ticks_to_ns(ticks: i64, scale: u32) -> i128 {
+    i128::from(ticks) * 1_000_000_000 / i128::from(scale.max(1))
+}
+
+/// Ticks at `scale` of `ns` nanoseconds (rounded to nearest).
+fn ns_to_ticks(ns: i128, scale: u32) -> i64 {
+    let t = (ns * i128::from(scale) + 500_000_000).div_euclid(1_000_000_000);
+    i64::try_from(t).unwrap_or(if t < 0 { i64::MIN } else { i64::MAX })
+}
+
+fn wall_ns(t: SystemTime) -> i128 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+fn wall_from_ns(ns: i128) -> SystemTime {
+    let d = Duration::from_nanos(u64::try_from(ns.unsigned_abs()).unwrap_or(u64::MAX));
+    if ns >= 0 {
+        SystemTime::UNIX_EPOCH + d
+    } else {
+        SystemTime::UNIX_EPOCH
+            .checked_sub(d)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+impl SegmentWriter {
+    /// A writer of tracks with these codec parameters (H.264, H.265, AAC, Opus: what
+    /// [`Mp4Writer`] supports). Fails on an empty or unsupported track list, checked by
+    /// building an init once.
+    pub fn new(
+        params: Vec<CodecParams>,
+        config: ArchiveConfig,
+    ) -> Result<SegmentWriter, ArchiveError> {
+        config.validate()?;
+        Mp4Writer::new(Vec::new(), &params).map_err(ArchiveError::Mux)?;
+        let lead = params.iter().position(|p| p.codec.is_video());
+        Ok(SegmentWriter {
+            config,
+            announced: vec![None; params.len()],
+            lead: lead.unwrap_or(0),
+            video: lead.is_some(),
+            params,
+            window: VecDeque::new(),
+            newest: None,
+            offset: None,
+            segment: None,
+            next_id: 1,
+            wait_keyframe: true,
+            out: VecDeque::new(),
+            stats: ArchiveStats::default(),
+        })
+    }
+
+    /// Announces `track`'s codec parameters (from the SDP or in-band parameter sets). New
+    /// ones take effect at the track's next keyframe pushed, which then starts a new
+    /// segment with a new init (for audio, whose frames are all keyframes: the next frame).
+    /// Unchanged parameters do nothing.
+    pub fn set_params(&mut self, track: usize, params: CodecParams) {
+        let (Some(current), Some(slot)) = (self.params.get(track), self.announced.get_mut(track))
+        else {
+            return;
+        };
+        *slot = (*current != params).then_some(params);
+    }
+
+    /// Feeds a frame that arrived at wall clock `wall` (the caller's clock reading, or the
+    /// sender's clock through RTCP). Frames wait in the reordering window
+    /// ([`ArchiveConfig::reorder_window`] of media time) so that tracks interleave in time;
+    /// then they are written, and whatever completes shows up in
+    /// [`SegmentWriter::poll_output`].
+    pub fn push(&mut self, frame: Frame, wall: SystemTime) {
+        let Some(p) = self.params.get(frame.track) else {
+            self.stats.dropped_invalid += 1;
+            return;
+        };
+        let time = ticks_to_ns(frame.dts, p.clock_rate());
+        let measured = wall_ns(wall) - time;
+        let mut step = false;
+        match self.offset {
+            None => self.offset = Some(measured),
+            Some(o) if (measured - o).unsigned_abs() > self.config.clock_step.as_nanos() => {
+                step = true;
+                self.offset = Some(measured);
+                self.newest = None;
+                self.drain_window();
+            }
+            Some(o) => self.offset = Some(o + (measured - o) / 16),
+        }
+        let params = if frame.keyframe {
+            self.announced.get_mut(frame.track).and_then(Option::take)
+        } else {
+            None
+        };
+        let at = self
+            .window
+            .iter()
+            .rposition(|q| q.time <= time)
+            .map_or(0, |i| i + 1);
+        self.window.insert(
+            at,
+            Queued {
+                time,
+                frame,
+                step,
+                params,
+            },
+        );
+        let newest = self.newest.map_or(time, |n| n.max(time));
+        self.newest = Some(newest);
+        let horizon = newest - self.config.reorder_window.as_nanos() as i128;
+        while let Some(q) = self.window.front() {
+            if q.time > horizon && self.window.len() <= MAX_WINDOW_FRAMES {
+                break;
+            }
+            if let Some(q) = self.window.pop_front() {
+                self.write(q);
+            }
+        }
+    }
+
+    /// Ends the current segment now (publisher change, stop): writes the frames in the
+    /// window and the last part, and makes the next segment wait for a keyframe.
+    pub fn cut(&mut self, reason: CutReason) {
+        self.drain_window();
+        self.close(reason, None);
+        self.wait_keyframe = true;
+        self.newest = None;
+    }
+
+    /// Ends recording: [`SegmentWriter::cut`] with [`CutReason::Stop`].
+    pub fn finish(&mut self) {
+        self.cut(CutReason::Stop);
+    }
+
+    /// The next thing to do with the output.
+    pub fn poll_output(&mut self) -> Option<ArchiveOutput> {
+        self.out.pop_front()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ArchiveStats {
+        self.stats
+    }
+
+    /// The current segment's number, if one is open.
+    pub fn segment(&self) -> Option<u64> {
+        self.segment.as_ref().map(|s| s.id)
+    }
+
+    fn drain_window(&mut self) {
+        while let Some(q) = self.window.pop_front() {
+            self.write(q);
+        }
+    }
+
+    /// Writes a frame leaving the window: first the segment cuts it causes.
+    fn write(&mut self, q: Queued) {
+        let track = q.frame.track;
+        if q.step && self.segment.is_some() {
+            self.close(CutReason::ClockStep, None);
+        }
+        if let Some(p) = q.params {
+            if self.segment.is_some() {
+                self.close(CutReason::ParamsChanged { track }, Some(q.time));
+            }
+            if let Some(slot) = self.params.get_mut(track) {
+                *slot = p;
+            }
+        }
+        let lead_key = (track == self.lead && q.frame.keyframe) || !self.video;
+        if let Some(s) = &self.segment {
+            let age = q.time - s.origin;
+            if lead_key && age >= self.config.segment_duration.as_nanos() as i128 {
+                self.close(CutReason::Duration, Some(q.time));
+            }
+        }
+        if self.segment.is_none() {
+            if self.wait_keyframe && !lead_key {
+                self.stats.skipped_before_keyframe += 1;
+                return;
+            }
+            if let Err(_e) = self.open(q.time) {
+                self.stats.dropped_invalid += 1;
+                return;
+            }
+        }
+        let Some(s) = self.segment.as_mut() else {
+            return;
+        };
+        let (Some(origin), Some(last)) = (s.origin_ticks.get(track), s.last_dts.get_mut(track))
+        else {
+            self.stats.dropped_invalid += 1;
+            return;
+        };
+        let Ok(dts) = u64::try_from(q.frame.dts.saturating_sub(*origin)) else {
+            self.stats.dropped_late += 1;
+            return;
+        };
+        let dts = match *last {
+            Some(l) if dts < l => {
+                self.stats.dropped_late += 1;
+                return;
+            }
+            Some(l) if dts == l => l + 1,
+            _ => dts,
+        };
+        let cto = i32::try_from(q.frame.pts.saturating_sub(q.frame.dts)).unwrap_or(0);
+        let Some(writer) = s.writer.as_mut() else {
+            return;
+        };
+        match writer.write_sample(track, dts, cto, q.frame.keyframe, &q.frame.data) {
+            Ok(()) => {
+                *last = Some(dts);
+                self.stats.frames += 1;
+            }
+            Err(_) => {
+                self.stats.dropped_invalid += 1;
+                return;
+            }
+        }
+        let bytes = writer.take_output();
+        if !bytes.is_empty() {
+            let offset = self.offset.unwrap_or(0);
+            emit_part(s, bytes, offset, &mut self.stats, &mut self.out);
+        }
+    }
+
+    /// Starts a segment whose media time 0 is common-clock `origin` (ns).
+    fn open(&mut self, origin: i128) -> Result<(), ArchiveError> {
+        let mut writer = Mp4Writer::new(Vec::new(), &self.params)
+            .map_err(ArchiveError::Mux)?
+            .with_part_duration(self.config.part_duration);
+        let init = writer.take_output();
+        let info = parse_init(&init).map_err(ArchiveError::OwnOutput)?;
+        let init_id = fnv1a(&init);
+        let start_wall = wall_from_ns(origin + self.offset.unwrap_or(0));
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stats.segments += 1;
+        self.stats.bytes += init.len() as u64;
+        self.wait_keyframe = false;
+        self.segment = Some(Segment {
+            id,
+            writer: Some(writer),
+            init: info,
+            init_id,
+            origin,
+            origin_ticks: self
+                .params
+                .iter()
+                .map(|p| ns_to_ticks(origin, p.clock_rate()))
+                .collect(),
+            last_dts: vec![None; self.params.len()],
+            len: init.len() as u64,
+            start_wall,
+            parts: Vec::new(),
+        });
+        self.out.push_back(ArchiveOutput::SegmentStarted {
+            segment: id,
+            wall: start_wall,
+            init: Bytes::from(init),
+            init_id,
+        });
+        Ok(())
+    }
+
+    /// Ends the open segment, if any; `end` (common clock, ns) is where the next segment
+    /// starts, so that the last samples last until then.
+    fn close(&mut self, reason: CutReason, end: Option<i128>) {
+        let Some(mut s) = self.segment.take() else {
+            return;
+        };
+        let ends: Vec<Option<u64>> = self
+            .params
+            .iter()
+            .zip(&s.origin_ticks)
+            .map(|(p, o)| {
+                let e = ns_to_ticks(end?, p.clock_rate()).checked_sub(*o)?;
+                u64::try_from(e).ok()
+            })
+            .collect();
+        if let Some(writer) = s.writer.take() {
+            match writer.close(&ends) {
+                Ok(tail) if !tail.is_empty() => {
+                    let offset = self.offset.unwrap_or(0);
+                    emit_part(&mut s, tail, offset, &mut self.stats, &mut self.out);
+                }
+                Ok(_) => {}
+                Err(_) => self.stats.dropped_invalid += 1,
+            }
+        }
+        let media_end = s.parts.last().map_or(Duration::ZERO, |p| p.media_end);
+        let end_wall = s.parts.last().map_or(s.start_wall, |p| {
+            p.wall_start + p.media_end.saturating_sub(p.media_start)
+        });
+        let record = SegmentRecord {
+            path: String::new(),
+            init_id: s.init_id,
+            start_wall: s.parts.first().map_or(s.start_wall, |p| p.wall_start),
+            end_wall,
+            media_end,
+            bytes: s.len,
+            recovered: false,
+            parts: s.parts,
+        };
+        self.out.push_back(ArchiveOutput::SegmentEnded {
+            segment: s.id,
+            reason,
+            record,
+        });
+    }
+}
+
+/// Wraps a fragment the MP4 writer cut into a part of `s`: a `prft` with the wall clock of
+/// its first sample (media time plus the media→wall `offset`, ns) in front.
+fn emit_part(
+    s: &mut Segment,
+    fragment: Vec<u8>,
+    offset: i128,
+    stats: &mut ArchiveStats,
+    out: &mut VecDeque<ArchiveOutput>,
+) {
+    let Ok(info) = read_fragment(&fragment, &s.init) else {
+        // The MP4 writer's output always parses; count rather than write garbage.
+        stats.dropped_invalid += 1;
+        return;
+    };
+    let (start, end) = info.span(&s.init);
+    let wall_start = wall_from_ns(s.origin + start.as_nanos() as i128 + offset);
+    let lead = s.init.tracks.get(s.init.lead);
+    let media_time = info
+        .tracks
+        .iter()
+        .find(|t| t.track == s.init.lead)
+        .map_or(0, |t| t.base_dts);
+    let mut bytes = Vec::with_capacity(32 + fragment.len());
+    bytes.extend_from_slice(&32u32.to_be_bytes());
+    bytes.extend_from_slice(b"prft");
+    // Version 1 (64-bit media time); flags 24: the time comes consistently from the
+    // media→wall mapping, not from when the box was written.
+    bytes.extend_from_slice(&0x0100_0018u32.to_be_bytes());
+    bytes.extend_from_slice(&lead.map_or(1, |t| t.id).to_be_bytes());
+    bytes.extend_from_slice(&system_to_ntp(wall_start).to_be_bytes());
+    bytes.extend_from_slice(&media_time.to_be_bytes());
+    bytes.extend_from_slice(&fragment);
+    let record = PartRecord {
+        offset: s.len,
+        len: bytes.len() as u64,
+        media_start: start,
+        media_end: end,
+        wall_start,
+        keyframe: info.starts_with_keyframe(&s.init),
+    };
+    s.len += bytes.len() as u64;
+    s.parts.push(record.clone());
+    stats.parts += 1;
+    stats.bytes += bytes.len() as u64;
+    out.push_back(ArchiveOutput::Part {
+        segment: s.id,
+        bytes: Bytes::from(bytes),
+        record,
+    });
+}
