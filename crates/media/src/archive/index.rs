@@ -105,6 +105,15 @@ fn from_micros(us: i64) -> SystemTime {
     }
 }
 
+/// `t` rounded to the nearest microsecond (the index's precision).
+fn round_micros(t: SystemTime) -> SystemTime {
+    let ns = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    };
+    from_micros(i64::try_from((ns + 500).div_euclid(1000)).unwrap_or(i64::MAX))
+}
+
 fn dur_micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -273,7 +282,7 @@ pub fn reindex(path: &str, bytes: &[u8]) -> Result<SegmentRecord, Damage> {
     let mut parts: Vec<PartRecord> = Vec::with_capacity(r.parts.len());
     for p in &r.parts {
         let (media_start, media_end) = p.span(init);
-        let wall_start = p.wall().unwrap_or_else(|| {
+        let wall_start = p.wall().map(round_micros).unwrap_or_else(|| {
             parts.last().map_or(SystemTime::UNIX_EPOCH, |prev| {
                 prev.wall_end() + media_start.saturating_sub(prev.media_end)
             })

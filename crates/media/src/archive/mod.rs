@@ -4,7 +4,10 @@
 //! **Segments.** A [`SegmentWriter`] turns [`Frame`]s into segments, each a self-describing
 //! fragmented MP4: an init (`ftyp` + `moov`, codec boxes from the tracks' [`CodecParams`],
 //! i.e. SDP or in-band parameter sets), then parts, each a `prft` (the wall clock of its
-//! first sample, NTP format) + `moof` + `mdat`. Parts are cut on time
+//! first sample, NTP format) + `moof` + `mdat` + a `skip` box holding the part's CRC-32 (so
+//! that a part a crash left with zeros or stale bytes in place of its tail is not taken for
+//! complete; players skip the box). A `free` box after the `moov` says the file is such an
+//! archive segment. Parts are cut on time
 //! ([`ArchiveConfig::part_duration`]), not only at keyframes: a part may begin with a
 //! non-keyframe, its sample flags then say so. A new segment starts at the first keyframe
 //! after [`ArchiveConfig::segment_duration`], and at once, without losing a frame, when a
@@ -57,6 +60,7 @@
 //! # Ok::<(), sluice_media::archive::ArchiveError>(())
 //! ```
 
+mod crc;
 mod index;
 mod parse;
 mod writer;
@@ -154,7 +158,8 @@ pub fn system_to_ntp(t: SystemTime) -> u64 {
 /// The wall clock time of a 64-bit NTP timestamp (era 0, i.e. before 2036).
 pub fn ntp_to_system(ntp: u64) -> SystemTime {
     let secs = ntp >> 32;
-    let nanos = ((ntp & 0xffff_ffff) * 1_000_000_000) >> 32;
+    // Rounded to the nearest nanosecond, so that whole microseconds survive a round trip.
+    let nanos = ((ntp & 0xffff_ffff) * 1_000_000_000 + (1 << 31)) >> 32;
     let since_unix = Duration::new(secs.saturating_sub(NTP_UNIX_OFFSET), nanos as u32);
     SystemTime::UNIX_EPOCH + since_unix
 }

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::crc::crc32;
 use super::ntp_to_system;
 
 /// What made the rest of a file unusable, and where it starts.
@@ -44,7 +45,17 @@ pub struct InitInfo {
     /// Index (in `tracks`) of the track whose clock times the parts: the first video track,
     /// else the first track (the writer's rule).
     pub lead: usize,
+    /// Whether the init ends with the archive's marker (a `free` box starting with
+    /// [`MARKER`]): then every part ends with a checksum box, and a part without a matching
+    /// one is incomplete.
+    pub checksummed: bool,
 }
+
+/// The body of the `free` box the archive writes after the `moov`.
+pub(crate) const MARKER: &[u8] = b"sluice-archive-v1: parts end with a crc32 skip box";
+
+/// The type tag opening the body of a part's closing checksum box (`skip`).
+pub(crate) const CRC_TAG: &[u8; 4] = b"sl32";
 
 /// One track's run of samples in a part.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +272,16 @@ pub(crate) fn parse_init(buf: &[u8]) -> Result<InitInfo, Damage> {
             b"moov" if seen_ftyp => {
                 let mut info = parse_moov(buf, h).map_err(|r| damage(pos, format!("moov: {r}")))?;
                 info.len = h.end as u64;
+                if let Ok(f) = head(buf, h.end, buf.len()) {
+                    if &f.kind == b"free"
+                        && buf
+                            .get(f.body..f.end)
+                            .is_some_and(|b| b.starts_with(MARKER))
+                    {
+                        info.checksummed = true;
+                        info.len = f.end as u64;
+                    }
+                }
                 return Ok(info);
             }
             b"free" | b"skip" if seen_ftyp => {}
@@ -315,6 +336,7 @@ fn parse_moov(buf: &[u8], moov: BoxHead) -> Result<InitInfo, String> {
         len: 0,
         tracks,
         lead,
+        checksummed: false,
     })
 }
 
@@ -640,7 +662,7 @@ pub(crate) fn recover(buf: &[u8]) -> Recovered {
         if pos >= buf.len() {
             break None;
         }
-        match read_part(buf, pos, &init, last_seq) {
+        match read_part(buf, pos, &init, last_seq, init.checksummed) {
             Ok(Step::Part(p, end)) => {
                 last_seq = Some(p.sequence);
                 parts.push(p);
@@ -670,7 +692,7 @@ pub(crate) fn recover(buf: &[u8]) -> Recovered {
 
 /// Reads one part (`[prft] moof mdat`) that is all of `buf` (a fragment just written).
 pub(crate) fn read_fragment(buf: &[u8], init: &InitInfo) -> Result<PartInfo, String> {
-    match read_part(buf, 0, init, None)? {
+    match read_part(buf, 0, init, None, false)? {
         Step::Part(p, _) => Ok(p),
         Step::Skip(_) => Err("not a part".into()),
     }
@@ -684,11 +706,13 @@ enum Step {
     Skip(usize),
 }
 
+/// Reads the part at `pos`; with `checksum`, it must end with a checksum box that matches.
 fn read_part(
     buf: &[u8],
     pos: usize,
     init: &InitInfo,
     last_seq: Option<u32>,
+    checksum: bool,
 ) -> Result<Step, String> {
     let mut h = head(buf, pos, buf.len())?;
     if matches!(&h.kind, b"free" | b"skip" | b"styp" | b"sidx" | b"mfra") {
@@ -727,14 +751,33 @@ fn read_part(
             ));
         }
     }
+    let mut end = m.end;
+    if checksum {
+        let c = head(buf, m.end, buf.len())?;
+        let body = buf.get(c.body..c.end).unwrap_or_default();
+        let (Some(tag), Some(sum)) = (body.get(..4), body.get(4..8)) else {
+            return Err("part without its checksum box".into());
+        };
+        if &c.kind != b"skip" || tag != CRC_TAG {
+            return Err(format!(
+                "expected the part's checksum box, found {}",
+                show(&c.kind)
+            ));
+        }
+        let want = u32::from_be_bytes(sum.try_into().map_err(|_| "checksum")?);
+        if crc32(buf.get(pos..m.end).unwrap_or_default()) != want {
+            return Err("part checksum mismatch (torn write)".into());
+        }
+        end = c.end;
+    }
     Ok(Step::Part(
         PartInfo {
             offset: pos as u64,
-            len: (m.end - pos) as u64,
+            len: (end - pos) as u64,
             sequence,
             ntp,
             tracks: runs.into_iter().map(|r| r.part).collect(),
         },
-        m.end,
+        end,
     ))
 }

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use super::crc::crc32;
 use super::index::{fnv1a, PartRecord, SegmentRecord};
-use super::parse::{parse_init, read_fragment, InitInfo};
+use super::parse::{parse_init, read_fragment, InitInfo, CRC_TAG, MARKER};
 use super::{system_to_ntp, ArchiveConfig, ArchiveError};
 use crate::mux::Mp4Writer;
 use crate::params::CodecParams;
@@ -15,6 +16,10 @@ use crate::params::CodecParams;
 /// Most frames held in the reordering window whatever their times say (bounds memory when a
 /// sender stamps everything alike).
 const MAX_WINDOW_FRAMES: usize = 4096;
+
+/// Consecutive frames whose media→wall offset jumped alike that make a clock step (fewer:
+/// they were late frames).
+const STEP_CONFIRM: usize = 3;
 
 /// One access unit of a track, timed on the stream's media clock.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,8 +139,6 @@ struct Queued {
     /// Decode time on the common clock, nanoseconds.
     time: i128,
     frame: Frame,
-    /// The wall-clock mapping jumped at this frame: a new segment starts with it.
-    step: bool,
     /// New parameters for its track take effect at this frame.
     params: Option<CodecParams>,
 }
@@ -173,6 +176,9 @@ pub struct SegmentWriter {
     newest: Option<i128>,
     /// Wall minus media (ns), smoothed: maps media time to wall clock per part.
     offset: Option<i128>,
+    /// Frames whose offset jumped beyond the clock step: late frames, or the start of a
+    /// step (with their common-clock times and offsets).
+    suspects: Vec<(Frame, i128, i128)>,
     segment: Option<Segment>,
     next_id: u64,
     /// Whether the next segment must start at a keyframe of the lead track.
@@ -241,6 +247,7 @@ impl SegmentWriter {
             window: VecDeque::new(),
             newest: None,
             offset: None,
+            suspects: Vec::new(),
             segment: None,
             next_id: 1,
             wait_keyframe: true,
@@ -273,17 +280,42 @@ impl SegmentWriter {
         };
         let time = ticks_to_ns(frame.dts, p.clock_rate());
         let measured = wall_ns(wall) - time;
-        let mut step = false;
+        let step = self.config.clock_step.as_nanos();
+        let far = |a: i128, b: i128| (a - b).unsigned_abs() > step;
         match self.offset {
             None => self.offset = Some(measured),
-            Some(o) if (measured - o).unsigned_abs() > self.config.clock_step.as_nanos() => {
-                step = true;
-                self.offset = Some(measured);
-                self.newest = None;
-                self.drain_window();
+            Some(o) if far(measured, o) => {
+                // A late frame, or the first of a clock step: held until the next frames
+                // tell which.
+                if self.suspects.first().is_some_and(|s| far(measured, s.2)) {
+                    self.release_suspects();
+                }
+                self.suspects.push((frame, time, measured));
+                if self.suspects.len() >= STEP_CONFIRM {
+                    self.drain_window();
+                    self.close(CutReason::ClockStep, None);
+                    self.offset = Some(measured);
+                    self.newest = None;
+                    self.release_suspects();
+                }
+                return;
             }
             Some(o) => self.offset = Some(o + (measured - o) / 16),
         }
+        self.release_suspects();
+        self.enqueue(frame, time);
+    }
+
+    /// Puts held suspects through as ordinary frames.
+    fn release_suspects(&mut self) {
+        for (frame, time, _) in std::mem::take(&mut self.suspects) {
+            self.enqueue(frame, time);
+        }
+    }
+
+    /// Puts a frame (common-clock decode time `time`, ns) in the reordering window and
+    /// writes the frames that leave it.
+    fn enqueue(&mut self, frame: Frame, time: i128) {
         let params = if frame.keyframe {
             self.announced.get_mut(frame.track).and_then(Option::take)
         } else {
@@ -299,7 +331,6 @@ impl SegmentWriter {
             Queued {
                 time,
                 frame,
-                step,
                 params,
             },
         );
@@ -319,6 +350,7 @@ impl SegmentWriter {
     /// Ends the current segment now (publisher change, stop): writes the frames in the
     /// window and the last part, and makes the next segment wait for a keyframe.
     pub fn cut(&mut self, reason: CutReason) {
+        self.release_suspects();
         self.drain_window();
         self.close(reason, None);
         self.wait_keyframe = true;
@@ -354,9 +386,6 @@ impl SegmentWriter {
     /// Writes a frame leaving the window: first the segment cuts it causes.
     fn write(&mut self, q: Queued) {
         let track = q.frame.track;
-        if q.step && self.segment.is_some() {
-            self.close(CutReason::ClockStep, None);
-        }
         if let Some(p) = q.params {
             if self.segment.is_some() {
                 self.close(CutReason::ParamsChanged { track }, Some(q.time));
@@ -428,7 +457,10 @@ impl SegmentWriter {
         let mut writer = Mp4Writer::new(Vec::new(), &self.params)
             .map_err(ArchiveError::Mux)?
             .with_part_duration(self.config.part_duration);
-        let init = writer.take_output();
+        let mut init = writer.take_output();
+        init.extend_from_slice(&(8 + MARKER.len() as u32).to_be_bytes());
+        init.extend_from_slice(b"free");
+        init.extend_from_slice(MARKER);
         let info = parse_init(&init).map_err(ArchiveError::OwnOutput)?;
         let init_id = fnv1a(&init);
         let start_wall = wall_from_ns(origin + self.offset.unwrap_or(0));
@@ -524,14 +556,16 @@ fn emit_part(
         return;
     };
     let (start, end) = info.span(&s.init);
-    let wall_start = wall_from_ns(s.origin + start.as_nanos() as i128 + offset);
+    // Whole microseconds, the index's precision, so that a reindex finds the same times.
+    let ns = s.origin + start.as_nanos() as i128 + offset;
+    let wall_start = wall_from_ns((ns + 500).div_euclid(1000) * 1000);
     let lead = s.init.tracks.get(s.init.lead);
     let media_time = info
         .tracks
         .iter()
         .find(|t| t.track == s.init.lead)
         .map_or(0, |t| t.base_dts);
-    let mut bytes = Vec::with_capacity(32 + fragment.len());
+    let mut bytes = Vec::with_capacity(48 + fragment.len());
     bytes.extend_from_slice(&32u32.to_be_bytes());
     bytes.extend_from_slice(b"prft");
     // Version 1 (64-bit media time); flags 24: the time comes consistently from the
@@ -541,6 +575,11 @@ fn emit_part(
     bytes.extend_from_slice(&system_to_ntp(wall_start).to_be_bytes());
     bytes.extend_from_slice(&media_time.to_be_bytes());
     bytes.extend_from_slice(&fragment);
+    let sum = crc32(&bytes);
+    bytes.extend_from_slice(&16u32.to_be_bytes());
+    bytes.extend_from_slice(b"skip");
+    bytes.extend_from_slice(CRC_TAG);
+    bytes.extend_from_slice(&sum.to_be_bytes());
     let record = PartRecord {
         offset: s.len,
         len: bytes.len() as u64,
