@@ -138,6 +138,8 @@ impl ArchiveStats {
 struct Queued {
     /// Decode time on the common clock, nanoseconds.
     time: i128,
+    /// Its merge key (see [`SegmentWriter::enqueue`]), nanoseconds.
+    key: i128,
     frame: Frame,
     /// New parameters for its track take effect at this frame.
     params: Option<CodecParams>,
@@ -152,6 +154,8 @@ struct Segment {
     init_id: u64,
     /// Common-clock time (ns) of its first frame: media time 0 of the file.
     origin: i128,
+    /// The window key of its first frame (segment durations are measured in keys).
+    origin_key: i128,
     /// That origin in each track's clock.
     origin_ticks: Vec<i64>,
     /// Last decode time written per track (ticks from the origin).
@@ -171,8 +175,13 @@ pub struct SegmentWriter {
     /// Index of the lead track: the first video track, else the first.
     lead: usize,
     video: bool,
-    window: VecDeque<Queued>,
-    /// Latest common-clock time pushed (ns).
+    /// The reordering window: a queue per track.
+    window: Vec<VecDeque<Queued>>,
+    /// Frames in the window.
+    queued: usize,
+    /// Per track: the last key given.
+    last_key: Vec<Option<i128>>,
+    /// Latest key pushed (ns).
     newest: Option<i128>,
     /// Wall minus media (ns), smoothed: maps media time to wall clock per part.
     offset: Option<i128>,
@@ -191,7 +200,7 @@ impl std::fmt::Debug for SegmentWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SegmentWriter")
             .field("tracks", &self.params.len())
-            .field("window", &self.window.len())
+            .field("window", &self.queued)
             .field("segment", &self.segment.as_ref().map(|s| s.id))
             .field("stats", &self.stats)
             .finish()
@@ -238,13 +247,16 @@ impl SegmentWriter {
         config.validate()?;
         Mp4Writer::new(Vec::new(), &params).map_err(ArchiveError::Mux)?;
         let lead = params.iter().position(|p| p.codec.is_video());
+        let n = params.len();
         Ok(SegmentWriter {
             config,
             announced: vec![None; params.len()],
             lead: lead.unwrap_or(0),
             video: lead.is_some(),
             params,
-            window: VecDeque::new(),
+            window: (0..n).map(|_| VecDeque::new()).collect(),
+            queued: 0,
+            last_key: vec![None; n],
             newest: None,
             offset: None,
             suspects: Vec::new(),
@@ -295,7 +307,7 @@ impl SegmentWriter {
                     self.drain_window();
                     self.close(CutReason::ClockStep, None);
                     self.offset = Some(measured);
-                    self.newest = None;
+                    self.restart_keys();
                     self.release_suspects();
                 }
                 return;
@@ -313,38 +325,60 @@ impl SegmentWriter {
         }
     }
 
-    /// Puts a frame (common-clock decode time `time`, ns) in the reordering window and
-    /// writes the frames that leave it.
+    /// Puts a frame (common-clock decode time `time`, ns) in its track's queue of the
+    /// reordering window and writes the frames that leave it.
+    ///
+    /// Each track's frames keep their order (decode order); tracks are merged by a key:
+    /// the largest presentation time of the track so far. A (closed-GOP) video keyframe is
+    /// presented after every frame before it in decode order, so its key is its
+    /// presentation time, and the audio presented before it goes to the segment it ends.
     fn enqueue(&mut self, frame: Frame, time: i128) {
+        let track = frame.track;
         let params = if frame.keyframe {
-            self.announced.get_mut(frame.track).and_then(Option::take)
+            self.announced.get_mut(track).and_then(Option::take)
         } else {
             None
         };
-        let at = self
-            .window
-            .iter()
-            .rposition(|q| q.time <= time)
-            .map_or(0, |i| i + 1);
-        self.window.insert(
-            at,
-            Queued {
-                time,
-                frame,
-                params,
-            },
-        );
-        let newest = self.newest.map_or(time, |n| n.max(time));
+        let clock = self.params.get(track).map_or(1, CodecParams::clock_rate);
+        let (Some(last_key), Some(queue)) =
+            (self.last_key.get_mut(track), self.window.get_mut(track))
+        else {
+            return;
+        };
+        let pts = ticks_to_ns(frame.pts, clock);
+        let key = last_key.map_or(pts, |k| k.max(pts));
+        *last_key = Some(key);
+        queue.push_back(Queued {
+            time,
+            key,
+            frame,
+            params,
+        });
+        self.queued += 1;
+        let newest = self.newest.map_or(key, |n| n.max(key));
         self.newest = Some(newest);
         let horizon = newest - self.config.reorder_window.as_nanos() as i128;
-        while let Some(q) = self.window.front() {
-            if q.time > horizon && self.window.len() <= MAX_WINDOW_FRAMES {
-                break;
-            }
-            if let Some(q) = self.window.pop_front() {
-                self.write(q);
-            }
+        while let Some(q) =
+            self.pop_earliest(|key, queued| key <= horizon || queued > MAX_WINDOW_FRAMES)
+        {
+            self.write(q);
         }
+    }
+
+    /// Takes the frame with the smallest key among the track queues' heads, if `take(key,
+    /// frames queued)` agrees.
+    fn pop_earliest(&mut self, take: impl Fn(i128, usize) -> bool) -> Option<Queued> {
+        let (i, key) = self
+            .window
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| Some((i, q.front()?.key)))
+            .min_by_key(|&(i, key)| (key, i))?;
+        if !take(key, self.queued) {
+            return None;
+        }
+        self.queued -= 1;
+        self.window.get_mut(i)?.pop_front()
     }
 
     /// Ends the current segment now (publisher change, stop): writes the frames in the
@@ -354,7 +388,13 @@ impl SegmentWriter {
         self.drain_window();
         self.close(reason, None);
         self.wait_keyframe = true;
+        self.restart_keys();
+    }
+
+    /// Forgets the window keys (the media clock restarts: a step, another publisher).
+    fn restart_keys(&mut self) {
         self.newest = None;
+        self.last_key.iter_mut().for_each(|k| *k = None);
     }
 
     /// Ends recording: [`SegmentWriter::cut`] with [`CutReason::Stop`].
@@ -378,7 +418,7 @@ impl SegmentWriter {
     }
 
     fn drain_window(&mut self) {
-        while let Some(q) = self.window.pop_front() {
+        while let Some(q) = self.pop_earliest(|_, _| true) {
             self.write(q);
         }
     }
@@ -386,9 +426,10 @@ impl SegmentWriter {
     /// Writes a frame leaving the window: first the segment cuts it causes.
     fn write(&mut self, q: Queued) {
         let track = q.frame.track;
+        let here = Some((track, q.time, q.key));
         if let Some(p) = q.params {
             if self.segment.is_some() {
-                self.close(CutReason::ParamsChanged { track }, Some(q.time));
+                self.close(CutReason::ParamsChanged { track }, here);
             }
             if let Some(slot) = self.params.get_mut(track) {
                 *slot = p;
@@ -396,9 +437,9 @@ impl SegmentWriter {
         }
         let lead_key = (track == self.lead && q.frame.keyframe) || !self.video;
         if let Some(s) = &self.segment {
-            let age = q.time - s.origin;
+            let age = q.key - s.origin_key;
             if lead_key && age >= self.config.segment_duration.as_nanos() as i128 {
-                self.close(CutReason::Duration, Some(q.time));
+                self.close(CutReason::Duration, here);
             }
         }
         if self.segment.is_none() {
@@ -406,7 +447,7 @@ impl SegmentWriter {
                 self.stats.skipped_before_keyframe += 1;
                 return;
             }
-            if let Err(_e) = self.open(q.time) {
+            if let Err(_e) = self.open(q.time, q.key) {
                 self.stats.dropped_invalid += 1;
                 return;
             }
@@ -419,17 +460,20 @@ impl SegmentWriter {
             self.stats.dropped_invalid += 1;
             return;
         };
-        let Ok(dts) = u64::try_from(q.frame.dts.saturating_sub(*origin)) else {
-            self.stats.dropped_late += 1;
-            return;
-        };
-        let dts = match *last {
-            Some(l) if dts < l => {
+        // Decode times must increase: a frame a little behind its predecessor (B-frames of
+        // a sender whose decode times are its presentation times) is nudged after it, as
+        // the recorder core does; one further behind than the window is late, dropped.
+        let rel = q.frame.dts.saturating_sub(*origin);
+        let floor = last.map_or(0, |l| l.saturating_add(1));
+        let clock = self.params.get(track).map_or(1, CodecParams::clock_rate);
+        let slack = ns_to_ticks(self.config.reorder_window.as_nanos() as i128, clock);
+        let dts = match u64::try_from(rel) {
+            Ok(d) if d >= floor => d,
+            _ if i128::from(floor) - i128::from(rel) <= i128::from(slack) => floor,
+            _ => {
                 self.stats.dropped_late += 1;
                 return;
             }
-            Some(l) if dts == l => l + 1,
-            _ => dts,
         };
         let cto = i32::try_from(q.frame.pts.saturating_sub(q.frame.dts)).unwrap_or(0);
         let Some(writer) = s.writer.as_mut() else {
@@ -452,8 +496,9 @@ impl SegmentWriter {
         }
     }
 
-    /// Starts a segment whose media time 0 is common-clock `origin` (ns).
-    fn open(&mut self, origin: i128) -> Result<(), ArchiveError> {
+    /// Starts a segment whose media time 0 is common-clock `origin` (ns), at a frame of
+    /// window key `origin_key`.
+    fn open(&mut self, origin: i128, origin_key: i128) -> Result<(), ArchiveError> {
         let mut writer = Mp4Writer::new(Vec::new(), &self.params)
             .map_err(ArchiveError::Mux)?
             .with_part_duration(self.config.part_duration);
@@ -475,6 +520,7 @@ impl SegmentWriter {
             init: info,
             init_id,
             origin,
+            origin_key,
             origin_ticks: self
                 .params
                 .iter()
@@ -494,9 +540,11 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Ends the open segment, if any; `end` (common clock, ns) is where the next segment
-    /// starts, so that the last samples last until then.
-    fn close(&mut self, reason: CutReason, end: Option<i128>) {
+    /// Ends the open segment, if any; `at` (track, decode time and key of the frame that
+    /// starts the next segment, ns) is where the next segment starts, so that the last
+    /// samples last until then: that frame's track until its decode time, the others
+    /// until its key.
+    fn close(&mut self, reason: CutReason, at: Option<(usize, i128, i128)>) {
         let Some(mut s) = self.segment.take() else {
             return;
         };
@@ -504,8 +552,11 @@ impl SegmentWriter {
             .params
             .iter()
             .zip(&s.origin_ticks)
-            .map(|(p, o)| {
-                let e = ns_to_ticks(end?, p.clock_rate()).checked_sub(*o)?;
+            .enumerate()
+            .map(|(i, (p, o))| {
+                let (track, dts, key) = at?;
+                let end = if i == track { dts } else { key };
+                let e = ns_to_ticks(end, p.clock_rate()).checked_sub(*o)?;
                 u64::try_from(e).ok()
             })
             .collect();
