@@ -523,4 +523,3 @@ fn ntp_timestamps_round_trip() {
     assert!(d < Duration::from_nanos(2));
     assert_eq!(system_to_ntp(SystemTime::UNIX_EPOCH) >> 32, 2_208_988_800);
 }
-
