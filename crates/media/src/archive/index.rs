@@ -1,6 +1,11 @@
 //! The index records the server stores per segment (and its parts), their compact binary
 //! encoding, and [`reindex`], which rebuilds a record from a segment file's bytes alone (the
 //! files are self-describing: the index is a cache that can always be rebuilt).
+//!
+//! The server keeps these records in a redb database (pure Rust, one file, ACID commits
+//! that survive a crash, ordered B-tree keys): keyed by (path name, start wall time), a
+//! timeline or seek query is a range scan of the keys around the asked interval, with no
+//! directory walk and no SQL engine to build and link.
 
 use std::time::{Duration, SystemTime};
 

@@ -45,9 +45,9 @@ pub struct InitInfo {
     /// Index (in `tracks`) of the track whose clock times the parts: the first video track,
     /// else the first track (the writer's rule).
     pub lead: usize,
-    /// Whether the init ends with the archive's marker (a `free` box starting with
-    /// [`MARKER`]): then every part ends with a checksum box, and a part without a matching
-    /// one is incomplete.
+    /// Whether the init ends with the archive's marker (a `free` box naming the format):
+    /// then every part ends with a checksum box, and a part without a matching one is
+    /// incomplete.
     pub checksummed: bool,
 }
 
