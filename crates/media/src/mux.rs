@@ -275,8 +275,73 @@ fn sample_entry(index: usize, p: &CodecParams) -> Result<mp4_atom::Codec, MuxErr
                 btrt: None,
             })
         }
+        // G.711: QuickTime's `ulaw`/`alaw` sample entries (what ffmpeg reads), encoded as a
+        // PCM entry whose four-character code [`g711_fourccs`] then rewrites.
+        Codec::Pcmu | Codec::Pcma => mp4_atom::Codec::Sowt(mp4_atom::Sowt {
+            audio: audio(
+                p.channels.filter(|&c| c > 0).unwrap_or(1),
+                p.sample_rate.unwrap_or(8000),
+            ),
+            pcmc: None,
+            chnl: None,
+            btrt: None,
+        }),
         other => return Err(MuxError::Unsupported(other)),
     })
+}
+
+/// Rewrites the sample entry code of the G.711 tracks of an encoded `moov` (written as
+/// `sowt`, see [`sample_entry`]) to `ulaw` / `alaw`. Walks the boxes down to each track's
+/// `stsd`, so no other bytes can be mistaken for the code.
+fn g711_fourccs(moov: &mut [u8], tracks: &[CodecParams]) {
+    /// The child boxes (type, body start, end) of `buf[start..end]`.
+    fn boxes(buf: &[u8], start: usize, end: usize) -> Vec<([u8; 4], usize, usize)> {
+        let mut out = Vec::new();
+        let mut pos = start;
+        while let (Some(size), Some(kind)) = (buf.get(pos..pos + 4), buf.get(pos + 4..pos + 8)) {
+            let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
+            if size < 8 || pos + size > end {
+                break;
+            }
+            out.push(([kind[0], kind[1], kind[2], kind[3]], pos + 8, pos + size));
+            pos += size;
+        }
+        out
+    }
+    let child = |buf: &[u8], (s, e): (usize, usize), kind: &[u8; 4]| {
+        boxes(buf, s, e)
+            .into_iter()
+            .find(|b| &b.0 == kind)
+            .map(|b| (b.1, b.2))
+    };
+    let Some(moov_box) = boxes(moov, 0, moov.len())
+        .into_iter()
+        .find(|b| &b.0 == b"moov")
+    else {
+        return;
+    };
+    let traks: Vec<(usize, usize)> = boxes(moov, moov_box.1, moov_box.2)
+        .into_iter()
+        .filter(|b| &b.0 == b"trak")
+        .map(|b| (b.1, b.2))
+        .collect();
+    for (p, trak) in tracks.iter().zip(traks) {
+        let code: &[u8; 4] = match p.codec {
+            Codec::Pcmu => b"ulaw",
+            Codec::Pcma => b"alaw",
+            _ => continue,
+        };
+        let stsd = child(moov, trak, b"mdia")
+            .and_then(|b| child(moov, b, b"minf"))
+            .and_then(|b| child(moov, b, b"stbl"))
+            .and_then(|b| child(moov, b, b"stsd"));
+        // stsd: version/flags and entry count, then the first entry's size and code.
+        if let Some(entry) = stsd.and_then(|(s, _)| moov.get_mut(s + 12..s + 16)) {
+            if entry == b"sowt" {
+                entry.copy_from_slice(code);
+            }
+        }
+    }
 }
 
 /// The `trak` of a track (no samples: they all go in fragments).
@@ -352,7 +417,8 @@ impl<W: Write> Mp4Writer<W> {
     /// Tracks with their params; each track's timescale is its RTP clock rate ([`CodecParams::clock_rate`]:
     /// 90000 for video, the sample rate for AAC, 48000 for Opus). Writes `ftyp`+`moov`(`mvex`) immediately.
     ///
-    /// Supports H.264 (`avc1`), H.265 (`hvc1`), AAC (`mp4a`) and Opus (`Opus`, mono/stereo) tracks.
+    /// Supports H.264 (`avc1`), H.265 (`hvc1`), AAC (`mp4a`), Opus (`Opus`, mono/stereo) and
+    /// G.711 (`ulaw`, `alaw`: one sample per RTP packet's worth of bytes) tracks.
     pub fn new(mut out: W, tracks: &[CodecParams]) -> Result<Self, MuxError> {
         if tracks.is_empty() {
             return Err(MuxError::BadParams {
@@ -414,6 +480,7 @@ impl<W: Write> Mp4Writer<W> {
         };
         let mut head = encode(&ftyp, "ftyp")?;
         head.extend(encode(&moov, "moov")?);
+        g711_fourccs(&mut head, tracks);
         out.write_all(&head)?;
         out.flush()?;
         Ok(Mp4Writer {

@@ -13,6 +13,7 @@ use common::media_dir;
 use sluice_media::archive::{
     recover, reindex, ArchiveConfig, ArchiveOutput, CutReason, Frame, SegmentRecord, SegmentWriter,
 };
+use sluice_media::{Codec, CodecParams};
 
 /// Makes `secs` seconds of 640x360 25 fps test video and a sine, with a keyframe every
 /// 2 s, encoded by ffmpeg with `args`.
@@ -63,9 +64,9 @@ struct Seg {
     record: SegmentRecord,
 }
 
-/// Records `file` through a segment writer (10 s segments, 1 s parts) in real time on a
-/// virtual wall clock, writing the segments next to it.
-fn archive(file: &Path, tag: &str) -> (Vec<Seg>, u64) {
+/// The samples of `file` as frames on each track's clock, with their times (seconds), and
+/// the tracks' parameters.
+fn frames_of(file: &Path) -> (Vec<CodecParams>, Vec<(Frame, f64)>) {
     let mut d = sluice_media::open(file).expect("open source");
     let info = d.info().clone();
     let params: Vec<_> = info.tracks.iter().map(|t| t.params.clone()).collect();
@@ -74,18 +75,35 @@ fn archive(file: &Path, tag: &str) -> (Vec<Seg>, u64) {
         .iter()
         .map(|t| (t.timescale, t.params.clock_rate()))
         .collect();
+    let to_clock = |track: usize, ticks: i64| {
+        let (scale, clock) = scales[track];
+        (i128::from(ticks) * i128::from(clock) / i128::from(scale)) as i64
+    };
+    let mut frames = Vec::new();
+    while let Some(s) = d.next_sample().expect("sample") {
+        let secs = s.dts as f64 / f64::from(scales[s.track].0);
+        let frame = Frame {
+            track: s.track,
+            dts: to_clock(s.track, s.dts),
+            pts: to_clock(s.track, s.pts),
+            keyframe: s.keyframe,
+            data: s.data,
+        };
+        frames.push((frame, secs));
+    }
+    (params, frames)
+}
+
+/// Records frames through a segment writer (10 s segments, 1 s parts) in real time on a
+/// virtual wall clock, writing the segments to a directory named `tag`.
+fn archive(params: Vec<CodecParams>, mut frames: Vec<(Frame, f64)>, tag: &str) -> (Vec<Seg>, u64) {
     let config = ArchiveConfig {
         segment_duration: Duration::from_secs(10),
         ..ArchiveConfig::default()
     };
     let mut w = SegmentWriter::new(params, config).expect("writer");
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let mut samples = Vec::new();
-    while let Some(s) = d.next_sample().expect("sample") {
-        samples.push(s);
-    }
-    let secs = |track: usize, ticks: i64| ticks as f64 / f64::from(scales[track].0);
-    samples.sort_by(|a, b| secs(a.track, a.dts).total_cmp(&secs(b.track, b.dts)));
+    frames.sort_by(|a, b| a.1.total_cmp(&b.1));
     let dir = media_dir().join(format!("archive-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -117,19 +135,8 @@ fn archive(file: &Path, tag: &str) -> (Vec<Seg>, u64) {
             }
         }
     };
-    let to_clock = |track: usize, ticks: i64| {
-        let (scale, clock) = scales[track];
-        (i128::from(ticks) * i128::from(clock) / i128::from(scale)) as i64
-    };
-    for s in samples {
-        let wall = t0 + Duration::from_secs_f64(secs(s.track, s.dts).max(0.0) + 0.02);
-        let frame = Frame {
-            track: s.track,
-            dts: to_clock(s.track, s.dts),
-            pts: to_clock(s.track, s.pts),
-            keyframe: s.keyframe,
-            data: s.data,
-        };
+    for (frame, secs) in frames {
+        let wall = t0 + Duration::from_secs_f64(secs.max(0.0) + 0.02);
         w.push(frame, wall);
         drain(&mut w);
     }
@@ -201,8 +208,8 @@ fn probe(path: &Path) -> (Vec<(String, f64, f64)>, String) {
     )
 }
 
-fn check(tag: &str, source: &Path) {
-    let (segs, dropped) = archive(source, tag);
+fn check(tag: &str, params: Vec<CodecParams>, frames: Vec<(Frame, f64)>) {
+    let (segs, dropped) = archive(params, frames, tag);
     assert_eq!(dropped, 0, "{tag}: dropped samples");
     assert_eq!(segs.len(), 3, "{tag}: 25 s in 10 s segments");
     let mut total = 0.0;
@@ -314,7 +321,8 @@ fn h264_with_b_frames_and_aac_segments_decode_and_abut() {
             "64k",
         ],
     );
-    check("h264+aac", &src);
+    let (params, frames) = frames_of(&src);
+    check("h264+aac", params, frames);
 }
 
 #[test]
@@ -335,5 +343,68 @@ fn h265_and_opus_segments_decode_and_abut() {
             "48k",
         ],
     );
-    check("h265+opus", &src);
+    let (params, frames) = frames_of(&src);
+    check("h265+opus", params, frames);
+}
+
+/// μ-law (G.711) of a 16-bit linear sample.
+fn ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    let mut v = i32::from(sample);
+    let sign = if v < 0 {
+        v = -v;
+        0x80
+    } else {
+        0
+    };
+    v = (v + BIAS).min(32_635 + BIAS);
+    let exponent = (7 - (v.leading_zeros() as i32 - 17)).clamp(0, 7);
+    let mantissa = (v >> (exponent + 3)) & 0x0f;
+    !(sign | (exponent << 4) as u8 | mantissa as u8)
+}
+
+#[test]
+fn h264_and_pcmu_segments_decode_and_abut() {
+    let src = source(
+        "archive_h264_aac.mp4",
+        25,
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-bf",
+            "2",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+        ],
+    );
+    let (mut params, mut frames) = frames_of(&src);
+    // Keep the video; the audio is a 440 Hz tone in 20 ms G.711 packets.
+    frames.retain(|(f, _)| f.track == 0);
+    params.truncate(1);
+    params.push(CodecParams {
+        sample_rate: Some(8000),
+        channels: Some(1),
+        ..CodecParams::new(Codec::Pcmu, Vec::new())
+    });
+    for n in 0..25 * 50i64 {
+        let data: Vec<u8> = (0..160)
+            .map(|k| {
+                let t = (n * 160 + k) as f64 / 8000.0;
+                ulaw((8000.0 * (t * 440.0 * std::f64::consts::TAU).sin()) as i16)
+            })
+            .collect();
+        let frame = Frame {
+            track: 1,
+            dts: n * 160,
+            pts: n * 160,
+            keyframe: true,
+            data: data.into(),
+        };
+        frames.push((frame, n as f64 / 50.0));
+    }
+    check("h264+pcmu", params, frames);
 }
