@@ -727,6 +727,30 @@ impl<W: Write> Mp4Writer<W> {
         Ok(self.out)
     }
 
+    /// Writes the buffered samples as a fragment now, each track's held last sample lasting
+    /// as long as its previous one (a stalled stream's last media goes out instead of
+    /// waiting for a successor that does not come). The next sample of a track should not
+    /// start before [`Mp4Writer::track_end`].
+    pub fn cut_now(&mut self) -> Result<(), MuxError> {
+        for t in &mut self.tracks {
+            if t.pending.is_some() {
+                let d = if t.last_duration > 0 {
+                    t.last_duration
+                } else {
+                    (t.timescale / 25).max(1)
+                };
+                t.complete_pending(d);
+            }
+        }
+        self.flush()
+    }
+
+    /// Decode time just after the samples of `track` written or buffered, not counting the
+    /// held last one (0 for an unknown track).
+    pub fn track_end(&self, track: usize) -> u64 {
+        self.tracks.get(track).map_or(0, Track::buffered_end)
+    }
+
     /// Bytes written to the output so far.
     pub fn bytes_written(&self) -> u64 {
         self.written

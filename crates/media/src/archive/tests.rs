@@ -523,3 +523,73 @@ fn ntp_timestamps_round_trip() {
     assert!(d < Duration::from_nanos(2));
     assert_eq!(system_to_ntp(SystemTime::UNIX_EPOCH) >> 32, 2_208_988_800);
 }
+
+#[test]
+fn an_idle_stream_gets_its_last_media_out_and_then_continues() {
+    let mut w =
+        SegmentWriter::new(vec![h264(SPROP_360), opus()], ArchiveConfig::default()).unwrap();
+    let (mut open, mut done) = (None, Vec::new());
+    let frames = av(4, 25);
+    let (first, rest) = frames.split_at(frames.len() / 2 + 7);
+    for (f, wall) in first.iter().cloned() {
+        w.push(f, wall);
+    }
+    drain(&mut w, &mut open, &mut done);
+    let before = open.as_ref().map_or(0, Vec::len);
+    // The stream stalls: everything pushed so far is written.
+    w.idle();
+    drain(&mut w, &mut open, &mut done);
+    let file = open.clone().unwrap();
+    assert!(file.len() > before);
+    let r = recover(&file);
+    assert_eq!(r.damage, None);
+    let frames_out: u64 = r
+        .parts
+        .iter()
+        .flat_map(|p| &p.tracks)
+        .map(|t| t.samples)
+        .sum();
+    assert_eq!(
+        frames_out,
+        first.len() as u64,
+        "every frame pushed is on disk"
+    );
+    // It resumes in the same segment.
+    for (f, wall) in rest.iter().cloned() {
+        w.push(f, wall);
+    }
+    w.finish();
+    drain(&mut w, &mut open, &mut done);
+    assert_eq!(done.len(), 1);
+    assert_eq!(w.stats().frames, frames.len() as u64);
+    assert_eq!(w.stats().dropped(), 0);
+    let mut d = crate::open_reader(Cursor::new(done[0].bytes.clone())).unwrap();
+    let mut n = 0;
+    while d.next_sample().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, frames.len());
+}
+
+/// The fuzz target's checks, on its seed corpus.
+#[test]
+fn the_fuzz_seeds_recover() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/archive_recover");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        let r = recover(&data);
+        let again = recover(&data[..r.valid_len as usize]);
+        assert_eq!(
+            (again.valid_len, again.parts.len()),
+            (r.valid_len, r.parts.len())
+        );
+        let record = reindex("fuzz.mp4", &data).unwrap();
+        assert_eq!(record.bytes, r.valid_len);
+        assert_eq!(SegmentRecord::decode(&record.encode()).unwrap(), record);
+        assert!(!r.parts.is_empty());
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}

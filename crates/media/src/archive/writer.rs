@@ -397,6 +397,35 @@ impl SegmentWriter {
         self.last_key.iter_mut().for_each(|k| *k = None);
     }
 
+    /// The stream is idle (the driver saw no frame for about a part's duration of wall
+    /// time): writes the frames waiting in the window and cuts the part being built, each
+    /// track's last frame lasting as long as its previous one, so that a stalled stream's
+    /// last media is on disk too. Frames that come next continue the segment.
+    pub fn idle(&mut self) {
+        self.release_suspects();
+        self.drain_window();
+        let offset = self.offset.unwrap_or(0);
+        let Some(s) = self.segment.as_mut() else {
+            return;
+        };
+        let Some(writer) = s.writer.as_mut() else {
+            return;
+        };
+        if writer.cut_now().is_err() {
+            self.stats.dropped_invalid += 1;
+            return;
+        }
+        for (i, last) in s.last_dts.iter_mut().enumerate() {
+            if let Some(l) = last {
+                *l = (*l).max(writer.track_end(i).saturating_sub(1));
+            }
+        }
+        let bytes = writer.take_output();
+        if !bytes.is_empty() {
+            emit_part(s, bytes, offset, &mut self.stats, &mut self.out);
+        }
+    }
+
     /// Ends recording: [`SegmentWriter::cut`] with [`CutReason::Stop`].
     pub fn finish(&mut self) {
         self.cut(CutReason::Stop);
