@@ -151,6 +151,10 @@ struct Out {
     at: Instant,
     /// Bytes written.
     bytes: u64,
+    /// When the recorder last handed out an access unit.
+    last_frame: Instant,
+    /// Whether the writer was told the stream is idle since then.
+    idled: bool,
 }
 
 /// Records until the duration is reached, the stream ends, or `stop` completes; `progress`
@@ -398,14 +402,25 @@ fn drain(
             file: None,
             at: now,
             bytes: 0,
+            last_frame: now,
+            idled: false,
         });
     }
     let Some(o) = out else {
         return Ok(());
     };
     let wall = std::time::SystemTime::now();
+    let mut pushed = false;
     while let Some(f) = r.poll_frame() {
         o.writer.push(f, wall);
+        pushed = true;
+    }
+    if pushed {
+        (o.last_frame, o.idled) = (now, false);
+    } else if !o.idled && now.duration_since(o.last_frame) >= opts.part_duration {
+        // The stream stalled: its last media goes to disk now, not when it resumes.
+        o.writer.idle();
+        o.idled = true;
     }
     write_parts(o, opts)
 }
