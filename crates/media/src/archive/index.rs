@@ -267,6 +267,17 @@ impl SegmentRecord {
     }
 }
 
+/// A part's media span kept on one increasing timeline: a part without lead-track samples
+/// (its span then comes from the other tracks, whose held samples may reach back) starts
+/// no earlier than the previous part's end.
+pub(crate) fn monotonic(
+    prev: Option<&PartRecord>,
+    (start, end): (Duration, Duration),
+) -> (Duration, Duration) {
+    let start = prev.map_or(start, |p| start.max(p.media_end));
+    (start, end.max(start))
+}
+
 /// Rebuilds the index record of the segment file at `path` from its bytes (`sluice
 /// recordings reindex`): its parts as [`super::recover`] finds them. A damaged tail is left
 /// out and marks the record `recovered` (the caller truncates the file to
@@ -286,7 +297,7 @@ pub fn reindex(path: &str, bytes: &[u8]) -> Result<SegmentRecord, Damage> {
     let init_id = fnv1a(bytes.get(..init_len).unwrap_or_default());
     let mut parts: Vec<PartRecord> = Vec::with_capacity(r.parts.len());
     for p in &r.parts {
-        let (media_start, media_end) = p.span(init);
+        let (media_start, media_end) = monotonic(parts.last(), p.span(init));
         let wall_start = p.wall().map(round_micros).unwrap_or_else(|| {
             parts.last().map_or(SystemTime::UNIX_EPOCH, |prev| {
                 prev.wall_end() + media_start.saturating_sub(prev.media_end)

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::crc::crc32;
-use super::index::{fnv1a, PartRecord, SegmentRecord};
+use super::index::{fnv1a, monotonic, PartRecord, SegmentRecord};
 use super::parse::{parse_init, read_fragment, InitInfo, CRC_TAG, MARKER};
 use super::{system_to_ntp, ArchiveConfig, ArchiveError};
 use crate::mux::Mp4Writer;
@@ -635,7 +635,7 @@ fn emit_part(
         stats.dropped_invalid += 1;
         return;
     };
-    let (start, end) = info.span(&s.init);
+    let (start, end) = monotonic(s.parts.last(), info.span(&s.init));
     // Whole microseconds, the index's precision, so that a reindex finds the same times.
     let ns = s.origin + start.as_nanos() as i128 + offset;
     let wall_start = wall_from_ns((ns + 500).div_euclid(1000) * 1000);
