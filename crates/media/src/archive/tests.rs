@@ -596,7 +596,7 @@ fn the_fuzz_seeds_recover() {
 
 /// Something that happens to a writer in [`any_run`].
 #[derive(Debug, Clone)]
-enum Step {
+enum Event {
     /// A video frame (keyframe or not), arriving `late` ms late.
     Video { key: bool, late: u16 },
     /// An audio frame arriving `late` ms late.
@@ -608,18 +608,18 @@ enum Step {
     /// The stream stalls.
     Idle,
     /// The wall clock jumps ahead.
-    Step,
+    ClockJump,
 }
 
-fn any_step() -> impl Strategy<Value = Step> {
+fn any_event() -> impl Strategy<Value = Event> {
     prop_oneof![
         30 => (prop::bool::weighted(0.05), prop_oneof![9 => Just(0u16), 1 => 0u16..3000])
-            .prop_map(|(key, late)| Step::Video { key, late }),
-        30 => prop_oneof![9 => Just(0u16), 1 => 0u16..3000].prop_map(|late| Step::Audio { late }),
-        1 => Just(Step::Params),
-        1 => Just(Step::Publisher),
-        1 => Just(Step::Idle),
-        1 => Just(Step::Step),
+            .prop_map(|(key, late)| Event::Video { key, late }),
+        30 => prop_oneof![9 => Just(0u16), 1 => 0u16..3000].prop_map(|late| Event::Audio { late }),
+        1 => Just(Event::Params),
+        1 => Just(Event::Publisher),
+        1 => Just(Event::Idle),
+        1 => Just(Event::ClockJump),
     ]
 }
 
@@ -631,7 +631,7 @@ proptest! {
     /// skipped before a keyframe.
     #[test]
     fn any_run_gives_whole_segments_and_accounts_for_every_frame(
-        steps in proptest::collection::vec(any_step(), 1..400),
+        steps in proptest::collection::vec(any_event(), 1..400),
         part_ms in 100u64..1000,
         segment_s in 1u64..6,
     ) {
@@ -647,26 +647,26 @@ proptest! {
         let mut jump = 0.0;
         for step in steps {
             match step {
-                Step::Video { key, late } => {
+                Event::Video { key, late } => {
                     let f = Frame { keyframe: key || v == 0, data: slice(key || v == 0, v as u32), ..video(v, i64::MAX) };
                     w.push(f, at(v as f64 / 25.0 + f64::from(late) / 1000.0 + jump));
                     v += 1;
                     pushed += 1;
                 }
-                Step::Audio { late } => {
+                Event::Audio { late } => {
                     // Audio follows the video's clock.
                     a = a.max(v * 2 - 4);
                     w.push(audio(1, a), at(a as f64 / 50.0 + f64::from(late) / 1000.0 + jump));
                     a += 1;
                     pushed += 1;
                 }
-                Step::Params => {
+                Event::Params => {
                     wide = !wide;
                     w.set_params(0, h264(if wide { SPROP_OTHER } else { SPROP_360 }));
                 }
-                Step::Publisher => w.cut(CutReason::PublisherChanged),
-                Step::Idle => w.idle(),
-                Step::Step => jump += 10.0,
+                Event::Publisher => w.cut(CutReason::PublisherChanged),
+                Event::Idle => w.idle(),
+                Event::ClockJump => jump += 10.0,
             }
             drain(&mut w, &mut open, &mut done);
         }
