@@ -335,6 +335,20 @@ fn drift_is_absorbed_and_a_clock_step_starts_a_segment() {
     let start = s(segs[1].record.start_wall.duration_since(t0()).unwrap());
     assert!((start - 35.0).abs() < 0.01, "{start}");
     assert!((s(segs[0].record.media_end) - 5.0).abs() < 0.001);
+    // A network stall of 3 s, its backlog then delivered at 10× real time: late frames, not
+    // a clock step; nothing is lost.
+    let frames = (0..1000).map(|n| {
+        let t = n as f64 / 50.0;
+        // From 5 s on, media arrives from 8 s at ten times real time until it caught up.
+        let arrival = if t < 5.0 {
+            t
+        } else {
+            (8.0 + (t - 5.0) / 10.0).max(t)
+        };
+        (audio(0, n), at(arrival))
+    });
+    let (segs, stats) = record(vec![opus()], ArchiveConfig::default(), frames);
+    assert_eq!((segs.len(), stats.frames, stats.dropped()), (1, 1000, 0));
 }
 
 #[test]

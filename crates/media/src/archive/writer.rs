@@ -17,9 +17,13 @@ use crate::params::CodecParams;
 /// sender stamps everything alike).
 const MAX_WINDOW_FRAMES: usize = 4096;
 
-/// Consecutive frames whose media→wall offset jumped alike that make a clock step (fewer:
-/// they were late frames).
-const STEP_CONFIRM: usize = 3;
+/// Media time (ns) that consecutive frames whose media→wall offset jumped alike must cover
+/// to make a clock step: a backlog after a network stall arrives late too, but drains faster
+/// than real time, so its offsets do not stay alike that long.
+const STEP_SPAN: i128 = 1_000_000_000;
+
+/// How alike (ns) the offsets of a step's frames are (arrival jitter).
+const STEP_TOLERANCE: u128 = 250_000_000;
 
 /// One access unit of a track, timed on the stream's media clock.
 #[derive(Debug, Clone, PartialEq)]
@@ -297,13 +301,20 @@ impl SegmentWriter {
         match self.offset {
             None => self.offset = Some(measured),
             Some(o) if far(measured, o) => {
-                // A late frame, or the first of a clock step: held until the next frames
-                // tell which.
-                if self.suspects.first().is_some_and(|s| far(measured, s.2)) {
+                // A late frame (a backlog after a stall), or the first of a clock step: held
+                // until the next frames tell which. Only offsets that stay alike over a
+                // second of media are a step.
+                if self
+                    .suspects
+                    .first()
+                    .is_some_and(|s| (measured - s.2).unsigned_abs() > STEP_TOLERANCE)
+                {
                     self.release_suspects();
                 }
                 self.suspects.push((frame, time, measured));
-                if self.suspects.len() >= STEP_CONFIRM {
+                let times = self.suspects.iter().map(|s| s.1);
+                let span = times.clone().max().unwrap_or(0) - times.min().unwrap_or(0);
+                if span >= STEP_SPAN || self.suspects.len() >= MAX_WINDOW_FRAMES {
                     self.drain_window();
                     self.close(CutReason::ClockStep, None);
                     self.offset = Some(measured);
