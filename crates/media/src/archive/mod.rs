@@ -21,7 +21,9 @@
 //! **Time.** Media time comes from the frames (all tracks on one clock); wall time from what
 //! the driver passes with each frame. The media→wall offset is smoothed and written per
 //! part, so drift between the sender's clock and the wall clock is absorbed without
-//! restarting; only a jump beyond [`ArchiveConfig::clock_step`] starts a new segment.
+//! restarting; only a jump beyond [`ArchiveConfig::clock_step`] that persists for a second
+//! of media starts a new segment (a backlog delivered after a network stall is late, not a
+//! step: it drains faster than real time).
 //! Tracks are interleaved through a short reordering window
 //! ([`ArchiveConfig::reorder_window`]); a frame later than that is dropped and counted in
 //! [`ArchiveStats`] (the driver logs counts, at most once a minute).
@@ -88,8 +90,8 @@ pub struct ArchiveConfig {
     /// How long (media time) frames wait so that tracks interleave in time order (default
     /// 500 ms); frames later than that are dropped and counted.
     pub reorder_window: Duration,
-    /// A jump of the media→wall offset larger than this starts a new segment (default 2 s);
-    /// smaller moves are drift, absorbed part by part.
+    /// A jump of the media→wall offset larger than this, kept for a second of media, starts
+    /// a new segment (default 2 s); smaller moves are drift, absorbed part by part.
     pub clock_step: Duration,
 }
 
