@@ -312,8 +312,10 @@ impl SegmentWriter {
                     self.release_suspects();
                 }
                 self.suspects.push((frame, time, measured));
-                let times = self.suspects.iter().map(|s| s.1);
-                let span = times.clone().max().unwrap_or(0) - times.min().unwrap_or(0);
+                let span = match (self.suspects.first(), self.suspects.last()) {
+                    (Some(a), Some(b)) => (b.1 - a.1).abs(),
+                    _ => 0,
+                };
                 if span >= STEP_SPAN || self.suspects.len() >= MAX_WINDOW_FRAMES {
                     self.drain_window();
                     self.close(CutReason::ClockStep, None);
