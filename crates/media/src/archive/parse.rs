@@ -139,6 +139,7 @@ impl PartInfo {
 #[derive(Debug, Clone, Copy)]
 struct BoxHead {
     kind: [u8; 4],
+    start: usize,
     body: usize,
     end: usize,
 }
@@ -173,6 +174,7 @@ fn head(buf: &[u8], pos: usize, limit: usize) -> Result<BoxHead, String> {
         .ok_or_else(|| format!("box {} ({len} bytes) runs past its container", show(&kind)))?;
     Ok(BoxHead {
         kind,
+        start: pos,
         body: pos + hlen,
         end: usize::try_from(end).map_err(|_| "box too large")?,
     })
@@ -405,8 +407,8 @@ fn parse_moof(buf: &[u8], moof: BoxHead, init: &InitInfo) -> Result<(u32, Vec<Ru
     let mut runs = Vec::new();
     // Where a traf's data starts when nothing says: after the previous traf's (the moof's
     // start for the first).
-    let mut next_base = moof.body as u64 - 8;
-    let moof_start = next_base;
+    let moof_start = moof.start as u64;
+    let mut next_base = moof_start;
     for c in children(buf, moof.body, moof.end) {
         let c = c?;
         match &c.kind {
