@@ -36,6 +36,7 @@ mod source;
 pub mod player;
 
 pub mod hls;
+pub mod archive;
 pub mod mux;
 pub mod recorder;
 
