@@ -1,11 +1,16 @@
-//! `sluice record`: pulls a stream and writes it to a fragmented MP4, playable after every
-//! fragment (so an interruption loses at most the last second), finished cleanly on a
-//! duration limit or Ctrl-C.
+//! `sluice record`: pulls a stream and writes it to a fragmented MP4 in time-based parts
+//! (`--part-duration`, default 1 s), each synced to disk as it is written (`--fsync part`),
+//! so that a kill or a power cut loses at most the last part; finished cleanly on a duration
+//! limit or Ctrl-C.
 //!
-//! This is a thin tokio driver of the sans-IO [`Recorder`] of `sluice-media`, which holds
-//! all the timing (RTP timestamps unwrapped against RTP-Info, arrival timing of a frozen RTP
-//! clock on a frame grid, B-frames in picture order) and cuts the fragments: it reads the
-//! connection, feeds the recorder, appends its bytes to the file and prints progress.
+//! This is a thin tokio driver of two sans-IO cores of `sluice-media`: the [`Recorder`],
+//! which holds all the timing (RTP timestamps unwrapped against RTP-Info, arrival timing of
+//! a frozen RTP clock on a frame grid, B-frames in picture order), run in frames mode, and
+//! the server recorder's [`SegmentWriter`], which cuts the parts (`prft` + `moof` + `mdat` +
+//! checksum, the archive's self-describing format, which `sluice_media::archive::recover`
+//! repairs after a crash). It reads the connection, feeds them, appends the parts to the
+//! file, syncs and prints progress. The syncs run inline: a part a second costs one
+//! `fdatasync` a second.
 //!
 //! Bounds: the file must be able to start (every recorded track's parameter sets and, with
 //! video, a keyframe) within [`START_TIMEOUT`], or recording fails naming the track and
@@ -18,7 +23,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sluice_media::recorder::{Event, Output, Recorder, RecorderError, TrackSpec};
+use sluice_media::archive::{ArchiveConfig, ArchiveOutput, SegmentWriter};
+use sluice_media::recorder::{Event, Recorder, RecorderError, TrackSpec};
 use sluice_rtp::packet::parse_rtp;
 use sluice_rtp::stats::ReceiverStats;
 use tracing::{info, warn};
@@ -85,6 +91,38 @@ pub struct RecordOptions {
     pub duration: Option<Duration>,
     /// RTP over UDP instead of TCP.
     pub udp: bool,
+    /// Media time per part (what a kill can lose); 10 ms to 60 s.
+    pub part_duration: Duration,
+    /// When the file is synced to disk.
+    pub fsync: Fsync,
+}
+
+/// When `sluice record` syncs its file to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fsync {
+    /// fdatasync after each part (and the directory after creating the file): a power cut
+    /// loses at most the part being written.
+    #[default]
+    Part,
+    /// Once, when the file is complete (and the directory after creating it).
+    Segment,
+    /// Never: the OS writes back when it likes.
+    Off,
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "part" => Ok(Fsync::Part),
+            "segment" => Ok(Fsync::Segment),
+            "off" => Ok(Fsync::Off),
+            other => Err(format!(
+                "unknown fsync mode {other:?} (part, segment or off)"
+            )),
+        }
+    }
 }
 
 /// Progress of a recording.
@@ -104,9 +142,19 @@ pub struct RecordStats {
 
 /// The file being written, once the recorder started it.
 struct Out {
-    file: File,
+    /// The part writer, made once the recorder knows the file's tracks.
+    writer: SegmentWriter,
+    /// The file of the current segment (the first is the output; more appear only if the
+    /// stream forces a new segment, named `<stem>-<n>.<ext>`).
+    file: Option<File>,
     /// When it started.
     at: Instant,
+    /// Bytes written.
+    bytes: u64,
+    /// When the recorder last handed out an access unit.
+    last_frame: Instant,
+    /// Whether the writer was told the stream is idle since then.
+    idled: bool,
 }
 
 /// Records until the duration is reached, the stream ends, or `stop` completes; `progress`
@@ -134,6 +182,12 @@ pub async fn record(
         path: out_path.clone(),
         reason: e.to_string(),
     };
+    if let Err(e) = config(&opts) {
+        return Err(RecordError::Write {
+            path: out_path,
+            reason: e.to_string(),
+        });
+    }
     let mut rec: Option<Recorder> = None;
     // Per SDP track: its receiver statistics, for the tracks that are recorded.
     let mut rtp_stats: Vec<Option<ReceiverStats>> = Vec::new();
@@ -173,7 +227,7 @@ pub async fn record(
                         framerate: d.framerate,
                     })
                     .collect();
-                let r = Recorder::new(&specs, started).map_err(fail)?;
+                let r = Recorder::new(&specs, started).map_err(fail)?.frames_mode();
                 rtp_stats = specs
                     .iter()
                     .enumerate()
@@ -243,7 +297,7 @@ pub async fn record(
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             stats.elapsed = started.elapsed();
-            stats.bytes = rec.as_ref().map_or(0, |r| r.status().bytes);
+            stats.bytes = out.as_ref().map_or(0, |o| o.bytes);
             stats.lost = lost(&rtp_stats);
             progress(&stats);
         }
@@ -257,18 +311,39 @@ pub async fn record(
     };
     drain(&mut r, &opts, &mut out, now, started).map_err(write_err)?;
     stats.duration = r.status().duration;
-    let tail = r
-        .finish()
+    let rest = r
+        .finish_frames()
         .map_err(|e| record_error(e, &out_path, started.elapsed()))?;
     let Some(mut o) = out else {
-        // finish() fails when the file never started, so the file exists here.
+        // finish_frames() fails when the file never started, so the writer exists here.
         return Err(RecordError::NotPlaying(started.elapsed()));
     };
-    o.file.write_all(&tail).map_err(write_err)?;
-    o.file.flush().map_err(write_err)?;
-    stats.bytes = o.file.metadata().map_err(write_err)?.len();
+    let wall = std::time::SystemTime::now();
+    for f in rest {
+        o.writer.push(f, wall);
+    }
+    o.writer.finish();
+    write_parts(&mut o, &opts).map_err(write_err)?;
+    let dropped = o.writer.stats().dropped();
+    if dropped > 0 {
+        warn!(dropped, "access units dropped (decode times out of order)");
+    }
+    stats.bytes = o.bytes;
     progress(&stats);
     Ok(stats)
+}
+
+/// The part writer's configuration for `opts`: one segment for the whole run (no time cut,
+/// clock steps ignored), parts of the asked duration.
+fn config(opts: &RecordOptions) -> Result<ArchiveConfig, sluice_media::archive::ArchiveError> {
+    let c = ArchiveConfig {
+        part_duration: opts.part_duration,
+        segment_duration: Duration::from_secs(100 * 365 * 86_400),
+        clock_step: Duration::from_secs(3600),
+        ..ArchiveConfig::default()
+    };
+    c.validate()?;
+    Ok(c)
 }
 
 /// Sleeps until `at`, or forever without one.
@@ -310,19 +385,117 @@ fn drain(
             }
         }
     }
-    while let Some(o) = r.poll_output() {
-        match (o, &mut *out) {
-            (Output::Init(bytes), None) => {
-                let mut file = File::create(&opts.output)?;
-                file.write_all(&bytes)?;
-                *out = Some(Out { file, at: now });
+    // Frames mode: the recorder's own output is only its init, which the part writer
+    // makes again.
+    while r.poll_output().is_some() {}
+    if out.is_none() {
+        let Some(params) = r.file_params() else {
+            return Ok(());
+        };
+        let writer = SegmentWriter::new(
+            params.to_vec(),
+            config(opts).map_err(std::io::Error::other)?,
+        )
+        .map_err(std::io::Error::other)?;
+        *out = Some(Out {
+            writer,
+            file: None,
+            at: now,
+            bytes: 0,
+            last_frame: now,
+            idled: false,
+        });
+    }
+    let Some(o) = out else {
+        return Ok(());
+    };
+    let wall = std::time::SystemTime::now();
+    let mut pushed = false;
+    while let Some(f) = r.poll_frame() {
+        o.writer.push(f, wall);
+        pushed = true;
+    }
+    if pushed {
+        (o.last_frame, o.idled) = (now, false);
+    } else if !o.idled && now.duration_since(o.last_frame) >= opts.part_duration {
+        // The stream stalled: its last media goes to disk now, not when it resumes.
+        o.writer.idle();
+        o.idled = true;
+    }
+    write_parts(o, opts)
+}
+
+/// Writes what the part writer produced: creates the file with the init (syncing the
+/// directory so that it survives a power cut), appends each part (and syncs it with
+/// `--fsync part`), syncs a completed file (unless `--fsync off`).
+fn write_parts(o: &mut Out, opts: &RecordOptions) -> std::io::Result<()> {
+    while let Some(output) = o.writer.poll_output() {
+        match output {
+            ArchiveOutput::SegmentStarted { segment, init, .. } => {
+                let path = segment_path(&opts.output, segment);
+                let mut file = File::create(&path)?;
+                file.write_all(&init)?;
+                if opts.fsync != Fsync::Off {
+                    file.sync_all()?;
+                    sync_dir(&path)?;
+                }
+                o.bytes += init.len() as u64;
+                o.file = Some(file);
             }
-            (Output::Init(bytes) | Output::Fragment(bytes), Some(o)) => o.file.write_all(&bytes)?,
-            // The recorder yields its init segment first.
-            (Output::Fragment(_), None) => {}
+            ArchiveOutput::Part { bytes, .. } => {
+                let Some(file) = o.file.as_mut() else {
+                    continue;
+                };
+                file.write_all(&bytes)?;
+                if opts.fsync == Fsync::Part {
+                    file.sync_data()?;
+                }
+                o.bytes += bytes.len() as u64;
+            }
+            ArchiveOutput::SegmentEnded {
+                segment, reason, ..
+            } => {
+                if let Some(file) = o.file.take() {
+                    if opts.fsync != Fsync::Off {
+                        file.sync_all()?;
+                    }
+                }
+                if reason != sluice_media::archive::CutReason::Stop {
+                    warn!(
+                        segment,
+                        reason = reason.as_str(),
+                        next = %segment_path(&opts.output, segment + 1).display(),
+                        "the stream forced a new file"
+                    );
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The file of segment `n`: the output for the first, `<stem>-<n>.<ext>` for the next.
+fn segment_path(output: &std::path::Path, n: u64) -> PathBuf {
+    if n <= 1 {
+        return output.to_path_buf();
+    }
+    let stem = output
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let name = match output.extension() {
+        Some(ext) => format!("{stem}-{n}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{n}"),
+    };
+    output.with_file_name(name)
+}
+
+/// Syncs the directory holding `path`, so that a new file's entry is durable.
+fn sync_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 /// Packets lost on the recorded tracks.

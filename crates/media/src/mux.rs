@@ -149,6 +149,11 @@ pub struct Mp4Writer<W: Write> {
     /// first track.
     lead: usize,
     sequence: u32,
+    /// Fragments are cut only by [`Mp4Writer::cut`] (live HLS parts), never by the writer.
+    manual: bool,
+    /// Timed parts (see [`Mp4Writer::with_part_duration`]): the lead track's span, in its
+    /// timescale, after which a fragment is cut whatever the sample.
+    part_ticks: Option<u64>,
 }
 
 /// Encodes a box with mp4-atom.
@@ -272,8 +277,73 @@ fn sample_entry(index: usize, p: &CodecParams) -> Result<mp4_atom::Codec, MuxErr
                 btrt: None,
             })
         }
+        // G.711: QuickTime's `ulaw`/`alaw` sample entries (what ffmpeg reads), encoded as a
+        // PCM entry whose four-character code [`g711_fourccs`] then rewrites.
+        Codec::Pcmu | Codec::Pcma => mp4_atom::Codec::Sowt(mp4_atom::Sowt {
+            audio: audio(
+                p.channels.filter(|&c| c > 0).unwrap_or(1),
+                p.sample_rate.unwrap_or(8000),
+            ),
+            pcmc: None,
+            chnl: None,
+            btrt: None,
+        }),
         other => return Err(MuxError::Unsupported(other)),
     })
+}
+
+/// Rewrites the sample entry code of the G.711 tracks of an encoded `moov` (written as
+/// `sowt`, see [`sample_entry`]) to `ulaw` / `alaw`. Walks the boxes down to each track's
+/// `stsd`, so no other bytes can be mistaken for the code.
+fn g711_fourccs(moov: &mut [u8], tracks: &[CodecParams]) {
+    /// The child boxes (type, body start, end) of `buf[start..end]`.
+    fn boxes(buf: &[u8], start: usize, end: usize) -> Vec<([u8; 4], usize, usize)> {
+        let mut out = Vec::new();
+        let mut pos = start;
+        while let (Some(size), Some(kind)) = (buf.get(pos..pos + 4), buf.get(pos + 4..pos + 8)) {
+            let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
+            if size < 8 || pos + size > end {
+                break;
+            }
+            out.push(([kind[0], kind[1], kind[2], kind[3]], pos + 8, pos + size));
+            pos += size;
+        }
+        out
+    }
+    let child = |buf: &[u8], (s, e): (usize, usize), kind: &[u8; 4]| {
+        boxes(buf, s, e)
+            .into_iter()
+            .find(|b| &b.0 == kind)
+            .map(|b| (b.1, b.2))
+    };
+    let Some(moov_box) = boxes(moov, 0, moov.len())
+        .into_iter()
+        .find(|b| &b.0 == b"moov")
+    else {
+        return;
+    };
+    let traks: Vec<(usize, usize)> = boxes(moov, moov_box.1, moov_box.2)
+        .into_iter()
+        .filter(|b| &b.0 == b"trak")
+        .map(|b| (b.1, b.2))
+        .collect();
+    for (p, trak) in tracks.iter().zip(traks) {
+        let code: &[u8; 4] = match p.codec {
+            Codec::Pcmu => b"ulaw",
+            Codec::Pcma => b"alaw",
+            _ => continue,
+        };
+        let stsd = child(moov, trak, b"mdia")
+            .and_then(|b| child(moov, b, b"minf"))
+            .and_then(|b| child(moov, b, b"stbl"))
+            .and_then(|b| child(moov, b, b"stsd"));
+        // stsd: version/flags and entry count, then the first entry's size and code.
+        if let Some(entry) = stsd.and_then(|(s, _)| moov.get_mut(s + 12..s + 16)) {
+            if entry == b"sowt" {
+                entry.copy_from_slice(code);
+            }
+        }
+    }
 }
 
 /// The `trak` of a track (no samples: they all go in fragments).
@@ -349,7 +419,8 @@ impl<W: Write> Mp4Writer<W> {
     /// Tracks with their params; each track's timescale is its RTP clock rate ([`CodecParams::clock_rate`]:
     /// 90000 for video, the sample rate for AAC, 48000 for Opus). Writes `ftyp`+`moov`(`mvex`) immediately.
     ///
-    /// Supports H.264 (`avc1`), H.265 (`hvc1`), AAC (`mp4a`) and Opus (`Opus`, mono/stereo) tracks.
+    /// Supports H.264 (`avc1`), H.265 (`hvc1`), AAC (`mp4a`), Opus (`Opus`, mono/stereo) and
+    /// G.711 (`ulaw`, `alaw`: one sample per RTP packet's worth of bytes) tracks.
     pub fn new(mut out: W, tracks: &[CodecParams]) -> Result<Self, MuxError> {
         if tracks.is_empty() {
             return Err(MuxError::BadParams {
@@ -411,6 +482,7 @@ impl<W: Write> Mp4Writer<W> {
         };
         let mut head = encode(&ftyp, "ftyp")?;
         head.extend(encode(&moov, "moov")?);
+        g711_fourccs(&mut head, tracks);
         out.write_all(&head)?;
         out.flush()?;
         Ok(Mp4Writer {
@@ -419,6 +491,8 @@ impl<W: Write> Mp4Writer<W> {
             lead: state.iter().position(|t| t.video).unwrap_or(0),
             tracks: state,
             sequence: 0,
+            manual: false,
+            part_ticks: None,
         })
     }
 
@@ -473,6 +547,9 @@ impl<W: Write> Mp4Writer<W> {
 
     /// Whether the buffered samples should become a fragment before the sample (`track`, `dts`).
     fn should_flush(&self, track: usize, dts: u64, keyframe: bool) -> bool {
+        if self.manual {
+            return false;
+        }
         let bytes: usize = self.tracks.iter().map(|t| t.data.len()).sum();
         if bytes >= MAX_FRAGMENT_BYTES {
             return true;
@@ -483,6 +560,9 @@ impl<W: Write> Mp4Writer<W> {
         }
         let span = dts.saturating_sub(t.start);
         let ts = u64::from(t.timescale);
+        if let (true, Some(part)) = (track == self.lead, self.part_ticks) {
+            return span >= part;
+        }
         if span >= MAX_FRAGMENT_SECONDS * ts {
             return true;
         }
@@ -616,6 +696,79 @@ impl<W: Write> Mp4Writer<W> {
         self.out.flush()?;
         self.written += bytes.len() as u64;
         Ok(self.out)
+    }
+
+    /// Leaves cutting fragments to the caller ([`Mp4Writer::cut`]): a live packager cuts
+    /// its parts on its own schedule (whole frames, constant duration), and bounds what it
+    /// buffers itself.
+    pub fn set_manual_fragments(&mut self) {
+        self.manual = true;
+    }
+
+    /// Writes the completed samples buffered so far as one `moof`+`mdat` fragment (each
+    /// track's latest sample stays held until its successor tells its duration); nothing
+    /// when no sample is complete.
+    pub fn cut(&mut self) -> Result<(), MuxError> {
+        self.flush()
+    }
+
+    /// Cuts fragments on time instead of at keyframes: a fragment is written before the first
+    /// sample of the lead track (the first video track, else the first track) at least
+    /// `part` after the fragment's start, keyframe or not (its sample flags say which samples
+    /// are sync samples), so that an interrupted recording loses at most about one `part`.
+    /// The size bound still applies. Used by the archive's segment writer.
+    pub fn with_part_duration(mut self, part: std::time::Duration) -> Self {
+        let lead_scale = self.tracks.get(self.lead).map_or(90_000, |t| t.timescale);
+        let ticks = part.as_nanos() * u128::from(lead_scale) / 1_000_000_000;
+        self.part_ticks = Some(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+        self
+    }
+
+    /// Ends the file without an `mfra` index (a segment whose index lives elsewhere): flushes
+    /// the last fragment, where each track's held last sample lasts until `ends[track]` (its
+    /// decode time of the next segment's first sample, so segments abut exactly) when that is
+    /// later than the sample, else as long as the track's previous sample.
+    pub fn close(mut self, ends: &[Option<u64>]) -> Result<W, MuxError> {
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            let fallback = if t.last_duration > 0 {
+                t.last_duration
+            } else {
+                (t.timescale / 25).max(1)
+            };
+            let d = match (&t.pending, ends.get(i).copied().flatten()) {
+                (Some(p), Some(end)) if end > p.dts => {
+                    u32::try_from(end - p.dts).unwrap_or(fallback)
+                }
+                _ => fallback,
+            };
+            t.complete_pending(d);
+        }
+        self.flush()?;
+        Ok(self.out)
+    }
+
+    /// Writes the buffered samples as a fragment now, each track's held last sample lasting
+    /// as long as its previous one (a stalled stream's last media goes out instead of
+    /// waiting for a successor that does not come). The next sample of a track should not
+    /// start before [`Mp4Writer::track_end`].
+    pub fn cut_now(&mut self) -> Result<(), MuxError> {
+        for t in &mut self.tracks {
+            if t.pending.is_some() {
+                let d = if t.last_duration > 0 {
+                    t.last_duration
+                } else {
+                    (t.timescale / 25).max(1)
+                };
+                t.complete_pending(d);
+            }
+        }
+        self.flush()
+    }
+
+    /// Decode time just after the samples of `track` written or buffered, not counting the
+    /// held last one (0 for an unknown track).
+    pub fn track_end(&self, track: usize) -> u64 {
+        self.tracks.get(track).map_or(0, Track::buffered_end)
     }
 
     /// Bytes written to the output so far.

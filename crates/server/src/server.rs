@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigControl, Reloader};
 use crate::file::{FileError, Files};
+use crate::hls::Hls;
 use crate::hooks::{Hooks, HooksError};
 use crate::http::{
     HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector, Marker, StreamTarget,
@@ -25,6 +26,7 @@ use crate::http::{
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
 use crate::webrtc::{WebRtc, WebrtcError};
+use crate::web::Web;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,7 @@ impl Server {
         );
         // The modules, RTSP first: its hook must see every stream the others create.
         let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
+        let hls = Hls::start(&config, &hub);
         // Before the sources: its hook attaches a WebRTC feed to every stream.
         let webrtc = WebRtc::start(&config, hub.clone()).await?;
         let files = Arc::new(Files::start(&config, &hub)?);
@@ -145,16 +148,13 @@ impl Server {
         }));
         let reloader = Arc::new(reloader);
         let hooks = Hooks::start(&config, hub.clone())?;
-        let http = bind_http(
-            &config,
-            &auth,
-            &rtsp,
-            &hub,
-            &hooks,
-            webrtc.as_ref(),
-            reloader.clone(),
-        )
-        .await?;
+        let modules = HttpModules {
+            rtsp: &rtsp,
+            hooks: &hooks,
+            hls: hls.as_ref(),
+            webrtc: webrtc.as_ref(),
+        };
+        let http = bind_http(&config, &auth, &hub, modules, reloader.clone()).await?;
         if let Some(h) = &http {
             let _ = http_handle.set(h.handle());
         }
@@ -260,19 +260,34 @@ impl Server {
     }
 }
 
+/// The modules whose listeners, metrics or routes the HTTP listener carries.
+struct HttpModules<'a> {
+    rtsp: &'a Rtsp,
+    hooks: &'a Hooks,
+    hls: Option<&'a Hls>,
+    webrtc: Option<&'a Arc<WebRtc>>,
+}
+
 /// Binds the HTTP module (`None` when `[http]` is disabled): it reports the RTSP
 /// listeners, exports the RTSP readers' egress latency as a histogram, and sees paths
 /// and sessions through the hub.
 async fn bind_http(
     config: &Config,
     auth: &Arc<Authenticator>,
-    rtsp: &Rtsp,
     hub: &Arc<Hub>,
-    hooks: &Hooks,
-    webrtc: Option<&Arc<WebRtc>>,
+    modules: HttpModules<'_>,
     control: Arc<dyn ConfigControl>,
 ) -> Result<Option<HttpServer>, ServerError> {
+    let HttpModules {
+        rtsp,
+        hooks,
+        hls,
+        webrtc,
+    } = modules;
     let mut ctx = HttpContext::new(config, auth.clone());
+    if let Some(hls) = hls {
+        hls.mount(&mut ctx);
+    }
     ctx.hub(hub.clone());
     ctx.control(control);
     ctx.event_source(hub.clone());
@@ -299,6 +314,8 @@ async fn bind_http(
             .per_stream(Marker::Segment("whep"), crate::webrtc::whep_need, whep)
             .per_stream(Marker::Segment("whip"), crate::webrtc::whip_need, whip);
     }
+    // The player page: `/` lists the live paths, `/<path>/` plays one, `/assets/`.
+    Web::new(hub.clone(), rtsp.local_addr().port()).add_routes(ctx.routes())?;
     if let Some((cert, key)) = config.http.tls_pair(&config.rtsps) {
         ctx.tls(crate::config::tls::server_config(&cert, &key).map_err(ServerError::Tls)?);
     }

@@ -61,6 +61,13 @@ enum Command {
         /// RTP transport.
         #[arg(long, value_enum, default_value_t = Transport::Tcp)]
         transport: Transport,
+        /// Media time per part, e.g. 1s or 500ms: parts are written (and synced) on time,
+        /// so an interruption loses at most about this much.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        part_duration: std::time::Duration,
+        /// When to sync the file to disk: after each part, once at the end, or never.
+        #[arg(long, value_enum, default_value_t = FsyncMode::Part)]
+        fsync: FsyncMode,
     },
     /// Publish a file to an RTSP server (ANNOUNCE/RECORD) at real-time pace.
     Publish {
@@ -84,6 +91,17 @@ enum Transport {
     Udp,
 }
 
+/// When `sluice record` syncs its file to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FsyncMode {
+    /// After each part (a power cut loses at most the part being written).
+    Part,
+    /// Once, when the file is complete.
+    Segment,
+    /// Never.
+    Off,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -95,7 +113,23 @@ fn main() -> anyhow::Result<()> {
             output,
             duration,
             transport,
-        } => client_runtime()?.block_on(record(url, output, duration, transport)),
+            part_duration,
+            fsync,
+        } => {
+            let fsync = match fsync {
+                FsyncMode::Part => sluice_client::record::Fsync::Part,
+                FsyncMode::Segment => sluice_client::record::Fsync::Segment,
+                FsyncMode::Off => sluice_client::record::Fsync::Off,
+            };
+            client_runtime()?.block_on(record(
+                url,
+                output,
+                duration,
+                transport,
+                part_duration,
+                fsync,
+            ))
+        }
         Command::Publish {
             file,
             url,
@@ -156,12 +190,16 @@ async fn record(
     output: PathBuf,
     duration: Option<std::time::Duration>,
     transport: Transport,
+    part_duration: std::time::Duration,
+    fsync: sluice_client::record::Fsync,
 ) -> anyhow::Result<()> {
     let opts = sluice_client::record::RecordOptions {
         url: url.clone(),
         output: output.clone(),
         duration,
         udp: transport == Transport::Udp,
+        part_duration,
+        fsync,
     };
     let mut last = std::time::Instant::now();
     let stats = sluice_client::record::record(opts, ctrl_c(), |s| {

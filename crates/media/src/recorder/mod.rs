@@ -210,6 +210,8 @@ struct File {
     index: Vec<Option<usize>>,
     /// Recording time (seconds) of the file's start.
     origin: f64,
+    /// The parameters of the writer's tracks.
+    params: Vec<sluice_codec::params::CodecParams>,
 }
 
 /// Records a stream's RTP packets into a fragmented MP4 (see the [module docs](self)).
@@ -229,6 +231,8 @@ pub struct Recorder {
     events: VecDeque<Event>,
     duration: Duration,
     packets: u64,
+    /// Frames mode: see [`Recorder::frames_mode`].
+    frames: bool,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -285,7 +289,45 @@ impl Recorder {
             events,
             duration: Duration::ZERO,
             packets: 0,
+            frames: false,
         })
+    }
+
+    /// Frames mode: instead of MP4 bytes, the recorder hands out its timed access units
+    /// ([`Recorder::poll_frame`], for the archive's
+    /// [`SegmentWriter`](crate::archive::SegmentWriter), which cuts time-based parts
+    /// ready to be synced), with the file's track parameters ([`Recorder::file_params`]).
+    /// [`Recorder::poll_output`] then yields only the init, which the caller ignores.
+    /// All the timing (RTP unwrapping, arrival timing, B-frame order) is the same.
+    pub fn frames_mode(mut self) -> Recorder {
+        self.frames = true;
+        self
+    }
+
+    /// Frames mode: the next timed access unit, on the file's tracks (indexes into
+    /// [`Recorder::file_params`]), times in each track's clock from the file's start.
+    pub fn poll_frame(&mut self) -> Option<crate::archive::Frame> {
+        self.file.as_mut()?.mux.tap.as_mut()?.pop_front()
+    }
+
+    /// The codec parameters of the file's tracks, once it started (None before).
+    pub fn file_params(&self) -> Option<&[sluice_codec::params::CodecParams]> {
+        self.file.as_ref().map(|f| f.params.as_slice())
+    }
+
+    /// Frames mode: ends the recording, returning the access units it still held (the
+    /// arrival-timed GOP awaiting its picture order, then any not yet polled).
+    pub fn finish_frames(mut self) -> Result<Vec<crate::archive::Frame>, RecorderError> {
+        let Some(mut file) = self.file.take() else {
+            return Err(RecorderError::NotStarted(self.diagnose()));
+        };
+        for (i, (t, wi)) in self.tracks.iter_mut().zip(&file.index).enumerate() {
+            if let (Some(t), Some(wi)) = (t, wi) {
+                t.flush(&mut file.mux, *wi)
+                    .map_err(|source| RecorderError::Mux { track: i, source })?;
+            }
+        }
+        Ok(file.mux.tap.take().map(Vec::from).unwrap_or_default())
     }
 
     /// The stream started playing at `now`; `rtptimes` are the RTP-Info `rtptime`s of the
@@ -589,6 +631,7 @@ impl Recorder {
         let mut mux = Mux {
             ready: VecDeque::from([Output::Init(writer.take_output())]),
             writer,
+            tap: self.frames.then(VecDeque::new),
         };
         for (t, last) in self.tracks.iter_mut().zip(grid) {
             if let Some(t) = t {
@@ -616,7 +659,12 @@ impl Recorder {
                 })?;
             self.duration = self.duration.max(Duration::from_secs_f64(secs.max(0.0)));
         }
-        self.file = Some(File { mux, index, origin });
+        self.file = Some(File {
+            mux,
+            index,
+            origin,
+            params,
+        });
         self.events.push_back(Event::Started);
         Ok(())
     }

@@ -326,3 +326,47 @@ fn a_recorder_can_move_to_another_task() {
     fn send<T: Send + 'static>() {}
     send::<Recorder>();
 }
+
+#[test]
+fn frames_mode_hands_out_the_timed_access_units_for_the_archive() {
+    let t0 = Instant::now();
+    let mut rec = Recorder::new(&[h264(Some(SPROP))], t0)
+        .unwrap()
+        .frames_mode();
+    rec.playing(t0, &[Some(0)]);
+    let mut frames = Vec::new();
+    // 30 fps from frame 5 on; the IDRs are at 15, 30, …: the file starts at 15.
+    for i in 5..100u16 {
+        let p = rtp(
+            i,
+            u32::from(i) * 3000,
+            true,
+            &slice(i % 15 == 0, u32::from(i)),
+        );
+        rec.push_rtp(0, &p, at(t0, f64::from(i) / 30.0)).unwrap();
+        while let Some(f) = rec.poll_frame() {
+            frames.push(f);
+        }
+    }
+    assert!(matches!(rec.poll_output(), Some(Output::Init(_))));
+    assert_eq!(rec.poll_output(), None, "no MP4 fragments in frames mode");
+    let params = rec.file_params().expect("started").to_vec();
+    assert_eq!(params.len(), 1);
+    frames.extend(rec.finish_frames().unwrap());
+    assert_eq!(frames.len(), 85);
+    assert!(frames[0].keyframe);
+    assert_eq!((frames[0].dts, frames[84].dts), (0, 84 * 3000));
+    // The archive writes them into time-based parts.
+    let mut w = crate::archive::SegmentWriter::new(params, Default::default()).unwrap();
+    let wall = std::time::SystemTime::UNIX_EPOCH;
+    for f in frames {
+        let secs = f.dts as f64 / 90_000.0;
+        w.push(f, wall + Duration::from_secs_f64(secs));
+    }
+    w.finish();
+    let parts = std::iter::from_fn(|| w.poll_output())
+        .filter(|o| matches!(o, crate::archive::ArchiveOutput::Part { .. }))
+        .count();
+    assert_eq!(parts, 3, "85 frames at 30 fps in 1 s parts");
+    assert_eq!(w.stats().frames, 85);
+}

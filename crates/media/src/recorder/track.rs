@@ -9,6 +9,7 @@ use sluice_codec::Codec;
 
 use super::timing::{grid_time, TrackClock, Unwrapper};
 use super::Output;
+use crate::archive::Frame;
 use crate::mux::{Mp4Writer, MuxError};
 
 /// Most access units held for reordering; a longer GOP is written in parts (a B-frame at a
@@ -19,6 +20,9 @@ pub(crate) const MAX_GOP: usize = 1024;
 pub(crate) struct Mux {
     pub(crate) writer: Mp4Writer<Vec<u8>>,
     pub(crate) ready: VecDeque<Output>,
+    /// Frames mode (see [`super::Recorder::frames_mode`]): timed samples are queued here
+    /// for the archive's segment writer instead of being written by `writer`.
+    pub(crate) tap: Option<VecDeque<Frame>>,
 }
 
 impl Mux {
@@ -32,6 +36,20 @@ impl Mux {
         keyframe: bool,
         data: &[u8],
     ) -> Result<(), MuxError> {
+        if let Some(tap) = &mut self.tap {
+            let dts = i64::try_from(dts).map_err(|_| MuxError::BadSample {
+                track: index,
+                reason: "decode time out of range",
+            })?;
+            tap.push_back(Frame {
+                track: index,
+                dts,
+                pts: dts + i64::from(offset),
+                keyframe,
+                data: bytes::Bytes::copy_from_slice(data),
+            });
+            return Ok(());
+        }
         self.writer
             .write_sample(index, dts, offset, keyframe, data)?;
         let bytes = self.writer.take_output();

@@ -20,6 +20,8 @@ mod http;
 pub use http::{
     is_reserved_path, parse_token_hash, HttpConfig, TokenConfig, RESERVED_FIRST_SEGMENTS,
 };
+mod hls;
+pub use hls::HlsConfig;
 mod hooks;
 mod layers;
 mod webrtc;
@@ -74,6 +76,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Webhooks and command hooks.
     pub hooks: HooksConfig,
+    /// LL-HLS delivery of live paths.
+    pub hls: HlsConfig,
     /// WebRTC delivery (WHEP) and ingest (WHIP).
     pub webrtc: WebrtcConfig,
     /// Where the values came from (file, environment, flags); not a TOML key.
@@ -621,6 +625,7 @@ impl Config {
             ));
         }
         self.http.validate(self)?;
+        self.hls.validate()?;
         self.webrtc.validate()?;
         Ok(())
     }

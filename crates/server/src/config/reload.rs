@@ -131,6 +131,7 @@ const RESTART_ONLY: &[&str] = &[
     "http.tokens",
     "http.session_metrics",
     "hooks",
+    "hls",
     "log",
 ];
 
