@@ -94,6 +94,20 @@ pub enum Unplayable {
     NoMedia,
 }
 
+/// The cached GOP frames a new viewer's queue starts with. They are sent at once, so
+/// their RTP times are squeezed to end at the last one's (a tick apart): the browser then
+/// decodes them as one burst and shows the live picture, instead of playing the GOP at
+/// normal speed and staying a GOP behind for good.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatchUp {
+    /// Video frames queued from the GOP.
+    pub frames: usize,
+    /// The RTP time of the last of them.
+    pub last_rtp: u64,
+    /// The wallclock of the last of them (every catch-up frame is sent with it).
+    pub last_wallclock: Option<Instant>,
+}
+
 /// A viewer's bounded queue of frames, filled by the feed and drained by its task.
 #[derive(Debug)]
 pub struct PeerQueue {
@@ -136,20 +150,21 @@ impl PeerQueue {
     /// Queues `frame`; `bounded` false for the GOP handed over at subscription (already
     /// bounded by the GOP cache). A full queue drops the frame, and video then waits for
     /// the next keyframe.
-    fn push(&self, frame: &Arc<Frame>, bounded: bool) {
+    /// Whether the frame was queued.
+    fn push(&self, frame: &Arc<Frame>, bounded: bool) -> bool {
         if frame.video && frame.disposable && self.drop_b {
-            return;
+            return false;
         }
         let mut q = lock(&self.inner);
         if q.closed {
-            return;
+            return false;
         }
         if frame.video {
             if frame.keyframe {
                 q.skip_video = false;
             } else if q.skip_video {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
+                return false;
             }
         }
         if bounded && q.frames.len() >= self.capacity {
@@ -157,11 +172,12 @@ impl PeerQueue {
             if frame.video {
                 q.skip_video = true;
             }
-            return;
+            return false;
         }
         q.frames.push_back(frame.clone());
         drop(q);
         self.notify.notify_one();
+        true
     }
 
     /// Asks for video to resume at the next keyframe (the viewer lost a picture, and an
@@ -387,22 +403,27 @@ impl Feed {
         lock(&self.state).gop.front().is_some_and(|f| f.keyframe)
     }
 
-    /// Subscribes `peer`: the cached GOP's video is queued first, then every live frame.
-    /// The GOP's audio is not: a browser would buffer that second of audio and hold the
-    /// video back to stay in sync with it; audio starts live. False if the stream already
-    /// ended.
-    pub fn subscribe(&self, peer: &Arc<PeerQueue>) -> bool {
+    /// Subscribes `peer`: the cached GOP's video is queued first, then every live frame;
+    /// what the GOP put in the queue comes back (see [`CatchUp`]). The GOP's audio is not
+    /// queued: a browser would buffer that second of audio and hold the video back to
+    /// stay in sync with it; audio starts live. None if the stream already ended.
+    pub fn subscribe(&self, peer: &Arc<PeerQueue>) -> Option<CatchUp> {
         let mut s = lock(&self.state);
         if s.ended {
-            return false;
+            return None;
         }
         let audio_only = self.video.is_none();
-        for f in s.gop.iter().filter(|f| f.video || audio_only) {
-            peer.push(f, false);
+        let mut catch_up = CatchUp::default();
+        for f in s.gop.iter().filter(|f| f.video && !audio_only) {
+            if peer.push(f, false) {
+                catch_up.frames += 1;
+                catch_up.last_rtp = f.rtp_time;
+                catch_up.last_wallclock = Some(f.wallclock);
+            }
         }
         s.viewers_total += 1;
         s.peers.push(peer.clone());
-        true
+        Some(catch_up)
     }
 
     /// Lets a source that can make keyframes on request (a WHIP publisher) hear viewers'
@@ -699,7 +720,7 @@ mod tests {
         assert_eq!(feed.audio(), Some(AudioCodec::Opus));
         let t0 = Instant::now();
         let early = PeerQueue::new(8, false);
-        assert!(feed.subscribe(&early));
+        assert_eq!(feed.subscribe(&early).map(|c| c.frames), Some(0));
         let mut batch = Batch::default();
         // A P-frame first (skipped: no keyframe yet), then SPS, PPS, IDR, then 20 P-frames.
         batch.push(pkt(0, 1, 0, true, &[0x41, 0x9a, 0x00], t0));
@@ -726,7 +747,9 @@ mod tests {
         // A late viewer gets the whole GOP at once, from its keyframe.
         let late = PeerQueue::new(8, false);
         assert!(feed.has_gop());
-        assert!(feed.subscribe(&late));
+        let catch_up = feed.subscribe(&late).expect("live");
+        assert_eq!(catch_up.frames, 21);
+        assert_eq!(catch_up.last_rtp, (1u64 << 32) + 6000 + 3000 * 19);
         let gop: Vec<_> = std::iter::from_fn(|| late.pop()).collect();
         assert_eq!(gop.len(), 21, "IDR + 20 P, no audio from the past");
         assert!(gop[0].keyframe);

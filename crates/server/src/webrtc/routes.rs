@@ -302,13 +302,11 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
         // Chrome's header extensions but transport-wide congestion control: a viewer's
         // TWCC feedback would only feed bandwidth estimation, which a relay that cannot
         // change the source's bitrate does not run (it was the largest CPU cost per viewer).
-        // Playout delay 0: the browser shows the GOP's frames as they decode, then live.
         use str0m::rtp::Extension;
         c.clear_extension_map()
             .set_extension(1, Extension::AudioLevel)
             .set_extension(2, Extension::AbsoluteSendTime)
             .set_extension(4, Extension::RtpMid)
-            .set_extension(12, Extension::PlayoutDelay)
             .set_extension(13, Extension::VideoOrientation)
     });
     let answer = match rtc.sdp_api().accept_offer(offer) {

@@ -20,7 +20,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::feed::{Feed, Frame, PeerQueue, VideoCodec};
+use super::feed::{CatchUp, Feed, Frame, PeerQueue, VideoCodec};
 use super::{Counters, Datagram, WebRtc};
 use std::sync::atomic::Ordering;
 
@@ -112,12 +112,13 @@ fn choose_pt(
     best.map(|(_, pt)| pt)
 }
 
+/// Writes `f`, at `at` (RTP time and wallclock) instead of its own when given.
 fn write_frame(
     rtc: &mut Rtc,
     out: &Outputs,
-    video_codec: Option<VideoCodec>,
     audio_rate: u32,
     f: &Frame,
+    at: Option<(u64, Instant)>,
 ) -> Result<(), String> {
     let (target, freq) = if f.video {
         (out.video, Frequency::NINETY_KHZ)
@@ -131,15 +132,11 @@ fn write_frame(
     let Some(w) = rtc.writer(mid) else {
         return Ok(());
     };
-    let w = if f.video && video_codec.is_some() {
-        w.playout_delay(MediaTime::ZERO, MediaTime::ZERO)
-    } else {
-        w
-    };
+    let (rtp_time, wallclock) = at.unwrap_or((f.rtp_time, f.wallclock));
     w.write(
         pt,
-        f.wallclock,
-        MediaTime::new(f.rtp_time, freq),
+        wallclock,
+        MediaTime::new(rtp_time, freq),
         f.data.clone(),
     )
     .map_err(|e| e.to_string())
@@ -152,6 +149,7 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
     let mut out = Outputs::default();
     let mut first_sent = false;
     let mut keyframe_requests = 0u64;
+    let mut catch_up = CatchUp::default();
     let mut last_rx = started;
     let video_codec = v.feed.video();
     let audio_rate = v.feed.audio().map_or(48_000, |a| a.clock_rate());
@@ -166,8 +164,9 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
                         let now = Instant::now();
                         connected = Some(now);
                         info!(session = %v.id, path = %v.path, setup_ms = now.duration_since(started).as_millis() as u64, "WHEP session connected (DTLS up)");
-                        if !v.feed.subscribe(&v.queue) {
-                            break Polled::Closed("stream ended".into());
+                        match v.feed.subscribe(&v.queue) {
+                            Some(c) => catch_up = c,
+                            None => break Polled::Closed("stream ended".into()),
                         }
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -252,7 +251,15 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
             },
             _ = v.queue.ready(), if connected.is_some() => {
                 while let Some(f) = v.queue.pop() {
-                    if let Err(e) = write_frame(&mut rtc, &out, video_codec, audio_rate, &f) {
+                    // The GOP's frames, squeezed to end at the last one's time.
+                    let at = match (f.video && catch_up.frames > 0, catch_up.last_wallclock) {
+                        (true, Some(w)) => {
+                            catch_up.frames -= 1;
+                            Some((catch_up.last_rtp.saturating_sub(catch_up.frames as u64), w))
+                        }
+                        _ => None,
+                    };
+                    if let Err(e) = write_frame(&mut rtc, &out, audio_rate, &f, at) {
                         debug!(session = %v.id, error = %e, "webrtc: frame not written");
                     } else {
                         v.counters.packets.fetch_add(1, Ordering::Relaxed);
