@@ -15,7 +15,7 @@
 
 mod aac;
 mod assembler;
-mod config;
+pub(crate) mod config;
 mod h264;
 mod h265;
 mod opus;

@@ -51,6 +51,32 @@ impl Default for H264PicOrder {
     }
 }
 
+/// How many frames an H.264 stream's decode order may run ahead of its presentation order
+/// (the VUI's `max_num_reorder_frames`), from an `avcC` record: what a receiver that only
+/// has presentation times (RTP timestamps) must wait for before it can give each frame a
+/// decode time. Baseline (and constrained baseline) streams have no B-frames: 0. `None`
+/// when the record or its SPS cannot be parsed or the SPS does not say.
+pub fn h264_reorder_depth(avcc: &[u8]) -> Option<u32> {
+    let config = AvcConfig::parse(avcc).ok()?;
+    let sps = config.sps.first()?;
+    let sps = SeqParameterSet::from_bits(RefNal::new(sps, &[], true).rbsp_bits()).ok()?;
+    if let Some(r) = sps
+        .vui_parameters
+        .as_ref()
+        .and_then(|v| v.bitstream_restrictions.as_ref())
+    {
+        return Some(r.max_num_reorder_frames);
+    }
+    (u8::from(sps.profile_idc) == 66).then_some(0)
+}
+
+/// As [`h264_reorder_depth`], for H.265 from an `hvcC` record: the SPS's
+/// `sps_max_num_reorder_pics` of its highest sub-layer (always present in an H.265 SPS).
+pub fn h265_reorder_depth(hvcc: &[u8]) -> Option<u32> {
+    let config = crate::hvcc::HevcConfig::parse(hvcc).ok()?;
+    crate::depacketizer::config::parse_hevc_sps(config.sps.first()?)?.max_num_reorder_pics
+}
+
 impl H264PicOrder {
     /// A tracker knowing the parameter sets of an `avcC` record (unparsable records and sets
     /// are ignored: in-band sets may still follow).
@@ -214,6 +240,29 @@ mod tests {
         assert_eq!(rank, [0, 3, 1, 2, 6, 4, 5, 9, 7, 8, 12, 10, 11, 13]);
         // An IDR restarts the count.
         assert_eq!(order.push(&aus[0]), Some(0));
+    }
+
+    #[test]
+    fn the_reorder_depth_comes_from_the_sps() {
+        let aus = access_units(STREAM);
+        let mut sets = Vec::new();
+        let mut rest = &aus[0][..];
+        while rest.len() > 4 {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            sets.push(rest[4..4 + len].to_vec());
+            rest = &rest[4 + len..];
+        }
+        let sps = sets.iter().find(|n| n[0] & 0x1f == SPS).unwrap();
+        let pps = sets.iter().find(|n| n[0] & 0x1f == PPS).unwrap();
+        let mut avcc = vec![1, sps[1], sps[2], sps[3], 0xff, 0xe1];
+        avcc.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+        avcc.extend_from_slice(sps);
+        avcc.push(1);
+        avcc.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+        avcc.extend_from_slice(pps);
+        let depth = h264_reorder_depth(&avcc);
+        assert!(matches!(depth, Some(1..=2)), "x264 -bf 2: {depth:?}");
+        assert_eq!(h264_reorder_depth(b"garbage"), None);
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod source;
 
 pub mod player;
 
+pub mod hls;
 pub mod archive;
 pub mod mux;
 pub mod recorder;

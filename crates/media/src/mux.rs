@@ -149,6 +149,8 @@ pub struct Mp4Writer<W: Write> {
     /// first track.
     lead: usize,
     sequence: u32,
+    /// Fragments are cut only by [`Mp4Writer::cut`] (live HLS parts), never by the writer.
+    manual: bool,
     /// Timed parts (see [`Mp4Writer::with_part_duration`]): the lead track's span, in its
     /// timescale, after which a fragment is cut whatever the sample.
     part_ticks: Option<u64>,
@@ -489,6 +491,7 @@ impl<W: Write> Mp4Writer<W> {
             lead: state.iter().position(|t| t.video).unwrap_or(0),
             tracks: state,
             sequence: 0,
+            manual: false,
             part_ticks: None,
         })
     }
@@ -544,6 +547,9 @@ impl<W: Write> Mp4Writer<W> {
 
     /// Whether the buffered samples should become a fragment before the sample (`track`, `dts`).
     fn should_flush(&self, track: usize, dts: u64, keyframe: bool) -> bool {
+        if self.manual {
+            return false;
+        }
         let bytes: usize = self.tracks.iter().map(|t| t.data.len()).sum();
         if bytes >= MAX_FRAGMENT_BYTES {
             return true;
@@ -690,6 +696,20 @@ impl<W: Write> Mp4Writer<W> {
         self.out.flush()?;
         self.written += bytes.len() as u64;
         Ok(self.out)
+    }
+
+    /// Leaves cutting fragments to the caller ([`Mp4Writer::cut`]): a live packager cuts
+    /// its parts on its own schedule (whole frames, constant duration), and bounds what it
+    /// buffers itself.
+    pub fn set_manual_fragments(&mut self) {
+        self.manual = true;
+    }
+
+    /// Writes the completed samples buffered so far as one `moof`+`mdat` fragment (each
+    /// track's latest sample stays held until its successor tells its duration); nothing
+    /// when no sample is complete.
+    pub fn cut(&mut self) -> Result<(), MuxError> {
+        self.flush()
     }
 
     /// Cuts fragments on time instead of at keyframes: a fragment is written before the first

@@ -22,7 +22,10 @@ fn source(name: &str, secs: u32, args: &[&str]) -> PathBuf {
     if path.exists() {
         return path;
     }
-    let tmp = media_dir().join(format!("tmp-{}-{name}", std::process::id()));
+    // Tests of one process may make the same source at once: each writes its own file.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = media_dir().join(format!("tmp-{}-{n}-{name}", std::process::id()));
     let status = Command::new("ffmpeg")
         .args([
             "-hide_banner",

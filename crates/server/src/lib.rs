@@ -10,6 +10,9 @@
 //!   Prometheus metrics; other modules contribute routes and collectors.
 //! - [`hooks`]: webhooks and command hooks fed by the hub's event bus.
 //! - [`auth`]: users, permissions and the RTSP and HTTP authentication exchanges.
+//! - [`webrtc`]: WHEP delivery and WHIP ingest with str0m, every peer on one UDP port.
+//! - [`web`]: the player page (`/` lists the live paths, `/<path>/` plays one in a
+//!   browser over WHEP or LL-HLS) and its embedded scripts.
 //!
 //! [`server`] is the composition root, the only file naming more than one module.
 //! Protocol decisions live in the sans-IO crates (`sluice-rtsp`, `sluice-rtp`,
@@ -25,10 +28,13 @@ pub mod config;
 pub mod file;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod hls;
 pub mod hooks;
 pub mod http;
 pub mod rtsp;
 pub mod server;
+pub mod webrtc;
+pub mod web;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

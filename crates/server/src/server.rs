@@ -18,10 +18,15 @@ use tracing::{info, warn};
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigControl, Reloader};
 use crate::file::{FileError, Files};
+use crate::hls::Hls;
 use crate::hooks::{Hooks, HooksError};
-use crate::http::{HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector};
+use crate::http::{
+    HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector, Marker, StreamTarget,
+};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
+use crate::webrtc::{WebRtc, WebrtcError};
+use crate::web::Web;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,9 @@ pub enum ServerError {
     /// The hooks could not start.
     #[error(transparent)]
     Hooks(#[from] HooksError),
+    /// The WebRTC module could not bind its UDP port.
+    #[error(transparent)]
+    Webrtc(#[from] WebrtcError),
     /// The users configuration is unusable.
     #[error("invalid users: {0}")]
     Users(String),
@@ -100,6 +108,9 @@ impl Server {
         );
         // The modules, RTSP first: its hook must see every stream the others create.
         let rtsp = Rtsp::bind(config.clone(), hub.clone(), auth.clone()).await?;
+        let hls = Hls::start(&config, &hub);
+        // Before the sources: its hook attaches a WebRTC feed to every stream.
+        let webrtc = WebRtc::start(&config, hub.clone()).await?;
         let files = Arc::new(Files::start(&config, &hub)?);
         // A reload: every check before any change, then RTSP (which may refuse a listener
         // address it cannot bind, before anything else changed), users, files, in order.
@@ -137,7 +148,13 @@ impl Server {
         }));
         let reloader = Arc::new(reloader);
         let hooks = Hooks::start(&config, hub.clone())?;
-        let http = bind_http(&config, &auth, &rtsp, &hub, &hooks, reloader.clone()).await?;
+        let modules = HttpModules {
+            rtsp: &rtsp,
+            hooks: &hooks,
+            hls: hls.as_ref(),
+            webrtc: webrtc.as_ref(),
+        };
+        let http = bind_http(&config, &auth, &hub, modules, reloader.clone()).await?;
         if let Some(h) = &http {
             let _ = http_handle.set(h.handle());
         }
@@ -243,18 +260,34 @@ impl Server {
     }
 }
 
+/// The modules whose listeners, metrics or routes the HTTP listener carries.
+struct HttpModules<'a> {
+    rtsp: &'a Rtsp,
+    hooks: &'a Hooks,
+    hls: Option<&'a Hls>,
+    webrtc: Option<&'a Arc<WebRtc>>,
+}
+
 /// Binds the HTTP module (`None` when `[http]` is disabled): it reports the RTSP
 /// listeners, exports the RTSP readers' egress latency as a histogram, and sees paths
 /// and sessions through the hub.
 async fn bind_http(
     config: &Config,
     auth: &Arc<Authenticator>,
-    rtsp: &Rtsp,
     hub: &Arc<Hub>,
-    hooks: &Hooks,
+    modules: HttpModules<'_>,
     control: Arc<dyn ConfigControl>,
 ) -> Result<Option<HttpServer>, ServerError> {
+    let HttpModules {
+        rtsp,
+        hooks,
+        hls,
+        webrtc,
+    } = modules;
     let mut ctx = HttpContext::new(config, auth.clone());
+    if let Some(hls) = hls {
+        hls.mount(&mut ctx);
+    }
     ctx.hub(hub.clone());
     ctx.control(control);
     ctx.event_source(hub.clone());
@@ -269,6 +302,20 @@ async fn bind_http(
         "Time packets spent in the server, from their source to the send that carried them to a reader (sum estimated from bucket midpoints)",
         Box::new(move || egress.take_buckets()),
     )));
+    if let Some(w) = webrtc {
+        let (whep, whip) = w.routers(|ext| {
+            ext.get::<StreamTarget>().map(|t| crate::webrtc::Target {
+                path: t.path.clone(),
+                user: t.user.clone(),
+                peer: t.peer.addr,
+            })
+        });
+        ctx.routes()
+            .per_stream(Marker::Segment("whep"), crate::webrtc::whep_need, whep)
+            .per_stream(Marker::Segment("whip"), crate::webrtc::whip_need, whip);
+    }
+    // The player page: `/` lists the live paths, `/<path>/` plays one, `/assets/`.
+    Web::new(hub.clone(), rtsp.local_addr().port()).add_routes(ctx.routes())?;
     if let Some((cert, key)) = config.http.tls_pair(&config.rtsps) {
         ctx.tls(crate::config::tls::server_config(&cert, &key).map_err(ServerError::Tls)?);
     }

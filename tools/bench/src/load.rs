@@ -1196,7 +1196,7 @@ fn content_length(head: &[u8]) -> usize {
 // ----- process sampling (/proc) -----
 
 /// utime+stime (seconds) and VmRSS (MiB) of a process.
-fn proc_sample(pid: &str) -> Option<(f64, f64)> {
+pub(crate) fn proc_sample(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();

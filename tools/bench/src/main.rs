@@ -8,6 +8,7 @@
 
 mod floor;
 mod load;
+mod whep;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -29,6 +30,31 @@ enum Command {
     /// calls of a fan-out (sendmmsg + GSO, or a writev per reader per frame) to N local
     /// receivers; prints one JSON line.
     Floor(FloorArgs),
+    /// WHEP load: N WebRTC viewers (str0m peers: real ICE, DTLS, SRTP) of one path;
+    /// prints one JSON line: server CPU and memory per viewer, frames received.
+    Whep(WhepArgs),
+}
+
+/// Options of `sluice-bench whep`.
+#[derive(Debug, clap::Args)]
+struct WhepArgs {
+    /// http://host:port/<path>/whep
+    url: String,
+    /// Viewers.
+    #[arg(long, default_value_t = 200)]
+    viewers: usize,
+    /// Measured window once every viewer is up: seconds or e.g. 20s.
+    #[arg(long, default_value = "20", value_parser = parse_secs)]
+    duration: std::time::Duration,
+    /// Server process to sample (utime+stime, VmRSS).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The stream's video frame rate.
+    #[arg(long, default_value_t = 30.0)]
+    fps: f64,
+    /// Sessions set up at once.
+    #[arg(long, default_value_t = 20)]
+    concurrency: usize,
 }
 
 /// Options of `sluice-bench load`.
@@ -136,6 +162,18 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(args) => run_load(args),
         Command::Floor(args) => run_floor(args),
+        Command::Whep(a) => {
+            let report = whep::run(whep::WhepOptions {
+                url: a.url,
+                viewers: a.viewers,
+                duration: a.duration,
+                server_pid: a.server_pid,
+                fps: a.fps,
+                concurrency: a.concurrency,
+            })?;
+            println!("{report}");
+            Ok(())
+        }
     }
 }
 

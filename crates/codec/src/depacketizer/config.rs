@@ -131,7 +131,7 @@ pub(super) fn avcc(sets: &ParamSets) -> Option<(Bytes, Option<(u32, u32)>)> {
 
 /// What `hvcC` needs from an H.265 SPS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct HevcSps {
+pub(crate) struct HevcSps {
     /// general_profile_space..general_level_idc: the 12 bytes of the general profile_tier_level.
     pub(super) ptl: [u8; 12],
     /// sps_max_sub_layers_minus1 + 1.
@@ -148,10 +148,13 @@ pub(super) struct HevcSps {
     pub(super) width: u32,
     /// Picture height after the conformance window.
     pub(super) height: u32,
+    /// sps_max_num_reorder_pics of the highest sub-layer: how many pictures may precede
+    /// one in decode order and follow it in output order. None when the SPS ends before it.
+    pub(crate) max_num_reorder_pics: Option<u32>,
 }
 
 /// Parses an H.265 SPS NAL unit (with its 2-byte header) up to the bit depths (ITU-T H.265 §7.3.2.2).
-pub(super) fn parse_hevc_sps(nal: &[u8]) -> Option<HevcSps> {
+pub(crate) fn parse_hevc_sps(nal: &[u8]) -> Option<HevcSps> {
     let rbsp = unescape(nal.get(2..)?);
     let first = *rbsp.first()?;
     let max_sub_layers_minus1 = (first >> 1) & 7;
@@ -198,7 +201,19 @@ pub(super) fn parse_hevc_sps(nal: &[u8]) -> Option<HevcSps> {
     };
     let crop_w = u64::from(sub_w) * (u64::from(left) + u64::from(right));
     let crop_h = u64::from(sub_h) * (u64::from(top) + u64::from(bottom));
+    let max_num_reorder_pics = (|| {
+        let _log2_max_poc_lsb_minus4 = ue(&mut r)?;
+        let all_layers = r.flag()?;
+        let mut reorder = None;
+        for _ in (if all_layers { 0 } else { max_sub_layers_minus1 })..=max_sub_layers_minus1 {
+            let _max_dec_pic_buffering_minus1 = ue(&mut r)?;
+            reorder = Some(ue(&mut r)?);
+            let _max_latency_increase_plus1 = ue(&mut r)?;
+        }
+        reorder
+    })();
     Some(HevcSps {
+        max_num_reorder_pics,
         ptl,
         temporal_layers: max_sub_layers_minus1 + 1,
         temporal_id_nested: first & 1 != 0,
@@ -297,6 +312,12 @@ mod tests {
         sets.set_pps(&orig.pps[0], 2);
         let (rec, dims) = hvcc(&sets).unwrap();
         assert_eq!(dims, (320, 240));
+        let sps = parse_hevc_sps(&orig.sps[0]).unwrap();
+        assert!(
+            matches!(sps.max_num_reorder_pics, Some(0..=16)),
+            "{:?}",
+            sps.max_num_reorder_pics
+        );
         let parsed = HevcConfig::parse(&rec).unwrap();
         assert_eq!(
             (parsed.profile_id, parsed.tier_flag, parsed.level_id),

@@ -15,7 +15,7 @@ use super::{Config, ConfigError};
 /// Top-level tables an environment variable may set. Other `SLUICE_…` variables (such as
 /// a test harness's own) are not configuration and are left alone.
 const SECTIONS: &[&str] = &[
-    "rtsp", "log", "vod", "demo", "paths", "auth", "limits", "rtsps", "http", "hooks",
+    "rtsp", "log", "vod", "demo", "paths", "auth", "limits", "rtsps", "http", "hooks", "hls",
 ];
 
 /// The provenance of a running configuration.

@@ -20,10 +20,14 @@ mod http;
 pub use http::{
     is_reserved_path, parse_token_hash, HttpConfig, TokenConfig, RESERVED_FIRST_SEGMENTS,
 };
+mod hls;
+pub use hls::HlsConfig;
 mod hooks;
 mod layers;
+mod webrtc;
 pub use hooks::{CommandConfig, HooksConfig, WebhookConfig};
 pub use layers::{check_toml, ConfigSource, Diagnostic};
+pub use webrtc::{BFramePolicy, WebrtcConfig};
 pub mod reload;
 pub use reload::{ConfigControl, ReloadStatus, Reloader};
 
@@ -72,6 +76,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// Webhooks and command hooks.
     pub hooks: HooksConfig,
+    /// LL-HLS delivery of live paths.
+    pub hls: HlsConfig,
+    /// WebRTC delivery (WHEP) and ingest (WHIP).
+    pub webrtc: WebrtcConfig,
     /// Where the values came from (file, environment, flags); not a TOML key.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -617,6 +625,8 @@ impl Config {
             ));
         }
         self.http.validate(self)?;
+        self.hls.validate()?;
+        self.webrtc.validate()?;
         Ok(())
     }
 

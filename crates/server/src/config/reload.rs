@@ -120,6 +120,7 @@ const RESTART_ONLY: &[&str] = &[
     "rtsp.multicast_ttl",
     "rtsp.gop_cache",
     "rtsps",
+    "webrtc",
     "http.enabled",
     "http.tls_cert",
     "http.tls_key",
@@ -130,6 +131,7 @@ const RESTART_ONLY: &[&str] = &[
     "http.tokens",
     "http.session_metrics",
     "hooks",
+    "hls",
     "log",
 ];
 

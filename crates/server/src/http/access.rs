@@ -189,12 +189,29 @@ impl Access {
                 any(),
             );
         }
+        let user = match self.authenticate(peer, value) {
+            Ok(user) => user,
+            Err(verdict) => return (verdict, any()),
+        };
+        if self.permits(&user, action, path, ip) {
+            (Verdict::Allow, user)
+        } else {
+            let what = path.map_or(String::new(), |p| format!(" {p:?}"));
+            let why = format!("user {user:?} may not {action}{what} from {ip}");
+            (Verdict::Forbidden(why), user)
+        }
+    }
+
+    /// The user an `Authorization` header's credentials (Basic or Bearer) stand for, or
+    /// the verdict to answer: 403 while `peer` is refused for failed logins, 401 for
+    /// wrong credentials (counted like RTSP's).
+    fn authenticate(&self, peer: Peer, value: &str) -> Result<String, Verdict> {
+        let ip = peer.addr.ip();
         let now = Instant::now();
         if self.auth.is_refusing(ip, now) {
-            return (
-                Verdict::Forbidden(format!("too many failed logins from {ip}")),
-                any(),
-            );
+            return Err(Verdict::Forbidden(format!(
+                "too many failed logins from {ip}"
+            )));
         }
         let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
         let user = if scheme.eq_ignore_ascii_case("basic") {
@@ -222,16 +239,33 @@ impl Access {
         } else {
             None
         };
-        let Some(user) = user else {
-            return (Verdict::Unauthorized("wrong credentials".into()), any());
+        user.ok_or_else(|| Verdict::Unauthorized("wrong credentials".into()))
+    }
+
+    /// Who a client is, without checking a permission: `None` for an anonymous client
+    /// (no `Authorization`), the authenticated user, or the verdict (401/403) for
+    /// credentials that do not hold or may not be used (clear text from afar).
+    pub(crate) fn identify(
+        &self,
+        peer: Peer,
+        authorization: Option<&str>,
+    ) -> Result<Option<String>, Verdict> {
+        let Some(value) = authorization else {
+            return Ok(None);
         };
-        if self.permits(&user, action, path, ip) {
-            (Verdict::Allow, user)
-        } else {
-            let what = path.map_or(String::new(), |p| format!(" {p:?}"));
-            let why = format!("user {user:?} may not {action}{what} from {ip}");
-            (Verdict::Forbidden(why), user)
+        let ip = peer.addr.ip();
+        if !peer.tls && !is_loopback(ip) && !self.allow_clear_credentials {
+            return Err(Verdict::Unauthorized(
+                "credentials are only accepted over HTTPS (or with auth.allow_basic_without_tls)"
+                    .into(),
+            ));
         }
+        self.authenticate(peer, value).map(Some)
+    }
+
+    /// Whether no `[[users]]` are configured (everyone may read every path).
+    pub(crate) fn is_open(&self) -> bool {
+        self.auth.is_open()
     }
 
     pub(crate) fn anonymous_may(&self, method: &Method, path: &str) -> bool {

@@ -111,6 +111,38 @@ impl HttpAuth {
         }
     }
 
+    /// Who the client is, checking its credentials but no permission: `Ok(None)` for an
+    /// anonymous client (no `Authorization`), `Ok(Some(user))` for credentials that hold,
+    /// else the 401 (with Basic and Bearer challenges) or 403 to answer. For pages that
+    /// show each user what they may see (the player page's list of paths).
+    pub fn identify(
+        &self,
+        peer: Peer,
+        authorization: Option<&str>,
+    ) -> Result<Option<String>, Response> {
+        self.0.identify(peer, authorization).map_err(|v| match v {
+            Verdict::Forbidden(why) => Problem::new(StatusCode::FORBIDDEN, why).into_response(),
+            Verdict::Unauthorized(why) => self.unauthorized(why),
+            Verdict::Allow => self.unauthorized("credentials needed".into()),
+        })
+    }
+
+    /// A 401 problem carrying the Basic and Bearer challenges, so that a browser asks
+    /// for credentials.
+    pub fn unauthorized(&self, why: String) -> Response {
+        let mut res = Problem::new(StatusCode::UNAUTHORIZED, why).into_response();
+        for v in self.0.challenge() {
+            res.headers_mut().append(header::WWW_AUTHENTICATE, v);
+        }
+        res
+    }
+
+    /// Whether no `[[users]]` are configured: then every client may read every path and
+    /// nobody is asked for credentials.
+    pub fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
+
     /// Whether `user` may do `action` on `path` from the client's address (no
     /// credentials checked: `user` comes from an earlier [`HttpAuth::check`]).
     pub fn may(&self, user: &str, action: Action, path: &str, peer: Peer) -> bool {

@@ -73,6 +73,10 @@ pub(crate) fn build_config(port: u16, rtp: u16, mrtp: u16, extra_toml: &str) -> 
     if !extra_toml.lines().any(|l| l.trim() == "[http]") {
         tail.push_str("[http]\nenabled = false\n");
     }
+    // Likewise WebRTC's default UDP port (8189): an OS-chosen one unless configured.
+    if !extra_toml.lines().any(|l| l.trim() == "[webrtc]") {
+        tail.push_str("[webrtc]\nudp_port = 0\n");
+    }
     let mut out = String::from("[rtsp]\n");
     for (k, v) in rtsp {
         out.push_str(&format!("{k} = {v}\n"));

@@ -1,0 +1,709 @@
+//! The WebRTC module's per-stream sink: a stream's RTP depacketized once into frames that
+//! every viewer of the path shares, its latest GOP for new viewers, and the facts a WHEP
+//! answer is decided on (codecs, B-frames).
+//!
+//! Sans-IO apart from the wake-up of viewer tasks: packets and their arrival times come
+//! in, shared [`Frame`]s go out to bounded per-viewer [`PeerQueue`]s. A viewer that falls
+//! behind loses frames (counted) and then skips video to the next keyframe, so it never
+//! decodes a broken picture chain and never holds the source back.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use sluice_codec::Depacketizer;
+use sluice_hub::{Batch, EndReason, MediaPacket, ReaderCount, Sink, SinkStats, Stream};
+
+use super::nal;
+
+/// Most frames a GOP keeps for new viewers; a longer GOP is not cached (viewers then wait
+/// for the next keyframe).
+const GOP_MAX_FRAMES: usize = 2_000;
+/// Most payload bytes a GOP keeps.
+const GOP_MAX_BYTES: usize = 16 << 20;
+
+/// The video codecs a viewer can be sent (those the codec crate depacketizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// H.264, sent as Annex B access units with SPS/PPS before every IDR.
+    H264,
+    /// H.265, sent as Annex B access units with VPS/SPS/PPS before every IRAP.
+    H265,
+}
+
+/// The audio codecs a viewer can be sent as they come (one RTP payload, one frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioCodec {
+    /// Opus at 48 kHz.
+    Opus,
+    /// G.711 µ-law at 8 kHz.
+    Pcmu,
+    /// G.711 A-law at 8 kHz.
+    Pcma,
+}
+
+impl AudioCodec {
+    /// RTP clock rate.
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            AudioCodec::Opus => 48_000,
+            AudioCodec::Pcmu | AudioCodec::Pcma => 8_000,
+        }
+    }
+}
+
+/// One coded frame, shared by every viewer of a path.
+#[derive(Debug)]
+pub struct Frame {
+    /// Video (else audio).
+    pub video: bool,
+    /// Annex B access unit (video) or one audio packet.
+    pub data: Arc<[u8]>,
+    /// RTP time, extended past 32 bits, in the track's clock.
+    pub rtp_time: u64,
+    /// The instant this media time stands for, from one clock for all tracks (the
+    /// source's Sender Reports when both tracks have one, else the arrival time): what
+    /// the viewers' Sender Reports map their RTP times to, so audio and video stay in sync.
+    pub wallclock: Instant,
+    /// Starts a GOP (IDR/IRAP; every audio frame is independent but not a keyframe here).
+    pub keyframe: bool,
+    /// A B-frame no other frame refers to: decoders do without it.
+    pub disposable: bool,
+}
+
+/// What the stream's video holds as to B-frames, as seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BFrames {
+    /// Some frame had B slices.
+    pub seen: bool,
+    /// Some B-frame was a reference for others (B-pyramid): dropping them breaks decoding.
+    pub referenced: bool,
+}
+
+/// Why a stream cannot be played over WebRTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unplayable {
+    /// Its video codec has no depacketizer here (VP8, VP9, AV1 sources for now).
+    VideoCodec(String),
+    /// No video and no audio this module carries.
+    NoMedia,
+}
+
+/// A viewer's bounded queue of frames, filled by the feed and drained by its task.
+#[derive(Debug)]
+pub struct PeerQueue {
+    inner: Mutex<Queue>,
+    notify: tokio::sync::Notify,
+    capacity: usize,
+    /// Skip disposable B-frames (the path's B-frame policy is `drop`).
+    drop_b: bool,
+    /// Frames dropped because the queue was full or the viewer was skipping to a keyframe.
+    dropped: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Arc<Frame>>,
+    /// Video waits for the next keyframe (after a drop, or before the first one).
+    skip_video: bool,
+    closed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PeerQueue {
+    /// An open queue of at most `capacity` live frames.
+    pub fn new(capacity: usize, drop_b: bool) -> Arc<PeerQueue> {
+        Arc::new(PeerQueue {
+            inner: Mutex::new(Queue {
+                skip_video: true,
+                ..Queue::default()
+            }),
+            notify: tokio::sync::Notify::new(),
+            capacity,
+            drop_b,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues `frame`; `bounded` false for the GOP handed over at subscription (already
+    /// bounded by the GOP cache). A full queue drops the frame, and video then waits for
+    /// the next keyframe.
+    fn push(&self, frame: &Arc<Frame>, bounded: bool) {
+        if frame.video && frame.disposable && self.drop_b {
+            return;
+        }
+        let mut q = lock(&self.inner);
+        if q.closed {
+            return;
+        }
+        if frame.video {
+            if frame.keyframe {
+                q.skip_video = false;
+            } else if q.skip_video {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if bounded && q.frames.len() >= self.capacity {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            if frame.video {
+                q.skip_video = true;
+            }
+            return;
+        }
+        q.frames.push_back(frame.clone());
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// Asks for video to resume at the next keyframe (the viewer lost a picture, and an
+    /// RTSP source cannot be asked for one: the GOP's next keyframe answers).
+    pub fn skip_to_keyframe(&self) {
+        lock(&self.inner).skip_video = true;
+    }
+
+    /// The next frame, None when none is queued.
+    pub fn pop(&self) -> Option<Arc<Frame>> {
+        lock(&self.inner).frames.pop_front()
+    }
+
+    /// Whether the feed closed the queue (the stream ended) and it is drained.
+    pub fn is_finished(&self) -> bool {
+        let q = lock(&self.inner);
+        q.closed && q.frames.is_empty()
+    }
+
+    /// Closes the queue: the feed forgets it at its next frame.
+    pub fn close(&self) {
+        lock(&self.inner).closed = true;
+        self.notify.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        lock(&self.inner).closed
+    }
+
+    /// Waits until a frame is queued or the queue closes.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Frames dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Extends 32-bit RTP timestamps to 64 bits across wraps.
+#[derive(Debug, Default, Clone, Copy)]
+struct Unwrap {
+    last: Option<u64>,
+}
+
+impl Unwrap {
+    fn extend(&mut self, ts: u32) -> u64 {
+        let ext = match self.last {
+            None => u64::from(ts) + (1 << 32),
+            Some(last) => {
+                let delta = ts.wrapping_sub(last as u32) as i32;
+                last.saturating_add_signed(i64::from(delta))
+            }
+        };
+        self.last = Some(ext);
+        ext
+    }
+}
+
+/// The shared NTP↔Instant anchor of the Sender Report clock.
+#[derive(Debug, Default, Clone, Copy)]
+struct Anchor {
+    at: Option<(f64, Instant)>,
+}
+
+struct State {
+    video_dep: Option<Depacketizer>,
+    video_ext: Unwrap,
+    audio_ext: Unwrap,
+    anchor: Anchor,
+    /// Frames since the last keyframe (video and audio), when it is within bounds.
+    gop: VecDeque<Arc<Frame>>,
+    gop_bytes: usize,
+    b_frames: BFrames,
+    peers: Vec<Arc<PeerQueue>>,
+    ended: bool,
+    frames_out: u64,
+    bytes_out: u64,
+    /// Viewers that ever subscribed.
+    viewers_total: u64,
+}
+
+/// The WebRTC module's sink on one stream.
+pub struct Feed {
+    stream: Weak<Stream>,
+    video: Option<(usize, VideoCodec)>,
+    audio: Option<(usize, AudioCodec)>,
+    /// The stream's audio is AAC, which WebRTC does not carry.
+    aac: bool,
+    /// The stream's video codec when this module cannot send it.
+    unsupported_video: Option<String>,
+    state: Mutex<State>,
+    /// Asked when a viewer wants a keyframe and the source can make one (a WHIP
+    /// publisher registers here).
+    keyframe_source: Mutex<Option<Weak<tokio::sync::Notify>>>,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("video", &self.video)
+            .field("audio", &self.audio)
+            .finish()
+    }
+}
+
+impl Feed {
+    /// A feed for `stream`'s presentation: its first video track H.264/H.265 and its
+    /// first audio track Opus/PCMU/PCMA are carried.
+    pub fn new(stream: &Arc<Stream>) -> Arc<Feed> {
+        let mut video = None;
+        let mut video_dep = None;
+        let mut audio = None;
+        let mut aac = false;
+        let mut unsupported_video = None;
+        for (i, t) in stream.presentation().tracks().iter().enumerate() {
+            let enc = t.encoding.to_ascii_uppercase();
+            if t.media == "video" && video.is_none() && unsupported_video.is_none() {
+                let codec = match enc.as_str() {
+                    "H264" => Some((VideoCodec::H264, "H264")),
+                    "H265" => Some((VideoCodec::H265, "H265")),
+                    _ => None,
+                };
+                match codec.and_then(|(c, name)| {
+                    Some((
+                        c,
+                        Depacketizer::new(name, t.clock_rate, None, t.fmtp.as_deref()).ok()?,
+                    ))
+                }) {
+                    Some((c, dep)) => {
+                        video = Some((i, c));
+                        video_dep = Some(dep);
+                    }
+                    None => unsupported_video = Some(t.encoding.clone()),
+                }
+            } else if t.media == "audio" && audio.is_none() {
+                match enc.as_str() {
+                    "OPUS" => audio = Some((i, AudioCodec::Opus)),
+                    "PCMU" => audio = Some((i, AudioCodec::Pcmu)),
+                    "PCMA" => audio = Some((i, AudioCodec::Pcma)),
+                    "MPEG4-GENERIC" | "MP4A-LATM" => aac = true,
+                    _ => {}
+                }
+            }
+        }
+        Arc::new(Feed {
+            stream: Arc::downgrade(stream),
+            video,
+            audio,
+            aac,
+            unsupported_video,
+            state: Mutex::new(State {
+                video_dep,
+                video_ext: Unwrap::default(),
+                audio_ext: Unwrap::default(),
+                anchor: Anchor::default(),
+                gop: VecDeque::new(),
+                gop_bytes: 0,
+                b_frames: BFrames::default(),
+                peers: Vec::new(),
+                ended: false,
+                frames_out: 0,
+                bytes_out: 0,
+                viewers_total: 0,
+            }),
+            keyframe_source: Mutex::new(None),
+        })
+    }
+
+    /// The video codec sent, if any.
+    pub fn video(&self) -> Option<VideoCodec> {
+        self.video.map(|(_, c)| c)
+    }
+
+    /// The audio codec sent, if any.
+    pub fn audio(&self) -> Option<AudioCodec> {
+        self.audio.map(|(_, c)| c)
+    }
+
+    /// Whether the source's audio is AAC (not carried over WebRTC).
+    pub fn audio_is_aac(&self) -> bool {
+        self.aac
+    }
+
+    /// Whether a viewer can be sent this stream at all.
+    pub fn playable(&self) -> Result<(), Unplayable> {
+        if let Some(enc) = &self.unsupported_video {
+            return Err(Unplayable::VideoCodec(enc.clone()));
+        }
+        if self.video.is_none() && self.audio.is_none() {
+            return Err(Unplayable::NoMedia);
+        }
+        Ok(())
+    }
+
+    /// The H.264 `profile_idc` of the source's SPS, once known (66 Baseline, 77 Main,
+    /// 100 High): a viewer is answered under an offered profile that matches when there is one.
+    pub fn h264_profile(&self) -> Option<u8> {
+        if self.video() != Some(VideoCodec::H264) {
+            return None;
+        }
+        let s = lock(&self.state);
+        let params = s.video_dep.as_ref()?.params()?;
+        params.config.get(1).copied()
+    }
+
+    /// What the stream's video showed of B-frames so far.
+    pub fn b_frames(&self) -> BFrames {
+        lock(&self.state).b_frames
+    }
+
+    /// Whether the current GOP is cached (a new viewer starts at once).
+    pub fn has_gop(&self) -> bool {
+        lock(&self.state).gop.front().is_some_and(|f| f.keyframe)
+    }
+
+    /// Subscribes `peer`: the cached GOP's video is queued first, then every live frame.
+    /// The GOP's audio is not: a browser would buffer that second of audio and hold the
+    /// video back to stay in sync with it; audio starts live. False if the stream already
+    /// ended.
+    pub fn subscribe(&self, peer: &Arc<PeerQueue>) -> bool {
+        let mut s = lock(&self.state);
+        if s.ended {
+            return false;
+        }
+        let audio_only = self.video.is_none();
+        for f in s.gop.iter().filter(|f| f.video || audio_only) {
+            peer.push(f, false);
+        }
+        s.viewers_total += 1;
+        s.peers.push(peer.clone());
+        true
+    }
+
+    /// Lets a source that can make keyframes on request (a WHIP publisher) hear viewers'
+    /// PLI/FIR.
+    pub fn set_keyframe_source(&self, notify: &Arc<tokio::sync::Notify>) {
+        *lock(&self.keyframe_source) = Some(Arc::downgrade(notify));
+    }
+
+    /// A viewer lost a picture: the source is asked for a keyframe if it can make one
+    /// (true), else the viewer waits for the next one (false).
+    pub fn request_keyframe(&self) -> bool {
+        match lock(&self.keyframe_source).as_ref().and_then(Weak::upgrade) {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The instant `rtp` (on `track`, at `clock_rate`) stands for: from the source's
+    /// Sender Reports when every carried track has one, else `arrival`.
+    fn wallclock(
+        &self,
+        anchor: &mut Anchor,
+        track: usize,
+        rtp: u32,
+        clock_rate: u32,
+        arrival: Instant,
+    ) -> Instant {
+        let Some(stream) = self.stream.upgrade() else {
+            return arrival;
+        };
+        let tracks = [self.video.map(|v| v.0), self.audio.map(|a| a.0)];
+        if tracks
+            .iter()
+            .flatten()
+            .any(|t| stream.sr_mapping(*t).is_none())
+        {
+            return arrival;
+        }
+        let Some(sr) = stream.sr_mapping(track) else {
+            return arrival;
+        };
+        let ntp = (sr.ntp.0 >> 32) as f64 + (sr.ntp.0 & 0xffff_ffff) as f64 / 4_294_967_296.0;
+        let delta =
+            f64::from(rtp.wrapping_sub(sr.rtp_timestamp) as i32) / f64::from(clock_rate.max(1));
+        let at = ntp + delta;
+        let (anchor_ntp, anchor_instant) = *anchor.at.get_or_insert((at, arrival));
+        let offset = at - anchor_ntp;
+        let w = if offset >= 0.0 {
+            anchor_instant + Duration::from_secs_f64(offset.min(1e9))
+        } else {
+            anchor_instant
+                .checked_sub(Duration::from_secs_f64((-offset).min(1e9)))
+                .unwrap_or(arrival)
+        };
+        // Media is never captured after it arrived: a frame that came through faster than
+        // the anchor's moves the anchor back (for both tracks alike), so that the mapping
+        // stays one clock and never points into the future.
+        if w > arrival {
+            let ahead = w - arrival;
+            anchor.at = Some((
+                anchor_ntp,
+                anchor_instant.checked_sub(ahead).unwrap_or(anchor_instant),
+            ));
+            return arrival;
+        }
+        w
+    }
+
+    /// Hands `frame` to the GOP and to every viewer.
+    fn publish(&self, s: &mut State, frame: Frame) {
+        let frame = Arc::new(frame);
+        if frame.video && frame.keyframe {
+            s.gop.clear();
+            s.gop_bytes = 0;
+        }
+        let cached = s.gop.front().is_some_and(|f| f.keyframe);
+        if cached {
+            if s.gop.len() >= GOP_MAX_FRAMES || s.gop_bytes + frame.data.len() > GOP_MAX_BYTES {
+                s.gop.clear();
+                s.gop_bytes = 0;
+            } else {
+                s.gop_bytes += frame.data.len();
+                s.gop.push_back(frame.clone());
+            }
+        } else if frame.keyframe || (self.video.is_none() && !frame.video) {
+            // Audio-only streams: the GOP is the last frame (any audio frame starts).
+            if !frame.video {
+                s.gop.clear();
+                s.gop_bytes = 0;
+            }
+            s.gop_bytes += frame.data.len();
+            s.gop.push_back(frame.clone());
+        }
+        s.peers.retain(|p| !p.is_closed());
+        s.frames_out += s.peers.len() as u64;
+        s.bytes_out += (s.peers.len() * frame.data.len()) as u64;
+        for p in &s.peers {
+            p.push(&frame, true);
+        }
+    }
+
+    fn handle_packet(&self, s: &mut State, p: &MediaPacket) {
+        if let Some((track, codec)) = self.video {
+            if p.track == track {
+                let Some(dep) = s.video_dep.as_mut() else {
+                    return;
+                };
+                let Ok(units) = dep.push(&p.data) else {
+                    return;
+                };
+                if units.is_empty() {
+                    return;
+                }
+                let params = dep.params();
+                for au in units {
+                    let sets = if au.keyframe {
+                        params.as_ref().map(|c| match codec {
+                            VideoCodec::H264 => nal::avcc_parameter_sets(&c.config),
+                            VideoCodec::H265 => nal::hvcc_parameter_sets(&c.config),
+                        })
+                    } else {
+                        None
+                    };
+                    let annexb = nal::to_annex_b(codec, &au.data, sets.as_deref().unwrap_or(&[]));
+                    let (b, referenced) = match codec {
+                        VideoCodec::H264 => nal::h264_b_slices(&au.data),
+                        VideoCodec::H265 => (false, false),
+                    };
+                    if b {
+                        s.b_frames.seen = true;
+                        s.b_frames.referenced |= referenced;
+                    }
+                    let rtp_time = s.video_ext.extend(au.rtp_timestamp);
+                    let wallclock = self.wallclock(
+                        &mut s.anchor,
+                        track,
+                        au.rtp_timestamp,
+                        90_000,
+                        p.received_at,
+                    );
+                    let frame = Frame {
+                        video: true,
+                        data: annexb.into(),
+                        rtp_time,
+                        wallclock,
+                        keyframe: au.keyframe,
+                        disposable: b && !referenced,
+                    };
+                    self.publish(s, frame);
+                }
+                return;
+            }
+        }
+        if let Some((track, codec)) = self.audio {
+            if p.track == track {
+                let Some(payload) = p.data.get(p.header.payload_offset..) else {
+                    return;
+                };
+                if payload.is_empty() {
+                    return;
+                }
+                let rtp_time = s.audio_ext.extend(p.header.timestamp);
+                let wallclock = self.wallclock(
+                    &mut s.anchor,
+                    track,
+                    p.header.timestamp,
+                    codec.clock_rate(),
+                    p.received_at,
+                );
+                let frame = Frame {
+                    video: false,
+                    data: Arc::from(payload),
+                    rtp_time,
+                    wallclock,
+                    keyframe: false,
+                    disposable: false,
+                };
+                self.publish(s, frame);
+            }
+        }
+    }
+}
+
+impl Sink for Feed {
+    fn on_batch(&self, batch: &Batch) {
+        let mut s = lock(&self.state);
+        if s.peers.is_empty() && self.video.is_none() && self.audio.is_none() {
+            return;
+        }
+        for p in batch.packets() {
+            self.handle_packet(&mut s, p);
+        }
+    }
+
+    fn on_end(&self, _reason: EndReason) {
+        let mut s = lock(&self.state);
+        s.ended = true;
+        s.gop.clear();
+        for p in s.peers.drain(..) {
+            p.close();
+        }
+    }
+
+    fn stats(&self) -> SinkStats {
+        let s = lock(&self.state);
+        let live = s.peers.iter().filter(|p| !p.is_closed()).count() as u64;
+        let dropped: u64 = s.peers.iter().map(|p| p.dropped()).sum();
+        SinkStats {
+            readers: vec![ReaderCount {
+                protocol: "webrtc",
+                transport: "",
+                count: live,
+            }],
+            packets_out: s.frames_out,
+            bytes_out: s.bytes_out,
+            dropped: vec![("webrtc_queue_full", dropped)],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use sluice_hub::Presentation;
+    use sluice_rtp::packet::parse_rtp;
+
+    const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nt=0 0\r\n\
+        m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n\
+        m=audio 0 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\n";
+
+    fn pkt(
+        track: usize,
+        seq: u16,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+        at: Instant,
+    ) -> MediaPacket {
+        let mut d = vec![0x80, if marker { 0x80 | 96 } else { 96 }];
+        d.extend_from_slice(&seq.to_be_bytes());
+        d.extend_from_slice(&ts.to_be_bytes());
+        d.extend_from_slice(&1u32.to_be_bytes());
+        d.extend_from_slice(payload);
+        let data = Bytes::from(d);
+        MediaPacket {
+            track,
+            header: parse_rtp(&data).expect("rtp"),
+            data,
+            received_at: at,
+        }
+    }
+
+    const SPS: &[u8] = &[
+        0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xf0, 0x04, 0x4f, 0xcb, 0x80,
+    ];
+    const PPS: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
+
+    #[test]
+    fn frames_start_at_a_keyframe_with_parameter_sets_and_bound_slow_viewers() {
+        let p = Presentation::from_sdp(SDP.as_bytes()).expect("sdp");
+        let stream = Stream::new("cam".into(), p, 1);
+        let feed = Feed::new(&stream);
+        assert_eq!(feed.video(), Some(VideoCodec::H264));
+        assert_eq!(feed.audio(), Some(AudioCodec::Opus));
+        let t0 = Instant::now();
+        let early = PeerQueue::new(8, false);
+        assert!(feed.subscribe(&early));
+        let mut batch = Batch::default();
+        // A P-frame first (skipped: no keyframe yet), then SPS, PPS, IDR, then 20 P-frames.
+        batch.push(pkt(0, 1, 0, true, &[0x41, 0x9a, 0x00], t0));
+        batch.push(pkt(0, 2, 3000, false, SPS, t0));
+        batch.push(pkt(0, 3, 3000, false, PPS, t0));
+        batch.push(pkt(0, 4, 3000, true, &[0x65, 0x88, 0x80], t0));
+        for i in 0..20u16 {
+            batch.push(pkt(
+                0,
+                5 + i,
+                6000 + 3000 * u32::from(i),
+                true,
+                &[0x41, 0x9a, 0x01],
+                t0,
+            ));
+        }
+        batch.push(pkt(1, 1, 960, true, &[0xfc, 0x01], t0));
+        feed.on_batch(&batch);
+        let first = early.pop().expect("a frame");
+        assert!(first.keyframe && first.video);
+        assert!(first.data.starts_with(&[0, 0, 0, 1, 0x67]), "SPS first");
+        // The queue holds 8 frames: the rest were dropped and counted.
+        assert!(early.dropped() > 0);
+        // A late viewer gets the whole GOP at once, from its keyframe.
+        let late = PeerQueue::new(8, false);
+        assert!(feed.has_gop());
+        assert!(feed.subscribe(&late));
+        let gop: Vec<_> = std::iter::from_fn(|| late.pop()).collect();
+        assert_eq!(gop.len(), 21, "IDR + 20 P, no audio from the past");
+        assert!(gop[0].keyframe);
+        assert!(!feed.b_frames().seen);
+        feed.on_end(EndReason::SourceGone);
+        assert!(late.is_finished());
+    }
+
+    #[test]
+    fn rtp_time_extends_across_the_wrap() {
+        let mut u = Unwrap::default();
+        let a = u.extend(u32::MAX - 10);
+        let b = u.extend(5);
+        assert_eq!(b - a, 16);
+        let c = u.extend(u32::MAX - 20);
+        assert!(c < b);
+    }
+}
