@@ -9,8 +9,8 @@
 //! the server recorder's [`SegmentWriter`], which cuts the parts (`prft` + `moof` + `mdat` +
 //! checksum, the archive's self-describing format, which `sluice_media::archive::recover`
 //! repairs after a crash). It reads the connection, feeds them, appends the parts to the
-//! file, syncs and prints progress. The syncs run inline: a part a second costs one
-//! `fdatasync` a second.
+//! file (on a thread of its own, so that a slow `fdatasync` never delays reading the
+//! stream, whose arrival times time some cameras), syncs and prints progress.
 //!
 //! Bounds: the file must be able to start (every recorded track's parameter sets and, with
 //! video, a keyframe) within [`START_TIMEOUT`], or recording fails naming the track and
@@ -144,13 +144,10 @@ pub struct RecordStats {
 struct Out {
     /// The part writer, made once the recorder knows the file's tracks.
     writer: SegmentWriter,
-    /// The file of the current segment (the first is the output; more appear only if the
-    /// stream forces a new segment, named `<stem>-<n>.<ext>`).
-    file: Option<File>,
+    /// The thread that writes and syncs the files.
+    files: FileWriter,
     /// When it started.
     at: Instant,
-    /// Bytes written.
-    bytes: u64,
     /// When the recorder last handed out an access unit.
     last_frame: Instant,
     /// Whether the writer was told the stream is idle since then.
@@ -297,7 +294,7 @@ pub async fn record(
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             stats.elapsed = started.elapsed();
-            stats.bytes = out.as_ref().map_or(0, |o| o.bytes);
+            stats.bytes = out.as_ref().map_or(0, |o| o.files.bytes());
             stats.lost = lost(&rtp_stats);
             progress(&stats);
         }
@@ -323,12 +320,12 @@ pub async fn record(
         o.writer.push(f, wall);
     }
     o.writer.finish();
-    write_parts(&mut o, &opts).map_err(write_err)?;
+    write_parts(&mut o).map_err(write_err)?;
+    stats.bytes = o.files.finish().map_err(write_err)?;
     let dropped = o.writer.stats().dropped();
     if dropped > 0 {
         warn!(dropped, "access units dropped (decode times out of order)");
     }
-    stats.bytes = o.bytes;
     progress(&stats);
     Ok(stats)
 }
@@ -399,9 +396,8 @@ fn drain(
         .map_err(std::io::Error::other)?;
         *out = Some(Out {
             writer,
-            file: None,
+            files: FileWriter::start(opts.output.clone(), opts.fsync),
             at: now,
-            bytes: 0,
             last_frame: now,
             idled: false,
         });
@@ -422,49 +418,116 @@ fn drain(
         o.writer.idle();
         o.idled = true;
     }
-    write_parts(o, opts)
+    write_parts(o)
 }
 
-/// Writes what the part writer produced: creates the file with the init (syncing the
-/// directory so that it survives a power cut), appends each part (and syncs it with
-/// `--fsync part`), syncs a completed file (unless `--fsync off`).
-fn write_parts(o: &mut Out, opts: &RecordOptions) -> std::io::Result<()> {
+/// Hands what the part writer produced to the file thread; fails with the thread's error
+/// once it failed.
+fn write_parts(o: &mut Out) -> std::io::Result<()> {
     while let Some(output) = o.writer.poll_output() {
-        match output {
+        o.files.send(output)?;
+    }
+    Ok(())
+}
+
+/// The thread that writes the files and syncs them, so that a slow `fdatasync` never delays
+/// reading the stream (the recorder times arrival-timed cameras by when packets are read).
+struct FileWriter {
+    tx: Option<std::sync::mpsc::Sender<ArchiveOutput>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FileWriter {
+    fn start(output: PathBuf, fsync: Fsync) -> FileWriter {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = bytes.clone();
+        let thread = std::thread::Builder::new()
+            .name("record-files".into())
+            .spawn(move || write_files(&rx, &output, fsync, &counter))
+            .ok();
+        FileWriter {
+            tx: Some(tx),
+            thread,
+            bytes,
+        }
+    }
+
+    /// Bytes written so far.
+    fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues an output; fails with the thread's error once it stopped.
+    fn send(&mut self, output: ArchiveOutput) -> std::io::Result<()> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(output).is_ok());
+        if sent {
+            return Ok(());
+        }
+        self.finish()?;
+        Err(std::io::Error::other("the file writer stopped"))
+    }
+
+    /// Waits until everything queued is written and synced; the bytes written.
+    fn finish(&mut self) -> std::io::Result<u64> {
+        self.tx = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => return Err(std::io::Error::other("the file writer panicked")),
+            None => return Err(std::io::Error::other("the file writer did not start")),
+        }
+        Ok(self.bytes())
+    }
+}
+
+/// The file thread: creates each segment's file with its init (syncing the directory so that
+/// it survives a power cut), appends each part (and syncs it with `--fsync part`), syncs a
+/// completed file (unless `--fsync off`).
+fn write_files(
+    rx: &std::sync::mpsc::Receiver<ArchiveOutput>,
+    output: &std::path::Path,
+    fsync: Fsync,
+    bytes: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    let mut file: Option<File> = None;
+    let count = |n: usize| bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    while let Ok(out) = rx.recv() {
+        match out {
             ArchiveOutput::SegmentStarted { segment, init, .. } => {
-                let path = segment_path(&opts.output, segment);
-                let mut file = File::create(&path)?;
-                file.write_all(&init)?;
-                if opts.fsync != Fsync::Off {
-                    file.sync_all()?;
+                let path = segment_path(output, segment);
+                let mut f = File::create(&path)?;
+                f.write_all(&init)?;
+                if fsync != Fsync::Off {
+                    f.sync_all()?;
                     sync_dir(&path)?;
                 }
-                o.bytes += init.len() as u64;
-                o.file = Some(file);
+                count(init.len());
+                file = Some(f);
             }
             ArchiveOutput::Part { bytes, .. } => {
-                let Some(file) = o.file.as_mut() else {
+                let Some(f) = file.as_mut() else {
                     continue;
                 };
-                file.write_all(&bytes)?;
-                if opts.fsync == Fsync::Part {
-                    file.sync_data()?;
+                f.write_all(&bytes)?;
+                if fsync == Fsync::Part {
+                    f.sync_data()?;
                 }
-                o.bytes += bytes.len() as u64;
+                count(bytes.len());
             }
             ArchiveOutput::SegmentEnded {
                 segment, reason, ..
             } => {
-                if let Some(file) = o.file.take() {
-                    if opts.fsync != Fsync::Off {
-                        file.sync_all()?;
+                if let Some(f) = file.take() {
+                    if fsync != Fsync::Off {
+                        f.sync_all()?;
                     }
                 }
                 if reason != sluice_media::archive::CutReason::Stop {
                     warn!(
                         segment,
                         reason = reason.as_str(),
-                        next = %segment_path(&opts.output, segment + 1).display(),
+                        next = %segment_path(output, segment + 1).display(),
                         "the stream forced a new file"
                     );
                 }
