@@ -196,7 +196,8 @@ fn ll_hls_h264_aac_blocking_reloads_parts_and_ffmpeg_decode() {
     );
     assert_eq!(figures["ahead_status"], 400);
     assert_eq!(figures["ahead_part_status"], 400);
-    assert!(dur("ahead_ms") < 100.0);
+    // At once, not after a hold (3 s); the bound leaves room for a loaded machine.
+    assert!(dur("ahead_ms") < 1000.0, "400 after {} ms", dur("ahead_ms"));
     assert!(figures["segments_compared"].as_u64() >= Some(1));
     assert!(figures["skipped_segments"].as_u64() >= Some(1));
     let segments = figures["segments"].as_u64().unwrap_or(0);
