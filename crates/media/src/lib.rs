@@ -35,8 +35,8 @@ mod source;
 
 pub mod player;
 
-pub mod hls;
 pub mod archive;
+pub mod hls;
 pub mod mux;
 pub mod recorder;
 

@@ -33,8 +33,8 @@ pub mod hooks;
 pub mod http;
 pub mod rtsp;
 pub mod server;
-pub mod webrtc;
 pub mod web;
+pub mod webrtc;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

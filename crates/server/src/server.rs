@@ -25,8 +25,8 @@ use crate::http::{
 };
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
-use crate::webrtc::{WebRtc, WebrtcError};
 use crate::web::Web;
+use crate::webrtc::{WebRtc, WebrtcError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
