@@ -700,7 +700,7 @@ fn whep_three_pages(web: &Web, dir: &Path) -> Check {
             video_inbound(page)
         ));
         c.expect(
-            str_of(&page["mode"]) == "webrtc" && frames > 120,
+            str_of(&page["mode"]) == "webrtc" && frames >= 60,
             format!("page {i}: mode {} frames {frames}", page["mode"]),
         );
         ports.extend(
@@ -1006,19 +1006,20 @@ fn plays_in_chromium() {
     // `cors_origins`: the embedding check's page is another origin.
     let web = Web::start("cors_origins = [\"*\"]\n[webrtc]\nudp_port = 0\n");
     let dir = test_dir("browser-play");
-    // The long checks start at once; the short ones after the first-frame loads and the
-    // WHIP set-up, staggered, so that the machine (2 cores in CI) is less loaded during
-    // those and the wall time stays near the longest check (about 70 s).
+    // The WHEP measurement (5 loads, then 30 s) runs first on its own: with every
+    // Chromium at once, a 2-core machine presents only 80-95 % of that page's frames (it
+    // decodes them all). Then the two minute-long LL-HLS checks, WHIP (whose browser
+    // encodes) and the short checks run together, staggered. Wall time: about 110 s.
     let checks: Vec<(u64, CheckFn)> = vec![
         (0, whep_h264_opus),
-        (0, aac_source),
-        (0, bframes_source),
-        (0, whip_publish),
-        (20, h265_source),
-        (30, whep_main_profile),
-        (45, whep_three_pages),
-        (50, no_webrtc),
-        (20, embedded),
+        (40, aac_source),
+        (40, bframes_source),
+        (42, whip_publish),
+        (44, whep_main_profile),
+        (50, whep_three_pages),
+        (56, no_webrtc),
+        (62, embedded),
+        (70, h265_source),
     ];
     let results: Vec<Check> = std::thread::scope(|s| {
         let handles: Vec<_> = checks
