@@ -16,6 +16,7 @@ use super::{Config, ConfigError};
 /// a test harness's own) are not configuration and are left alone.
 const SECTIONS: &[&str] = &[
     "rtsp", "log", "vod", "demo", "paths", "auth", "limits", "rtsps", "http", "hooks", "hls",
+    "webrtc",
 ];
 
 /// The provenance of a running configuration.
