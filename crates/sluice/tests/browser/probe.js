@@ -11,7 +11,9 @@
 // when the publisher's source produced the frame.
 (() => {
   const P = (window.__probe = {
-    frames: [], // [n, display wall time in ms since the epoch, capture ms mod 65536]
+    // [n, display wall time in ms since the epoch, capture ms mod 65536, the video's
+    // presentedFrames counter]
+    frames: [],
     firstFrameMs: null, // ms from navigation start to the first decoded frame
     misreads: 0,
     width: 0,
@@ -79,7 +81,7 @@
       const got = decode(video);
       const wall = performance.timeOrigin + meta.expectedDisplayTime;
       if (got !== null) {
-        P.frames.push([got[0], wall, got[1]]);
+        P.frames.push([got[0], wall, got[1], meta.presentedFrames]);
         if (P.firstFrameMs === null) P.firstFrameMs = wall - performance.timeOrigin;
       }
       video.requestVideoFrameCallback(cb);
