@@ -26,6 +26,8 @@
   var FIRST_FRAME_MS = 4000;
   var RETRY_MS = 2000;
   var GATHER_MS = 500;
+  // WebRTC jitter buffer target (ms): see startWebRtc.
+  var JITTER_MS = 80;
   var script = document.currentScript;
   var serverBase = script && script.src ? new URL('/', script.src).href : new URL('/', location.href).href;
   var hlsLoading = null;
@@ -196,6 +198,13 @@
     var stream = new MediaStream();
     pc.addTransceiver('video', { direction: 'recvonly' });
     pc.addTransceiver('audio', { direction: 'recvonly' });
+    // A small jitter buffer: frames that arrive in a burst (an encoder or a network that
+    // stalled for a moment) are shown on their own timestamps instead of replacing each
+    // other within one screen refresh, at the cost of JITTER_MS of latency.
+    pc.getReceivers().forEach(function (r) {
+      if ('jitterBufferTarget' in r) r.jitterBufferTarget = JITTER_MS;
+      else if ('playoutDelayHint' in r) r.playoutDelayHint = JITTER_MS / 1000;
+    });
     pc.ontrack = function (e) {
       stream.addTrack(e.track);
       if (self.video.srcObject !== stream) self.video.srcObject = stream;
