@@ -173,24 +173,15 @@ impl Access {
         if self.permits("any", action, path, ip) {
             return (Verdict::Allow, any());
         }
-        let Some(value) = authorization else {
-            let what = path.map_or(String::new(), |p| format!(" {p:?}"));
-            return (
-                Verdict::Unauthorized(format!("{action}{what} needs credentials")),
-                any(),
-            );
-        };
-        if !peer.tls && !loopback && !self.allow_clear_credentials {
-            return (
-                Verdict::Unauthorized(
-                    "credentials are only accepted over HTTPS (or with auth.allow_basic_without_tls)"
-                        .into(),
-                ),
-                any(),
-            );
-        }
-        let user = match self.authenticate(peer, value) {
-            Ok(user) => user,
+        let user = match self.identify(peer, authorization) {
+            Ok(Some(user)) => user,
+            Ok(None) => {
+                let what = path.map_or(String::new(), |p| format!(" {p:?}"));
+                return (
+                    Verdict::Unauthorized(format!("{action}{what} needs credentials")),
+                    any(),
+                );
+            }
             Err(verdict) => return (verdict, any()),
         };
         if self.permits(&user, action, path, ip) {
@@ -278,7 +269,25 @@ impl Access {
         }
     }
 
-    pub(crate) fn challenge(&self) -> [HeaderValue; 2] {
+    /// The answer to a verdict that refuses: 403, or 401 carrying the Basic and Bearer
+    /// challenges (so that a browser asks for credentials); `Allow` cannot be refused and
+    /// gets a 401 too.
+    pub(crate) fn refusal(&self, verdict: Verdict) -> Response {
+        let why = match verdict {
+            Verdict::Forbidden(why) => {
+                return Problem::new(StatusCode::FORBIDDEN, why).into_response()
+            }
+            Verdict::Unauthorized(why) => why,
+            Verdict::Allow => "credentials needed".into(),
+        };
+        let mut res = Problem::new(StatusCode::UNAUTHORIZED, why).into_response();
+        for v in self.challenge() {
+            res.headers_mut().append(header::WWW_AUTHENTICATE, v);
+        }
+        res
+    }
+
+    fn challenge(&self) -> [HeaderValue; 2] {
         let realm = self.realm.replace(['"', '\\'], "");
         [
             HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
@@ -310,14 +319,7 @@ pub(crate) async fn check(
         .and_then(|v| v.to_str().ok());
     match access.decide(action, peer, authorization) {
         Verdict::Allow => next.run(req).await,
-        Verdict::Forbidden(why) => Problem::new(StatusCode::FORBIDDEN, why).into_response(),
-        Verdict::Unauthorized(why) => {
-            let mut res = Problem::new(StatusCode::UNAUTHORIZED, why).into_response();
-            for v in access.challenge() {
-                res.headers_mut().append(header::WWW_AUTHENTICATE, v);
-            }
-            res
-        }
+        refused => access.refusal(refused),
     }
 }
 

@@ -72,42 +72,9 @@ impl HttpAuth {
         peer: Peer,
         authorization: Option<&str>,
     ) -> Result<String, Response> {
-        let (verdict, user) = self.0.judge(action, Some(path), peer, authorization);
-        match verdict {
-            Verdict::Allow => Ok(user),
-            Verdict::Forbidden(why) => {
-                Err(Problem::new(StatusCode::FORBIDDEN, why).into_response())
-            }
-            Verdict::Unauthorized(why) => {
-                let mut res = Problem::new(StatusCode::UNAUTHORIZED, why).into_response();
-                for v in self.0.challenge() {
-                    res.headers_mut().append(header::WWW_AUTHENTICATE, v);
-                }
-                Err(res)
-            }
-        }
-    }
-
-    /// Checks a path-less `action` (`api`) for the client: the user, or the answer.
-    pub fn check_action(
-        &self,
-        action: Action,
-        peer: Peer,
-        authorization: Option<&str>,
-    ) -> Result<String, Response> {
-        let (verdict, user) = self.0.judge(action, None, peer, authorization);
-        match verdict {
-            Verdict::Allow => Ok(user),
-            Verdict::Forbidden(why) => {
-                Err(Problem::new(StatusCode::FORBIDDEN, why).into_response())
-            }
-            Verdict::Unauthorized(why) => {
-                let mut res = Problem::new(StatusCode::UNAUTHORIZED, why).into_response();
-                for v in self.0.challenge() {
-                    res.headers_mut().append(header::WWW_AUTHENTICATE, v);
-                }
-                Err(res)
-            }
+        match self.0.judge(action, Some(path), peer, authorization) {
+            (Verdict::Allow, user) => Ok(user),
+            (refused, _) => Err(self.0.refusal(refused)),
         }
     }
 
@@ -120,21 +87,15 @@ impl HttpAuth {
         peer: Peer,
         authorization: Option<&str>,
     ) -> Result<Option<String>, Response> {
-        self.0.identify(peer, authorization).map_err(|v| match v {
-            Verdict::Forbidden(why) => Problem::new(StatusCode::FORBIDDEN, why).into_response(),
-            Verdict::Unauthorized(why) => self.unauthorized(why),
-            Verdict::Allow => self.unauthorized("credentials needed".into()),
-        })
+        self.0
+            .identify(peer, authorization)
+            .map_err(|v| self.0.refusal(v))
     }
 
     /// A 401 problem carrying the Basic and Bearer challenges, so that a browser asks
     /// for credentials.
     pub fn unauthorized(&self, why: String) -> Response {
-        let mut res = Problem::new(StatusCode::UNAUTHORIZED, why).into_response();
-        for v in self.0.challenge() {
-            res.headers_mut().append(header::WWW_AUTHENTICATE, v);
-        }
-        res
+        self.0.refusal(Verdict::Unauthorized(why))
     }
 
     /// Whether no `[[users]]` are configured: then every client may read every path and
