@@ -10,7 +10,7 @@
 #      cargo doc --workspace --no-deps   with rustdoc warnings as errors
 #      scripts/check-house-rules.sh  the architecture's house rules a script can
 #                                    see (sans-IO crates, unsafe, module imports)
-#   4. scripts/fuzz-smoke.sh 5        every fuzz target 5 s (SLUICE_FUZZ_SECS)
+#   4. scripts/fuzz-smoke.sh 5        every fuzz target 3 s (SLUICE_FUZZ_SECS)
 #   5. cargo test --workspace        unit tests + real-peer integration tests
 #                                    (crates/sluice/tests: ffmpeg/GStreamer/
 #                                    retina publishers and readers against the
@@ -40,7 +40,7 @@ bash scripts/check-house-rules.sh
 # Coverage-guided fuzzing, briefly: every cargo-fuzz target from its seed corpus
 # (scripts/fuzz-long.sh runs one for long). SLUICE_FUZZ_SECS sets the time per target.
 echo "==> fuzz smoke"
-bash scripts/fuzz-smoke.sh "${SLUICE_FUZZ_SECS:-5}"
+bash scripts/fuzz-smoke.sh "${SLUICE_FUZZ_SECS:-3}"
 
 echo "==> cargo test"
 log=$(mktemp)
