@@ -10,7 +10,7 @@
 #      cargo doc --workspace --no-deps   with rustdoc warnings as errors
 #      scripts/check-house-rules.sh  the architecture's house rules a script can
 #                                    see (sans-IO crates, unsafe, module imports)
-#   4. scripts/fuzz-smoke.sh 5        every fuzz target 3 s (SLUICE_FUZZ_SECS)
+#   4. scripts/fuzz-smoke.sh 3        every fuzz target 3 s (SLUICE_FUZZ_SECS)
 #   5. cargo test --workspace        unit tests + real-peer integration tests
 #                                    (crates/sluice/tests: ffmpeg/GStreamer/
 #                                    retina publishers and readers against the
