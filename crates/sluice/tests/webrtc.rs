@@ -6,6 +6,8 @@
 //! - A source with B-frames is refused with 406 and a reason; an H.264 + AAC source plays
 //!   its video and says the audio is AAC in a header.
 //! - WHIP: a str0m client publishes H.264; ffprobe sees it over RTSP and ffmpeg decodes it.
+//! - VP9, AV1 and H.265 file sources reach viewers offering that codec, keyframe first;
+//!   an offer without the source's codec gets 406 naming it.
 
 mod common;
 
@@ -1161,4 +1163,259 @@ fn whip_takes_vp8_from_a_peer_without_h264_and_whep_plays_it() {
     assert!(v.video_frames >= 45, "VP8 plays over WHEP: {v:?}");
     assert_eq!(del, 200);
     assert_eq!(http(http_addr, "DELETE", &location, None, "").status, 200);
+}
+
+/// 640x480 30 fps test pattern with Opus, 1 s GOP, 6 s, video coded by `video`, in MP4
+/// (generated once), for a `file://` source.
+fn codec_clip(name: &str, video: &[&str]) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("test-media")
+        .join("v1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dest = dir.join(name);
+    if dest.exists() {
+        return dest;
+    }
+    let tmp = dir.join(format!(".{name}.tmp-{}.mp4", std::process::id()));
+    let st = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=640x480:rate=30")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", "6"])
+        .args(video)
+        .args(["-g", "30", "-keyint_min", "30", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "libopus", "-b:a", "48k"])
+        .arg(&tmp)
+        .status()
+        .expect("ffmpeg");
+    assert!(st.success(), "generating {name}");
+    std::fs::rename(&tmp, &dest).unwrap();
+    dest
+}
+
+/// What a viewer offering one video codec saw.
+#[derive(Debug, Default)]
+struct CodecView {
+    status: u16,
+    reason: Option<String>,
+    frames: u32,
+    /// The first frame received is a keyframe.
+    key_first: Option<bool>,
+    /// From DTLS up to the first frame.
+    first_ms: Option<u128>,
+    size: Option<(u32, u32)>,
+}
+
+/// Whether a received frame is a keyframe, and its picture size when the bitstream says
+/// it cheaply (VP9's uncompressed header).
+fn codec_keyframe(codec: str0m::format::Codec, data: &[u8]) -> (bool, Option<(u32, u32)>) {
+    use str0m::format::Codec;
+    match codec {
+        Codec::Vp9 => {
+            let mut r = Bits(data, 0);
+            let marker = r.u(2);
+            let profile = r.u(1) | (r.u(1) << 1);
+            if profile == 3 {
+                r.u(1);
+            }
+            let key = marker == 2 && r.u(1) == 0 && r.u(1) == 0;
+            if !key {
+                return (false, None);
+            }
+            r.u(2); // show_frame, error_resilient_mode
+            r.u(24); // sync code
+            if profile >= 2 {
+                r.u(1);
+            }
+            if r.u(3) != 7 {
+                r.u(1);
+                if profile == 1 || profile == 3 {
+                    r.u(3);
+                }
+            } else if profile == 1 || profile == 3 {
+                r.u(1);
+            }
+            (true, Some((r.u(16) + 1, r.u(16) + 1)))
+        }
+        // A temporal unit led by a sequence header (a temporal delimiter may come first).
+        Codec::Av1 => {
+            let first = data.first().map(|h| (h >> 3) & 0x0f);
+            let second = || {
+                let size = *data.get(1)? as usize; // a temporal delimiter's size is 0
+                data.get(2 + size).map(|h| (h >> 3) & 0x0f)
+            };
+            (
+                first == Some(1) || (first == Some(2) && second() == Some(1)),
+                None,
+            )
+        }
+        // Annex B with a VPS or an IRAP picture.
+        _ => {
+            let key = nal_units(data).iter().any(|n| {
+                n.first()
+                    .is_some_and(|b| matches!((b >> 1) & 0x3f, 16..=21 | 32))
+            });
+            (key, None)
+        }
+    }
+}
+
+/// A WHEP viewer offering only `codec` (and Opus) for `watch`.
+fn view_codec(
+    http_addr: SocketAddr,
+    path: &str,
+    codec: str0m::format::Codec,
+    watch: Duration,
+) -> CodecView {
+    use str0m::format::Codec;
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = socket.local_addr().unwrap();
+    let b = Rtc::builder()
+        .set_crypto_provider(crypto())
+        .clear_codecs()
+        .enable_opus(true, false);
+    let b = match codec {
+        Codec::Vp9 => b.enable_vp9(true),
+        Codec::Av1 => b.enable_av1(true),
+        Codec::H265 => b.enable_h265(true),
+        _ => b.enable_vp8(true),
+    };
+    let mut rtc = b.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut peer = Peer { rtc, socket, local };
+    let (reply, mids) = peer.negotiate(
+        http_addr,
+        &format!("/{path}/whep"),
+        &[
+            (MediaKind::Video, Direction::RecvOnly),
+            (MediaKind::Audio, Direction::RecvOnly),
+        ],
+    );
+    let mut v = CodecView {
+        status: reply.status,
+        reason: reply.header("x-sluice-reason").map(str::to_owned),
+        ..CodecView::default()
+    };
+    if reply.status != 201 {
+        return v;
+    }
+    let location = reply.header("location").unwrap_or_default().to_owned();
+    let video_mid = mids[0];
+    let mut dtls_at: Option<Instant> = None;
+    let end = Instant::now() + watch;
+    peer.drive(watch, |_, e| {
+        match e {
+            Event::Connected => dtls_at = Some(Instant::now()),
+            Event::MediaData(d) if d.mid == video_mid => {
+                v.frames += 1;
+                if v.key_first.is_none() {
+                    let (key, size) = codec_keyframe(codec, &d.data);
+                    v.key_first = Some(key);
+                    v.size = size;
+                    v.first_ms = dtls_at.map(|t| t.elapsed().as_millis());
+                }
+            }
+            _ => {}
+        }
+        Instant::now() >= end
+    });
+    http(http_addr, "DELETE", &location, None, "");
+    v
+}
+
+#[test]
+fn whep_sends_vp9_av1_and_h265_to_viewers_that_offer_them() {
+    use str0m::format::Codec;
+    let vp9 = codec_clip(
+        "webrtc_vp9.mp4",
+        &[
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-b:v",
+            "500k",
+        ],
+    );
+    let av1 = codec_clip(
+        "webrtc_av1.mp4",
+        &[
+            "-c:v",
+            "libaom-av1",
+            "-usage",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-b:v",
+            "500k",
+        ],
+    );
+    let h265 = codec_clip(
+        "webrtc_h265.mp4",
+        &[
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-x265-params",
+            "bframes=0:log-level=error",
+        ],
+    );
+    let mut extra = String::new();
+    for (name, file) in [("vp9", &vp9), ("av1", &av1), ("h265", &h265)] {
+        extra.push_str(&format!(
+            "[paths.{name}]\nsource = \"file://{}\"\nloop = true\n",
+            file.display()
+        ));
+    }
+    let (server, http_addr, _) = start(&extra);
+    // Let a keyframe into each path's GOP cache.
+    std::thread::sleep(Duration::from_millis(1500));
+    let viewers: Vec<_> = [
+        ("vp9", Codec::Vp9),
+        ("av1", Codec::Av1),
+        ("h265", Codec::H265),
+    ]
+    .into_iter()
+    .map(|(path, codec)| {
+        std::thread::spawn(move || {
+            (
+                path,
+                view_codec(http_addr, path, codec, Duration::from_secs(3)),
+            )
+        })
+    })
+    .collect();
+    // A viewer that offers only VP8 to the AV1 path is refused, and told why.
+    let refused = view_codec(http_addr, "av1", Codec::Vp8, Duration::from_secs(1));
+    println!("VP8-only offer to the AV1 path: {refused:?}");
+    assert_eq!(refused.status, 406);
+    assert!(
+        refused.reason.as_deref().is_some_and(|r| r.contains("AV1")),
+        "{refused:?}"
+    );
+    for t in viewers {
+        let (path, v) = t.join().expect("viewer");
+        println!(
+            "WHEP {path}: {} frames in 3 s, first a keyframe: {:?}, {:?} ms after DTLS, size {:?}",
+            v.frames, v.key_first, v.first_ms, v.size
+        );
+        assert_eq!(
+            v.status,
+            201,
+            "{path}: {v:?}\n{}",
+            common::tail(&server.log(), 20)
+        );
+        assert!(v.frames >= 60, "{path}: {v:?}");
+        assert_eq!(
+            v.key_first,
+            Some(true),
+            "{path} starts at a keyframe: {v:?}"
+        );
+        if path == "vp9" {
+            assert_eq!(v.size, Some((640, 480)));
+        }
+    }
 }
