@@ -442,14 +442,16 @@ fn mpegts_segments_follow_the_fmp4_ones() {
 fn av1_and_vp9_are_packaged_with_their_sample_entries_and_codecs() {
     const AV1C: &[u8] = include_bytes!("../../../codec/tests/data/av1.av1c");
     const VPCC: &[u8] = include_bytes!("../../../codec/tests/data/vp9.vpcc");
-    let cases: [(
-        &str,
+    /// Encoding, codec, config record, (key, inter) samples, sample entry, CODECS.
+    type Case = (
+        &'static str,
         Codec,
         &'static [u8],
         [&'static [u8]; 2],
-        &[u8; 4],
-        &str,
-    ); 2] = [
+        &'static [u8; 4],
+        &'static str,
+    );
+    let cases: [Case; 2] = [
         (
             "AV1",
             Codec::Av1,
