@@ -1419,3 +1419,114 @@ fn whep_sends_vp9_av1_and_h265_to_viewers_that_offer_them() {
         }
     }
 }
+
+#[test]
+fn whip_takes_vp9_that_rtsp_readers_play() {
+    let (server, http_addr, _) = start("");
+    let dir = test_dir("webrtc-whip-vp9");
+    let file = dir.join("clip.ivf");
+    let st = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=640x480:rate=30")
+        .args(["-t", "2", "-c:v", "libvpx-vp9", "-deadline", "realtime"])
+        .args(["-cpu-used", "8", "-g", "30", "-b:v", "500k", "-f", "ivf"])
+        .arg(&file)
+        .status()
+        .expect("ffmpeg");
+    assert!(st.success());
+    let frames = ivf_frames(&std::fs::read(&file).expect("clip"));
+    assert!(frames.len() >= 50, "{} frames", frames.len());
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = socket.local_addr().unwrap();
+    // A peer that offers VP9 only (and no H.264 or VP8 the server would prefer).
+    let mut rtc = Rtc::builder()
+        .set_crypto_provider(crypto())
+        .clear_codecs()
+        .enable_vp9(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut peer = Peer { rtc, socket, local };
+    let (reply, mids) = peer.negotiate(
+        http_addr,
+        "/vp9cam/whip",
+        &[(MediaKind::Video, Direction::SendOnly)],
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{reply:?}\n{}",
+        common::tail(&server.log(), 20)
+    );
+    let mid = mids[0];
+    let location = reply.header("location").unwrap_or_default().to_owned();
+    let probe = std::thread::spawn({
+        let url = server.url("vp9cam");
+        let dir = dir.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let probe = ffprobe(&url);
+            // ffmpeg 5.1 names the codec but cannot depacketize the scalability structure;
+            // GStreamer decodes the frames.
+            let gst = common::gst::gst_read(
+                &url,
+                "tcp",
+                common::gst::GstVideo::Vp9,
+                Duration::from_secs(4),
+                &dir,
+                None,
+            );
+            (probe, gst)
+        }
+    });
+    let start = Instant::now();
+    let connected = std::cell::Cell::new(false);
+    let mut sent = 0u64;
+    let _ = peer.drive_with(
+        Duration::from_secs(20),
+        |_, e| {
+            connected.set(connected.get() || matches!(e, Event::Connected));
+            false
+        },
+        Some(|rtc: &mut Rtc| {
+            if probe.is_finished() {
+                return true;
+            }
+            if !connected.get() {
+                return false;
+            }
+            let Some(pt) = rtc.writer(mid).and_then(|w| {
+                w.payload_params()
+                    .find(|p| p.spec().codec == str0m::format::Codec::Vp9)
+                    .map(|p| p.pt())
+            }) else {
+                return false;
+            };
+            let due = (start.elapsed().as_secs_f64() * 30.0) as u64;
+            while sent < due {
+                let (f, _) = &frames[(sent as usize) % frames.len()];
+                let Some(w) = rtc.writer(mid) else { break };
+                w.write(
+                    pt,
+                    Instant::now(),
+                    MediaTime::new(sent * 3000, Frequency::NINETY_KHZ),
+                    f.clone(),
+                )
+                .expect("write");
+                sent += 1;
+            }
+            false
+        }),
+    );
+    let (probe, gst) = probe.join().expect("probe");
+    let probe =
+        probe.unwrap_or_else(|e| panic!("ffprobe: {e}\n{}", common::tail(&server.log(), 30)));
+    let v = probe.video().expect("a video stream");
+    println!(
+        "VP9 over WHIP, {sent} frames sent; ffprobe: {}; GStreamer over RTSP: {} frames {}x{}, errors {:?}",
+        v.codec_name, gst.video_frames, gst.width, gst.height, gst.errors
+    );
+    assert_eq!(v.codec_name, "vp9");
+    assert_eq!((gst.width, gst.height), (640, 480), "{}", gst.output);
+    assert!(gst.video_frames >= 60, "{}", gst.output);
+    assert_eq!(http(http_addr, "DELETE", &location, None, "").status, 200);
+}
