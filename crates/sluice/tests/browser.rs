@@ -108,7 +108,11 @@ fn publish(source: Source, url: &str, dir: &Path) -> Proc {
         Source::H265Aac => "-c:v libx265 -preset ultrafast -tune zerolatency \
             -x265-params bframes=0:log-level=error"
             .to_owned(),
-        Source::Vp9Opus => "-c:v libvpx-vp9 -deadline realtime -cpu-used 8 -row-mt 1".to_owned(),
+        // RTP VP9 is "experimental" to ffmpeg 5.1.
+        Source::Vp9Opus => {
+            "-c:v libvpx-vp9 -deadline realtime -cpu-used 8 -row-mt 1 -strict experimental"
+                .to_owned()
+        }
     };
     cmd.args(video.split_whitespace());
     cmd.args([
