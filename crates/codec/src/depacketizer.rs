@@ -2,23 +2,29 @@
 //!
 //! A [`Depacketizer`] is built from a track's SDP (`a=rtpmap` encoding name, clock rate and channels, and
 //! `a=fmtp`), then fed whole RTP packets in arrival order. It returns complete [`AccessUnit`]s in the form
-//! an MP4 writer stores them (H.264/H.265: 4-byte length-prefixed NAL units; AAC: raw frames; Opus:
-//! packets) and, through [`Depacketizer::params`], the codec configuration record (`avcC`, `hvcC`,
-//! AudioSpecificConfig, OpusHead) as soon as it is known.
+//! an MP4 writer stores them (H.264/H.265: 4-byte length-prefixed NAL units; AAC: raw frames; Opus,
+//! G.711: packets; VP9: frames; AV1: OBUs with size fields) and, through [`Depacketizer::params`], the
+//! codec configuration record (`avcC`, `hvcC`, AudioSpecificConfig, OpusHead, `vpcC`, `av1C`) as soon
+//! as it is known.
 //!
 //! Supported payload formats: H.264 (RFC 6184: single NAL unit, STAP-A, FU-A), H.265 (RFC 7798: single
 //! NAL unit, AP, FU, with or without DONL), AAC (RFC 3640 `mode=AAC-hbr`/`AAC-lbr` or any AU-header
-//! layout given by the fmtp), Opus (RFC 7587).
+//! layout given by the fmtp), Opus (RFC 7587), G.711 (RFC 3551 PCMU/PCMA), VP9 (RFC 9628: pictures
+//! of all spatial layers, as a superframe when there are several) and AV1 (AOM RTP payload format:
+//! temporal units as `av01` samples, OBUs with size fields, temporal delimiters dropped).
 //!
 //! Packets are untrusted: malformed ones are refused with an error (the depacketizer stays usable and
 //! marks the next access unit as lossy), and no input panics or grows memory without bound.
 
 mod aac;
 mod assembler;
+pub(crate) mod av1;
 pub(crate) mod config;
+mod g711;
 mod h264;
 mod h265;
 mod opus;
+pub(crate) mod vp9;
 
 use bytes::Bytes;
 
@@ -34,10 +40,12 @@ pub struct AccessUnit {
     /// RTP timestamp of the access unit (for AAC packets with several access units, the packet's
     /// timestamp plus the preceding access units' frame lengths).
     pub rtp_timestamp: u32,
-    /// Whether the access unit is a random access point (H.264 IDR, H.265 IRAP; always true for audio).
+    /// Whether the access unit is a random access point (H.264 IDR, H.265 IRAP, VP9 key frame, AV1
+    /// new coded video sequence; always true for audio).
     pub keyframe: bool,
     /// H.264/H.265: NAL units, each preceded by its 4-byte big-endian length (the MP4 sample format, as
-    /// described by the `avcC`/`hvcC` of [`Depacketizer::params`]); AAC: one raw frame; Opus: one packet.
+    /// described by the `avcC`/`hvcC` of [`Depacketizer::params`]); AAC: one raw frame; Opus, G.711: one
+    /// packet; VP9: one frame or superframe; AV1: a temporal unit's OBUs, each with its size field.
     pub data: Bytes,
     /// Packets were lost inside or just before this access unit (it may be incomplete or undecodable).
     pub loss: bool,
@@ -159,6 +167,9 @@ enum Inner {
     H265(h265::H265),
     Aac(aac::Aac),
     Opus(opus::Opus),
+    G711(g711::G711),
+    Vp9(vp9::Vp9),
+    Av1(av1::Av1),
 }
 
 /// Reassembles RTP packets of one track into access units (see the [module docs](self)).
@@ -177,7 +188,8 @@ impl Depacketizer {
     /// From the SDP's encoding name, clock rate, channels and fmtp (e.g. `"H264"`, 90000, None,
     /// `Some("packetization-mode=1;sprop-parameter-sets=..")`; the fmtp may keep its leading payload type).
     ///
-    /// Fails for encodings other than H264, H265, MPEG4-GENERIC (AAC) and opus, for H.264
+    /// Fails for encodings other than H264, H265, MPEG4-GENERIC (AAC), opus, PCMU, PCMA, VP9 and AV1
+    /// (VP8 is not depacketized here), for H.264
     /// packetization-mode=2, for AAC without `config=` or in a mode without AU sizes, and for a zero clock
     /// rate.
     pub fn new(
@@ -197,6 +209,9 @@ impl Depacketizer {
             Codec::H265 => Inner::H265(h265::H265::new(&pairs)?),
             Codec::Aac => Inner::Aac(aac::Aac::new(clock_rate, channels, &pairs)?),
             Codec::Opus => Inner::Opus(opus::Opus::new(channels, &pairs)),
+            Codec::Pcmu | Codec::Pcma => Inner::G711(g711::G711::new(codec, clock_rate, channels)),
+            Codec::Vp9 => Inner::Vp9(vp9::Vp9::default()),
+            Codec::Av1 => Inner::Av1(av1::Av1::default()),
             other => return Err(DepacketizeError::Unsupported(format!("{other:?}"))),
         };
         Ok(Depacketizer {
@@ -220,20 +235,26 @@ impl Depacketizer {
 
     /// Codec parameters known so far (from fmtp sprop or in-band SPS/PPS/VPS; AAC config from fmtp
     /// `config=`), as the muxer needs them: [`CodecParams`] with `config` = `avcC`/`hvcC`/
-    /// AudioSpecificConfig/OpusHead record and, for video, the picture size from the SPS. None until known
-    /// (e.g. H.264 without sprop and before the first SPS/PPS).
+    /// AudioSpecificConfig/OpusHead/`vpcC`/`av1C` record (empty for G.711) and, for video, the picture
+    /// size from the SPS, VP9 keyframe header or AV1 sequence header. None until known (e.g. H.264
+    /// without sprop and before the first SPS/PPS; VP9 before the first keyframe; AV1 before the first
+    /// sequence header).
     pub fn params(&self) -> Option<CodecParams> {
         match &self.inner {
             Inner::H264(d) => d.params(),
             Inner::H265(d) => d.params(),
             Inner::Aac(d) => Some(d.params()),
             Inner::Opus(d) => Some(d.params()),
+            Inner::G711(d) => Some(d.params()),
+            Inner::Vp9(d) => d.params(),
+            Inner::Av1(d) => d.params(),
         }
     }
 
     /// Feeds one RTP packet (whole packet incl. header); returns completed access units (0, 1 or several,
     /// e.g. AAC with several AUs per packet). Handles H.264 single NAL/STAP-A/FU-A (RFC 6184), H.265
-    /// single/AP/FU (RFC 7798), AAC AU headers (RFC 3640), Opus (RFC 7587). A sequence gap marks the next
+    /// single/AP/FU (RFC 7798), AAC AU headers (RFC 3640), Opus (RFC 7587), G.711, VP9 (RFC 9628), AV1.
+    /// A sequence gap marks the next
     /// access unit `loss` and drops partial fragments; an access unit ends at the marker bit or when the
     /// timestamp changes. Packets older than the last one (reordered or duplicated) are ignored.
     ///
@@ -259,6 +280,9 @@ impl Depacketizer {
             Inner::H265(d) => d.push(&pkt, gap, &mut out),
             Inner::Aac(d) => d.push(&pkt, gap, &mut out),
             Inner::Opus(d) => d.push(&pkt, gap, &mut out),
+            Inner::G711(d) => d.push(&pkt, gap, &mut out),
+            Inner::Vp9(d) => d.push(&pkt, gap, &mut out),
+            Inner::Av1(d) => d.push(&pkt, gap, &mut out),
         };
         match result {
             Ok(()) => Ok(out),

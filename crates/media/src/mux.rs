@@ -23,10 +23,10 @@ use std::io::Write;
 
 use mp4_atom::esds::{DecoderConfig, DecoderSpecific, EsDescriptor};
 use mp4_atom::{
-    Atom, Audio, Avc1, Avcc, Dinf, Dops, Dref, DrefEntry, Esds, FixedPoint, FourCC, FragmentInfo,
-    Ftyp, Hdlr, Hvc1, Hvcc, Mdhd, Mdia, Mfhd, Mfra, Mfro, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Opus,
-    Smhd, Stbl, Stco, Stsc, Stsd, Stsz, Stts, Tfdt, Tfhd, Tfra, Tkhd, Traf, Trak, Trex, Trun,
-    TrunEntry, Url, Visual, Vmhd,
+    Atom, Audio, Av01, Av1c, Avc1, Avcc, Dinf, Dops, Dref, DrefEntry, Esds, FixedPoint, FourCC,
+    FragmentInfo, Ftyp, Hdlr, Hvc1, Hvcc, Mdhd, Mdia, Mfhd, Mfra, Mfro, Minf, Moof, Moov, Mp4a,
+    Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsc, Stsd, Stsz, Stts, Tfdt, Tfhd, Tfra, Tkhd, Traf, Trak,
+    Trex, Trun, TrunEntry, Url, Visual, Vmhd, Vp09, VpcC,
 };
 use mp4_atom::{Decode, Encode};
 
@@ -239,6 +239,16 @@ fn sample_entry(index: usize, p: &CodecParams) -> Result<mp4_atom::Codec, MuxErr
             hvcc: decode_record::<Hvcc>(&p.config).ok_or_else(|| bad("unusable hvcC"))?,
             ..Hvc1::default()
         }),
+        Codec::Av1 => mp4_atom::Codec::Av01(Av01 {
+            visual,
+            av1c: decode_record::<Av1c>(&p.config).ok_or_else(|| bad("unusable av1C"))?,
+            ..Av01::default()
+        }),
+        Codec::Vp9 => mp4_atom::Codec::Vp09(Vp09 {
+            visual,
+            vpcc: decode_record::<VpcC>(&p.config).ok_or_else(|| bad("unusable vpcC"))?,
+            ..Vp09::default()
+        }),
         Codec::Aac => {
             let asc = &p.config;
             let &[a, b, ..] = &asc[..] else {
@@ -419,8 +429,9 @@ impl<W: Write> Mp4Writer<W> {
     /// Tracks with their params; each track's timescale is its RTP clock rate ([`CodecParams::clock_rate`]:
     /// 90000 for video, the sample rate for AAC, 48000 for Opus). Writes `ftyp`+`moov`(`mvex`) immediately.
     ///
-    /// Supports H.264 (`avc1`), H.265 (`hvc1`), AAC (`mp4a`), Opus (`Opus`, mono/stereo) and
-    /// G.711 (`ulaw`, `alaw`: one sample per RTP packet's worth of bytes) tracks.
+    /// Supports H.264 (`avc1`), H.265 (`hvc1`), AV1 (`av01` with the `av1C` body as config),
+    /// VP9 (`vp09` with the `vpcC` body, FullBox header included), AAC (`mp4a`), Opus (`Opus`,
+    /// mono/stereo) and G.711 (`ulaw`, `alaw`: one sample per RTP packet's worth of bytes) tracks.
     pub fn new(mut out: W, tracks: &[CodecParams]) -> Result<Self, MuxError> {
         if tracks.is_empty() {
             return Err(MuxError::BadParams {

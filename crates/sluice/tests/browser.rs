@@ -50,6 +50,8 @@ enum Source {
     H264BframesAac,
     /// H.265 (no B-frames), AAC.
     H265Aac,
+    /// VP9 (libvpx realtime), Opus.
+    Vp9Opus,
 }
 
 /// The video filter: a moving test pattern, the frame number as text, and two rows of
@@ -106,6 +108,11 @@ fn publish(source: Source, url: &str, dir: &Path) -> Proc {
         Source::H265Aac => "-c:v libx265 -preset ultrafast -tune zerolatency \
             -x265-params bframes=0:log-level=error"
             .to_owned(),
+        // RTP VP9 is "experimental" to ffmpeg 5.1.
+        Source::Vp9Opus => {
+            "-c:v libvpx-vp9 -deadline realtime -cpu-used 8 -row-mt 1 -strict experimental"
+                .to_owned()
+        }
     };
     cmd.args(video.split_whitespace());
     cmd.args([
@@ -120,7 +127,7 @@ fn publish(source: Source, url: &str, dir: &Path) -> Proc {
     ])
     .args(["-b:v", "1500k"]);
     match source {
-        Source::H264Opus | Source::H264MainOpus => {
+        Source::H264Opus | Source::H264MainOpus | Source::Vp9Opus => {
             cmd.args(["-c:a", "libopus", "-b:a", "64k", "-ac", "2"]);
         }
         _ => {
@@ -785,6 +792,41 @@ fn whep_main_profile(web: &Web, dir: &Path) -> Check {
     c
 }
 
+/// VP9 source: Chromium's offer includes VP9, so the page plays it over WebRTC (Debian's
+/// Chromium decodes VP9 in software).
+fn whep_vp9(web: &Web, dir: &Path) -> Check {
+    let mut c = Check::new("whep vp9");
+    let (mut p, _) = web.publish(Source::Vp9Opus, "live/vp9", dir);
+    std::thread::sleep(Duration::from_secs(1));
+    let r = drive(
+        serde_json::json!({"kind": "play", "url": web.url("/live/vp9/"), "pages": 1, "seconds": 6}),
+        dir,
+        "driver-vp9",
+        Duration::from_secs(60),
+    );
+    p.kill();
+    let page = page_json(&r, 0);
+    let pb = playback(page);
+    c.figure(format!(
+        "VP9: mode {}, {} frames, latency median {:.0} ms, width {}, inbound {}",
+        str_of(&page["mode"]),
+        pb.frames,
+        pb.latency_median_ms,
+        page["videoWidth"],
+        video_inbound(page)
+    ));
+    c.expect(
+        str_of(&page["mode"]) == "webrtc",
+        format!("mode {}", page["mode"]),
+    );
+    c.expect(pb.frames > 100, format!("{} frames", pb.frames));
+    c.expect(
+        page["videoWidth"] == 640,
+        format!("videoWidth {}", page["videoWidth"]),
+    );
+    c
+}
+
 /// AAC source: WHEP plays the video and shows the AAC notice; HLS plays the audio, and
 /// LL-HLS H.264+AAC meets its latency figures over a minute.
 fn aac_source(web: &Web, dir: &Path) -> Check {
@@ -1058,6 +1100,7 @@ fn plays_in_chromium() {
         (16, no_webrtc),
         (22, embedded),
         (30, h265_source),
+        (36, whep_vp9),
     ];
     let results: Vec<Check> = std::thread::scope(|s| {
         let handles: Vec<_> = checks

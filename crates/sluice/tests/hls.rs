@@ -2,8 +2,9 @@
 //! binary packages, and Python's `m3u8` package parses every playlist (parts, preload
 //! hint, server control, skip) while `tests/scripts/hls_check.py` times blocking reloads
 //! against a parallel poller; ffmpeg decodes the playlist; ffprobe checks the B-frame
-//! decode times and the H.265 (`hvc1`) segments. Each test publishes its own stream, and
-//! they run in parallel.
+//! decode times and the H.265 (`hvc1`) segments; AV1 and VP9 file sources are named in
+//! the multivariant playlist's CODECS and decoded by ffmpeg. Each test publishes its own
+//! stream, and they run in parallel.
 
 mod common;
 
@@ -513,4 +514,115 @@ fn the_mpegts_variant_plays_h264_and_aac() {
     );
     let (status, body) = http_get(http, "/ts/seg1.ts");
     assert_eq!(status, 404, "{body}");
+}
+
+/// 640x360 25 fps video coded by `video` with Opus, 1 s GOP, 6 s, in MP4 (for a `file://`
+/// source, which publishes it through the codec crate's packetizers).
+fn opus_media(name: &str, video: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("test-media")
+        .join("v1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dest = dir.join(name);
+    if dest.exists() {
+        return dest;
+    }
+    let tmp = dir.join(format!(".{name}.tmp-{}.mp4", std::process::id()));
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=640x360:rate=25")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", "6"])
+        .args(video)
+        .args(["-g", "25", "-keyint_min", "25", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "libopus", "-b:a", "48k"])
+        .arg(&tmp);
+    let (status, err) = run_with_timeout(cmd, Duration::from_secs(120)).expect("ffmpeg");
+    assert!(status.success(), "generating {name}: {err}");
+    std::fs::rename(&tmp, &dest).unwrap();
+    dest
+}
+
+/// An AV1 or VP9 file source over LL-HLS: the multivariant playlist names the codec
+/// (`codecs_prefix`), both playlists parse, and ffmpeg decodes 3 s of the media playlist.
+fn hls_of_file_source(name: &str, file: &Path, codecs_prefix: &str) {
+    let (_server, http) = server(&format!(
+        "[paths.{name}]\nsource = \"file://{}\"\nloop = true\n",
+        file.display()
+    ));
+    let figures = check(http, name, &["variant"]);
+    println!("LL-HLS {name}: {figures}");
+    let codecs = figures["codecs"].as_str().unwrap_or_default();
+    assert!(codecs.starts_with(codecs_prefix), "CODECS {codecs}");
+    assert!(codecs.ends_with(",opus"), "CODECS {codecs}");
+    assert_eq!(figures["resolution"], serde_json::json!([640, 360]));
+    assert!(figures["independent_parts"].as_u64() >= Some(1));
+
+    // ffmpeg's HLS demuxer reads whole segments only: wait for two.
+    let segments = wait_for(Duration::from_secs(10), || {
+        let (_, body) = http_get(http, &format!("/{name}/index.m3u8"));
+        (body.matches("#EXTINF").count() >= 2).then_some(())
+    });
+    assert!(
+        segments.is_some(),
+        "{name}: no two complete segments in 10 s"
+    );
+    let url = format!("http://127.0.0.1:{http}/{name}/index.m3u8");
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-v", "error", "-i", &url, "-t", "3"])
+        .args(["-map", "0:v:0", "-f", "framecrc", "-"]);
+    let t = Instant::now();
+    let out = cmd.output().expect("ffmpeg");
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "ffmpeg -i {url} -t 3: {} in {:.1} s, {frames} frames decoded, stderr {:?}",
+        out.status,
+        t.elapsed().as_secs_f64(),
+        err.trim()
+    );
+    assert!(out.status.success(), "ffmpeg decode: {err}");
+    assert!(
+        (70..=80).contains(&frames),
+        "{frames} frames in 3 s at 25 fps"
+    );
+}
+
+#[test]
+fn ll_hls_av1_file_source_names_its_codec_and_decodes() {
+    let file = opus_media(
+        "av1_opus.mp4",
+        &[
+            "-c:v",
+            "libaom-av1",
+            "-cpu-used",
+            "8",
+            "-usage",
+            "realtime",
+            "-b:v",
+            "400k",
+        ],
+    );
+    hls_of_file_source("av1", &file, "av01.0.");
+}
+
+#[test]
+fn ll_hls_vp9_file_source_names_its_codec_and_decodes() {
+    let file = opus_media(
+        "vp9_opus.mp4",
+        &[
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-b:v",
+            "400k",
+        ],
+    );
+    hls_of_file_source("vp9", &file, "vp09.00.");
 }

@@ -22,8 +22,10 @@
 //! one instant is given at creation. Requests are answered from [`HlsMuxer::playlist`],
 //! [`HlsMuxer::part`], [`HlsMuxer::segment`] and [`HlsMuxer::init`]; whether a blocking
 //! playlist reload (`_HLS_msn`, `_HLS_part`) can be answered is
-//! [`HlsMuxer::blocking`]'s decision.
+//! [`HlsMuxer::blocking`]'s decision. [`HlsMuxer::multivariant`] names the rendition's
+//! RFC 6381 codecs ([`rfc6381`]) and resolution for players that check them first.
 
+mod codecs;
 mod playlist;
 #[cfg(test)]
 mod tests;
@@ -37,6 +39,8 @@ use bytes::{Bytes, BytesMut};
 use sluice_codec::depacketizer::{AccessUnit, Depacketizer};
 use sluice_codec::picorder::{h264_reorder_depth, h265_reorder_depth};
 use sluice_codec::{Codec, CodecParams};
+
+pub use codecs::rfc6381;
 
 use crate::mux::{Mp4Writer, MuxError};
 use crate::recorder::TrackSpec;
@@ -84,7 +88,9 @@ impl Default for HlsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum HlsError {
     /// No track (or not the video track) of the stream can be carried in fMP4 HLS.
-    #[error("cannot be carried in HLS: {codecs} (HLS carries H.264, H.265, AAC and Opus)")]
+    #[error(
+        "cannot be carried in HLS: {codecs} (HLS carries H.264, H.265, AV1, VP9, AAC and Opus)"
+    )]
     NotCarried {
         /// The encodings that cannot be carried, comma-separated.
         codecs: String,
@@ -256,6 +262,10 @@ pub struct HlsMuxer {
     dropped: u64,
     /// The MPEG-TS segment being built, when made.
     ts: Option<ts::TsWriter>,
+    /// RFC 6381 strings of the carried tracks, lead first (set at the start).
+    codec_strings: Vec<String>,
+    /// The video's picture size, when known at the start.
+    resolution: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for HlsMuxer {
@@ -283,7 +293,10 @@ fn date_at(origin: SystemTime, dts: i64, clock: f64) -> SystemTime {
 
 /// Whether a codec is carried in fMP4 HLS.
 pub fn carried(codec: Codec) -> bool {
-    matches!(codec, Codec::H264 | Codec::H265 | Codec::Aac | Codec::Opus)
+    matches!(
+        codec,
+        Codec::H264 | Codec::H265 | Codec::Av1 | Codec::Vp9 | Codec::Aac | Codec::Opus
+    )
 }
 
 impl HlsMuxer {
@@ -377,6 +390,8 @@ impl HlsMuxer {
             held_bytes: 0,
             dropped: 0,
             ts: None,
+            codec_strings: Vec::new(),
+            resolution: None,
         })
     }
 
@@ -449,6 +464,11 @@ impl HlsMuxer {
         }
         let mut writer = Mp4Writer::new(Vec::new(), &params)?;
         writer.set_manual_fragments();
+        self.codec_strings = params.iter().filter_map(rfc6381).collect();
+        self.resolution = params
+            .iter()
+            .find(|p| p.codec.is_video())
+            .and_then(|p| Some((p.width?, p.height?)));
         self.init = Some(Bytes::from(writer.take_output()));
         self.writer = Some(writer);
         self.origin = Some(at);
@@ -459,6 +479,9 @@ impl HlsMuxer {
                 let depth = match input.codec {
                     Codec::H264 => h264_reorder_depth(&config),
                     Codec::H265 => h265_reorder_depth(&config),
+                    // Decode order is presentation order (hidden frames travel inside the
+                    // superframe / temporal unit).
+                    Codec::Av1 | Codec::Vp9 => Some(0),
                     _ => None,
                 }
                 .unwrap_or(2);
@@ -757,6 +780,38 @@ impl HlsMuxer {
             .get(self.lead)
             .and_then(|i| i.as_ref())
             .map(|i| f64::from(i.clock))
+    }
+
+    /// A multivariant playlist naming the one rendition (`index.m3u8`) with its CODECS,
+    /// RESOLUTION and BANDWIDTH (the peak bit rate of the segments held, else of the parts
+    /// so far); None until a part exists.
+    pub fn multivariant(&self) -> Option<String> {
+        if !self.has_parts() {
+            return None;
+        }
+        let rate = |bytes: usize, secs: f64| (bytes as f64 * 8.0 / secs.max(0.001)) as u64;
+        let peak = self
+            .segments
+            .iter()
+            .map(|s| rate(s.bytes.len(), s.duration))
+            .max()
+            .or_else(|| {
+                let c = self.current.as_ref()?;
+                let bytes = c.parts.iter().map(|p| p.bytes.len()).sum();
+                Some(rate(bytes, c.parts.iter().map(|p| p.duration).sum()))
+            })
+            .unwrap_or(0)
+            .max(1);
+        let mut inf = format!("BANDWIDTH={peak}");
+        if !self.codec_strings.is_empty() {
+            inf.push_str(&format!(",CODECS=\"{}\"", self.codec_strings.join(",")));
+        }
+        if let Some((w, h)) = self.resolution {
+            inf.push_str(&format!(",RESOLUTION={w}x{h}"));
+        }
+        Some(format!(
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-STREAM-INF:{inf}\nindex.m3u8\n"
+        ))
     }
 
     /// Whether the init segment exists (the first keyframe arrived).

@@ -353,17 +353,17 @@ fn audio_only_parts_are_whole_aac_frames() {
 
 #[test]
 fn codecs_hls_cannot_carry_are_named() {
-    let vp9 = TrackSpec {
-        encoding: "VP9".into(),
+    let vp8 = TrackSpec {
+        encoding: "VP8".into(),
         ..h264()
     };
     let err = HlsMuxer::new(
-        &[vp9, aac()],
+        &[vp8, aac()],
         HlsConfig::default(),
         (Instant::now(), SystemTime::now()),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("VP9"), "{err}");
+    assert!(err.to_string().contains("VP8"), "{err}");
     let pcmu = TrackSpec {
         encoding: "PCMU".into(),
         clock_rate: 8000,
@@ -436,4 +436,82 @@ fn mpegts_segments_follow_the_fmp4_ones() {
     };
     let m = HlsMuxer::new(&[h264(), opus], config, (t0, wall)).unwrap();
     assert!(!m.has_ts());
+}
+
+#[test]
+fn av1_and_vp9_are_packaged_with_their_sample_entries_and_codecs() {
+    const AV1C: &[u8] = include_bytes!("../../../codec/tests/data/av1.av1c");
+    const VPCC: &[u8] = include_bytes!("../../../codec/tests/data/vp9.vpcc");
+    /// Encoding, codec, config record, (key, inter) samples, sample entry, CODECS.
+    type Case = (
+        &'static str,
+        Codec,
+        &'static [u8],
+        [&'static [u8]; 2],
+        &'static [u8; 4],
+        &'static str,
+    );
+    let cases: [Case; 2] = [
+        (
+            "AV1",
+            Codec::Av1,
+            AV1C,
+            [
+                include_bytes!("../../../codec/tests/data/av1_sample0.bin"),
+                include_bytes!("../../../codec/tests/data/av1_sample1.bin"),
+            ],
+            b"av01",
+            "CODECS=\"av01.0.00M.08\"",
+        ),
+        (
+            "VP9",
+            Codec::Vp9,
+            VPCC,
+            [
+                include_bytes!("../../../codec/tests/data/vp9_sample0.bin"),
+                include_bytes!("../../../codec/tests/data/vp9_sample1.bin"),
+            ],
+            b"vp09",
+            "CODECS=\"vp09.00.",
+        ),
+    ];
+    for (enc, codec, config, samples, entry, codecs) in cases {
+        let spec = TrackSpec {
+            encoding: enc.into(),
+            fmtp: None,
+            ..h264()
+        };
+        let t0 = Instant::now();
+        let mut m = HlsMuxer::new(&[spec], HlsConfig::default(), (t0, SystemTime::now())).unwrap();
+        let params = CodecParams::new(codec, Bytes::from_static(config));
+        let mut p = sluice_codec::Packetizer::new(&params, 96, 1, 0, 1200).unwrap();
+        for i in 0..90u32 {
+            let key = i % 30 == 0;
+            let mut pkts = Vec::new();
+            p.packetize(samples[usize::from(!key)], i * FRAME, key, &mut pkts)
+                .unwrap();
+            let at = t0 + Duration::from_millis(u64::from(i) * 33);
+            for pkt in pkts {
+                m.push_rtp(0, &pkt, at).unwrap();
+            }
+        }
+        assert_eq!(m.codecs(), vec![codec]);
+        let init = m.init().unwrap();
+        assert!(init.windows(4).any(|w| w == entry), "{enc}: sample entry");
+        let list = m.playlist(false).unwrap();
+        assert!(list.contains("INDEPENDENT=YES"), "{list}");
+        let mv = m.multivariant().unwrap();
+        println!("{mv}");
+        assert!(mv.contains(codecs), "{enc}: {mv}");
+        assert!(mv.contains("RESOLUTION="), "{mv}");
+        let seg = &m.segments[0];
+        let runs = truns(&seg.bytes, 1);
+        assert!(!runs.is_empty());
+        for (_, entries) in runs {
+            assert!(
+                entries.iter().all(|&(d, cts)| d == FRAME && cts == 0),
+                "{entries:?}"
+            );
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! LL-HLS delivery: `GET /<path>/index.m3u8` (with `_HLS_msn`, `_HLS_part`, `_HLS_skip`),
 //! `init.mp4`, `part<n>.m4s` and `seg<msn>.m4s` for every live path, packaged by the sans-IO
-//! [`sluice_media::hls::HlsMuxer`].
+//! [`sluice_media::hls::HlsMuxer`]; `main.m3u8` is a multivariant playlist naming that one
+//! rendition with its RFC 6381 CODECS, RESOLUTION and BANDWIDTH.
 //!
 //! Every stream gets a [`HlsTap`] when it is created: a GOP cache of its own (shared
 //! packet buffers, bounded) and, while a packager runs, a bounded queue to it. A packager
@@ -491,6 +492,7 @@ impl Hls {
         let res = match what {
             File::Playlist => self.playlist(&live, &query).await,
             File::TsPlaylist => self.playlist_ts(&live).await,
+            File::Multivariant => self.multivariant(&live).await,
             other => self.media(&live, other).await,
         };
         if let Some(len) = res
@@ -584,6 +586,33 @@ impl Hls {
         }
     }
 
+    /// The multivariant playlist, once a part exists (waiting up to three target
+    /// durations for it).
+    async fn multivariant(&self, live: &Live) -> Response {
+        let (hold, target) = self.hold(live);
+        let deadline = tokio::time::Instant::now() + hold;
+        let mut rx = live.parts.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(text) = lock(&live.muxer).multivariant() {
+                return (
+                    [
+                        (
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/vnd.apple.mpegurl"),
+                        ),
+                        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    ],
+                    text,
+                )
+                    .into_response();
+            }
+            if let Err(res) = Self::next_part(live, &mut rx, deadline, target).await {
+                return res;
+            }
+        }
+    }
+
     /// The classic MPEG-TS playlist, once a segment is complete (waiting up to three
     /// target durations for it).
     async fn playlist_ts(&self, live: &Live) -> Response {
@@ -624,7 +653,7 @@ impl Hls {
                     File::Part(n) => m.part(n),
                     File::Segment(n) => m.segment(n),
                     File::TsSegment(n) => m.segment_ts(n),
-                    File::Playlist | File::TsPlaylist => Lookup::Missing,
+                    File::Playlist | File::TsPlaylist | File::Multivariant => Lookup::Missing,
                 }
             };
             match found {
@@ -683,6 +712,7 @@ enum File {
     Segment(u64),
     TsPlaylist,
     TsSegment(u64),
+    Multivariant,
 }
 
 fn parse_file(name: &str) -> Option<File> {
@@ -690,6 +720,7 @@ fn parse_file(name: &str) -> Option<File> {
         "index.m3u8" => return Some(File::Playlist),
         "init.mp4" => return Some(File::Init),
         "mpegts.m3u8" => return Some(File::TsPlaylist),
+        "main.m3u8" => return Some(File::Multivariant),
         _ => {}
     }
     if let Some(n) = name.strip_prefix("seg").and_then(|n| n.strip_suffix(".ts")) {
@@ -776,6 +807,7 @@ mod tests {
         assert_eq!(parse_file("seg3.m4s"), Some(File::Segment(3)));
         assert_eq!(parse_file("seg.m4s"), None);
         assert_eq!(parse_file("mpegts.m3u8"), Some(File::TsPlaylist));
+        assert_eq!(parse_file("main.m3u8"), Some(File::Multivariant));
         assert_eq!(parse_file("seg9.ts"), Some(File::TsSegment(9)));
         assert_eq!(parse_file("x.m3u8"), None);
         assert_eq!(

@@ -34,6 +34,11 @@ pub enum VideoCodec {
     H265,
     /// VP8 (a browser's WHIP publication, for one).
     Vp8,
+    /// VP9, sent as depacketized frames (str0m packetizes them, RFC 9628).
+    Vp9,
+    /// AV1, sent as temporal units of OBUs with size fields, a sequence header first in
+    /// every keyframe (str0m packetizes them and sets N there).
+    Av1,
 }
 
 /// The audio codecs a viewer can be sent as they come (one RTP payload, one frame).
@@ -307,6 +312,8 @@ impl Feed {
                 let codec = match enc.as_str() {
                     "H264" => Some((VideoCodec::H264, "H264")),
                     "H265" => Some((VideoCodec::H265, "H265")),
+                    "VP9" => Some((VideoCodec::Vp9, "VP9")),
+                    "AV1" => Some((VideoCodec::Av1, "AV1")),
                     _ => None,
                 };
                 match codec.and_then(|(c, name)| {
@@ -571,15 +578,23 @@ impl Feed {
                         params.as_ref().map(|c| match codec {
                             VideoCodec::H264 => nal::avcc_parameter_sets(&c.config),
                             VideoCodec::H265 => nal::hvcc_parameter_sets(&c.config),
-                            VideoCodec::Vp8 => Vec::new(),
+                            VideoCodec::Vp8 | VideoCodec::Vp9 | VideoCodec::Av1 => Vec::new(),
                         })
                     } else {
                         None
                     };
-                    let annexb = nal::to_annex_b(codec, &au.data, sets.as_deref().unwrap_or(&[]));
+                    let annexb = match codec {
+                        VideoCodec::Vp9 => au.data.to_vec(),
+                        VideoCodec::Av1 => super::obu::with_sequence_header(
+                            &au.data,
+                            au.keyframe,
+                            params.as_ref().map(|c| &c.config[..]),
+                        ),
+                        _ => nal::to_annex_b(codec, &au.data, sets.as_deref().unwrap_or(&[])),
+                    };
                     let (b, referenced) = match codec {
                         VideoCodec::H264 => nal::h264_b_slices(&au.data),
-                        VideoCodec::H265 | VideoCodec::Vp8 => (false, false),
+                        _ => (false, false),
                     };
                     if b {
                         s.b_frames.seen = true;

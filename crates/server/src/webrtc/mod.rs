@@ -6,7 +6,8 @@
 //! - [`demux`]: which session a datagram on the shared UDP port is for (STUN `USERNAME`,
 //!   then the peer address).
 //! - [`nal`]: Annex B access units with parameter sets before every keyframe, B-slice
-//!   detection; [`vp8`]: VP8 frames from RTP.
+//!   detection; [`vp8`]: VP8 frames from RTP; [`obu`]: AV1 keyframes led by their
+//!   sequence header.
 //! - `routes`: the HTTP side (`POST /<path>/whep`, `/<path>/whip`, the session
 //!   resources' `DELETE`/`PATCH`/`OPTIONS`), and `session`: one task per peer
 //!   driving its sans-IO `str0m::Rtc`.
@@ -19,6 +20,7 @@
 pub mod demux;
 pub mod feed;
 pub mod nal;
+pub mod obu;
 mod routes;
 mod session;
 pub mod vp8;

@@ -30,7 +30,7 @@ fn is_sps(codec: VideoCodec, nal: &[u8]) -> bool {
     match codec {
         VideoCodec::H264 => nal_type(codec, nal) == 7,
         VideoCodec::H265 => nal_type(codec, nal) == 33,
-        VideoCodec::Vp8 => false,
+        VideoCodec::Vp8 | VideoCodec::Vp9 | VideoCodec::Av1 => false,
     }
 }
 

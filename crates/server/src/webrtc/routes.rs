@@ -266,6 +266,8 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
             VideoCodec::H264 => "H264",
             VideoCodec::H265 => "H265",
             VideoCodec::Vp8 => "VP8",
+            VideoCodec::Vp9 => "VP9",
+            VideoCodec::Av1 => "AV1",
         };
         if !offered(name) {
             return refuse(
@@ -289,6 +291,8 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
             Some(VideoCodec::H264) => c.enable_h264(true),
             Some(VideoCodec::H265) => c.enable_h265(true),
             Some(VideoCodec::Vp8) => c.enable_vp8(true),
+            Some(VideoCodec::Vp9) => c.enable_vp9(true),
+            Some(VideoCodec::Av1) => c.enable_av1(true),
             None => c,
         };
         c = match audio {
@@ -380,12 +384,20 @@ async fn whip_post(State(app): State<App>, req: Request<Body>) -> Response {
     let lower = text.to_ascii_lowercase();
     let h264 = lower.contains(" h264/90000");
     let vp8 = lower.contains(" vp8/90000");
+    let vp9 = lower.contains(" vp9/90000");
+    let av1 = lower.contains(" av1/90000");
+    // One video codec is answered: H.264 first (every RTSP reader plays it), then VP8, VP9,
+    // AV1; their RTP is relayed as it comes.
     let (mut rtc, ufrag) = m.new_rtc(|c| {
         let c = c.set_rtp_mode(true).enable_opus(true, false);
         if h264 {
             c.enable_h264(true)
+        } else if vp8 {
+            c.enable_vp8(true)
+        } else if vp9 {
+            c.enable_vp9(true)
         } else {
-            c.enable_vp8(vp8)
+            c.enable_av1(av1)
         }
     });
     let answer = match rtc.sdp_api().accept_offer(offer) {

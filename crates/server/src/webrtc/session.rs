@@ -183,6 +183,12 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
                             (MediaKind::Video, Some(VideoCodec::H265)) => {
                                 Some(str0m::format::Codec::H265)
                             }
+                            (MediaKind::Video, Some(VideoCodec::Vp9)) => {
+                                Some(str0m::format::Codec::Vp9)
+                            }
+                            (MediaKind::Video, Some(VideoCodec::Av1)) => {
+                                Some(str0m::format::Codec::Av1)
+                            }
                             (MediaKind::Audio, _) => match v.feed.audio() {
                                 Some(super::feed::AudioCodec::Opus) => {
                                     Some(str0m::format::Codec::Opus)
@@ -348,7 +354,7 @@ impl IngestPlan {
                 }
             }
             let wanted: &[&str] = if media == "video" {
-                &["H264", "VP8"]
+                &["H264", "VP8", "VP9", "AV1"]
             } else {
                 &["OPUS"]
             };
@@ -382,7 +388,7 @@ impl IngestPlan {
             });
         }
         if !tracks.iter().any(|t| t.media == "video") {
-            return Err("the offer has no H.264 or VP8 video to publish".into());
+            return Err("the offer has no H.264, VP8, VP9 or AV1 video to publish".into());
         }
         Ok(IngestPlan { tracks, by_pt })
     }

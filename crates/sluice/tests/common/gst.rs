@@ -83,6 +83,10 @@ impl GstPublisher {
 pub(crate) enum GstVideo {
     H264,
     H265,
+    /// `rtpvp9depay ! vp9parse ! vp9dec` (ffmpeg 5.1's RTP VP9 reader cannot take the
+    /// scalability structure browsers and str0m send).
+    #[allow(dead_code)]
+    Vp9,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -160,6 +164,7 @@ pub(crate) fn gst_read_props(
     let (depay, parse, dec) = match codec {
         GstVideo::H264 => ("rtph264depay", "h264parse", "avdec_h264"),
         GstVideo::H265 => ("rtph265depay", "h265parse", "avdec_h265"),
+        GstVideo::Vp9 => ("rtpvp9depay", "vp9parse", "vp9dec"),
     };
     let mut cmd = cmd_in(netns);
     cmd.arg("-v")

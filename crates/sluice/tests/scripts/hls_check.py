@@ -225,8 +225,36 @@ def segment(path):
     fail("no two complete segments within 15 s")
 
 
+def variant():
+    """The multivariant playlist (main.m3u8) and the media playlist it names, both parsed."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status, headers, body, _ = get("main.m3u8")
+        if status == 200:
+            v = m3u8.loads(body.decode())
+            check(v.is_variant and len(v.playlists) == 1, f"not one variant: {body!r}")
+            info = v.playlists[0].stream_info
+            check(v.playlists[0].uri == "index.m3u8", f"variant URI {v.playlists[0].uri}")
+            status, _, body, _ = get("index.m3u8")
+            check(status == 200, f"index.m3u8: {status}")
+            p = parse(body)
+            print(json.dumps({
+                "codecs": info.codecs,
+                "resolution": list(info.resolution) if info.resolution else None,
+                "bandwidth": info.bandwidth,
+                "content_type": headers.get("content-type"),
+                "parts": sum(len(s.parts) for s in p.segments) + len(p.segments),
+                "independent_parts": body.decode().count("INDEPENDENT=YES"),
+            }))
+            return
+        time.sleep(0.2)
+    fail("no multivariant playlist within 15 s")
+
+
 if MODE == "full":
     full()
+elif MODE == "variant":
+    variant()
 elif MODE == "stall":
     stall()
 elif MODE == "segment":
