@@ -215,7 +215,20 @@ impl Writer {
         while let Some(f) = rec.poll_frame() {
             pushed = true;
             match self.seg.as_mut() {
-                Some(seg) => seg.push(f, wall),
+                Some(seg) => {
+                    // New parameters (a new resolution) take effect at a keyframe, in a
+                    // new segment with a new init; looked at per keyframe, not per frame.
+                    let video = rec
+                        .file_params()
+                        .and_then(|p| p.get(f.track))
+                        .is_some_and(|p| p.codec.is_video());
+                    if f.keyframe && video {
+                        if let Some(p) = rec.current_params(f.track) {
+                            seg.set_params(f.track, p);
+                        }
+                    }
+                    seg.push(f, wall)
+                }
                 None => {
                     self.figures.dropped.fetch_add(1, Ordering::Relaxed);
                 }
