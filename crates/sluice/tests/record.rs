@@ -368,7 +368,6 @@ fn kill_9_recovers_the_open_segment() {
     );
     let (mut server, _api, rec) = start("paths = [\"cam\"]\nsegment_duration = \"30s\"", &hook);
     let file = bframes_file(12);
-    let mut seen = 0;
     for run in 0..3 {
         let mut publisher = FfmpegPublisher::start(&file, &server.url("cam"), "tcp", &server.dir);
         server
@@ -394,7 +393,7 @@ fn kill_9_recovers_the_open_segment() {
                 .filter(|l| l.contains("\"recovered\""))
                 .map(str::to_owned)
                 .collect();
-            (lines.len() > seen).then(|| lines[seen].clone())
+            lines.get(run).cloned()
         })
         .unwrap_or_else(|| {
             panic!(
@@ -402,7 +401,6 @@ fn kill_9_recovers_the_open_segment() {
                 common::tail(&server.log(), 30)
             )
         });
-        seen += 1;
         let v: serde_json::Value = serde_json::from_str(&recovered).unwrap();
         let end = humantime::parse_rfc3339_weak(v["end"].as_str().unwrap()).unwrap();
         let lost = killed_at.duration_since(end).unwrap_or_default();
