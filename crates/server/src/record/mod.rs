@@ -1,11 +1,11 @@
 //! The server recorder: any path (published, pulled, file source) recorded to crash-safe
 //! fMP4 segments below `[record] dir`, indexed in `index.redb` (crate `sluice-archive`).
 //!
-//! - A sink on every stream ([`sink::RecSink`], attached by a stream hook) keeps the
+//! - A sink on every stream (`sink::RecSink`, attached by a stream hook) keeps the
 //!   stream's GOP cache; while the path is recorded it hands packets to the path's writer
 //!   thread through a bounded queue (a full queue drops and counts: live readers never
 //!   wait on the disk).
-//! - The writer ([`writer`]) depacketizes once (`sluice_media::recorder::Recorder`, frames
+//! - The writer (`writer`) depacketizes once (`sluice_media::recorder::Recorder`, frames
 //!   mode) and feeds `sluice_media::archive::SegmentWriter`, which cuts time-based parts
 //!   and segments; it appends, syncs (`fsync`), indexes each part (a cheap commit) and each
 //!   finished segment (a durable one), and publishes `segment_created` /
@@ -17,7 +17,7 @@
 //!   recovered and announced (`segment_completed`, reason `recovered`).
 //! - A retention thread deletes the oldest segments by age and bytes per path and to keep
 //!   `min_free` free, skipping open, held and locked ones (`recording_deleted`).
-//! - Runtime control and locks: [`Recording::routes`] (`/v1/recordings…`).
+//! - Runtime control and locks: [`RecordingRoutes`] (`/v1/recordings…`).
 //!
 //! Configuration reloads do not change recording settings (they apply at start).
 
