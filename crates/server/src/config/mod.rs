@@ -128,8 +128,7 @@ impl Default for DemoConfig {
 }
 
 /// `[paths.NAME]`: a path fed by a configured source rather than by a publisher, or (with
-/// `source = "publisher"`, the default) a published path's own settings, such as
-/// `record = true`.
+/// `source = "publisher"`) a published path's own settings, such as `record = true`.
 ///
 /// A name starting with `~` is a regular expression matched against requested paths;
 /// `$1`, `$name`, … in `source` are replaced by its captures (e.g.
@@ -141,8 +140,8 @@ pub struct PathConfig {
     /// Where the media comes from: `file:///abs/path.mp4` (or `file://relative.mkv`,
     /// relative to the working directory) plays a file as a live stream shared by all
     /// readers; `rtsp://[user:pass@]host[:port]/path` pulls from a camera or another server;
-    /// `publisher` (the default) leaves the path to publishers (RTSP RECORD, WHIP).
-    #[serde(default = "default_source")]
+    /// `publisher` leaves the path to publishers (RTSP RECORD, WHIP): the entry then only
+    /// holds the path's settings (`record = true`, …).
     pub source: String,
     /// File sources: start again at the end, with continuous timestamps.
     #[serde(rename = "loop", default)]
@@ -201,10 +200,6 @@ pub struct PathConfig {
     /// Overrides `[record] pre_roll` for this path.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub record_pre_roll: Option<Duration>,
-}
-
-fn default_source() -> String {
-    "publisher".to_owned()
 }
 
 fn default_start_timeout() -> Duration {

@@ -445,9 +445,11 @@ fn delete(
     Ok(())
 }
 
-/// RFC 3339 with microseconds, UTC.
+/// RFC 3339 with microseconds, UTC; times outside 1970–9999 are clamped (the formatter
+/// cannot write them).
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
+    let last = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    humantime::format_rfc3339_micros(t.clamp(SystemTime::UNIX_EPOCH, last)).to_string()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -187,10 +187,13 @@ impl From<sluice_archive::Lock> for LockView {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewLock {
     /// The path to protect.
+    #[schema(min_length = 1)]
     pub path: String,
-    /// Start of the range (RFC 3339).
+    /// One end of the range (RFC 3339).
+    #[schema(format = DateTime)]
     pub start: String,
-    /// End of the range (RFC 3339, after `start`).
+    /// The other end (RFC 3339; a range given backwards is taken forwards).
+    #[schema(format = DateTime)]
     pub end: String,
     /// Why (free text).
     #[serde(default)]
@@ -229,13 +232,91 @@ pub(crate) async fn locks(State(rec): State<Recording>, Query(f): Query<LockFilt
 }
 
 fn parse_time(what: &str, s: &str) -> Result<SystemTime, Response> {
-    humantime::parse_rfc3339_weak(s).map_err(|e| {
+    rfc3339_parse(s).ok_or_else(|| {
         Problem::new(
             StatusCode::BAD_REQUEST,
-            format!("{what} {s:?} is not an RFC 3339 time: {e}"),
+            format!("{what} {s:?} is not an RFC 3339 time (like 2026-12-07T03:00:00Z)"),
         )
         .into_response()
     })
+}
+
+/// Parses an RFC 3339 date-time (`T` or space, fractions, `Z` or `±HH:MM`).
+pub(crate) fn rfc3339_parse(s: &str) -> Option<SystemTime> {
+    let b = s.trim().as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let d = b.get(r)?;
+        if d.iter().all(u8::is_ascii_digit) {
+            std::str::from_utf8(d).ok()?.parse().ok()
+        } else {
+            None
+        }
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    if !matches!(b.get(10), Some(b'T' | b't' | b' '))
+        || b.get(13) != Some(&b':')
+        || b.get(16) != Some(&b':')
+    {
+        return None;
+    }
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos: u64 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            if i - start < 9 {
+                nanos = nanos * 10 + u64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        for _ in (i - start)..9 {
+            nanos *= 10;
+        }
+    }
+    let offset: i64 = match b.get(i) {
+        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+        Some(&sign @ (b'+' | b'-')) if i + 6 == b.len() && b.get(i + 3) == Some(&b':') => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let o = oh * 3600 + om * 60;
+            if sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    // Days from civil (H. Hinnant).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec.min(59) - offset;
+    match u64::try_from(secs) {
+        Ok(secs) => {
+            SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos as u32))
+        }
+        Err(_) => SystemTime::UNIX_EPOCH
+            .checked_sub(std::time::Duration::from_secs(secs.unsigned_abs()))?
+            .checked_add(std::time::Duration::from_nanos(nanos)),
+    }
 }
 
 /// Adds a retention lock: segments of `path` overlapping `[start, end)` are never deleted
@@ -251,6 +332,8 @@ fn parse_time(what: &str, s: &str) -> Result<SystemTime, Response> {
         (status = 400, description = "Bad times or path", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Credentials needed", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "JSON of another shape", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn add_lock(State(rec): State<Recording>, Json(new): Json<NewLock>) -> Response {
@@ -258,10 +341,12 @@ pub(crate) async fn add_lock(State(rec): State<Recording>, Json(new): Json<NewLo
         (Ok(s), Ok(e)) => (s, e),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    if end <= start {
-        return Problem::new(StatusCode::BAD_REQUEST, "end must be after start").into_response();
-    }
-    let path = new.path.trim_matches('/').to_owned();
+    let (start, end) = if end < start {
+        (end, start)
+    } else {
+        (start, end)
+    };
+    let path = new.path;
     if path.is_empty() {
         return Problem::new(StatusCode::BAD_REQUEST, "a path name is needed").into_response();
     }
@@ -294,6 +379,7 @@ pub(crate) async fn add_lock(State(rec): State<Recording>, Json(new): Json<NewLo
     security((), ("basic" = []), ("bearer" = [])),
     responses(
         (status = 204, description = "Removed"),
+        (status = 400, description = "Not a lock id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Credentials needed", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such lock", body = Problem, content_type = "application/problem+json"),
@@ -309,5 +395,39 @@ pub(crate) async fn remove_lock(State(rec): State<Recording>, Path(id): Path<u64
         }
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_parse;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn rfc3339_times_with_offsets_and_fractions() {
+        let t = |s| rfc3339_parse(s).map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+        assert_eq!(t("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
+        assert!(rfc3339_parse("0000-01-01T00:00:00Z").is_some());
+        assert_eq!(
+            t("2026-12-07T03:08:20Z"),
+            Some(Duration::from_secs(1_796_612_900))
+        );
+        assert_eq!(
+            t("2026-12-07T04:08:20.5+01:00"),
+            Some(Duration::from_millis(1_796_612_900_500))
+        );
+        assert_eq!(
+            t("2026-12-07 03:08:20.000001z"),
+            Some(Duration::from_micros(1_796_612_900_000_001))
+        );
+        for bad in [
+            "",
+            "MXS",
+            "2026-12-07",
+            "2026-13-07T00:00:00Z",
+            "2026-12-07T03:08:20",
+        ] {
+            assert_eq!(rfc3339_parse(bad), None, "{bad}");
+        }
     }
 }

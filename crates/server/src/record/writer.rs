@@ -333,7 +333,22 @@ impl Writer {
                     warn!(path = %self.path, error = %e, "recordings index");
                 }
                 let parent = full.parent().map(ToOwned::to_owned).unwrap_or_default();
+                // Directories this segment creates (a new path, a new day) are synced into
+                // their parents too, up to the record directory.
+                let mut created = Vec::new();
+                let mut d = parent.as_path();
+                while d != self.inner.dir && !d.exists() {
+                    created.push(d.to_owned());
+                    d = d.parent().unwrap_or(&self.inner.dir);
+                }
                 std::fs::create_dir_all(&parent)?;
+                if fsync != Fsync::Off {
+                    for c in &created {
+                        if let Some(up) = c.parent() {
+                            sync_dir(up)?;
+                        }
+                    }
+                }
                 let mut file = std::fs::OpenOptions::new()
                     .create(true)
                     .truncate(true)
