@@ -340,8 +340,9 @@ fn segments_decode_start_with_keyframes_and_abut() {
         Duration::from_secs(4),
         Duration::from_secs(12),
     );
-    // The core cuts audio at the keyframe's decode time; with B-frames the first video
-    // picture is presented a reorder delay (80 ms here) later.
+    // Tracks are aligned by the publisher's Sender Reports; a segment's audio starts at
+    // the keyframe's decode time, and with B-frames its first picture is presented a
+    // reorder delay (2 frames, 80 ms here) later.
     assert!(av <= 0.100, "h264+aac: A/V start differs by {av:.3} s");
     let hevc_segs = indexed(&rec, "hevc");
     let av = check_segments(

@@ -93,7 +93,14 @@ impl RecSink {
                 }
             }
         }
-        let writer = Writer::new(self.path.clone(), inner.clone(), figures, settings, specs);
+        let writer = Writer::new(
+            self.path.clone(),
+            self.stream.clone(),
+            inner.clone(),
+            figures,
+            settings,
+            specs,
+        );
         let spawned = std::thread::Builder::new()
             .name(format!("rec {}", self.path))
             .spawn(move || writer.run(rx));

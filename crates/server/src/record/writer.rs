@@ -10,11 +10,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use sluice_archive::{sync_dir, SegmentRecord};
-use sluice_hub::{MediaPacket, ServerEvent};
+use sluice_hub::{MediaPacket, ServerEvent, Stream};
 use sluice_media::archive::{ArchiveConfig, ArchiveOutput, CutReason, SegmentWriter};
 use sluice_media::recorder::{Event, Recorder, TrackSpec};
 use tracing::{info, warn};
@@ -51,6 +51,8 @@ struct Open {
 /// A writer's state.
 pub(super) struct Writer {
     path: String,
+    /// For the source's Sender Reports (track alignment).
+    stream: Weak<Stream>,
     inner: Arc<Inner>,
     figures: Arc<PathFigures>,
     settings: PathRecordSettings,
@@ -70,6 +72,7 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn new(
         path: String,
+        stream: Weak<Stream>,
         inner: Arc<Inner>,
         figures: Arc<PathFigures>,
         settings: PathRecordSettings,
@@ -78,6 +81,7 @@ impl Writer {
         let now = Instant::now();
         Writer {
             path,
+            stream,
             inner,
             figures,
             settings,
@@ -134,7 +138,7 @@ impl Writer {
         if !all && last.received_at.duration_since(base) < ALIGN_WAIT {
             return;
         }
-        let rtptimes: Vec<Option<u32>> = (0..self.specs.len())
+        let by_arrival: Vec<Option<u32>> = (0..self.specs.len())
             .map(|t| {
                 let p = self.pending.iter().find(|p| p.track == t)?;
                 let clock = f64::from(self.specs[t].clock_rate.max(1));
@@ -142,6 +146,7 @@ impl Writer {
                 Some(p.header.timestamp.wrapping_sub(behind as u32))
             })
             .collect();
+        let rtptimes = self.by_sender_reports(first).unwrap_or(by_arrival);
         let mut rec = match Recorder::new(&self.specs, base) {
             Ok(r) => r.frames_mode(),
             Err(e) => {
@@ -156,6 +161,48 @@ impl Writer {
         for p in std::mem::take(&mut self.pending) {
             self.push(p);
         }
+    }
+
+    /// The tracks' RTP times at the instant of packet `first`, from the source's Sender
+    /// Reports (one NTP clock for all tracks: exact even when a track's packets arrive
+    /// ahead of their presentation, as video with B-frames does); None unless every track
+    /// has one and they agree with arrival within 5 s.
+    fn by_sender_reports(&self, first: &MediaPacket) -> Option<Vec<Option<u32>>> {
+        let stream = self.stream.upgrade()?;
+        let n = self.specs.len();
+        let srs: Vec<_> = (0..n)
+            .map(|t| stream.sr_mapping(t))
+            .collect::<Option<_>>()?;
+        let ntp = |m: &sluice_rtp::clock::SrMapping| m.ntp.0 as f64 / 4_294_967_296.0;
+        let clock = |t: usize| f64::from(self.specs.get(t).map_or(1, |s| s.clock_rate.max(1)));
+        let m0 = srs.get(first.track)?;
+        let since = first.header.timestamp.wrapping_sub(m0.rtp_timestamp) as i32;
+        let at = ntp(m0) + f64::from(since) / clock(first.track);
+        let out: Vec<Option<u32>> = srs
+            .iter()
+            .enumerate()
+            .map(|(t, m)| {
+                let ticks = ((at - ntp(m)) * clock(t)).round() as i64;
+                Some(m.rtp_timestamp.wrapping_add(ticks as u32))
+            })
+            .collect();
+        // A sender whose reports disagree with its packets (a clock that jumped) is
+        // aligned by arrival instead.
+        let sane = (0..n).all(|t| {
+            let Some(p) = self.pending.iter().find(|p| p.track == t) else {
+                return true;
+            };
+            let Some(Some(rt)) = out.get(t) else {
+                return false;
+            };
+            let ahead = f64::from(p.header.timestamp.wrapping_sub(*rt) as i32) / clock(t);
+            let arrived = p
+                .received_at
+                .duration_since(first.received_at)
+                .as_secs_f64();
+            (ahead - arrived).abs() < 5.0
+        });
+        sane.then_some(out)
     }
 
     fn push(&mut self, p: MediaPacket) {
