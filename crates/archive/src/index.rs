@@ -189,13 +189,10 @@ impl Index {
         let durable = matches!(durability, Durability::Immediate);
         let result = (|| {
             let db = self.db(what)?;
-            let mut txn =
-                db.0.as_ref()
-                    .map_or_else(
-                        || Err(redb::Error::PreviousIo),
-                        |d| d.begin_write().map_err(redb::Error::from),
-                    )
-                    .map_err(self.err(what))?;
+            let Some(d) = db.0.as_ref() else {
+                return Err(self.err(what)(redb::Error::PreviousIo));
+            };
+            let mut txn = d.begin_write().map_err(self.err(what))?;
             txn.set_durability(durability);
             let out = {
                 let mut t = Tables {
@@ -224,12 +221,10 @@ impl Index {
     /// A read transaction.
     fn read(&self, what: &'static str) -> Result<redb::ReadTransaction, IndexError> {
         let db = self.db(what)?;
-        db.0.as_ref()
-            .map_or_else(
-                || Err(redb::Error::PreviousIo),
-                |d| d.begin_read().map_err(redb::Error::from),
-            )
-            .map_err(self.err(what))
+        let Some(d) = db.0.as_ref() else {
+            return Err(self.err(what)(redb::Error::PreviousIo));
+        };
+        d.begin_read().map_err(self.err(what))
     }
 
     /// Inserts or replaces the record of a complete segment, keyed by (`stream`,
