@@ -466,7 +466,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn retention_by_bytes_and_age_keeps_locked_ranges() {
     let record = "paths = [\"bytes\", \"age\"]\nsegment_duration = \"2s\"";
-    let more = "[paths.bytes]\nrecord_retain_bytes = \"1200KB\"\n[paths.age]\nrecord_retain_age = \"3s\"\n";
+    let more = "[paths.bytes]\nsource = \"publisher\"\nrecord_retain_bytes = \"1200KB\"\n[paths.age]\nsource = \"publisher\"\nrecord_retain_age = \"3s\"\n";
     let (server, api, _rec) = start(record, more);
     let file = bframes_file(12);
     let lock_start = SystemTime::now();
@@ -480,6 +480,13 @@ fn retention_by_bytes_and_age_keeps_locked_ranges() {
     let mut a = FfmpegPublisher::start(&file, &server.url("bytes"), "tcp", &server.dir);
     let mut b = FfmpegPublisher::start(&file, &server.url("age"), "tcp", &server.dir);
     std::thread::sleep(Duration::from_secs(8));
+    for reason in ["bytes", "age"] {
+        server
+            .wait_log_line(Duration::from_secs(4), |l| {
+                l.contains("recording deleted") && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .unwrap_or_else(|| panic!("nothing deleted for {reason}"));
+    }
     let (_, list) = http(api, "GET", "/v1/recordings", "");
     let list: serde_json::Value =
         serde_json::from_str(&list).unwrap_or_else(|e| panic!("{e}: {list}"));
