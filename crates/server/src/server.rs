@@ -69,6 +69,8 @@ pub struct Server {
     hub: Arc<Hub>,
     rtsp: Arc<Rtsp>,
     files: Arc<Files>,
+    /// The recorder, when `[record] dir` is set (its segments end at shutdown).
+    recording: Option<Recording>,
     /// The HTTP module, bound in `bind` and served from `run` (None: `[http]` disabled).
     http: std::sync::Mutex<Option<HttpServer>>,
     /// Where the HTTP listener is, and how a reload moves it.
@@ -176,6 +178,7 @@ impl Server {
             hub,
             rtsp,
             files,
+            recording,
             http: std::sync::Mutex::new(http),
             http_handle,
             path_watcher,
@@ -225,7 +228,13 @@ impl Server {
         self.hub.events().publish(ServerEvent::ServerStopping {
             reason: reason.to_owned(),
         });
-        tokio::time::sleep(grace).await;
+        let started = tokio::time::Instant::now();
+        if let Some(r) = self.recording.clone() {
+            // Recorded paths end their segments (reason `stop`) and sync them.
+            let wait = grace.max(std::time::Duration::from_secs(2));
+            let _ = tokio::task::spawn_blocking(move || r.shutdown(wait)).await;
+        }
+        tokio::time::sleep_until(started + grace).await;
     }
 
     /// Runs every module and the event pump until the task is dropped.

@@ -233,6 +233,27 @@ impl Recording {
         self.inner.wants(path)
     }
 
+    /// Shutdown: every recording path ends its segment (reason `stop`), and this waits up
+    /// to `grace` for the writers to finish and sync. Blocking. A segment still open after
+    /// that is recovered at the next start.
+    pub fn shutdown(&self, grace: Duration) {
+        let Some(hub) = self.inner.hub.upgrade() else {
+            return;
+        };
+        let threads: Vec<_> = hub
+            .streams()
+            .iter()
+            .filter_map(|s| s.attached::<RecSink>())
+            .filter_map(|s| s.stop_for_shutdown())
+            .collect();
+        let deadline = std::time::Instant::now() + grace;
+        for t in threads {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
     /// The `sluice_record_*` metrics collector.
     pub fn collector(&self) -> RecordCollector {
         RecordCollector {

@@ -23,6 +23,8 @@ struct State {
     gop: GopCache,
     tx: Option<SyncSender<Msg>>,
     ended: bool,
+    /// The writer thread, for shutdown to wait on.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The recorder's sink on one stream.
@@ -47,6 +49,7 @@ impl RecSink {
                 gop: GopCache::new(stream.presentation().keyframe_track()),
                 tx: None,
                 ended: false,
+                thread: None,
             }),
         })
     }
@@ -105,9 +108,10 @@ impl RecSink {
             .name(format!("rec {}", self.path))
             .spawn(move || writer.run(rx));
         match spawned {
-            Ok(_) => {
+            Ok(handle) => {
                 info!(path = %self.path, from_gop = gop_ok, "recording started");
                 s.tx = Some(tx);
+                s.thread = Some(handle);
             }
             Err(e) => {
                 tracing::warn!(path = %self.path, error = %e, "cannot start the recording thread")
@@ -120,6 +124,17 @@ impl RecSink {
         if lock(&self.state).tx.take().is_some() {
             info!(path = %self.path, "recording stopped");
         }
+    }
+}
+
+impl RecSink {
+    /// Shutdown: stops recording (the writer ends its segment) and hands back the writer
+    /// thread to wait on.
+    pub(super) fn stop_for_shutdown(&self) -> Option<std::thread::JoinHandle<()>> {
+        let mut s = lock(&self.state);
+        s.tx = None;
+        s.ended = true;
+        s.thread.take()
     }
 }
 
