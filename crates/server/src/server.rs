@@ -23,6 +23,7 @@ use crate::hooks::{Hooks, HooksError};
 use crate::http::{
     HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector, Marker, StreamTarget,
 };
+use crate::playback::Recordings;
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
 use crate::web::Web;
@@ -65,6 +66,8 @@ pub struct Server {
     hub: Arc<Hub>,
     rtsp: Arc<Rtsp>,
     files: Arc<Files>,
+    /// Recordings played back over RTSP (`rec/…`).
+    recordings: Arc<Recordings>,
     /// The HTTP module, bound in `bind` and served from `run` (None: `[http]` disabled).
     http: std::sync::Mutex<Option<HttpServer>>,
     /// Where the HTTP listener is, and how a reload moves it.
@@ -112,6 +115,7 @@ impl Server {
         // Before the sources: its hook attaches a WebRTC feed to every stream.
         let webrtc = WebRtc::start(&config, hub.clone()).await?;
         let files = Arc::new(Files::start(&config, &hub)?);
+        let recordings = Recordings::start(&config, &hub);
         // A reload: every check before any change, then RTSP (which may refuse a listener
         // address it cannot bind, before anything else changed), users, files, in order.
         let mut reloader = Reloader::new(config.clone(), layers);
@@ -135,6 +139,11 @@ impl Server {
         }));
         let f = files.clone();
         reloader.apply_with(Box::new(move |c| f.apply(c).map_err(|e| e.to_string())));
+        let r = recordings.clone();
+        reloader.apply_with(Box::new(move |c| {
+            r.apply(c);
+            Ok(())
+        }));
         let events = hub.clone();
         reloader.notify_with(Box::new(move |status, file| {
             let file = file.map(|f| f.display().to_string());
@@ -163,6 +172,7 @@ impl Server {
             hub,
             rtsp,
             files,
+            recordings,
             http: std::sync::Mutex::new(http),
             http_handle,
             path_watcher,
