@@ -53,6 +53,9 @@ pub enum ServerError {
     /// The users configuration is unusable.
     #[error("invalid users: {0}")]
     Users(String),
+    /// The recordings to play back cannot be opened.
+    #[error("cannot serve recordings: {0}")]
+    Playback(String),
 }
 
 /// Path events the event pump's watcher queues before it drops some (and logs the gap).
@@ -115,7 +118,7 @@ impl Server {
         // Before the sources: its hook attaches a WebRTC feed to every stream.
         let webrtc = WebRtc::start(&config, hub.clone()).await?;
         let files = Arc::new(Files::start(&config, &hub)?);
-        let recordings = Recordings::start(&config, &hub);
+        let recordings = Recordings::start(&config, &hub).map_err(ServerError::Playback)?;
         // A reload: every check before any change, then RTSP (which may refuse a listener
         // address it cannot bind, before anything else changed), users, files, in order.
         let mut reloader = Reloader::new(config.clone(), layers);
@@ -140,10 +143,7 @@ impl Server {
         let f = files.clone();
         reloader.apply_with(Box::new(move |c| f.apply(c).map_err(|e| e.to_string())));
         let r = recordings.clone();
-        reloader.apply_with(Box::new(move |c| {
-            r.apply(c);
-            Ok(())
-        }));
+        reloader.apply_with(Box::new(move |c| r.apply(c)));
         let events = hub.clone();
         reloader.notify_with(Box::new(move |status, file| {
             let file = file.map(|f| f.display().to_string());
@@ -193,6 +193,11 @@ impl Server {
     /// The RTSP listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.rtsp.local_addr()
+    }
+
+    /// The playback module's provider of recordings (`rec/…`), for handing it a catalog.
+    pub fn recordings(&self) -> &Arc<Recordings> {
+        &self.recordings
     }
 
     /// Paths with a configured source, for the start-up banner.

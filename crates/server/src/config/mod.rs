@@ -115,6 +115,9 @@ pub struct PlaybackConfig {
     pub enabled: bool,
     /// The path prefix (default `rec/`): one or more path segments ending with `/`.
     pub prefix: String,
+    /// The record directory whose index (`index.redb`) is served. Unset: the recorder's,
+    /// when one runs in this server.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for PlaybackConfig {
@@ -122,6 +125,7 @@ impl Default for PlaybackConfig {
         PlaybackConfig {
             enabled: true,
             prefix: "rec/".into(),
+            dir: None,
         }
     }
 }

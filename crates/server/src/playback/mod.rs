@@ -15,6 +15,7 @@
 //! The timing, seeking and ONVIF logic is the sans-IO [`engine::Replay`]; [`source`] only
 //! sleeps until it says a frame is due and pushes the packets into the session's stream.
 
+pub mod catalog;
 pub mod engine;
 pub mod source;
 
@@ -54,6 +55,8 @@ pub trait Catalog: Send + Sync {
 pub struct Recordings {
     prefix: RwLock<Option<String>>,
     catalog: RwLock<Option<Arc<dyn Catalog>>>,
+    /// The `[playback] dir` whose index is open.
+    dir: RwLock<Option<std::path::PathBuf>>,
 }
 
 impl std::fmt::Debug for Recordings {
@@ -65,23 +68,39 @@ impl std::fmt::Debug for Recordings {
 }
 
 impl Recordings {
-    /// Registers the provider with `hub`, serving `config`'s prefix once a catalog is set.
-    pub fn start(config: &Config, hub: &Arc<sluice_hub::Hub>) -> Arc<Recordings> {
+    /// Registers the provider with `hub`, serving `config`'s prefix once a catalog is set
+    /// (`[playback] dir`, or [`Recordings::set_catalog`]).
+    pub fn start(config: &Config, hub: &Arc<sluice_hub::Hub>) -> Result<Arc<Recordings>, String> {
         let r = Arc::new(Recordings {
             prefix: RwLock::new(None),
             catalog: RwLock::new(None),
+            dir: RwLock::new(None),
         });
-        r.apply(config);
+        r.apply(config)?;
         hub.add_on_demand(r.clone());
-        r
+        Ok(r)
     }
 
-    /// Follows the configuration (at start and on a reload).
-    pub fn apply(&self, config: &Config) {
-        *self.prefix.write().unwrap_or_else(|e| e.into_inner()) = config
-            .playback
-            .enabled
-            .then(|| config.playback.prefix.clone());
+    /// Follows the configuration (at start and on a reload): the prefix, and the index
+    /// of `[playback] dir` when set (opened here; a directory it cannot open is an error
+    /// and changes nothing).
+    pub fn apply(&self, config: &Config) -> Result<(), String> {
+        let p = &config.playback;
+        if let (true, Some(dir)) = (p.enabled, &p.dir) {
+            let same = self.dir.read().unwrap_or_else(|e| e.into_inner()).as_ref() == Some(dir);
+            if !same {
+                let index = sluice_archive::Index::open(dir)
+                    .map_err(|e| format!("playback.dir: {e}"))?;
+                self.set_catalog(Some(Arc::new(catalog::IndexCatalog::new(
+                    Arc::new(index),
+                    dir.clone(),
+                ))));
+                *self.dir.write().unwrap_or_else(|e| e.into_inner()) = Some(dir.clone());
+            }
+        }
+        *self.prefix.write().unwrap_or_else(|e| e.into_inner()) =
+            p.enabled.then(|| p.prefix.clone());
+        Ok(())
     }
 
     /// Sets where the recordings are listed (None: nothing is served).

@@ -47,7 +47,7 @@ fn segment(name: &str, from: f64, secs: i64, first_frame: u32) -> (Segment, Vec<
     let mut w = SegmentWriter::new(vec![h264(), opus()], config).expect("writer");
     for n in 0..secs * 25 {
         let key = n % 25 == 0;
-        let mut data = vec![0, 0, 0, 8, if key { 0x65 } else { 0x41 }, 0x88];
+        let mut data = vec![0, 0, 0, 6, if key { 0x65 } else { 0x41 }, 0x88];
         data.extend_from_slice(&(first_frame + n as u32).to_be_bytes());
         w.push(
             Frame {
