@@ -61,7 +61,8 @@ fn days_in_month(y: i64, m: u32) -> u32 {
 pub struct ClockTime(pub SystemTime);
 
 impl ClockTime {
-    /// Parses `19961108T143720.25Z` (years 1970–9999; the fraction kept to the nanosecond).
+    /// Parses `19961108T143720.25Z` (years 1900–9999: ONVIF clients start at the NTP epoch,
+    /// `19000101T000000Z`, to mean "the beginning"; the fraction kept to the nanosecond).
     pub fn parse(s: &str) -> Result<ClockTime, HeaderError> {
         let bad = || HeaderError::invalid("Range", s);
         let t = s.trim();
@@ -79,7 +80,7 @@ impl ClockTime {
         let (y, mo, d) = (num(&date[..4])?, num(&date[4..6])?, num(&date[6..])?);
         let (h, mi, se) = (num(&hms[..2])?, num(&hms[2..4])?, num(&hms[4..])?);
         let y = i64::from(y);
-        if y < 1970 || !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) {
+        if y < 1900 || !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) {
             return Err(bad());
         }
         if h > 23 || mi > 59 || se > 60 {
@@ -94,10 +95,14 @@ impl ClockTime {
             + i64::from(h) * 3600
             + i64::from(mi) * 60
             + i64::from(se);
-        let secs = u64::try_from(secs).map_err(|_| bad())?;
-        Ok(ClockTime(
-            SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
-        ))
+        let t = if secs >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs.unsigned_abs(), nanos))
+        } else {
+            SystemTime::UNIX_EPOCH
+                .checked_sub(Duration::from_secs(secs.unsigned_abs()))
+                .and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nanos))))
+        };
+        t.map(ClockTime).ok_or_else(bad)
     }
 }
 
@@ -275,7 +280,7 @@ mod tests {
         assert_eq!(ClockTime::parse("19700101T000000Z"), Ok(at(0, 0)));
         assert_eq!(
             ClockTime::parse("19961108T143720.25Z"),
-            Ok(at(847_464_640, 250_000_000))
+            Ok(at(847_463_840, 250_000_000))
         );
         assert_eq!(
             ClockTime::parse("20240229T235959Z"),
@@ -290,13 +295,13 @@ mod tests {
             "19961108T246000Z",
             "19961108T143720.Z",
             "19961108T143720.1234567890Z",
-            "19691231T235959Z",
+            "18991231T235959Z",
             "19961108 143720Z",
         ] {
             assert!(ClockTime::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(
-            at(847_464_640, 250_000_000).to_string(),
+            at(847_463_840, 250_000_000).to_string(),
             "19961108T143720.250Z"
         );
         for s in [0u64, 1_709_251_199, 1_800_000_000, 4_102_444_800] {
@@ -310,7 +315,7 @@ mod tests {
         let r = ClockRange::parse("clock=19961108T143720.25Z-")
             .unwrap()
             .unwrap();
-        assert_eq!(r.start, Some(at(847_464_640, 250_000_000)));
+        assert_eq!(r.start, Some(at(847_463_840, 250_000_000)));
         assert_eq!(r.end, None);
         let r = ClockRange::parse("clock=19961108T143730Z-19961108T143720Z")
             .unwrap()

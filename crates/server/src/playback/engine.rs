@@ -32,6 +32,7 @@
 //! client asked for ONVIF replay, and on the last packet of the final frame with the T
 //! bit (GStreamer's `rtponvifparse` pushes that packet, then end of stream).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,8 +53,14 @@ pub const MAX_RATE: f64 = 32.0;
 /// decimals still names the keyframe it came from).
 const TIME_SLACK: f64 = 0.001;
 
+/// Frames read ahead at most to find a track's next frame (for its E bit).
+const LOOKAHEAD: usize = 64;
+
 /// How far ahead of its due time a frame is handed out (smooths scheduling jitter).
 const LEAD: Duration = Duration::from_millis(30);
+
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
 /// The ONVIF replay RTP header extension's profile.
 pub const ONVIF_EXTENSION: u16 = 0xABAC;
@@ -309,8 +316,9 @@ pub struct Replay {
     next_segment: usize,
     /// Where the open segment's reading starts (npt), for a seek into it.
     seek_to: Option<f64>,
-    /// The frame read ahead (its successor decides its E and T bits).
-    ahead: Option<Item>,
+    /// Frames read ahead, not yet sent: the next frame of the same track (or the end)
+    /// decides a frame's E and T bits.
+    ahead: VecDeque<Item>,
     /// Reading found the end (no more items).
     exhausted: bool,
     /// npt of the last frame sent (where a PLAY without a start resumes).
@@ -361,7 +369,7 @@ impl Replay {
             open: None,
             next_segment: 0,
             seek_to: None,
-            ahead: None,
+            ahead: VecDeque::new(),
             exhausted: false,
             position: 0.0,
             last_keyframe: None,
@@ -392,9 +400,19 @@ impl Replay {
         self.position
     }
 
+    /// The npt of a requested position. A clock time before 1970 is read as an offset
+    /// from the NTP epoch (1900-01-01), i.e. as npt: GStreamer's `rtspsrc` in ONVIF mode
+    /// takes the SDP's first range (npt) for clock times since 1900 and asks for
+    /// `clock=19000101T000000Z-19000101T000102Z` when it means the whole recording.
     fn npt_of(&self, p: Position) -> f64 {
         match p {
             Position::Npt(s) => s,
+            Position::Clock(t) if t < SystemTime::UNIX_EPOCH => {
+                let ntp_epoch = SystemTime::UNIX_EPOCH
+                    .checked_sub(Duration::from_secs(NTP_UNIX_OFFSET))
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                secs_between(ntp_epoch, t)
+            }
             Position::Clock(t) => self.timeline.npt(t),
         }
     }
@@ -419,6 +437,9 @@ impl Replay {
             // npt must name a time of the recording; a clock time before it (forward) or
             // after it (backwards) is clamped to the recording's edge.
             let out = match request.start {
+                Some(Position::Clock(t)) if t < SystemTime::UNIX_EPOCH => {
+                    !(-TIME_SLACK..=span + TIME_SLACK).contains(&s)
+                }
                 Some(Position::Clock(_)) if backwards => s < -TIME_SLACK,
                 Some(Position::Clock(_)) => s > span + TIME_SLACK,
                 _ => !(-TIME_SLACK..=span + TIME_SLACK).contains(&s),
@@ -439,7 +460,7 @@ impl Replay {
         let keyframes_only =
             backwards || scale > 1.0 || matches!(request.frames, FrameFilter::Intra(_));
         let resume = start.is_none()
-            && self.ahead.is_some()
+            && !self.ahead.is_empty()
             && self.kind == Some((backwards, keyframes_only))
             && !matches!(self.mode, Mode::Ended);
         self.kind = Some((backwards, keyframes_only));
@@ -471,20 +492,18 @@ impl Replay {
         };
         // Read the first frame now: its time is the actual start.
         self.mode = Mode::Playing(run);
-        if self.ahead.is_none() && !self.exhausted {
+        if self.ahead.is_empty() && !self.exhausted {
             match self.read_item() {
-                Ok(item) => {
-                    self.exhausted = item.is_none();
-                    self.ahead = item;
-                }
+                Ok(Some(item)) => self.ahead.push_back(item),
+                Ok(None) => self.exhausted = true,
                 Err(e) => return Err(PlayError::Media(e)),
             }
         }
-        if let Some(a) = &mut self.ahead {
+        if let Some(a) = self.ahead.front_mut() {
             // A gap right at the start is no gap to skip.
             a.gap_from = None;
         }
-        let actual = self.ahead.as_ref().map_or(self.position, |a| a.npt);
+        let actual = self.ahead.front().map_or(self.position, |a| a.npt);
         run.anchor_npt = actual;
         self.mode = Mode::Playing(run);
         self.position = actual;
@@ -517,7 +536,7 @@ impl Replay {
     /// previous one backwards).
     fn seek(&mut self, npt: f64, backwards: bool) {
         self.open = None;
-        self.ahead = None;
+        self.ahead.clear();
         self.exhausted = false;
         self.last_keyframe = None;
         let t = self.timeline.wall(npt);
@@ -801,12 +820,12 @@ impl Replay {
         let Mode::Playing(mut run) = self.mode else {
             return Poll::Idle;
         };
-        if self.ahead.is_none() {
+        if self.ahead.is_empty() {
             if self.exhausted || self.terminated {
                 return self.end(EndReason::End);
             }
             match self.read_item() {
-                Ok(Some(item)) => self.ahead = Some(item),
+                Ok(Some(item)) => self.ahead.push_back(item),
                 Ok(None) => {
                     self.exhausted = true;
                     return self.end(EndReason::End);
@@ -814,7 +833,7 @@ impl Replay {
                 Err(e) => return self.end(EndReason::Failed(e)),
             }
         }
-        let Some(item) = self.ahead.as_mut() else {
+        let Some(item) = self.ahead.front_mut() else {
             return self.end(EndReason::End);
         };
         let due_at = |run: &Run, npt: f64| {
@@ -837,23 +856,30 @@ impl Replay {
                 return Poll::WaitUntil(due - LEAD);
             }
         }
-        let Some(item) = self.ahead.take() else {
+        // Read ahead to this track's next frame (or the end): it decides the E bit.
+        let track = item.track;
+        while !self.exhausted
+            && self.ahead.len() < LOOKAHEAD
+            && !self.ahead.iter().skip(1).any(|i| i.track == track)
+        {
+            match self.read_item() {
+                Ok(Some(next)) => self.ahead.push_back(next),
+                Ok(None) => self.exhausted = true,
+                Err(e) => {
+                    // Send what was read; playback ends after it.
+                    tracing::warn!(error = %e, "recording read failed; replay ends");
+                    self.exhausted = true;
+                }
+            }
+        }
+        let Some(item) = self.ahead.pop_front() else {
             return Poll::Idle;
         };
-        // Look one frame ahead: it decides this frame's E and T bits.
-        let next = match self.read_item() {
-            Ok(n) => n,
-            Err(e) => {
-                // Send what we have; the failure ends playback at the next poll.
-                self.exhausted = true;
-                tracing::warn!(error = %e, "recording read failed; replay ends");
-                None
-            }
+        let before_gap = match self.ahead.iter().position(|i| i.track == item.track) {
+            Some(j) => self.ahead.iter().take(j + 1).any(|i| i.gap_from.is_some()),
+            None => self.exhausted || self.ahead.iter().any(|i| i.gap_from.is_some()),
         };
-        let last = next.is_none();
-        let before_gap = next.as_ref().is_some_and(|n| n.gap_from.is_some());
-        self.exhausted = last;
-        self.ahead = next;
+        let last = self.exhausted && self.ahead.is_empty();
         self.send(item, run, last, before_gap)
     }
 
@@ -920,7 +946,7 @@ impl Replay {
 
     fn end(&mut self, _reason: EndReason) -> Poll {
         self.mode = Mode::Ended;
-        self.ahead = None;
+        self.ahead.clear();
         self.open = None;
         Poll::Ended(_reason)
     }
