@@ -120,8 +120,8 @@ impl Presentation {
     }
 
     /// Marks the presentation as a recording spanning these wall clock times: readers'
-    /// SDP gets `a=range:clock=<span>` after its npt range (ONVIF replay clients seek in
-    /// clock time). `span` is the value after `clock=` (`20261207T031500.000Z-…`).
+    /// SDP gets `a=range:clock=<span>` before its npt range (ONVIF replay clients seek in
+    /// clock time, and GStreamer reads only the first range). `span` is the value after `clock=` (`20261207T031500.000Z-…`).
     pub fn with_clock_range(mut self, span: &str) -> Presentation {
         self.clock_range = Some(clean(span));
         self
@@ -189,13 +189,15 @@ impl Presentation {
         out.push_str("t=0 0\r\n");
         out.push_str("a=tool:sluice\r\n");
         out.push_str("a=control:*\r\n");
+        // A recording's clock range comes first: GStreamer's ONVIF mode reads only the
+        // first range and seeks in it; ffmpeg and live555 read every range line.
+        if let Some(c) = &self.clock_range {
+            out.push_str(&format!("a=range:clock={c}\r\n"));
+        }
         if let Some(d) = self.duration {
             out.push_str(&format!("a=range:npt=0-{d:.3}\r\n"));
         } else if self.live {
             out.push_str("a=range:npt=now-\r\n");
-        }
-        if let Some(c) = &self.clock_range {
-            out.push_str(&format!("a=range:clock={c}\r\n"));
         }
         for (i, m) in self.sdp.medias.iter().enumerate() {
             out.push_str(&format!("m={} 0 {} {}\r\n", m.media, m.proto, m.fmt));

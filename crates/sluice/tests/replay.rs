@@ -62,12 +62,35 @@ fn recording() -> &'static Recording {
         let mut cmd = Command::new("ffmpeg");
         cmd.args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
             .arg(format!("testsrc2=size={WIDTH}x{HEIGHT}:rate=25"))
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+            ])
             .arg(SOURCE_SECS.to_string())
             .args([
-                "-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", "25",
-                "-keyint_min", "25", "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-c:a",
-                "aac", "-b:a", "64k", "-ac", "1",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-bf",
+                "2",
+                "-g",
+                "25",
+                "-keyint_min",
+                "25",
+                "-sc_threshold",
+                "0",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "64k",
+                "-ac",
+                "1",
             ])
             .arg(&source);
         let (status, err) = media::run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
@@ -175,12 +198,31 @@ fn copy_dir(from: &Path, to: &Path) {
 /// The source's frame at `secs` as raw I420.
 fn source_frame(secs: f64) -> Vec<u8> {
     let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-ss", &format!("{secs:.3}"), "-i"])
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-ss",
+            &format!("{secs:.3}"),
+            "-i",
+        ])
         .arg(&recording().source)
-        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+        .args([
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
         .output()
         .expect("ffmpeg");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -269,7 +311,10 @@ fn describe_announces_clock_and_npt_ranges() {
         .to_owned();
     let first = sluice_rtsp::ClockTime::parse(clock.split('-').next().unwrap()).unwrap();
     let off = first.0.duration_since(rec.t0).unwrap_or_default();
-    assert!(off < Duration::from_millis(100), "clock range {clock} vs t0");
+    assert!(
+        off < Duration::from_millis(100),
+        "clock range {clock} vs t0"
+    );
     // Another Require tag than onvif-replay is refused with 551 and Unsupported.
     let mut c = RtspClient::connect(s.addr()).unwrap();
     let r = c
@@ -283,10 +328,17 @@ fn describe_announces_clock_and_npt_ranges() {
     assert_eq!(r.status, 551, "{r:?}");
     assert_eq!(r.header("Unsupported"), Some("x-teleport"));
     let r = c
-        .request("DESCRIBE", &s.url("rec/cam"), &[("Require", "onvif-replay")], b"")
+        .request(
+            "DESCRIBE",
+            &s.url("rec/cam"),
+            &[("Require", "onvif-replay")],
+            b"",
+        )
         .unwrap();
     assert_eq!(r.status, 200);
-    let r = c.request("DESCRIBE", &s.url("rec/nothing"), &[], b"").unwrap();
+    let r = c
+        .request("DESCRIBE", &s.url("rec/nothing"), &[], b"")
+        .unwrap();
     assert_eq!(r.status, 404);
 }
 
@@ -307,19 +359,41 @@ fn ffprobe_and_ffmpeg_see_the_start_end_window() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let duration: f64 = text.trim().parse().unwrap_or_else(|_| {
-        panic!("ffprobe: {text} {}", String::from_utf8_lossy(&out.stderr))
-    });
+    let duration: f64 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("ffprobe: {text} {}", String::from_utf8_lossy(&out.stderr)));
     println!("ffprobe duration of a 20 s window: {duration:.3} s");
     assert!((duration - 20.0).abs() <= 1.0, "within a GOP: {duration}");
     // ffmpeg -ss 10 lands at start + 10 s.
     let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-rtsp_transport", "tcp", "-ss", "10", "-i"])
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-ss",
+            "10",
+            "-i",
+        ])
         .arg(&url)
-        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+        .args([
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want = source_frame(20.0);
     let before = source_frame(15.0);
     let (p, q) = (psnr(&out.stdout, &want), psnr(&out.stdout, &before));
@@ -345,7 +419,10 @@ fn gstreamer_onvif_clock_seek_lands_on_the_source_frame() {
     let frame = std::fs::read(&out).expect("frame written");
     let line = lines.iter().find(|l| l.starts_with("FRAME")).unwrap();
     let pts = field(line, "pts").unwrap() - ntp_secs(rec.t0);
-    let (p, q) = (psnr(&frame, &source_frame(30.0)), psnr(&frame, &source_frame(25.0)));
+    let (p, q) = (
+        psnr(&frame, &source_frame(30.0)),
+        psnr(&frame, &source_frame(25.0)),
+    );
     println!("seek to T0+30 s: frame at T0+{pts:.3} s, PSNR {p:.1} dB (T0+30) / {q:.1} dB (T0+25)");
     assert!(p >= 35.0, "PSNR against the source at 30 s: {p:.1}");
     assert!(q < 25.0, "PSNR against the source at 25 s: {q:.1}");
@@ -367,14 +444,19 @@ fn gstreamer_rate_minus_one_plays_keyframes_backwards_to_eos() {
         Duration::from_secs(25),
     );
     let bufs = buffers(&lines);
-    let keys: Vec<f64> = bufs
+    // Buffers are RTP packets: one frame's packets share its time.
+    let mut keys: Vec<f64> = bufs
         .iter()
         .filter(|b| b.2)
         .map(|b| b.1 - ntp_secs(rec.t0))
         .collect();
+    keys.dedup();
     println!("rate -1 from T0+20 to T0+14: keyframe times {keys:?}");
     assert!(keys.len() >= 5, "{lines:?}");
-    assert!(keys.windows(2).all(|w| w[1] < w[0]), "strictly decreasing: {keys:?}");
+    assert!(
+        keys.windows(2).all(|w| w[1] < w[0]),
+        "strictly decreasing: {keys:?}"
+    );
     assert!(lines.iter().any(|l| l.starts_with("EOS")), "end of stream");
 }
 
@@ -395,11 +477,49 @@ fn gstreamer_key_units_only_get_keyframes() {
         Duration::from_secs(25),
     );
     let bufs = buffers(&lines);
-    let keys = bufs.iter().filter(|b| b.2).count();
-    println!("Frames: intra over 5 s: {keys} keyframes, {} buffers", bufs.len());
-    assert!(keys >= 4, "{lines:?}");
+    let mut times: Vec<f64> = bufs.iter().filter(|b| b.2).map(|b| b.1).collect();
+    times.dedup();
+    let keys = times.len();
+    println!(
+        "GStreamer, key units only over 5 s: {keys} keyframes, {} packets",
+        bufs.len()
+    );
+    // (GStreamer sometimes ends a key-units-only play early on its own; the frames it got
+    // are what counts here, the raw client below checks the whole range.)
+    assert!(keys >= 2, "{lines:?}");
     assert!(bufs.iter().all(|b| b.2), "only keyframes: {lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("EOS")));
+
+    // The same over a raw session: every frame of T0+10..15 is a keyframe, one a second.
+    let mut session = VodSession::open(&s.url("rec/cam")).expect("open");
+    let range = format!(
+        "clock={}-{}",
+        sluice_rtsp::ClockTime(at(rec, 10.0)),
+        sluice_rtsp::ClockTime(at(rec, 15.0))
+    );
+    let r = session.play(&[
+        ("Range", &range),
+        ("Frames", "intra"),
+        ("Rate-Control", "no"),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let c = session.collect(Duration::from_secs(10), true);
+    let frames: Vec<_> = c
+        .frame_starts(0)
+        .into_iter()
+        .filter_map(|p| p.onvif)
+        .collect();
+    println!(
+        "raw client, Frames: intra over 5 s: {} frames, flags {:?}",
+        frames.len(),
+        frames.iter().map(|f| f.1).collect::<Vec<_>>()
+    );
+    assert_eq!(frames.len(), 6, "keyframes at 10..=15 s");
+    assert!(frames.iter().all(|f| f.1 & 0x80 != 0), "all clean points");
+    assert!(
+        c.track(1).next().is_none(),
+        "no audio in key-frames-only replay"
+    );
 }
 
 #[test]
@@ -448,9 +568,11 @@ fn a_pause_in_the_range_is_skipped_with_e_and_d_bits_and_the_end_has_t() {
     let c: Collected = session.collect(Duration::from_secs(15), true);
     let took = started.elapsed();
     assert!(c.bye_at.is_some(), "RTCP BYE at the end");
+    // (A filler NAL unit without the extension precedes the first frame after a seek.)
     let frames: Vec<_> = c
         .frame_starts(0)
         .into_iter()
+        .filter(|p| p.onvif.is_some() || p.payload.first().map(|b| b & 0x1f) != Some(12))
         .map(|p| {
             let (ntp, flags, cseq) = p.onvif.expect("extension on each frame's first packet");
             let t = sluice_media::archive::ntp_to_system(ntp);
@@ -462,7 +584,10 @@ fn a_pause_in_the_range_is_skipped_with_e_and_d_bits_and_the_end_has_t() {
         })
         .collect();
     let cseq = frames[0].2;
-    assert!(frames.iter().all(|f| f.2 == cseq), "CSeq byte on every frame");
+    assert!(
+        frames.iter().all(|f| f.2 == cseq),
+        "CSeq byte on every frame"
+    );
     let after = frames
         .iter()
         .position(|f| f.0 >= PAUSE_TO - 0.5)
@@ -481,7 +606,10 @@ fn a_pause_in_the_range_is_skipped_with_e_and_d_bits_and_the_end_has_t() {
     assert!((first_after.0 - PAUSE_TO).abs() < 0.1, "{first_after:?}");
     assert!(last_before.1 & 0x40 != 0, "E bit before the gap");
     assert!(first_after.1 & 0x20 != 0, "D bit after the gap");
-    assert!(first_after.3 - last_before.3 < Duration::from_millis(500), "gap not waited");
+    assert!(
+        first_after.3 - last_before.3 < Duration::from_millis(500),
+        "gap not waited"
+    );
     // 2 s before the pause and 3 s after it, not 10 s.
     assert!(took < Duration::from_secs(8), "{took:?}");
     let last = c.track(0).last().unwrap();

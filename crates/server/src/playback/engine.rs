@@ -28,9 +28,10 @@
 //! Scale beyond ±1 and `Frames: intra` also play keyframes only.
 //!
 //! **The ONVIF extension** (profile 0xABAC, 3 words: NTP time of the frame, then the
-//! C/E/D/T flags and the PLAY's CSeq low byte) goes on each frame's first packet when the
-//! client asked for ONVIF replay, and on the last packet of the final frame with the T
-//! bit (GStreamer's `rtponvifparse` pushes that packet, then end of stream).
+//! C/E/D/T flags and the PLAY's CSeq low byte) goes on every packet of each frame when the
+//! client asked for ONVIF replay: C on all of them, D on the first, E and T on the last
+//! (GStreamer's `rtponvifparse` pushes the T packet, then end of stream); T marks each
+//! track's final frame.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -404,8 +405,14 @@ impl Replay {
     /// from the NTP epoch (1900-01-01), i.e. as npt: GStreamer's `rtspsrc` in ONVIF mode
     /// takes the SDP's first range (npt) for clock times since 1900 and asks for
     /// `clock=19000101T000000Z-19000101T000102Z` when it means the whole recording.
+    ///
+    /// The other way round, an npt beyond 2208988800 s (1970 in NTP seconds) is a clock
+    /// time in NTP seconds: GStreamer without ONVIF mode reads the SDP's clock range so.
     fn npt_of(&self, p: Position) -> f64 {
         match p {
+            Position::Npt(s) if s >= NTP_UNIX_OFFSET as f64 => self
+                .timeline
+                .npt(add_secs(SystemTime::UNIX_EPOCH, s - NTP_UNIX_OFFSET as f64)),
             Position::Npt(s) => s,
             Position::Clock(t) if t < SystemTime::UNIX_EPOCH => {
                 let ntp_epoch = SystemTime::UNIX_EPOCH
@@ -875,11 +882,16 @@ impl Replay {
         let Some(item) = self.ahead.pop_front() else {
             return Poll::Idle;
         };
-        let before_gap = match self.ahead.iter().position(|i| i.track == item.track) {
+        let next_same = self.ahead.iter().position(|i| i.track == item.track);
+        let before_gap = match next_same {
             Some(j) => self.ahead.iter().take(j + 1).any(|i| i.gap_from.is_some()),
-            None => self.exhausted || self.ahead.iter().any(|i| i.gap_from.is_some()),
+            None => self.ahead.iter().any(|i| i.gap_from.is_some()),
         };
-        let last = self.exhausted && self.ahead.is_empty();
+        // The last frame of its track in the range: T (and E) on it.
+        let last = self.exhausted && next_same.is_none();
+        if self.exhausted && self.ahead.is_empty() {
+            self.terminated = true;
+        }
         self.send(item, run, last, before_gap)
     }
 
@@ -893,6 +905,24 @@ impl Replay {
         };
         let rtp = rtp_at(track, presentation);
         let mut packets = Vec::with_capacity(4);
+        // ONVIF replay after a seek: a filler NAL unit one tick before the first video
+        // frame. GStreamer's rtspsrc gives the first packet after a seek over TCP no time,
+        // and its jitter buffer then drops every packet of that RTP timestamp: without
+        // this, the keyframe the seek landed on would be lost. Decoders ignore filler.
+        if self.onvif && track.discont && track.video {
+            if let Some(filler) = filler_nal(track.out.params.codec) {
+                let mut primer = Vec::with_capacity(1);
+                if track
+                    .out
+                    .packetizer
+                    .packetize(&filler, rtp.wrapping_sub(1), false, &mut primer)
+                    .is_ok()
+                {
+                    packets.extend(primer);
+                }
+            }
+        }
+        let primed = packets.len();
         if let Err(e) = track.out.packetizer.packetize(
             &item.sample.data,
             rtp,
@@ -914,22 +944,21 @@ impl Replay {
         }
         if last {
             flags |= FLAG_T;
-            self.terminated = true;
         }
         if self.onvif {
+            // Every packet of the frame carries the extension (GStreamer's rtponvifparse
+            // takes each packet's time and key flag from it); D only on the first, E and T
+            // only on the last (rtponvifparse ends the stream after the T packet).
             let ntp = sluice_media::archive::system_to_ntp(item.wall);
-            let n = packets.len();
-            for (i, p) in packets.iter_mut().enumerate() {
-                let first = i == 0;
-                let final_packet = last && i + 1 == n;
-                if !(first || final_packet) {
-                    continue;
+            let n = packets.len() - primed;
+            for (i, p) in packets.iter_mut().skip(primed).enumerate() {
+                let mut f = flags & FLAG_C;
+                if i == 0 {
+                    f |= flags & FLAG_D;
                 }
-                let f = if first {
-                    flags & !(if final_packet { 0 } else { FLAG_T })
-                } else {
-                    flags & (FLAG_E | FLAG_T)
-                };
+                if i + 1 == n {
+                    f |= flags & (FLAG_E | FLAG_T);
+                }
                 if let Some(with) = with_onvif_extension(p, ntp, f, self.cseq) {
                     *p = with;
                 }
@@ -949,6 +978,15 @@ impl Replay {
         self.ahead.clear();
         self.open = None;
         Poll::Ended(_reason)
+    }
+}
+
+/// A length-prefixed filler data NAL unit of `codec` (ignored by decoders), if it has one.
+fn filler_nal(codec: sluice_media::Codec) -> Option<Vec<u8>> {
+    match codec {
+        sluice_media::Codec::H264 => Some(vec![0, 0, 0, 2, 0x0c, 0xff]),
+        sluice_media::Codec::H265 => Some(vec![0, 0, 0, 3, 38 << 1, 0x01, 0xff]),
+        _ => None,
     }
 }
 

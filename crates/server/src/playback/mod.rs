@@ -89,8 +89,8 @@ impl Recordings {
         if let (true, Some(dir)) = (p.enabled, &p.dir) {
             let same = self.dir.read().unwrap_or_else(|e| e.into_inner()).as_ref() == Some(dir);
             if !same {
-                let index = sluice_archive::Index::open(dir)
-                    .map_err(|e| format!("playback.dir: {e}"))?;
+                let index =
+                    sluice_archive::Index::open(dir).map_err(|e| format!("playback.dir: {e}"))?;
                 self.set_catalog(Some(Arc::new(catalog::IndexCatalog::new(
                     Arc::new(index),
                     dir.clone(),

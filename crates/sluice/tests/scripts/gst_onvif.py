@@ -25,7 +25,8 @@ import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstApp", "1.0")
-from gi.repository import Gst, GstApp  # noqa: E402,F401
+gi.require_version("GstRtsp", "1.0")
+from gi.repository import Gst, GstApp, GstRtsp  # noqa: E402,F401
 
 NS = 1e9
 
@@ -47,6 +48,22 @@ def main():
         return caps.get_structure(0).get_string("media") == "video"
 
     src.connect("select-stream", on_select_stream)
+
+    def on_before_send(_src, msg):
+        # The replay headers of each PLAY, for the test's log.
+        if msg.get_type() == GstRtsp.RTSPMsgType.REQUEST:
+            _, method, _, _ = msg.parse_request()
+            if method == GstRtsp.RTSPMethod.PLAY:
+                hdrs = []
+                for name in ("Range", "Scale", "Speed", "Frames", "Rate-Control", "Require"):
+                    field = GstRtsp.rtsp_find_header_field(name)
+                    res, val = msg.get_header(field, 0)
+                    if res == GstRtsp.RTSPResult.OK:
+                        hdrs.append(f"{name}: {val}")
+                print("PLAY " + "; ".join(hdrs), flush=True)
+        return True
+
+    src.connect("before-send", on_before_send)
     t0 = time.monotonic()
     seeking = {"done": False}
 
@@ -77,7 +94,7 @@ def main():
                 sys.exit(1)
             if msg.type == Gst.MessageType.EOS and not eos["seen"]:
                 eos["seen"] = True
-                print(f"EOS t={time.monotonic() - t0:.3f}", flush=True)
+                print(f"EOS t={time.monotonic() - t0:.3f} from={msg.src.get_name()}", flush=True)
 
     if mode == "seek":
         target_ns, out = int(sys.argv[3]), sys.argv[4]

@@ -217,21 +217,34 @@ fn a_gap_is_skipped_with_e_and_d_bits_and_the_end_has_t() {
     );
     let e_count = sent.iter().filter(|(_, b)| b.flags & FLAG_E != 0).count();
     assert_eq!(e_count, 4, "E on each track before the gap and at the end");
-    // The end: T (and E) on the last frame, its last packet carrying the extension.
+    // The end: T (and E) on the last frame, on its last packet only.
     let (_, last) = sent.last().unwrap();
     assert!(last.flags & FLAG_T != 0 && last.flags & FLAG_E != 0);
     let ext = onvif_extension(last.packets.last().unwrap()).expect("extension");
     assert!(ext.1 & FLAG_T != 0);
     assert_eq!(ext.2, 7, "CSeq low byte");
-    // Every frame's first packet carries the extension with its wall clock NTP time.
+    // Every packet carries the extension with its frame's wall clock NTP time and C bit;
+    // D only on a frame's first packet, E and T only on its last.
+    // A frame after a discontinuity is preceded by a filler NAL unit one tick earlier,
+    // without the extension (see `send`).
     for (_, b) in &sent {
-        let (ntp, flags, _) = onvif_extension(&b.packets[0]).expect("extension");
-        assert_eq!(ntp, sluice_media::archive::system_to_ntp(b.wall));
-        assert_eq!(flags & FLAG_C != 0, b.flags & FLAG_C != 0);
+        let primed = usize::from(onvif_extension(&b.packets[0]).is_none());
+        if primed == 1 {
+            assert!(b.flags & FLAG_D != 0 && b.track == 0, "{b:?}");
+            assert_eq!(b.packets[0][12] & 0x1f, 12, "filler NAL");
+        }
+        let n = b.packets.len() - primed;
+        for (i, p) in b.packets.iter().skip(primed).enumerate() {
+            let (ntp, flags, _) = onvif_extension(p).expect("extension");
+            assert_eq!(ntp, sluice_media::archive::system_to_ntp(b.wall));
+            assert_eq!(flags & FLAG_C != 0, b.flags & FLAG_C != 0);
+            assert_eq!(flags & FLAG_D != 0, i == 0 && b.flags & FLAG_D != 0);
+            assert_eq!(flags & FLAG_T != 0, i + 1 == n && b.flags & FLAG_T != 0);
+        }
     }
     // RTP timestamps of video follow npt: the gap is a 5 s jump.
     let ts = |b: &Burst| {
-        sluice_rtp::packet::parse_rtp(&b.packets[0])
+        sluice_rtp::packet::parse_rtp(b.packets.last().unwrap())
             .unwrap()
             .timestamp
     };
@@ -279,6 +292,16 @@ fn a_clock_seek_lands_on_the_keyframe_before_it_and_into_a_gap_after_it() {
         .unwrap();
     assert!((s.start - 6.0).abs() < 1e-3, "{}", s.start);
     assert_eq!(s.end, Some(25.0));
+    // GStreamer without ONVIF mode: the SDP's clock range read as npt seconds since 1900.
+    let ntp_secs = at(5.3)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 2_208_988_800.0;
+    let s = r
+        .play(&request(Some(Position::Npt(ntp_secs)), None, 1.0), t)
+        .unwrap();
+    assert!((s.start - 5.0).abs() < 1e-3, "{}", s.start);
     // Out of the recording.
     assert!(matches!(
         r.play(&request(Some(Position::Npt(40.0)), None, 1.0), t),
@@ -323,7 +346,7 @@ fn reverse_plays_keyframes_newest_first_with_increasing_rtp_times() {
     let ts: Vec<u32> = sent
         .iter()
         .map(|(_, b)| {
-            sluice_rtp::packet::parse_rtp(&b.packets[0])
+            sluice_rtp::packet::parse_rtp(b.packets.last().unwrap())
                 .unwrap()
                 .timestamp
         })
@@ -354,7 +377,7 @@ fn speed_delivers_faster_with_recorded_timestamps_and_rate_control_off_at_once()
     let wall = sent.last().unwrap().0 - t;
     assert!((4.5..5.2).contains(&wall.as_secs_f64()), "{wall:?}");
     let ts = |b: &Burst| {
-        sluice_rtp::packet::parse_rtp(&b.packets[0])
+        sluice_rtp::packet::parse_rtp(b.packets.last().unwrap())
             .unwrap()
             .timestamp
     };
