@@ -73,7 +73,7 @@ impl ClockTime {
         if date.len() != 8 || hms.len() != 6 || !digits(date) || !digits(hms) {
             return Err(bad());
         }
-        if !frac.is_empty() && (!digits(frac) || frac.len() > 9) {
+        if time.contains('.') && (!digits(frac) || frac.len() > 9) {
             return Err(bad());
         }
         let num = |x: &str| x.parse::<u32>().map_err(|_| bad());
@@ -285,6 +285,12 @@ mod tests {
         assert_eq!(
             ClockTime::parse("20240229T235959Z"),
             Ok(at(1_709_251_199, 0))
+        );
+        // ONVIF clients' "from the beginning": the NTP epoch.
+        let prime = ClockTime::parse("19000101T000000Z").unwrap();
+        assert_eq!(
+            SystemTime::UNIX_EPOCH.duration_since(prime.0).unwrap(),
+            Duration::from_secs(2_208_988_800)
         );
         for bad in [
             "",
