@@ -143,6 +143,8 @@ pub struct Timeline {
     pub end: SystemTime,
     /// The segments overlapping the window, ordered by start.
     pub segments: Vec<Segment>,
+    /// The window has an end: playback never follows the recording past it.
+    pub bounded: bool,
 }
 
 impl Timeline {
@@ -165,6 +167,7 @@ impl Timeline {
             origin,
             end,
             segments,
+            bounded: to.is_some(),
         })
     }
 
@@ -258,6 +261,10 @@ pub enum Poll {
     Ended(EndReason),
     /// Nothing is due before this instant.
     WaitUntil(Instant),
+    /// Playback reached the end of what is recorded while following the recording: the
+    /// driver looks for more ([`Replay::extend`]) and polls again a little later, or
+    /// [`Replay::stop_following`] when the recording stopped.
+    CaughtUp,
     /// Paused or ended.
     Idle,
 }
@@ -297,6 +304,9 @@ struct Run {
     end: Option<f64>,
     frames: FrameFilter,
     scale: f64,
+    /// Open-ended, forward, every frame at normal pace: at the end of what is recorded,
+    /// follow the recording as it grows ([`Poll::CaughtUp`]) instead of ending.
+    follow: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -322,6 +332,11 @@ pub struct Replay {
     ahead: VecDeque<Item>,
     /// Reading found the end (no more items).
     exhausted: bool,
+    /// The end found was the end of what is recorded so far, in follow mode.
+    caught_up: bool,
+    /// The last frame read: its segment and npt (a segment reopened after it grew is
+    /// read on from there).
+    read_through: Option<(usize, f64)>,
     /// npt of the last frame sent (where a PLAY without a start resumes).
     position: f64,
     /// Keyframe mode: npt of the last keyframe taken (for `Frames: intra/<ms>`).
@@ -372,6 +387,8 @@ impl Replay {
             seek_to: None,
             ahead: VecDeque::new(),
             exhausted: false,
+            caught_up: false,
+            read_through: None,
             position: 0.0,
             last_keyframe: None,
             reverse_clock: (0.0, 0.0),
@@ -381,6 +398,36 @@ impl Replay {
             terminated: false,
             kind: None,
         }
+    }
+
+    /// Adds what was recorded since the timeline was listed: segments that grew (same
+    /// file) get their new end and parts, new ones are appended. Playback that caught up
+    /// goes on with them.
+    pub fn extend(&mut self, segments: Vec<Segment>) {
+        let segs = &mut self.timeline.segments;
+        for s in segments {
+            if let Some(known) = segs.iter_mut().find(|k| k.file == s.file) {
+                if s.end > known.end {
+                    *known = s;
+                }
+            } else if segs.last().is_none_or(|l| s.start >= l.end) {
+                segs.push(s);
+            }
+        }
+        if !self.timeline.bounded {
+            if let Some(end) = segs.iter().map(|s| s.end).max() {
+                self.timeline.end = self.timeline.end.max(end);
+            }
+        }
+    }
+
+    /// Ends following: the next poll at the end of what is recorded ends playback.
+    pub fn stop_following(&mut self) {
+        if let Mode::Playing(run) = &mut self.mode {
+            run.follow = false;
+        }
+        self.caught_up = false;
+        self.exhausted = false;
     }
 
     /// The timeline played.
@@ -496,6 +543,13 @@ impl Replay {
             end,
             frames: request.frames,
             scale,
+            follow: end.is_none_or(|e| e > span)
+                && !backwards
+                && !keyframes_only
+                && scale == 1.0
+                && speed == 1.0
+                && request.rate_control
+                && !self.timeline.bounded,
         };
         // Read the first frame now: its time is the actual start.
         self.mode = Mode::Playing(run);
@@ -545,6 +599,8 @@ impl Replay {
         self.open = None;
         self.ahead.clear();
         self.exhausted = false;
+        self.caught_up = false;
+        self.read_through = None;
         self.last_keyframe = None;
         let t = self.timeline.wall(npt);
         let segs = &self.timeline.segments;
@@ -671,6 +727,11 @@ impl Replay {
             let index = open.index;
             let Some(sample) = open.demuxer.next_sample()? else {
                 self.open = None;
+                if run.follow && index + 1 >= self.timeline.segments.len() {
+                    // The end of what is recorded: this segment is reopened when it grew.
+                    self.next_segment = index;
+                    return Ok(None);
+                }
                 self.next_segment = index + 1;
                 if let Some(g) = self.gap_between(index, index + 1, false) {
                     gap_from = Some(g);
@@ -698,6 +759,12 @@ impl Replay {
             if run.end.is_some_and(|e| npt > e) {
                 return Ok(None);
             }
+            if let Some((i, through)) = self.read_through {
+                if i == index && npt <= through + 1e-6 {
+                    continue;
+                }
+            }
+            self.read_through = Some((index, npt));
             let wall = add_secs(seg.wall_at(dts), pts_offset);
             return Ok(Some(Item {
                 track,
@@ -828,11 +895,21 @@ impl Replay {
             return Poll::Idle;
         };
         if self.ahead.is_empty() {
+            if self.caught_up && run.follow {
+                // Try again: the recording may have grown (see `extend`).
+                self.exhausted = false;
+                self.caught_up = false;
+            }
             if self.exhausted || self.terminated {
                 return self.end(EndReason::End);
             }
             match self.read_item() {
                 Ok(Some(item)) => self.ahead.push_back(item),
+                Ok(None) if run.follow => {
+                    self.exhausted = true;
+                    self.caught_up = true;
+                    return Poll::CaughtUp;
+                }
                 Ok(None) => {
                     self.exhausted = true;
                     return self.end(EndReason::End);
@@ -871,7 +948,10 @@ impl Replay {
         {
             match self.read_item() {
                 Ok(Some(next)) => self.ahead.push_back(next),
-                Ok(None) => self.exhausted = true,
+                Ok(None) => {
+                    self.exhausted = true;
+                    self.caught_up = run.follow;
+                }
                 Err(e) => {
                     // Send what was read; playback ends after it.
                     tracing::warn!(error = %e, "recording read failed; replay ends");
@@ -887,9 +967,10 @@ impl Replay {
             Some(j) => self.ahead.iter().take(j + 1).any(|i| i.gap_from.is_some()),
             None => self.ahead.iter().any(|i| i.gap_from.is_some()),
         };
-        // The last frame of its track in the range: T (and E) on it.
-        let last = self.exhausted && next_same.is_none();
-        if self.exhausted && self.ahead.is_empty() {
+        // The last frame of its track in the range: T (and E) on it. Not while following
+        // a recording that may still grow.
+        let last = self.exhausted && !self.caught_up && next_same.is_none();
+        if last && self.ahead.is_empty() {
             self.terminated = true;
         }
         self.send(item, run, last, before_gap)

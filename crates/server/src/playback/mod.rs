@@ -242,6 +242,7 @@ impl OnDemand for Recordings {
             opened,
             guard: listing.guard,
             label: path.to_owned(),
+            follow: source::Follow::new(catalog, named.stream),
         })))
     }
 }
@@ -312,6 +313,7 @@ struct Opened {
     opened: Described,
     guard: Box<dyn Send + Sync>,
     label: String,
+    follow: source::Follow,
 }
 
 impl OnDemandMedia for Opened {
@@ -324,9 +326,16 @@ impl OnDemandMedia for Opened {
             opened,
             guard,
             label,
+            follow,
         } = *self;
         let replay = engine::Replay::new(opened.timeline, opened.opener, opened.outputs);
-        Box::new(source::ReplaySource::new(replay, stream, label, guard))
+        Box::new(source::ReplaySource::new(
+            replay,
+            stream,
+            label,
+            guard,
+            Some(follow),
+        ))
     }
 }
 

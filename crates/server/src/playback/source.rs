@@ -3,7 +3,7 @@
 //! RTSP module controls it through [`sluice_hub::Playback`].
 
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use sluice_hub::on_demand::{PlayError, PlayStart};
 use sluice_hub::{MediaPacket, PlayRequest, Stream};
@@ -15,13 +15,52 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::playback::engine::{EndReason, Poll, Replay};
+use crate::playback::Catalog;
 
 struct Shared {
     replay: Mutex<Replay>,
     wake: Notify,
     stream: Arc<Stream>,
     label: String,
+    follow: Option<Follow>,
 }
+
+/// How playback that caught up with the recording follows it as it grows.
+pub struct Follow {
+    /// Where the recording's new parts and segments are listed.
+    pub catalog: Arc<dyn Catalog>,
+    /// The recorded path.
+    pub stream: String,
+    /// State of the search for more.
+    state: Mutex<FollowState>,
+}
+
+struct FollowState {
+    /// When the recording last grew.
+    grew_at: Option<Instant>,
+    /// Keeps retention away from the segments found since the session started.
+    guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl Follow {
+    /// Follows `stream`'s recording in `catalog`.
+    pub fn new(catalog: Arc<dyn Catalog>, stream: String) -> Follow {
+        Follow {
+            catalog,
+            stream,
+            state: Mutex::new(FollowState {
+                grew_at: None,
+                guard: None,
+            }),
+        }
+    }
+}
+
+/// How often a session that caught up looks for more of the recording.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// A recording that did not grow for this long has stopped: playback ends (parts are
+/// about a second long, so a recording in progress grows every second or so).
+const FOLLOW_IDLE: Duration = Duration::from_secs(3);
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Replay> {
@@ -52,18 +91,22 @@ impl Drop for ReplaySource {
 }
 
 impl ReplaySource {
-    /// A paused replay into `stream`; must run inside a tokio runtime.
+    /// A paused replay into `stream`; must run inside a tokio runtime. With `follow`,
+    /// open-ended playback that reaches the end of what is recorded goes on with what the
+    /// recorder adds (live, one part behind).
     pub fn new(
         replay: Replay,
         stream: Arc<Stream>,
         label: String,
         guard: Box<dyn Send + Sync>,
+        follow: Option<Follow>,
     ) -> ReplaySource {
         let shared = Arc::new(Shared {
             replay: Mutex::new(replay),
             wake: Notify::new(),
             stream,
             label,
+            follow,
         });
         let task = tokio::spawn(run(shared.clone()));
         ReplaySource {
@@ -197,6 +240,34 @@ fn step(replay: &mut Replay, shared: &Shared, now: Instant) -> Step {
             Step::Wait
         }
         Poll::WaitUntil(t) => Step::SleepUntil(t),
+        Poll::CaughtUp => {
+            let Some(follow) = &shared.follow else {
+                replay.stop_following();
+                return Step::Continue;
+            };
+            let mut state = follow.state.lock().unwrap_or_else(|e| e.into_inner());
+            let grew_at = *state.grew_at.get_or_insert(now);
+            let known = replay.timeline().end;
+            let from = replay.timeline().segments.last().map_or(known, |s| s.start);
+            let far = known + Duration::from_secs(1 << 30);
+            match follow.catalog.segments(&follow.stream, from, far) {
+                Ok(listing) => {
+                    replay.extend(listing.segments);
+                    state.guard = Some(listing.guard);
+                }
+                Err(error) => {
+                    warn!(recording = %shared.label, %error, "listing the recording failed");
+                }
+            }
+            if replay.timeline().end > known {
+                state.grew_at = Some(now);
+            } else if now.duration_since(grew_at) > FOLLOW_IDLE {
+                info!(recording = %shared.label, "the recording stopped growing; replay ends");
+                replay.stop_following();
+                return Step::Continue;
+            }
+            Step::SleepUntil(now + FOLLOW_POLL)
+        }
         Poll::Idle => Step::Wait,
     }
 }

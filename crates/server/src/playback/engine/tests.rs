@@ -113,14 +113,29 @@ fn replay(
     from: Option<SystemTime>,
     to: Option<SystemTime>,
 ) -> Replay {
-    let files: HashMap<PathBuf, Vec<u8>> = segs
-        .iter()
-        .map(|(s, b)| (s.file.clone(), b.clone()))
-        .collect();
+    replay_shared(segs, from, to).0
+}
+
+type Files = std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, Vec<u8>>>>;
+
+/// A replay whose segment files can be rewritten (a recording that grows).
+fn replay_shared(
+    segs: Vec<(Segment, Vec<u8>)>,
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+) -> (Replay, Files) {
+    let files: Files = std::sync::Arc::new(std::sync::Mutex::new(
+        segs.iter()
+            .map(|(s, b)| (s.file.clone(), b.clone()))
+            .collect(),
+    ));
+    let shared = files.clone();
     let timeline = Timeline::new(segs.into_iter().map(|(s, _)| s).collect(), from, to)
         .expect("segments in the window");
     let opener = move |s: &Segment| -> Result<Box<dyn Demuxer>, MediaError> {
         let bytes = files
+            .lock()
+            .unwrap()
             .get(&s.file)
             .cloned()
             .ok_or_else(|| MediaError::Malformed("no such segment".into()))?;
@@ -138,7 +153,7 @@ fn replay(
             rtp_offset: 1000,
         })
         .collect();
-    Replay::new(timeline, Box::new(opener), outputs)
+    (Replay::new(timeline, Box::new(opener), outputs), shared)
 }
 
 /// Polls until the end, sleeping virtually; returns (send instant, burst) pairs.
@@ -152,6 +167,8 @@ fn drain(r: &mut Replay, start: Instant) -> (Vec<(Instant, Burst)>, bool) {
             Poll::Ended(_) => return (out, true),
             Poll::WaitUntil(t) => now = now.max(t),
             Poll::Idle => return (out, false),
+            // The recording is not growing: as the driver does after a while.
+            Poll::CaughtUp => r.stop_following(),
         }
     }
     panic!("no end")
@@ -186,8 +203,12 @@ fn video(sent: &[(Instant, Burst)]) -> Vec<&(Instant, Burst)> {
 fn a_gap_is_skipped_with_e_and_d_bits_and_the_end_has_t() {
     let mut r = two_with_gap();
     let t = Instant::now();
+    // Up to the end of the recording (an open end would follow it as it grows).
     let started = r
-        .play(&request(Some(Position::Npt(0.0)), None, 1.0), t)
+        .play(
+            &request(Some(Position::Npt(0.0)), Some(Position::Npt(25.0)), 1.0),
+            t,
+        )
         .expect("play");
     assert_eq!(started.start, 0.0);
     assert_eq!(r.timeline().span(), 25.0);
@@ -480,4 +501,54 @@ fn non_reference_frames_are_recognised() {
     assert!(is_reference(&p, &nal(0x41)));
     assert!(!is_reference(&p, &nal(0x01)), "nal_ref_idc 0: a B-frame");
     assert!(is_reference(&p, &[0, 0, 0, 9]), "truncated: kept");
+}
+
+#[test]
+fn open_ended_playback_follows_the_recording_as_it_grows() {
+    let (mut r, files) = replay_shared(vec![segment("a", 0.0, 4, 0)], None, None);
+    let t = Instant::now();
+    r.play(&request(Some(Position::Npt(0.0)), None, 1.0), t)
+        .unwrap();
+    let mut now = t;
+    let mut sent = Vec::new();
+    let caught_up_at = loop {
+        match r.poll(now) {
+            Poll::Send(b) => sent.push(b),
+            Poll::WaitUntil(w) => now = w,
+            Poll::CaughtUp => break now,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        video(&sent.iter().map(|b| (t, b.clone())).collect::<Vec<_>>()).len(),
+        100
+    );
+    assert!(
+        sent.iter().all(|b| b.flags & FLAG_T == 0),
+        "no T while following"
+    );
+    // The segment grew to 6 s, and a new one began after a 2 s pause.
+    let (grown, bytes) = segment("a", 0.0, 6, 0);
+    files.lock().unwrap().insert(grown.file.clone(), bytes);
+    let (next, bytes) = segment("b", 8.0, 2, 150);
+    files.lock().unwrap().insert(next.file.clone(), bytes);
+    r.extend(vec![grown, next]);
+    let mut more = Vec::new();
+    now = caught_up_at + Duration::from_millis(250);
+    loop {
+        match r.poll(now) {
+            Poll::Send(b) => more.push(b),
+            Poll::WaitUntil(w) => now = w,
+            Poll::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let v: Vec<&Burst> = more.iter().filter(|b| b.track == 0).collect();
+    assert_eq!(v.len(), 100, "4..6 s and 8..10 s, nothing twice");
+    assert!((v[0].npt - 4.0).abs() < 1e-3, "{}", v[0].npt);
+    let after_pause = v.iter().position(|b| b.npt >= 8.0).unwrap();
+    assert!(v[after_pause].flags & FLAG_D != 0);
+    // The recording stopped: the end comes with the next poll at the end.
+    r.stop_following();
+    assert!(matches!(r.poll(now), Poll::Ended(_)));
 }
