@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::SystemTime;
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -85,7 +85,8 @@ type Holds = Arc<Mutex<HashMap<(String, u64), usize>>>;
 /// The recordings index of one record directory (`<dir>/index.redb`). Cheap to share
 /// behind an `Arc`: redb serialises writers and lets readers run beside them.
 pub struct Index {
-    db: Database,
+    /// None only while being reopened after an I/O error (see [`Index::reopen`]).
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     holds: Holds,
     since_durable: AtomicU32,
@@ -134,13 +135,35 @@ impl Index {
             source: Box::new(e.into()),
         })?;
         let index = Index {
-            db,
+            db: RwLock::new(Some(db)),
             path,
             holds: Holds::default(),
             since_durable: AtomicU32::new(0),
         };
         index.write(Durability::Immediate, "creating tables", |_| Ok(()))?;
         Ok(index)
+    }
+
+    /// The database, for one operation.
+    fn db(&self, what: &'static str) -> Result<DbGuard<'_>, IndexError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(IndexError::Store {
+                path: self.path.clone(),
+                what,
+                source: Box::new(redb::Error::PreviousIo),
+            });
+        }
+        Ok(DbGuard(guard))
+    }
+
+    /// After a failed write (a full disk), redb refuses every later commit of the same
+    /// handle; a fresh handle recovers from the last durable commit. Best effort: when
+    /// reopening fails too, the next operation tries again.
+    fn reopen(&self) {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        *db = None;
+        *db = Database::create(&self.path).ok();
     }
 
     /// The index file's path.
@@ -164,22 +187,44 @@ impl Index {
         f: impl FnOnce(&mut Tables<'_>) -> Result<T, redb::StorageError>,
     ) -> Result<T, IndexError> {
         let durable = matches!(durability, Durability::Immediate);
-        let mut txn = self.db.begin_write().map_err(self.err(what))?;
-        txn.set_durability(durability);
-        let out = {
-            let mut t = Tables {
-                segments: txn.open_table(SEGMENTS).map_err(self.err(what))?,
-                open: txn.open_table(OPEN).map_err(self.err(what))?,
-                locks: txn.open_table(LOCKS).map_err(self.err(what))?,
-                meta: txn.open_table(META).map_err(self.err(what))?,
+        let result = (|| {
+            let db = self.db(what)?;
+            let Some(d) = db.0.as_ref() else {
+                return Err(self.err(what)(redb::Error::PreviousIo));
             };
-            f(&mut t).map_err(self.err(what))?
-        };
-        txn.commit().map_err(self.err(what))?;
-        if durable {
-            self.since_durable.store(0, Ordering::Relaxed);
+            let mut txn = d.begin_write().map_err(self.err(what))?;
+            txn.set_durability(durability);
+            let out = {
+                let mut t = Tables {
+                    segments: txn.open_table(SEGMENTS).map_err(self.err(what))?,
+                    open: txn.open_table(OPEN).map_err(self.err(what))?,
+                    locks: txn.open_table(LOCKS).map_err(self.err(what))?,
+                    meta: txn.open_table(META).map_err(self.err(what))?,
+                };
+                f(&mut t).map_err(self.err(what))?
+            };
+            txn.commit().map_err(self.err(what))?;
+            Ok(out)
+        })();
+        match &result {
+            Ok(_) if durable => self.since_durable.store(0, Ordering::Relaxed),
+            Err(IndexError::Store { source, .. })
+                if matches!(**source, redb::Error::Io(_) | redb::Error::PreviousIo) =>
+            {
+                self.reopen();
+            }
+            _ => {}
         }
-        Ok(out)
+        result
+    }
+
+    /// A read transaction.
+    fn read(&self, what: &'static str) -> Result<redb::ReadTransaction, IndexError> {
+        let db = self.db(what)?;
+        let Some(d) = db.0.as_ref() else {
+            return Err(self.err(what)(redb::Error::PreviousIo));
+        };
+        d.begin_read().map_err(self.err(what))
     }
 
     /// Inserts or replaces the record of a complete segment, keyed by (`stream`,
@@ -268,7 +313,7 @@ impl Index {
             return Ok(Vec::new());
         }
         let what = "reading segments";
-        let txn = self.db.begin_read().map_err(self.err(what))?;
+        let txn = self.read(what)?;
         let table = txn.open_table(SEGMENTS).map_err(self.err(what))?;
         let mut out = Vec::new();
         // Segments starting before `from` may reach into it; they never overlap each other
@@ -311,7 +356,7 @@ impl Index {
     ) -> Result<Vec<(SystemTime, SystemTime, u64)>, IndexError> {
         let (from, to) = (micros(from), micros(to));
         let what = "reading spans";
-        let txn = self.db.begin_read().map_err(self.err(what))?;
+        let txn = self.read(what)?;
         let table = txn.open_table(SEGMENTS).map_err(self.err(what))?;
         let mut out = Vec::new();
         for item in table
@@ -334,7 +379,7 @@ impl Index {
         start_wall: SystemTime,
     ) -> Result<Option<SegmentRecord>, IndexError> {
         let what = "reading a segment";
-        let txn = self.db.begin_read().map_err(self.err(what))?;
+        let txn = self.read(what)?;
         let table = txn.open_table(SEGMENTS).map_err(self.err(what))?;
         let start = micros(start_wall);
         match table.get((stream, start)).map_err(self.err(what))? {
@@ -346,7 +391,7 @@ impl Index {
     /// The streams that have at least one segment, sorted.
     pub fn streams(&self) -> Result<Vec<String>, IndexError> {
         let what = "listing streams";
-        let txn = self.db.begin_read().map_err(self.err(what))?;
+        let txn = self.read(what)?;
         let table = txn.open_table(SEGMENTS).map_err(self.err(what))?;
         let mut out: Vec<String> = Vec::new();
         loop {
@@ -374,7 +419,7 @@ impl Index {
     /// The start of `stream`'s first segment and the end of its last, if it has any.
     pub fn first_last(&self, stream: &str) -> Result<Option<(SystemTime, SystemTime)>, IndexError> {
         let what = "reading first and last";
-        let txn = self.db.begin_read().map_err(self.err(what))?;
+        let txn = self.read(what)?;
         let table = txn.open_table(SEGMENTS).map_err(self.err(what))?;
         let mut r = table
             .range((stream, 0)..=(stream, u64::MAX))
@@ -397,7 +442,7 @@ impl Index {
     /// of its keys and sizes, not of the records.
     pub fn stored(&self, stream: &str) -> Result<(u64, u64), IndexError> {
         let what = "summing stored bytes";
-        let txn = self.db.begin_read().map_err(self.err(what))?;
+        let txn = self.read(what)?;
         let table = txn.open_table(SEGMENTS).map_err(self.err(what))?;
         let mut sum = (0u64, 0u64);
         for item in table
@@ -414,7 +459,7 @@ impl Index {
     /// Total number of segment records.
     pub fn len(&self) -> Result<u64, IndexError> {
         let what = "counting segments";
-        let txn = self.db.begin_read().map_err(self.err(what))?;
+        let txn = self.read(what)?;
         let table = txn.open_table(SEGMENTS).map_err(self.err(what))?;
         table.len().map_err(self.err(what))
     }
@@ -428,7 +473,7 @@ impl Index {
     /// a crash (or a kill) and need recovery.
     pub fn open_segments(&self) -> Result<Vec<(String, SegmentRecord)>, IndexError> {
         let what = "listing open segments";
-        let txn = self.db.begin_read().map_err(self.err(what))?;
+        let txn = self.read(what)?;
         let open = txn.open_table(OPEN).map_err(self.err(what))?;
         let segments = txn.open_table(SEGMENTS).map_err(self.err(what))?;
         let mut out = Vec::new();
@@ -486,7 +531,7 @@ impl Index {
     /// The locks, of `stream` only if given, ordered by id.
     pub fn locks(&self, stream: Option<&str>) -> Result<Vec<Lock>, IndexError> {
         let what = "listing locks";
-        let txn = self.db.begin_read().map_err(self.err(what))?;
+        let txn = self.read(what)?;
         let table = txn.open_table(LOCKS).map_err(self.err(what))?;
         let mut out = Vec::new();
         for item in table.iter().map_err(self.err(what))? {
@@ -525,6 +570,8 @@ impl Index {
             .any(|l| l.start < end && start < l.end))
     }
 }
+
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
 
 struct Tables<'t> {
     segments: redb::Table<'t, (&'static str, u64), (u64, u64, &'static [u8])>,

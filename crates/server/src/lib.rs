@@ -32,6 +32,7 @@ pub mod hls;
 pub mod hooks;
 pub mod http;
 pub mod playback;
+pub mod record;
 pub mod rtsp;
 pub mod server;
 pub mod web;

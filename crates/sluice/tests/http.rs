@@ -642,7 +642,11 @@ fn schemathesis_finds_nothing_in_the_served_document() {
         let port = free_tcp_port();
         let server = Server::start_with(
             Some(&ns),
-            &format!("transports = [\"tcp\"]\n[http]\nlisten = \"127.0.0.1:{port}\"\n{more}"),
+            // With recording on, so that its /v1/recordings routes are in the document.
+            &format!(
+                "transports = [\"tcp\"]\n[http]\nlisten = \"127.0.0.1:{port}\"\n{more}\n[record]\ndir = \"{}\"\n",
+                common::test_dir("schemathesis-rec").display()
+            ),
         );
         (server, SocketAddr::from(([127, 0, 0, 1], port)))
     };

@@ -132,6 +132,7 @@ const RESTART_ONLY: &[&str] = &[
     "http.session_metrics",
     "hooks",
     "hls",
+    "record",
     "log",
 ];
 

@@ -406,6 +406,10 @@ impl Replay {
     pub fn extend(&mut self, segments: Vec<Segment>) {
         let segs = &mut self.timeline.segments;
         for s in segments {
+            if s.parts.is_empty() {
+                // Nothing playable yet.
+                continue;
+            }
             if let Some(known) = segs.iter_mut().find(|k| k.file == s.file) {
                 if s.end > known.end {
                     *known = s;
@@ -713,7 +717,14 @@ impl Replay {
                 if index >= self.timeline.segments.len() {
                     return Ok(None);
                 }
-                let mut open = self.open_segment(index)?;
+                let mut open = match self.open_segment(index) {
+                    Ok(open) => open,
+                    // A segment the recorder just began may have no part yet.
+                    Err(_) if run.follow && index + 1 >= self.timeline.segments.len() => {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                };
                 if let Some(npt) = self.seek_to.take() {
                     let seg = &self.timeline.segments[index];
                     let media = seg.media_at(self.timeline.wall(npt));

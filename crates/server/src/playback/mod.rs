@@ -86,7 +86,10 @@ impl Recordings {
     /// and changes nothing).
     pub fn apply(&self, config: &Config) -> Result<(), String> {
         let p = &config.playback;
-        if let (true, Some(dir)) = (p.enabled, &p.dir) {
+        // The recorder's directory is served from the recorder's index, which the
+        // composition root hands in (an index opens once per process).
+        let recorders = config.record.dir.as_ref();
+        if let (true, Some(dir), false) = (p.enabled, &p.dir, recorders == p.dir.as_ref()) {
             let same = self.dir.read().unwrap_or_else(|e| e.into_inner()).as_ref() == Some(dir);
             if !same {
                 let index =
