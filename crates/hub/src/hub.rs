@@ -191,6 +191,22 @@ impl Hub {
         Ok(None)
     }
 
+    /// The path serving `path` through a URL `query` (see [`OnDemand::view`]), from the
+    /// first provider that gives one.
+    pub fn on_demand_view(&self, path: &str, query: &str) -> Result<Option<String>, OpenError> {
+        let providers: Vec<_> = self
+            .on_demand
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for p in providers {
+            if let Some(v) = p.view(path, query)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
     /// Whether some provider serves `path` on demand (without opening it).
     pub fn serves_on_demand(&self, path: &str) -> bool {
         self.on_demand

@@ -43,7 +43,9 @@ pub mod stream;
 pub use batcher::Batcher;
 pub use events::{EventBus, Record, ServerEvent, SessionRef};
 pub use hub::Hub;
-pub use on_demand::{OnDemand, OnDemandMedia, OpenError, Playback};
+pub use on_demand::{
+    FrameFilter, OnDemand, OnDemandMedia, OpenError, PlayRequest, Playback, Position,
+};
 pub use packet::{Batch, EndReason, MediaPacket};
 pub use presentation::{Presentation, PresentationError, Track};
 pub use registry::{Busy, Claim, Event, Owner, PathClaim, Pattern, Registry, SourceId};

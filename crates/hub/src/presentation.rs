@@ -48,6 +48,8 @@ pub struct Presentation {
     duration: Option<f64>,
     /// Live although made from stored media (a looping file): advertised with an open range.
     live: bool,
+    /// The wall clock span of recorded media (`a=range:clock=…`), the value after `clock=`.
+    clock_range: Option<String>,
 }
 
 impl Presentation {
@@ -96,6 +98,7 @@ impl Presentation {
             tracks,
             duration: None,
             live: false,
+            clock_range: None,
         })
     }
 
@@ -113,6 +116,14 @@ impl Presentation {
     pub fn live(mut self) -> Presentation {
         self.duration = None;
         self.live = true;
+        self
+    }
+
+    /// Marks the presentation as a recording spanning these wall clock times: readers'
+    /// SDP gets `a=range:clock=<span>` before its npt range (ONVIF replay clients seek in
+    /// clock time, and GStreamer reads only the first range). `span` is the value after `clock=` (`20261207T031500.000Z-…`).
+    pub fn with_clock_range(mut self, span: &str) -> Presentation {
+        self.clock_range = Some(clean(span));
         self
     }
 
@@ -178,6 +189,11 @@ impl Presentation {
         out.push_str("t=0 0\r\n");
         out.push_str("a=tool:sluice\r\n");
         out.push_str("a=control:*\r\n");
+        // A recording's clock range comes first: GStreamer's ONVIF mode reads only the
+        // first range and seeks in it; ffmpeg and live555 read every range line.
+        if let Some(c) = &self.clock_range {
+            out.push_str(&format!("a=range:clock={c}\r\n"));
+        }
         if let Some(d) = self.duration {
             out.push_str(&format!("a=range:npt=0-{d:.3}\r\n"));
         } else if self.live {

@@ -28,7 +28,7 @@ pub mod status;
 pub mod vec_map;
 
 pub use decoder::*;
-pub use headers::{range::*, rtp_info::*, scale::*, session::*, transport::*};
+pub use headers::{range::*, replay::*, rtp_info::*, scale::*, session::*, transport::*};
 pub use message::*;
 pub use method::Method;
 pub use redact::redact_credentials;

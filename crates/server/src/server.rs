@@ -23,6 +23,8 @@ use crate::hooks::{Hooks, HooksError};
 use crate::http::{
     HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector, Marker, StreamTarget,
 };
+use crate::playback::catalog::IndexCatalog;
+use crate::playback::Recordings;
 use crate::record::{RecordError, Recording, RecordingRoutes};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
@@ -56,6 +58,9 @@ pub enum ServerError {
     /// The users configuration is unusable.
     #[error("invalid users: {0}")]
     Users(String),
+    /// The recordings to play back cannot be opened.
+    #[error("cannot serve recordings: {0}")]
+    Playback(String),
 }
 
 /// Path events the event pump's watcher queues before it drops some (and logs the gap).
@@ -71,6 +76,8 @@ pub struct Server {
     files: Arc<Files>,
     /// The recorder, when `[record] dir` is set (its segments end at shutdown).
     recording: Option<Recording>,
+    /// Recordings played back over RTSP (`rec/…`).
+    recordings: Arc<Recordings>,
     /// The HTTP module, bound in `bind` and served from `run` (None: `[http]` disabled).
     http: std::sync::Mutex<Option<HttpServer>>,
     /// Where the HTTP listener is, and how a reload moves it.
@@ -126,6 +133,16 @@ impl Server {
                 .map_err(|e| RecordError::Config(e.to_string()))??
         };
         let files = Arc::new(Files::start(&config, &hub)?);
+        let recordings = Recordings::start(&config, &hub).map_err(ServerError::Playback)?;
+        // Recordings are played back from the recorder's own index (one open per process).
+        if let Some(r) = &recording {
+            if config.playback.dir.as_deref().is_none_or(|d| d == r.dir()) {
+                recordings.set_catalog(Some(Arc::new(IndexCatalog::new(
+                    r.index().clone(),
+                    r.dir().to_owned(),
+                ))));
+            }
+        }
         // A reload: every check before any change, then RTSP (which may refuse a listener
         // address it cannot bind, before anything else changed), users, files, in order.
         let mut reloader = Reloader::new(config.clone(), layers);
@@ -149,6 +166,8 @@ impl Server {
         }));
         let f = files.clone();
         reloader.apply_with(Box::new(move |c| f.apply(c).map_err(|e| e.to_string())));
+        let r = recordings.clone();
+        reloader.apply_with(Box::new(move |c| r.apply(c)));
         let events = hub.clone();
         reloader.notify_with(Box::new(move |status, file| {
             let file = file.map(|f| f.display().to_string());
@@ -179,6 +198,7 @@ impl Server {
             rtsp,
             files,
             recording,
+            recordings,
             http: std::sync::Mutex::new(http),
             http_handle,
             path_watcher,
@@ -199,6 +219,11 @@ impl Server {
     /// The RTSP listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.rtsp.local_addr()
+    }
+
+    /// The playback module's provider of recordings (`rec/…`), for handing it a catalog.
+    pub fn recordings(&self) -> &Arc<Recordings> {
+        &self.recordings
     }
 
     /// Paths with a configured source, for the start-up banner.

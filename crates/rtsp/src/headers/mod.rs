@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod range;
+pub mod replay;
 pub mod rtp_info;
 pub mod scale;
 pub mod session;

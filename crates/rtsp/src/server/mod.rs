@@ -98,8 +98,9 @@ use bytes::{Bytes, BytesMut};
 use crate::client::quirks::sdp_controls;
 use crate::server_session::{Role, ServerSession, State, Transition, MAX_TRACKS};
 use crate::{
-    format_rtp_info, parse_transport, redact_credentials, DecodeError, Method, Range, Request,
-    Response, RtpInfo, Scale, SessionHeader, StatusCode, TransportMode, Version,
+    format_rtp_info, parse_transport, redact_credentials, ClockRange, DecodeError, Frames, Method,
+    Range, ReplayOptions, Request, Response, RtpInfo, Scale, SessionHeader, StatusCode,
+    TransportMode, Version,
 };
 
 pub use sessions::SessionInfo;
@@ -288,6 +289,10 @@ pub enum Question {
     Describe {
         /// The path.
         path: String,
+        /// The request URL's query (after `?`), if any: a view of the path (e.g. a
+        /// recording's time window) that [`ServerConnection::answer_describe_at`] can give
+        /// a path of its own, since clients set tracks up below `Content-Base` without it.
+        query: Option<String>,
     },
     /// ANNOUNCE: may this connection publish `sdp` on `path` (404/403/455/400 are the
     /// usual refusals)? Answer with [`ServerConnection::answer_announce`].
@@ -339,6 +344,8 @@ pub enum Question {
         range: Option<Range>,
         /// The requested scale.
         scale: Option<Scale>,
+        /// The ONVIF replay options (a `Range: clock=…` among them).
+        replay: ReplayOptions,
         /// Whether the session is Ready (PLAY starts it) rather than Playing.
         start: bool,
     },
@@ -844,13 +851,27 @@ impl ServerConnection {
         token: Token,
         answer: Result<Bytes, Refusal>,
     ) -> Result<(), AnswerError> {
+        self.answer_describe_at(token, answer.map(|sdp| (sdp, None)))
+    }
+
+    /// Answers [`Question::Describe`] with the SDP and, optionally, another path for
+    /// `Content-Base` (where the client then sets the tracks up): how a DESCRIBE URL's
+    /// query becomes part of the session's path.
+    pub fn answer_describe_at(
+        &mut self,
+        token: Token,
+        answer: Result<(Bytes, Option<String>), Refusal>,
+    ) -> Result<(), AnswerError> {
         let (request, parked) = self.take(token, "describe")?;
         let Parked::Describe { path } = parked else {
             return Err(Self::wrong_kind(token, "describe"));
         };
-        let result = answer.map(|sdp| {
+        let result = answer.map(|(sdp, base)| {
             Response::new(StatusCode::OK)
-                .with_header("Content-Base", base_url(&request.uri, &path))
+                .with_header(
+                    "Content-Base",
+                    base_url(&request.uri, base.as_deref().unwrap_or(&path)),
+                )
                 .with_body("application/sdp", sdp)
         });
         self.finish(request, result.map(Step::Answer));
@@ -1318,6 +1339,20 @@ impl ServerConnection {
             ));
             return Err(r);
         }
+        if let Some(v) = req.headers.get("Require") {
+            let unsupported: Vec<&str> = crate::headers::replay::require_tags(v)
+                .filter(|t| !t.eq_ignore_ascii_case(crate::headers::replay::ONVIF_REPLAY))
+                .collect();
+            if !unsupported.is_empty() {
+                let mut r = Refusal::new(
+                    StatusCode::OPTION_NOT_SUPPORTED,
+                    format!("unsupported Require tags {unsupported:?}"),
+                );
+                r.headers
+                    .push(("Unsupported".to_owned(), unsupported.join(", ")));
+                return Err(r);
+            }
+        }
         let Some(need) = table::need(&req.method) else {
             return Err(Refusal::new(
                 StatusCode::NOT_IMPLEMENTED,
@@ -1466,7 +1501,14 @@ impl ServerConnection {
         let path = Self::path_of(req)?;
         self.authorize(req, Access::Read, &path)?;
         ask(
-            Question::Describe { path: path.clone() },
+            Question::Describe {
+                path: path.clone(),
+                query: req
+                    .uri
+                    .split_once('?')
+                    .map(|(_, q)| q.split('#').next().unwrap_or_default().to_owned())
+                    .filter(|q| !q.is_empty()),
+            },
             Parked::Describe { path },
         )
     }
@@ -1829,14 +1871,31 @@ impl ServerConnection {
                 "PLAY not valid for this session",
             ));
         }
+        let replay = Self::replay_options(req)?;
+        let (range, replay) = match range {
+            Some(Range::Other(v)) => match ClockRange::parse(&v) {
+                Some(Ok(clock)) => (
+                    None,
+                    ReplayOptions {
+                        clock: Some(clock),
+                        ..replay
+                    },
+                ),
+                Some(Err(err)) => {
+                    return Err(Refusal::new(StatusCode::INVALID_RANGE, err.to_string()))
+                }
+                None => (Some(Range::Other(v)), replay),
+            },
+            other => (other, replay),
+        };
         if e.seekable {
             if let Some(Range::Other(v)) = &range {
                 return Err(Refusal::new(
                     StatusCode::INVALID_RANGE,
-                    format!("only npt ranges are supported, got {v:?}"),
+                    format!("only npt and clock ranges are supported, got {v:?}"),
                 ));
             }
-        } else if scale.is_some_and(|s| s.0 != 1.0) {
+        } else if scale.is_some_and(|s| s.0 != 1.0) || replay.speed.is_some_and(|s| s != 1.0) {
             return Err(Refusal::new(
                 StatusCode::HEADER_FIELD_NOT_VALID,
                 "live streams play at Scale 1 only",
@@ -1848,6 +1907,7 @@ impl ServerConnection {
             tracks: e.machine.tracks().collect(),
             range,
             scale,
+            replay,
             start: e.state() != State::Playing,
         };
         ask(
@@ -1857,6 +1917,35 @@ impl ServerConnection {
                 scale_asked: scale.is_some(),
             },
         )
+    }
+
+    /// The ONVIF replay headers of a PLAY (`Speed`, `Rate-Control`, `Frames`,
+    /// `Immediate`); a malformed one is refused with 400.
+    fn replay_options(req: &Request) -> Result<ReplayOptions, Refusal> {
+        let bad =
+            |e: crate::headers::HeaderError| Refusal::new(StatusCode::BAD_REQUEST, e.to_string());
+        let mut o = ReplayOptions {
+            cseq: req.cseq().unwrap_or(0),
+            onvif: req.headers.get("Require").is_some_and(|v| {
+                crate::headers::replay::require_tags(v)
+                    .any(|t| t.eq_ignore_ascii_case(crate::headers::replay::ONVIF_REPLAY))
+            }),
+            ..ReplayOptions::default()
+        };
+        if let Some(v) = req.headers.get("Speed") {
+            o.speed = Some(crate::headers::replay::parse_speed(v).map_err(bad)?);
+        }
+        if let Some(v) = req.headers.get("Rate-Control") {
+            o.rate_control =
+                crate::headers::replay::parse_yes_no("Rate-Control", v).map_err(bad)?;
+        }
+        if let Some(v) = req.headers.get("Frames") {
+            o.frames = Frames::parse(v).map_err(bad)?;
+        }
+        if let Some(v) = req.headers.get("Immediate") {
+            o.immediate = crate::headers::replay::parse_yes_no("Immediate", v).map_err(bad)?;
+        }
+        Ok(o)
     }
 
     fn pause(&mut self, req: &Request) -> Handled {

@@ -47,6 +47,8 @@ struct World {
     udp_taken: bool,
     /// Hold questions instead of answering them at once.
     hold: bool,
+    /// The replay options of the last PLAY asked.
+    last_replay: Option<ReplayOptions>,
 }
 
 impl World {
@@ -65,7 +67,7 @@ impl World {
     fn answer(&mut self, conn: &mut ServerConnection, token: Token, q: Question) {
         let nf = |p: &str| Refusal::new(StatusCode::NOT_FOUND, format!("no stream on path {p:?}"));
         let r = match q {
-            Question::Describe { path } => conn.answer_describe(
+            Question::Describe { path, .. } => conn.answer_describe(
                 token,
                 self.paths
                     .get(&path)
@@ -144,8 +146,10 @@ impl World {
                 range,
                 scale,
                 tracks,
+                replay,
                 ..
             } => {
+                self.last_replay = Some(replay);
                 let seekable = self.paths.get(&path).is_some_and(|p| p.1);
                 let grant = if seekable {
                     let start = match range {
@@ -785,6 +789,74 @@ fn vod_play_range_scale_and_rtp_info() {
 }
 
 #[test]
+fn require_tags_other_than_onvif_replay_are_551() {
+    let mut h = Harness::new();
+    let r = h.req(
+        "OPTIONS",
+        &format!("{BASE}/vod/movie"),
+        &["Require: onvif-replay"],
+    );
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let r = h.req(
+        "DESCRIBE",
+        &format!("{BASE}/vod/movie"),
+        &["Require: onvif-replay, funky-feature"],
+    );
+    assert_eq!(r.status, StatusCode::OPTION_NOT_SUPPORTED, "{r:?}");
+    assert_eq!(r.headers.get("Unsupported"), Some("funky-feature"));
+}
+
+#[test]
+fn vod_play_passes_onvif_replay_options() {
+    let mut h = Harness::new();
+    let r = h.req(
+        "SETUP",
+        &format!("{BASE}/vod/movie/trackID=0"),
+        &["Transport: RTP/AVP/TCP;unicast;interleaved=0-1"],
+    );
+    let id = SessionHeader::parse(r.headers.get("Session").unwrap())
+        .unwrap()
+        .id;
+    let r = h.req(
+        "PLAY",
+        &format!("{BASE}/vod/movie"),
+        &[
+            &format!("Session: {id}"),
+            "Require: onvif-replay",
+            "Range: clock=20261207T031530Z-20261207T031500Z",
+            "Rate-Control: no",
+            "Frames: intra/500",
+            "Immediate: yes",
+            "Speed: 4",
+            "Scale: -1",
+        ],
+    );
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let replay = h.world.last_replay.expect("play asked");
+    let clock = replay.clock.expect("clock range");
+    assert!(clock.start > clock.end);
+    assert!(!replay.rate_control);
+    assert!(replay.immediate);
+    assert_eq!(replay.frames, Frames::Intra(Some(500)));
+    assert_eq!(replay.speed, Some(4.0));
+    assert!(replay.cseq > 0);
+    for bad in ["Frames: some", "Rate-Control: maybe", "Speed: -2"] {
+        let r = h.req(
+            "PLAY",
+            &format!("{BASE}/vod/movie"),
+            &[&format!("Session: {id}"), bad],
+        );
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {r:?}");
+    }
+    let r = h.req(
+        "PLAY",
+        &format!("{BASE}/vod/movie"),
+        &[&format!("Session: {id}"), "Range: clock=2026-"],
+    );
+    assert_eq!(r.status, StatusCode::INVALID_RANGE, "{r:?}");
+}
+
+#[test]
 fn vod_play_refused_range_keeps_session_ready() {
     let mut h = Harness::new();
     let r = h.req(
@@ -943,7 +1015,8 @@ fn requests_wait_behind_an_unanswered_question() {
     assert_eq!(
         q,
         Question::Describe {
-            path: "live/cam".into()
+            path: "live/cam".into(),
+            query: None,
         }
     );
     // A wrong answer kind or token is refused and changes nothing.

@@ -62,6 +62,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Stored media served on demand under `vod/`.
     pub vod: VodConfig,
+    /// Recordings played back over RTSP under `rec/`.
+    pub playback: PlaybackConfig,
     /// The built-in demo stream.
     pub demo: DemoConfig,
     /// Paths with a configured source, by name.
@@ -103,6 +105,30 @@ impl Default for VodConfig {
     fn default() -> Self {
         VodConfig {
             enabled: true,
+            dir: None,
+        }
+    }
+}
+
+/// `[playback]`: recordings are played back over RTSP at
+/// `rtsp://HOST:PORT/<prefix><path>` (ONVIF replay: clock ranges, reverse, Speed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybackConfig {
+    /// Serve recordings over RTSP at all.
+    pub enabled: bool,
+    /// The path prefix (default `rec/`): one or more path segments ending with `/`.
+    pub prefix: String,
+    /// The record directory whose index (`index.redb`) is served. Unset (or equal to
+    /// `[record] dir`): the recorder's, when one runs in this server.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for PlaybackConfig {
+    fn default() -> Self {
+        PlaybackConfig {
+            enabled: true,
+            prefix: "rec/".into(),
             dir: None,
         }
     }
@@ -577,6 +603,25 @@ impl Config {
                 )));
             }
         }
+        {
+            let prefix = &self.playback.prefix;
+            let head = prefix.strip_suffix('/').unwrap_or_default();
+            if head.is_empty()
+                || sluice_rtsp::server::url::request_path(&format!("rtsp://h/{head}"))
+                    .ok()
+                    .as_deref()
+                    != Some(head)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "playback.prefix {prefix:?} must be path segments ending with '/', like \"rec/\""
+                )));
+            }
+            if prefix == "vod/" || is_reserved_path(head) {
+                return Err(ConfigError::Invalid(format!(
+                    "playback.prefix {prefix:?} is reserved"
+                )));
+            }
+        }
         for (name, p) in &self.paths {
             let is_regex = name.starts_with('~');
             let bad = |why: String| Err(ConfigError::Invalid(format!("paths.{name:?}: {why}")));
@@ -594,6 +639,12 @@ impl Config {
                 }
                 if name == "vod" || name.starts_with("vod/") {
                     return bad("vod/ is reserved for stored files".into());
+                }
+                if self.playback.enabled && name.starts_with(self.playback.prefix.as_str()) {
+                    return bad(format!(
+                        "{} is reserved for recordings played back (playback.prefix)",
+                        self.playback.prefix
+                    ));
                 }
             }
             match p.kind() {

@@ -191,7 +191,10 @@ impl Files {
             name.to_owned(),
         );
         source
-            .play(Some(0.0), None, 1.0, Instant::now())
+            .play(
+                &sluice_hub::PlayRequest::npt(Some(0.0), None, 1.0),
+                Instant::now(),
+            )
             .map_err(|e| fail(e.to_string()))?;
         handle.set_ready();
         info!(path = %name, looping, "file source started");
@@ -246,6 +249,7 @@ impl OnDemand for VodProvider {
             OpenError::Unsupported(m) => OpenError::Unsupported(format!("{}: {m}", file.display())),
             OpenError::Malformed(m) => OpenError::Malformed(format!("{}: {m}", file.display())),
             OpenError::Io(m) => OpenError::Io(format!("{}: {m}", file.display())),
+            OpenError::BadRequest(m) => OpenError::BadRequest(m),
         })?;
         Ok(Some(Box::new(Opened {
             media,

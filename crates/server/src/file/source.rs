@@ -134,13 +134,23 @@ impl sluice_hub::Playback for FileSource {
 
     /// Starts or seeks playback; see [`Player::play`]. At Scale 1 the stream's sender
     /// timing is re-anchored so RTCP Sender Reports map the new start to the wall clock.
+    /// Stored files have no wall clock: clock positions are refused; `Speed` multiplies
+    /// the Scale (a file has no timestamps to keep); `Frames` and `Rate-Control` do not
+    /// apply.
     fn play(
         &self,
-        start: Option<f64>,
-        end: Option<f64>,
-        scale: f64,
+        request: &sluice_hub::PlayRequest,
         now: Instant,
     ) -> Result<PlayStart, PlayError> {
+        let npt = |p: Option<sluice_hub::Position>| match p {
+            None => Ok(None),
+            Some(sluice_hub::Position::Npt(s)) => Ok(Some(s)),
+            Some(sluice_hub::Position::Clock(_)) => Err(PlayError::InvalidRange(
+                "a stored file has no clock times; use npt".into(),
+            )),
+        };
+        let (start, end) = (npt(request.start)?, npt(request.end)?);
+        let scale = request.scale * request.speed;
         let started = self.shared.lock().play(start, end, scale, now)?;
         // Sender Reports follow media time only at normal speed.
         if scale == 1.0 {

@@ -13,7 +13,9 @@ use sluice_rtsp::server::{
     PlayGrant, Question, Refusal, SetupGrant, StreamInfo, Token, TrackStart, TrackTransport,
 };
 use sluice_rtsp::server_session::Role;
-use sluice_rtsp::{NptTime, Range, Scale, StatusCode};
+use sluice_rtsp::{
+    ClockRange, ClockTime, Frames, NptTime, Range, ReplayOptions, Scale, StatusCode,
+};
 use tracing::{info, warn};
 
 use crate::rtsp::conn::{ChannelRoute, Conn, Route};
@@ -25,7 +27,7 @@ use crate::rtsp::{Rtsp, RTCP_INTERVAL};
 use sluice_hub::on_demand::PlayError;
 use sluice_hub::presentation::Presentation;
 use sluice_hub::Stream;
-use sluice_hub::{OnDemandMedia, OpenError};
+use sluice_hub::{FrameFilter, OnDemandMedia, OpenError, PlayRequest, Position};
 
 /// What a SETUP commit asks of the server.
 struct Commit {
@@ -43,9 +45,9 @@ impl Conn {
     /// Answers `question`; the connection then has the response (or the next question).
     pub(crate) async fn answer(&mut self, token: Token, question: Question) {
         let answered = match question {
-            Question::Describe { path } => {
-                let sdp = self.describe(&path).await;
-                self.rtsp.answer_describe(token, sdp)
+            Question::Describe { path, query } => {
+                let sdp = self.describe(&path, query.as_deref()).await;
+                self.rtsp.answer_describe_at(token, sdp)
             }
             Question::Announce {
                 path,
@@ -91,10 +93,11 @@ impl Conn {
                 session,
                 range,
                 scale,
+                replay,
                 start,
                 ..
             } => {
-                let r = self.play(&session, range, scale, start);
+                let r = self.play(&session, range, scale, replay, start);
                 self.rtsp.answer_play(token, r)
             }
             Question::Parameters { .. } => self.rtsp.answer_parameters(
@@ -120,6 +123,7 @@ impl Conn {
                     StatusCode::UNSUPPORTED_MEDIA_TYPE
                 }
                 OpenError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                OpenError::BadRequest(_) => StatusCode::BAD_REQUEST,
             };
             Refusal::new(status, format!("{path}: {e}"))
         })
@@ -163,15 +167,32 @@ async fn stream_for(server: Arc<Rtsp>, path: String) -> Result<Arc<Stream>, Refu
 }
 
 impl Conn {
-    async fn describe(&mut self, path: &str) -> Result<Bytes, Refusal> {
+    /// The SDP of `path` and, for on-demand media whose provider gives the URL's query
+    /// a path of its own (a recording's `?start=&end=` window), that path.
+    async fn describe(
+        &mut self,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<(Bytes, Option<String>), Refusal> {
         let (conn, peer) = (self.handle.id, self.handle.peer);
-        if let Some(media) = self.open_on_demand(path)? {
-            info!(conn, %peer, %path, "describe (file)");
-            return Ok(media.presentation().reader_sdp(1).into());
+        let viewed =
+            match query {
+                Some(q) => self.server.hub.on_demand_view(path, q).map_err(|e| {
+                    Refusal::new(StatusCode::BAD_REQUEST, format!("{path}?{q}: {e}"))
+                })?,
+                None => None,
+            };
+        let open_path = viewed.as_deref().unwrap_or(path);
+        if let Some(media) = self.open_on_demand(open_path)? {
+            info!(conn, %peer, path = %open_path, "describe (file)");
+            return Ok((media.presentation().reader_sdp(1).into(), viewed));
         }
         let stream = self.stream_for(path).await?;
         info!(conn, %peer, %path, "describe");
-        Ok(stream.presentation().reader_sdp(stream.version()).into())
+        Ok((
+            stream.presentation().reader_sdp(stream.version()).into(),
+            None,
+        ))
     }
 
     /// Takes `path` for this connection's publisher, replacing another connection's
@@ -420,6 +441,7 @@ impl Conn {
         id: &str,
         range: Option<Range>,
         scale: Option<Scale>,
+        replay: ReplayOptions,
         start: bool,
     ) -> Result<PlayGrant, Refusal> {
         let session = self
@@ -433,15 +455,41 @@ impl Conn {
                 Some(NptTime::Seconds(s)) => Some(s),
                 _ => None,
             };
-            let (from, to) = match range {
-                Some(Range::Npt { start, end }) => (secs(start), secs(end)),
+            let (from, to) = match (range, replay.clock) {
+                (_, Some(clock)) => (
+                    clock.start.map(|t| Position::Clock(t.0)),
+                    clock.end.map(|t| Position::Clock(t.0)),
+                ),
+                (Some(Range::Npt { start, end }), None) => {
+                    (secs(start).map(Position::Npt), secs(end).map(Position::Npt))
+                }
                 _ => (None, None),
+            };
+            let request = PlayRequest {
+                start: from,
+                end: to,
+                scale: scale.map_or(1.0, |s| s.0),
+                speed: replay.speed.unwrap_or(1.0),
+                rate_control: replay.rate_control,
+                frames: match replay.frames {
+                    Frames::All => FrameFilter::All,
+                    Frames::Predicted => FrameFilter::Predicted,
+                    Frames::Intra(ms) => FrameFilter::Intra(ms),
+                },
+                immediate: replay.immediate,
+                cseq: replay.cseq,
+                onvif: replay.onvif
+                    || replay.clock.is_some()
+                    || replay.frames != Frames::All
+                    || !replay.rate_control
+                    || replay.speed.is_some()
+                    || replay.immediate,
             };
             if start {
                 self.start_playing(&session);
             }
             let now = Instant::now();
-            let started = match file.play(from, to, scale.map_or(1.0, |s| s.0), now) {
+            let started = match file.play(&request, now) {
                 Ok(s) => s,
                 Err(e) => {
                     // Undo: nothing plays.
@@ -465,11 +513,22 @@ impl Conn {
             };
             info!(session = %id, conn = self.handle.id, %path, start = started.start, scale = started.scale, "play (file)");
             self.server.announce_start(&session);
-            return Ok(PlayGrant {
-                range: Some(Range::Npt {
+            // A clock range is answered with one (the actual start), an npt range with npt.
+            let clock = replay.clock.and_then(|_| {
+                Some(ClockRange {
+                    start: Some(ClockTime(file.wall_clock(started.start)?)),
+                    end: file.wall_clock(end).map(ClockTime),
+                })
+            });
+            let range = match clock {
+                Some(c) => Range::Other(c.to_string()),
+                None => Range::Npt {
                     start: Some(NptTime::Seconds(started.start)),
                     end: Some(NptTime::Seconds(end)),
-                }),
+                },
+            };
+            return Ok(PlayGrant {
+                range: Some(range),
                 scale: Some(Scale(started.scale)),
                 starts: started
                     .tracks

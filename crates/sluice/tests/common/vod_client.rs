@@ -20,6 +20,9 @@ pub(crate) struct RtpPkt {
     pub ssrc: u32,
     pub payload: Vec<u8>,
     pub at: Instant,
+    /// The ONVIF replay header extension (profile 0xABAC): NTP time, flags (C/E/D/T =
+    /// 0x80/0x40/0x20/0x10) and the PLAY's CSeq low byte.
+    pub onvif: Option<(u64, u8, u8)>,
 }
 
 /// Something that arrived on the RTSP connection.
@@ -311,11 +314,17 @@ pub(crate) fn parse_rtp(data: &[u8]) -> Option<RtpPkt> {
     }
     let cc = usize::from(data[0] & 0x0f);
     let mut off = 12 + 4 * cc;
+    let mut onvif = None;
     if data[0] & 0x10 != 0 {
         if data.len() < off + 4 {
             return None;
         }
         let words = usize::from(u16::from_be_bytes([data[off + 2], data[off + 3]]));
+        if data[off..off + 4] == [0xAB, 0xAC, 0, 3] && data.len() >= off + 16 {
+            let e = &data[off + 4..off + 16];
+            let ntp = u64::from_be_bytes(e[..8].try_into().ok()?);
+            onvif = Some((ntp, e[8], e[9]));
+        }
         off += 4 + 4 * words;
     }
     let mut end = data.len();
@@ -335,6 +344,7 @@ pub(crate) fn parse_rtp(data: &[u8]) -> Option<RtpPkt> {
         ssrc: u32::from_be_bytes([data[8], data[9], data[10], data[11]]),
         payload: data[off..end].to_vec(),
         at: Instant::now(),
+        onvif,
     })
 }
 
