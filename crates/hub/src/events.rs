@@ -116,6 +116,55 @@ pub enum ServerEvent {
         /// What was wrong with it.
         error: String,
     },
+    /// The recorder created a segment file (its init is on disk).
+    SegmentCreated {
+        /// The path recorded.
+        path: String,
+        /// The file, relative to the record directory.
+        file: String,
+        /// Wall clock of its first sample, RFC 3339.
+        start: String,
+    },
+    /// A segment file is complete: ended by the recorder, or found open after a crash and
+    /// truncated after its last complete part (`reason` `recovered`).
+    SegmentCompleted {
+        /// The path recorded.
+        path: String,
+        /// The file, relative to the record directory.
+        file: String,
+        /// Why it ended: `duration`, `params_changed`, `clock_step`, `publisher_changed`,
+        /// `stop`, `disk_full`, `error` or `recovered`.
+        reason: String,
+        /// Wall clock of its first sample, RFC 3339.
+        start: String,
+        /// Wall clock just after its last sample, RFC 3339.
+        end: String,
+        /// Its size in bytes.
+        bytes: u64,
+    },
+    /// The record directory's free space fell below the `min_free` floor (retention
+    /// deletes the oldest segments), or the disk filled up (`full`: recording paused).
+    DiskLow {
+        /// The record directory.
+        dir: String,
+        /// Bytes available.
+        available: u64,
+        /// Whether writes failed for lack of space (recording paused until space returns).
+        full: bool,
+    },
+    /// Retention deleted a segment file.
+    RecordingDeleted {
+        /// The path it recorded.
+        path: String,
+        /// The file, relative to the record directory.
+        file: String,
+        /// Why: `age`, `bytes` or `min_free`.
+        reason: String,
+        /// Wall clock of its first sample, RFC 3339.
+        start: String,
+        /// Its size in bytes.
+        bytes: u64,
+    },
 }
 
 impl ServerEvent {
@@ -132,6 +181,10 @@ impl ServerEvent {
         "session_kicked",
         "config_reloaded",
         "config_failed",
+        "segment_created",
+        "segment_completed",
+        "disk_low",
+        "recording_deleted",
     ];
 
     /// The event's name: the SSE `event:` field, the webhook's `X-Sluice-Event` header,
@@ -149,15 +202,21 @@ impl ServerEvent {
             ServerEvent::SessionKicked { .. } => "session_kicked",
             ServerEvent::ConfigReloaded { .. } => "config_reloaded",
             ServerEvent::ConfigFailed { .. } => "config_failed",
+            ServerEvent::SegmentCreated { .. } => "segment_created",
+            ServerEvent::SegmentCompleted { .. } => "segment_completed",
+            ServerEvent::DiskLow { .. } => "disk_low",
+            ServerEvent::RecordingDeleted { .. } => "recording_deleted",
         }
     }
 
     /// The path the event is about, if any.
     pub fn path(&self) -> Option<&str> {
         match self {
-            ServerEvent::PathReady { path, .. } | ServerEvent::PathNotReady { path, .. } => {
-                Some(path)
-            }
+            ServerEvent::PathReady { path, .. }
+            | ServerEvent::PathNotReady { path, .. }
+            | ServerEvent::SegmentCreated { path, .. }
+            | ServerEvent::SegmentCompleted { path, .. }
+            | ServerEvent::RecordingDeleted { path, .. } => Some(path),
             ServerEvent::PublisherStarted { session }
             | ServerEvent::PublisherStopped { session, .. }
             | ServerEvent::ReaderStarted { session }

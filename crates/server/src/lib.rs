@@ -31,6 +31,7 @@ pub mod fuzzing;
 pub mod hls;
 pub mod hooks;
 pub mod http;
+pub mod record;
 pub mod rtsp;
 pub mod server;
 pub mod web;

@@ -23,6 +23,7 @@ use crate::hooks::{Hooks, HooksError};
 use crate::http::{
     HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector, Marker, StreamTarget,
 };
+use crate::record::{RecordError, Recording, RecordingRoutes};
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
 use crate::web::Web;
@@ -49,6 +50,9 @@ pub enum ServerError {
     /// The WebRTC module could not bind its UDP port.
     #[error(transparent)]
     Webrtc(#[from] WebrtcError),
+    /// The recorder could not open its index.
+    #[error(transparent)]
+    Record(#[from] RecordError),
     /// The users configuration is unusable.
     #[error("invalid users: {0}")]
     Users(String),
@@ -111,6 +115,14 @@ impl Server {
         let hls = Hls::start(&config, &hub);
         // Before the sources: its hook attaches a WebRTC feed to every stream.
         let webrtc = WebRtc::start(&config, hub.clone()).await?;
+        // Before the sources too: its hook attaches a recorder sink to every stream. Opening
+        // the index and recovering crashed segments is blocking start-up work.
+        let recording = {
+            let (c, h) = (config.clone(), hub.clone());
+            tokio::task::spawn_blocking(move || Recording::start(&c, &h))
+                .await
+                .map_err(|e| RecordError::Config(e.to_string()))??
+        };
         let files = Arc::new(Files::start(&config, &hub)?);
         // A reload: every check before any change, then RTSP (which may refuse a listener
         // address it cannot bind, before anything else changed), users, files, in order.
@@ -153,6 +165,7 @@ impl Server {
             hooks: &hooks,
             hls: hls.as_ref(),
             webrtc: webrtc.as_ref(),
+            recording: recording.as_ref(),
         };
         let http = bind_http(&config, &auth, &hub, modules, reloader.clone()).await?;
         if let Some(h) = &http {
@@ -266,6 +279,7 @@ struct HttpModules<'a> {
     hooks: &'a Hooks,
     hls: Option<&'a Hls>,
     webrtc: Option<&'a Arc<WebRtc>>,
+    recording: Option<&'a Recording>,
 }
 
 /// Binds the HTTP module (`None` when `[http]` is disabled): it reports the RTSP
@@ -283,6 +297,7 @@ async fn bind_http(
         hooks,
         hls,
         webrtc,
+        recording,
     } = modules;
     let mut ctx = HttpContext::new(config, auth.clone());
     if let Some(hls) = hls {
@@ -292,6 +307,15 @@ async fn bind_http(
     ctx.control(control);
     ctx.event_source(hub.clone());
     ctx.metrics().collector(Box::new(hooks.collector()));
+    if let Some(r) = recording {
+        ctx.metrics().collector(Box::new(r.collector()));
+        ctx.metrics().registry_mut().register(
+            "sluice_record_fsync_seconds",
+            "Time an fdatasync of a recorded part took",
+            r.fsync_histogram(),
+        );
+        ctx.routes().documented(RecordingRoutes::new(r).router());
+    }
     ctx.listener("rtsp", rtsp.local_addr());
     if let Some(a) = rtsp.rtsps_addr() {
         ctx.listener("rtsps", a);

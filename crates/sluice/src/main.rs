@@ -82,6 +82,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Transport::Tcp)]
         transport: Transport,
     },
+    /// Manage a server's recordings directory.
+    Recordings {
+        #[command(subcommand)]
+        action: RecordingsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordingsCommand {
+    /// Rebuild DIR's index (index.redb) from its segment files alone (run it while no
+    /// server records into DIR): damaged tails are truncated, locks are kept.
+    Reindex {
+        /// The record directory ([record] dir).
+        dir: PathBuf,
+        /// The [record] path_template that named the files.
+        #[arg(long, default_value = sluice_archive::DEFAULT_TEMPLATE)]
+        template: String,
+    },
 }
 
 /// RTP transport for client commands.
@@ -136,7 +154,32 @@ fn main() -> anyhow::Result<()> {
             looping,
             transport,
         } => client_runtime()?.block_on(publish(file, url, looping, transport)),
+        Command::Recordings {
+            action: RecordingsCommand::Reindex { dir, template },
+        } => reindex(&dir, &template),
     }
+}
+
+/// `sluice recordings reindex DIR`.
+fn reindex(dir: &std::path::Path, template: &str) -> anyhow::Result<()> {
+    let template = sluice_archive::PathTemplate::parse(template)?;
+    let started = std::time::Instant::now();
+    let report = sluice_archive::reindex_dir(dir, &template)
+        .with_context(|| format!("reindexing {}", dir.display()))?;
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.path, s.reason);
+    }
+    println!(
+        "{}: {} segments of {} paths indexed ({} truncated after a damaged tail, {} skipped, {} other files) in {:.1?}",
+        dir.display(),
+        report.segments,
+        report.streams,
+        report.recovered,
+        report.skipped.len(),
+        report.ignored,
+        started.elapsed()
+    );
+    Ok(())
 }
 
 /// Runtime and logging (warnings to stderr) for the client commands.

@@ -315,6 +315,16 @@ impl Recorder {
         self.file.as_ref().map(|f| f.params.as_slice())
     }
 
+    /// The current codec parameters of the file's track `track` (an index into
+    /// [`Recorder::file_params`]), as its depacketizer last saw them in the SDP or in-band:
+    /// when they differ from the file's, the stream changed (a new resolution), and a
+    /// segment writer needs a new init (`SegmentWriter::set_params`).
+    pub fn current_params(&self, track: usize) -> Option<sluice_codec::params::CodecParams> {
+        let file = self.file.as_ref()?;
+        let sdp = file.index.iter().position(|i| *i == Some(track))?;
+        self.tracks.get(sdp)?.as_ref()?.dep.params()
+    }
+
     /// Frames mode: ends the recording, returning the access units it still held (the
     /// arrival-timed GOP awaiting its picture order, then any not yet polled).
     pub fn finish_frames(mut self) -> Result<Vec<crate::archive::Frame>, RecorderError> {

@@ -24,9 +24,11 @@ mod hls;
 pub use hls::HlsConfig;
 mod hooks;
 mod layers;
+mod record;
 mod webrtc;
 pub use hooks::{CommandConfig, HooksConfig, WebhookConfig};
 pub use layers::{check_toml, ConfigSource, Diagnostic};
+pub use record::{parse_size, Fsync, MinFree, PathRecordSettings, RecordConfig, RecordOverrides};
 pub use webrtc::{BFramePolicy, WebrtcConfig};
 pub mod reload;
 pub use reload::{ConfigControl, ReloadStatus, Reloader};
@@ -80,6 +82,8 @@ pub struct Config {
     pub hls: HlsConfig,
     /// WebRTC delivery (WHEP) and ingest (WHIP).
     pub webrtc: WebrtcConfig,
+    /// Server-side recording.
+    pub record: RecordConfig,
     /// Where the values came from (file, environment, flags); not a TOML key.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -123,7 +127,9 @@ impl Default for DemoConfig {
     }
 }
 
-/// `[paths.NAME]`: a path fed by a configured source rather than by a publisher.
+/// `[paths.NAME]`: a path fed by a configured source rather than by a publisher, or (with
+/// `source = "publisher"`, the default) a published path's own settings, such as
+/// `record = true`.
 ///
 /// A name starting with `~` is a regular expression matched against requested paths;
 /// `$1`, `$name`, … in `source` are replaced by its captures (e.g.
@@ -134,7 +140,9 @@ impl Default for DemoConfig {
 pub struct PathConfig {
     /// Where the media comes from: `file:///abs/path.mp4` (or `file://relative.mkv`,
     /// relative to the working directory) plays a file as a live stream shared by all
-    /// readers; `rtsp://[user:pass@]host[:port]/path` pulls from a camera or another server.
+    /// readers; `rtsp://[user:pass@]host[:port]/path` pulls from a camera or another server;
+    /// `publisher` (the default) leaves the path to publishers (RTSP RECORD, WHIP).
+    #[serde(default = "default_source")]
     pub source: String,
     /// File sources: start again at the end, with continuous timestamps.
     #[serde(rename = "loop", default)]
@@ -172,6 +180,31 @@ pub struct PathConfig {
         deserialize_with = "de_opt_duration"
     )]
     pub source_timeout_set: Option<Duration>,
+    /// Record this path (true) or never (false, even if `[record] paths` matches it).
+    #[serde(default)]
+    pub record: Option<bool>,
+    /// Overrides `[record] part_duration` for this path.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub record_part_duration: Option<Duration>,
+    /// Overrides `[record] segment_duration` for this path.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub record_segment_duration: Option<Duration>,
+    /// Overrides `[record] fsync` for this path.
+    #[serde(default)]
+    pub record_fsync: Option<Fsync>,
+    /// Overrides `[record] retain_age` for this path.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub record_retain_age: Option<Duration>,
+    /// Overrides `[record] retain_bytes` for this path (a size: `"10GB"`, `"512MiB"`).
+    #[serde(default, deserialize_with = "record::de_opt_size")]
+    pub record_retain_bytes: Option<u64>,
+    /// Overrides `[record] pre_roll` for this path.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub record_pre_roll: Option<Duration>,
+}
+
+fn default_source() -> String {
+    "publisher".to_owned()
 }
 
 fn default_start_timeout() -> Duration {
@@ -211,9 +244,24 @@ pub enum SourceKind {
     File(PathBuf),
     /// An RTSP pull.
     Rtsp(String),
+    /// Publishers feed it (the entry only holds the path's settings).
+    Publisher,
 }
 
 impl PathConfig {
+    /// This path's `record*` keys.
+    pub fn recording(&self) -> RecordOverrides {
+        RecordOverrides {
+            record: self.record,
+            record_part_duration: self.record_part_duration,
+            record_segment_duration: self.record_segment_duration,
+            record_fsync: self.record_fsync,
+            record_retain_age: self.record_retain_age,
+            record_retain_bytes: self.record_retain_bytes,
+            record_pre_roll: self.record_pre_roll,
+        }
+    }
+
     /// RTSP sources: how long a playing upstream may send no RTP before it is dropped and
     /// reconnected (`source_timeout`, default 5 s).
     pub fn source_timeout(&self) -> Duration {
@@ -233,8 +281,11 @@ impl PathConfig {
         if self.source.starts_with("rtsp://") {
             return Ok(SourceKind::Rtsp(self.source.clone()));
         }
+        if self.source == "publisher" {
+            return Ok(SourceKind::Publisher);
+        }
         Err(format!(
-            "unsupported source {:?}; supported: file://, rtsp://",
+            "unsupported source {:?}; supported: file://, rtsp://, publisher",
             self.source
         ))
     }
@@ -565,6 +616,22 @@ impl Config {
                         return bad("source_user/source_pass/source_on_demand/source_transport/source_timeout apply to rtsp:// sources only".into());
                     }
                 }
+                Ok(SourceKind::Publisher) => {
+                    let source_only = p.looping
+                        || p.source_user.is_some()
+                        || p.source_pass.is_some()
+                        || p.source_on_demand.is_some()
+                        || p.source_transport != SourceTransport::Auto
+                        || p.source_timeout_set.is_some();
+                    if source_only {
+                        return bad(
+                            "loop and source_* keys need a file:// or rtsp:// source".into()
+                        );
+                    }
+                    if is_regex {
+                        return bad("a regex path needs a source (record published paths by pattern with [record] paths)".into());
+                    }
+                }
                 Ok(SourceKind::Rtsp(_)) => {
                     if p.looping {
                         return bad("loop applies to file:// sources only".into());
@@ -627,6 +694,13 @@ impl Config {
         self.http.validate(self)?;
         self.hls.validate()?;
         self.webrtc.validate()?;
+        let overrides: Vec<(&str, RecordOverrides)> = self
+            .paths
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.recording()))
+            .collect();
+        self.record
+            .validate(overrides.iter().map(|(n, o)| (*n, o)))?;
         Ok(())
     }
 
