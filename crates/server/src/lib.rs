@@ -32,6 +32,7 @@ pub mod hls;
 pub mod hooks;
 pub mod http;
 pub mod record;
+pub mod recordings;
 pub mod rtsp;
 pub mod server;
 pub mod web;

@@ -24,6 +24,7 @@ use crate::http::{
     HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector, Marker, StreamTarget,
 };
 use crate::record::{RecordError, Recording, RecordingRoutes};
+use crate::recordings::Recordings;
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
 use crate::web::Web;
@@ -315,6 +316,9 @@ async fn bind_http(
             r.fsync_histogram(),
         );
         ctx.routes().documented(RecordingRoutes::new(r).router());
+        // Playback over HTTP reads the recorder's index (one open store per directory).
+        ctx.routes()
+            .documented(Recordings::new(r.index().clone(), r.dir().to_owned()).router());
     }
     ctx.listener("rtsp", rtsp.local_addr());
     if let Some(a) = rtsp.rtsps_addr() {
