@@ -113,11 +113,11 @@ fn an_export_spans_two_segments_and_a_gap_with_exact_edits() {
     );
     let first_of_second = samples.iter().position(|s| s.data[1] == 1).unwrap();
     let at = samples[first_of_second].dts;
-    assert_eq!(
-        at,
-        5 * 48_000,
-        "the second segment sits 5 s after the first sample"
-    );
+    // Placed by the segments' wall clocks; the demuxer applies the edit list, so times count
+    // from `start` (1.5 s): the second segment (6 s) is at 4.5 s.
+    let from_start = segs[1].1.start_wall.duration_since(start).unwrap();
+    assert_eq!(at, (from_start.as_secs_f64() * 48_000.0).round() as i64);
+    assert_eq!(at, 216_000);
     // The whole file, as an HLS VOD would list it.
     let pl = vod_playlist(&[VodPart {
         uri: "f".into(),

@@ -279,7 +279,7 @@ fn build_timeline(
     let mut gaps = Vec::new();
     let mut at = start;
     for &(s, e, _) in &merged {
-        if s > at {
+        if s > at + ABUT {
             gaps.push(Gap {
                 start: rfc3339(at),
                 end: rfc3339(s),
