@@ -368,6 +368,19 @@ mod tests {
             Need::Action(Action::Metrics)
         );
         assert_eq!(need(&Method::GET, "/cam/index.m3u8"), Need::Nothing);
+        // Recordings played back: `playback` on the path, checked by their module.
+        for r in [
+            "/v1/recordings/timeline",
+            "/v1/recordings/export.mp4",
+            "/v1/recordings/index.m3u8",
+            "/v1/recordings/segment.mp4",
+        ] {
+            assert_eq!(need(&Method::GET, r), Need::Nothing, "{r}");
+        }
+        assert_eq!(
+            need(&Method::GET, "/v1/recordings"),
+            Need::Action(Action::Api)
+        );
     }
 
     #[test]

@@ -46,14 +46,6 @@ use crate::http::access::Peer;
 use crate::http::problem::Problem;
 use crate::http::HttpAuth;
 
-/// The routes' paths (the HTTP access layer leaves their checks to this module).
-pub const ROUTES: [&str; 4] = [
-    "/v1/recordings/timeline",
-    "/v1/recordings/export.mp4",
-    "/v1/recordings/index.m3u8",
-    "/v1/recordings/segment.mp4",
-];
-
 /// Two recordings closer than this count as one span (segments abut within a frame).
 const ABUT: Duration = Duration::from_millis(500);
 /// Longest range one request may cover (an export's tables grow with it).
