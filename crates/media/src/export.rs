@@ -190,7 +190,7 @@ pub fn part_header_len(prefix: &[u8]) -> Result<Option<usize>, ExportError> {
         } else {
             size
         };
-        if size < 8 || size > (64 << 20) {
+        if !(8..=(64 << 20)).contains(&size) {
             return Err(ExportError::Part {
                 offset: pos as u64,
                 reason: format!("box of {size} bytes in a part header"),
