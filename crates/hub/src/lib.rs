@@ -8,6 +8,7 @@
 //! - [`packet`]: the relayed [`MediaPacket`], a [`Batch`] of them and why a stream ends
 //!   ([`EndReason`]).
 //! - [`presentation`]: the tracks a source announced and the SDP readers get.
+//! - [`delivery`]: what each web delivery module can carry of a stream, and why not.
 //! - [`gop`]: the packets since the last keyframe, handed to a new reader first.
 //! - [`batcher`]: when a source's collected packets go out as one batch.
 //! - [`sink`]: the two-method [`Sink`] a stream hands its batches and its end to.
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod batcher;
+pub mod delivery;
 pub mod events;
 pub mod gop;
 pub mod hub;
@@ -41,6 +43,7 @@ pub mod stats;
 pub mod stream;
 
 pub use batcher::Batcher;
+pub use delivery::DeliveryNote;
 pub use events::{EventBus, Record, ServerEvent, SessionRef};
 pub use hub::Hub;
 pub use on_demand::{

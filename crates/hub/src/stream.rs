@@ -35,6 +35,7 @@ use sluice_rtp::rtcp::SenderInfo;
 use sluice_rtp::timeline::Timeline;
 
 use crate::batcher::Batcher;
+use crate::delivery::DeliveryNote;
 use crate::packet::{Batch, EndReason, MediaPacket};
 use crate::presentation::Presentation;
 use crate::sink::Sink;
@@ -92,6 +93,8 @@ pub struct Stream {
     /// The source's receiving figures, if it reports them (weak: the source holds the
     /// stream).
     source_stats: Mutex<Option<Weak<dyn SourceFigures>>>,
+    /// What each delivery module can carry of this stream ([`Stream::set_delivery`]).
+    delivery: Mutex<Vec<DeliveryNote>>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -142,6 +145,7 @@ impl Stream {
             bytes_in: AtomicU64::new(0),
             source_kind: AtomicU8::new(SourceKind::Unknown.to_u8()),
             source_stats: Mutex::new(None),
+            delivery: Mutex::new(Vec::new()),
         })
     }
 
@@ -312,6 +316,22 @@ impl Stream {
         attached.insert(0, any);
         self.add_sink(sink.clone());
         sink
+    }
+
+    /// Files what a delivery module can carry of this stream (replacing its earlier note):
+    /// modules call it from their stream hook, so the API and the page can say per path
+    /// which protocol plays it and why not, without naming the module.
+    pub fn set_delivery(&self, note: DeliveryNote) {
+        let mut d = lock(&self.delivery);
+        match d.iter_mut().find(|n| n.protocol == note.protocol) {
+            Some(n) => *n = note,
+            None => d.push(note),
+        }
+    }
+
+    /// The delivery notes filed so far, in the order the modules filed them.
+    pub fn delivery(&self) -> Vec<DeliveryNote> {
+        lock(&self.delivery).clone()
     }
 
     /// The sink of type `T` attached to this stream, if any.

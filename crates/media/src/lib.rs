@@ -1,6 +1,9 @@
 //! Demuxers for stored media files served on demand: MP4/MOV (regular and fragmented) and
 //! Matroska/WebM, read into timed [`Sample`]s with seeking and a keyframe index.
 //!
+//! [`export`] plays recorded segments back over HTTP: a progressive MP4 from their
+//! parts' `moof`s, and an HLS VOD playlist of byte ranges.
+//!
 //! [`mux`] writes fragmented MP4 (for recording and fMP4 segments). The two sans-IO media
 //! cores the CLI and the server share: [`player`] turns samples into timed RTP, with
 //! seeking, Scale and looping (file sources, VOD, `sluice publish`); [`recorder`] turns a
@@ -36,6 +39,7 @@ mod source;
 pub mod player;
 
 pub mod archive;
+pub mod export;
 pub mod hls;
 pub mod mux;
 pub mod recorder;

@@ -33,6 +33,7 @@ pub mod hooks;
 pub mod http;
 pub mod playback;
 pub mod record;
+pub mod recordings;
 pub mod rtsp;
 pub mod server;
 pub mod web;

@@ -26,6 +26,7 @@ use crate::http::{
 use crate::playback::catalog::IndexCatalog;
 use crate::playback::Recordings;
 use crate::record::{RecordError, Recording, RecordingRoutes};
+use crate::recordings::Recordings;
 use crate::rtsp::readers::latency::LatencyHistogram;
 use crate::rtsp::{Rtsp, RtspError};
 use crate::web::Web;
@@ -349,6 +350,9 @@ async fn bind_http(
             r.fsync_histogram(),
         );
         ctx.routes().documented(RecordingRoutes::new(r).router());
+        // Playback over HTTP reads the recorder's index (one open store per directory).
+        ctx.routes()
+            .documented(Recordings::new(r.index().clone(), r.dir().to_owned()).router());
     }
     ctx.listener("rtsp", rtsp.local_addr());
     if let Some(a) = rtsp.rtsps_addr() {

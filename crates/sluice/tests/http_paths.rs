@@ -2,7 +2,8 @@
 //! `/v1/paths` with reader counts by transport and growing byte counts, `/v1/sessions`,
 //! kicking a reader (its ffmpeg exits within a second and the readers gauge drops), 404
 //! for an unknown id, 403 for a read-only user, per-path metrics that `promtool`
-//! accepts, and a number of series that short sessions leave unchanged.
+//! accepts, and a number of series that short sessions leave unchanged; per path, which
+//! of HLS and WebRTC can carry it and why not (`/v1/paths` and the page's JSON list).
 
 mod common;
 
@@ -15,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-use common::{free_tcp_port, wait_for, FfmpegReader, RtspClient, Server};
+use common::{free_tcp_port, wait_for, FfmpegReader, Proc, RtspClient, Server};
 
 /// An answer as a client sees it.
 #[derive(Debug)]
@@ -40,6 +41,17 @@ impl Reply {
 
 /// One HTTP/1.1 request on a fresh connection, with `auth` as Authorization if given.
 fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> Reply {
+    request_with(addr, method, path, auth, &[])
+}
+
+/// [`request`] with more headers.
+fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,6 +72,9 @@ fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> Re
             .header("host", addr.to_string());
         if let Some(a) = auth {
             req = req.header("authorization", a);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let res = tokio::time::timeout(
             Duration::from_secs(10),
@@ -677,4 +692,92 @@ fn per_session_series_when_enabled_and_gone_with_the_session() {
         (!m.contains(&format!("session=\"{session}\""))).then_some(())
     });
     assert!(gone.is_some(), "session {session}'s series outlived it");
+}
+
+/// ffmpeg publishing a live H.264 test pattern with `audio` (encoder arguments) to `path`.
+fn publish_with_audio(server: &Server, path: &str, audio: &[&str]) -> Proc {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25"])
+        .args(audio)
+        .args(["-f", "rtsp", "-rtsp_transport", "tcp"])
+        .arg(server.url(path));
+    Proc::spawn(&format!("ffmpeg-{path}"), cmd, &server.dir)
+}
+
+#[test]
+fn paths_and_the_page_list_say_which_protocol_carries_each_codec() {
+    let (server, http) = start("[demo]\nenabled = false\n");
+    let _g711 = publish_with_audio(
+        &server,
+        "g711",
+        &["-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1"],
+    );
+    let _aac = publish_with_audio(&server, "aac", &["-c:a", "aac", "-b:a", "64k"]);
+    let ready = |name: &str| {
+        wait_for(Duration::from_secs(15), || {
+            let r = request(http, "GET", &format!("/v1/paths/{name}"), None);
+            (r.status == 200 && r.json()["ready"] == true).then(|| r.json())
+        })
+        .unwrap_or_else(|| panic!("{name} never became ready:\n{}", server.log()))
+    };
+    let note = |path: &serde_json::Value, protocol: &str| {
+        path["delivery"]
+            .as_array()
+            .and_then(|d| d.iter().find(|n| n["protocol"] == protocol).cloned())
+            .unwrap_or_else(|| panic!("no {protocol} delivery note in {path}"))
+    };
+    let g711 = ready("g711");
+    let (hls, webrtc) = (note(&g711, "hls"), note(&g711, "webrtc"));
+    println!("g711: {} | {}", hls["summary"], webrtc["summary"]);
+    assert_eq!(hls["playable"], true, "video still plays over HLS: {hls}");
+    assert_eq!(
+        hls["summary"], "HLS: G.711 µ-law (PCMU) audio cannot be carried (left out)",
+        "{hls}"
+    );
+    assert_eq!(webrtc["playable"], true, "{webrtc}");
+    assert_eq!(
+        webrtc["notes"].as_array().map(Vec::len),
+        Some(0),
+        "{webrtc}"
+    );
+    let aac = ready("aac");
+    let (hls, webrtc) = (note(&aac, "hls"), note(&aac, "webrtc"));
+    println!("aac: {} | {}", hls["summary"], webrtc["summary"]);
+    assert_eq!(hls["summary"], "HLS: ok", "{hls}");
+    assert_eq!(webrtc["playable"], true, "{webrtc}");
+    assert_eq!(
+        webrtc["summary"], "WebRTC: AAC audio not carried: video only, HLS plays the audio",
+        "{webrtc}"
+    );
+    // The page's list (what its script polls) carries the same notes.
+    let list = request_with(http, "GET", "/", None, &[("accept", "application/json")]);
+    assert_eq!(list.status, 200, "{list:?}");
+    let list = list.json();
+    let row = |name: &str| {
+        list["paths"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+    };
+    let summaries = |row: serde_json::Value| -> Vec<String> {
+        row["delivery"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|n| n["summary"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (g, a) = (summaries(row("g711")), summaries(row("aac")));
+    println!("page list: g711 {g:?}, aac {a:?}");
+    assert!(g.iter().any(|s| s.starts_with("HLS: G.711")), "{g:?}");
+    assert!(
+        a.iter()
+            .any(|s| s.starts_with("WebRTC: AAC audio not carried")),
+        "{a:?}"
+    );
 }

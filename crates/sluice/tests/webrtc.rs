@@ -9,6 +9,8 @@
 //! - VP9, AV1 and H.265 file sources reach viewers offering that codec, keyframe first;
 //!   an offer without the source's codec gets 406 naming it.
 //! - WHIP VP9 (GStreamer decodes it over RTSP) and AV1 (a WHEP viewer plays it).
+//! - A PLI from a viewer of an RTSP source with a 10 s GOP gets the cached keyframe (with
+//!   its parameter sets) again at once, at most once per 500 ms.
 
 mod common;
 
@@ -1631,4 +1633,137 @@ fn whip_takes_av1_and_whep_plays_it() {
     assert!(v.frames >= 60, "{v:?}");
     assert_eq!(v.key_first, Some(true), "{v:?}");
     assert_eq!(http(http_addr, "DELETE", &location, None, "").status, 200);
+}
+
+#[test]
+fn a_pli_is_answered_from_the_gop_cache_for_an_rtsp_source() {
+    let (server, http_addr, _udp) = start("");
+    let dir = test_dir("webrtc-pli");
+    // A 10 s GOP: the source's next keyframe is far away.
+    let _ffmpeg = publish(
+        &server,
+        "longgop",
+        &[
+            "-profile:v",
+            "baseline",
+            "-bf",
+            "0",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "300",
+            "-keyint_min",
+            "300",
+        ],
+        &["-c:a", "libopus", "-b:a", "32k"],
+        &dir,
+    );
+    wait_live(&server, "longgop");
+    let mut peer = Peer::new();
+    let (reply, mids) = peer.negotiate(
+        http_addr,
+        "/longgop/whep",
+        &[
+            (MediaKind::Video, Direction::RecvOnly),
+            (MediaKind::Audio, Direction::RecvOnly),
+        ],
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let video_mid = mids[0];
+    let started = Instant::now();
+    // (when, has SPS) of every keyframe received; when the PLIs went out.
+    let keyframes: std::cell::RefCell<Vec<(Instant, bool)>> = Default::default();
+    let mut video_frames = 0u32;
+    let mut plis: Vec<Instant> = Vec::new();
+    peer.drive_with(
+        Duration::from_secs(5),
+        |_, e| {
+            if let Event::MediaData(d) = e {
+                if d.mid == video_mid {
+                    video_frames += 1;
+                    let nals = nal_units(&d.data);
+                    if nals
+                        .iter()
+                        .any(|n| n.first().is_some_and(|b| b & 0x1f == 5))
+                    {
+                        let sps = nals
+                            .iter()
+                            .any(|n| n.first().is_some_and(|b| b & 0x1f == 7));
+                        keyframes.borrow_mut().push((Instant::now(), sps));
+                    }
+                }
+            }
+            false
+        },
+        Some(|rtc: &mut Rtc| {
+            // One PLI 1.5 s after the first keyframe, a second 100 ms later (inside the
+            // 500 ms limit: not answered), a third 1 s after the first (answered).
+            let Some(first) = keyframes.borrow().first().map(|k| k.0) else {
+                return false;
+            };
+            let due = [1500u64, 1600, 2500]
+                .get(plis.len())
+                .map(|ms| first + Duration::from_millis(*ms));
+            if due.is_some_and(|d| Instant::now() >= d) {
+                if let Some(mut w) = rtc.writer(video_mid) {
+                    if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+                        plis.push(Instant::now());
+                    }
+                }
+            }
+            false
+        }),
+    );
+    let keyframes = keyframes.into_inner();
+    let del = http(
+        http_addr,
+        "DELETE",
+        reply.header("location").unwrap_or_default(),
+        None,
+        "",
+    );
+    assert_eq!(plis.len(), 3, "three PLIs sent: {keyframes:?}");
+    let after = |t: Instant| {
+        keyframes
+            .iter()
+            .filter(|k| k.0 > t)
+            .map(|k| k.0.duration_since(t).as_millis())
+            .collect::<Vec<_>>()
+    };
+    let first_ms = keyframes
+        .first()
+        .map(|k| k.0.duration_since(started).as_millis());
+    let (a, b) = (after(plis[0]), after(plis[2]));
+    println!(
+        "PLI on a 10 s GOP: first keyframe {first_ms:?} ms after the offer; keyframes after PLI 1: {a:?} ms, \
+         after PLI 3: {b:?} ms; {} keyframes, {video_frames} video frames in 5 s; DELETE {}",
+        keyframes.len(),
+        del.status
+    );
+    assert!(
+        keyframes.iter().all(|k| k.1),
+        "every keyframe carries its SPS: {keyframes:?}"
+    );
+    assert!(
+        a.first().is_some_and(|ms| *ms <= 500),
+        "PLI 1 answered within 500 ms: {a:?}"
+    );
+    // PLI 2 (100 ms after PLI 1) is rate-limited: only PLI 1 and PLI 3 are answered.
+    let between = keyframes
+        .iter()
+        .filter(|k| k.0 > plis[0] && k.0 < plis[2])
+        .count();
+    assert_eq!(
+        between, 1,
+        "one keyframe between PLI 1 and PLI 3: {keyframes:?}"
+    );
+    assert!(
+        b.first().is_some_and(|ms| *ms <= 500),
+        "PLI 3 answered within 500 ms: {b:?}"
+    );
+    assert_eq!(
+        keyframes.len(),
+        3,
+        "the source made none of its own in 5 s: {keyframes:?}"
+    );
 }

@@ -7,6 +7,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod floor;
+mod hls;
 mod load;
 mod whep;
 
@@ -33,6 +34,29 @@ enum Command {
     /// WHEP load: N WebRTC viewers (str0m peers: real ICE, DTLS, SRTP) of one path;
     /// prints one JSON line: server CPU and memory per viewer, frames received.
     Whep(WhepArgs),
+    /// LL-HLS load: N clients doing hls.js's live-edge loop (blocking playlist reloads,
+    /// part GETs) on one path; prints one JSON line: server CPU and memory per client,
+    /// parts fetched, misses.
+    Hls(HlsArgs),
+}
+
+/// Options of `sluice-bench hls`.
+#[derive(Debug, clap::Args)]
+struct HlsArgs {
+    /// `http://host:port/<path>/index.m3u8`
+    url: String,
+    /// Clients.
+    #[arg(long, default_value_t = 300)]
+    clients: usize,
+    /// Measured window once every client has started: seconds or e.g. 60s.
+    #[arg(long, default_value = "60", value_parser = parse_secs)]
+    duration: std::time::Duration,
+    /// Server process to sample (utime+stime, VmRSS).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Clients started at once (then 50 ms apart).
+    #[arg(long, default_value_t = 20)]
+    concurrency: usize,
 }
 
 /// Options of `sluice-bench whep`.
@@ -169,6 +193,17 @@ fn main() -> anyhow::Result<()> {
                 duration: a.duration,
                 server_pid: a.server_pid,
                 fps: a.fps,
+                concurrency: a.concurrency,
+            })?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Hls(a) => {
+            let report = hls::run(hls::HlsOptions {
+                url: a.url,
+                clients: a.clients,
+                duration: a.duration,
+                server_pid: a.server_pid,
                 concurrency: a.concurrency,
             })?;
             println!("{report}");

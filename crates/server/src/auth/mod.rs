@@ -43,6 +43,9 @@ pub enum Action {
     ApiWrite,
     /// HTTP: scrape `/metrics`; takes no path.
     Metrics,
+    /// HTTP: play a path's recordings back (`/v1/recordings/timeline`, `export.mp4`,
+    /// `index.m3u8`): per path, like `read`.
+    Playback,
 }
 
 impl std::fmt::Display for Action {
@@ -53,6 +56,7 @@ impl std::fmt::Display for Action {
             Action::Api => "api",
             Action::ApiWrite => "api_write",
             Action::Metrics => "metrics",
+            Action::Playback => "playback",
         })
     }
 }

@@ -27,7 +27,10 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use sluice_hub::{Batch, EndReason, Hub, MediaPacket, ReaderCount, Sink, SinkStats, Stream};
+use sluice_hub::delivery::codec_label;
+use sluice_hub::{
+    Batch, DeliveryNote, EndReason, Hub, MediaPacket, ReaderCount, Sink, SinkStats, Stream,
+};
 use sluice_media::hls::{Blocking, HlsError, HlsMuxer, Lookup};
 use sluice_media::recorder::TrackSpec;
 use tokio::sync::{mpsc, watch};
@@ -233,6 +236,73 @@ impl std::fmt::Debug for Hls {
     }
 }
 
+/// The packager's view of a stream's tracks.
+fn track_specs(stream: &Stream) -> Vec<TrackSpec> {
+    stream
+        .presentation()
+        .tracks()
+        .iter()
+        .map(|t| TrackSpec {
+            encoding: t.encoding.clone(),
+            clock_rate: t.clock_rate,
+            channels: None,
+            fmtp: t.fmtp.clone(),
+            video: t.media == "video",
+            framerate: None,
+        })
+        .collect()
+}
+
+/// The packager's settings from `[hls]`.
+fn muxer_config(c: &crate::config::HlsConfig) -> sluice_media::hls::HlsConfig {
+    sluice_media::hls::HlsConfig {
+        part_target: c.part_duration,
+        segment_duration: c.segment_duration,
+        segment_count: c.segment_count,
+        mpegts: c.mpegts,
+    }
+}
+
+/// What HLS makes of a stream with these tracks, for the API and the page: the packager's
+/// own decision (a muxer is built and dropped, no media needed), so the note can never
+/// disagree with what a request would get.
+pub fn delivery_note(specs: &[TrackSpec], config: sluice_media::hls::HlsConfig) -> DeliveryNote {
+    let label = |enc: &str| {
+        let media = specs.iter().find(|t| t.encoding == enc).map_or("", |t| {
+            if t.video {
+                "video"
+            } else {
+                "audio"
+            }
+        });
+        codec_label(media, enc)
+    };
+    match HlsMuxer::new(specs, config, (Instant::now(), SystemTime::now())) {
+        Ok(m) => DeliveryNote {
+            protocol: "hls",
+            playable: true,
+            notes: m
+                .left_out()
+                .iter()
+                .map(|enc| format!("{} cannot be carried (left out)", label(enc)))
+                .collect(),
+        },
+        Err(HlsError::NotCarried { codecs }) => DeliveryNote {
+            protocol: "hls",
+            playable: false,
+            notes: codecs
+                .split(", ")
+                .map(|enc| format!("{} cannot be carried", label(enc)))
+                .collect(),
+        },
+        Err(e) => DeliveryNote {
+            protocol: "hls",
+            playable: false,
+            notes: vec![e.to_string()],
+        },
+    }
+}
+
 /// What an HLS request needs: read on the path, whatever the method (others get 405).
 fn need(_: &Method, _: &str) -> Option<Action> {
     Some(Action::Read)
@@ -245,7 +315,9 @@ impl Hls {
         if !config.hls.enabled {
             return None;
         }
-        hub.on_stream(Box::new(|stream| {
+        let muxing = muxer_config(&config.hls);
+        hub.on_stream(Box::new(move |stream| {
+            stream.set_delivery(delivery_note(&track_specs(stream), muxing));
             stream.attach(Arc::new(HlsTap::new(stream)));
         }));
         Some(Hls {
@@ -311,26 +383,8 @@ impl Hls {
                 return Ok(l.clone());
             }
         }
-        let specs: Vec<TrackSpec> = stream
-            .presentation()
-            .tracks()
-            .iter()
-            .map(|t| TrackSpec {
-                encoding: t.encoding.clone(),
-                clock_rate: t.clock_rate,
-                channels: None,
-                fmtp: t.fmtp.clone(),
-                video: t.media == "video",
-                framerate: None,
-            })
-            .collect();
-        let c = &self.inner.config;
-        let config = sluice_media::hls::HlsConfig {
-            part_target: c.part_duration,
-            segment_duration: c.segment_duration,
-            segment_count: c.segment_count,
-            mpegts: c.mpegts,
-        };
+        let specs = track_specs(&stream);
+        let config = muxer_config(&self.inner.config);
         let muxer =
             HlsMuxer::new(&specs, config, (Instant::now(), SystemTime::now())).map_err(|e| {
                 let status = match e {
@@ -764,6 +818,37 @@ impl BlockingQuery {
 mod tests {
     use super::*;
     use sluice_hub::Presentation;
+
+    #[test]
+    fn delivery_notes_name_what_hls_cannot_carry() {
+        let note = |sdp: &str| {
+            let stream = Stream::new(
+                "p".into(),
+                Presentation::from_sdp(sdp.as_bytes()).unwrap(),
+                1,
+            );
+            delivery_note(&track_specs(&stream), muxer_config(&Config::default().hls))
+        };
+        let head = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nt=0 0\r\n";
+        let h264 = "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+        let g711 = "m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        let with_video = note(&format!("{head}{h264}{g711}"));
+        assert!(with_video.playable);
+        assert_eq!(
+            with_video.summary(),
+            "HLS: G.711 µ-law (PCMU) audio cannot be carried (left out)"
+        );
+        let audio_only = note(&format!("{head}{g711}"));
+        assert!(!audio_only.playable);
+        assert_eq!(
+            audio_only.summary(),
+            "HLS: G.711 µ-law (PCMU) audio cannot be carried"
+        );
+        let fine = note(&format!(
+            "{head}{h264}m=audio 0 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\n"
+        ));
+        assert_eq!(fine.summary(), "HLS: ok");
+    }
 
     #[test]
     fn a_full_queue_drops_batches_and_never_waits() {

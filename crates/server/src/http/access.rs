@@ -3,7 +3,9 @@
 //! - `/openapi.json`, `/v1/health` and `/v1/ready` are public (probes and tooling).
 //! - `/v1/…` reads (`GET`, `HEAD`) need the action `api` (or `api_write`); other methods
 //!   need `api_write`. `/metrics` needs `metrics`.
-//! - Routes contributed by other modules (HLS, WHEP, …) do their own checks.
+//! - Routes contributed by other modules (HLS, WHEP, …) do their own checks, and so do
+//!   the recordings' playback routes (`/v1/recordings/timeline`, `export.mp4`,
+//!   `index.m3u8`, `segment.mp4`: `playback` on the asked path).
 //!
 //! With no `[[users]]` configured, loopback clients may do everything, other addresses
 //! may read the API and the metrics (as they may read every stream) but get 401 on
@@ -50,6 +52,11 @@ enum Need {
 fn need(method: &Method, path: &str) -> Need {
     match path {
         "/openapi.json" | "/v1/health" | "/v1/ready" => Need::Nothing,
+        // Recordings played back: `playback` on the asked path, checked by their module.
+        "/v1/recordings/timeline"
+        | "/v1/recordings/export.mp4"
+        | "/v1/recordings/index.m3u8"
+        | "/v1/recordings/segment.mp4" => Need::Nothing,
         "/metrics" => Need::Action(Action::Metrics),
         p if p == "/v1" || p.starts_with("/v1/") => {
             if *method == Method::GET || *method == Method::HEAD {
@@ -361,6 +368,19 @@ mod tests {
             Need::Action(Action::Metrics)
         );
         assert_eq!(need(&Method::GET, "/cam/index.m3u8"), Need::Nothing);
+        // Recordings played back: `playback` on the path, checked by their module.
+        for r in [
+            "/v1/recordings/timeline",
+            "/v1/recordings/export.mp4",
+            "/v1/recordings/index.m3u8",
+            "/v1/recordings/segment.mp4",
+        ] {
+            assert_eq!(need(&Method::GET, r), Need::Nothing, "{r}");
+        }
+        assert_eq!(
+            need(&Method::GET, "/v1/recordings"),
+            Need::Action(Action::Api)
+        );
     }
 
     #[test]

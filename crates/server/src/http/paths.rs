@@ -136,6 +136,32 @@ pub struct ReadersView {
     pub transports: BTreeMap<String, u64>,
 }
 
+/// What one web delivery protocol makes of a live path.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    /// `hls` or `webrtc`.
+    pub protocol: String,
+    /// Whether a player can be sent the path over it (some tracks may still be left out).
+    pub playable: bool,
+    /// What is left out or why it cannot play, one sentence each (`G.711 µ-law (PCMU)
+    /// audio cannot be carried (left out)`, `AAC audio not carried: HLS plays it`); empty
+    /// when everything is carried.
+    pub notes: Vec<String>,
+    /// The same in one line for people (`HLS: … ; …`).
+    pub summary: String,
+}
+
+impl From<&sluice_hub::DeliveryNote> for DeliveryView {
+    fn from(n: &sluice_hub::DeliveryNote) -> DeliveryView {
+        DeliveryView {
+            protocol: n.protocol.to_owned(),
+            playable: n.playable,
+            notes: n.notes.clone(),
+            summary: n.summary(),
+        }
+    }
+}
+
 /// A path: its source, tracks, readers and traffic.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PathView {
@@ -164,6 +190,9 @@ pub struct PathView {
     pub jitter_seconds: Option<f64>,
     /// Packets dropped for slow readers, by reason (`queue_full`, `send_buffer_full`).
     pub dropped: BTreeMap<String, u64>,
+    /// Per web delivery protocol enabled (HLS, WebRTC): whether it can carry the path and
+    /// what it leaves out, and why (empty while not live).
+    pub delivery: Vec<DeliveryView>,
 }
 
 fn live_view(stream: &sluice_hub::Stream, stats: &StreamStats) -> PathView {
@@ -215,6 +244,7 @@ fn live_view(stream: &sluice_hub::Stream, stats: &StreamStats) -> PathView {
             .iter()
             .map(|(r, n)| ((*r).to_owned(), *n))
             .collect(),
+        delivery: stream.delivery().iter().map(DeliveryView::from).collect(),
     }
 }
 
@@ -232,6 +262,7 @@ fn idle_view(name: &str, source: &str) -> PathView {
         packets_lost: None,
         jitter_seconds: None,
         dropped: BTreeMap::new(),
+        delivery: Vec::new(),
     }
 }
 

@@ -31,6 +31,21 @@ pub struct LivePath {
     pub whep: String,
     /// The HLS playlist, relative to the server.
     pub hls: String,
+    /// Per web delivery protocol: whether it plays the path and what it leaves out.
+    pub delivery: Vec<Delivery>,
+}
+
+/// What one web delivery protocol makes of a path, as the list shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Delivery {
+    /// `hls` or `webrtc`.
+    pub protocol: String,
+    /// Whether a player can be sent the path over it.
+    pub playable: bool,
+    /// What it leaves out and why, one sentence each.
+    pub notes: Vec<String>,
+    /// One line for people: `HLS: G.711 µ-law (PCMU) audio cannot be carried`.
+    pub summary: String,
 }
 
 /// What `GET /` answers as JSON.
@@ -89,6 +104,16 @@ pub(crate) fn readable(hub: &Hub, rtsp_port: u16, may_read: impl Fn(&str) -> boo
                 page: format!("/{url}/"),
                 whep: format!("/{url}/whep"),
                 hls: format!("/{url}/index.m3u8"),
+                delivery: s
+                    .delivery()
+                    .iter()
+                    .map(|n| Delivery {
+                        protocol: n.protocol.to_owned(),
+                        playable: n.playable,
+                        notes: n.notes.clone(),
+                        summary: n.summary(),
+                    })
+                    .collect(),
             }
         })
         .collect();

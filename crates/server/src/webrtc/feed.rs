@@ -6,6 +6,13 @@
 //! in, shared [`Frame`]s go out to bounded per-viewer [`PeerQueue`]s. A viewer that falls
 //! behind loses frames (counted) and then skips video to the next keyframe, so it never
 //! decodes a broken picture chain and never holds the source back.
+//!
+//! The feed is lazy: while no viewer watches (and no WHEP request asked for the stream's
+//! facts within [`WARM`]), it only keeps the hub's [`GopCache`] of the stream's packets (a
+//! reference count per packet, no copy, no parsing). The first viewer (or a WHEP request)
+//! activates it: the cached GOP is depacketized, then every live packet, until the last
+//! viewer has left and [`WARM`] has passed. So a server with many paths and no browser
+//! watching pays nothing for WebRTC beyond the cache.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +20,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use sluice_codec::Depacketizer;
-use sluice_hub::{Batch, EndReason, MediaPacket, ReaderCount, Sink, SinkStats, Stream};
+use sluice_hub::delivery::codec_label;
+use sluice_hub::gop::GopCache;
+use sluice_hub::{
+    Batch, DeliveryNote, EndReason, MediaPacket, ReaderCount, Sink, SinkStats, Stream,
+};
 
 use super::nal;
 use super::vp8::Vp8Assembler;
@@ -23,6 +34,10 @@ use super::vp8::Vp8Assembler;
 const GOP_MAX_FRAMES: usize = 2_000;
 /// Most payload bytes a GOP keeps.
 const GOP_MAX_BYTES: usize = 16 << 20;
+/// How long the feed stays active without a viewer: after a WHEP request asked for its
+/// facts (the viewer subscribes once DTLS is up, well within this), and after the last
+/// viewer left (a page reload comes back at once).
+pub const WARM: Duration = Duration::from_secs(10);
 
 /// The video codecs a viewer can be sent (those the codec crate, or [`super::vp8`],
 /// depacketizes).
@@ -250,6 +265,15 @@ struct Anchor {
 }
 
 struct State {
+    /// The hub's GOP cache of the stream's packets, kept while inactive too: what an
+    /// activation starts from.
+    packets: GopCache,
+    /// Depacketizing (a viewer watches, or one may soon).
+    active: bool,
+    /// Stay active without viewers until this packet time.
+    warm_until: Option<Instant>,
+    /// Arrival time of the latest packet (the feed's clock).
+    last_at: Option<Instant>,
     video_dep: Option<Depacketizer>,
     vp8: Option<Vp8Assembler>,
     video_ext: Unwrap,
@@ -276,6 +300,10 @@ pub struct Feed {
     aac: bool,
     /// The stream's video codec when this module cannot send it.
     unsupported_video: Option<String>,
+    /// The stream's audio codec when this module cannot send it (AAC aside).
+    unsupported_audio: Option<String>,
+    /// How to make the video depacketizer at each activation: encoding, clock rate, fmtp.
+    video_spec: Option<(&'static str, u32, Option<String>)>,
     state: Mutex<State>,
     /// Asked when a viewer wants a keyframe and the source can make one (a WHIP
     /// publisher registers here).
@@ -296,17 +324,16 @@ impl Feed {
     /// first audio track Opus/PCMU/PCMA are carried.
     pub fn new(stream: &Arc<Stream>) -> Arc<Feed> {
         let mut video = None;
-        let mut video_dep = None;
-        let mut vp8 = None;
         let mut audio = None;
         let mut aac = false;
         let mut unsupported_video = None;
+        let mut unsupported_audio = None;
+        let mut video_spec = None;
         for (i, t) in stream.presentation().tracks().iter().enumerate() {
             let enc = t.encoding.to_ascii_uppercase();
             if t.media == "video" && video.is_none() && unsupported_video.is_none() {
                 if enc == "VP8" {
                     video = Some((i, VideoCodec::Vp8));
-                    vp8 = Some(Vp8Assembler::default());
                     continue;
                 }
                 let codec = match enc.as_str() {
@@ -316,15 +343,13 @@ impl Feed {
                     "AV1" => Some((VideoCodec::Av1, "AV1")),
                     _ => None,
                 };
-                match codec.and_then(|(c, name)| {
-                    Some((
-                        c,
-                        Depacketizer::new(name, t.clock_rate, None, t.fmtp.as_deref()).ok()?,
-                    ))
+                // The depacketizer is made at each activation; here only whether it can be.
+                match codec.filter(|(_, name)| {
+                    Depacketizer::new(name, t.clock_rate, None, t.fmtp.as_deref()).is_ok()
                 }) {
-                    Some((c, dep)) => {
+                    Some((c, name)) => {
                         video = Some((i, c));
-                        video_dep = Some(dep);
+                        video_spec = Some((name, t.clock_rate, t.fmtp.clone()));
                     }
                     None => unsupported_video = Some(t.encoding.clone()),
                 }
@@ -334,7 +359,7 @@ impl Feed {
                     "PCMU" => audio = Some((i, AudioCodec::Pcmu)),
                     "PCMA" => audio = Some((i, AudioCodec::Pcma)),
                     "MPEG4-GENERIC" | "MP4A-LATM" => aac = true,
-                    _ => {}
+                    _ => unsupported_audio = Some(t.encoding.clone()),
                 }
             }
         }
@@ -344,9 +369,15 @@ impl Feed {
             audio,
             aac,
             unsupported_video,
+            unsupported_audio,
+            video_spec,
             state: Mutex::new(State {
-                video_dep,
-                vp8,
+                packets: GopCache::new(stream.presentation().keyframe_track()),
+                active: false,
+                warm_until: None,
+                last_at: None,
+                video_dep: None,
+                vp8: None,
                 video_ext: Unwrap::default(),
                 audio_ext: Unwrap::default(),
                 anchor: Anchor::default(),
@@ -378,6 +409,66 @@ impl Feed {
         self.aac
     }
 
+    /// What WebRTC makes of this stream, for the API and the page (the hub's delivery
+    /// notes): whether a viewer can be sent it, and what is left out and why. B-frames are
+    /// decided per request (the path's policy) and said in the WHEP answer instead.
+    pub fn delivery_note(&self) -> DeliveryNote {
+        let mut note = DeliveryNote::carried("webrtc");
+        if let Some(enc) = &self.unsupported_video {
+            note.playable = false;
+            note.notes
+                .push(format!("{} cannot be carried", codec_label("video", enc)));
+        } else if self.playable().is_err() {
+            note.playable = false;
+            note.notes.push("no video or audio it carries".to_owned());
+        }
+        if self.aac {
+            note.notes
+                .push("AAC audio not carried: video only, HLS plays the audio".to_owned());
+        } else if let Some(enc) = &self.unsupported_audio {
+            note.notes
+                .push(format!("{} not carried", codec_label("audio", enc)));
+        }
+        note
+    }
+
+    /// Whether the feed is depacketizing now (a viewer watches, or one may soon).
+    pub fn is_active(&self) -> bool {
+        lock(&self.state).active
+    }
+
+    /// Starts depacketizing from the cached GOP if the feed is idle, and keeps it active
+    /// for [`WARM`] past the latest packet.
+    fn activate(&self, s: &mut State) {
+        s.warm_until = s.last_at.map(|t| t + WARM);
+        if s.active {
+            return;
+        }
+        s.active = true;
+        s.video_dep = self.video_spec.as_ref().and_then(|(name, rate, fmtp)| {
+            Depacketizer::new(name, *rate, None, fmtp.as_deref()).ok()
+        });
+        s.vp8 = (self.video() == Some(VideoCodec::Vp8)).then(Vp8Assembler::default);
+        s.video_ext = Unwrap::default();
+        s.audio_ext = Unwrap::default();
+        s.anchor = Anchor::default();
+        s.gop.clear();
+        s.gop_bytes = 0;
+        let cached: Vec<MediaPacket> = s.packets.packets().cloned().collect();
+        for p in &cached {
+            self.handle_packet(s, p);
+        }
+    }
+
+    /// Back to idle: the decoders and the frame GOP are dropped (the packet cache stays).
+    fn deactivate(s: &mut State) {
+        s.active = false;
+        s.video_dep = None;
+        s.vp8 = None;
+        s.gop.clear();
+        s.gop_bytes = 0;
+    }
+
     /// Whether a viewer can be sent this stream at all.
     pub fn playable(&self) -> Result<(), Unplayable> {
         if let Some(enc) = &self.unsupported_video {
@@ -395,19 +486,24 @@ impl Feed {
         if self.video() != Some(VideoCodec::H264) {
             return None;
         }
-        let s = lock(&self.state);
+        let mut s = lock(&self.state);
+        self.activate(&mut s);
         let params = s.video_dep.as_ref()?.params()?;
         params.config.get(1).copied()
     }
 
-    /// What the stream's video showed of B-frames so far.
+    /// What the stream's video showed of B-frames since the feed was first activated
+    /// (from the cached GOP on): asking activates it.
     pub fn b_frames(&self) -> BFrames {
-        lock(&self.state).b_frames
+        let mut s = lock(&self.state);
+        self.activate(&mut s);
+        s.b_frames
     }
 
     /// Whether the current GOP is cached (a new viewer starts at once).
     pub fn has_gop(&self) -> bool {
-        lock(&self.state).gop.front().is_some_and(|f| f.keyframe)
+        let s = lock(&self.state);
+        !s.packets.is_empty() || s.gop.front().is_some_and(|f| f.keyframe)
     }
 
     /// Subscribes `peer`: the cached GOP's video is queued first, then every live frame;
@@ -419,6 +515,7 @@ impl Feed {
         if s.ended {
             return None;
         }
+        self.activate(&mut s);
         let audio_only = self.video.is_none();
         let mut catch_up = CatchUp::default();
         for f in s.gop.iter().filter(|f| f.video && !audio_only) {
@@ -430,6 +527,39 @@ impl Feed {
         }
         s.viewers_total += 1;
         s.peers.push(peer.clone());
+        Some(catch_up)
+    }
+
+    /// A viewer lost a picture and its source cannot make a keyframe: the cached GOP's
+    /// video (from its keyframe, parameter sets included) is queued again for `peer`, in
+    /// place of the video it had not been sent yet (all of which the GOP holds). What was
+    /// queued comes back, for the viewer to squeeze its times after the last frame it sent
+    /// (see [`CatchUp`]); None when no GOP is cached (the viewer then waits for the
+    /// source's next keyframe) or the queue is closed. Rate-limiting is the caller's.
+    pub fn resend_gop(&self, peer: &Arc<PeerQueue>) -> Option<CatchUp> {
+        let s = lock(&self.state);
+        if !s.active || !s.gop.front().is_some_and(|f| f.keyframe && f.video) {
+            return None;
+        }
+        let mut q = lock(&peer.inner);
+        if q.closed {
+            return None;
+        }
+        q.frames.retain(|f| !f.video);
+        q.skip_video = false;
+        let mut catch_up = CatchUp::default();
+        for f in s.gop.iter().filter(|f| f.video) {
+            if f.disposable && peer.drop_b {
+                continue;
+            }
+            q.frames.push_back(f.clone());
+            catch_up.frames += 1;
+            catch_up.last_rtp = f.rtp_time;
+            catch_up.last_wallclock = Some(f.wallclock);
+        }
+        drop(q);
+        drop(s);
+        peer.notify.notify_one();
         Some(catch_up)
     }
 
@@ -653,8 +783,26 @@ impl Feed {
 
 impl Sink for Feed {
     fn on_batch(&self, batch: &Batch) {
+        if self.video.is_none() && self.audio.is_none() {
+            return;
+        }
         let mut s = lock(&self.state);
-        if s.peers.is_empty() && self.video.is_none() && self.audio.is_none() {
+        for p in batch.packets() {
+            s.packets.handle_packet(p);
+        }
+        if let Some(last) = batch.packets().last() {
+            s.last_at = Some(last.received_at);
+        }
+        if !s.active {
+            return;
+        }
+        s.peers.retain(|p| !p.is_closed());
+        let warm = match (s.warm_until, s.last_at) {
+            (Some(until), Some(now)) => now < until,
+            _ => false,
+        };
+        if s.peers.is_empty() && !warm {
+            Feed::deactivate(&mut s);
             return;
         }
         for p in batch.packets() {
@@ -665,7 +813,8 @@ impl Sink for Feed {
     fn on_end(&self, _reason: EndReason) {
         let mut s = lock(&self.state);
         s.ended = true;
-        s.gop.clear();
+        Feed::deactivate(&mut s);
+        s.packets = GopCache::new(None);
         for p in s.peers.drain(..) {
             p.close();
         }
@@ -771,6 +920,88 @@ mod tests {
         assert!(!feed.b_frames().seen);
         feed.on_end(EndReason::SourceGone);
         assert!(late.is_finished());
+    }
+
+    /// SPS, PPS, IDR at `ts0`, then `p_frames` P-frames a frame apart, all at `at`.
+    fn gop_batch(seq0: u16, ts0: u32, p_frames: u16, at: Instant) -> Batch {
+        let mut batch = Batch::default();
+        batch.push(pkt(0, seq0, ts0, false, SPS, at));
+        batch.push(pkt(0, seq0 + 1, ts0, false, PPS, at));
+        batch.push(pkt(0, seq0 + 2, ts0, true, &[0x65, 0x88, 0x80], at));
+        for i in 0..p_frames {
+            let ts = ts0 + 3000 * (u32::from(i) + 1);
+            batch.push(pkt(0, seq0 + 3 + i, ts, true, &[0x41, 0x9a, 0x01], at));
+        }
+        batch
+    }
+
+    #[test]
+    fn an_idle_feed_only_caches_packets_until_a_viewer_comes() {
+        let p = Presentation::from_sdp(SDP.as_bytes()).expect("sdp");
+        let stream = Stream::new("cam".into(), p, 1);
+        let feed = Feed::new(&stream);
+        let t0 = Instant::now();
+        feed.on_batch(&gop_batch(1, 3000, 20, t0));
+        assert!(!feed.is_active(), "no viewer: nothing depacketized");
+        assert!(
+            lock(&feed.state).gop.is_empty(),
+            "no frames made while idle"
+        );
+        assert!(feed.has_gop(), "the packets are cached");
+        // The first viewer starts from the cached packets, depacketized now.
+        let q = PeerQueue::new(64, false);
+        let c = feed.subscribe(&q).expect("live");
+        assert!(feed.is_active());
+        assert_eq!(c.frames, 21);
+        let first = q.pop().expect("a frame");
+        assert!(first.keyframe && first.data.starts_with(&[0, 0, 0, 1, 0x67]));
+        while q.pop().is_some() {}
+        // A PLI: the GOP (keyframe first, parameter sets included) is queued again.
+        let again = feed.resend_gop(&q).expect("a GOP");
+        assert_eq!(again.frames, 21);
+        let k = q.pop().expect("the keyframe again");
+        assert!(k.keyframe && k.data.starts_with(&[0, 0, 0, 1, 0x67]));
+        // The viewer leaves; once WARM has passed the feed goes idle again.
+        q.close();
+        let later = t0 + WARM + Duration::from_secs(1);
+        feed.on_batch(&gop_batch(100, 3000 * 30, 2, later));
+        assert!(!feed.is_active());
+        assert!(feed.resend_gop(&PeerQueue::new(8, false)).is_none());
+        // A WHEP request's question activates it (the B-frame facts come from the GOP).
+        assert!(!feed.b_frames().seen);
+        assert!(feed.is_active());
+        assert_eq!(
+            lock(&feed.state).gop.len(),
+            3,
+            "the cached GOP, depacketized"
+        );
+    }
+
+    #[test]
+    fn delivery_notes_name_what_webrtc_leaves_out() {
+        let note = |sdp: &str| {
+            let p = Presentation::from_sdp(sdp.as_bytes()).expect("sdp");
+            Feed::new(&Stream::new("x".into(), p, 1)).delivery_note()
+        };
+        let head = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nt=0 0\r\n";
+        let h264 = "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+        let ok = note(&format!(
+            "{head}{h264}m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        ));
+        assert!(ok.playable && ok.notes.is_empty(), "{ok:?}");
+        let aac = note(&format!(
+            "{head}{h264}m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\n"
+        ));
+        assert!(aac.playable);
+        assert_eq!(
+            aac.summary(),
+            "WebRTC: AAC audio not carried: video only, HLS plays the audio"
+        );
+        let mp4v = note(&format!(
+            "{head}m=video 0 RTP/AVP 96\r\na=rtpmap:96 MP4V-ES/90000\r\n"
+        ));
+        assert!(!mp4v.playable);
+        assert_eq!(mp4v.summary(), "WebRTC: MP4V-ES video cannot be carried");
     }
 
     #[test]

@@ -305,7 +305,9 @@ impl WebRtc {
         });
         hub.add_sessions(Arc::new(Directory(Arc::downgrade(&module))));
         hub.on_stream(Box::new(|stream| {
-            stream.attach(Feed::new(stream));
+            let feed = Feed::new(stream);
+            stream.set_delivery(feed.delivery_note());
+            stream.attach(feed);
         }));
         let mut seen: Vec<*const UdpSocket> = Vec::new();
         for e in module.endpoints.iter() {

@@ -149,6 +149,11 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
     let mut out = Outputs::default();
     let mut first_sent = false;
     let mut keyframe_requests = 0u64;
+    let mut keyframes_resent = 0u64;
+    let mut last_resend: Option<Instant> = None;
+    // The RTP time of the last video frame written: video never goes back in time, even
+    // when the GOP is sent again for a PLI.
+    let mut last_video_rtp: Option<u64> = None;
     let mut catch_up = CatchUp::default();
     let mut last_rx = started;
     let video_codec = v.feed.video();
@@ -221,10 +226,27 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
                     }
                     Event::KeyframeRequest(_) => {
                         keyframe_requests += 1;
-                        // A WHIP source makes one; an RTSP source cannot be asked, and the
-                        // viewer started from the cached GOP: NACK repairs losses, and
-                        // the GOP's next keyframe answers.
-                        v.feed.request_keyframe();
+                        // A WHIP source makes one; an RTSP source cannot be asked: the
+                        // cached GOP is sent again from its keyframe (at most once per
+                        // KEYFRAME_INTERVAL per viewer), its times squeezed in right after
+                        // the last frame sent, so the decoder recovers at once instead of
+                        // waiting for the source's next keyframe.
+                        let now = Instant::now();
+                        let due =
+                            last_resend.is_none_or(|t| now.duration_since(t) >= KEYFRAME_INTERVAL);
+                        if connected.is_some() && due && !v.feed.request_keyframe() {
+                            if let Some(c) = v.feed.resend_gop(&v.queue) {
+                                last_resend = Some(now);
+                                keyframes_resent += 1;
+                                let base = last_video_rtp.unwrap_or(c.last_rtp);
+                                catch_up = CatchUp {
+                                    frames: c.frames,
+                                    last_rtp: base + c.frames as u64,
+                                    last_wallclock: c.last_wallclock,
+                                };
+                                debug!(session = %v.id, frames = c.frames, "PLI answered from the GOP cache");
+                            }
+                        }
                     }
                     _ => {}
                 },
@@ -258,13 +280,20 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
             _ = v.queue.ready(), if connected.is_some() => {
                 while let Some(f) = v.queue.pop() {
                     // The GOP's frames, squeezed to end at the last one's time.
-                    let at = match (f.video && catch_up.frames > 0, catch_up.last_wallclock) {
+                    let mut at = match (f.video && catch_up.frames > 0, catch_up.last_wallclock) {
                         (true, Some(w)) => {
                             catch_up.frames -= 1;
                             Some((catch_up.last_rtp.saturating_sub(catch_up.frames as u64), w))
                         }
                         _ => None,
                     };
+                    if f.video {
+                        let rtp = at.map_or(f.rtp_time, |a| a.0);
+                        if let Some(last) = last_video_rtp.filter(|l| rtp <= *l) {
+                            at = Some((last + 1, at.map_or(f.wallclock, |a| a.1)));
+                        }
+                        last_video_rtp = Some(at.map_or(f.rtp_time, |a| a.0));
+                    }
                     if let Err(e) = write_frame(&mut rtc, &out, audio_rate, &f, at) {
                         debug!(session = %v.id, error = %e, "webrtc: frame not written");
                     } else {
@@ -296,7 +325,7 @@ pub(crate) async fn run_viewer(v: Viewer, mut rtc: Rtc, mut inbox: mpsc::Receive
         transmit(&v.module, &t).await;
     }
     v.module.unregister(v.key, &v.id);
-    info!(session = %v.id, path = %v.path, reason = %why, dropped_frames = v.queue.dropped(), keyframe_requests, seconds = started.elapsed().as_secs(), "WHEP session ended");
+    info!(session = %v.id, path = %v.path, reason = %why, dropped_frames = v.queue.dropped(), keyframe_requests, keyframes_resent, seconds = started.elapsed().as_secs(), "WHEP session ended");
 }
 
 /// How a WHIP publisher's RTP maps onto the hub stream's tracks, from the SDP answer.

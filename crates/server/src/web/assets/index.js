@@ -48,7 +48,15 @@
       a.href = p.page;
       name.appendChild(a);
       tr.appendChild(name);
-      tr.appendChild(el('td', 'codecs', p.tracks.map(function (t) { return t.codec; }).join(', ')));
+      var codecs = el('td', 'codecs', p.tracks.map(function (t) { return t.codec; }).join(', '));
+      // What HLS / WebRTC cannot carry of the path, and why (the server's delivery notes).
+      (p.delivery || []).forEach(function (d) {
+        if (d.playable && d.notes.length === 0) return;
+        var note = el('div', d.playable ? 'note' : 'note unplayable', d.summary);
+        note.dataset.protocol = d.protocol;
+        codecs.appendChild(note);
+      });
+      tr.appendChild(codecs);
       tr.appendChild(el('td', 'readers', String(p.readers)));
       var urls = el('td');
       urls.appendChild(urlRow('RTSP', 'rtsp://' + host + ':' + list.rtsp_port + '/' + p.page.slice(1, -1)));
