@@ -24,7 +24,7 @@ use crate::http::{
     HttpContext, HttpError, HttpHandle, HttpServer, LatencyCollector, Marker, StreamTarget,
 };
 use crate::playback::catalog::IndexCatalog;
-use crate::playback::Recordings;
+use crate::playback::Replay;
 use crate::record::{RecordError, Recording, RecordingRoutes};
 use crate::recordings::Recordings;
 use crate::rtsp::readers::latency::LatencyHistogram;
@@ -78,7 +78,7 @@ pub struct Server {
     /// The recorder, when `[record] dir` is set (its segments end at shutdown).
     recording: Option<Recording>,
     /// Recordings played back over RTSP (`rec/…`).
-    recordings: Arc<Recordings>,
+    replay: Arc<Replay>,
     /// The HTTP module, bound in `bind` and served from `run` (None: `[http]` disabled).
     http: std::sync::Mutex<Option<HttpServer>>,
     /// Where the HTTP listener is, and how a reload moves it.
@@ -134,11 +134,11 @@ impl Server {
                 .map_err(|e| RecordError::Config(e.to_string()))??
         };
         let files = Arc::new(Files::start(&config, &hub)?);
-        let recordings = Recordings::start(&config, &hub).map_err(ServerError::Playback)?;
+        let replay = Replay::start(&config, &hub).map_err(ServerError::Playback)?;
         // Recordings are played back from the recorder's own index (one open per process).
         if let Some(r) = &recording {
             if config.playback.dir.as_deref().is_none_or(|d| d == r.dir()) {
-                recordings.set_catalog(Some(Arc::new(IndexCatalog::new(
+                replay.set_catalog(Some(Arc::new(IndexCatalog::new(
                     r.index().clone(),
                     r.dir().to_owned(),
                 ))));
@@ -167,7 +167,7 @@ impl Server {
         }));
         let f = files.clone();
         reloader.apply_with(Box::new(move |c| f.apply(c).map_err(|e| e.to_string())));
-        let r = recordings.clone();
+        let r = replay.clone();
         reloader.apply_with(Box::new(move |c| r.apply(c)));
         let events = hub.clone();
         reloader.notify_with(Box::new(move |status, file| {
@@ -199,7 +199,7 @@ impl Server {
             rtsp,
             files,
             recording,
-            recordings,
+            replay,
             http: std::sync::Mutex::new(http),
             http_handle,
             path_watcher,
@@ -223,8 +223,8 @@ impl Server {
     }
 
     /// The playback module's provider of recordings (`rec/…`), for handing it a catalog.
-    pub fn recordings(&self) -> &Arc<Recordings> {
-        &self.recordings
+    pub fn replay(&self) -> &Arc<Replay> {
+        &self.replay
     }
 
     /// Paths with a configured source, for the start-up banner.

@@ -52,26 +52,26 @@ pub trait Catalog: Send + Sync {
 }
 
 /// The provider of `rec/…` paths (registered with the hub at start).
-pub struct Recordings {
+pub struct Replay {
     prefix: RwLock<Option<String>>,
     catalog: RwLock<Option<Arc<dyn Catalog>>>,
     /// The `[playback] dir` whose index is open.
     dir: RwLock<Option<std::path::PathBuf>>,
 }
 
-impl std::fmt::Debug for Recordings {
+impl std::fmt::Debug for Replay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recordings")
+        f.debug_struct("Replay")
             .field("prefix", &self.prefix())
             .finish()
     }
 }
 
-impl Recordings {
+impl Replay {
     /// Registers the provider with `hub`, serving `config`'s prefix once a catalog is set
-    /// (`[playback] dir`, or [`Recordings::set_catalog`]).
-    pub fn start(config: &Config, hub: &Arc<sluice_hub::Hub>) -> Result<Arc<Recordings>, String> {
-        let r = Arc::new(Recordings {
+    /// (`[playback] dir`, or [`Replay::set_catalog`]).
+    pub fn start(config: &Config, hub: &Arc<sluice_hub::Hub>) -> Result<Arc<Replay>, String> {
+        let r = Arc::new(Replay {
             prefix: RwLock::new(None),
             catalog: RwLock::new(None),
             dir: RwLock::new(None),
@@ -211,7 +211,7 @@ fn view_path(path: &str, query: &str) -> Result<Option<String>, OpenError> {
     Ok(Some(format!("{path}/{WINDOW}{}-{}", fmt(start), fmt(end))))
 }
 
-impl OnDemand for Recordings {
+impl OnDemand for Replay {
     fn serves(&self, path: &str) -> bool {
         self.catalog().is_some() && self.parse(path).is_some()
     }
