@@ -774,6 +774,7 @@ fn vod_parts(
     responses(
         (status = 200, description = "The segment file (fMP4)", content_type = "video/mp4"),
         (status = 206, description = "A byte range of it", content_type = "video/mp4"),
+        (status = 400, description = "A missing or malformed query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Credentials needed", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No playback permission on the path", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such segment", body = Problem, content_type = "application/problem+json"),
