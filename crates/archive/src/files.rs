@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use sluice_media::archive::{reindex, SegmentRecord};
+use sluice_media::archive::{reindex_from, SegmentRecord};
 
 use crate::index::{Index, IndexError};
 use crate::template::PathTemplate;
@@ -39,7 +39,7 @@ pub struct ReindexReport {
 
 /// Rebuilds the index of the record directory `dir` from its segment files (`sluice
 /// recordings reindex DIR`): every file that `template` could have named is read, its
-/// record rebuilt by [`reindex`] (a damaged tail is truncated away, as crash recovery
+/// record rebuilt by [`reindex_from`] (a damaged tail is truncated away, as crash recovery
 /// does), and the index's segment entries are replaced by what was found. Locks are kept.
 /// Run it while no server records into `dir`.
 pub fn reindex_dir(dir: &Path, template: &PathTemplate) -> Result<ReindexReport, IndexError> {
@@ -73,13 +73,19 @@ pub fn reindex_dir(dir: &Path, template: &PathTemplate) -> Result<ReindexReport,
 
 /// Rebuilds one file's record, truncating a damaged tail (and syncing the cut).
 pub(crate) fn reindex_file(full: &Path, rel: &str) -> Result<SegmentRecord, String> {
-    let bytes = std::fs::read(full).map_err(|e| format!("reading: {e}"))?;
-    let rec = reindex(rel, &bytes).map_err(|d| format!("{} at byte {}", d.reason, d.offset))?;
-    if rec.bytes < bytes.len() as u64 {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(full)
-            .map_err(|e| format!("opening to truncate: {e}"))?;
+    // Read part by part (bounded memory: a segment may be gigabytes).
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(full)
+        .map_err(|e| format!("opening: {e}"))?;
+    let len = f
+        .metadata()
+        .map_err(|e| format!("reading metadata: {e}"))?
+        .len();
+    let rec =
+        reindex_from(rel, &mut f).map_err(|d| format!("{} at byte {}", d.reason, d.offset))?;
+    if rec.bytes < len {
         f.set_len(rec.bytes)
             .and_then(|()| f.sync_all())
             .map_err(|e| format!("truncating to {} bytes: {e}", rec.bytes))?;

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use common::media_dir;
 use sluice_media::archive::{
-    recover, reindex, ArchiveConfig, ArchiveOutput, CutReason, Frame, SegmentRecord, SegmentWriter,
+    recover, recover_from, reindex, reindex_from, ArchiveConfig, ArchiveOutput, CutReason, Frame,
+    SegmentRecord, SegmentWriter,
 };
 use sluice_media::{Codec, CodecParams};
 
@@ -289,6 +290,16 @@ fn check(tag: &str, params: Vec<CodecParams>, frames: Vec<(Frame, f64)>) {
         "{tag}: torn at byte {cut}: {} parts kept, media to {:.3} s",
         r.parts.len(),
         end.as_secs_f64()
+    );
+    // Read from the file part by part (what crash recovery does), the same is found.
+    let torn_path = g.path.with_extension("torn.mp4");
+    std::fs::write(&torn_path, &torn).unwrap();
+    let mut file = std::fs::File::open(&torn_path).unwrap();
+    assert_eq!(recover_from(&mut file).unwrap(), r);
+    let mut file = std::fs::File::open(&torn_path).unwrap();
+    assert_eq!(
+        reindex_from("torn.mp4", &mut file),
+        reindex("torn.mp4", &torn)
     );
     let path = g.path.with_extension("recovered.mp4");
     std::fs::write(&path, &torn[..r.valid_len as usize]).unwrap();

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::parse::{recover, Damage};
+use super::parse::Damage;
 
 /// A part of a segment, as the index keeps it: enough to serve a byte range, place it on
 /// the timeline and know whether a player can start there.
@@ -286,7 +286,20 @@ pub(crate) fn monotonic(
 /// Parts without a `prft` get wall times continuing from the previous part (the first:
 /// the Unix epoch).
 pub fn reindex(path: &str, bytes: &[u8]) -> Result<SegmentRecord, Damage> {
-    let r = recover(bytes);
+    reindex_from(path, &mut std::io::Cursor::new(bytes))
+}
+
+/// [`reindex`] over a file (or any seekable reader), reading it part by part (see
+/// [`super::recover_from`]); a read error is a [`Damage`] at offset 0 saying so.
+pub fn reindex_from<R: std::io::Read + std::io::Seek>(
+    path: &str,
+    reader: &mut R,
+) -> Result<SegmentRecord, Damage> {
+    let (r, init_bytes) = super::parse::recover_from(reader).map_err(|e| Damage {
+        offset: 0,
+        reason: format!("reading: {e}"),
+    })?;
+    let bytes = &init_bytes;
     let Some(init) = r.init.as_ref() else {
         return Err(r.damage.unwrap_or(Damage {
             offset: 0,

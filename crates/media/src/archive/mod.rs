@@ -72,7 +72,7 @@ mod tests;
 
 use std::time::{Duration, SystemTime};
 
-pub use index::{reindex, PartRecord, RecordError, SegmentRecord};
+pub use index::{reindex, reindex_from, PartRecord, RecordError, SegmentRecord};
 pub use parse::{Damage, InitInfo, InitTrack, PartInfo, PartTrack, Recovered};
 pub use writer::{ArchiveOutput, ArchiveStats, CutReason, Frame, SegmentWriter};
 
@@ -174,6 +174,16 @@ pub fn ntp_to_system(ntp: u64) -> SystemTime {
 /// found, never with sizes the file declares.
 pub fn recover(bytes: &[u8]) -> Recovered {
     parse::recover(bytes)
+}
+
+/// [`recover`] over a file (or any seekable reader) without reading it whole: the init,
+/// then one part at a time, so that memory stays bounded by the largest part (at most
+/// 256 MiB, the writer's parts being far smaller) whatever the segment's size (an hour at
+/// 4 Mb/s is 1.8 GB). Fails only when reading fails.
+pub fn recover_from<R: std::io::Read + std::io::Seek>(
+    reader: &mut R,
+) -> std::io::Result<Recovered> {
+    parse::recover_from(reader).map(|(r, _)| r)
 }
 
 /// Whether `params` can be archived (what the MP4 writer supports).

@@ -6,6 +6,7 @@
 //! without being stored (a `trun` declaring four billion samples costs no memory, and is
 //! checked against the bytes it would need), and what is kept grows only with the bytes read.
 
+use std::io::{self, Read, Seek, SeekFrom};
 use std::time::{Duration, SystemTime};
 
 use super::crc::crc32;
@@ -638,13 +639,133 @@ impl Recovered {
     }
 }
 
+/// Most bytes of an init segment recovery reads (a larger one is damage).
+const MAX_INIT_BYTES: u64 = 16 << 20;
+
+/// Most bytes of one part recovery holds in memory (the MP4 writer cuts fragments at
+/// 64 MiB; a larger part is damage).
+pub(crate) const MAX_PART_BYTES: u64 = 256 << 20;
+
+/// Box kinds kept between parts without being parts.
+fn is_filler(kind: &[u8; 4]) -> bool {
+    matches!(kind, b"free" | b"skip" | b"styp" | b"sidx" | b"mfra")
+}
+
+/// The type and end (absolute, possibly past the file) of the box whose header is at
+/// `pos`; None when the header is cut off or invalid (the parser then says why).
+fn peek<R: Read + Seek>(r: &mut R, pos: u64, file_len: u64) -> io::Result<Option<([u8; 4], u64)>> {
+    let mut h = [0u8; 16];
+    let want = usize::try_from(file_len.saturating_sub(pos).min(16)).unwrap_or(16);
+    let Some(h) = h.get_mut(..want) else {
+        return Ok(None);
+    };
+    r.seek(SeekFrom::Start(pos))?;
+    r.read_exact(h)?;
+    let (Some(size), Some(kind)) = (h.get(0..4), h.get(4..8)) else {
+        return Ok(None);
+    };
+    let size = u32::from_be_bytes(size.try_into().unwrap_or_default());
+    let kind: [u8; 4] = kind.try_into().unwrap_or_default();
+    let len = match size {
+        0 => return Ok(None),
+        1 => match h.get(8..16) {
+            Some(b) => u64::from_be_bytes(b.try_into().unwrap_or_default()),
+            None => return Ok(None),
+        },
+        n => u64::from(n),
+    };
+    Ok((len >= 8).then(|| (kind, pos.saturating_add(len))))
+}
+
+/// Reads `buf[pos..end)` of the file (`end` at most the file's length).
+fn read_range<R: Read + Seek>(r: &mut R, pos: u64, end: u64) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(end.saturating_sub(pos))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
+    let mut buf = vec![0u8; len];
+    r.seek(SeekFrom::Start(pos))?;
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Where the init segment at the file's start ends: after `moov` and the archive's marker
+/// box (the file's length when the headers are cut off: the parser then says why).
+fn init_extent<R: Read + Seek>(r: &mut R, file_len: u64) -> io::Result<u64> {
+    let mut at = 0;
+    for _ in 0..16 {
+        let Some((kind, end)) = peek(r, at, file_len)? else {
+            return Ok(file_len);
+        };
+        at = end;
+        if &kind == b"moov" {
+            if let Some((_, e)) = peek(r, at, file_len)?.filter(|(k, _)| k == b"free") {
+                if e - at <= 8 + MARKER.len() as u64 {
+                    at = e;
+                }
+            }
+            return Ok(at);
+        }
+    }
+    Ok(at)
+}
+
+/// Where the part starting at `pos` (`[prft] moof mdat [checksum]`) ends (possibly past
+/// the file: it is torn).
+fn part_extent<R: Read + Seek>(
+    r: &mut R,
+    pos: u64,
+    file_len: u64,
+    checksum: bool,
+) -> io::Result<u64> {
+    let mut at = pos;
+    for i in 0..3 {
+        let Some((kind, end)) = peek(r, at, file_len)? else {
+            return Ok(file_len);
+        };
+        at = end;
+        match &kind {
+            b"prft" if i == 0 => {}
+            b"moof" => {}
+            b"mdat" => {
+                if checksum {
+                    if let Some((_, e)) = peek(r, at, file_len)?.filter(|(k, _)| k == b"skip") {
+                        at = e;
+                    }
+                }
+                return Ok(at);
+            }
+            _ => return Ok(at),
+        }
+    }
+    Ok(at)
+}
+
 /// See [`super::recover`].
 pub(crate) fn recover(buf: &[u8]) -> Recovered {
-    let file_len = buf.len() as u64;
-    let init = match parse_init(buf) {
+    match recover_from(&mut io::Cursor::new(buf)) {
+        Ok((r, _)) => r,
+        // Reading memory does not fail; should it, nothing is kept.
+        Err(e) => Recovered {
+            init: None,
+            parts: Vec::new(),
+            valid_len: 0,
+            file_len: buf.len() as u64,
+            damage: Some(Damage {
+                offset: 0,
+                reason: format!("reading: {e}"),
+            }),
+        },
+    }
+}
+
+/// See [`super::recover_from`]; also returns the init segment's bytes.
+pub(crate) fn recover_from<R: Read + Seek>(r: &mut R) -> io::Result<(Recovered, Vec<u8>)> {
+    let file_len = r.seek(SeekFrom::End(0))?;
+    let init_end = init_extent(r, file_len)?.min(file_len).min(MAX_INIT_BYTES);
+    let init_bytes = read_range(r, 0, init_end)?;
+    let init = match parse_init(&init_bytes) {
         Ok(i) => i,
         Err(damage) => {
-            return Recovered {
+            let recovered = Recovered {
                 init: None,
                 parts: Vec::new(),
                 valid_len: 0,
@@ -653,43 +774,64 @@ pub(crate) fn recover(buf: &[u8]) -> Recovered {
                     offset: 0,
                     reason: damage.to_string(),
                 }),
-            }
+            };
+            return Ok((recovered, init_bytes));
         }
     };
     let mut parts = Vec::new();
-    let mut pos = usize::try_from(init.len).unwrap_or(usize::MAX);
+    let mut pos = init.len;
     let mut valid = pos;
     let mut last_seq: Option<u32> = None;
     let damage = loop {
-        if pos >= buf.len() {
+        if pos >= file_len {
             break None;
         }
-        match read_part(buf, pos, &init, last_seq, init.checksummed) {
-            Ok(Step::Part(p, end)) => {
-                last_seq = Some(p.sequence);
-                parts.push(p);
+        if let Some((kind, end)) = peek(r, pos, file_len)? {
+            if is_filler(&kind) && end <= file_len {
                 pos = end;
                 valid = end;
+                continue;
             }
-            Ok(Step::Skip(end)) => {
-                pos = end;
-                valid = end;
+        }
+        let end = part_extent(r, pos, file_len, init.checksummed)?.min(file_len);
+        if end - pos > MAX_PART_BYTES {
+            break Some(Damage {
+                offset: valid,
+                reason: format!(
+                    "part of {} bytes, more than recovery reads ({MAX_PART_BYTES})",
+                    end - pos
+                ),
+            });
+        }
+        let buf = read_range(r, pos, end)?;
+        match read_part(&buf, 0, &init, last_seq, init.checksummed) {
+            Ok(Step::Part(mut p, len)) => {
+                last_seq = Some(p.sequence);
+                p.offset = pos;
+                pos += len as u64;
+                valid = pos;
+                parts.push(p);
+            }
+            Ok(Step::Skip(len)) => {
+                pos += len as u64;
+                valid = pos;
             }
             Err(reason) => {
                 break Some(Damage {
-                    offset: valid as u64,
+                    offset: valid,
                     reason,
                 })
             }
         }
     };
-    Recovered {
+    let recovered = Recovered {
         init: Some(init),
         parts,
-        valid_len: valid as u64,
+        valid_len: valid,
         file_len,
         damage,
-    }
+    };
+    Ok((recovered, init_bytes))
 }
 
 /// Reads one part (`[prft] moof mdat`) that is all of `buf` (a fragment just written).

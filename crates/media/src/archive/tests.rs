@@ -709,3 +709,59 @@ proptest! {
         prop_assert_eq!(in_files, stats.frames);
     }
 }
+
+/// B-frames of a sender whose RTP times are presentation times (2 between references, as
+/// the recorder hands them on: decode times the presentation times made increasing):
+/// each segment's decode times are moved back by the reorder delay, so that composition
+/// offsets are never negative and the keyframe opening a segment, like the audio beside
+/// it, starts a reorder delay (80 ms) after the segment's start.
+#[test]
+fn b_frames_get_non_negative_composition_offsets() {
+    // Decode order I P B B P B B …: presentation frame numbers 0 3 1 2 6 4 5 …; a
+    // reference every 30 frames is a keyframe.
+    let order = |n: i64| match n {
+        0 => 0,
+        _ if (n - 1) % 3 == 0 => n + 2,
+        _ => n - 1,
+    };
+    let mut frames = Vec::new();
+    let mut last = None::<i64>;
+    for n in 0..25 * 8 {
+        let pts = order(n) * 3600;
+        let dts = last.map_or(pts, |l| pts.max(l + 1));
+        last = Some(dts);
+        let key = order(n) % 30 == 0 && (n == 0 || (n - 1) % 3 == 0);
+        let mut f = video(n, 50);
+        (f.dts, f.pts, f.keyframe, f.data) = (dts, pts, key, slice(key, n as u32));
+        frames.push((f, at(n as f64 / 25.0 + 0.01)));
+        for k in 0..2 {
+            let a = n * 2 + k;
+            frames.push((audio(1, a), at(a as f64 / 50.0 + 0.04)));
+        }
+    }
+    let config = ArchiveConfig {
+        segment_duration: Duration::from_secs(4),
+        ..ArchiveConfig::default()
+    };
+    let (segs, stats) = record(vec![h264(SPROP_360), opus()], config, frames);
+    assert_eq!(stats.dropped(), 0);
+    assert!(segs.len() >= 2, "{} segments", segs.len());
+    for (i, g) in segs.iter().enumerate() {
+        let mut d = crate::open_reader(Cursor::new(g.bytes.clone())).expect("segment opens");
+        let (mut first_video, mut first_audio) = (None, None);
+        while let Some(s) = d.next_sample().expect("sample") {
+            if s.track == 0 {
+                assert!(s.pts >= s.dts, "segment {i}: pts {} < dts {}", s.pts, s.dts);
+                first_video.get_or_insert(s.pts as f64 / 90_000.0);
+            } else {
+                first_audio.get_or_insert(s.pts as f64 / 48_000.0);
+            }
+        }
+        let (v, a) = (first_video.expect("video"), first_audio.expect("audio"));
+        assert!(
+            (v - 0.080).abs() < 0.002,
+            "segment {i}: video starts at {v}"
+        );
+        assert!((v - a).abs() <= 0.020, "segment {i}: video {v}, audio {a}");
+    }
+}

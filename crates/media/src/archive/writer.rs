@@ -25,6 +25,11 @@ const STEP_SPAN: i128 = 1_000_000_000;
 /// How alike (ns) the offsets of a step's frames are (arrival jitter).
 const STEP_TOLERANCE: u128 = 250_000_000;
 
+/// Largest reorder delay (ns) a track's decode times are moved back by (see
+/// [`SegmentWriter::write`]); a frame decoded later than this after its presentation is
+/// written with a negative composition offset instead.
+const MAX_REORDER_DELAY: i128 = 1_000_000_000;
+
 /// One access unit of a track, timed on the stream's media clock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
@@ -162,6 +167,9 @@ struct Segment {
     origin_key: i128,
     /// That origin in each track's clock.
     origin_ticks: Vec<i64>,
+    /// Per track, ticks its decode times are moved back by in this segment (the reorder
+    /// delay known when it opened), so that composition offsets are not negative.
+    delay: Vec<i64>,
     /// Last decode time written per track (ticks from the origin).
     last_dts: Vec<Option<u64>>,
     /// Bytes written to the file so far.
@@ -185,6 +193,10 @@ pub struct SegmentWriter {
     queued: usize,
     /// Per track: the last key given.
     last_key: Vec<Option<i128>>,
+    /// Per track: the largest decode-after-presentation delay seen (ticks, ≥ 0), up to
+    /// [`MAX_REORDER_DELAY`]: a sender whose RTP times are presentation times gives
+    /// B-frames decode times after their presentation.
+    delay_seen: Vec<i64>,
     /// Latest key pushed (ns).
     newest: Option<i128>,
     /// Wall minus media (ns), smoothed: maps media time to wall clock per part.
@@ -261,6 +273,7 @@ impl SegmentWriter {
             window: (0..n).map(|_| VecDeque::new()).collect(),
             queued: 0,
             last_key: vec![None; n],
+            delay_seen: vec![0; n],
             newest: None,
             offset: None,
             suspects: Vec::new(),
@@ -359,6 +372,12 @@ impl SegmentWriter {
             return;
         };
         let pts = ticks_to_ns(frame.pts, clock);
+        if let Some(d) = self.delay_seen.get_mut(track) {
+            let late = frame.dts.saturating_sub(frame.pts);
+            if late > *d && ticks_to_ns(late, clock) <= MAX_REORDER_DELAY {
+                *d = late;
+            }
+        }
         let key = last_key.map_or(pts, |k| k.max(pts));
         *last_key = Some(key);
         queue.push_back(Queued {
@@ -466,9 +485,20 @@ impl SegmentWriter {
     }
 
     /// Writes a frame leaving the window: first the segment cuts it causes.
+    ///
+    /// A track whose decode times come after presentation times (B-frames of a sender whose
+    /// RTP times are presentation times: the decode times are only made increasing) has its
+    /// decode times moved back by the reorder delay seen so far (it is known for the frames
+    /// in the window when a segment opens, and stays fixed for the segment), so that the
+    /// keyframe that opens a segment is presented a reorder delay after the segment's start,
+    /// like the audio beside it, with non-negative composition offsets that every reader
+    /// takes alike (ffmpeg shifts signed ones by their largest magnitude, other readers do
+    /// not).
     fn write(&mut self, q: Queued) {
         let track = q.frame.track;
-        let here = Some((track, q.time, q.key));
+        let clock = self.params.get(track).map_or(1, CodecParams::clock_rate);
+        let time = q.time - ticks_to_ns(self.delay(track), clock);
+        let here = Some((track, time, q.key));
         if let Some(p) = q.params {
             if self.segment.is_some() {
                 self.close(CutReason::ParamsChanged { track }, here);
@@ -484,12 +514,15 @@ impl SegmentWriter {
                 self.close(CutReason::Duration, here);
             }
         }
+        // A new segment takes the delay known now (the cuts above closed the old one).
+        let delay = self.delay(track);
+        let time = q.time - ticks_to_ns(delay, clock);
         if self.segment.is_none() {
             if self.wait_keyframe && !lead_key {
                 self.stats.skipped_before_keyframe += 1;
                 return;
             }
-            if let Err(_e) = self.open(q.time, q.key) {
+            if let Err(_e) = self.open(time, q.key) {
                 self.stats.dropped_invalid += 1;
                 return;
             }
@@ -505,9 +538,8 @@ impl SegmentWriter {
         // Decode times must increase: a frame a little behind its predecessor (B-frames of
         // a sender whose decode times are its presentation times) is nudged after it, as
         // the recorder core does; one further behind than the window is late, dropped.
-        let rel = q.frame.dts.saturating_sub(*origin);
+        let rel = q.frame.dts.saturating_sub(delay).saturating_sub(*origin);
         let floor = last.map_or(0, |l| l.saturating_add(1));
-        let clock = self.params.get(track).map_or(1, CodecParams::clock_rate);
         let slack = ns_to_ticks(self.config.reorder_window.as_nanos() as i128, clock);
         let dts = match u64::try_from(rel) {
             Ok(d) if d >= floor => d,
@@ -517,7 +549,9 @@ impl SegmentWriter {
                 return;
             }
         };
-        let cto = i32::try_from(q.frame.pts.saturating_sub(q.frame.dts)).unwrap_or(0);
+        // The offset from the decode time written (moved back, or nudged forward).
+        let pts = q.frame.pts.saturating_sub(*origin);
+        let cto = i32::try_from(pts.saturating_sub_unsigned(dts)).unwrap_or(0);
         let Some(writer) = s.writer.as_mut() else {
             return;
         };
@@ -536,6 +570,13 @@ impl SegmentWriter {
             let offset = self.offset.unwrap_or(0);
             emit_part(s, bytes, offset, &mut self.stats, &mut self.out);
         }
+    }
+
+    /// The ticks `track`'s decode times are moved back by: the open segment's, else the
+    /// delay seen so far (a segment opening now takes it).
+    fn delay(&self, track: usize) -> i64 {
+        let delays = self.segment.as_ref().map_or(&self.delay_seen, |s| &s.delay);
+        delays.get(track).copied().unwrap_or(0)
     }
 
     /// Starts a segment whose media time 0 is common-clock `origin` (ns), at a frame of
@@ -568,6 +609,7 @@ impl SegmentWriter {
                 .iter()
                 .map(|p| ns_to_ticks(origin, p.clock_rate()))
                 .collect(),
+            delay: self.delay_seen.clone(),
             last_dts: vec![None; self.params.len()],
             len: init.len() as u64,
             start_wall,

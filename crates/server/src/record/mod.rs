@@ -305,14 +305,19 @@ fn recover(inner: &Arc<Inner>) -> Result<(), RecordError> {
 
 /// Rebuilds one file's record from its bytes, truncating a damaged tail.
 fn sluice_archive_reindex(full: &Path, rel: &str) -> Result<sluice_archive::SegmentRecord, String> {
-    let bytes = std::fs::read(full).map_err(|e| format!("reading: {e}"))?;
-    let rec = sluice_media::archive::reindex(rel, &bytes)
+    // Read part by part (bounded memory: a segment may be gigabytes).
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(full)
+        .map_err(|e| format!("opening: {e}"))?;
+    let len = f
+        .metadata()
+        .map_err(|e| format!("reading metadata: {e}"))?
+        .len();
+    let rec = sluice_media::archive::reindex_from(rel, &mut f)
         .map_err(|d| format!("{} at byte {}", d.reason, d.offset))?;
-    if rec.bytes < bytes.len() as u64 {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(full)
-            .map_err(|e| format!("opening to truncate: {e}"))?;
+    if rec.bytes < len {
         f.set_len(rec.bytes)
             .and_then(|()| f.sync_all())
             .map_err(|e| format!("truncating: {e}"))?;

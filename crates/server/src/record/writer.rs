@@ -67,6 +67,8 @@ pub(super) struct Writer {
     idled: bool,
     last_log: Instant,
     logged_drops: u64,
+    /// Write errors counted when the last stats line was logged.
+    logged_errors: u64,
 }
 
 impl Writer {
@@ -95,6 +97,7 @@ impl Writer {
             idled: false,
             last_log: now,
             logged_drops: 0,
+            logged_errors: 0,
         }
     }
 
@@ -289,7 +292,7 @@ impl Writer {
     }
 
     /// Periodic work: a stalled stream's last part goes to disk, a paused writer looks
-    /// for space, drops are logged (at most once a minute).
+    /// for space, drops and write errors are logged (one line at most once a minute).
     fn tick(&mut self) {
         let now = Instant::now();
         if let Some(rec) = self.rec.as_mut() {
@@ -318,9 +321,19 @@ impl Writer {
             self.last_log = now;
             let dropped = self.figures.dropped.load(Ordering::Relaxed)
                 + self.seg.as_ref().map_or(0, |s| s.stats().dropped());
-            if dropped > self.logged_drops {
-                warn!(path = %self.path, dropped = dropped - self.logged_drops, "recording dropped frames in the last minute");
+            let errors = self.figures.write_errors.load(Ordering::Relaxed);
+            // One line a minute at most, only when something went wrong in it.
+            if dropped > self.logged_drops || errors > self.logged_errors {
+                warn!(
+                    path = %self.path,
+                    dropped = dropped - self.logged_drops,
+                    write_errors = errors - self.logged_errors,
+                    dropped_total = dropped,
+                    write_errors_total = errors,
+                    "recording lost frames or writes in the last minute"
+                );
                 self.logged_drops = dropped;
+                self.logged_errors = errors;
             }
         }
     }
