@@ -390,9 +390,22 @@ impl SegmentWriter {
         let newest = self.newest.map_or(key, |n| n.max(key));
         self.newest = Some(newest);
         let horizon = newest - self.config.reorder_window.as_nanos() as i128;
-        while let Some(q) =
-            self.pop_earliest(|key, queued| key <= horizon || queued > MAX_WINDOW_FRAMES)
-        {
+        // Once a segment is open (its tracks' reorder delays learnt in the window), a frame
+        // also leaves as soon as every track has reached its key: no later frame of any
+        // track can sort before it (each track's keys never decrease), so the window holds
+        // only what may still be overtaken, and a crash loses little beyond the open part.
+        let watermark = match self.segment {
+            Some(_) => self
+                .last_key
+                .iter()
+                .map(|k| k.unwrap_or(i128::MIN))
+                .min()
+                .unwrap_or(i128::MIN),
+            None => i128::MIN,
+        };
+        while let Some(q) = self.pop_earliest(|key, queued| {
+            key <= horizon || key <= watermark || queued > MAX_WINDOW_FRAMES
+        }) {
             self.write(q);
         }
     }
