@@ -417,7 +417,10 @@ fn gstreamer_onvif_clock_seek_lands_on_the_source_frame() {
         Duration::from_secs(25),
     );
     let frame = std::fs::read(&out).expect("frame written");
-    let line = lines.iter().find(|l| l.starts_with("FRAME")).unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("FRAME"))
+        .unwrap_or_else(|| panic!("no FRAME line from gst_onvif.py:\n{}", lines.join("\n")));
     let pts = field(line, "pts").unwrap() - ntp_secs(rec.t0);
     let (p, q) = (
         psnr(&frame, &source_frame(30.0)),

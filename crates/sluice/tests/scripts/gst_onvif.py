@@ -19,6 +19,7 @@ Prints machine-readable lines:
   ERROR <message>
 """
 import sys
+import threading
 import time
 
 import gi
@@ -29,6 +30,16 @@ gi.require_version("GstRtsp", "1.0")
 from gi.repository import Gst, GstApp, GstRtsp  # noqa: E402,F401
 
 NS = 1e9
+
+
+# The streaming thread (the probe) and the main thread both print: one lock keeps each
+# line whole (print writes the text and the newline separately).
+_SAY = threading.Lock()
+
+
+def say(*args, **kwargs):
+    with _SAY:
+        print(*args, **kwargs)
 
 
 def main():
@@ -60,7 +71,7 @@ def main():
                     res, val = msg.get_header(field, 0)
                     if res == GstRtsp.RTSPResult.OK:
                         hdrs.append(f"{name}: {val}")
-                print("PLAY " + "; ".join(hdrs), flush=True)
+                say("PLAY " + "; ".join(hdrs), flush=True)
         return True
 
     src.connect("before-send", on_before_send)
@@ -72,7 +83,7 @@ def main():
         if seeking["done"]:
             key = 0 if buf.has_flags(Gst.BufferFlags.DELTA_UNIT) else 1
             disc = 1 if buf.has_flags(Gst.BufferFlags.DISCONT) else 0
-            print(
+            say(
                 f"BUF t={time.monotonic() - t0:.3f} pts={buf.pts / NS:.3f} key={key} discont={disc}",
                 flush=True,
             )
@@ -89,12 +100,12 @@ def main():
                 return
             if msg.type == Gst.MessageType.ERROR:
                 err, dbg = msg.parse_error()
-                print(f"ERROR {err.message} ({dbg})", flush=True)
+                say(f"ERROR {err.message} ({dbg})", flush=True)
                 pipeline.set_state(Gst.State.NULL)
                 sys.exit(1)
             if msg.type == Gst.MessageType.EOS and not eos["seen"]:
                 eos["seen"] = True
-                print(f"EOS t={time.monotonic() - t0:.3f} from={msg.src.get_name()}", flush=True)
+                say(f"EOS t={time.monotonic() - t0:.3f} from={msg.src.get_name()}", flush=True)
 
     if mode == "seek":
         target_ns, out = int(sys.argv[3]), sys.argv[4]
@@ -114,12 +125,12 @@ def main():
             sample = sink.try_pull_sample(100 * Gst.MSECOND)
             if sample is not None:
                 return sample
-        print(f"ERROR timeout waiting for {what}", flush=True)
+        say(f"ERROR timeout waiting for {what}", flush=True)
         pipeline.set_state(Gst.State.NULL)
         sys.exit(1)
 
     if pull("first sample") is None:
-        print("ERROR end of stream before the seek", flush=True)
+        say("ERROR end of stream before the seek", flush=True)
         sys.exit(1)
     flags = Gst.SeekFlags.FLUSH
     if mode == "seek":
@@ -136,7 +147,7 @@ def main():
         )
     t0 = time.monotonic()
     seeking["done"] = True
-    print(f"SEEK ok={ok}", flush=True)
+    say(f"SEEK ok={ok}", flush=True)
     if not ok:
         pipeline.set_state(Gst.State.NULL)
         return 1
@@ -144,7 +155,7 @@ def main():
         while True:
             sample = pull("a frame after the seek")
             if sample is None:
-                print("ERROR end of stream before a frame", flush=True)
+                say("ERROR end of stream before a frame", flush=True)
                 return 1
             buf = sample.get_buffer()
             # Frames still in flight from before the seek are older than its target.
@@ -155,7 +166,7 @@ def main():
         with open(out, "wb") as f:
             f.write(bytes(data.data))
         buf.unmap(data)
-        print(
+        say(
             f"FRAME pts={buf.pts / NS:.3f} w={s.get_int('width')[1]} h={s.get_int('height')[1]}",
             flush=True,
         )
@@ -163,7 +174,7 @@ def main():
         while not eos["seen"] and time.monotonic() < deadline:
             pull("the end")
         if not eos["seen"]:
-            print("ERROR no end of stream", flush=True)
+            say("ERROR no end of stream", flush=True)
     pipeline.set_state(Gst.State.NULL)
     return 0
 
