@@ -15,7 +15,10 @@
 # target/fuzz, kept between runs). New inputs found go to a scratch
 # directory, not into the checked-in seeds; crashes are written to
 # fuzz/artifacts/<target>/. The libFuzzer seed is fixed (SLUICE_FUZZ_SEED, default 1) so
-# a CI gate is reproducible; scripts/fuzz-long.sh explores with fresh seeds. (Reproduce with
+# a CI gate is reproducible; scripts/fuzz-long.sh explores with fresh seeds.
+# SLUICE_FUZZ_PROFILE=dev (what scripts/test.sh uses) builds without optimizations: half
+# the CPU time of the release build (bench/RESULTS.md, "Test command"), for a smoke run
+# whose seconds per target matter less than its build; the default is release. (Reproduce with
 # `scripts/fuzz-long.sh TARGET 0 fuzz/artifacts/TARGET/crash-...`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +44,13 @@ else
     mapfile -t targets < <(cargo fuzz list)
 fi
 
-echo "==> cargo fuzz build"
-cargo fuzz build --sanitizer none
+profile=()
+if [ "${SLUICE_FUZZ_PROFILE:-release}" = dev ]; then
+    profile=(--dev)
+fi
+
+echo "==> cargo fuzz build ${profile[*]}"
+cargo fuzz build "${profile[@]}" --sanitizer none
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -50,7 +58,7 @@ failed=()
 for t in "${targets[@]}"; do
     echo "==> fuzz $t for ${secs}s"
     mkdir -p "$scratch/$t" "artifacts/$t"
-    if ! cargo fuzz run --sanitizer none "$t" "$scratch/$t" "corpus/$t" -- \
+    if ! cargo fuzz run "${profile[@]}" --sanitizer none "$t" "$scratch/$t" "corpus/$t" -- \
         -max_total_time="$secs" -seed="${SLUICE_FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1 >"$scratch/$t.log" 2>&1; then
         failed+=("$t")

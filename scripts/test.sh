@@ -10,14 +10,17 @@
 #      cargo doc --workspace --no-deps   with rustdoc warnings as errors
 #      scripts/check-house-rules.sh  the architecture's house rules a script can
 #                                    see (sans-IO crates, unsafe, module imports)
-#   4. scripts/fuzz-smoke.sh 3        every fuzz target 3 s (SLUICE_FUZZ_SECS)
-#   5. cargo test --workspace        unit tests + real-peer integration tests
-#                                    (crates/sluice/tests: ffmpeg/GStreamer/
+#   4. scripts/fuzz-smoke.sh 3        every fuzz target 3 s (SLUICE_FUZZ_SECS),
+#                                    built without optimizations (faster to build)
+#   5. scripts/run-tests.py          `cargo test --workspace`, three test binaries
+#                                    at a time: unit tests + real-peer integration
+#                                    tests (crates/sluice/tests: ffmpeg/GStreamer/
 #                                    retina publishers and readers against the
 #                                    real `sluice` binary; multicast tests run
 #                                    in private network namespaces and need root)
 #
-# Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh -- --nocapture`).
+# Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh -- --nocapture`);
+# SLUICE_TEST_JOBS=1 runs the test binaries one after another.
 # Integration test logs (server stderr, peer output) are kept under
 # target/tmp/sluice-it/; SLUICE_TEST_LOG sets the server's RUST_LOG (default debug).
 set -euo pipefail
@@ -40,15 +43,9 @@ bash scripts/check-house-rules.sh
 # Coverage-guided fuzzing, briefly: every cargo-fuzz target from its seed corpus
 # (scripts/fuzz-long.sh runs one for long). SLUICE_FUZZ_SECS sets the time per target.
 echo "==> fuzz smoke"
-bash scripts/fuzz-smoke.sh "${SLUICE_FUZZ_SECS:-3}"
+SLUICE_FUZZ_PROFILE=${SLUICE_FUZZ_PROFILE:-dev} bash scripts/fuzz-smoke.sh "${SLUICE_FUZZ_SECS:-3}"
 
 echo "==> cargo test"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-status=0
-# --no-fail-fast: a failing binary never hides the results of the others.
-cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
-# One closing line over every test binary (cargo prints one result line per binary).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+# Builds every test binary, then runs three at a time (the machine-measuring ones alone),
+# then the doc tests; a failing binary never hides the results of the others.
+exec python3 scripts/run-tests.py "$@"

@@ -1,9 +1,11 @@
 //! Free-port allocation.
 //!
-//! Ports come from a per-process block (chosen from the pid) of the range
-//! 20000..32000, below Linux's ephemeral range (32768..), and advance with a
-//! process-wide counter, so concurrently running tests and test binaries
-//! rarely pick the same port. Each candidate is checked by binding it.
+//! Ports come from a per-process block of the range 20000..32000, below Linux's
+//! ephemeral range (32768..), and advance with a process-wide counter, so
+//! concurrently running tests and test binaries rarely pick the same port. The
+//! block is `SLUICE_TEST_PORT_BLOCK` (0..30) when set — scripts/run-tests.py
+//! gives binaries running at once distinct blocks — and otherwise chosen from
+//! the pid. Each candidate is checked by binding it.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,8 +16,20 @@ const BLOCKS: u32 = 30; // 20000..32000
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// This process's block: from `SLUICE_TEST_PORT_BLOCK`, else from the pid.
+fn block() -> u32 {
+    static BLOCK_INDEX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *BLOCK_INDEX.get_or_init(|| {
+        std::env::var("SLUICE_TEST_PORT_BLOCK")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or_else(std::process::id)
+            % BLOCKS
+    })
+}
+
 fn next_even_candidate(width: u32) -> u16 {
-    let block = std::process::id() % BLOCKS;
+    let block = block();
     let base = RANGE_START + block * BLOCK;
     let off = NEXT.fetch_add(width.next_multiple_of(2), Ordering::Relaxed) % (BLOCK - width);
     (base + off - off % 2) as u16
