@@ -33,6 +33,7 @@ fn seg(start: Duration, parts: u64) -> SegmentRecord {
         start_wall,
         end_wall: start_wall + Duration::from_secs(parts.len() as u64),
         media_end: Duration::from_secs(parts.len() as u64),
+        media_base: Duration::ZERO,
         bytes: 1000 + 500_000 * parts.len() as u64,
         recovered: false,
         parts,

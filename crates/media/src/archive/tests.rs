@@ -746,18 +746,37 @@ fn b_frames_get_non_negative_composition_offsets() {
     let (segs, stats) = record(vec![h264(SPROP_360), opus()], config, frames);
     assert_eq!(stats.dropped(), 0);
     assert!(segs.len() >= 2, "{} segments", segs.len());
+    let mut video_end = None;
     for (i, g) in segs.iter().enumerate() {
         let mut d = crate::open_reader(Cursor::new(g.bytes.clone())).expect("segment opens");
-        let (mut first_video, mut first_audio) = (None, None);
+        let (mut first_video, mut first_audio, mut base) = (None, None, None);
+        let mut end = 0;
         while let Some(s) = d.next_sample().expect("sample") {
             if s.track == 0 {
                 assert!(s.pts >= s.dts, "segment {i}: pts {} < dts {}", s.pts, s.dts);
-                first_video.get_or_insert(s.pts as f64 / 90_000.0);
+                // The segment starts at its first decode time (not 0 after the first: the
+                // decode times go on from the previous segment's).
+                let b = *base.get_or_insert(s.dts as f64 / 90_000.0);
+                first_video.get_or_insert(s.pts as f64 / 90_000.0 - b);
+                end = s.dts + i64::from(s.duration);
             } else {
-                first_audio.get_or_insert(s.pts as f64 / 48_000.0);
+                let b = base.expect("video first");
+                first_audio.get_or_insert(s.pts as f64 / 48_000.0 - b);
             }
         }
         let (v, a) = (first_video.expect("video"), first_audio.expect("audio"));
+        let first_dts = (base.expect("video") * 90_000.0).round() as i64;
+        assert_eq!(
+            first_dts,
+            video_end.unwrap_or(0),
+            "segment {i} continues the previous one's decode times"
+        );
+        assert_eq!(
+            g.record.media_base.as_micros(),
+            (first_dts as u128 * 1_000_000) / 90_000,
+            "segment {i}: media base"
+        );
+        video_end = Some(end);
         assert!(
             (v - 0.080).abs() < 0.002,
             "segment {i}: video starts at {v}"
