@@ -404,15 +404,21 @@ fn after_a_publisher_change_the_next_segment_waits_for_a_keyframe() {
     assert_eq!(stats.dropped(), 0);
 }
 
-/// A finished two-track segment of `secs` seconds and its part boundaries.
+/// A finished two-track segment of `secs` seconds and its part boundaries: the second of
+/// a run cut on duration, so that its decode times start where the first's ended (`secs`
+/// seconds), not at 0.
 fn sample_file(secs: i64) -> (Vec<u8>, Vec<PartRecord>) {
-    let (mut segs, _) = record(
-        vec![h264(SPROP_360), opus()],
-        ArchiveConfig::default(),
-        av(secs, 25),
-    );
-    assert_eq!(segs.len(), 1);
-    let g = segs.remove(0);
+    let config = ArchiveConfig {
+        segment_duration: Duration::from_secs(secs as u64),
+        ..ArchiveConfig::default()
+    };
+    let (mut segs, _) = record(vec![h264(SPROP_360), opus()], config, av(2 * secs + 1, 25));
+    assert_eq!(segs.len(), 3);
+    let g = segs.remove(1);
+    assert_eq!(g.record.media_base, Duration::from_secs(secs as u64));
+    let r = recover(&g.bytes);
+    assert_eq!(r.media_base(), Some(Duration::from_secs(secs as u64)));
+    assert_eq!(r.parts[0].tracks[0].base_dts, secs as u64 * 90_000, "tfdt");
     (g.bytes, g.record.parts)
 }
 
