@@ -298,7 +298,11 @@ fn check(tag: &str, params: Vec<CodecParams>, frames: Vec<(Frame, f64)>) {
     // A crash in the middle of a part: the recovered, truncated file decodes and keeps every
     // part before the damage (a segment whose decode times do not start at 0).
     let g = &segs[1];
-    assert!(g.record.media_base > Duration::from_secs(9), "{:?}", g.record.media_base);
+    assert!(
+        g.record.media_base > Duration::from_secs(9),
+        "{:?}",
+        g.record.media_base
+    );
     let bytes = std::fs::read(&g.path).unwrap();
     let cut = g.record.parts[6].offset + g.record.parts[6].len / 2;
     let mut torn = bytes[..cut as usize].to_vec();

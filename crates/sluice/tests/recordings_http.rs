@@ -506,7 +506,10 @@ fn recordings_play_back_over_http_as_mp4_and_hls_vod() {
         .lines()
         .find_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
         .expect("a PDT");
-    println!("VOD first PDT {pdt}, index's first segment start {}", rfc(records[0].start_wall));
+    println!(
+        "VOD first PDT {pdt}, index's first segment start {}",
+        rfc(records[0].start_wall)
+    );
     assert_eq!(pdt, rfc(records[0].start_wall), "PDT from the index");
     assert_eq!(records[0].start_wall, records[0].parts[0].wall_start);
 

@@ -196,7 +196,10 @@ impl SegmentRecord {
         put_signed(&mut out, start);
         put_signed(&mut out, micros(self.end_wall) - start);
         put_signed(&mut out, dur_micros(self.media_end));
-        put_var(&mut out, u64::try_from(dur_micros(self.media_base)).unwrap_or(0));
+        put_var(
+            &mut out,
+            u64::try_from(dur_micros(self.media_base)).unwrap_or(0),
+        );
         put_var(&mut out, self.bytes);
         out.push(u8::from(self.recovered));
         put_var(&mut out, self.parts.len() as u64);

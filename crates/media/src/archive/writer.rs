@@ -741,7 +741,7 @@ fn emit_part(
     let base = *s.base.get_or_insert_with(|| info.span(&s.init).0);
     let (start, end) = monotonic(s.parts.last(), info.span_from(&s.init, base));
     // Whole microseconds, the index's precision, so that a reindex finds the same times.
-    let ns = s.line.zero + (base + start).as_nanos() as i128 + offset;
+    let ns = s.line.zero + base.as_nanos() as i128 + start.as_nanos() as i128 + offset;
     let wall_start = wall_from_ns((ns + 500).div_euclid(1000) * 1000);
     let lead = s.init.tracks.get(s.init.lead);
     let media_time = info

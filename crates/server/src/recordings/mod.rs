@@ -733,7 +733,10 @@ fn continues(prev: &SegmentRecord, next: &SegmentRecord) -> bool {
     };
     prev.init_id == next.init_id
         && wall_gap <= ABUT
-        && apart(prev.media_base + prev.media_end, next.media_base) <= CONTINUES
+        && apart(
+            prev.media_base.saturating_add(prev.media_end),
+            next.media_base,
+        ) <= CONTINUES
 }
 
 /// The VOD's media segments: per file, runs of parts from a keyframe part to the next,

@@ -115,14 +115,8 @@ fn vod_segments_run_from_keyframe_to_keyframe_and_break_only_where_media_does() 
         .collect();
     // File x from its keyframe part at 0 s: [0,1] and [2,3]; the other files likewise.
     let file = |d: bool| [(500, 200, d), (700, 200, false)];
-    let want: Vec<(u64, u64, bool)> = [
-        file(false),
-        file(false),
-        file(true),
-        file(true),
-        file(true),
-    ]
-    .concat();
+    let want: Vec<(u64, u64, bool)> =
+        [file(false), file(false), file(true), file(true), file(true)].concat();
     assert_eq!(v, want);
     assert!(parts[0].uri.starts_with("segment.mp4?path=a%20b&segment="));
     assert_eq!(parts[0].init.1, 500);
