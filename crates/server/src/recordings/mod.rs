@@ -11,8 +11,9 @@
 //!   are byte ranges of the segment files (from a keyframe part to the next),
 //!   `EXT-X-PROGRAM-DATE-TIME` from the parts' `prft` (as indexed), and
 //!   `EXT-X-DISCONTINUITY` only where the media is not continuous: a gap, new codec
-//!   parameters (a new init), or a new decode timeline (the recorder restarted; see
-//!   [`vod_parts`]). Each file holds its own init; files whose inits are byte-identical
+//!   parameters (a new init), or a new decode timeline (the recorder restarted: segments
+//!   cut on duration continue their predecessor's decode times, others start anew at 0,
+//!   which `SegmentRecord::media_base` tells). Each file holds its own init; files whose inits are byte-identical
 //!   share one `EXT-X-MAP` (RFC 8216 lets a map apply to every segment up to the next map),
 //!   and a new one comes with new codec parameters, always after a discontinuity;
 //! - `GET|HEAD /v1/recordings/segment.mp4?path=&segment=`: one segment file (by its start,
