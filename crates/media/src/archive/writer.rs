@@ -520,11 +520,11 @@ impl SegmentWriter {
     /// A track whose decode times come after presentation times (B-frames of a sender whose
     /// RTP times are presentation times: the decode times are only made increasing) has its
     /// decode times moved back by the reorder delay seen so far (it is known for the frames
-    /// in the window when a segment opens, and stays fixed for the segment), so that the
-    /// keyframe that opens a segment is presented a reorder delay after the segment's start,
-    /// like the audio beside it, with non-negative composition offsets that every reader
-    /// takes alike (ffmpeg shifts signed ones by their largest magnitude, other readers do
-    /// not).
+    /// in the window when a segment opens, and stays fixed for the segment and the segments
+    /// that continue its decode timeline), so that the keyframe that opens a segment is
+    /// presented a reorder delay after the segment's start, like the audio beside it, with
+    /// non-negative composition offsets that every reader takes alike (ffmpeg shifts signed
+    /// ones by their largest magnitude, other readers do not).
     fn write(&mut self, q: Queued) {
         let track = q.frame.track;
         let clock = self.params.get(track).map_or(1, CodecParams::clock_rate);
@@ -545,7 +545,8 @@ impl SegmentWriter {
                 self.close(CutReason::Duration, here);
             }
         }
-        // A new segment takes the delay known now (the cuts above closed the old one).
+        // A new segment takes its timeline's delay, or on a new timeline the delay known now
+        // (the cuts above closed the old one).
         let delay = self.delay(track);
         let time = q.time - ticks_to_ns(delay, clock);
         if self.segment.is_none() {
@@ -603,8 +604,9 @@ impl SegmentWriter {
         }
     }
 
-    /// The ticks `track`'s decode times are moved back by: the open segment's, else the
-    /// delay seen so far (a segment opening now takes it).
+    /// The ticks `track`'s decode times are moved back by: the open segment's, else that of
+    /// the timeline the next segment continues, else the delay seen so far (a segment
+    /// opening on a new timeline takes it).
     fn delay(&self, track: usize) -> i64 {
         let delays = match (&self.segment, &self.carry) {
             (Some(s), _) => &s.line.delay,
@@ -700,7 +702,9 @@ impl SegmentWriter {
         let end_wall = s.parts.last().map_or(s.start_wall, |p| {
             p.wall_start + p.media_end.saturating_sub(p.media_start)
         });
-        if reason == CutReason::Duration {
+        // Continued on duration, unless the reorder delay grew meanwhile (B-frames that came
+        // later): the next segment then takes the new delay on a timeline of its own.
+        if reason == CutReason::Duration && s.line.delay == self.delay_seen {
             self.carry = Some(s.line.clone());
         }
         let record = SegmentRecord {
