@@ -624,9 +624,10 @@ fn the_fuzz_seeds_recover() {
         assert_eq!(record.bytes, r.valid_len);
         assert_eq!(SegmentRecord::decode(&record.encode()).unwrap(), record);
         assert!(!r.parts.is_empty());
+        assert_eq!(r.media_range().map(|m| m.0), Some(Duration::ZERO));
         seen += 1;
     }
-    assert_eq!(seen, 2);
+    assert_eq!(seen, 3);
 }
 
 /// Something that happens to a writer in [`any_run`].
