@@ -13,7 +13,12 @@ fuzz_target!(|data: &[u8]| {
     let again = recover(kept);
     assert_eq!(again.valid_len, r.valid_len);
     assert_eq!(again.parts.len(), r.parts.len());
-    let _ = r.media_range();
+    let _ = r.media_base();
+    if let Some((start, end)) = r.media_range() {
+        // Media time from the segment's start: its first part starts it.
+        assert_eq!(start, std::time::Duration::ZERO);
+        assert!(end >= start);
+    }
     let _ = r.wall_range();
     if let Ok(record) = reindex("fuzz.mp4", data) {
         assert_eq!(record.bytes, r.valid_len);

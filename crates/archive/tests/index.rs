@@ -33,6 +33,7 @@ fn seg(start: Duration, parts: u64) -> SegmentRecord {
         start_wall,
         end_wall: start_wall + Duration::from_secs(parts.len() as u64),
         media_end: Duration::from_secs(parts.len() as u64),
+        media_base: Duration::ZERO,
         bytes: 1000 + 500_000 * parts.len() as u64,
         recovered: false,
         parts,
@@ -257,7 +258,16 @@ fn reindex_dir_rebuilds_from_files() {
     );
     for w in recs.windows(2) {
         assert!(w[1].start_wall >= w[0].end_wall - Duration::from_millis(25));
+        // Cut on duration, each file's decode times go on from the previous one's, and
+        // the rebuilt records say where (what playback and the HLS VOD rely on).
+        let (want, got) = (w[0].media_base + w[0].media_end, w[1].media_base);
+        assert!(
+            want.abs_diff(got) < Duration::from_millis(1),
+            "{want:?} {got:?}"
+        );
     }
+    assert_eq!(recs[0].media_base, Duration::ZERO);
+    assert!(recs[1].media_base >= Duration::from_secs(3));
     let damaged = dir.path().join(&files[last].0);
     assert_eq!(std::fs::metadata(damaged).unwrap().len(), whole_len as u64);
     assert!(index.open_segments().unwrap().is_empty());

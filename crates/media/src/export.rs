@@ -307,7 +307,10 @@ impl ExportBuilder {
 
     /// Adds a part: `header` holds its bytes from its offset `offset` in file `file` at
     /// least to the end of its `moof` ([`part_header_len`]); `segment_start` is the wall
-    /// clock of its segment's media time 0. Parts come in play order.
+    /// clock of decode time 0 of its segment file (`tfdt` 0, which is before the file's
+    /// first sample when the segment continues an earlier one's timeline:
+    /// [`SegmentRecord::zero_wall`](crate::archive::SegmentRecord::zero_wall)). Parts come
+    /// in play order.
     pub fn push_part(
         &mut self,
         file: usize,

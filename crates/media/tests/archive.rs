@@ -244,13 +244,23 @@ fn check(tag: &str, params: Vec<CodecParams>, frames: Vec<(Frame, f64)>) {
             flags.starts_with('K'),
             "{tag} segment {i} starts with a keyframe: {flags}"
         );
+        // A segment after the first continues the previous one's decode times, from its
+        // media base: ffmpeg counts a fragmented file's duration from decode time 0.
+        let base = g.record.media_base.as_secs_f64();
+        let length = video.2 - base;
         if i < 2 {
             assert!(
-                (9.5..=11.0).contains(&video.2),
-                "{tag} segment {i} lasts {}",
+                (9.5..=11.0).contains(&length),
+                "{tag} segment {i} lasts {length} (ffprobe: start {}, duration {}, base {base})",
+                video.1,
                 video.2
             );
         }
+        assert!(
+            (0.0..0.2).contains(&(video.1 - base)),
+            "{tag} segment {i}: video starts at {} on a timeline from {base}",
+            video.1
+        );
         assert!(
             (video.1 - audio.1).abs() < 0.05,
             "{tag} segment {i}: audio and video start within 50 ms"
@@ -271,13 +281,28 @@ fn check(tag: &str, params: Vec<CodecParams>, frames: Vec<(Frame, f64)>) {
             gap.abs() <= 0.04,
             "{tag}: segments abut within a frame: {gap}"
         );
+        // Cut on duration: the next file's decode times go on from where this one's end.
+        let (a, b) = (&w[0].record, &w[1].record);
+        let jump = (b.media_base.as_secs_f64() - (a.media_base + a.media_end).as_secs_f64()).abs();
+        assert!(
+            jump < 0.001,
+            "{tag}: decode times continue across files ({:?} + {:?} → {:?})",
+            a.media_base,
+            a.media_end,
+            b.media_base
+        );
     }
     println!("{tag}: segment durations sum to {total:.3} s");
     assert!((total - 25.0).abs() <= 1.0);
 
     // A crash in the middle of a part: the recovered, truncated file decodes and keeps every
-    // part before the damage.
-    let g = &segs[0];
+    // part before the damage (a segment whose decode times do not start at 0).
+    let g = &segs[1];
+    assert!(
+        g.record.media_base > Duration::from_secs(9),
+        "{:?}",
+        g.record.media_base
+    );
     let bytes = std::fs::read(&g.path).unwrap();
     let cut = g.record.parts[6].offset + g.record.parts[6].len / 2;
     let mut torn = bytes[..cut as usize].to_vec();
@@ -285,7 +310,13 @@ fn check(tag: &str, params: Vec<CodecParams>, frames: Vec<(Frame, f64)>) {
     let r = recover(&torn);
     assert_eq!(r.parts.len(), 6);
     assert_eq!(r.valid_len, g.record.parts[6].offset);
-    let (_, end) = r.media_range().unwrap();
+    let (start, end) = r.media_range().unwrap();
+    assert_eq!(start, Duration::ZERO, "media time from the segment's start");
+    assert!(
+        end.abs_diff(g.record.parts[5].media_end) < Duration::from_micros(2),
+        "{end:?}"
+    );
+    assert!(r.media_base().unwrap().abs_diff(g.record.media_base) < Duration::from_micros(1));
     println!(
         "{tag}: torn at byte {cut}: {} parts kept, media to {:.3} s",
         r.parts.len(),
@@ -310,11 +341,8 @@ fn check(tag: &str, params: Vec<CodecParams>, frames: Vec<(Frame, f64)>) {
     );
     let (streams, _) = probe(&path);
     let video = streams.iter().find(|s| s.0 == "video").unwrap();
-    assert!(
-        (video.2 - 6.0).abs() < 0.1,
-        "{tag}: recovered {} s",
-        video.2
-    );
+    let kept = video.2 - g.record.media_base.as_secs_f64();
+    assert!((kept - 6.0).abs() < 0.1, "{tag}: recovered {kept} s");
 }
 
 #[test]

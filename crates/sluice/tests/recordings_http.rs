@@ -1,14 +1,18 @@
 //! Recordings played back over HTTP, as a user checks them: segment files written by the
-//! archive writer (from a 30 s H.264 + AAC test pattern, 15 s segments, 1 s parts, and a
-//! second 5 s recording after a 10 s gap) and indexed, then served by the real binary:
+//! archive writer (from a 30 s H.264 + AAC test pattern, 10 s segments, 1 s parts: three
+//! abutting files whose decode times continue from file to file; then a second 5 s
+//! recording after a 10 s gap, and a third of 3 s right after it by a restarted writer,
+//! whose decode times start anew) and indexed, then served by the real binary:
 //!
 //! - the timeline names both spans and the gaps;
-//! - `export.mp4`: HEAD and ranged GETs are byte-exact slices of the full GET, ffprobe reads
-//!   the URL, and `ffmpeg -ss 20 -i URL` decodes the source's frame at 20 s (PSNR);
-//! - the HLS VOD: a discontinuity at each file; `ffmpeg -i …index.m3u8… -c copy` over a
-//!   range within one file gives the asked duration (ffmpeg's HLS reader ignores
-//!   discontinuities, and each file's decode times start at 0), and its first
-//!   PROGRAM-DATE-TIME is the index's;
+//! - `export.mp4` over the three abutting files: HEAD and ranged GETs are byte-exact slices
+//!   of the full GET, ffprobe reads the URL, and `ffmpeg -ss 20 -i URL` decodes the
+//!   source's frame at 20 s (PSNR);
+//! - the HLS VOD: one `EXT-X-MAP` (the inits are byte-identical), a discontinuity only at
+//!   the gap and at the restart, none between abutting files of one run; `ffmpeg -i
+//!   …index.m3u8… -c copy` over the three files gives the range's duration within a part,
+//!   and over a range across a file boundary the asked one; the first PROGRAM-DATE-TIME is
+//!   the index's first segment start;
 //! - `playback` is needed on the path (an anonymous visitor without it gets 401).
 
 mod common;
@@ -96,7 +100,7 @@ fn record(source: &Path, dir: &Path, t0: SystemTime, from_s: f64, secs: f64) -> 
     let params: Vec<_> = tracks.iter().map(|t| t.params.clone()).collect();
     let config = ArchiveConfig {
         part_duration: Duration::from_secs(1),
-        segment_duration: Duration::from_secs(15),
+        segment_duration: Duration::from_secs(10),
         ..ArchiveConfig::default()
     };
     let mut w = SegmentWriter::new(params.clone(), config).expect("writer");
@@ -233,7 +237,7 @@ fn recordings_play_back_over_http_as_mp4_and_hls_vod() {
         String::from_utf8_lossy(&made.stderr)
     );
     let rec_dir = dir.join("rec");
-    // An hour ago: 30 s, a 10 s gap, 5 s more.
+    // An hour ago: 30 s, a 10 s gap, 5 s more, then 3 s by a restarted writer.
     let t0 = SystemTime::now() - Duration::from_secs(3600);
     let mut records = record(&source, &rec_dir, t0, 0.0, 30.0);
     records.extend(record(
@@ -243,11 +247,34 @@ fn recordings_play_back_over_http_as_mp4_and_hls_vod() {
         0.0,
         5.0,
     ));
+    records.extend(record(
+        &source,
+        &rec_dir,
+        t0 + Duration::from_secs(45),
+        5.0,
+        3.0,
+    ));
     assert_eq!(
         records.len(),
-        3,
-        "two of the first recording, one of the second"
+        5,
+        "three of the first recording, one of the second, one of the third"
     );
+    for r in &records {
+        println!(
+            "segment {}: {} .. {}, media base {:.3} s, {:.3} s long",
+            r.path,
+            rfc(r.start_wall),
+            rfc(r.end_wall),
+            r.media_base.as_secs_f64(),
+            r.media_end.as_secs_f64()
+        );
+    }
+    // The first run's files continue one decode timeline; the others start at 0.
+    let bases: Vec<u64> = records
+        .iter()
+        .map(|r| r.media_base.as_millis() as u64)
+        .collect();
+    assert_eq!(bases, [0, 10_000, 20_000, 0, 0], "media bases (ms)");
     {
         let index = sluice_archive::Index::open(&rec_dir).expect("index");
         for r in &records {
@@ -421,7 +448,8 @@ fn recordings_play_back_over_http_as_mp4_and_hls_vod() {
     println!("export from 12.5 s: first frame PSNR {exact:.1} dB against the source at 12.5 s");
     assert!(exact >= 35.0, "{exact}");
 
-    // The HLS VOD over both recordings: byte ranges, a discontinuity at each new file.
+    // The HLS VOD over all three recordings: one map (byte-identical inits), a
+    // discontinuity at the gap and at the restart only.
     let m3u8 = format!(
         "/v1/recordings/index.m3u8?{}",
         q(t0, t0 + Duration::from_secs(50))
@@ -430,56 +458,105 @@ fn recordings_play_back_over_http_as_mp4_and_hls_vod() {
     assert_eq!(pl.status, 200, "{pl:?}");
     let text = String::from_utf8_lossy(&pl.body).into_owned();
     assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
-    assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 2, "{text}");
-    assert_eq!(text.matches("#EXT-X-MAP:").count(), 3, "{text}");
+    assert_eq!(text.matches("#EXT-X-MAP:").count(), 1, "{text}");
+    // The files (by their start, as the URIs name them) a discontinuity precedes.
+    let mut broken = Vec::new();
+    let mut files = Vec::new();
+    let mut pending = false;
+    for l in text.lines() {
+        if l == "#EXT-X-DISCONTINUITY" {
+            pending = true;
+        } else if let Some(at) = l.strip_prefix("segment.mp4?").and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("segment="))
+                .and_then(|v| v.parse::<u64>().ok())
+        }) {
+            if files.last() != Some(&at) {
+                files.push(at);
+            }
+            if std::mem::take(&mut pending) {
+                broken.push(at);
+            }
+        }
+    }
+    let start_of = |r: &SegmentRecord| {
+        r.start_wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64
+    };
+    let all: Vec<u64> = records.iter().map(start_of).collect();
+    println!(
+        "VOD over all: {} lines, {} files, discontinuities before files {:?} of {:?}",
+        text.lines().count(),
+        files.len(),
+        broken
+            .iter()
+            .map(|b| all.iter().position(|a| a == b).unwrap())
+            .collect::<Vec<_>>(),
+        (0..all.len()).collect::<Vec<_>>()
+    );
+    assert_eq!(files, all, "{text}");
+    assert_eq!(
+        broken,
+        [all[3], all[4]],
+        "a discontinuity at the gap and at the restart, none between abutting files: {text}"
+    );
     let pdt = text
         .lines()
         .find_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
         .expect("a PDT");
     println!(
-        "VOD over both: {} lines, first PDT {pdt}",
-        text.lines().count()
+        "VOD first PDT {pdt}, index's first segment start {}",
+        rfc(records[0].start_wall)
     );
-    assert_eq!(
-        pdt,
-        rfc(records[0].parts[0].wall_start),
-        "PDT from the index"
-    );
-    // Within the second file: from the keyframe part at or before 16 s to the part before 29 s.
-    let m3u8 = format!(
-        "/v1/recordings/index.m3u8?{}",
-        q(t0 + Duration::from_secs(16), t0 + Duration::from_secs(29))
-    );
-    let copied = dir.join("vod.mp4");
-    let out = ffmpeg(&[
-        "-i",
-        &format!("http://{http_addr}{m3u8}"),
-        "-c",
-        "copy",
-        copied.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&copied)
-        .output()
-        .unwrap();
-    let vod_secs: f64 = String::from_utf8_lossy(&probe.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0.0);
-    println!("VOD 16 s..29 s, -c copy: {vod_secs:.2} s");
+    assert_eq!(pdt, rfc(records[0].start_wall), "PDT from the index");
+    assert_eq!(records[0].start_wall, records[0].parts[0].wall_start);
+
+    // `ffmpeg -c copy` of the VOD over the three abutting files: the range's duration,
+    // within a part.
+    let vod_copy = |from: u64, to: u64, name: &str| -> f64 {
+        let m3u8 = format!(
+            "/v1/recordings/index.m3u8?{}",
+            q(t0 + Duration::from_secs(from), t0 + Duration::from_secs(to))
+        );
+        let copied = dir.join(name);
+        let out = ffmpeg(&[
+            "-i",
+            &format!("http://{http_addr}{m3u8}"),
+            "-c",
+            "copy",
+            copied.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let probe = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&copied)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&probe.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0.0)
+    };
+    let whole = vod_copy(0, 30, "vod-run.mp4");
+    println!("VOD 0 s..30 s (three files), -c copy: ffprobe {whole:.3} s");
+    assert!((whole - 30.0).abs() <= 1.0, "{whole}");
+    // Across the boundary at 20 s: from the keyframe part at or before 16 s to the part
+    // before 29 s.
+    let vod_secs = vod_copy(16, 29, "vod.mp4");
+    println!("VOD 16 s..29 s (two files), -c copy: ffprobe {vod_secs:.3} s");
     // 13 s asked; it starts at the keyframe part at or before 16 s (15 s when the part at
     // 16 s began a fraction of a millisecond after the asked, millisecond-rounded start).
     assert!((12.5..=14.5).contains(&vod_secs), "{vod_secs}");

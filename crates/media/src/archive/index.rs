@@ -50,6 +50,13 @@ pub struct SegmentRecord {
     pub end_wall: SystemTime,
     /// Media time just after its last sample (its duration).
     pub media_end: Duration,
+    /// Where its media time 0 lies on the file's decode timeline (`tfdt` time, whole
+    /// microseconds, by the lead track): 0 for a segment that starts a recording, the
+    /// previous segment's base plus its duration for one that continues it (cut on
+    /// duration), whose decode times go on from the previous file's so that players see one
+    /// continuous timeline across the files. Readers of the file's samples add it to the
+    /// parts' media times.
+    pub media_base: Duration,
     /// The file's length in bytes.
     pub bytes: u64,
     /// Whether it was left open by a crash and truncated after its last complete part.
@@ -69,8 +76,9 @@ pub enum RecordError {
     Version(u8),
 }
 
-/// The encoding's version byte.
-const VERSION: u8 = 1;
+/// The encoding's version byte (2: with [`SegmentRecord::media_base`]; version 1 records,
+/// whose files all start at decode time 0, still decode, with a base of 0).
+const VERSION: u8 = 2;
 
 /// FNV-1a 64-bit: a stable digest (not cryptographic; it names init segments).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
@@ -119,6 +127,11 @@ fn round_micros(t: SystemTime) -> SystemTime {
     from_micros(i64::try_from((ns + 500).div_euclid(1000)).unwrap_or(i64::MAX))
 }
 
+/// `d` truncated to whole microseconds (the index's precision).
+pub(crate) fn whole_micros(d: Duration) -> Duration {
+    Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 fn dur_micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -161,6 +174,15 @@ impl Reader<'_> {
 }
 
 impl SegmentRecord {
+    /// The wall clock of decode time 0 of the file (its start minus its
+    /// [`media_base`](SegmentRecord::media_base)): where a reader of the file's samples
+    /// places decode time `t` at `zero_wall() + t` (before the per-part drift correction).
+    pub fn zero_wall(&self) -> SystemTime {
+        self.start_wall
+            .checked_sub(self.media_base)
+            .unwrap_or(self.start_wall)
+    }
+
     /// The record in its compact encoding: a version byte, then LEB128 varints, times in
     /// microseconds, each part's offset, media and wall times as deltas from the previous
     /// part's (typically 8–12 bytes a part).
@@ -174,6 +196,10 @@ impl SegmentRecord {
         put_signed(&mut out, start);
         put_signed(&mut out, micros(self.end_wall) - start);
         put_signed(&mut out, dur_micros(self.media_end));
+        put_var(
+            &mut out,
+            u64::try_from(dur_micros(self.media_base)).unwrap_or(0),
+        );
         put_var(&mut out, self.bytes);
         out.push(u8::from(self.recovered));
         put_var(&mut out, self.parts.len() as u64);
@@ -199,7 +225,7 @@ impl SegmentRecord {
     pub fn decode(bytes: &[u8]) -> Result<SegmentRecord, RecordError> {
         let mut r = Reader(bytes);
         let version = r.byte()?;
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(RecordError::Version(version));
         }
         let n = usize::try_from(r.var()?).map_err(|_| RecordError::Malformed("path length"))?;
@@ -218,6 +244,11 @@ impl SegmentRecord {
         let start = r.signed()?;
         let end = start.saturating_add(r.signed()?);
         let media_end = r.duration()?;
+        let media_base = if version >= 2 {
+            Duration::from_micros(r.var()?)
+        } else {
+            Duration::ZERO
+        };
         let bytes_len = r.var()?;
         let recovered = r.byte()? != 0;
         let count = r.var()?;
@@ -260,6 +291,7 @@ impl SegmentRecord {
             start_wall: from_micros(start),
             end_wall: from_micros(end),
             media_end,
+            media_base,
             bytes: bytes_len,
             recovered,
             parts,
@@ -308,9 +340,10 @@ pub fn reindex_from<R: std::io::Read + std::io::Seek>(
     };
     let init_len = usize::try_from(init.len).unwrap_or(usize::MAX);
     let init_id = fnv1a(bytes.get(..init_len).unwrap_or_default());
+    let base = r.media_base().unwrap_or_default();
     let mut parts: Vec<PartRecord> = Vec::with_capacity(r.parts.len());
     for p in &r.parts {
-        let (media_start, media_end) = monotonic(parts.last(), p.span(init));
+        let (media_start, media_end) = monotonic(parts.last(), p.span_from(init, base));
         let wall_start = p.wall().map(round_micros).unwrap_or_else(|| {
             parts.last().map_or(SystemTime::UNIX_EPOCH, |prev| {
                 prev.wall_end() + media_start.saturating_sub(prev.media_end)
@@ -334,6 +367,7 @@ pub fn reindex_from<R: std::io::Read + std::io::Seek>(
         start_wall,
         end_wall: parts.last().map_or(start_wall, PartRecord::wall_end),
         media_end: parts.last().map_or(Duration::ZERO, |p| p.media_end),
+        media_base: whole_micros(base),
         bytes: r.valid_len,
         recovered: r.damage.is_some(),
         parts,

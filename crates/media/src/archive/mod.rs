@@ -24,6 +24,12 @@
 //! restarting; only a jump beyond [`ArchiveConfig::clock_step`] that persists for a second
 //! of media starts a new segment (a backlog delivered after a network stall is late, not a
 //! step: it drains faster than real time).
+//! Decode times (`tfdt`) run on one timeline per run of segments: a segment cut on
+//! duration continues its predecessor's (each track starts where it ended there), so that
+//! the files of a run play as one (an HLS VOD over them needs no discontinuity); any other
+//! cut (new parameters, clock step, publisher change, stop) and a new writer (a restart,
+//! after a crash) start a new timeline at 0. Media times in the index are from each
+//! segment's start: its first part's start on the timeline, [`SegmentRecord::media_base`].
 //! Tracks are interleaved through a short reordering window
 //! ([`ArchiveConfig::reorder_window`]); a frame later than that is dropped and counted in
 //! [`ArchiveStats`] (the driver logs counts, at most once a minute).

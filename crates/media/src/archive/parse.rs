@@ -91,8 +91,15 @@ pub struct PartInfo {
 }
 
 impl PartInfo {
-    /// Media time span `[start, end)` from the segment's start, by the lead track's clock (or
-    /// across all tracks when the part has no sample of the lead track).
+    /// Media time span `[start, end)` on the file's decode timeline (`tfdt` time, from
+    /// decode time 0), by the lead track's clock (or across all tracks when the part has no
+    /// sample of the lead track).
+    ///
+    /// A segment's decode times need not start at 0: one that continues the previous
+    /// segment of a recording (cut on duration) starts where that one ended, so that the
+    /// media stays continuous across files. Times from the segment's start are this span
+    /// minus the segment's base, its first part's start ([`PartInfo::span_from`],
+    /// [`Recovered::media_base`]).
     pub fn span(&self, init: &InitInfo) -> (Duration, Duration) {
         let secs = |t: &PartTrack, ticks: u64| {
             let scale = init.tracks.get(t.track).map_or(1, |i| i.timescale).max(1);
@@ -117,6 +124,13 @@ impl PartInfo {
             .map(|t| secs(t, t.base_dts.saturating_add(t.duration)))
             .max();
         (start.unwrap_or_default(), end.or(start).unwrap_or_default())
+    }
+
+    /// [`PartInfo::span`] from `base` (the segment's first part's start): media time from
+    /// the segment's start, as the index keeps it.
+    pub fn span_from(&self, init: &InitInfo, base: Duration) -> (Duration, Duration) {
+        let (start, end) = self.span(init);
+        (start.saturating_sub(base), end.saturating_sub(base))
     }
 
     /// The wall clock of its first sample, from its `prft`.
@@ -617,12 +631,22 @@ impl Recovered {
         self.valid_len < self.file_len
     }
 
-    /// The media range kept: the first part's start and the last part's end (media time
-    /// from the segment's start, by the lead track), None without parts.
+    /// The segment's base: its first part's start on the file's decode timeline
+    /// ([`PartInfo::span`]), which is media time 0 of the segment (0 for a segment that
+    /// starts a recording, the previous segment's end for one that continues it); None
+    /// without parts.
+    pub fn media_base(&self) -> Option<Duration> {
+        let init = self.init.as_ref()?;
+        Some(self.parts.first()?.span(init).0)
+    }
+
+    /// The media range kept: the first part's start and the last part's end, as media time
+    /// from the segment's start (by the lead track: the first is thus 0), None without parts.
     pub fn media_range(&self) -> Option<(Duration, Duration)> {
         let init = self.init.as_ref()?;
-        let first = self.parts.first()?.span(init).0;
-        let last = self.parts.last()?.span(init).1;
+        let base = self.media_base()?;
+        let first = self.parts.first()?.span_from(init, base).0;
+        let last = self.parts.last()?.span_from(init, base).1;
         Some((first, last))
     }
 

@@ -174,6 +174,17 @@ fn segments_cut_at_keyframes_with_one_second_parts_that_abut() {
             g.record.parts[0].keyframe,
             "segment {i} starts with a keyframe"
         );
+        // Cut on duration: one decode timeline, each segment's from the previous one's end,
+        // every track (the file's first tfdt per track).
+        assert_eq!(g.record.media_base, Duration::from_secs(10 * i as u64));
+        let r = recover(&g.bytes);
+        let first: Vec<(usize, u64)> = r.parts[0]
+            .tracks
+            .iter()
+            .map(|t| (t.track, t.base_dts))
+            .collect();
+        let n = i as u64;
+        assert_eq!(first, [(0, n * 900_000), (1, n * 480_000)], "segment {i}");
         for p in &g.record.parts {
             let d = s(p.media_end - p.media_start);
             assert!((0.95..=1.05).contains(&d), "part of {d} s");
@@ -286,6 +297,8 @@ fn a_resolution_change_starts_a_segment_with_a_new_init_and_loses_nothing() {
     assert_ne!(done[0].record.init_id, done[1].record.init_id);
     assert!((s(done[0].record.media_end) - 3.0).abs() < 0.001);
     assert!(done[1].record.parts[0].keyframe);
+    // New parameters: a new decode timeline (the HLS VOD breaks there anyway).
+    assert_eq!(done[1].record.media_base, Duration::ZERO);
     let size = |b: &[u8]| {
         let d = crate::open_reader(Cursor::new(b.to_vec())).unwrap();
         let t = &d.info().tracks[0];
@@ -335,6 +348,7 @@ fn drift_is_absorbed_and_a_clock_step_starts_a_segment() {
     let start = s(segs[1].record.start_wall.duration_since(t0()).unwrap());
     assert!((start - 35.0).abs() < 0.01, "{start}");
     assert!((s(segs[0].record.media_end) - 5.0).abs() < 0.001);
+    assert_eq!(segs[1].record.media_base, Duration::ZERO, "a new timeline");
     // A network stall of 3 s, its backlog then delivered at 10× real time: late frames, not
     // a clock step; nothing is lost.
     let frames = (0..1000).map(|n| {
@@ -399,20 +413,27 @@ fn after_a_publisher_change_the_next_segment_waits_for_a_keyframe() {
     assert_eq!(done.len(), 2);
     assert_eq!(done[0].reason, CutReason::PublisherChanged);
     assert!(done.iter().all(|g| g.record.parts[0].keyframe));
+    assert_eq!(done[1].record.media_base, Duration::ZERO, "a new timeline");
     // 15 frames before the first IDR (10..25), 12 before the new publisher's (63..75).
     assert_eq!(stats.skipped_before_keyframe, 15 + 12);
     assert_eq!(stats.dropped(), 0);
 }
 
-/// A finished two-track segment of `secs` seconds and its part boundaries.
+/// A finished two-track segment of `secs` seconds and its part boundaries: the second of
+/// a run cut on duration, so that its decode times start where the first's ended (`secs`
+/// seconds), not at 0.
 fn sample_file(secs: i64) -> (Vec<u8>, Vec<PartRecord>) {
-    let (mut segs, _) = record(
-        vec![h264(SPROP_360), opus()],
-        ArchiveConfig::default(),
-        av(secs, 25),
-    );
-    assert_eq!(segs.len(), 1);
-    let g = segs.remove(0);
+    let config = ArchiveConfig {
+        segment_duration: Duration::from_secs(secs as u64),
+        ..ArchiveConfig::default()
+    };
+    let (mut segs, _) = record(vec![h264(SPROP_360), opus()], config, av(2 * secs + 1, 25));
+    assert_eq!(segs.len(), 3);
+    let g = segs.remove(1);
+    assert_eq!(g.record.media_base, Duration::from_secs(secs as u64));
+    let r = recover(&g.bytes);
+    assert_eq!(r.media_base(), Some(Duration::from_secs(secs as u64)));
+    assert_eq!(r.parts[0].tracks[0].base_dts, secs as u64 * 90_000, "tfdt");
     (g.bytes, g.record.parts)
 }
 
@@ -603,9 +624,10 @@ fn the_fuzz_seeds_recover() {
         assert_eq!(record.bytes, r.valid_len);
         assert_eq!(SegmentRecord::decode(&record.encode()).unwrap(), record);
         assert!(!r.parts.is_empty());
+        assert_eq!(r.media_range().map(|m| m.0), Some(Duration::ZERO));
         seen += 1;
     }
-    assert_eq!(seen, 2);
+    assert_eq!(seen, 3);
 }
 
 /// Something that happens to a writer in [`any_run`].
@@ -746,22 +768,99 @@ fn b_frames_get_non_negative_composition_offsets() {
     let (segs, stats) = record(vec![h264(SPROP_360), opus()], config, frames);
     assert_eq!(stats.dropped(), 0);
     assert!(segs.len() >= 2, "{} segments", segs.len());
+    let mut video_end = None;
     for (i, g) in segs.iter().enumerate() {
         let mut d = crate::open_reader(Cursor::new(g.bytes.clone())).expect("segment opens");
-        let (mut first_video, mut first_audio) = (None, None);
+        let (mut first_video, mut first_audio, mut base) = (None, None, None);
+        let mut end = 0;
         while let Some(s) = d.next_sample().expect("sample") {
             if s.track == 0 {
                 assert!(s.pts >= s.dts, "segment {i}: pts {} < dts {}", s.pts, s.dts);
-                first_video.get_or_insert(s.pts as f64 / 90_000.0);
+                // The segment starts at its first decode time (not 0 after the first: the
+                // decode times go on from the previous segment's).
+                let b = *base.get_or_insert(s.dts as f64 / 90_000.0);
+                first_video.get_or_insert(s.pts as f64 / 90_000.0 - b);
+                end = s.dts + i64::from(s.duration);
             } else {
-                first_audio.get_or_insert(s.pts as f64 / 48_000.0);
+                let b = base.expect("video first");
+                first_audio.get_or_insert(s.pts as f64 / 48_000.0 - b);
             }
         }
         let (v, a) = (first_video.expect("video"), first_audio.expect("audio"));
+        let first_dts = (base.expect("video") * 90_000.0).round() as i64;
+        assert_eq!(
+            first_dts,
+            video_end.unwrap_or(0),
+            "segment {i} continues the previous one's decode times"
+        );
+        assert_eq!(
+            g.record.media_base.as_micros(),
+            (first_dts as u128 * 1_000_000) / 90_000,
+            "segment {i}: media base"
+        );
+        video_end = Some(end);
         assert!(
             (v - 0.080).abs() < 0.002,
             "segment {i}: video starts at {v}"
         );
         assert!((v - a).abs() <= 0.020, "segment {i}: video {v}, audio {a}");
+    }
+}
+
+/// B-frames that begin only after the first segment (the reorder delay grows): the next
+/// segment cannot continue the first's decode timeline with the delay it was written with,
+/// so it starts a timeline of its own; the segments after it continue that one.
+#[test]
+fn a_grown_reorder_delay_starts_a_new_timeline() {
+    let order = |n: i64| match n {
+        0 => 0,
+        _ if (n - 1) % 3 == 0 => n + 2,
+        _ => n - 1,
+    };
+    let mut frames = Vec::new();
+    let mut last = None::<i64>;
+    for n in 0..25 * 9 {
+        // Plain frames for 3 s, then I P B B … (a keyframe every 30 frames from 3 s on).
+        let (p, key) = if n < 75 {
+            (n, n % 25 == 0)
+        } else {
+            let m = n - 75;
+            (
+                75 + order(m),
+                order(m) % 30 == 0 && (m == 0 || (m - 1) % 3 == 0),
+            )
+        };
+        let pts = p * 3600;
+        let dts = last.map_or(pts, |l| pts.max(l + 1));
+        last = Some(dts);
+        let mut f = video(n, 25);
+        (f.dts, f.pts, f.keyframe, f.data) = (dts, pts, key, slice(key, n as u32));
+        frames.push((f, at(n as f64 / 25.0 + 0.01)));
+    }
+    let config = ArchiveConfig {
+        segment_duration: Duration::from_secs(2),
+        ..ArchiveConfig::default()
+    };
+    let (segs, stats) = record(vec![h264(SPROP_360)], config, frames);
+    assert_eq!(stats.dropped(), 0);
+    let bases: Vec<f64> = segs.iter().map(|g| s(g.record.media_base)).collect();
+    let ends: Vec<f64> = segs.iter().map(|g| s(g.record.media_end)).collect();
+    println!("bases {bases:?}, lengths {ends:?}");
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    // 0..2 s plain; 2 s: still plain, continued; the delay then grows with the B-frames
+    // seen in the window, so a later segment starts anew at 0, and the one after it
+    // continues it.
+    assert_eq!(bases[0], 0.0);
+    let fresh = (1..segs.len())
+        .filter(|&i| bases[i] == 0.0)
+        .collect::<Vec<_>>();
+    assert_eq!(fresh.len(), 1, "one new timeline: {bases:?}");
+    for i in 1..segs.len() {
+        if !fresh.contains(&i) {
+            assert!(
+                (bases[i] - (bases[i - 1] + ends[i - 1])).abs() < 0.001,
+                "segment {i} continues: {bases:?} {ends:?}"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::crc::crc32;
-use super::index::{fnv1a, monotonic, PartRecord, SegmentRecord};
+use super::index::{fnv1a, monotonic, whole_micros, PartRecord, SegmentRecord};
 use super::parse::{parse_init, read_fragment, InitInfo, CRC_TAG, MARKER};
 use super::{system_to_ntp, ArchiveConfig, ArchiveError};
 use crate::mux::Mp4Writer;
@@ -102,6 +102,9 @@ pub enum ArchiveOutput {
         bytes: Bytes,
         /// Its index entry (byte offset in the file, media and wall times, keyframe flag).
         record: PartRecord,
+        /// The segment's [`SegmentRecord::media_base`] (known from its first part on, the
+        /// same for every part): what an index of the open segment needs to read it.
+        media_base: Duration,
     },
     /// The segment is complete: close its file (after the last part's sync).
     SegmentEnded {
@@ -154,6 +157,19 @@ struct Queued {
     params: Option<CodecParams>,
 }
 
+/// The decode timeline of a run of segments (see [`SegmentWriter::write`]): segments cut
+/// on duration continue their predecessor's, so that the files play as one.
+#[derive(Debug, Clone)]
+struct Timeline {
+    /// Common-clock time (ns) of decode time 0 (the first frame of the run's first segment).
+    zero: i128,
+    /// That instant in each track's clock.
+    zero_ticks: Vec<i64>,
+    /// Per track, ticks decode times are moved back by (the reorder delay known when the
+    /// run began), so that composition offsets are not negative.
+    delay: Vec<i64>,
+}
+
 /// The segment being written.
 struct Segment {
     id: u64,
@@ -161,16 +177,15 @@ struct Segment {
     writer: Option<Mp4Writer<Vec<u8>>>,
     init: InitInfo,
     init_id: u64,
-    /// Common-clock time (ns) of its first frame: media time 0 of the file.
-    origin: i128,
     /// The window key of its first frame (segment durations are measured in keys).
     origin_key: i128,
-    /// That origin in each track's clock.
-    origin_ticks: Vec<i64>,
-    /// Per track, ticks its decode times are moved back by in this segment (the reorder
-    /// delay known when it opened), so that composition offsets are not negative.
-    delay: Vec<i64>,
-    /// Last decode time written per track (ticks from the origin).
+    /// Its decode timeline: decode time 0 and the delays (shared with the segments before
+    /// it in a run).
+    line: Timeline,
+    /// Its first part's start on the decode timeline (media time 0 of the segment), once
+    /// the first part is out.
+    base: Option<Duration>,
+    /// Last decode time written per track (ticks on the decode timeline).
     last_dts: Vec<Option<u64>>,
     /// Bytes written to the file so far.
     len: u64,
@@ -205,6 +220,8 @@ pub struct SegmentWriter {
     /// step (with their common-clock times and offsets).
     suspects: Vec<(Frame, i128, i128)>,
     segment: Option<Segment>,
+    /// The timeline the next segment continues (set when a segment ends on duration).
+    carry: Option<Timeline>,
     next_id: u64,
     /// Whether the next segment must start at a keyframe of the lead track.
     wait_keyframe: bool,
@@ -278,6 +295,7 @@ impl SegmentWriter {
             offset: None,
             suspects: Vec::new(),
             segment: None,
+            carry: None,
             next_id: 1,
             wait_keyframe: true,
             out: VecDeque::new(),
@@ -502,11 +520,11 @@ impl SegmentWriter {
     /// A track whose decode times come after presentation times (B-frames of a sender whose
     /// RTP times are presentation times: the decode times are only made increasing) has its
     /// decode times moved back by the reorder delay seen so far (it is known for the frames
-    /// in the window when a segment opens, and stays fixed for the segment), so that the
-    /// keyframe that opens a segment is presented a reorder delay after the segment's start,
-    /// like the audio beside it, with non-negative composition offsets that every reader
-    /// takes alike (ffmpeg shifts signed ones by their largest magnitude, other readers do
-    /// not).
+    /// in the window when a segment opens, and stays fixed for the segment and the segments
+    /// that continue its decode timeline), so that the keyframe that opens a segment is
+    /// presented a reorder delay after the segment's start, like the audio beside it, with
+    /// non-negative composition offsets that every reader takes alike (ffmpeg shifts signed
+    /// ones by their largest magnitude, other readers do not).
     fn write(&mut self, q: Queued) {
         let track = q.frame.track;
         let clock = self.params.get(track).map_or(1, CodecParams::clock_rate);
@@ -527,7 +545,8 @@ impl SegmentWriter {
                 self.close(CutReason::Duration, here);
             }
         }
-        // A new segment takes the delay known now (the cuts above closed the old one).
+        // A new segment takes its timeline's delay, or on a new timeline the delay known now
+        // (the cuts above closed the old one).
         let delay = self.delay(track);
         let time = q.time - ticks_to_ns(delay, clock);
         if self.segment.is_none() {
@@ -543,7 +562,7 @@ impl SegmentWriter {
         let Some(s) = self.segment.as_mut() else {
             return;
         };
-        let (Some(origin), Some(last)) = (s.origin_ticks.get(track), s.last_dts.get_mut(track))
+        let (Some(origin), Some(last)) = (s.line.zero_ticks.get(track), s.last_dts.get_mut(track))
         else {
             self.stats.dropped_invalid += 1;
             return;
@@ -585,15 +604,21 @@ impl SegmentWriter {
         }
     }
 
-    /// The ticks `track`'s decode times are moved back by: the open segment's, else the
-    /// delay seen so far (a segment opening now takes it).
+    /// The ticks `track`'s decode times are moved back by: the open segment's, else that of
+    /// the timeline the next segment continues, else the delay seen so far (a segment
+    /// opening on a new timeline takes it).
     fn delay(&self, track: usize) -> i64 {
-        let delays = self.segment.as_ref().map_or(&self.delay_seen, |s| &s.delay);
+        let delays = match (&self.segment, &self.carry) {
+            (Some(s), _) => &s.line.delay,
+            (None, Some(c)) => &c.delay,
+            (None, None) => &self.delay_seen,
+        };
         delays.get(track).copied().unwrap_or(0)
     }
 
-    /// Starts a segment whose media time 0 is common-clock `origin` (ns), at a frame of
-    /// window key `origin_key`.
+    /// Starts a segment at common-clock `origin` (ns), a frame of window key `origin_key`:
+    /// on the timeline the last segment handed on (it ended on duration), else on a new one
+    /// whose decode time 0 is `origin`.
     fn open(&mut self, origin: i128, origin_key: i128) -> Result<(), ArchiveError> {
         let mut writer = Mp4Writer::new(Vec::new(), &self.params)
             .map_err(ArchiveError::Mux)?
@@ -610,19 +635,23 @@ impl SegmentWriter {
         self.stats.segments += 1;
         self.stats.bytes += init.len() as u64;
         self.wait_keyframe = false;
-        self.segment = Some(Segment {
-            id,
-            writer: Some(writer),
-            init: info,
-            init_id,
-            origin,
-            origin_key,
-            origin_ticks: self
+        let line = self.carry.take().unwrap_or_else(|| Timeline {
+            zero: origin,
+            zero_ticks: self
                 .params
                 .iter()
                 .map(|p| ns_to_ticks(origin, p.clock_rate()))
                 .collect(),
             delay: self.delay_seen.clone(),
+        });
+        self.segment = Some(Segment {
+            id,
+            writer: Some(writer),
+            init: info,
+            init_id,
+            origin_key,
+            line,
+            base: None,
             last_dts: vec![None; self.params.len()],
             len: init.len() as u64,
             start_wall,
@@ -640,15 +669,17 @@ impl SegmentWriter {
     /// Ends the open segment, if any; `at` (track, decode time and key of the frame that
     /// starts the next segment, ns) is where the next segment starts, so that the last
     /// samples last until then: that frame's track until its decode time, the others
-    /// until its key.
+    /// until its key. A segment ending on duration hands its timeline on to the next; any
+    /// other end starts the next on a new one.
     fn close(&mut self, reason: CutReason, at: Option<(usize, i128, i128)>) {
+        self.carry = None;
         let Some(mut s) = self.segment.take() else {
             return;
         };
         let ends: Vec<Option<u64>> = self
             .params
             .iter()
-            .zip(&s.origin_ticks)
+            .zip(&s.line.zero_ticks)
             .enumerate()
             .map(|(i, (p, o))| {
                 let (track, dts, key) = at?;
@@ -671,12 +702,18 @@ impl SegmentWriter {
         let end_wall = s.parts.last().map_or(s.start_wall, |p| {
             p.wall_start + p.media_end.saturating_sub(p.media_start)
         });
+        // Continued on duration, unless the reorder delay grew meanwhile (B-frames that came
+        // later): the next segment then takes the new delay on a timeline of its own.
+        if reason == CutReason::Duration && s.line.delay == self.delay_seen {
+            self.carry = Some(s.line.clone());
+        }
         let record = SegmentRecord {
             path: String::new(),
             init_id: s.init_id,
             start_wall: s.parts.first().map_or(s.start_wall, |p| p.wall_start),
             end_wall,
             media_end,
+            media_base: whole_micros(s.base.unwrap_or_default()),
             bytes: s.len,
             recovered: false,
             parts: s.parts,
@@ -703,9 +740,12 @@ fn emit_part(
         stats.dropped_invalid += 1;
         return;
     };
-    let (start, end) = monotonic(s.parts.last(), info.span(&s.init));
+    // Media time from the segment's start: from its first part's start on the decode
+    // timeline, as a reader of the file alone finds it.
+    let base = *s.base.get_or_insert_with(|| info.span(&s.init).0);
+    let (start, end) = monotonic(s.parts.last(), info.span_from(&s.init, base));
     // Whole microseconds, the index's precision, so that a reindex finds the same times.
-    let ns = s.origin + start.as_nanos() as i128 + offset;
+    let ns = s.line.zero + base.as_nanos() as i128 + start.as_nanos() as i128 + offset;
     let wall_start = wall_from_ns((ns + 500).div_euclid(1000) * 1000);
     let lead = s.init.tracks.get(s.init.lead);
     let media_time = info
@@ -744,5 +784,6 @@ fn emit_part(
         segment: s.id,
         bytes: Bytes::from(bytes),
         record,
+        media_base: whole_micros(base),
     });
 }

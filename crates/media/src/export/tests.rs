@@ -71,7 +71,7 @@ fn an_export_spans_two_segments_and_a_gap_with_exact_edits() {
             }
             let prefix = &file[p.offset as usize..(p.offset + p.len) as usize];
             let n = part_header_len(prefix).expect("header").expect("complete");
-            b.push_part(i, rec.start_wall, p.offset, &prefix[..n])
+            b.push_part(i, rec.zero_wall(), p.offset, &prefix[..n])
                 .expect("part");
         }
     }

@@ -49,7 +49,7 @@ impl Catalog for IndexCatalog {
                 parts: r
                     .parts
                     .iter()
-                    .map(|p| (p.media_start, p.wall_start))
+                    .map(|p| (r.media_base.saturating_add(p.media_start), p.wall_start))
                     .collect(),
             })
             .collect();

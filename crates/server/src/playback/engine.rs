@@ -84,8 +84,9 @@ pub struct Segment {
     pub start: SystemTime,
     /// Wall clock just after its last sample.
     pub end: SystemTime,
-    /// Each part's media start (from the segment's start) and wall clock start, in
-    /// order: the media → wall mapping, which absorbs clock drift part by part.
+    /// Each part's media start on the file's decode timeline (the samples' times: the
+    /// segment's media base plus the part's start) and wall clock start, in order: the
+    /// media → wall mapping, which absorbs clock drift part by part.
     pub parts: Vec<(Duration, SystemTime)>,
 }
 

@@ -383,6 +383,7 @@ impl Writer {
                     start_wall: start,
                     end_wall: start,
                     media_end: Duration::ZERO,
+                    media_base: Duration::ZERO,
                     bytes: init.len() as u64,
                     recovered: false,
                     parts: Vec::new(),
@@ -438,7 +439,12 @@ impl Writer {
                     record,
                 });
             }
-            ArchiveOutput::Part { bytes, record, .. } => {
+            ArchiveOutput::Part {
+                bytes,
+                record,
+                media_base,
+                ..
+            } => {
                 let Some(o) = self.open.as_mut() else {
                     return Ok(());
                 };
@@ -452,6 +458,7 @@ impl Writer {
                 o.record.bytes = o.committed;
                 o.record.end_wall = record.wall_end().max(o.record.end_wall);
                 o.record.media_end = record.media_end;
+                o.record.media_base = media_base;
                 o.record.parts.push(record);
                 self.figures
                     .bytes

@@ -8,10 +8,14 @@
 //!   from the segment files' byte ranges: `Content-Length`, `Accept-Ranges: bytes`, an
 //!   `ETag`, single-range `206`; each track's edit list starts it exactly at `start`;
 //! - `GET /v1/recordings/index.m3u8?path=&start=&end=`: an HLS VOD whose media segments
-//!   are byte ranges of the segment files (from a keyframe part to the next), with an
-//!   `EXT-X-MAP` per file, `EXT-X-PROGRAM-DATE-TIME` from the parts' `prft` (as indexed) and
-//!   `EXT-X-DISCONTINUITY` at every new file (gaps, new inits, and each file's decode times
-//!   starting at 0);
+//!   are byte ranges of the segment files (from a keyframe part to the next),
+//!   `EXT-X-PROGRAM-DATE-TIME` from the parts' `prft` (as indexed), and
+//!   `EXT-X-DISCONTINUITY` only where the media is not continuous: a gap, new codec
+//!   parameters (a new init), or a new decode timeline (the recorder restarted: segments
+//!   cut on duration continue their predecessor's decode times, others start anew at 0,
+//!   which `SegmentRecord::media_base` tells). Each file holds its own init; files whose inits are byte-identical
+//!   share one `EXT-X-MAP` (RFC 8216 lets a map apply to every segment up to the next map),
+//!   and a new one comes with new codec parameters, always after a discontinuity;
 //! - `GET|HEAD /v1/recordings/segment.mp4?path=&segment=`: one segment file (by its start,
 //!   microseconds since the Unix epoch, as the playlist names it), with single-range `206`.
 //!
@@ -48,6 +52,10 @@ use crate::http::HttpAuth;
 
 /// Two recordings closer than this count as one span (segments abut within a frame).
 const ABUT: Duration = Duration::from_millis(500);
+/// How far a file's decode timeline may be from where the previous file's ended for the
+/// HLS VOD to play them without a discontinuity (the writer continues it exactly; this
+/// covers the index's microsecond rounding).
+const CONTINUES: Duration = Duration::from_millis(5);
 /// Longest range one request may cover (an export's tables grow with it).
 const MAX_RANGE: Duration = Duration::from_secs(24 * 3600);
 /// Bytes read per chunk of a body.
@@ -385,7 +393,7 @@ fn build_export(
             let header = read_header(&mut f, p.offset, p.len)
                 .map_err(|e| internal(format!("{}: {e}", file_path.display())))?;
             if let Some(b) = builder.as_mut() {
-                b.push_part(file_no, rec.start_wall, p.offset, &header)
+                b.push_part(file_no, rec.zero_wall(), p.offset, &header)
                     .map_err(|e| internal(format!("{}: {e}", file_path.display())))?;
             }
         }
@@ -714,9 +722,28 @@ fn query_escape(s: &str) -> String {
     out
 }
 
+/// Whether `next` continues `prev` without a break a player must be told of: the same init
+/// (codec parameters), no gap in wall time, and decode times going on from where `prev`'s
+/// ended (a segment the writer cut on duration; a restarted recorder starts a new timeline,
+/// so the first segment after a crash or a restart is a discontinuity even when it abuts).
+fn continues(prev: &SegmentRecord, next: &SegmentRecord) -> bool {
+    let apart = |a: Duration, b: Duration| a.max(b) - a.min(b);
+    let wall_gap = match next.start_wall.duration_since(prev.end_wall) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    prev.init_id == next.init_id
+        && wall_gap <= ABUT
+        && apart(
+            prev.media_base.saturating_add(prev.media_end),
+            next.media_base,
+        ) <= CONTINUES
+}
+
 /// The VOD's media segments: per file, runs of parts from a keyframe part to the next,
-/// within `[start, end)` (from the keyframe part at or before `start`); a discontinuity at
-/// every new file.
+/// within `[start, end)` (from the keyframe part at or before `start`). A file with the
+/// same init as the file before shares its `EXT-X-MAP`; a discontinuity precedes a file
+/// that does not [continue](continues) the one before.
 fn vod_parts(
     path: &str,
     segments: &[SegmentRecord],
@@ -724,6 +751,8 @@ fn vod_parts(
     end: SystemTime,
 ) -> Vec<VodPart> {
     let mut out: Vec<VodPart> = Vec::new();
+    // The last file that gave parts, and the map its parts use.
+    let mut prev: Option<(&SegmentRecord, (String, u64))> = None;
     for rec in segments {
         let uri = format!(
             "segment.mp4?path={}&segment={}",
@@ -731,6 +760,13 @@ fn vod_parts(
             micros(rec.start_wall)
         );
         let init_len = rec.parts.first().map_or(0, |p| p.offset);
+        let (discontinuity, init) = match &prev {
+            Some((p, map)) if p.init_id == rec.init_id && map.1 == init_len => {
+                (!continues(p, rec), map.clone())
+            }
+            Some(_) => (true, (uri.clone(), init_len)),
+            None => (false, (uri.clone(), init_len)),
+        };
         let from = rec
             .parts
             .iter()
@@ -754,11 +790,14 @@ fn vod_parts(
                     len: p.len,
                     duration,
                     wall: p.wall_start,
-                    init: (uri.clone(), init_len),
-                    discontinuity: new_file,
+                    init: init.clone(),
+                    discontinuity: new_file && discontinuity,
                 }),
             }
             new_file = false;
+        }
+        if !new_file {
+            prev = Some((rec, init));
         }
     }
     out

@@ -69,14 +69,16 @@ fn part(offset: u64, s: u64, keyframe: bool) -> PartRecord {
     }
 }
 
-#[test]
-fn vod_segments_run_from_keyframe_to_keyframe_and_break_at_each_file() {
-    let seg = |start: u64, path: &str| SegmentRecord {
+/// A 4 s segment file `path` starting at `t(start)` (four 1 s parts, keyframes in the
+/// first and third) on a decode timeline from `base` seconds, of init `init_id`.
+fn seg(start: u64, path: &str, base: u64, init_id: u64) -> SegmentRecord {
+    SegmentRecord {
         path: path.into(),
-        init_id: 1,
+        init_id,
         start_wall: t(start),
         end_wall: t(start + 4),
         media_end: Duration::from_secs(4),
+        media_base: Duration::from_secs(base),
         bytes: 900,
         recovered: false,
         parts: (0..4)
@@ -86,23 +88,44 @@ fn vod_segments_run_from_keyframe_to_keyframe_and_break_at_each_file() {
                 p
             })
             .collect(),
-    };
-    let parts = vod_parts("a b", &[seg(0, "x"), seg(10, "y")], t(1), t(20));
+    }
+}
+
+#[test]
+fn vod_segments_run_from_keyframe_to_keyframe_and_break_only_where_media_does() {
+    let parts = vod_parts(
+        "a b",
+        &[
+            seg(0, "x", 0, 1),
+            // Continues x: same init, abutting, its decode times going on from x's end.
+            seg(4, "y", 4, 1),
+            // A gap.
+            seg(10, "z", 8, 1),
+            // Abutting, but a new decode timeline (the recorder restarted).
+            seg(14, "r", 0, 1),
+            // Abutting and continuing, but new codec parameters.
+            seg(18, "n", 4, 2),
+        ],
+        t(1),
+        t(30),
+    );
     let v: Vec<(u64, u64, bool)> = parts
         .iter()
         .map(|p| (p.offset, p.len, p.discontinuity))
         .collect();
-    // File x from its keyframe part at 0 s: [0,1] and [2,3]; file y likewise.
-    assert_eq!(
-        v,
-        [
-            (500, 200, true),
-            (700, 200, false),
-            (500, 200, true),
-            (700, 200, false)
-        ]
-    );
+    // File x from its keyframe part at 0 s: [0,1] and [2,3]; the other files likewise.
+    let file = |d: bool| [(500, 200, d), (700, 200, false)];
+    let want: Vec<(u64, u64, bool)> =
+        [file(false), file(false), file(true), file(true), file(true)].concat();
+    assert_eq!(v, want);
     assert!(parts[0].uri.starts_with("segment.mp4?path=a%20b&segment="));
     assert_eq!(parts[0].init.1, 500);
     assert_eq!(parts[0].duration, Duration::from_secs(2));
+    // Byte-identical inits share x's map; the new parameters bring their own.
+    assert!(parts[..8].iter().all(|p| p.init == parts[0].init));
+    assert_eq!(parts[8].init.0, parts[8].uri);
+    assert_ne!(parts[8].uri, parts[0].uri);
+    let text = vod_playlist(&parts);
+    assert_eq!(text.matches("#EXT-X-MAP:").count(), 2, "{text}");
+    assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 3, "{text}");
 }

@@ -92,7 +92,7 @@ fn segment(name: &str, from: f64, secs: i64, first_frame: u32) -> (Segment, Vec<
             parts: r
                 .parts
                 .iter()
-                .map(|p| (p.media_start, p.wall_start))
+                .map(|p| (r.media_base.saturating_add(p.media_start), p.wall_start))
                 .collect(),
         },
         bytes,
