@@ -717,6 +717,77 @@ proptest! {
 /// it, starts a reorder delay (80 ms) after the segment's start.
 #[test]
 fn b_frames_get_non_negative_composition_offsets() {
+    let frames = b_frame_stream();
+    let config = ArchiveConfig {
+        segment_duration: Duration::from_secs(4),
+        ..ArchiveConfig::default()
+    };
+    let (segs, stats) = record(vec![h264(SPROP_360), opus()], config, frames);
+    assert_eq!(stats.dropped(), 0);
+    assert!(segs.len() >= 2, "{} segments", segs.len());
+    for (i, g) in segs.iter().enumerate() {
+        let (v, a) = b_frame_segment_starts(i, &g.bytes);
+        assert!(
+            (v - 0.080).abs() < 0.002,
+            "segment {i}: video starts at {v}"
+        );
+        assert!((v - a).abs() <= 0.020, "segment {i}: video {v}, audio {a}");
+    }
+}
+
+/// A stall right after a reference frame of a B-frame stream (the recorder's idle cut):
+/// the B-frames after it, one tick later in decode order, still decode before they are
+/// presented, and the parts do not overlap. (The idle cut once gave that reference frame
+/// a whole frame interval, so the B-frames' decode times were pushed 120 ms past their
+/// presentation, and ffmpeg shifted the segment's video by as much.)
+#[test]
+fn an_idle_cut_after_a_reference_frame_keeps_b_frames_decodable() {
+    let frames = b_frame_stream();
+    let mut w = SegmentWriter::new(vec![h264(SPROP_360), opus()], ArchiveConfig::default())
+        .expect("writer");
+    let (mut open, mut done) = (None, Vec::new());
+    let mut video = 0;
+    for (f, wall) in frames {
+        let reference = f.track == 0 && video > 0 && (video - 1) % 3 == 0;
+        video += i64::from(f.track == 0);
+        w.push(f, wall);
+        // Stalls after the reference frames 52 (pts 54) and 100 (pts 102).
+        if reference && (video == 53 || video == 101) {
+            w.idle();
+        }
+        drain(&mut w, &mut open, &mut done);
+    }
+    w.finish();
+    drain(&mut w, &mut open, &mut done);
+    assert_eq!(w.stats().dropped(), 0);
+    for (i, g) in done.iter().enumerate() {
+        for p in g.record.parts.windows(2) {
+            assert!(p[0].media_end <= p[1].media_start, "parts overlap: {p:?}");
+        }
+        let (v, a) = b_frame_segment_starts(i, &g.bytes);
+        assert!((v - a).abs() <= 0.020, "segment {i}: video {v}, audio {a}");
+    }
+}
+
+/// The first video and audio presentation times (s) of a segment of [`b_frame_stream`],
+/// checking that every video frame decodes before it is presented.
+fn b_frame_segment_starts(i: usize, bytes: &[u8]) -> (f64, f64) {
+    let mut d = crate::open_reader(Cursor::new(bytes.to_vec())).expect("segment opens");
+    let (mut first_video, mut first_audio) = (None, None);
+    while let Some(s) = d.next_sample().expect("sample") {
+        if s.track == 0 {
+            assert!(s.pts >= s.dts, "segment {i}: pts {} < dts {}", s.pts, s.dts);
+            first_video.get_or_insert(s.pts as f64 / 90_000.0);
+        } else {
+            first_audio.get_or_insert(s.pts as f64 / 48_000.0);
+        }
+    }
+    (first_video.expect("video"), first_audio.expect("audio"))
+}
+
+/// 8 s of 25 fps H.264 with B-frames as the recorder hands them on (decode times the
+/// presentation times made increasing) and 20 ms Opus, arriving in time order.
+fn b_frame_stream() -> Vec<(Frame, SystemTime)> {
     // Decode order I P B B P B B …: presentation frame numbers 0 3 1 2 6 4 5 …; a
     // reference every 30 frames is a keyframe.
     let order = |n: i64| match n {
@@ -739,29 +810,5 @@ fn b_frames_get_non_negative_composition_offsets() {
             frames.push((audio(1, a), at(a as f64 / 50.0 + 0.04)));
         }
     }
-    let config = ArchiveConfig {
-        segment_duration: Duration::from_secs(4),
-        ..ArchiveConfig::default()
-    };
-    let (segs, stats) = record(vec![h264(SPROP_360), opus()], config, frames);
-    assert_eq!(stats.dropped(), 0);
-    assert!(segs.len() >= 2, "{} segments", segs.len());
-    for (i, g) in segs.iter().enumerate() {
-        let mut d = crate::open_reader(Cursor::new(g.bytes.clone())).expect("segment opens");
-        let (mut first_video, mut first_audio) = (None, None);
-        while let Some(s) = d.next_sample().expect("sample") {
-            if s.track == 0 {
-                assert!(s.pts >= s.dts, "segment {i}: pts {} < dts {}", s.pts, s.dts);
-                first_video.get_or_insert(s.pts as f64 / 90_000.0);
-            } else {
-                first_audio.get_or_insert(s.pts as f64 / 48_000.0);
-            }
-        }
-        let (v, a) = (first_video.expect("video"), first_audio.expect("audio"));
-        assert!(
-            (v - 0.080).abs() < 0.002,
-            "segment {i}: video starts at {v}"
-        );
-        assert!((v - a).abs() <= 0.020, "segment {i}: video {v}, audio {a}");
-    }
+    frames
 }
