@@ -763,14 +763,22 @@ impl<W: Write> Mp4Writer<W> {
     /// waiting for a successor that does not come). The next sample of a track should not
     /// start before [`Mp4Writer::track_end`].
     pub fn cut_now(&mut self) -> Result<(), MuxError> {
-        for t in &mut self.tracks {
+        self.cut_now_with(|_| None)
+    }
+
+    /// [`Mp4Writer::cut_now`], with `last(track)` choosing a track's held sample's duration
+    /// (at least 1; None: as long as its previous one). For a track whose next sample may
+    /// follow its last one closely, whatever their spacing so far (B-frames given decode
+    /// times that are their presentation times made increasing).
+    pub fn cut_now_with(&mut self, last: impl Fn(usize) -> Option<u32>) -> Result<(), MuxError> {
+        for (i, t) in self.tracks.iter_mut().enumerate() {
             if t.pending.is_some() {
-                let d = if t.last_duration > 0 {
+                let d = last(i).unwrap_or(if t.last_duration > 0 {
                     t.last_duration
                 } else {
                     (t.timescale / 25).max(1)
-                };
-                t.complete_pending(d);
+                });
+                t.complete_pending(d.max(1));
             }
         }
         self.flush()

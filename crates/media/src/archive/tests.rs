@@ -739,6 +739,115 @@ proptest! {
 /// it, starts a reorder delay (80 ms) after the segment's start.
 #[test]
 fn b_frames_get_non_negative_composition_offsets() {
+    let frames = b_frame_stream();
+    let config = ArchiveConfig {
+        segment_duration: Duration::from_secs(4),
+        ..ArchiveConfig::default()
+    };
+    let (segs, stats) = record(vec![h264(SPROP_360), opus()], config, frames);
+    assert_eq!(stats.dropped(), 0);
+    assert!(segs.len() >= 2, "{} segments", segs.len());
+    let mut video_end = None;
+    for (i, g) in segs.iter().enumerate() {
+        let t = b_frame_segment_times(i, &g.bytes);
+        let (v, a) = (t.video, t.audio);
+        // The segment starts at its first decode time (not 0 after the first: the decode
+        // times go on from the previous segment's).
+        assert_eq!(
+            t.first_dts,
+            video_end.unwrap_or(0),
+            "segment {i} continues the previous one's decode times"
+        );
+        assert_eq!(
+            g.record.media_base.as_micros(),
+            (t.first_dts as u128 * 1_000_000) / 90_000,
+            "segment {i}: media base"
+        );
+        video_end = Some(t.end_dts);
+        assert!(
+            (v - 0.080).abs() < 0.002,
+            "segment {i}: video starts at {v}"
+        );
+        assert!((v - a).abs() <= 0.020, "segment {i}: video {v}, audio {a}");
+    }
+}
+
+/// A stall right after a reference frame of a B-frame stream (the recorder's idle cut):
+/// the B-frames after it, one tick later in decode order, still decode before they are
+/// presented, and the parts do not overlap. (The idle cut once gave that reference frame
+/// a whole frame interval, so the B-frames' decode times were pushed 120 ms past their
+/// presentation, and ffmpeg shifted the segment's video by as much.)
+#[test]
+fn an_idle_cut_after_a_reference_frame_keeps_b_frames_decodable() {
+    let frames = b_frame_stream();
+    let mut w = SegmentWriter::new(vec![h264(SPROP_360), opus()], ArchiveConfig::default())
+        .expect("writer");
+    let (mut open, mut done) = (None, Vec::new());
+    let mut video = 0;
+    for (f, wall) in frames {
+        let reference = f.track == 0 && video > 0 && (video - 1) % 3 == 0;
+        video += i64::from(f.track == 0);
+        w.push(f, wall);
+        // Stalls after the reference frames 52 (pts 54) and 100 (pts 102).
+        if reference && (video == 53 || video == 101) {
+            w.idle();
+        }
+        drain(&mut w, &mut open, &mut done);
+    }
+    w.finish();
+    drain(&mut w, &mut open, &mut done);
+    assert_eq!(w.stats().dropped(), 0);
+    for (i, g) in done.iter().enumerate() {
+        for p in g.record.parts.windows(2) {
+            assert!(p[0].media_end <= p[1].media_start, "parts overlap: {p:?}");
+        }
+        let t = b_frame_segment_times(i, &g.bytes);
+        let (v, a) = (t.video, t.audio);
+        assert!((v - a).abs() <= 0.020, "segment {i}: video {v}, audio {a}");
+    }
+}
+
+/// Where a segment of [`b_frame_stream`] starts.
+struct SegmentTimes {
+    /// First video presentation time (s) after the segment's first decode time.
+    video: f64,
+    /// First audio presentation time (s) after the segment's first decode time.
+    audio: f64,
+    /// The segment's first video decode time (90 kHz), where its timeline starts.
+    first_dts: i64,
+    /// The end of its last video frame (90 kHz).
+    end_dts: i64,
+}
+
+/// The first video and audio presentation times of a segment of [`b_frame_stream`],
+/// relative to its first decode time, checking that every video frame decodes before it
+/// is presented.
+fn b_frame_segment_times(i: usize, bytes: &[u8]) -> SegmentTimes {
+    let mut d = crate::open_reader(Cursor::new(bytes.to_vec())).expect("segment opens");
+    let (mut first_video, mut first_audio, mut base) = (None, None, None);
+    let mut end = 0;
+    while let Some(s) = d.next_sample().expect("sample") {
+        if s.track == 0 {
+            assert!(s.pts >= s.dts, "segment {i}: pts {} < dts {}", s.pts, s.dts);
+            let b = *base.get_or_insert(s.dts);
+            first_video.get_or_insert((s.pts - b) as f64 / 90_000.0);
+            end = s.dts + i64::from(s.duration);
+        } else {
+            let b = base.expect("video first") as f64 / 90_000.0;
+            first_audio.get_or_insert(s.pts as f64 / 48_000.0 - b);
+        }
+    }
+    SegmentTimes {
+        video: first_video.expect("video"),
+        audio: first_audio.expect("audio"),
+        first_dts: base.expect("video"),
+        end_dts: end,
+    }
+}
+
+/// 8 s of 25 fps H.264 with B-frames as the recorder hands them on (decode times the
+/// presentation times made increasing) and 20 ms Opus, arriving in time order.
+fn b_frame_stream() -> Vec<(Frame, SystemTime)> {
     // Decode order I P B B P B B …: presentation frame numbers 0 3 1 2 6 4 5 …; a
     // reference every 30 frames is a keyframe.
     let order = |n: i64| match n {
@@ -761,50 +870,7 @@ fn b_frames_get_non_negative_composition_offsets() {
             frames.push((audio(1, a), at(a as f64 / 50.0 + 0.04)));
         }
     }
-    let config = ArchiveConfig {
-        segment_duration: Duration::from_secs(4),
-        ..ArchiveConfig::default()
-    };
-    let (segs, stats) = record(vec![h264(SPROP_360), opus()], config, frames);
-    assert_eq!(stats.dropped(), 0);
-    assert!(segs.len() >= 2, "{} segments", segs.len());
-    let mut video_end = None;
-    for (i, g) in segs.iter().enumerate() {
-        let mut d = crate::open_reader(Cursor::new(g.bytes.clone())).expect("segment opens");
-        let (mut first_video, mut first_audio, mut base) = (None, None, None);
-        let mut end = 0;
-        while let Some(s) = d.next_sample().expect("sample") {
-            if s.track == 0 {
-                assert!(s.pts >= s.dts, "segment {i}: pts {} < dts {}", s.pts, s.dts);
-                // The segment starts at its first decode time (not 0 after the first: the
-                // decode times go on from the previous segment's).
-                let b = *base.get_or_insert(s.dts as f64 / 90_000.0);
-                first_video.get_or_insert(s.pts as f64 / 90_000.0 - b);
-                end = s.dts + i64::from(s.duration);
-            } else {
-                let b = base.expect("video first");
-                first_audio.get_or_insert(s.pts as f64 / 48_000.0 - b);
-            }
-        }
-        let (v, a) = (first_video.expect("video"), first_audio.expect("audio"));
-        let first_dts = (base.expect("video") * 90_000.0).round() as i64;
-        assert_eq!(
-            first_dts,
-            video_end.unwrap_or(0),
-            "segment {i} continues the previous one's decode times"
-        );
-        assert_eq!(
-            g.record.media_base.as_micros(),
-            (first_dts as u128 * 1_000_000) / 90_000,
-            "segment {i}: media base"
-        );
-        video_end = Some(end);
-        assert!(
-            (v - 0.080).abs() < 0.002,
-            "segment {i}: video starts at {v}"
-        );
-        assert!((v - a).abs() <= 0.020, "segment {i}: video {v}, audio {a}");
-    }
+    frames
 }
 
 /// B-frames that begin only after the first segment (the reorder delay grows): the next

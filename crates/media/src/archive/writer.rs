@@ -464,6 +464,12 @@ impl SegmentWriter {
     /// time): writes the frames waiting in the window and cuts the part being built, each
     /// track's last frame lasting as long as its previous one, so that a stalled stream's
     /// last media is on disk too. Frames that come next continue the segment.
+    ///
+    /// A track whose decode times are moved back by a reorder delay (B-frames) gets a last
+    /// frame of one tick instead: the B-frames after a reference frame come one tick after
+    /// it in decode order, and a longer last frame would push their decode times after
+    /// their presentation (negative composition offsets, which ffmpeg answers by shifting
+    /// the whole track: A/V start 120 ms apart after one stall).
     pub fn idle(&mut self) {
         self.release_suspects();
         self.drain_window();
@@ -474,7 +480,9 @@ impl SegmentWriter {
         let Some(writer) = s.writer.as_mut() else {
             return;
         };
-        if writer.cut_now().is_err() {
+        let delay = &s.line.delay;
+        let reordered = |i: usize| delay.get(i).is_some_and(|d| *d > 0).then_some(1);
+        if writer.cut_now_with(reordered).is_err() {
             self.stats.dropped_invalid += 1;
             return;
         }

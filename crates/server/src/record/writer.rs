@@ -69,6 +69,8 @@ pub(super) struct Writer {
     logged_drops: u64,
     /// Write errors counted when the last stats line was logged.
     logged_errors: u64,
+    /// The segment writer's drops (late, invalid) already counted in the figures.
+    seg_drops: u64,
 }
 
 impl Writer {
@@ -98,6 +100,7 @@ impl Writer {
             last_log: now,
             logged_drops: 0,
             logged_errors: 0,
+            seg_drops: 0,
         }
     }
 
@@ -253,7 +256,10 @@ impl Writer {
                     ..ArchiveConfig::default()
                 };
                 match SegmentWriter::new(params.to_vec(), config) {
-                    Ok(w) => self.seg = Some(w),
+                    Ok(w) => {
+                        self.seg = Some(w);
+                        self.seg_drops = 0;
+                    }
                     Err(e) => {
                         warn!(path = %self.path, error = %e, "cannot record this path's tracks");
                         self.paused = Some((Instant::now() + Duration::from_secs(3600), false));
@@ -319,8 +325,7 @@ impl Writer {
         }
         if now.duration_since(self.last_log) >= LOG_EVERY {
             self.last_log = now;
-            let dropped = self.figures.dropped.load(Ordering::Relaxed)
-                + self.seg.as_ref().map_or(0, |s| s.stats().dropped());
+            let dropped = self.figures.dropped.load(Ordering::Relaxed);
             let errors = self.figures.write_errors.load(Ordering::Relaxed);
             // One line a minute at most, only when something went wrong in it.
             if dropped > self.logged_drops || errors > self.logged_errors {
@@ -354,6 +359,17 @@ impl Writer {
 
     /// Writes what the segment writer produced.
     fn drain(&mut self) {
+        // The segment writer's own drops (late beyond the window, refused) go into the
+        // path's figures too, so that the metric counts every frame not recorded.
+        if let Some(seg) = &self.seg {
+            let dropped = seg.stats().dropped();
+            if dropped > self.seg_drops {
+                self.figures
+                    .dropped
+                    .fetch_add(dropped - self.seg_drops, Ordering::Relaxed);
+                self.seg_drops = dropped;
+            }
+        }
         while let Some(out) = self.seg.as_mut().and_then(SegmentWriter::poll_output) {
             if self.paused.is_some() {
                 continue;

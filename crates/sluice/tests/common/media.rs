@@ -399,3 +399,19 @@ pub(crate) fn file_facts(path: &Path) -> FileFacts {
         keyframes,
     }
 }
+
+/// A `secs`-long clip of the lavfi test pattern (640x360, 25 fps) and a 440 Hz sine at
+/// `audio_rate` Hz, encoded with `codec_args` (video and audio codec options) into
+/// `$CARGO_TARGET_TMPDIR/test-media/v1/<name>` and cached there, like [`media`]. For
+/// tests that need a codec or length the shared sets do not have (AV1, VP9, 40 s).
+pub(crate) fn lavfi_clip(name: &str, secs: u32, audio_rate: u32, codec_args: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("test-media")
+        .join("v1");
+    std::fs::create_dir_all(&dir).expect("create media dir");
+    generate(
+        &dir,
+        name,
+        args(&[codec_args], lavfi_inputs(secs, audio_rate)),
+    )
+}
