@@ -552,3 +552,43 @@ fn open_ended_playback_follows_the_recording_as_it_grows() {
     r.stop_following();
     assert!(matches!(r.poll(now), Poll::Ended(_)));
 }
+
+#[test]
+fn a_following_segment_that_overlaps_the_last_is_played_too() {
+    // The recorder's next segment starts a reorder delay (80 ms here) before the one
+    // before it ends; following must not skip it (it once skipped whole segments).
+    let (mut r, files) = replay_shared(vec![segment("a", 0.0, 2, 0)], None, None);
+    let t = Instant::now();
+    r.play(&request(Some(Position::Npt(0.0)), None, 1.0), t)
+        .unwrap();
+    let mut now = t;
+    let mut sent = Vec::new();
+    loop {
+        match r.poll(now) {
+            Poll::Send(b) => sent.push(b),
+            Poll::WaitUntil(w) => now = w,
+            Poll::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let (next, bytes) = segment("b", 1.92, 2, 50);
+    assert!(next.start < r.timeline().end, "overlaps");
+    files.lock().unwrap().insert(next.file.clone(), bytes);
+    r.extend(vec![next]);
+    now += Duration::from_millis(250);
+    loop {
+        match r.poll(now) {
+            Poll::Send(b) => sent.push(b),
+            Poll::WaitUntil(w) => now = w,
+            Poll::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let v: Vec<&Burst> = sent.iter().filter(|b| b.track == 0).collect();
+    assert_eq!(v.len(), 100, "both segments' frames");
+    assert!(
+        v.last().is_some_and(|b| b.npt > 3.8),
+        "{:?}",
+        v.last().map(|b| b.npt)
+    );
+}
