@@ -177,6 +177,11 @@ enum Step {
     Wait,
     SleepUntil(Instant),
     Continue,
+    /// Caught up: list what the recorder added since `from` (off the runtime: an index
+    /// read), then go on.
+    List {
+        from: SystemTime,
+    },
 }
 
 async fn run(shared: Arc<Shared>) {
@@ -201,7 +206,62 @@ async fn run(shared: Arc<Shared>) {
                     tokio::task::yield_now().await;
                 }
             }
+            Step::List { from } => {
+                let Some(follow) = &shared.follow else {
+                    continue;
+                };
+                let (catalog, stream) = (follow.catalog.clone(), follow.stream.clone());
+                let far = from + Duration::from_secs(1 << 30);
+                let listed =
+                    tokio::task::spawn_blocking(move || catalog.segments(&stream, from, far))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("listing task: {e}")));
+                let now = Instant::now();
+                let next = {
+                    let mut replay = shared.lock();
+                    follow_up(&mut replay, &shared, follow, listed, now)
+                };
+                if let Some(t) = next {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t.into()) => {}
+                        _ = shared.wake.notified() => {}
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Takes what a listing found while following: the recording grew (go on), or did not
+/// for [`FOLLOW_IDLE`] (playback ends). Returns when to look again (None: at once).
+fn follow_up(
+    replay: &mut Replay,
+    shared: &Shared,
+    follow: &Follow,
+    listed: Result<crate::playback::Listing, String>,
+    now: Instant,
+) -> Option<Instant> {
+    let mut state = follow.state.lock().unwrap_or_else(|e| e.into_inner());
+    let grew_at = *state.grew_at.get_or_insert(now);
+    let known = replay.timeline().end;
+    match listed {
+        Ok(listing) => {
+            replay.extend(listing.segments);
+            state.guard = Some(listing.guard);
+        }
+        Err(error) => {
+            warn!(recording = %shared.label, %error, "listing the recording failed");
+        }
+    }
+    if replay.timeline().end > known {
+        state.grew_at = Some(now);
+        None
+    } else if now.duration_since(grew_at) > FOLLOW_IDLE {
+        info!(recording = %shared.label, "the recording stopped growing; replay ends");
+        replay.stop_following();
+        None
+    } else {
+        Some(now + FOLLOW_POLL)
     }
 }
 
@@ -241,32 +301,13 @@ fn step(replay: &mut Replay, shared: &Shared, now: Instant) -> Step {
         }
         Poll::WaitUntil(t) => Step::SleepUntil(t),
         Poll::CaughtUp => {
-            let Some(follow) = &shared.follow else {
+            if shared.follow.is_none() {
                 replay.stop_following();
                 return Step::Continue;
-            };
-            let mut state = follow.state.lock().unwrap_or_else(|e| e.into_inner());
-            let grew_at = *state.grew_at.get_or_insert(now);
+            }
             let known = replay.timeline().end;
             let from = replay.timeline().segments.last().map_or(known, |s| s.start);
-            let far = known + Duration::from_secs(1 << 30);
-            match follow.catalog.segments(&follow.stream, from, far) {
-                Ok(listing) => {
-                    replay.extend(listing.segments);
-                    state.guard = Some(listing.guard);
-                }
-                Err(error) => {
-                    warn!(recording = %shared.label, %error, "listing the recording failed");
-                }
-            }
-            if replay.timeline().end > known {
-                state.grew_at = Some(now);
-            } else if now.duration_since(grew_at) > FOLLOW_IDLE {
-                info!(recording = %shared.label, "the recording stopped growing; replay ends");
-                replay.stop_following();
-                return Step::Continue;
-            }
-            Step::SleepUntil(now + FOLLOW_POLL)
+            Step::List { from }
         }
         Poll::Idle => Step::Wait,
     }
