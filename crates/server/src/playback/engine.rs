@@ -1173,4 +1173,4 @@ pub fn onvif_extension(packet: &[u8]) -> Option<(u64, u8, u8)> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -39,7 +39,7 @@ fn at(secs: f64) -> SystemTime {
 
 /// One segment of `secs` seconds of 25 fps video (keyframe every second; frame `n` of the
 /// recording marked in its bytes) and 20 ms Opus, recorded from wall time `from`.
-fn segment(name: &str, from: f64, secs: i64, first_frame: u32) -> (Segment, Vec<u8>) {
+pub(crate) fn segment(name: &str, from: f64, secs: i64, first_frame: u32) -> (Segment, Vec<u8>) {
     let config = ArchiveConfig {
         segment_duration: Duration::from_secs(3600),
         ..ArchiveConfig::default()
@@ -116,10 +116,10 @@ fn replay(
     replay_shared(segs, from, to).0
 }
 
-type Files = std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, Vec<u8>>>>;
+pub(crate) type Files = std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, Vec<u8>>>>;
 
 /// A replay whose segment files can be rewritten (a recording that grows).
-fn replay_shared(
+pub(crate) fn replay_shared(
     segs: Vec<(Segment, Vec<u8>)>,
     from: Option<SystemTime>,
     to: Option<SystemTime>,

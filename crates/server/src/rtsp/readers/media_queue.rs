@@ -221,6 +221,15 @@ impl MediaQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Room left: interleaved frames it can take now, of its capacity.
+    pub fn room(&self) -> sluice_hub::Room {
+        let frames = self.lock().frames;
+        sluice_hub::Room {
+            free: self.capacity.saturating_sub(frames),
+            capacity: self.capacity,
+        }
+    }
+
     /// Queues items in order, all or as many as fit (capacity counts interleaved frames;
     /// an item that would overflow it is not queued); wakes the writer once. Returns how
     /// many items were queued, or how many were and why the rest could not be.
