@@ -712,10 +712,16 @@ mod tests {
             "only one fits"
         );
         assert_eq!(q.push(frame(9)), Err(PushError::Full));
+        let full = sluice_hub::Room {
+            free: 0,
+            capacity: 3,
+        };
+        assert_eq!(q.room(), full, "what a replay waits on");
         q.wait().await; // the permit left by the pushes
         let mut out = Taken::default();
         assert!(q.take(&mut out, 10));
         assert_eq!(channels(&out), vec![0, 1, 2]);
+        assert_eq!(q.room().free, 3, "room again once the writer took them");
         q.close();
         out.clear();
         q.take(&mut out, 10);
