@@ -52,7 +52,7 @@ pub use on_demand::{
 pub use packet::{Batch, EndReason, MediaPacket};
 pub use presentation::{Presentation, PresentationError, Track};
 pub use registry::{Busy, Claim, Event, Owner, PathClaim, Pattern, Registry, SourceId};
-pub use sink::Sink;
+pub use sink::{Room, Sink};
 pub use source::SourceHandle;
 pub use stats::{
     ReaderCount, SessionInfo, SessionRole, Sessions, SinkStats, SourceFigures, SourceKind,

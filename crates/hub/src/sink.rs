@@ -37,6 +37,34 @@ pub trait Sink: Send + Sync {
     fn stats(&self) -> SinkStats {
         SinkStats::default()
     }
+
+    /// Room left in this sink's bounded queues, for a source that can wait instead of
+    /// overrunning them (a recording played back as fast as its reader takes it, ONVIF
+    /// `Rate-Control: no`). Asked per frame by such sources only, never by live ones.
+    /// Provided: None, no bound to report.
+    fn room(&self) -> Option<Room> {
+        None
+    }
+}
+
+/// Room left in a sink's queue (see [`Sink::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Packets it can take now.
+    pub free: usize,
+    /// Packets it holds at most.
+    pub capacity: usize,
+}
+
+impl Room {
+    /// The tighter of two rooms (the one with less free).
+    pub fn min(self, other: Room) -> Room {
+        if other.free < self.free {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
@@ -54,5 +82,9 @@ impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
 
     fn stats(&self) -> SinkStats {
         (**self).stats()
+    }
+
+    fn room(&self) -> Option<Room> {
+        (**self).room()
     }
 }

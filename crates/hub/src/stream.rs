@@ -38,7 +38,7 @@ use crate::batcher::Batcher;
 use crate::delivery::DeliveryNote;
 use crate::packet::{Batch, EndReason, MediaPacket};
 use crate::presentation::Presentation;
-use crate::sink::Sink;
+use crate::sink::{Room, Sink};
 use crate::stats::{SinkStats, SourceFigures, SourceKind, StreamStats};
 
 /// Most packets one batch holds: with a fan-out window, a batch spans several frames, and
@@ -445,6 +445,14 @@ impl Stream {
                 received_at: now,
             });
         }
+    }
+
+    /// The least room among the sinks' queues ([`Sink::room`]); None when no sink reports
+    /// one. For sources that can wait (a recording played as fast as the reader takes
+    /// it), not for live ones.
+    pub fn room(&self) -> Option<Room> {
+        let sinks = lock(&self.sinks);
+        sinks.iter().filter_map(|(_, s)| s.room()).reduce(Room::min)
     }
 
     /// The source's latest NTP↔RTP mapping for `track`, if it sent an SR.

@@ -415,7 +415,10 @@ impl Replay {
                 if s.end > known.end {
                     *known = s;
                 }
-            } else if segs.last().is_none_or(|l| s.start >= l.end) {
+            } else if segs.last().is_none_or(|l| s.start > l.start) {
+                // A later segment. It may start a little before the last one ends: the
+                // recorder starts a segment a reorder delay (B-frames) before the keyframe
+                // that ends the one before, so segments of one recording overlap by that.
                 segs.push(s);
             }
         }
@@ -1171,4 +1174,4 @@ pub fn onvif_extension(packet: &[u8]) -> Option<(u64, u8, u8)> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

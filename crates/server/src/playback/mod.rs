@@ -235,18 +235,34 @@ impl OnDemand for Replay {
         let to = named
             .to
             .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40));
-        let listing = catalog
-            .segments(&named.stream, from, to)
-            .map_err(OpenError::Io)?;
-        let timeline =
-            Timeline::new(listing.segments, named.from, named.to).ok_or(OpenError::NotFound)?;
-        let opened = describe(timeline, Box::new(open_file))?;
+        // An index read and the first segment's header: blocking I/O, kept off the
+        // runtime's worker (the RTSP module asks from its connection task).
+        let (guard, opened) = blocking(|| {
+            let Listing { segments, guard } = catalog
+                .segments(&named.stream, from, to)
+                .map_err(OpenError::Io)?;
+            let timeline =
+                Timeline::new(segments, named.from, named.to).ok_or(OpenError::NotFound)?;
+            Ok::<_, OpenError>((guard, describe(timeline, Box::new(open_file))?))
+        })?;
         Ok(Some(Box::new(Opened {
             opened,
-            guard: listing.guard,
+            guard,
             label: path.to_owned(),
             follow: source::Follow::new(catalog, named.stream),
         })))
+    }
+}
+
+/// Runs blocking I/O from a runtime worker: through `block_in_place` on a multi-thread
+/// runtime (the worker's other tasks move to another thread meanwhile), directly
+/// elsewhere (tests, a current-thread runtime).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

@@ -21,6 +21,7 @@
 //!
 //! Configuration reloads do not change recording settings (they apply at start).
 
+mod align;
 mod routes;
 mod sink;
 mod writer;

@@ -19,6 +19,7 @@ use sluice_media::archive::{ArchiveConfig, ArchiveOutput, CutReason, SegmentWrit
 use sluice_media::recorder::{Event, Recorder, TrackSpec};
 use tracing::{info, warn};
 
+use super::align::{Aligner, How};
 use super::{rfc3339, Inner, PathFigures};
 use crate::config::{Fsync, PathRecordSettings};
 
@@ -28,9 +29,13 @@ pub(super) enum Msg {
     Packet(MediaPacket),
 }
 
-/// How long the writer waits for every track's first packet before aligning the tracks
-/// with what it has.
-const ALIGN_WAIT: Duration = Duration::from_secs(1);
+/// How often the writer does its periodic work (see [`Writer::tick`]), even while packets
+/// keep coming.
+const TICK: Duration = Duration::from_millis(100);
+/// Packets taken from the queue at most between two ticks.
+const BURST: usize = 512;
+/// A recording that received packets for this long without a segment says why, once.
+const NO_SEGMENT_WARN: Duration = Duration::from_secs(5);
 /// How often a paused writer (disk full, write error) looks for space again.
 const RETRY: Duration = Duration::from_millis(250);
 /// Stats (drops) are logged at most this often per path.
@@ -57,7 +62,18 @@ pub(super) struct Writer {
     figures: Arc<PathFigures>,
     settings: PathRecordSettings,
     specs: Vec<TrackSpec>,
+    /// Packets held until the tracks are aligned (all kept: the file starts at the first
+    /// keyframe among them).
     pending: Vec<MediaPacket>,
+    align: Aligner,
+    /// Why this path cannot be recorded (its tracks or codecs), once found: packets are
+    /// then ignored until recording restarts (logged once).
+    refused: Option<String>,
+    /// When the first packet came, until the first segment is created or the warning
+    /// that it takes longer than [`NO_SEGMENT_WARN`] went out (once).
+    waiting: Option<Instant>,
+    /// Whether `waiting` was set (it is set once).
+    waited: bool,
     rec: Option<Recorder>,
     seg: Option<SegmentWriter>,
     open: Option<Open>,
@@ -83,6 +99,7 @@ impl Writer {
         specs: Vec<TrackSpec>,
     ) -> Writer {
         let now = Instant::now();
+        let align = Aligner::new(specs.iter().map(|s| s.clock_rate).collect());
         Writer {
             path,
             stream,
@@ -91,6 +108,10 @@ impl Writer {
             settings,
             specs,
             pending: Vec::new(),
+            align,
+            refused: None,
+            waiting: None,
+            waited: false,
             rec: None,
             seg: None,
             open: None,
@@ -107,12 +128,17 @@ impl Writer {
     /// Runs until the sink drops its sender (recording stopped, stream ended).
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            match rx.recv_timeout(TICK) {
                 Ok(Msg::Packet(p)) => {
                     self.packet(p);
-                    // Take what queued up meanwhile before writing out.
-                    while let Ok(Msg::Packet(p)) = rx.try_recv() {
-                        self.packet(p);
+                    // Take what queued up meanwhile, but not so much that the periodic
+                    // work (alignment deadline, idle parts, resuming) waits on a busy
+                    // stream.
+                    for _ in 0..BURST {
+                        match rx.try_recv() {
+                            Ok(Msg::Packet(p)) => self.packet(p),
+                            Err(_) => break,
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -124,91 +150,72 @@ impl Writer {
     }
 
     fn packet(&mut self, p: MediaPacket) {
+        if self.refused.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        if !self.waited {
+            self.waited = true;
+            self.waiting = Some(now);
+        }
         if self.rec.is_none() {
+            self.align
+                .packet(p.track, p.header.timestamp, p.received_at, now);
             self.pending.push(p);
-            self.try_align();
+            self.try_align(now);
             return;
         }
         self.push(p);
     }
 
-    /// Starts the depacketizing recorder once every track has a packet (or after
-    /// [`ALIGN_WAIT`]): each track's RTP time is mapped to the instant of the first packet
-    /// through its arrival, so that tracks start in sync without RTP-Info.
-    fn try_align(&mut self) {
-        let (Some(first), Some(last)) = (self.pending.first(), self.pending.last()) else {
-            return;
-        };
-        let base = first.received_at;
-        let all = (0..self.specs.len()).all(|t| self.pending.iter().any(|p| p.track == t));
-        if !all && last.received_at.duration_since(base) < ALIGN_WAIT {
+    /// Starts the depacketizing recorder once the tracks are aligned (see
+    /// [`super::align`]): by the source's Sender Reports when every track has one, else,
+    /// [`super::align::SR_WAIT`] after the first packet, by the arrival of each track's
+    /// first packet. The pending packets then go through it, from the first.
+    fn try_align(&mut self, now: Instant) {
+        if self.pending.is_empty() {
             return;
         }
-        let by_arrival: Vec<Option<u32>> = (0..self.specs.len())
-            .map(|t| {
-                let p = self.pending.iter().find(|p| p.track == t)?;
-                let clock = f64::from(self.specs[t].clock_rate.max(1));
-                let behind = p.received_at.duration_since(base).as_secs_f64() * clock;
-                Some(p.header.timestamp.wrapping_sub(behind as u32))
-            })
-            .collect();
-        let rtptimes = self.by_sender_reports(first).unwrap_or(by_arrival);
-        let mut rec = match Recorder::new(&self.specs, base) {
+        let srs: Vec<_> = match self.stream.upgrade() {
+            Some(stream) => (0..self.specs.len())
+                .map(|t| stream.sr_mapping(t))
+                .collect(),
+            None => vec![None; self.specs.len()],
+        };
+        let Some(aligned) = self.align.decide(now, &srs) else {
+            return;
+        };
+        let waited_ms = self.align.waited(now).as_millis() as u64;
+        match &aligned.how {
+            How::Arrival(_) => {
+                info!(path = %self.path, how = %aligned.how, silent_tracks = ?aligned.silent, waited_ms, "recording tracks aligned by arrival")
+            }
+            How::SenderReports | How::SingleTrack => {
+                info!(path = %self.path, how = %aligned.how, silent_tracks = ?aligned.silent, waited_ms, "recording tracks aligned")
+            }
+        }
+        let mut rec = match Recorder::new(&self.specs, aligned.base) {
             Ok(r) => r.frames_mode(),
             Err(e) => {
-                warn!(path = %self.path, error = %e, "cannot record this path");
-                self.pending.clear();
-                self.paused = Some((Instant::now() + Duration::from_secs(3600), false));
+                self.refuse(e.to_string());
                 return;
             }
         };
-        rec.playing(base, &rtptimes);
+        rec.playing(aligned.base, &aligned.rtptimes);
         self.rec = Some(rec);
         for p in std::mem::take(&mut self.pending) {
             self.push(p);
         }
     }
 
-    /// The tracks' RTP times at the instant of packet `first`, from the source's Sender
-    /// Reports (one NTP clock for all tracks: exact even when a track's packets arrive
-    /// ahead of their presentation, as video with B-frames does); None unless every track
-    /// has one and they agree with arrival within 5 s.
-    fn by_sender_reports(&self, first: &MediaPacket) -> Option<Vec<Option<u32>>> {
-        let stream = self.stream.upgrade()?;
-        let n = self.specs.len();
-        let srs: Vec<_> = (0..n)
-            .map(|t| stream.sr_mapping(t))
-            .collect::<Option<_>>()?;
-        let ntp = |m: &sluice_rtp::clock::SrMapping| m.ntp.0 as f64 / 4_294_967_296.0;
-        let clock = |t: usize| f64::from(self.specs.get(t).map_or(1, |s| s.clock_rate.max(1)));
-        let m0 = srs.get(first.track)?;
-        let since = first.header.timestamp.wrapping_sub(m0.rtp_timestamp) as i32;
-        let at = ntp(m0) + f64::from(since) / clock(first.track);
-        let out: Vec<Option<u32>> = srs
-            .iter()
-            .enumerate()
-            .map(|(t, m)| {
-                let ticks = ((at - ntp(m)) * clock(t)).round() as i64;
-                Some(m.rtp_timestamp.wrapping_add(ticks as u32))
-            })
-            .collect();
-        // A sender whose reports disagree with its packets (a clock that jumped) is
-        // aligned by arrival instead.
-        let sane = (0..n).all(|t| {
-            let Some(p) = self.pending.iter().find(|p| p.track == t) else {
-                return true;
-            };
-            let Some(Some(rt)) = out.get(t) else {
-                return false;
-            };
-            let ahead = f64::from(p.header.timestamp.wrapping_sub(*rt) as i32) / clock(t);
-            let arrived = p
-                .received_at
-                .duration_since(first.received_at)
-                .as_secs_f64();
-            (ahead - arrived).abs() < 5.0
-        });
-        sane.then_some(out)
+    /// This path's tracks cannot be recorded: one warning, and packets are ignored until
+    /// recording restarts (a new publisher, the API).
+    fn refuse(&mut self, why: String) {
+        warn!(path = %self.path, error = %why, "cannot record this path");
+        self.pending.clear();
+        self.rec = None;
+        self.seg = None;
+        self.refused = Some(why);
     }
 
     fn push(&mut self, p: MediaPacket) {
@@ -220,6 +227,7 @@ impl Writer {
             warn!(path = %self.path, error = %e, "recording failed; starting over at the next keyframe");
             self.rec = None;
             self.seg = None;
+            self.align = Aligner::new(self.specs.iter().map(|s| s.clock_rate).collect());
             self.close_open("error");
             return;
         }
@@ -261,8 +269,8 @@ impl Writer {
                         self.seg_drops = 0;
                     }
                     Err(e) => {
-                        warn!(path = %self.path, error = %e, "cannot record this path's tracks");
-                        self.paused = Some((Instant::now() + Duration::from_secs(3600), false));
+                        self.refuse(format!("its tracks cannot be written: {e}"));
+                        return;
                     }
                 }
             }
@@ -301,6 +309,18 @@ impl Writer {
     /// for space, drops and write errors are logged (one line at most once a minute).
     fn tick(&mut self) {
         let now = Instant::now();
+        if self.rec.is_none() && self.refused.is_none() {
+            // The alignment deadline passes without packets too.
+            self.try_align(now);
+        }
+        if let Some(since) = self.waiting {
+            if self.open.is_some() || self.paused.is_some() || self.refused.is_some() {
+                self.waiting = None;
+            } else if now.saturating_duration_since(since) >= NO_SEGMENT_WARN {
+                self.waiting = None;
+                warn!(path = %self.path, waited_ms = now.saturating_duration_since(since).as_millis() as u64, why = %self.no_segment_why(), "recording receives packets but has started no segment");
+            }
+        }
         if let Some(rec) = self.rec.as_mut() {
             if rec.poll_timeout().is_some_and(|t| t <= now) {
                 let _ = rec.handle_timeout(now);
@@ -340,6 +360,24 @@ impl Writer {
                 self.logged_drops = dropped;
                 self.logged_errors = errors;
             }
+        }
+    }
+
+    /// Why no segment started yet (for the one warning).
+    fn no_segment_why(&self) -> String {
+        match (&self.rec, &self.seg) {
+            (None, _) => format!(
+                "tracks not aligned yet ({} packets held)",
+                self.pending.len()
+            ),
+            (Some(rec), None) => match rec.start_lack() {
+                Some(lack) => format!("the recorder cannot start: {lack}"),
+                None => "the segment writer is not created".into(),
+            },
+            (Some(_), Some(seg)) => format!(
+                "no keyframe reached the segment writer ({} frames skipped before one)",
+                seg.stats().skipped_before_keyframe
+            ),
         }
     }
 

@@ -39,7 +39,7 @@ fn at(secs: f64) -> SystemTime {
 
 /// One segment of `secs` seconds of 25 fps video (keyframe every second; frame `n` of the
 /// recording marked in its bytes) and 20 ms Opus, recorded from wall time `from`.
-fn segment(name: &str, from: f64, secs: i64, first_frame: u32) -> (Segment, Vec<u8>) {
+pub(crate) fn segment(name: &str, from: f64, secs: i64, first_frame: u32) -> (Segment, Vec<u8>) {
     let config = ArchiveConfig {
         segment_duration: Duration::from_secs(3600),
         ..ArchiveConfig::default()
@@ -116,10 +116,10 @@ fn replay(
     replay_shared(segs, from, to).0
 }
 
-type Files = std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, Vec<u8>>>>;
+pub(crate) type Files = std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, Vec<u8>>>>;
 
 /// A replay whose segment files can be rewritten (a recording that grows).
-fn replay_shared(
+pub(crate) fn replay_shared(
     segs: Vec<(Segment, Vec<u8>)>,
     from: Option<SystemTime>,
     to: Option<SystemTime>,
@@ -551,4 +551,44 @@ fn open_ended_playback_follows_the_recording_as_it_grows() {
     // The recording stopped: the end comes with the next poll at the end.
     r.stop_following();
     assert!(matches!(r.poll(now), Poll::Ended(_)));
+}
+
+#[test]
+fn a_following_segment_that_overlaps_the_last_is_played_too() {
+    // The recorder's next segment starts a reorder delay (80 ms here) before the one
+    // before it ends; following must not skip it (it once skipped whole segments).
+    let (mut r, files) = replay_shared(vec![segment("a", 0.0, 2, 0)], None, None);
+    let t = Instant::now();
+    r.play(&request(Some(Position::Npt(0.0)), None, 1.0), t)
+        .unwrap();
+    let mut now = t;
+    let mut sent = Vec::new();
+    loop {
+        match r.poll(now) {
+            Poll::Send(b) => sent.push(b),
+            Poll::WaitUntil(w) => now = w,
+            Poll::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let (next, bytes) = segment("b", 1.92, 2, 50);
+    assert!(next.start < r.timeline().end, "overlaps");
+    files.lock().unwrap().insert(next.file.clone(), bytes);
+    r.extend(vec![next]);
+    now += Duration::from_millis(250);
+    loop {
+        match r.poll(now) {
+            Poll::Send(b) => sent.push(b),
+            Poll::WaitUntil(w) => now = w,
+            Poll::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let v: Vec<&Burst> = sent.iter().filter(|b| b.track == 0).collect();
+    assert_eq!(v.len(), 100, "both segments' frames");
+    assert!(
+        v.last().is_some_and(|b| b.npt > 3.8),
+        "{:?}",
+        v.last().map(|b| b.npt)
+    );
 }

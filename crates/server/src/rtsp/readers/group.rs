@@ -83,6 +83,10 @@ pub trait Reader: Send + Sync {
     fn dropped(&self) -> u64 {
         0
     }
+    /// Room left in its queue (see [`sluice_hub::Sink::room`]). The default: no bound.
+    fn room(&self) -> Option<sluice_hub::Room> {
+        None
+    }
     /// The source reached the end of its media (a file's end or a PLAY range's end) but
     /// the stream stays open: a new PLAY may start it again.
     fn handle_end_of_stream(&self) {}
@@ -378,6 +382,18 @@ impl ReaderGroup {
 }
 
 impl sluice_hub::Sink for ReaderGroup {
+    /// The least room among the readers' queues (asked by on-demand sources that can
+    /// wait, per frame; not by live ones).
+    fn room(&self) -> Option<sluice_hub::Room> {
+        let sinks = self.sinks();
+        let joining = self.joining();
+        sinks
+            .iter()
+            .chain(joining.iter())
+            .filter_map(|(_, r)| r.room())
+            .reduce(sluice_hub::Room::min)
+    }
+
     /// Hands one batch to the readers: here, or with [`OFFLOAD_SINKS`] readers or more on
     /// the fan-out threads, so that the source (on a runtime worker) goes on at once. While
     /// offloaded batches wait, every batch waits behind them, so the readers see them in

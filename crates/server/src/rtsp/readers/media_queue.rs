@@ -221,6 +221,15 @@ impl MediaQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Room left: interleaved frames it can take now, of its capacity.
+    pub fn room(&self) -> sluice_hub::Room {
+        let frames = self.lock().frames;
+        sluice_hub::Room {
+            free: self.capacity.saturating_sub(frames),
+            capacity: self.capacity,
+        }
+    }
+
     /// Queues items in order, all or as many as fit (capacity counts interleaved frames;
     /// an item that would overflow it is not queued); wakes the writer once. Returns how
     /// many items were queued, or how many were and why the rest could not be.
@@ -703,10 +712,16 @@ mod tests {
             "only one fits"
         );
         assert_eq!(q.push(frame(9)), Err(PushError::Full));
+        let full = sluice_hub::Room {
+            free: 0,
+            capacity: 3,
+        };
+        assert_eq!(q.room(), full, "what a replay waits on");
         q.wait().await; // the permit left by the pushes
         let mut out = Taken::default();
         assert!(q.take(&mut out, 10));
         assert_eq!(channels(&out), vec![0, 1, 2]);
+        assert_eq!(q.room().free, 3, "room again once the writer took them");
         q.close();
         out.clear();
         q.take(&mut out, 10);

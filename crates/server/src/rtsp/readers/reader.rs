@@ -475,6 +475,13 @@ fn append_capped(q: &mut VecDeque<MediaPacket>, packets: &[MediaPacket]) -> u64 
 }
 
 impl Reader for ReaderSink {
+    fn room(&self) -> Option<sluice_hub::Room> {
+        match &self.outbox {
+            Outbox::Tcp(q) => Some(q.room()),
+            Outbox::Udp { .. } => None,
+        }
+    }
+
     fn handle_packet(&self, packet: &MediaPacket) {
         let one = std::slice::from_ref(packet);
         if self.hold(one) || self.queue_catch_up(one) || self.ended.load(Ordering::Relaxed) {
