@@ -103,6 +103,20 @@ pub struct BFrames {
     pub seen: bool,
     /// Some B-frame was a reference for others (B-pyramid): dropping them breaks decoding.
     pub referenced: bool,
+    /// Video frames looked at: a GOP cache holding only its keyframe has shown no B-frame
+    /// yet, so too few frames say nothing (see [`BFrames::known`]).
+    pub frames: u64,
+}
+
+impl BFrames {
+    /// Frames after which a stream without B slices is taken to have none: B-frames come
+    /// within the first mini-GOP after a keyframe (an encoder holds at most a few).
+    pub const ENOUGH: u64 = 8;
+
+    /// Whether what was seen settles the question: a B-frame came, or enough frames did.
+    pub fn known(&self) -> bool {
+        self.seen || self.frames >= Self::ENOUGH
+    }
 }
 
 /// Why a stream cannot be played over WebRTC.
@@ -726,6 +740,7 @@ impl Feed {
                         VideoCodec::H264 => nal::h264_b_slices(&au.data),
                         _ => (false, false),
                     };
+                    s.b_frames.frames += 1;
                     if b {
                         s.b_frames.seen = true;
                         s.b_frames.referenced |= referenced;
@@ -975,6 +990,28 @@ mod tests {
             3,
             "the cached GOP, depacketized"
         );
+    }
+
+    /// A WHEP request right after a keyframe finds only that keyframe cached: the B-frame
+    /// question is open until enough frames came (the route waits for them).
+    #[test]
+    fn the_b_frame_question_stays_open_until_enough_frames_came() {
+        let p = Presentation::from_sdp(SDP.as_bytes()).expect("sdp");
+        let stream = Stream::new("cam".into(), p, 1);
+        let feed = Feed::new(&stream);
+        let t0 = Instant::now();
+        feed.on_batch(&gop_batch(1, 3000, 0, t0));
+        let b = feed.b_frames();
+        assert_eq!((b.seen, b.frames), (false, 1));
+        assert!(!b.known(), "a lone keyframe says nothing about B-frames");
+        let mut batch = Batch::default();
+        for i in 0..BFrames::ENOUGH as u16 {
+            let ts = 9000 + 3000 * u32::from(i);
+            batch.push(pkt(0, 10 + i, ts, true, &[0x41, 0x9a, 0x01], t0));
+        }
+        feed.on_batch(&batch);
+        let b = feed.b_frames();
+        assert!(b.known() && !b.seen, "{b:?}");
     }
 
     #[test]

@@ -30,6 +30,10 @@ use sluice_hub::SessionRole;
 
 /// Video packets kept per viewer for retransmission (NACK/RTX).
 const SEND_BUFFER_VIDEO: usize = 400;
+/// Longest a WHEP request waits for the H.264 frames that show whether the source has
+/// B-frames ([`super::feed::BFrames::known`]): [`super::feed::BFrames::ENOUGH`] frames at
+/// 10 fps.
+const B_FRAMES_WAIT: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// Largest SDP offer read.
 const MAX_OFFER: usize = 64 * 1024;
@@ -242,7 +246,16 @@ async fn whep_post(State(app): State<App>, req: Request<Body>) -> Response {
         }
     }
     let policy = m.config.b_frames_for(&target.path);
-    let b = feed.b_frames();
+    // A request just after a keyframe finds only that keyframe cached: wait (bounded) for
+    // the frames that show whether B-frames follow, rather than answer a B-frame stream
+    // with WebRTC that then plays out of order.
+    let mut b = feed.b_frames();
+    let waited = tokio::time::Instant::now();
+    let h264 = feed.video() == Some(VideoCodec::H264);
+    while h264 && !b.known() && waited.elapsed() < B_FRAMES_WAIT {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        b = feed.b_frames();
+    }
     if b.seen && (policy == BFramePolicy::Refuse || b.referenced) {
         let why = if policy == BFramePolicy::Refuse {
             "the source's H.264 has B-frames (b_frames policy: refuse); use HLS"
