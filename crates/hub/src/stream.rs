@@ -349,6 +349,29 @@ impl Stream {
         }
     }
 
+    /// Hands one frame's RTP packets of `track`, packetized by the server itself (a stored
+    /// file, a recording), to every sink and flushes: the frame goes out as one batch when
+    /// its turn comes. A packet that does not parse as RTP is skipped.
+    pub fn push_frame(
+        &self,
+        track: usize,
+        packets: impl IntoIterator<Item = bytes::Bytes>,
+        received_at: Instant,
+    ) {
+        for data in packets {
+            let Ok(header) = sluice_rtp::packet::parse_rtp(&data) else {
+                continue;
+            };
+            self.push_rtp(MediaPacket {
+                track,
+                data,
+                header,
+                received_at,
+            });
+        }
+        self.flush();
+    }
+
     /// Hands one RTP packet of `track` to every sink (a shared buffer, no copies). Its
     /// numbering is first mapped onto the stream's timeline, which changes nothing until
     /// the source changes; then the header is rewritten once, here, for all sinks.

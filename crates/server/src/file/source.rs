@@ -19,13 +19,12 @@ use sluice_codec::packetizer::Packetizer;
 use sluice_media::player::{EndReason, Player, PlayerOptions, Poll, Skip, TrackOutput};
 use sluice_media::Demuxer;
 use sluice_rtp::ntp::NtpTime;
-use sluice_rtp::packet::parse_rtp;
 use sluice_rtp::rtcp::SenderInfo;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use sluice_hub::{MediaPacket, Stream};
+use sluice_hub::Stream;
 
 pub use sluice_media::player::{PlayError, PlayStart, TrackStart};
 
@@ -221,18 +220,7 @@ async fn run(shared: Arc<Shared>) {
 fn step(player: &mut Player, shared: &Shared, now: Instant) -> Step {
     match player.poll(now) {
         Poll::Send(burst) => {
-            for data in burst.packets {
-                let Ok(header) = parse_rtp(&data) else {
-                    continue;
-                };
-                shared.stream.push_rtp(MediaPacket {
-                    track: burst.track,
-                    data,
-                    header,
-                    received_at: now,
-                });
-            }
-            shared.stream.flush();
+            shared.stream.push_frame(burst.track, burst.packets, now);
             Step::Continue
         }
         Poll::Skipped(skip) => {

@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sluice_hub::on_demand::{PlayError, PlayStart};
-use sluice_hub::{MediaPacket, PlayRequest, Stream};
+use sluice_hub::{PlayRequest, Stream};
 use sluice_rtp::ntp::NtpTime;
-use sluice_rtp::packet::parse_rtp;
 use sluice_rtp::rtcp::SenderInfo;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -302,18 +301,7 @@ fn has_room(stream: &Stream, packets: usize) -> bool {
 
 /// Pushes one frame's packets into the session's stream.
 fn push(shared: &Shared, burst: Burst, now: Instant) {
-    for data in burst.packets {
-        let Ok(header) = parse_rtp(&data) else {
-            continue;
-        };
-        shared.stream.push_rtp(MediaPacket {
-            track: burst.track,
-            data,
-            header,
-            received_at: now,
-        });
-    }
-    shared.stream.flush();
+    shared.stream.push_frame(burst.track, burst.packets, now);
 }
 
 /// Does what the engine says: pushes one due frame's packets, or says how long to wait.
@@ -360,7 +348,7 @@ fn step(replay: &mut Replay, shared: &Shared, now: Instant) -> Step {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use sluice_hub::{Batch, Position, Presentation, Room, Sink};
+    use sluice_hub::{Batch, MediaPacket, Position, Presentation, Room, Sink};
 
     use super::*;
     use crate::playback::engine::tests::{replay_shared, segment};
