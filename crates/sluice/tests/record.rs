@@ -264,6 +264,22 @@ fn publish_once(file: &Path, url: &str, dir: &Path) -> common::Proc {
 
 /// Checks the closed segments of one recording: decodable with empty stderr, keyframe
 /// first, durations within the segment target, abutting within a frame, summing to the
+/// Waits for `path`'s last segment to complete with reason `stop` (its stream ended).
+fn wait_final_segment(server: &Server, path: &str) {
+    server
+        .wait_log_line(Duration::from_secs(10), |l| {
+            l.contains("segment completed")
+                && l.contains(&format!("path={path} "))
+                && l.contains("stop")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{path}: no final segment\n{}",
+                common::tail(&server.log(), 30)
+            )
+        });
+}
+
 /// published duration; returns the largest A/V start difference and each file's probe.
 fn check_segments(
     what: &str,
@@ -406,18 +422,7 @@ fn abutting_segments_decode_and_start_with_keyframes() {
     );
     // The streams ended: their last segments complete with reason "stop".
     for path in ["bf", "hevc", "pcmu"] {
-        server
-            .wait_log_line(Duration::from_secs(10), |l| {
-                l.contains("segment completed")
-                    && l.contains(&format!("path={path} "))
-                    && l.contains("stop")
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "{path}: no final segment\n{}",
-                    common::tail(&server.log(), 30)
-                )
-            });
+        wait_final_segment(&server, path);
     }
     let (_, metrics) = http(api, "GET", "/metrics", "");
     for path in ["bf", "hevc", "pcmu"] {
@@ -585,18 +590,7 @@ fn av1_and_vp9_publications_are_recorded() {
         );
     }
     for path in ["av1", "vp9"] {
-        server
-            .wait_log_line(Duration::from_secs(10), |l| {
-                l.contains("segment completed")
-                    && l.contains(&format!("path={path} "))
-                    && l.contains("stop")
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "{path}: no final segment\n{}",
-                    common::tail(&server.log(), 30)
-                )
-            });
+        wait_final_segment(&server, path);
     }
     server.signal(15);
     std::thread::sleep(Duration::from_millis(500));
