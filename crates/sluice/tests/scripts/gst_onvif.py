@@ -47,7 +47,7 @@ def main():
     Gst.init(None)
     pipeline = Gst.parse_launch(
         f"rtspsrc name=src location={url} onvif-mode=true protocols=tcp latency=300 "
-        "! rtponvifparse name=parse ! rtph264depay ! h264parse ! avdec_h264 "
+        "! rtponvifparse name=parse ! rtph264depay ! h264parse ! avdec_h264 max-threads=1 "
         "! videoconvert ! video/x-raw,format=I420 "
         "! appsink name=sink sync=false emit-signals=false max-buffers=1000 drop=false"
     )
