@@ -157,6 +157,11 @@ fn problem(status: StatusCode, why: impl Into<String>) -> Response {
     Problem::new(status, why.into()).into_response()
 }
 
+/// A 500 for a failure of the index, the file system or a blocking task.
+fn internal(e: impl std::fmt::Display) -> Response {
+    problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
 /// Checks `playback` on `path` for the request's client.
 fn permit(auth: &HttpAuth, peer: Peer, headers: &HeaderMap, path: &str) -> Result<(), Response> {
     let authorization = headers
@@ -177,10 +182,7 @@ fn parse_time(what: &str, v: &str) -> Result<SystemTime, Response> {
 
 /// The asked range, defaults filled from the index; 404 for a path never recorded.
 fn resolve(inner: &Inner, q: &RangeQuery) -> Result<(SystemTime, SystemTime), Response> {
-    let first_last = inner
-        .index
-        .first_last(&q.path)
-        .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let first_last = inner.index.first_last(&q.path).map_err(internal)?;
     let Some((first, last)) = first_last else {
         return Err(problem(
             StatusCode::NOT_FOUND,
@@ -210,9 +212,26 @@ fn resolve(inner: &Inner, q: &RangeQuery) -> Result<(SystemTime, SystemTime), Re
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Response> + Send + 'static,
 ) -> Result<T, Response> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+/// What the range handlers share: `playback` checked on the path, then, off the async
+/// runtime (the index and the files are read synchronously), the range resolved and `f`
+/// run on it.
+async fn in_range<T: Send + 'static>(
+    inner: Arc<Inner>,
+    auth: &HttpAuth,
+    peer: Peer,
+    headers: &HeaderMap,
+    q: RangeQuery,
+    f: impl FnOnce(&Inner, &str, SystemTime, SystemTime) -> Result<T, Response> + Send + 'static,
+) -> Result<T, Response> {
+    permit(auth, peer, headers, &q.path)?;
+    blocking(move || {
+        let (start, end) = resolve(&inner, &q)?;
+        f(&inner, &q.path, start, end)
+    })
+    .await
 }
 
 /// What is recorded of a path in a range: spans and the gaps between them, from the index.
@@ -237,17 +256,17 @@ async fn timeline(
     headers: HeaderMap,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    if let Err(r) = permit(&auth, peer, &headers, &q.path) {
-        return r;
-    }
-    let answer = blocking(move || {
-        let (start, end) = resolve(&inner, &q)?;
-        let spans = inner
-            .index
-            .spans(&q.path, start, end)
-            .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        Ok(build_timeline(&q.path, start, end, &spans))
-    })
+    let answer = in_range(
+        inner,
+        &auth,
+        peer,
+        &headers,
+        q,
+        |inner, path, start, end| {
+            let spans = inner.index.spans(path, start, end).map_err(internal)?;
+            Ok(build_timeline(path, start, end, &spans))
+        },
+    )
     .await;
     match answer {
         Ok(t) => Json(t).into_response(),
@@ -346,11 +365,7 @@ fn build_export(
     start: SystemTime,
     end: SystemTime,
 ) -> Result<Built, Response> {
-    let internal = |e: String| problem(StatusCode::INTERNAL_SERVER_ERROR, e);
-    let segments = inner
-        .index
-        .segments(path, start, end)
-        .map_err(|e| internal(e.to_string()))?;
+    let segments = inner.index.segments(path, start, end).map_err(internal)?;
     let Some(first) = segments.first() else {
         return Err(problem(
             StatusCode::NOT_FOUND,
@@ -385,10 +400,8 @@ fn build_export(
             }
             if builder.is_none() {
                 let init_len = rec.parts.first().map_or(0, |p| p.offset);
-                let init = read_at(&mut f, 0, init_len).map_err(|e| internal(e.to_string()))?;
-                builder = Some(
-                    ExportBuilder::new(&init, start, end).map_err(|e| internal(e.to_string()))?,
-                );
+                let init = read_at(&mut f, 0, init_len).map_err(internal)?;
+                builder = Some(ExportBuilder::new(&init, start, end).map_err(internal)?);
             }
             let header = read_header(&mut f, p.offset, p.len)
                 .map_err(|e| internal(format!("{}: {e}", file_path.display())))?;
@@ -612,15 +625,8 @@ async fn export(
     headers: HeaderMap,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    if let Err(r) = permit(&auth, peer, &headers, &q.path) {
-        return r;
-    }
     let path = q.path.clone();
-    let built = blocking(move || {
-        let (start, end) = resolve(&inner, &q)?;
-        build_export(&inner, &q.path, start, end)
-    })
-    .await;
+    let built = in_range(inner, &auth, peer, &headers, q, build_export).await;
     let built = match built {
         Ok(b) => b,
         Err(r) => return r,
@@ -678,24 +684,24 @@ async fn vod(
     headers: HeaderMap,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    if let Err(r) = permit(&auth, peer, &headers, &q.path) {
-        return r;
-    }
-    let answer = blocking(move || {
-        let (start, end) = resolve(&inner, &q)?;
-        let segments = inner
-            .index
-            .segments(&q.path, start, end)
-            .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let parts = vod_parts(&q.path, &segments, start, end);
-        if parts.is_empty() {
-            return Err(problem(
-                StatusCode::NOT_FOUND,
-                "nothing recorded in the range",
-            ));
-        }
-        Ok(vod_playlist(&parts))
-    })
+    let answer = in_range(
+        inner,
+        &auth,
+        peer,
+        &headers,
+        q,
+        |inner, path, start, end| {
+            let segments = inner.index.segments(path, start, end).map_err(internal)?;
+            let parts = vod_parts(path, &segments, start, end);
+            if parts.is_empty() {
+                return Err(problem(
+                    StatusCode::NOT_FOUND,
+                    "nothing recorded in the range",
+                ));
+            }
+            Ok(vod_playlist(&parts))
+        },
+    )
     .await;
     match answer {
         Ok(text) => (
@@ -836,7 +842,7 @@ async fn segment(
         let rec = inner
             .index
             .get(&q.path, at)
-            .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(internal)?
             .ok_or_else(|| problem(StatusCode::NOT_FOUND, "no such segment"))?;
         let hold = inner.index.hold(&q.path, rec.start_wall);
         let file = file_of(&inner, &rec)?;
