@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use common::media_dir;
+use common::{lavfi_clip, media_dir};
 use sluice_media::archive::{
     recover, recover_from, reindex, reindex_from, ArchiveConfig, ArchiveOutput, CutReason, Frame,
     SegmentRecord, SegmentWriter,
@@ -19,46 +19,8 @@ use sluice_media::{Codec, CodecParams};
 /// Makes `secs` seconds of 640x360 25 fps test video and a sine, with a keyframe every
 /// 2 s, encoded by ffmpeg with `args`.
 fn source(name: &str, secs: u32, args: &[&str]) -> PathBuf {
-    let path = media_dir().join(name);
-    if path.exists() {
-        return path;
-    }
-    // Tests of one process may make the same source at once: each writes its own file.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = media_dir().join(format!("tmp-{}-{n}-{name}", std::process::id()));
-    let status = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!("testsrc=size=640x360:rate=25:duration={secs}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!(
-            "sine=frequency=440:sample_rate=48000:duration={secs}"
-        ))
-        .args([
-            "-g",
-            "50",
-            "-keyint_min",
-            "50",
-            "-sc_threshold",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args(args)
-        .arg(&tmp)
-        .status()
-        .expect("run ffmpeg");
-    assert!(status.success(), "ffmpeg failed for {name}");
-    std::fs::rename(&tmp, &path).expect("rename");
-    path
+    let gop = ["-g", "50", "-keyint_min", "50", "-sc_threshold", "0"];
+    lavfi_clip(name, "640x360", secs, 48000, &[&gop[..], args].concat())
 }
 
 /// A closed segment: its file, why it ended and its record.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use common::media_dir;
+use common::{lavfi_clip, media_dir};
 use sluice_codec::{Depacketizer, Packetizer};
 use sluice_media::archive::{ArchiveConfig, ArchiveOutput, Frame, SegmentWriter};
 use sluice_media::CodecParams;
@@ -21,43 +21,8 @@ const SECS: u32 = 4;
 /// Makes a 320x240 25 fps clip with a keyframe every second and an 8 kHz mono tone,
 /// encoded by ffmpeg with `args`, in Matroska.
 fn source(name: &str, args: &[&str]) -> PathBuf {
-    let path = media_dir().join(name);
-    if path.exists() {
-        return path;
-    }
-    let tmp = media_dir().join(format!("tmp-{}-{name}", std::process::id()));
-    let status = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!("testsrc=size=320x240:rate=25:duration={SECS}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!(
-            "sine=frequency=440:sample_rate=8000:duration={SECS}"
-        ))
-        .args([
-            "-g",
-            "25",
-            "-keyint_min",
-            "25",
-            "-pix_fmt",
-            "yuv420p",
-            "-ac",
-            "1",
-        ])
-        .args(args)
-        .arg(&tmp)
-        .status()
-        .expect("run ffmpeg");
-    assert!(status.success(), "ffmpeg failed for {name}");
-    std::fs::rename(&tmp, &path).expect("rename");
-    path
+    let encode = [&["-g", "25", "-keyint_min", "25", "-ac", "1"], args].concat();
+    lavfi_clip(name, "320x240", SECS, 8000, &encode)
 }
 
 /// The file's tracks through RTP and back: the depacketized tracks' parameters and their

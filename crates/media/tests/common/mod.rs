@@ -76,6 +76,49 @@ pub(crate) fn media_dir() -> PathBuf {
     d
 }
 
+/// A test clip made once and then reused: `secs` seconds of ffmpeg's `testsrc` at `size`
+/// and 25 fps with a 440 Hz sine at `sample_rate`, encoded with `encode` (codecs, GOP,
+/// channels). Tests of one process may make the same clip at once: each writes its own
+/// file and renames it into place.
+pub(crate) fn lavfi_clip(
+    name: &str,
+    size: &str,
+    secs: u32,
+    sample_rate: u32,
+    encode: &[&str],
+) -> PathBuf {
+    let path = media_dir().join(name);
+    if path.exists() {
+        return path;
+    }
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = media_dir().join(format!("tmp-{}-{n}-{name}", std::process::id()));
+    let status = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc=size={size}:rate=25:duration={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!(
+            "sine=frequency=440:sample_rate={sample_rate}:duration={secs}"
+        ))
+        .args(["-pix_fmt", "yuv420p"])
+        .args(encode)
+        .arg(&tmp)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg failed for {name}");
+    std::fs::rename(&tmp, &path).expect("rename");
+    path
+}
+
 /// Path of the file for `spec`, generating it with ffmpeg if missing.
 pub(crate) fn media(spec: &Spec) -> PathBuf {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
