@@ -1039,60 +1039,136 @@ fn ivf_frames(data: &[u8]) -> Vec<(Vec<u8>, bool)> {
     out
 }
 
+/// A send-only WHIP publisher of one video codec: a 2 s 640x480 30 fps IVF clip that
+/// ffmpeg encodes with `encoder` (1 s GOP, 500 kb/s), from a peer that offers only `codec`,
+/// negotiated on `/{path}/whip` (201 checked).
+struct WhipClip {
+    peer: Peer,
+    codec: str0m::format::Codec,
+    /// The clip's frames, and whether each is a keyframe.
+    frames: Vec<(Vec<u8>, bool)>,
+    mid: Mid,
+    /// The WHIP session's URL.
+    location: String,
+}
+
+impl WhipClip {
+    fn publish(
+        server: &Server,
+        http_addr: SocketAddr,
+        dir: &Path,
+        path: &str,
+        codec: str0m::format::Codec,
+        encoder: &[&str],
+    ) -> WhipClip {
+        use str0m::format::Codec;
+        let file = dir.join("clip.ivf");
+        let st = Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc2=size=640x480:rate=30")
+            .args(["-t", "2"])
+            .args(encoder)
+            .args(["-g", "30", "-b:v", "500k", "-f", "ivf"])
+            .arg(&file)
+            .status()
+            .expect("ffmpeg");
+        assert!(st.success());
+        let frames = ivf_frames(&std::fs::read(&file).expect("clip"));
+        assert!(frames.len() >= 50, "{} frames", frames.len());
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let local = socket.local_addr().unwrap();
+        let b = Rtc::builder().set_crypto_provider(crypto()).clear_codecs();
+        let b = match codec {
+            Codec::Vp8 => b.enable_vp8(true),
+            Codec::Vp9 => b.enable_vp9(true),
+            Codec::Av1 => b.enable_av1(true),
+            other => panic!("no WHIP clip of {other:?}"),
+        };
+        let mut rtc = b.build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let mut peer = Peer { rtc, socket, local };
+        let (reply, mids) = peer.negotiate(
+            http_addr,
+            &format!("/{path}/whip"),
+            &[(MediaKind::Video, Direction::SendOnly)],
+        );
+        assert_eq!(
+            reply.status,
+            201,
+            "{reply:?}\n{}",
+            common::tail(&server.log(), 20)
+        );
+        let location = reply.header("location").unwrap_or_default().to_owned();
+        WhipClip {
+            peer,
+            codec,
+            frames,
+            mid: mids[0],
+            location,
+        }
+    }
+
+    /// Sends the clip in a loop at 30 fps once connected, until `done` or `limit`;
+    /// returns the frames sent.
+    fn send(&mut self, limit: Duration, done: impl Fn() -> bool) -> u64 {
+        let (frames, mid, codec) = (&self.frames, self.mid, self.codec);
+        let start = Instant::now();
+        let connected = std::cell::Cell::new(false);
+        let mut sent = 0u64;
+        let _ = self.peer.drive_with(
+            limit,
+            |_, e| {
+                connected.set(connected.get() || matches!(e, Event::Connected));
+                false
+            },
+            Some(|rtc: &mut Rtc| {
+                if done() {
+                    return true;
+                }
+                if !connected.get() {
+                    return false;
+                }
+                let Some(pt) = rtc.writer(mid).and_then(|w| {
+                    w.payload_params()
+                        .find(|p| p.spec().codec == codec)
+                        .map(|p| p.pt())
+                }) else {
+                    return false;
+                };
+                let due = (start.elapsed().as_secs_f64() * 30.0) as u64;
+                while sent < due {
+                    let (f, _) = &frames[(sent as usize) % frames.len()];
+                    let Some(w) = rtc.writer(mid) else { break };
+                    w.write(
+                        pt,
+                        Instant::now(),
+                        MediaTime::new(sent * 3000, Frequency::NINETY_KHZ),
+                        f.clone(),
+                    )
+                    .expect("write");
+                    sent += 1;
+                }
+                false
+            }),
+        );
+        sent
+    }
+}
+
 #[test]
 fn whip_takes_vp8_from_a_peer_without_h264_and_whep_plays_it() {
     let (server, http_addr, _) = start("");
     let dir = test_dir("webrtc-whip-vp8");
-    let file = dir.join("clip.ivf");
-    let st = Command::new("ffmpeg")
-        .args([
-            "-nostdin",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x480:rate=30",
-        ])
-        .args([
-            "-t",
-            "2",
-            "-c:v",
-            "libvpx",
-            "-deadline",
-            "realtime",
-            "-cpu-used",
-            "8",
-        ])
-        .args(["-g", "30", "-b:v", "500k", "-f", "ivf"])
-        .arg(&file)
-        .status()
-        .expect("ffmpeg");
-    assert!(st.success());
-    let frames = ivf_frames(&std::fs::read(&file).expect("clip"));
-    assert!(frames.len() >= 50 && frames[0].1, "{} frames", frames.len());
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let local = socket.local_addr().unwrap();
-    let mut rtc = Rtc::builder()
-        .set_crypto_provider(crypto())
-        .clear_codecs()
-        .enable_vp8(true)
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-    let mut peer = Peer { rtc, socket, local };
-    let (reply, mids) = peer.negotiate(
+    let mut whip = WhipClip::publish(
+        &server,
         http_addr,
-        "/vp8cam/whip",
-        &[(MediaKind::Video, Direction::SendOnly)],
+        &dir,
+        "vp8cam",
+        str0m::format::Codec::Vp8,
+        &["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8"],
     );
-    assert_eq!(
-        reply.status,
-        201,
-        "{reply:?}\n{}",
-        common::tail(&server.log(), 20)
-    );
-    let mid = mids[0];
-    let location = reply.header("location").unwrap_or_default().to_owned();
+    assert!(whip.frames[0].1, "the clip starts with a keyframe");
+    let location = whip.location.clone();
     let probe = std::thread::spawn({
         let url = server.url("vp8cam");
         move || {
@@ -1105,45 +1181,9 @@ fn whip_takes_vp8_from_a_peer_without_h264_and_whep_plays_it() {
         std::thread::sleep(Duration::from_millis(1500));
         view(http_addr, "vp8cam", Duration::from_secs(3))
     });
-    let start = Instant::now();
-    let connected = std::cell::Cell::new(false);
-    let mut sent = 0u64;
-    let _ = peer.drive_with(
-        Duration::from_secs(25),
-        |_, e| {
-            connected.set(connected.get() || matches!(e, Event::Connected));
-            false
-        },
-        Some(|rtc: &mut Rtc| {
-            if probe.is_finished() && viewer.is_finished() {
-                return true;
-            }
-            if !connected.get() {
-                return false;
-            }
-            let Some(pt) = rtc.writer(mid).and_then(|w| {
-                w.payload_params()
-                    .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
-                    .map(|p| p.pt())
-            }) else {
-                return false;
-            };
-            let due = (start.elapsed().as_secs_f64() * 30.0) as u64;
-            while sent < due {
-                let (f, _) = &frames[(sent as usize) % frames.len()];
-                let Some(w) = rtc.writer(mid) else { break };
-                w.write(
-                    pt,
-                    Instant::now(),
-                    MediaTime::new(sent * 3000, Frequency::NINETY_KHZ),
-                    f.clone(),
-                )
-                .expect("write");
-                sent += 1;
-            }
-            false
-        }),
-    );
+    let sent = whip.send(Duration::from_secs(25), || {
+        probe.is_finished() && viewer.is_finished()
+    });
     let probe = probe
         .join()
         .expect("probe")
@@ -1427,41 +1467,23 @@ fn whep_sends_vp9_av1_and_h265_to_viewers_that_offer_them() {
 fn whip_takes_vp9_that_rtsp_readers_play() {
     let (server, http_addr, _) = start("");
     let dir = test_dir("webrtc-whip-vp9");
-    let file = dir.join("clip.ivf");
-    let st = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=640x480:rate=30")
-        .args(["-t", "2", "-c:v", "libvpx-vp9", "-deadline", "realtime"])
-        .args(["-cpu-used", "8", "-g", "30", "-b:v", "500k", "-f", "ivf"])
-        .arg(&file)
-        .status()
-        .expect("ffmpeg");
-    assert!(st.success());
-    let frames = ivf_frames(&std::fs::read(&file).expect("clip"));
-    assert!(frames.len() >= 50, "{} frames", frames.len());
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let local = socket.local_addr().unwrap();
     // A peer that offers VP9 only (and no H.264 or VP8 the server would prefer).
-    let mut rtc = Rtc::builder()
-        .set_crypto_provider(crypto())
-        .clear_codecs()
-        .enable_vp9(true)
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-    let mut peer = Peer { rtc, socket, local };
-    let (reply, mids) = peer.negotiate(
+    let mut whip = WhipClip::publish(
+        &server,
         http_addr,
-        "/vp9cam/whip",
-        &[(MediaKind::Video, Direction::SendOnly)],
+        &dir,
+        "vp9cam",
+        str0m::format::Codec::Vp9,
+        &[
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+        ],
     );
-    assert_eq!(
-        reply.status,
-        201,
-        "{reply:?}\n{}",
-        common::tail(&server.log(), 20)
-    );
-    let mid = mids[0];
-    let location = reply.header("location").unwrap_or_default().to_owned();
+    let location = whip.location.clone();
     let probe = std::thread::spawn({
         let url = server.url("vp9cam");
         let dir = dir.clone();
@@ -1481,45 +1503,7 @@ fn whip_takes_vp9_that_rtsp_readers_play() {
             (probe, gst)
         }
     });
-    let start = Instant::now();
-    let connected = std::cell::Cell::new(false);
-    let mut sent = 0u64;
-    let _ = peer.drive_with(
-        Duration::from_secs(20),
-        |_, e| {
-            connected.set(connected.get() || matches!(e, Event::Connected));
-            false
-        },
-        Some(|rtc: &mut Rtc| {
-            if probe.is_finished() {
-                return true;
-            }
-            if !connected.get() {
-                return false;
-            }
-            let Some(pt) = rtc.writer(mid).and_then(|w| {
-                w.payload_params()
-                    .find(|p| p.spec().codec == str0m::format::Codec::Vp9)
-                    .map(|p| p.pt())
-            }) else {
-                return false;
-            };
-            let due = (start.elapsed().as_secs_f64() * 30.0) as u64;
-            while sent < due {
-                let (f, _) = &frames[(sent as usize) % frames.len()];
-                let Some(w) = rtc.writer(mid) else { break };
-                w.write(
-                    pt,
-                    Instant::now(),
-                    MediaTime::new(sent * 3000, Frequency::NINETY_KHZ),
-                    f.clone(),
-                )
-                .expect("write");
-                sent += 1;
-            }
-            false
-        }),
-    );
+    let sent = whip.send(Duration::from_secs(20), || probe.is_finished());
     let (probe, gst) = probe.join().expect("probe");
     let probe =
         probe.unwrap_or_else(|e| panic!("ffprobe: {e}\n{}", common::tail(&server.log(), 30)));
@@ -1542,40 +1526,15 @@ fn whip_takes_vp9_that_rtsp_readers_play() {
 fn whip_takes_av1_and_whep_plays_it() {
     let (server, http_addr, _) = start("");
     let dir = test_dir("webrtc-whip-av1");
-    let file = dir.join("clip.ivf");
-    let st = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=640x480:rate=30")
-        .args(["-t", "2", "-c:v", "libaom-av1", "-usage", "realtime"])
-        .args(["-cpu-used", "8", "-g", "30", "-b:v", "500k", "-f", "ivf"])
-        .arg(&file)
-        .status()
-        .expect("ffmpeg");
-    assert!(st.success());
-    let frames = ivf_frames(&std::fs::read(&file).expect("clip"));
-    assert!(frames.len() >= 50, "{} frames", frames.len());
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let local = socket.local_addr().unwrap();
-    let mut rtc = Rtc::builder()
-        .set_crypto_provider(crypto())
-        .clear_codecs()
-        .enable_av1(true)
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-    let mut peer = Peer { rtc, socket, local };
-    let (reply, mids) = peer.negotiate(
+    let mut whip = WhipClip::publish(
+        &server,
         http_addr,
-        "/av1cam/whip",
-        &[(MediaKind::Video, Direction::SendOnly)],
+        &dir,
+        "av1cam",
+        str0m::format::Codec::Av1,
+        &["-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "8"],
     );
-    assert_eq!(
-        reply.status,
-        201,
-        "{reply:?}\n{}",
-        common::tail(&server.log(), 20)
-    );
-    let mid = mids[0];
-    let location = reply.header("location").unwrap_or_default().to_owned();
+    let location = whip.location.clone();
     let viewer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
         view_codec(
@@ -1585,45 +1544,7 @@ fn whip_takes_av1_and_whep_plays_it() {
             Duration::from_secs(3),
         )
     });
-    let start = Instant::now();
-    let connected = std::cell::Cell::new(false);
-    let mut sent = 0u64;
-    let _ = peer.drive_with(
-        Duration::from_secs(15),
-        |_, e| {
-            connected.set(connected.get() || matches!(e, Event::Connected));
-            false
-        },
-        Some(|rtc: &mut Rtc| {
-            if viewer.is_finished() {
-                return true;
-            }
-            if !connected.get() {
-                return false;
-            }
-            let Some(pt) = rtc.writer(mid).and_then(|w| {
-                w.payload_params()
-                    .find(|p| p.spec().codec == str0m::format::Codec::Av1)
-                    .map(|p| p.pt())
-            }) else {
-                return false;
-            };
-            let due = (start.elapsed().as_secs_f64() * 30.0) as u64;
-            while sent < due {
-                let (f, _) = &frames[(sent as usize) % frames.len()];
-                let Some(w) = rtc.writer(mid) else { break };
-                w.write(
-                    pt,
-                    Instant::now(),
-                    MediaTime::new(sent * 3000, Frequency::NINETY_KHZ),
-                    f.clone(),
-                )
-                .expect("write");
-                sent += 1;
-            }
-            false
-        }),
-    );
+    let sent = whip.send(Duration::from_secs(15), || viewer.is_finished());
     let v = viewer.join().expect("viewer");
     println!(
         "AV1 over WHIP, {sent} frames sent; WHEP viewer: {} frames, first a keyframe: {:?}",
